@@ -1,0 +1,110 @@
+# webrtc-sip-gateway: build, run and test.
+#
+#   make run     create .venv if missing, install the project, start the gateway
+#   make test    install what the tests need (Debian packages, venv, test extras), lint, pytest
+#   make lint | typecheck | bench | clean | distclean
+#
+# Works on a fresh Debian machine with Python 3.11; uses sudo for apt only when not root.
+
+SHELL       := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON   ?= python3
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+PIP      := $(PY) -m pip --disable-pip-version-check
+ARGS     ?=
+PYTEST_ARGS ?=
+ARTIFACTS ?= artifacts
+
+# Debian packages the end-to-end tests drive: sipp, baresip, chromium.
+SYSTEM_BINS := /usr/bin/sipp /usr/bin/baresip /usr/bin/chromium
+SYSTEM_PKGS := sip-tester baresip chromium
+SUDO := $(shell if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then echo sudo; fi)
+APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
+
+# Stamps: reinstall only when pyproject.toml changes (keeps make idempotent and quiet).
+STAMP_RUN  := $(VENV)/.stamp-install
+STAMP_TEST := $(VENV)/.stamp-install-test
+
+.PHONY: help run install install-test system-deps test e2e lint typecheck bench clean distclean
+
+help:
+	@echo "make run        start the gateway (ARGS='--config config/gateway.example.toml')"
+	@echo "make test       install test dependencies, lint, run the whole test suite"
+	@echo "make e2e        only the end-to-end tests (tests/e2e)"
+	@echo "make lint       ruff + import-linter"
+	@echo "make typecheck  mypy gateway sip rtc"
+	@echo "make bench      media CPU benchmark (bench/media_cpu.py)"
+	@echo "make clean      remove caches and artifacts (distclean also removes .venv)"
+
+# --- environment -------------------------------------------------------------
+
+$(PY):
+	@if ! $(PYTHON) -m venv $(VENV) 2>/dev/null; then \
+	  echo "python3 -m venv failed; installing python3-venv"; \
+	  rm -rf $(VENV); \
+	  $(APT_GET) update -qq && $(APT_GET) install -y -qq python3-venv >/dev/null; \
+	  $(PYTHON) -m venv $(VENV); \
+	fi
+
+$(STAMP_RUN): pyproject.toml | $(PY)
+	@echo "pip install -e ."
+	@$(PIP) install -q -e .
+	@touch $@
+
+$(STAMP_TEST): pyproject.toml | $(PY)
+	@echo "pip install -e '.[test]'"
+	@$(PIP) install -q -e '.[test]'
+	@touch $@ $(STAMP_RUN)
+
+install: $(STAMP_RUN)
+install-test: $(STAMP_TEST)
+
+system-deps:
+	@missing=""; for f in $(SYSTEM_BINS); do [ -x "$$f" ] || missing="$$missing $$f"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "missing:$$missing -> apt-get install $(SYSTEM_PKGS)"; \
+	  $(APT_GET) update -qq; \
+	  $(APT_GET) install -y -qq $(SYSTEM_PKGS) >/dev/null; \
+	fi
+
+# --- run ---------------------------------------------------------------------
+
+run: $(STAMP_RUN)
+	exec $(VENV)/bin/webrtc-gateway $(ARGS)
+
+# --- checks ------------------------------------------------------------------
+
+lint: $(STAMP_TEST)
+	$(VENV)/bin/ruff check gateway sip rtc tests
+	$(VENV)/bin/lint-imports
+
+typecheck: $(STAMP_TEST)
+	$(VENV)/bin/mypy gateway sip rtc
+
+# Lint and pytest both run; the target fails if either failed.
+# pytest exit code 5 ("no tests collected") counts as a failure here.
+test: system-deps $(STAMP_TEST)
+	@mkdir -p $(ARTIFACTS)
+	@rc=0; \
+	$(MAKE) --no-print-directory lint || rc=1; \
+	$(PY) -m pytest -q -p no:cacheprovider --junitxml=$(ARTIFACTS)/junit.xml $(PYTEST_ARGS) tests || rc=1; \
+	exit $$rc
+
+e2e: system-deps $(STAMP_TEST)
+	@mkdir -p $(ARTIFACTS)
+	$(PY) -m pytest -q -p no:cacheprovider -m e2e --junitxml=$(ARTIFACTS)/junit-e2e.xml $(PYTEST_ARGS) tests/e2e
+
+bench: $(STAMP_RUN)
+	$(PY) bench/media_cpu.py
+
+# --- cleanup -----------------------------------------------------------------
+
+clean:
+	rm -rf $(ARTIFACTS) build dist .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

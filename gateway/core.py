@@ -1,0 +1,581 @@
+"""The B2BUA: owns registrations and calls, pairs each client leg with a far leg.
+
+A client call's far leg is a SIP dialog (toward the PBX or from a SIP caller) or,
+for web-to-web calls, another client's call. Outgoing calls fork to every client
+logged in with the dialed number; incoming SIP calls fork the same way. The first
+answer wins and the others end with `notSelected`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import re
+import secrets
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from sipmessage import URI
+
+from gateway.call import CallState, Reason, allows, reason_from_sip, sip_for_reason
+from gateway.commands import (
+    Accept,
+    Answer,
+    CallOffered,
+    CallStatus,
+    ClientEvent,
+    Command,
+    Dial,
+    Ice,
+    MediaAnswer,
+    MediaOffer,
+    Offer,
+    Party,
+    QueryStatus,
+    SdpAnswer,
+    Terminate,
+)
+from gateway.config import Config
+from gateway.directory import Directory
+from rtc.bridge import MediaBridge
+from rtc.rtpleg import RtpLeg
+from rtc.sdp import SdpError
+from rtc.webrtcleg import WebRtcLeg
+from sip import events as sip_events
+from sip.aio.useragent import InboundInvite, OutboundInvite, UserAgent
+
+logger = logging.getLogger(__name__)
+
+ClientSink = Callable[[ClientEvent], None]
+
+# What may stand in a SIP user part we build from a dialed number.
+_DIAL_STRING = re.compile(r"^\+?[0-9A-Za-z*#._-]{1,64}$")
+IDENTIFIER = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def new_identifier() -> str:
+    # 128 bits, URL-safe: fits the json-v1 identifier alphabet.
+    return secrets.token_urlsafe(16)
+
+
+@dataclasses.dataclass(eq=False)
+class Registration:
+    """A logged-in client: its number, name and the calls it has."""
+
+    identifier: str
+    number: str
+    display_name: str
+    description: str
+    sink: ClientSink
+    calls: dict[str, ClientCall] = dataclasses.field(default_factory=dict)
+
+    @property
+    def party(self) -> Party:
+        return Party(self.number, self.display_name)
+
+
+@dataclasses.dataclass(eq=False)
+class SipIncoming:
+    """An INVITE from a SIP peer, offered to one or more clients."""
+
+    invite: InboundInvite
+    rtp: RtpLeg | None = None
+    rtp_answer: bytes = b""
+    forks: list[ClientCall] = dataclasses.field(default_factory=list)
+    winner: ClientCall | None = None
+    ringing_sent: bool = False
+    ended: bool = False
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclasses.dataclass(eq=False)
+class ClientCall:
+    """One call as a client sees it."""
+
+    call_id: str
+    reg: Registration
+    outgoing: bool
+    remote: Party
+    state: CallState
+    webrtc: WebRtcLeg | None = None
+    bridge: MediaBridge | None = None
+    # outgoing to SIP
+    invite: OutboundInvite | None = None
+    rtp: RtpLeg | None = None
+    early_sdp: bytes | None = None
+    alerted: bool = False
+    far_ended: bool = False
+    # outgoing to web users: the offered callee calls
+    forks: list[ClientCall] = dataclasses.field(default_factory=list)
+    winner: ClientCall | None = None
+    no_answer: asyncio.TimerHandle | None = None
+    # incoming: where it comes from
+    caller: ClientCall | None = None
+    sip_in: SipIncoming | None = None
+
+
+class Core:
+    def __init__(self, config: Config, ua: UserAgent | None) -> None:
+        self.config = config
+        self.ua = ua
+        self.directory = Directory(config.users)
+        self.registrations: dict[str, Registration] = {}
+        self._by_number: dict[str, list[Registration]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- registrations ---------------------------------------------------------------
+
+    def register(
+        self, number: str, display_name: str, description: str, sink: ClientSink
+    ) -> Registration | Reason:
+        if not number:
+            return Reason.DIAL_STRING
+        user = self.directory.by_number(number)
+        if user is None:
+            return Reason.PERMISSION
+        reg = Registration(
+            identifier=new_identifier(),
+            number=number,
+            display_name=display_name or user.display_name,
+            description=description[:256],
+            sink=sink,
+        )
+        self.registrations[reg.identifier] = reg
+        self._by_number.setdefault(number, []).append(reg)
+        logger.info("registered %s (%s) as %s", number, reg.display_name, reg.identifier)
+        return reg
+
+    def unregister(self, reg: Registration, reason: Reason = Reason.USER_TERMINATED) -> None:
+        """End every call of the registration and forget it."""
+        if self.registrations.pop(reg.identifier, None) is None:
+            return
+        peers = self._by_number.get(reg.number, [])
+        if reg in peers:
+            peers.remove(reg)
+        if not peers:
+            self._by_number.pop(reg.number, None)
+        for call in list(reg.calls.values()):
+            self._end(call, reason)
+        logger.info("unregistered %s (%s)", reg.number, reg.identifier)
+
+    def logged_in(self, number: str) -> list[Registration]:
+        return list(self._by_number.get(number, ()))
+
+    # -- commands from clients ---------------------------------------------------------
+
+    async def handle(self, reg: Registration, command: Command) -> None:
+        if isinstance(command, Dial):
+            self._dial(reg, command)
+            return
+        call = reg.calls.get(command.call_id)
+        if call is None:
+            reg.sink(CallStatus(command.call_id, CallState.TERMINATED, Reason.ERROR))
+            return
+        if isinstance(command, QueryStatus):
+            reg.sink(CallStatus(call.call_id, call.state, None, call.remote))
+        elif isinstance(command, Terminate):
+            self._client_terminate(call, command.reason)
+        elif isinstance(command, Offer):
+            await self._client_offer(call, command.sdp)
+        elif isinstance(command, SdpAnswer):
+            await self._client_answer_sdp(call, command.sdp)
+        elif isinstance(command, Ice):
+            await self._client_ice(call, command)
+        elif isinstance(command, Accept):
+            self._accept(call)
+        elif isinstance(command, Answer):
+            self._answer(call)
+
+    def _refuse(self, call: ClientCall, reason: Reason = Reason.ERROR) -> None:
+        """A request the call's state forbids: report the unchanged state (json-v1 §9)."""
+        call.reg.sink(CallStatus(call.call_id, call.state, reason, call.remote))
+
+    def _dial(self, reg: Registration, cmd: Dial) -> None:
+        if not IDENTIFIER.match(cmd.call_id) or cmd.call_id in reg.calls:
+            reg.sink(CallStatus(cmd.call_id, CallState.TERMINATED, Reason.ERROR))
+            return
+        call = ClientCall(cmd.call_id, reg, True, cmd.remote, CallState.DIALING)
+        reg.calls[call.call_id] = call
+        if not _DIAL_STRING.match(cmd.remote.dial_string):
+            self._end(call, Reason.DIAL_STRING)
+
+    async def _client_offer(self, call: ClientCall, sdp: str) -> None:
+        if not (call.outgoing and call.state is CallState.DIALING and call.webrtc is None):
+            # Renegotiation from the client is not supported yet.
+            self._refuse(call)
+            return
+        leg = WebRtcLeg(on_failed=lambda: self._end(call, Reason.MEDIA))
+        call.webrtc = leg
+        try:
+            answer = await leg.accept_offer(sdp)
+        except Exception as exc:  # aiortc raises several types on bad SDP
+            logger.info("call %s: client offer refused: %s", call.call_id, exc)
+            self._end(call, Reason.MEDIA)
+            return
+        if call.state is CallState.TERMINATED:
+            return
+        call.bridge = MediaBridge(leg)
+        call.reg.sink(MediaAnswer(call.call_id, answer))
+        await self._route(call)
+
+    async def _client_answer_sdp(self, call: ClientCall, sdp: str) -> None:
+        if call.outgoing or call.webrtc is None or not allows(call.state, "media_answer"):
+            self._refuse(call)
+            return
+        try:
+            await call.webrtc.accept_answer(sdp)
+        except Exception as exc:
+            logger.info("call %s: client answer refused: %s", call.call_id, exc)
+            self._client_terminate(call, Reason.MEDIA)
+
+    async def _client_ice(self, call: ClientCall, cmd: Ice) -> None:
+        if call.webrtc is None:
+            self._refuse(call)
+            return
+        for c in cmd.candidates:
+            try:
+                await call.webrtc.add_ice_candidate(c.candidate, c.sdp_mid, c.sdp_mline_index)
+            except Exception as exc:
+                logger.info("call %s: bad ICE candidate ignored: %s", call.call_id, exc)
+
+    def _client_terminate(self, call: ClientCall, reason: Reason) -> None:
+        if call.state is CallState.TERMINATED:
+            return
+        if not call.outgoing and call.state in (CallState.OFFERED, CallState.RINGING):
+            # A decline: only `busy` and `rejected` are meaningful here.
+            if reason not in (Reason.BUSY, Reason.REJECTED):
+                reason = Reason.REJECTED
+        self._end(call, reason)
+
+    # -- routing an outgoing call ------------------------------------------------------
+
+    async def _route(self, call: ClientCall) -> None:
+        number = call.remote.dial_string
+        callees = [r for r in self.logged_in(number) if r is not call.reg]
+        if callees:
+            self._offer_to_clients(call, callees)
+        elif self.config.pbx.uri and self.ua is not None:
+            await self._invite_pbx(call)
+        else:
+            self._end(call, Reason.DIAL_STRING)
+
+    async def _invite_pbx(self, call: ClientCall) -> None:
+        assert self.ua is not None and self.config.pbx.uri is not None
+        media = self.config.media
+        try:
+            call.rtp = await RtpLeg.open(media.rtp_host, media.rtp_port_min, media.rtp_port_max)
+        except OSError as exc:
+            logger.error("call %s: no RTP port: %s", call.call_id, exc)
+            self._end(call, Reason.CONGESTION)
+            return
+        if call.state is CallState.TERMINATED:
+            await call.rtp.close()
+            return
+        pbx = self.config.pbx
+        target = str(dataclasses.replace(URI.parse(pbx.uri), user=call.remote.dial_string))
+        credentials = (pbx.username, pbx.password or "") if pbx.username else None
+        call.invite = self.ua.invite(
+            target,
+            from_user=call.reg.number,
+            from_display=call.reg.display_name,
+            sdp=call.rtp.create_offer(),
+            credentials=credentials,
+            on_event=lambda ev: self._on_outbound_sip(call, ev),
+        )
+        logger.info("call %s: INVITE %s (Call-ID %s)", call.call_id, target, call.invite.call_id)
+
+    def _on_outbound_sip(self, call: ClientCall, ev: sip_events.SessionEvent) -> None:
+        if call.state is CallState.TERMINATED:
+            return
+        assert call.bridge is not None and call.rtp is not None
+        if isinstance(ev, sip_events.Provisional):
+            call.alerted = True
+            if ev.sdp is not None and call.early_sdp is None:
+                if self._apply_far_sdp(call, ev.sdp):
+                    call.early_sdp = ev.sdp
+                    call.bridge.connect(call.rtp)
+            elif ev.code == 180 and call.early_sdp is None:
+                call.bridge.ringback(self.config.media.ringback)
+            self._set_state(call, CallState.RINGING)
+        elif isinstance(ev, sip_events.Answered):
+            if ev.sdp is not None and ev.sdp != call.early_sdp:
+                if not self._apply_far_sdp(call, ev.sdp):
+                    return
+            elif ev.sdp is None and call.early_sdp is None:
+                logger.info("call %s: 2xx without SDP", call.call_id)
+                self._end(call, Reason.MEDIA)
+                return
+            call.bridge.connect(call.rtp)
+            self._set_state(call, CallState.ACTIVE)
+        elif isinstance(ev, sip_events.Rejected):
+            call.far_ended = True
+            self._end(call, reason_from_sip(ev.code, call.alerted))
+        elif isinstance(ev, sip_events.Terminated):
+            call.far_ended = True
+            self._end(call, Reason.SUCCESS if ev.reason == "bye" else Reason.ERROR)
+
+    def _apply_far_sdp(self, call: ClientCall, sdp: bytes) -> bool:
+        assert call.rtp is not None
+        try:
+            call.rtp.apply_answer(sdp)
+        except SdpError as exc:
+            logger.info("call %s: unusable SDP from the far end: %s", call.call_id, exc)
+            self._end(call, Reason.MEDIA)
+            return False
+        return True
+
+    # -- web-to-web --------------------------------------------------------------------
+
+    def _offer_to_clients(self, caller: ClientCall, callees: list[Registration]) -> None:
+        for reg in callees:
+            fork = ClientCall(
+                new_identifier(), reg, False, caller.reg.party, CallState.OFFERED, caller=caller
+            )
+            reg.calls[fork.call_id] = fork
+            caller.forks.append(fork)
+            self._spawn(self._offer_client(fork))
+        caller.no_answer = asyncio.get_running_loop().call_later(
+            self.config.calls.no_answer_timeout, self._no_answer_web, caller
+        )
+
+    def _no_answer_web(self, caller: ClientCall) -> None:
+        for fork in list(caller.forks):
+            self._end(fork, Reason.NOT_RESPONDING, release=False)
+        self._end(caller, Reason.NOT_RESPONDING)
+
+    async def _offer_client(self, call: ClientCall) -> None:
+        """Offer an incoming call to one client: signaling/start, then our media/offer."""
+        call.reg.sink(CallOffered(call.call_id, call.remote, call.reg.party))
+        leg = WebRtcLeg(on_failed=lambda: self._end(call, Reason.MEDIA))
+        call.webrtc = leg
+        try:
+            offer = await leg.create_offer()
+        except Exception:
+            logger.exception("call %s: could not create an offer", call.call_id)
+            self._end(call, Reason.MEDIA)
+            return
+        if call.state is not CallState.TERMINATED:
+            call.reg.sink(MediaOffer(call.call_id, offer))
+
+    def _accept(self, call: ClientCall) -> None:
+        if call.outgoing or not allows(call.state, "accept"):
+            self._refuse(call)
+            return
+        self._set_state(call, CallState.RINGING)
+        if call.caller is not None:
+            caller = call.caller
+            if caller.state is CallState.DIALING:
+                caller.alerted = True
+                assert caller.bridge is not None
+                caller.bridge.ringback(self.config.media.ringback)
+                self._set_state(caller, CallState.RINGING)
+        elif call.sip_in is not None and not call.sip_in.ringing_sent:
+            call.sip_in.ringing_sent = True
+            call.sip_in.invite.ringing()
+
+    def _answer(self, call: ClientCall) -> None:
+        if call.outgoing or not allows(call.state, "answer") or call.webrtc is None:
+            self._refuse(call)
+            return
+        if call.caller is not None:
+            caller = call.caller
+            if caller.winner is not None:
+                self._refuse(call)
+                return
+            caller.winner = call
+            if caller.no_answer is not None:
+                caller.no_answer.cancel()
+            assert caller.bridge is not None
+            caller.bridge.connect(call.webrtc)
+            self._set_state(call, CallState.ACTIVE)
+            self._set_state(caller, CallState.ACTIVE)
+            for other in caller.forks:
+                if other is not call:
+                    self._end(other, Reason.NOT_SELECTED, release=False)
+            caller.forks = [call]
+        elif call.sip_in is not None:
+            incoming = call.sip_in
+            if incoming.winner is not None or incoming.rtp is None:
+                self._refuse(call)
+                return
+            incoming.winner = call
+            if incoming.timer is not None:
+                incoming.timer.cancel()
+            incoming.invite.answer(incoming.rtp_answer)
+            call.bridge = MediaBridge(call.webrtc)
+            call.bridge.connect(incoming.rtp)
+            self._set_state(call, CallState.ACTIVE)
+            for other in incoming.forks:
+                if other is not call:
+                    self._end(other, Reason.NOT_SELECTED, release=False)
+            incoming.forks = [call]
+
+    # -- incoming SIP calls ------------------------------------------------------------
+
+    def on_invite(self, invite: InboundInvite) -> None:
+        regs = self.logged_in(invite.request_user)
+        logger.info(
+            "INVITE for %s from %s (Call-ID %s): %d client(s)",
+            invite.request_user, invite.caller_user, invite.call_id, len(regs),
+        )
+        if not regs:
+            invite.reject(480, "Temporarily Unavailable")
+            return
+        if invite.sdp is None:
+            # Late offer (INVITE without SDP) arrives with the SIP-side issue.
+            invite.reject(488, "Not Acceptable Here")
+            return
+        incoming = SipIncoming(invite)
+        invite.set_event_handler(lambda ev: self._on_inbound_sip(incoming, ev))
+        self._spawn(self._offer_sip_call(incoming, regs))
+
+    async def _offer_sip_call(self, incoming: SipIncoming, regs: list[Registration]) -> None:
+        media = self.config.media
+        invite = incoming.invite
+        try:
+            rtp = await RtpLeg.open(media.rtp_host, media.rtp_port_min, media.rtp_port_max)
+        except OSError as exc:
+            logger.error("Call-ID %s: no RTP port: %s", invite.call_id, exc)
+            invite.reject(503, "Service Unavailable")
+            return
+        incoming.rtp = rtp
+        try:
+            assert invite.sdp is not None
+            incoming.rtp_answer = rtp.create_answer(invite.sdp)
+        except SdpError as exc:
+            logger.info("Call-ID %s: offer refused: %s", invite.call_id, exc)
+            invite.reject(488, "Not Acceptable Here")
+            await rtp.close()
+            return
+        if incoming.ended:
+            await rtp.close()
+            return
+        caller = Party(invite.caller_user, invite.caller_display)
+        for reg in regs:
+            if reg.identifier not in self.registrations:
+                continue
+            fork = ClientCall(
+                new_identifier(), reg, False, caller, CallState.OFFERED, sip_in=incoming
+            )
+            reg.calls[fork.call_id] = fork
+            incoming.forks.append(fork)
+            self._spawn(self._offer_client(fork))
+        if not incoming.forks:
+            self._sip_in_gone(incoming, 480, "Temporarily Unavailable")
+            return
+        incoming.timer = asyncio.get_running_loop().call_later(
+            self.config.calls.no_answer_timeout, self._no_answer_sip, incoming
+        )
+
+    def _no_answer_sip(self, incoming: SipIncoming) -> None:
+        for fork in list(incoming.forks):
+            self._end(fork, Reason.NOT_RESPONDING, release=False)
+        self._sip_in_gone(incoming, 480, "Temporarily Unavailable")
+
+    def _sip_in_gone(self, incoming: SipIncoming, code: int, phrase: str) -> None:
+        """Nobody will answer: refuse the INVITE and free its media."""
+        if incoming.ended:
+            return
+        incoming.ended = True
+        if incoming.timer is not None:
+            incoming.timer.cancel()
+        incoming.invite.reject(code, phrase)
+        if incoming.rtp is not None:
+            self._spawn(incoming.rtp.close())
+
+    def _on_inbound_sip(self, incoming: SipIncoming, ev: sip_events.SessionEvent) -> None:
+        if isinstance(ev, sip_events.Cancelled | sip_events.Terminated):
+            reason = Reason.SUCCESS
+            if isinstance(ev, sip_events.Terminated) and ev.reason != "bye":
+                reason = Reason.ERROR
+            incoming.ended = True
+            if incoming.timer is not None:
+                incoming.timer.cancel()
+            for fork in list(incoming.forks):
+                self._end(fork, reason, release=False)
+            if incoming.rtp is not None:
+                self._spawn(incoming.rtp.close())
+
+    # -- ending calls ------------------------------------------------------------------
+
+    def _set_state(self, call: ClientCall, state: CallState) -> None:
+        if call.state is state or call.state is CallState.TERMINATED:
+            return
+        call.state = state
+        call.reg.sink(CallStatus(call.call_id, state, None, call.remote))
+
+    def _end(
+        self, call: ClientCall, reason: Reason, *, notify: bool = True, release: bool = True
+    ) -> None:
+        """End a client call; with `release`, also end what it is connected to."""
+        if call.state is CallState.TERMINATED:
+            return
+        previous = call.state
+        call.state = CallState.TERMINATED
+        call.reg.calls.pop(call.call_id, None)
+        if call.no_answer is not None:
+            call.no_answer.cancel()
+        logger.info("call %s ended: %s", call.call_id, reason)
+        if release:
+            self._release_far(call, previous, reason)
+        if notify:
+            call.reg.sink(CallStatus(call.call_id, CallState.TERMINATED, reason, call.remote))
+        self._spawn(self._close_media(call))
+
+    def _release_far(self, call: ClientCall, previous: CallState, reason: Reason) -> None:
+        if call.invite is not None and not call.far_ended:
+            if previous is CallState.ACTIVE:
+                call.invite.bye()
+            else:
+                call.invite.cancel()
+        for fork in list(call.forks):
+            # The caller hung up: every callee sees normal clearing.
+            self._end(fork, Reason.SUCCESS, release=False)
+        if call.caller is not None:
+            caller = call.caller
+            if call in caller.forks:
+                caller.forks.remove(call)
+            if caller.winner is call:
+                self._end(caller, Reason.SUCCESS, release=False)
+            elif not caller.forks and caller.winner is None:
+                self._end(caller, reason if reason is not Reason.USER_TERMINATED
+                          else Reason.NOT_RESPONDING, release=False)
+        if call.sip_in is not None:
+            incoming = call.sip_in
+            if call in incoming.forks:
+                incoming.forks.remove(call)
+            if incoming.winner is call:
+                if not incoming.ended:
+                    incoming.ended = True
+                    incoming.invite.bye()
+                    if incoming.rtp is not None:
+                        self._spawn(incoming.rtp.close())
+            elif not incoming.forks and incoming.winner is None:
+                self._sip_in_gone(incoming, *sip_for_reason(reason))
+
+    async def _close_media(self, call: ClientCall) -> None:
+        if call.bridge is not None:
+            await call.bridge.close()
+        if call.webrtc is not None:
+            await call.webrtc.close()
+        if call.rtp is not None:
+            await call.rtp.close()
+
+    # -- housekeeping ------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("call task failed", exc_info=task.exception())
+
+    async def close(self) -> None:
+        for reg in list(self.registrations.values()):
+            self.unregister(reg, Reason.ERROR)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)

@@ -1,0 +1,313 @@
+"""json-v1: the gateway's main client protocol (shared/protocols/json-v1.md).
+
+This module only translates between JSON messages and the core's commands and
+events; the call logic lives in gateway.core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
+
+from gateway import __version__
+from gateway.call import CallState, Reason
+from gateway.commands import (
+    Accept,
+    Answer,
+    CallOffered,
+    CallStatus,
+    ClientEvent,
+    Command,
+    Dial,
+    Ice,
+    IceCandidate,
+    MediaAnswer,
+    MediaOffer,
+    Offer,
+    Party,
+    QueryStatus,
+    RegistrationEnded,
+    SdpAnswer,
+    Terminate,
+)
+from gateway.core import IDENTIFIER, Core, Registration
+
+logger = logging.getLogger(__name__)
+
+VERSION = 1
+SERVER_DESCRIPTION = f"webrtc-gateway {__version__}"
+# Bounded outgoing queue per client: a client that stops reading is disconnected
+# rather than growing memory without limit.
+OUTBOX_LIMIT = 256
+
+
+class ProtocolError(Exception):
+    """A message that cannot be understood; answered with reason `error`."""
+
+
+def party_from_wire(value: Any) -> Party | None:
+    if isinstance(value, str):
+        return Party(value)
+    if isinstance(value, dict):
+        dial = value.get("dialString", "")
+        name = value.get("displayName", "")
+        if isinstance(dial, str) and isinstance(name, str):
+            return Party(dial, name)
+    return None
+
+
+def party_to_wire(party: Party) -> dict[str, str]:
+    return {"dialString": party.dial_string, "displayName": party.display_name}
+
+
+def _candidates(value: Any) -> tuple[IceCandidate, ...]:
+    if not isinstance(value, list):
+        raise ProtocolError("ice must be a list")
+    out = []
+    for item in value:
+        if not isinstance(item, dict) or not isinstance(item.get("candidate"), str):
+            raise ProtocolError("bad ice candidate")
+        mid = item.get("sdpMid")
+        index = item.get("sdpMLineIndex")
+        out.append(
+            IceCandidate(
+                item["candidate"],
+                mid if isinstance(mid, str) else None,
+                index if isinstance(index, int) and not isinstance(index, bool) else None,
+            )
+        )
+    return tuple(out)
+
+
+class JsonV1Session:
+    """One WebSocket connection speaking json-v1."""
+
+    def __init__(self, core: Core, ws: ServerConnection) -> None:
+        self.core = core
+        self.ws = ws
+        self.reg: Registration | None = None
+        self._outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(OUTBOX_LIMIT)
+        self._closing = False
+
+    # -- outgoing ----------------------------------------------------------------------
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self._closing:
+            return
+        message = {"version": VERSION, **message}
+        try:
+            self._outbox.put_nowait(message)
+        except asyncio.QueueFull:
+            logger.warning("client %s is not reading; closing", self.ws.remote_address)
+            self._closing = True
+            asyncio.get_running_loop().create_task(self.ws.close(CloseCode.TRY_AGAIN_LATER))
+
+    def on_event(self, event: ClientEvent) -> None:
+        if isinstance(event, CallOffered):
+            self.send({
+                "operation": "signaling", "action": "start", "identifier": event.call_id,
+                "remoteAddress": party_to_wire(event.remote),
+                "localAddress": party_to_wire(event.local),
+            })
+        elif isinstance(event, CallStatus):
+            msg: dict[str, Any] = {
+                "operation": "signaling", "action": "status", "identifier": event.call_id,
+                "state": str(event.state),
+            }
+            if event.reason is not None:
+                msg["reason"] = str(event.reason)
+            if event.remote is not None:
+                msg["remoteAddress"] = party_to_wire(event.remote)
+            self.send(msg)
+        elif isinstance(event, MediaOffer | MediaAnswer):
+            action = "offer" if isinstance(event, MediaOffer) else "answer"
+            self.send({"operation": "media", "action": action, "identifier": event.call_id,
+                       "sdp": event.sdp})
+        elif isinstance(event, RegistrationEnded):
+            self._register_terminated(event.reason)
+
+    def _register_status(self) -> None:
+        assert self.reg is not None
+        self.send({
+            "operation": "register", "action": "status", "state": "active",
+            "identifier": self.reg.identifier, "assignment": "new",
+            "localAddress": party_to_wire(self.reg.party),
+            "localSideDescription": SERVER_DESCRIPTION,
+        })
+
+    def _register_terminated(self, reason: Reason, code: int = CloseCode.NORMAL_CLOSURE) -> None:
+        self.send({"operation": "register", "action": "status", "state": "terminated",
+                   "reason": str(reason)})
+        self._closing = True
+        self._outbox.put_nowait(None)
+        self._close_code = code
+
+    async def _writer(self) -> None:
+        while True:
+            message = await self._outbox.get()
+            if message is None:
+                await self.ws.close(getattr(self, "_close_code", CloseCode.NORMAL_CLOSURE))
+                return
+            await self.ws.send(json.dumps(message))
+
+    # -- incoming ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        writer = asyncio.get_running_loop().create_task(self._writer())
+        try:
+            async for frame in self.ws:
+                if isinstance(frame, bytes):
+                    await self._drain_and_close(writer, CloseCode.UNSUPPORTED_DATA, "binary frame")
+                    return
+                try:
+                    message = json.loads(frame)
+                except ValueError:
+                    message = None
+                if not isinstance(message, dict):
+                    await self._drain_and_close(writer, CloseCode.INVALID_DATA, "not a JSON object")
+                    return
+                if message.get("version") != VERSION or isinstance(message.get("version"), bool):
+                    self._register_terminated(Reason.ERROR, CloseCode.PROTOCOL_ERROR)
+                    await writer
+                    return
+                await self._dispatch(message)
+                if self._closing:
+                    await writer
+                    return
+        except ConnectionClosed:
+            pass
+        finally:
+            if self.reg is not None:
+                self.core.unregister(self.reg)
+                self.reg = None
+            if not writer.done():
+                writer.cancel()
+
+    async def _drain_and_close(self, writer: asyncio.Task[None], code: int, why: str) -> None:
+        self._closing = True
+        self._outbox.put_nowait(None)
+        self._close_code = code
+        logger.info("closing %s: %s", self.ws.remote_address, why)
+        await writer
+
+    async def _dispatch(self, message: dict[str, Any]) -> None:
+        operation = message.get("operation")
+        action = message.get("action")
+        try:
+            if operation == "register":
+                await self._on_register(action, message)
+            elif operation in ("signaling", "media"):
+                await self._on_call(operation, action, message)
+            else:
+                raise ProtocolError(f"unknown operation {operation!r}")
+        except ProtocolError as exc:
+            logger.info("client %s: %s", self.ws.remote_address, exc)
+            self._error_reply(message)
+
+    def _error_reply(self, message: dict[str, Any]) -> None:
+        """Answer a message we cannot act on; the connection stays open (json-v1 §3)."""
+        operation = message.get("operation")
+        if operation not in ("register", "signaling", "media"):
+            operation = "register"
+        reply: dict[str, Any] = {"operation": operation, "action": "status", "reason": "error"}
+        if operation == "register":
+            reply["state"] = "active" if self.reg is not None else "terminated"
+            if self.reg is not None:
+                reply["identifier"] = self.reg.identifier
+        else:
+            reply["operation"] = "signaling"
+            identifier = message.get("identifier")
+            call = None
+            if isinstance(identifier, str) and self.reg is not None:
+                call = self.reg.calls.get(identifier)
+                reply["identifier"] = identifier
+            reply["state"] = str(call.state) if call is not None else "terminated"
+        self.send(reply)
+
+    async def _on_register(self, action: Any, message: dict[str, Any]) -> None:
+        if action == "start":
+            if self.reg is not None:
+                raise ProtocolError("already registered")
+            local = party_from_wire(message.get("localAddress", {}))
+            if local is None:
+                raise ProtocolError("bad localAddress")
+            description = message.get("localSideDescription", "")
+            if not isinstance(description, str):
+                description = ""
+            result = self.core.register(local.dial_string, local.display_name, description,
+                                        self.on_event)
+            if isinstance(result, Reason):
+                self._register_terminated(result)
+                return
+            self.reg = result
+            self._register_status()
+        elif action == "status":
+            if self.reg is None:
+                raise ProtocolError("not registered")
+            self._register_status()
+        elif action == "terminate":
+            if self.reg is None:
+                raise ProtocolError("not registered")
+            self.core.unregister(self.reg, Reason.USER_TERMINATED)
+            self.reg = None
+            self._register_terminated(Reason.USER_TERMINATED)
+        else:
+            raise ProtocolError(f"unknown register action {action!r}")
+
+    async def _on_call(self, operation: str, action: Any, message: dict[str, Any]) -> None:
+        identifier = message.get("identifier")
+        if not isinstance(identifier, str) or not IDENTIFIER.match(identifier):
+            raise ProtocolError("bad call identifier")
+        if self.reg is None:
+            raise ProtocolError("not registered")
+        for command in self._commands(operation, action, identifier, message):
+            await self.core.handle(self.reg, command)
+
+    def _commands(
+        self, operation: str, action: Any, identifier: str, message: dict[str, Any]
+    ) -> list[Command]:
+        sdp = message.get("sdp")
+        if operation == "media":
+            if action not in ("offer", "answer"):
+                raise ProtocolError(f"unknown media action {action!r}")
+            if sdp is not None and not isinstance(sdp, str):
+                raise ProtocolError("sdp must be a string")
+            commands: list[Command] = []
+            if sdp is not None:
+                commands.append(
+                    Offer(identifier, sdp) if action == "offer" else SdpAnswer(identifier, sdp)
+                )
+            if "ice" in message:
+                commands.append(Ice(identifier, _candidates(message["ice"])))
+            if not commands:
+                raise ProtocolError("media message without sdp or ice")
+            return commands
+        if action == "start":
+            remote = party_from_wire(message.get("remoteAddress"))
+            if remote is None:
+                raise ProtocolError("signaling start without remoteAddress")
+            local = party_from_wire(message.get("localAddress", {}))
+            return [Dial(identifier, remote, local.display_name if local else "")]
+        if action == "status":
+            return [QueryStatus(identifier)]
+        if action == "accept":
+            return [Accept(identifier)]
+        if action == "answer":
+            return [Answer(identifier)]
+        if action == "terminate":
+            reason = Reason.from_wire(message.get("reason", "userTerminated"))
+            return [Terminate(identifier, reason)]
+        if action in ("transfer", "hold", "retrieve"):
+            # Not available yet: the call stays as it is (json-v1 §9 failed request).
+            call = self.reg.calls.get(identifier) if self.reg else None
+            self.send({"operation": "signaling", "action": "status", "identifier": identifier,
+                       "state": str(call.state) if call else str(CallState.TERMINATED),
+                       "reason": "error"})
+            return []
+        raise ProtocolError(f"unknown signaling action {action!r}")

@@ -1,0 +1,525 @@
+"""Configuration: a TOML file (or the built-in defaults) -> frozen dataclasses.
+
+`load_config(path)` reads and validates a file; `load_config(None)` returns the embedded
+defaults (DESIGN.md §6: the gateway runs with no configuration at all). Every problem is
+reported as one `ConfigError` whose message names the file and the key, e.g.
+
+    config error in /etc/gw.toml: [sip] listen: expected "host:port", got "localhost"
+
+The command line prints it prefixed with the program name and exits with status 2.
+Every key accepted here is documented in `config/gateway.example.toml`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, time
+from importlib import metadata
+from typing import Any, Final, TypeVar
+
+__all__ = [
+    "AUTH_MODES",
+    "DEFAULTS_SOURCE",
+    "DEMO_USERS",
+    "LOG_LEVELS",
+    "RINGBACK_COUNTRIES",
+    "VERSION",
+    "AuthConfig",
+    "CallsConfig",
+    "Config",
+    "ConfigError",
+    "LoggingConfig",
+    "MediaConfig",
+    "PbxConfig",
+    "ServerConfig",
+    "SipConfig",
+    "User",
+    "format_hostport",
+    "load_config",
+    "parse_config",
+]
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("webrtc-sip-gateway")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0.1.0"
+
+
+VERSION: Final[str] = _package_version()
+
+#: `Config.source` when no file was given.
+DEFAULTS_SOURCE: Final[str] = "<built-in defaults>"
+
+AUTH_MODES: Final[tuple[str, ...]] = ("none", "password", "token", "both")
+RINGBACK_COUNTRIES: Final[tuple[str, ...]] = ("us", "uk", "de", "fr", "jp")
+LOG_LEVELS: Final[tuple[str, ...]] = ("debug", "info", "warning", "error", "critical")
+PBX_TRANSPORTS: Final[tuple[str, ...]] = ("udp", "tcp")
+
+
+class ConfigError(Exception):
+    """A configuration problem; `str(error)` is the complete one-line message."""
+
+    def __init__(self, source: str, key: str | None, problem: str) -> None:
+        self.source = source
+        self.key = key
+        self.problem = problem
+        where = f"{key}: " if key else ""
+        super().__init__(f"config error in {source}: {where}{problem}")
+
+
+# --------------------------------------------------------------------------- dataclasses
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """HTTP server: web phone, static files and the json-v1 WebSocket."""
+
+    host: str  # IPv6 without brackets
+    port: int
+    ws_path: str = "/ws"
+    max_message_bytes: int = 65536
+
+
+@dataclass(frozen=True, slots=True)
+class SipConfig:
+    """The gateway's SIP user agent (UDP and TCP on the same address)."""
+
+    host: str  # IPv6 without brackets
+    port: int
+    user_agent: str = f"webrtc-gateway/{VERSION}"  # DEFAULT_USER_AGENT
+    t1: float = 0.5
+    t2: float = 4.0
+    t4: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class PbxConfig:
+    """Where calls to numbers that are not local web users go (None: nowhere)."""
+
+    uri: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+    @property
+    def transport(self) -> str:
+        """The `;transport=` parameter of `uri` in lower case, default "udp"."""
+        if self.uri is None:
+            return "udp"
+        return _uri_transport(self.uri) or "udp"
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    mode: str = "none"  # one of AUTH_MODES; only "none" is implemented yet
+
+
+@dataclass(frozen=True, slots=True)
+class MediaConfig:
+    rtp_host: str = "127.0.0.1"  # bind address of RTP sockets and the SDP c= address
+    rtp_port_min: int = 10000
+    rtp_port_max: int = 20000
+    ringback: str = "us"  # one of RINGBACK_COUNTRIES
+
+
+@dataclass(frozen=True, slots=True)
+class CallsConfig:
+    no_answer_timeout: float = 60.0  # seconds an offered incoming call may ring
+    restore_grace: float = 60.0  # seconds a registration outlives its WebSocket
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str = "info"  # one of LOG_LEVELS
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    username: str
+    password: str
+    number: str  # digits with an optional leading "+"
+    display_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    server: ServerConfig
+    sip: SipConfig
+    pbx: PbxConfig
+    auth: AuthConfig
+    media: MediaConfig
+    calls: CallsConfig
+    logging: LoggingConfig
+    users: tuple[User, ...]
+    demo_users: bool  # True when `users` is the built-in demo directory
+    source: str  # the file path, or DEFAULTS_SOURCE
+
+    def user_by_number(self, number: str) -> User | None:
+        return next((u for u in self.users if u.number == number), None)
+
+    def user_by_name(self, username: str) -> User | None:
+        return next((u for u in self.users if u.username == username), None)
+
+
+#: The directory used when the configuration has no [[users]].
+DEMO_USERS: Final[tuple[User, ...]] = (
+    User(username="alice", password="alice123", number="1001", display_name="Alice"),
+    User(username="bob", password="bob123", number="1002", display_name="Bob"),
+    User(username="carol", password="carol123", number="1003", display_name="Carol"),
+)
+
+DEFAULT_SERVER_LISTEN: Final[str] = "127.0.0.1:8080"
+DEFAULT_USER_AGENT: Final[str] = f"webrtc-gateway/{VERSION}"
+DEFAULT_SIP_LISTEN: Final[str] = "127.0.0.1:5060"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def format_hostport(host: str, port: int) -> str:
+    """ "host:port", with brackets around an IPv6 host."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _show(value: object) -> str:
+    """A value as it would look in TOML, for error messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    return str(value)
+
+
+def _kind(value: object) -> str:
+    """The TOML type of a value plus the value, e.g. 'string "x"', 'boolean true'."""
+    if isinstance(value, bool):
+        return f"boolean {_show(value)}"
+    if isinstance(value, int):
+        return f"integer {_show(value)}"
+    if isinstance(value, float):
+        return f"float {_show(value)}"
+    if isinstance(value, str):
+        return f"string {_show(value)}"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, datetime | date | time):
+        return f"date/time {value.isoformat()}"
+    return type(value).__name__  # pragma: no cover - tomllib produces nothing else
+
+
+_T = TypeVar("_T")
+
+_NUMBER_RE = re.compile(r"\+?[0-9]+")
+_USERNAME_RE = re.compile(r"[A-Za-z0-9._~!$&'*+=,;?/-]+")  # RFC 3261 user, unescaped
+_PORT_RE = re.compile(r"[0-9]+")
+
+
+def _uri_transport(uri: str) -> str | None:
+    for param in uri.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "transport":
+            return value.strip().lower()
+    return None
+
+
+class _Table:
+    """Typed access to one TOML table, with errors naming the file and the key."""
+
+    def __init__(
+        self, source: str, label: str, data: Mapping[str, Any], known: tuple[str, ...]
+    ) -> None:
+        self.source = source
+        self.label = label  # "[server]" or "[[users]] #2"
+        self.data = data
+        for key in data:
+            if key not in known:
+                raise self.error(key, f"unknown key (known keys: {', '.join(known)})")
+
+    def error(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(self.source, f"{self.label} {key}", problem)
+
+    def _get(self, key: str, default: _T, check: Callable[[object], bool], what: str) -> Any:
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        if not check(value):
+            raise self.error(key, f"expected {what}, got {_kind(value)}")
+        return value
+
+    def string(self, key: str, default: str) -> str:
+        value: str = self._get(key, default, lambda v: isinstance(v, str), "a string")
+        return value
+
+    def opt_string(self, key: str) -> str | None:
+        value: str | None = self._get(key, None, lambda v: isinstance(v, str), "a string")
+        return value
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int:
+        value: int = self._get(
+            key, default, lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"
+        )
+        if not low <= value <= high:
+            raise self.error(key, f"must be between {low} and {high}, got {value}")
+        return value
+
+    def number(self, key: str, default: float, low: float, high: float) -> float:
+        value = self._get(
+            key,
+            default,
+            lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+            "a number",
+        )
+        if not (math.isfinite(value) and low < value <= high):
+            raise self.error(key, f"must be more than {low:g} and at most {high:g}, got {value}")
+        return float(value)
+
+    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.string(key, default)
+        if value not in choices:
+            raise self.error(key, f"must be one of {' | '.join(choices)}, got {_show(value)}")
+        return value
+
+    def listen(self, key: str, default: str) -> tuple[str, int]:
+        text = self.string(key, default)
+        expected = f'expected "host:port" (IPv6 as "[::1]:5060"), got {_show(text)}'
+        if text.startswith("["):
+            host, sep, port = text[1:].partition("]:")
+            if not sep:
+                raise self.error(key, expected)
+            try:
+                ipaddress.IPv6Address(host)
+            except ValueError:
+                raise self.error(key, f"not an IPv6 address in brackets: {_show(text)}") from None
+        else:
+            host, sep, port = text.rpartition(":")
+            if not sep or not host:
+                raise self.error(key, expected)
+            if ":" in host:
+                raise self.error(
+                    key, f'put an IPv6 address in brackets, "[::1]:5060"; got {_show(text)}'
+                )
+            if any(c.isspace() for c in host) or "/" in host:
+                raise self.error(key, f"invalid host in {_show(text)}")
+        if not _PORT_RE.fullmatch(port):
+            raise self.error(key, f"port must be a number, got {_show(port)} in {_show(text)}")
+        number = int(port)
+        if number > 65535:
+            raise self.error(key, f"port must be between 0 and 65535, got {number}")
+        return host, number
+
+
+def _section(data: Mapping[str, Any], source: str, name: str, known: tuple[str, ...]) -> _Table:
+    value = data.get(name, {})
+    if not isinstance(value, dict):
+        raise ConfigError(source, f"[{name}]", f"expected a table, got {_kind(value)}")
+    return _Table(source, f"[{name}]", value, known)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _server(data: Mapping[str, Any], source: str) -> ServerConfig:
+    t = _section(data, source, "server", ("listen", "ws_path", "max_message_bytes"))
+    host, port = t.listen("listen", DEFAULT_SERVER_LISTEN)
+    ws_path = t.string("ws_path", "/ws")
+    if not ws_path.startswith("/") or any(c.isspace() or c in "?#" for c in ws_path):
+        raise t.error("ws_path", f'expected a URL path starting with "/", got {_show(ws_path)}')
+    max_bytes = t.integer("max_message_bytes", 65536, 1024, 16 * 1024 * 1024)
+    return ServerConfig(host=host, port=port, ws_path=ws_path, max_message_bytes=max_bytes)
+
+
+def _sip(data: Mapping[str, Any], source: str) -> SipConfig:
+    t = _section(data, source, "sip", ("listen", "user_agent", "t1", "t2", "t4"))
+    host, port = t.listen("listen", DEFAULT_SIP_LISTEN)
+    user_agent = t.string("user_agent", DEFAULT_USER_AGENT)
+    if not user_agent.strip() or any(ord(c) < 32 or ord(c) == 127 for c in user_agent):
+        raise t.error(
+            "user_agent", f"expected a non-empty single-line string, got {_show(user_agent)}"
+        )
+    t1 = t.number("t1", 0.5, 0.0, 60.0)
+    t2 = t.number("t2", 4.0, 0.0, 600.0)
+    t4 = t.number("t4", 5.0, 0.0, 600.0)
+    if t2 < t1:
+        raise t.error("t2", f"must not be less than t1 ({t1:g}), got {t2:g}")
+    return SipConfig(host=host, port=port, user_agent=user_agent, t1=t1, t2=t2, t4=t4)
+
+
+def _pbx(data: Mapping[str, Any], source: str) -> PbxConfig:
+    t = _section(data, source, "pbx", ("uri", "username", "password"))
+    uri = t.opt_string("uri")
+    username = t.opt_string("username")
+    password = t.opt_string("password")
+    if uri is not None:
+        scheme, colon, rest = uri.partition(":")
+        if scheme.lower() not in ("sip", "sips") or not colon or not rest.split(";")[0].strip():
+            raise t.error(
+                "uri", f'expected a SIP URI like "sip:pbx.example.com:5060", got {_show(uri)}'
+            )
+        if any(c.isspace() for c in uri):
+            raise t.error("uri", f"must not contain spaces, got {_show(uri)}")
+        transport = _uri_transport(uri)
+        if transport is not None and transport not in PBX_TRANSPORTS:
+            raise t.error(
+                "uri",
+                f"transport must be one of {' | '.join(PBX_TRANSPORTS)}, got {_show(transport)}",
+            )
+    if username is not None and not username:
+        raise t.error("username", "must not be empty (leave it out instead)")
+    if password is not None and username is None:
+        raise t.error("password", "set username as well")
+    if username is not None and uri is None:
+        raise t.error("username", "credentials without a uri: set [pbx] uri as well")
+    return PbxConfig(uri=uri, username=username, password=password)
+
+
+def _auth(data: Mapping[str, Any], source: str) -> AuthConfig:
+    t = _section(data, source, "auth", ("mode",))
+    return AuthConfig(mode=t.choice("mode", "none", AUTH_MODES))
+
+
+def _media(data: Mapping[str, Any], source: str) -> MediaConfig:
+    t = _section(data, source, "media", ("rtp_host", "rtp_port_min", "rtp_port_max", "ringback"))
+    rtp_host = t.string("rtp_host", "127.0.0.1")
+    try:
+        address = ipaddress.ip_address(rtp_host)
+    except ValueError:
+        raise t.error("rtp_host", f"expected an IP address, got {_show(rtp_host)}") from None
+    if address.is_unspecified:
+        raise t.error("rtp_host", f"must be the address peers send RTP to, not {rtp_host}")
+    low = t.integer("rtp_port_min", 10000, 1024, 65534)
+    high = t.integer("rtp_port_max", 20000, 1025, 65535)
+    if high <= low:
+        raise t.error("rtp_port_max", f"must be greater than rtp_port_min ({low}), got {high}")
+    ringback = t.choice("ringback", "us", RINGBACK_COUNTRIES)
+    return MediaConfig(rtp_host=rtp_host, rtp_port_min=low, rtp_port_max=high, ringback=ringback)
+
+
+def _calls(data: Mapping[str, Any], source: str) -> CallsConfig:
+    t = _section(data, source, "calls", ("no_answer_timeout", "restore_grace"))
+    return CallsConfig(
+        no_answer_timeout=t.number("no_answer_timeout", 60.0, 0.0, 3600.0),
+        restore_grace=t.number("restore_grace", 60.0, 0.0, 86400.0),
+    )
+
+
+def _logging(data: Mapping[str, Any], source: str) -> LoggingConfig:
+    t = _section(data, source, "logging", ("level",))
+    level = t.string("level", "info").lower()
+    if level not in LOG_LEVELS:
+        raise t.error("level", f"must be one of {' | '.join(LOG_LEVELS)}, got {_show(level)}")
+    return LoggingConfig(level=level)
+
+
+def _users(data: Mapping[str, Any], source: str) -> tuple[tuple[User, ...], bool]:
+    if "users" not in data:
+        return DEMO_USERS, True
+    entries = data["users"]
+    if not isinstance(entries, list):
+        raise ConfigError(source, "[[users]]", f"expected an array of tables, got {_kind(entries)}")
+    users: list[User] = []
+    by_name: dict[str, int] = {}
+    by_number: dict[str, int] = {}
+    for index, entry in enumerate(entries, start=1):
+        label = f"[[users]] #{index}"
+        if not isinstance(entry, dict):
+            raise ConfigError(source, label, f"expected a table, got {_kind(entry)}")
+        t = _Table(source, label, entry, ("username", "password", "number", "display_name"))
+        for key in ("username", "password", "number"):
+            if key not in entry:
+                raise t.error(key, "missing (required for every user)")
+        username = t.string("username", "")
+        if not _USERNAME_RE.fullmatch(username):
+            raise t.error("username", f"expected letters, digits and ._-, got {_show(username)}")
+        password = t.string("password", "")
+        if not password:
+            raise t.error("password", "must not be empty")
+        number = t.string("number", "")
+        if not _NUMBER_RE.fullmatch(number):
+            raise t.error(
+                "number", f'expected digits with an optional leading "+", got {_show(number)}'
+            )
+        display_name = t.string("display_name", username)
+        if any(ord(c) < 32 or ord(c) == 127 for c in display_name):
+            raise t.error("display_name", f"must be a single line, got {_show(display_name)}")
+        if username in by_name:
+            raise t.error(
+                "username",
+                f"duplicate username {_show(username)} (also [[users]] #{by_name[username]})",
+            )
+        if number in by_number:
+            raise t.error(
+                "number", f"duplicate number {_show(number)} (also [[users]] #{by_number[number]})"
+            )
+        by_name[username] = index
+        by_number[number] = index
+        users.append(User(username, password, number, display_name or username))
+    return tuple(users), False
+
+
+_SECTION_NAMES: Final[tuple[str, ...]] = (
+    "server",
+    "sip",
+    "pbx",
+    "auth",
+    "media",
+    "calls",
+    "logging",
+    "users",
+)
+
+
+def parse_config(data: Mapping[str, Any], source: str = DEFAULTS_SOURCE) -> Config:
+    """Validate parsed TOML (a dict as returned by tomllib) and build a `Config`."""
+    for name in data:
+        if name not in _SECTION_NAMES:
+            raise ConfigError(
+                source,
+                f"[{name}]",
+                f"unknown section (known sections: {', '.join(_SECTION_NAMES)})",
+            )
+    users, demo = _users(data, source)
+    return Config(
+        server=_server(data, source),
+        sip=_sip(data, source),
+        pbx=_pbx(data, source),
+        auth=_auth(data, source),
+        media=_media(data, source),
+        calls=_calls(data, source),
+        logging=_logging(data, source),
+        users=users,
+        demo_users=demo,
+        source=source,
+    )
+
+
+def load_config(path: str | None) -> Config:
+    """Read and validate a TOML file; with None, return the built-in defaults."""
+    if path is None:
+        return parse_config({}, DEFAULTS_SOURCE)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(path, None, f"cannot read file: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(path, None, f"invalid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            path, None, f"invalid TOML: not UTF-8 text ({e.reason} at byte {e.start})"
+        ) from None
+    return parse_config(data, path)

@@ -1,0 +1,343 @@
+"""Tests for gateway.config: defaults, every documented key, every error class."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import (
+    DEFAULTS_SOURCE,
+    DEMO_USERS,
+    VERSION,
+    AuthConfig,
+    CallsConfig,
+    Config,
+    ConfigError,
+    LoggingConfig,
+    MediaConfig,
+    PbxConfig,
+    ServerConfig,
+    SipConfig,
+    User,
+    load_config,
+    parse_config,
+)
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "gateway.example.toml"
+SRC = "/etc/gw.toml"
+
+
+def err(data: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, SRC)
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"config error in {SRC}: ")
+    return message
+
+
+# ----------------------------------------------------------------------------- defaults
+
+
+def test_defaults_without_file() -> None:
+    c = load_config(None)
+    assert c.source == DEFAULTS_SOURCE
+    assert c.server == ServerConfig("127.0.0.1", 8080, "/ws", 65536)
+    assert c.sip == SipConfig("127.0.0.1", 5060, f"webrtc-gateway/{VERSION}", 0.5, 4.0, 5.0)
+    assert c.pbx == PbxConfig(None, None, None)
+    assert c.auth == AuthConfig("none")
+    assert c.media == MediaConfig("127.0.0.1", 10000, 20000, "us")
+    assert c.calls == CallsConfig(60.0, 60.0)
+    assert c.logging == LoggingConfig("info")
+    assert c.demo_users is True
+    assert c.users == DEMO_USERS
+    assert [(u.username, u.number) for u in c.users] == [
+        ("alice", "1001"),
+        ("bob", "1002"),
+        ("carol", "1003"),
+    ]
+    assert all(u.password for u in c.users)
+
+
+def test_empty_file_equals_defaults(tmp_path: Path) -> None:
+    f = tmp_path / "empty.toml"
+    f.write_text("")
+    c = load_config(str(f))
+    assert c.source == str(f)
+    assert c.server == load_config(None).server
+    assert c.demo_users
+
+
+def test_frozen() -> None:
+    c = load_config(None)
+    with pytest.raises(AttributeError):
+        c.server.port = 1  # type: ignore[misc]
+
+
+def test_pbx_transport_property() -> None:
+    assert PbxConfig().transport == "udp"
+    assert PbxConfig("sip:pbx:5070;transport=TCP").transport == "tcp"
+    assert PbxConfig("sip:pbx:5070").transport == "udp"
+
+
+# ----------------------------------------------------------------------------- example file
+
+
+def test_example_file_loads_and_documents_every_key() -> None:
+    c = load_config(str(EXAMPLE))
+    assert isinstance(c, Config)
+    assert c.pbx.uri == "sip:127.0.0.1:5070;transport=udp"
+    assert c.pbx.username == "gateway"
+    assert c.demo_users is False
+    assert [u.number for u in c.users] == ["1001", "+4930123456"]
+    # The example shows the default of every key outside [pbx] and [[users]].
+    defaults = load_config(None)
+    for name in ("server", "sip", "auth", "media", "calls", "logging"):
+        assert getattr(c, name) == getattr(defaults, name), name
+    # Every key the loader accepts appears in the example, preceded by a comment.
+    data = tomllib.loads(EXAMPLE.read_text())
+    lines = EXAMPLE.read_text().splitlines()
+    for table in data.values():
+        entries = table if isinstance(table, list) else [table]
+        for entry in entries:
+            for key in entry:
+                idx = next(i for i, ln in enumerate(lines) if re.match(rf"{key}\s*=", ln))
+                assert any(ln.startswith("#") for ln in lines[max(0, idx - 12) : idx]), key
+    expected = {
+        "server": {"listen", "ws_path", "max_message_bytes"},
+        "sip": {"listen", "user_agent", "t1", "t2", "t4"},
+        "pbx": {"uri", "username", "password"},
+        "auth": {"mode"},
+        "media": {"rtp_host", "rtp_port_min", "rtp_port_max", "ringback"},
+        "calls": {"no_answer_timeout", "restore_grace"},
+        "logging": {"level"},
+    }
+    for section, keys in expected.items():
+        assert set(data[section]) == keys, section
+    assert set(data["users"][0]) == {"username", "password", "number", "display_name"}
+
+
+# ----------------------------------------------------------------------------- every key
+
+
+def test_every_key_is_read() -> None:
+    c = parse_config(
+        {
+            "server": {"listen": "0.0.0.0:9000", "ws_path": "/json", "max_message_bytes": 4096},
+            "sip": {
+                "listen": "[::1]:5080",
+                "user_agent": "gw/1",
+                "t1": 1,
+                "t2": 8.0,
+                "t4": 2.5,
+            },
+            "pbx": {"uri": "sips:pbx.example.com", "username": "u", "password": "p"},
+            "auth": {"mode": "both"},
+            "media": {
+                "rtp_host": "192.0.2.10",
+                "rtp_port_min": 30000,
+                "rtp_port_max": 30100,
+                "ringback": "de",
+            },
+            "calls": {"no_answer_timeout": 30, "restore_grace": 5.5},
+            "logging": {"level": "DEBUG"},
+            "users": [
+                {"username": "dave", "password": "x", "number": "+491234"},
+                {"username": "eve", "password": "y", "number": "77", "display_name": "Eve E."},
+            ],
+        },
+        SRC,
+    )
+    assert c.server == ServerConfig("0.0.0.0", 9000, "/json", 4096)
+    assert c.sip == SipConfig("::1", 5080, "gw/1", 1.0, 8.0, 2.5)
+    assert isinstance(c.sip.t1, float)
+    assert c.pbx == PbxConfig("sips:pbx.example.com", "u", "p")
+    assert c.auth.mode == "both"
+    assert c.media == MediaConfig("192.0.2.10", 30000, 30100, "de")
+    assert c.calls == CallsConfig(30.0, 5.5)
+    assert c.logging.level == "debug"
+    assert c.users == (
+        User("dave", "x", "+491234", "dave"),
+        User("eve", "y", "77", "Eve E."),
+    )
+    assert c.demo_users is False
+    assert c.source == SRC
+    assert c.user_by_number("77") == c.users[1]
+    assert c.user_by_name("dave") == c.users[0]
+    assert c.user_by_number("1001") is None
+
+
+@pytest.mark.parametrize("mode", ["none", "password", "token", "both"])
+def test_auth_modes_accepted(mode: str) -> None:
+    assert parse_config({"auth": {"mode": mode}}, SRC).auth.mode == mode
+
+
+@pytest.mark.parametrize("country", ["us", "uk", "de", "fr", "jp"])
+def test_ringback_countries(country: str) -> None:
+    assert parse_config({"media": {"ringback": country}}, SRC).media.ringback == country
+
+
+@pytest.mark.parametrize(
+    ("listen", "host", "port"),
+    [
+        ("127.0.0.1:8080", "127.0.0.1", 8080),
+        ("[::1]:5060", "::1", 5060),
+        ("[::]:5060", "::", 5060),
+        ("gw.example.com:443", "gw.example.com", 443),
+        ("127.0.0.1:0", "127.0.0.1", 0),
+    ],
+)
+def test_listen_forms(listen: str, host: str, port: int) -> None:
+    c = parse_config({"server": {"listen": listen}, "sip": {"listen": listen}}, SRC)
+    assert (c.server.host, c.server.port) == (host, port)
+    assert (c.sip.host, c.sip.port) == (host, port)
+
+
+def test_pbx_uri_without_credentials() -> None:
+    c = parse_config({"pbx": {"uri": "sip:127.0.0.1:5070;transport=tcp"}}, SRC)
+    assert c.pbx == PbxConfig("sip:127.0.0.1:5070;transport=tcp", None, None)
+    assert c.pbx.transport == "tcp"
+
+
+def test_explicitly_empty_directory() -> None:
+    c = parse_config({"users": []}, SRC)
+    assert c.users == ()
+    assert c.demo_users is False
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "fragment"),
+    [
+        # unknown section / key
+        ({"serverr": {}}, "[serverr]", "unknown section"),
+        ({"sip": {"lisen": "1.2.3.4:5"}}, "[sip] lisen", "unknown key"),
+        ({"users": [{"username": "a", "password": "p", "number": "1", "x": 1}]},
+         "[[users]] #1 x", "unknown key"),
+        # wrong type
+        ({"sip": 5}, "[sip]", "expected a table, got integer 5"),
+        ({"server": {"listen": 8080}}, "[server] listen", "expected a string, got integer 8080"),
+        ({"server": {"max_message_bytes": "64k"}}, "[server] max_message_bytes",
+         'expected an integer, got string "64k"'),
+        ({"server": {"max_message_bytes": True}}, "[server] max_message_bytes",
+         "expected an integer, got boolean true"),
+        ({"server": {"max_message_bytes": 1.5}}, "[server] max_message_bytes",
+         "expected an integer"),
+        ({"media": {"rtp_port_min": False}}, "[media] rtp_port_min", "boolean false"),
+        ({"sip": {"t1": "0.5"}}, "[sip] t1", "expected a number"),
+        ({"calls": {"no_answer_timeout": True}}, "[calls] no_answer_timeout", "boolean"),
+        ({"pbx": {"uri": 5070}}, "[pbx] uri", "expected a string"),
+        ({"auth": {"mode": 1}}, "[auth] mode", "expected a string"),
+        ({"users": {"username": "a"}}, "[[users]]", "expected an array of tables"),
+        ({"users": ["alice"]}, "[[users]] #1", "expected a table"),
+        ({"users": [{"username": "a", "password": "p", "number": 1001}]},
+         "[[users]] #1 number", "expected a string, got integer 1001"),
+        # bad values
+        ({"sip": {"listen": "localhost"}}, "[sip] listen",
+         'expected "host:port" (IPv6 as "[::1]:5060"), got "localhost"'),
+        ({"server": {"listen": "127.0.0.1"}}, "[server] listen", 'expected "host:port"'),
+        ({"server": {"listen": ":8080"}}, "[server] listen", 'expected "host:port"'),
+        ({"server": {"listen": "127.0.0.1:http"}}, "[server] listen", "port must be a number"),
+        ({"server": {"listen": "127.0.0.1:-1"}}, "[server] listen", "port must be a number"),
+        ({"server": {"listen": "127.0.0.1:65536"}}, "[server] listen", "between 0 and 65535"),
+        ({"sip": {"listen": "::1:5060"}}, "[sip] listen", "brackets"),
+        ({"sip": {"listen": "[::1]"}}, "[sip] listen", 'expected "host:port"'),
+        ({"sip": {"listen": "[nope]:5060"}}, "[sip] listen", "IPv6"),
+        ({"server": {"ws_path": "ws"}}, "[server] ws_path", 'starting with "/"'),
+        ({"server": {"max_message_bytes": 0}}, "[server] max_message_bytes", "between"),
+        ({"sip": {"t1": 0}}, "[sip] t1", "more than 0"),
+        ({"sip": {"t1": float("nan")}}, "[sip] t1", "more than 0"),
+        ({"sip": {"t1": 2.0, "t2": 1.0}}, "[sip] t2", "less than t1"),
+        ({"sip": {"user_agent": ""}}, "[sip] user_agent", "non-empty"),
+        ({"pbx": {"uri": "pbx.example.com"}}, "[pbx] uri", "expected a SIP URI"),
+        ({"pbx": {"uri": "http://pbx"}}, "[pbx] uri", "expected a SIP URI"),
+        ({"pbx": {"uri": "sip:"}}, "[pbx] uri", "expected a SIP URI"),
+        ({"pbx": {"uri": "sip:pbx;transport=sctp"}}, "[pbx] uri", "transport must be one of"),
+        ({"pbx": {"uri": "sip:pbx", "password": "p"}}, "[pbx] password", "username"),
+        ({"pbx": {"username": "u"}}, "[pbx] username", "uri"),
+        ({"auth": {"mode": "jwt"}}, "[auth] mode",
+         'must be one of none | password | token | both, got "jwt"'),
+        ({"media": {"ringback": "xx"}}, "[media] ringback", "us | uk | de | fr | jp"),
+        ({"media": {"rtp_host": "localhost"}}, "[media] rtp_host", "IP address"),
+        ({"media": {"rtp_host": "0.0.0.0"}}, "[media] rtp_host", "not 0.0.0.0"),
+        ({"media": {"rtp_port_min": 70000}}, "[media] rtp_port_min", "between"),
+        ({"media": {"rtp_port_min": 20000, "rtp_port_max": 10000}}, "[media] rtp_port_max",
+         "greater than rtp_port_min"),
+        ({"calls": {"no_answer_timeout": -1}}, "[calls] no_answer_timeout", "more than 0"),
+        ({"logging": {"level": "loud"}}, "[logging] level", "must be one of"),
+        ({"users": [{"username": "a", "password": "p"}]}, "[[users]] #1 number", "missing"),
+        ({"users": [{"username": "a", "password": "", "number": "1"}]},
+         "[[users]] #1 password", "empty"),
+        ({"users": [{"username": "a b", "password": "p", "number": "1"}]},
+         "[[users]] #1 username", "expected letters"),
+        ({"users": [{"username": "a", "password": "p", "number": "10-01"}]},
+         "[[users]] #1 number", 'digits with an optional leading "+", got "10-01"'),
+        ({"users": [{"username": "a", "password": "p", "number": "++1"}]},
+         "[[users]] #1 number", "digits"),
+        ({"users": [{"username": "a", "password": "p", "number": "1"},
+                    {"username": "b", "password": "p", "number": "1"}]},
+         "[[users]] #2 number", 'duplicate number "1" (also [[users]] #1)'),
+        ({"users": [{"username": "a", "password": "p", "number": "1"},
+                    {"username": "a", "password": "p", "number": "2"}]},
+         "[[users]] #2 username", 'duplicate username "a"'),
+    ],
+)  # fmt: skip
+def test_errors_name_file_and_key(data: dict[str, Any], key: str, fragment: str) -> None:
+    message = err(data)
+    assert message.startswith(f"config error in {SRC}: {key}: "), message
+    assert fragment in message, message
+
+
+def test_error_attributes() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"sip": {"listen": "localhost"}}, SRC)
+    assert info.value.source == SRC
+    assert info.value.key == "[sip] listen"
+    assert str(info.value) == (
+        f'config error in {SRC}: [sip] listen: expected "host:port" (IPv6 as "[::1]:5060"), '
+        'got "localhost"'
+    )
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "nope.toml")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(info.value) == f"config error in {path}: cannot read file: No such file or directory"
+
+
+def test_directory_is_unreadable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read file"):
+        load_config(str(tmp_path))
+
+
+def test_invalid_toml_has_line_and_column(tmp_path: Path) -> None:
+    f = tmp_path / "bad.toml"
+    f.write_text('[server]\nlisten = "127.0.0.1:8080"\nws_path = \n')
+    with pytest.raises(ConfigError) as info:
+        load_config(str(f))
+    message = str(info.value)
+    assert message.startswith(f"config error in {f}: invalid TOML: ")
+    assert "line 3, column" in message
+    assert "\n" not in message
+
+
+def test_not_utf8(tmp_path: Path) -> None:
+    f = tmp_path / "latin1.toml"
+    f.write_bytes(b'[server]\nws_path = "/\xe9"\n')
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(str(f))
+
+
+def test_file_errors_name_the_file(tmp_path: Path) -> None:
+    f = tmp_path / "gw.toml"
+    f.write_text('[sip]\nlisten = "localhost"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(str(f))
+    assert str(info.value).startswith(f"config error in {f}: [sip] listen: ")

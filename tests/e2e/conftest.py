@@ -1,0 +1,529 @@
+"""End-to-end fixtures: the gateway as a subprocess, sipp peers, free ports, logs.
+
+Every process is started by these fixtures and stopped by its PID (SIGTERM, then SIGKILL);
+nothing is ever killed by name. Ports are picked at run time (other suites may run in
+parallel on the same machine: 5060 and 8080 are never used). When a test fails, the logs
+of the gateway and of every sipp it started are printed (pytest shows them under
+"Captured stdout teardown") and copied to artifacts/e2e/<test>/.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+ARTIFACTS = Path(os.environ.get("E2E_ARTIFACTS", REPO / "artifacts" / "e2e"))
+SIPP = shutil.which("sipp") or "/usr/bin/sipp"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+HOST = "127.0.0.1"
+
+USERS = (
+    {"username": "alice", "password": "alice-secret", "number": "1001", "display_name": "Alice"},
+    {"username": "bob", "password": "bob-secret", "number": "1002", "display_name": "Bob"},
+)
+
+# Ports handed out in this pytest process; never handed out twice.
+_used_ports: set[int] = set()
+
+
+# --------------------------------------------------------------------------- reports
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # noqa: ARG001
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
+
+
+def _failed(node: pytest.Item) -> bool:
+    return any(
+        getattr(getattr(node, f"rep_{when}", None), "failed", False) for when in ("setup", "call")
+    )
+
+
+def _require(path: str, package: str) -> None:
+    """Skip when a peer program is missing, except in CI where that is an error."""
+    if os.path.exists(path):
+        return
+    message = f"{path} not found: install the Debian package {package} (make test does)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+# --------------------------------------------------------------------------- ports
+
+
+def _bindable(port: int, kinds: tuple[int, ...]) -> bool:
+    socks = []
+    try:
+        for kind in kinds:
+            s = socket.socket(socket.AF_INET, kind)
+            socks.append(s)
+            s.bind((HOST, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        for s in socks:
+            s.close()
+
+
+def free_port(udp: bool = True, tcp: bool = True, span: int = 1) -> int:
+    """A port on 127.0.0.1 free for UDP and TCP (as asked), with `span` free ports in a row.
+
+    Random in 20000..59999 (below the usual Linux ephemeral range start 32768 is not
+    assumed), never one already handed out by this process.
+    """
+    kinds = tuple(k for k, want in ((socket.SOCK_DGRAM, udp), (socket.SOCK_STREAM, tcp)) if want)
+    rng = random.Random()
+    for _ in range(2000):
+        base = rng.randrange(20000, 60000 - span)
+        ports = range(base, base + span)
+        if any(p in _used_ports for p in ports):
+            continue
+        if all(_bindable(p, kinds) for p in ports):
+            _used_ports.update(ports)
+            return base
+    raise RuntimeError("no free port found")
+
+
+def free_udp_range(count: int) -> tuple[int, int]:
+    """`count` consecutive UDP ports (both TCP and UDP free), as (first, last)."""
+    first = free_port(span=count)
+    return first, first + count - 1
+
+
+def _proc_net_listening(proto: str, port: int) -> bool:
+    """True when /proc/net/<proto> shows a socket bound to 127.0.0.1/0.0.0.0:port.
+
+    For tcp only LISTEN sockets count. Reading /proc avoids probing by binding, which
+    could race with the gateway binding the same port.
+    """
+    want = f"{port:04X}"
+    for name in (f"/proc/net/{proto}", f"/proc/net/{proto}6"):
+        try:
+            with open(name) as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 4:
+                continue
+            _addr, _, local_port = fields[1].partition(":")
+            if local_port != want:
+                continue
+            if proto == "tcp" and fields[3] != "0A":  # LISTEN
+                continue
+            return True
+    return False
+
+
+def tcp_accepts(port: int, host: str = HOST) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float = 5.0) -> int | None:
+    """SIGTERM this PID, SIGKILL after `grace` seconds; returns the exit code."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+    return proc.returncode
+
+
+async def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """Wait (without blocking the event loop) for a process to exit; its exit code."""
+    import asyncio
+
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"pid {proc.pid} still running after {timeout:.0f} s")
+        await asyncio.sleep(0.05)
+    return proc.returncode
+
+
+def _read(path: Path, limit: int = 60000) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return ""
+    text = data.decode("utf-8", "replace")
+    if len(text) > limit:
+        text = f"[... {len(text) - limit} characters cut ...]\n" + text[-limit:]
+    return text
+
+
+# --------------------------------------------------------------------------- gateway
+
+
+@dataclass
+class Gateway:
+    http_port: int
+    sip_port: int
+    pbx_port: int  # where the gateway sends INVITEs ([pbx] uri); sipp binds it
+    rtp_range: tuple[int, int]
+    config_path: Path
+    log_path: Path
+    workdir: Path
+    proc: subprocess.Popen[bytes] | None = None
+    host: str = HOST
+    users: tuple[dict[str, str], ...] = USERS
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.http_port}/ws"
+
+    @property
+    def sip_target(self) -> str:
+        return f"{self.host}:{self.sip_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def log(self) -> str:
+        return _read(self.log_path)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def write_config(gw: Gateway, extra: str = "") -> None:
+    users = "".join(
+        "\n[[users]]\n" + "".join(f'{k} = "{v}"\n' for k, v in u.items()) for u in gw.users
+    )
+    gw.config_path.write_text(
+        f"""# written by tests/e2e/conftest.py
+[server]
+listen = "{gw.host}:{gw.http_port}"
+
+[sip]
+listen = "{gw.host}:{gw.sip_port}"
+
+[pbx]
+uri = "sip:{gw.host}:{gw.pbx_port}"
+
+[media]
+rtp_port_min = {gw.rtp_range[0]}
+rtp_port_max = {gw.rtp_range[1]}
+
+[logging]
+level = "debug"
+{extra}{users}"""
+    )
+
+
+def start_gateway(gw: Gateway, timeout: float = 30.0) -> None:
+    cmd = [sys.executable, "-m", "gateway", "--config", str(gw.config_path)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    log = open(gw.log_path, "wb")  # noqa: SIM115 - the child keeps writing to it
+    try:
+        gw.proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    finally:
+        log.close()
+    deadline = time.monotonic() + timeout
+    while True:
+        if gw.proc.poll() is not None:
+            raise RuntimeError(
+                f"gateway exited with {gw.proc.returncode} during start-up:\n{gw.log()}"
+            )
+        ready = (
+            _proc_net_listening("tcp", gw.http_port)
+            and _proc_net_listening("udp", gw.sip_port)
+            and tcp_accepts(gw.http_port)
+        )
+        if ready:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"gateway not ready after {timeout:.0f} s (HTTP {gw.http_port} accepting, "
+                f"SIP {gw.sip_port}/udp bound):\n{gw.log()}"
+            )
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def e2e_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path]:
+    """A working directory for one test; copied to artifacts/e2e/<test> on failure."""
+    yield tmp_path
+    if _failed(request.node):
+        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in request.node.nodeid)
+        target = ARTIFACTS / name
+        with contextlib.suppress(OSError):
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(tmp_path, target, dirs_exist_ok=True)
+            print(f"\n[e2e] logs copied to {target}")
+
+
+@pytest.fixture
+def gateway(request: pytest.FixtureRequest, e2e_dir: Path) -> Iterator[Gateway]:
+    """A running gateway on free ports with users alice/1001 and bob/1002.
+
+    The [pbx] uri points at `gateway.pbx_port`, where tests start sipp.
+    """
+    rtp = free_udp_range(40)
+    gw = Gateway(
+        http_port=free_port(),
+        sip_port=free_port(),
+        pbx_port=free_port(),
+        rtp_range=rtp,
+        config_path=e2e_dir / "gateway.toml",
+        log_path=e2e_dir / "gateway.log",
+        workdir=e2e_dir,
+    )
+    write_config(gw, getattr(request, "param", "") or "")
+    try:
+        start_gateway(gw)
+        yield gw
+    finally:
+        if gw.proc is not None:
+            code = stop_process(gw.proc)
+            if code not in (0, -signal.SIGTERM, None):
+                print(f"\n[e2e] gateway pid {gw.proc.pid} exited with {code}")
+        if _failed(request.node):
+            print(f"\n===== gateway log ({gw.log_path}) =====\n{gw.log()}")
+
+
+# --------------------------------------------------------------------------- sipp
+
+
+@dataclass
+class SippProcess:
+    name: str
+    args: list[str]
+    workdir: Path
+    proc: subprocess.Popen[bytes] | None = None
+    media_port: int | None = None
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.poll() if self.proc else None
+
+    async def wait(self, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        return await wait_exit(self.proc, timeout)
+
+    def logs(self) -> str:
+        parts = []
+        for path in self.files:
+            if path.exists():
+                parts.append(f"----- {path.name} -----\n{_read(path, 30000)}")
+        return "\n".join(parts)
+
+
+class SippFactory:
+    """Starts sipp processes for one test and stops exactly those at teardown.
+
+    sipp exit codes: 0 all calls succeeded, 1 at least one call failed, 97 exit on
+    internal command, 99 normal exit without calls processed, 255 (-1) fatal error,
+    254 (-2) fatal error binding a socket.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.started: list[SippProcess] = []
+
+    def start(
+        self, name: str, args: list[str], *, port: int, media_port: int | None = None
+    ) -> SippProcess:
+        _require(SIPP, "sip-tester")
+        if media_port is None:
+            media_port = free_port(tcp=False, span=4)
+        base = self.workdir / f"sipp-{name}"
+        files = {
+            "stdout": base.with_suffix(".out"),
+            "messages": base.with_suffix(".messages.log"),
+            "errors": base.with_suffix(".errors.log"),
+            "screen": base.with_suffix(".screen.log"),
+        }
+        cmd = [
+            SIPP,
+            *args,
+            "-i", HOST,
+            "-p", str(port),
+            "-mi", HOST,
+            "-mp", str(media_port),
+            "-nostdin",
+            "-trace_msg", "-message_file", str(files["messages"]),
+            "-trace_err", "-error_file", str(files["errors"]),
+            "-trace_screen", "-screen_file", str(files["screen"]),
+        ]  # fmt: skip
+        sp = SippProcess(name=name, args=cmd, workdir=self.workdir, media_port=media_port)
+        sp.files = [files["stdout"], files["messages"], files["errors"], files["screen"]]
+        files["stdout"].write_text("$ " + " ".join(cmd) + "\n")
+        out = open(files["stdout"], "ab")  # noqa: SIM115
+        try:
+            sp.proc = subprocess.Popen(
+                cmd,
+                cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=dict(os.environ, TERM="dumb"),
+            )
+        finally:
+            out.close()
+        self.started.append(sp)
+        return sp
+
+    def wait_bound(self, sp: SippProcess, port: int, timeout: float = 10.0) -> None:
+        """Wait until sipp has bound its SIP UDP port (so an INVITE to it is not lost)."""
+        deadline = time.monotonic() + timeout
+        while not _proc_net_listening("udp", port):
+            if sp.proc is not None and sp.proc.poll() is not None:
+                raise RuntimeError(f"sipp {sp.name} exited with {sp.proc.returncode}:\n{sp.logs()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"sipp {sp.name} did not bind {port}/udp:\n{sp.logs()}")
+            time.sleep(0.05)
+
+    def uas_echo(self, port: int, *, timeout: int = 60) -> SippProcess:
+        """sipp's built-in UAS (180, 200 with PCMU SDP, waits for BYE) echoing RTP."""
+        sp = self.start(
+            "uas",
+            ["-sn", "uas", "-rtp_echo", "-m", "1", "-timeout", f"{timeout}s", "-timeout_error"],
+            port=port,
+        )
+        self.wait_bound(sp, port)
+        return sp
+
+    def uac_echo(
+        self,
+        target: str,
+        number: str,
+        *,
+        port: int,
+        duration_ms: int = 6000,
+        timeout: int = 60,
+    ) -> SippProcess:
+        """sipp's built-in UAC calling `number` at `target`, echoing RTP, BYE after the pause."""
+        return self.start(
+            "uac",
+            [
+                target,
+                "-sn",
+                "uac",
+                "-s",
+                number,
+                "-rtp_echo",
+                "-d",
+                str(duration_ms),
+                "-m",
+                "1",
+                "-timeout",
+                f"{timeout}s",
+                "-timeout_error",
+            ],  # fmt: skip
+            port=port,
+        )
+
+    def scenario(
+        self,
+        name: str,
+        xml: str,
+        target: str | None,
+        *,
+        port: int,
+        number: str = "service",
+        timeout: int = 60,
+        extra: list[str] | None = None,
+    ) -> SippProcess:
+        """A scenario file from tests/e2e/scenarios/."""
+        args = [target] if target else []
+        args += ["-sf", str(SCENARIOS / xml), "-s", number, "-m", "1"]
+        args += ["-timeout", f"{timeout}s", "-timeout_error", *(extra or [])]
+        return self.start(name, args, port=port)
+
+    def stop_all(self) -> None:
+        for sp in self.started:
+            if sp.proc is not None:
+                stop_process(sp.proc, grace=3.0)
+
+
+@pytest.fixture
+def sipp(request: pytest.FixtureRequest, e2e_dir: Path) -> Iterator[SippFactory]:
+    factory = SippFactory(e2e_dir)
+    try:
+        yield factory
+    finally:
+        factory.stop_all()
+        if _failed(request.node):
+            for sp in factory.started:
+                print(f"\n===== sipp {sp.name} (pid {sp.pid}, exit {sp.returncode}) =====")
+                print(sp.logs())
+
+
+# --------------------------------------------------------------------------- clients
+
+
+@pytest.fixture
+async def clients(request: pytest.FixtureRequest):
+    """Factory for json-v1 test clients; closes them all at teardown."""
+    from tests.e2e.client import JsonV1Client
+
+    made: list[JsonV1Client] = []
+
+    async def make(gw: Gateway, **kwargs) -> JsonV1Client:
+        client = JsonV1Client(gw.ws_url, **kwargs)
+        made.append(client)
+        await client.connect()
+        return client
+
+    try:
+        yield make
+    finally:
+        for client in made:
+            with contextlib.suppress(Exception):
+                await client.close()
+        if _failed(request.node):
+            for i, client in enumerate(made):
+                print(f"\n===== json-v1 client #{i} ({client.url}) =====")
+                print(client.transcript())

@@ -63,7 +63,10 @@ ALAW_ENCODE_TABLE = _build_alaw_encode()
 ALAW_DECODE_TABLE = _build_alaw_decode()
 
 
-def _as_codes(data: bytes | bytearray | memoryview | npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+Encoded = bytes | bytearray | memoryview | npt.NDArray[np.uint8]
+
+
+def _as_codes(data: Encoded) -> npt.NDArray[np.uint8]:
     if isinstance(data, np.ndarray):
         return data.astype(np.uint8, copy=False)
     return np.frombuffer(data, dtype=np.uint8)
@@ -79,7 +82,7 @@ def ulaw_encode(pcm: npt.NDArray[np.int16]) -> bytes:
 
 
 def ulaw_decode(
-    data: bytes | bytearray | memoryview | npt.NDArray[np.uint8],
+    data: Encoded,
 ) -> npt.NDArray[np.int16]:
     """Decode mu-law bytes to int16 linear samples."""
     return ULAW_DECODE_TABLE[_as_codes(data)]
@@ -91,7 +94,7 @@ def alaw_encode(pcm: npt.NDArray[np.int16]) -> bytes:
 
 
 def alaw_decode(
-    data: bytes | bytearray | memoryview | npt.NDArray[np.uint8],
+    data: Encoded,
 ) -> npt.NDArray[np.int16]:
     """Decode A-law bytes to int16 linear samples."""
     return ALAW_DECODE_TABLE[_as_codes(data)]

@@ -1,0 +1,106 @@
+"""
+The audio of one call: relays frames between the client leg and the far leg,
+resampling where their rates differ, or plays ringback to the client while
+the far end is alerting.
+"""
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from .ports import FRAME_MS, AudioPort, PortClosed
+from .resample import Resampler
+from .tones import RingbackGenerator
+
+__all__ = ["MediaBridge"]
+
+logger = logging.getLogger(__name__)
+
+# after a stall (suspended loop) restart the clock rather than send a burst
+MAX_CLOCK_LAG = 0.1
+
+
+async def relay(source: AudioPort, sink: AudioPort) -> None:
+    """Copy frames from source to sink until either port closes."""
+    resampler = None
+    if source.sample_rate != sink.sample_rate:
+        # created per relay so that filter state never leaks across connects
+        resampler = Resampler(source.sample_rate, sink.sample_rate)
+    while True:
+        try:
+            frame = await source.read()
+            sink.write(frame if resampler is None else resampler.process(frame))
+        except PortClosed:
+            return
+
+
+async def play_ringback(client: AudioPort, country: str) -> None:
+    generator = RingbackGenerator(country, client.sample_rate)
+    loop = asyncio.get_running_loop()
+    next_time = loop.time()
+    while True:
+        try:
+            client.write(generator.frame())
+        except PortClosed:
+            return
+        next_time += FRAME_MS / 1000
+        delay = next_time - loop.time()
+        if delay < -MAX_CLOCK_LAG:
+            next_time = loop.time()
+            delay = 0
+        await asyncio.sleep(delay)
+
+
+async def drain(port: AudioPort) -> None:
+    """Discard what a port receives, so nothing stale is queued when relaying starts."""
+    while True:
+        try:
+            await port.read()
+        except PortClosed:
+            return
+
+
+class MediaBridge:
+    """The audio of one call between the client leg and the far leg."""
+
+    def __init__(self, client: AudioPort) -> None:
+        self.client = client
+        self.far: AudioPort | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def connected(self) -> bool:
+        return self.far is not None
+
+    def ringback(self, country: str = "us") -> None:
+        """Client hears generated ringback (far audio ignored)."""
+        # validate before tearing anything down
+        RingbackGenerator(country, self.client.sample_rate)
+        self._cancel_tasks()
+        self.far = None
+        self._start(play_ringback(self.client, country), drain(self.client))
+
+    def connect(self, far: AudioPort) -> None:
+        """Relay both ways, resampling where rates differ (idempotent; replaces ringback)."""
+        if far is self.far and self._tasks:
+            return
+        self._cancel_tasks()
+        self.far = far
+        self._start(relay(far, self.client), relay(self.client, far))
+
+    async def close(self) -> None:
+        """Stop the tasks; the ports stay open."""
+        tasks = self._cancel_tasks()
+        self.far = None
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _start(self, *coros: Coroutine[Any, Any, None]) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(coro) for coro in coros]
+
+    def _cancel_tasks(self) -> list[asyncio.Task[None]]:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        return tasks

@@ -1,0 +1,131 @@
+"""
+The audio port abstraction shared by the RTP leg, the WebRTC leg and the bridge.
+
+A port exchanges 20 ms mono int16 frames at its own sample rate. Reads block
+until a frame arrives; writes never block and drop the oldest frame when the
+consumer falls behind, because stale audio is worse than lost audio.
+"""
+
+import asyncio
+from collections import deque
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "FRAME_MS",
+    "AudioPort",
+    "FrameQueue",
+    "PlayoutQueue",
+    "PortClosed",
+    "frame_samples",
+]
+
+FRAME_MS = 20
+
+Frame = npt.NDArray[np.int16]
+
+
+class PortClosed(Exception):
+    """The port was closed: no more frames will be read."""
+
+
+def frame_samples(sample_rate: int) -> int:
+    return sample_rate * FRAME_MS // 1000
+
+
+class AudioPort(Protocol):
+    """One side of a call's audio."""
+
+    sample_rate: int
+
+    async def read(self) -> Frame:
+        """Next 20 ms mono int16 frame; raises PortClosed when closed."""
+        ...
+
+    def write(self, frame: Frame) -> None:
+        """Queue a 20 ms mono int16 frame at sample_rate (non-blocking)."""
+        ...
+
+
+class FrameQueue:
+    """
+    Bounded queue of frames for an async reader: put() drops the oldest frame
+    when full, get() raises PortClosed once the queue is closed.
+    """
+
+    def __init__(self, maxlen: int) -> None:
+        self._frames: deque[Frame] = deque(maxlen=maxlen)
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def put(self, frame: Frame) -> None:
+        if self._closed:
+            return
+        self._frames.append(frame)
+        self._wake()
+
+    async def get(self) -> Frame:
+        while not self._frames:
+            if self._closed:
+                raise PortClosed
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._frames.popleft()
+
+    def close(self) -> None:
+        self._closed = True
+        self._frames.clear()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+
+class PlayoutQueue:
+    """
+    Frames waiting for a paced sender (the RTP clock or an aiortc track).
+
+    The producer and the sender run on different clocks, so a backlog that
+    forms once (a burst, a late start) would otherwise stay as latency forever.
+    When the queue never drained below ``target`` frames over the last
+    ``window`` pulls, one frame is dropped.
+    """
+
+    def __init__(self, maxlen: int = 8, target: int = 2, window: int = 50) -> None:
+        self._frames: deque[Frame] = deque(maxlen=maxlen)
+        self._target = target
+        self._window = window
+        self._pulls = 0
+        self._min_depth = maxlen
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def put(self, frame: Frame) -> None:
+        self._frames.append(frame)
+
+    def clear(self) -> None:
+        self._frames.clear()
+
+    def pop(self) -> Frame | None:
+        self._min_depth = min(self._min_depth, len(self._frames))
+        self._pulls += 1
+        if self._pulls >= self._window:
+            if self._min_depth > self._target and self._frames:
+                self._frames.popleft()
+            self._pulls = 0
+            self._min_depth = len(self._frames)
+        return self._frames.popleft() if self._frames else None

@@ -1,0 +1,375 @@
+"""
+The plain-RTP leg toward SIP: one UDP socket, G.711 at 8 kHz, 20 ms packets.
+
+The leg keeps its own send clock: once the far end is known it sends a packet
+every 20 ms, with whatever frame is queued or encoded silence, so the PBX sees
+a steady stream (and NATs on the way stay open) whatever the browser does.
+"""
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from .g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
+from .ports import FRAME_MS, AudioPort, FrameQueue, PlayoutQueue, frame_samples
+from .rtp import RtpPacket, is_rtcp, seq_diff
+from .sdp import (
+    Codec,
+    MediaDescription,
+    Origin,
+    SdpError,
+    SessionDescription,
+    answer_direction,
+    find_codec,
+    select_codec,
+)
+
+__all__ = ["RtpLeg"]
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 8000
+SAMPLES_PER_FRAME = frame_samples(SAMPLE_RATE)
+TELEPHONE_EVENT_PT = 101
+TELEPHONE_EVENT_FMTP = "0-16"
+RECEIVE_QUEUE_FRAMES = 50
+# packets held back waiting for a missing sequence number before giving up on it
+REORDER_DEPTH = 3
+# a sequence jump this large means a new stream, not reordering
+MAX_SEQ_JUMP = 1000
+# after a stall (suspended loop) restart the clock rather than send a burst
+MAX_CLOCK_LAG = 0.1
+
+
+@dataclass(frozen=True)
+class G711:
+    name: str
+    payload_type: int
+    encode: Callable[[npt.NDArray[np.int16]], bytes]
+    decode: Callable[[bytes], npt.NDArray[np.int16]]
+
+
+PCMU = G711("PCMU", 0, ulaw_encode, ulaw_decode)
+PCMA = G711("PCMA", 8, alaw_encode, alaw_decode)
+G711_CODECS = {"pcmu": PCMU, "pcma": PCMA}
+SUPPORTED = [(c.name, SAMPLE_RATE) for c in G711_CODECS.values()]
+
+
+class _RtpProtocol(asyncio.DatagramProtocol):
+    def __init__(self, leg: "RtpLeg") -> None:
+        self._leg = leg
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self._leg._datagram_received(data, addr)
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable while the far end is not listening yet
+        logger.debug("RTP socket error: %s", exc)
+
+
+class RtpLeg(AudioPort):
+    """Plain RTP toward SIP, PCMU/PCMA, sample_rate 8000."""
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.local_port = 0
+        self.packets_sent = 0
+        self.packets_received = 0
+        self._transport: asyncio.DatagramTransport | None = None
+        self._closed = False
+
+        self._session_id = random.randint(1, 2**31)
+        self._session_version = 0
+
+        # negotiated state
+        self._codec: G711 | None = None
+        self._codec_pt = -1
+        self._receive_codecs: dict[int, G711] = {}
+        self._telephone_event_pt: int | None = None
+        self._sending = True
+        self._sdp_remote: tuple[str, int] | None = None
+        self._latched: tuple[str, int] | None = None
+
+        # sending, per RFC 3550 5.1: random initial values
+        self._ssrc = random.getrandbits(32)
+        self._sequence_number = random.getrandbits(16)
+        self._timestamp = random.getrandbits(32)
+        self._marker = True
+        self._playout = PlayoutQueue()
+        self._sender: asyncio.Task[None] | None = None
+
+        # receiving
+        self._queue = FrameQueue(RECEIVE_QUEUE_FRAMES)
+        self._remote_ssrc: int | None = None
+        self._expected_seq: int | None = None
+        self._held: dict[int, npt.NDArray[np.int16]] = {}
+        self._pending = np.zeros(0, dtype=np.int16)
+
+    @classmethod
+    async def open(
+        cls, host: str = "127.0.0.1", port_min: int = 10000, port_max: int = 20000
+    ) -> "RtpLeg":
+        """Bind an even port in [port_min, port_max] (RTCP would take the odd one)."""
+        loop = asyncio.get_running_loop()
+        leg = cls(host)
+        ports = list(range(port_min + port_min % 2, port_max + 1, 2))
+        if not ports:
+            raise ValueError("Empty RTP port range")
+        # start at a random place so concurrent legs don't race for the same ports
+        start = random.randrange(len(ports))
+        for port in ports[start:] + ports[:start]:
+            try:
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _RtpProtocol(leg), local_addr=(host, port)
+                )
+            except OSError:
+                continue
+            leg._transport = transport
+            leg.local_port = transport.get_extra_info("sockname")[1]
+            return leg
+        raise OSError(f"No free RTP port on {host} in [{port_min}, {port_max}]")
+
+    # AudioPort
+
+    async def read(self) -> npt.NDArray[np.int16]:
+        return await self._queue.get()
+
+    def write(self, frame: npt.NDArray[np.int16]) -> None:
+        if self._closed:
+            return
+        if len(frame) != SAMPLES_PER_FRAME:
+            raise ValueError(f"RtpLeg expects {SAMPLES_PER_FRAME}-sample frames")
+        self._playout.put(frame)
+
+    # negotiation
+
+    @property
+    def codec(self) -> str | None:
+        """Name of the negotiated codec, None before negotiation."""
+        return self._codec.name if self._codec else None
+
+    @property
+    def remote_address(self) -> tuple[str, int] | None:
+        """Where packets are sent: the latched source, else the SDP address."""
+        return self._latched or self._sdp_remote
+
+    @property
+    def latched(self) -> bool:
+        return self._latched is not None
+
+    def create_offer(self) -> bytes:
+        media = self._local_media()
+        for codec in G711_CODECS.values():
+            media.add_codec(Codec(codec.payload_type, codec.name, SAMPLE_RATE))
+        media.add_codec(
+            Codec(TELEPHONE_EVENT_PT, "telephone-event", SAMPLE_RATE, fmtp=TELEPHONE_EVENT_FMTP)
+        )
+        media.direction = "sendrecv"
+        if self._codec is None:
+            # early media may arrive before the answer; decode what we offered
+            self._receive_codecs = {c.payload_type: c for c in G711_CODECS.values()}
+        return self._local_sdp([media])
+
+    def apply_answer(self, sdp: bytes) -> None:
+        session = SessionDescription.parse(sdp)
+        audio = session.audio()
+        codec = select_codec(audio, SUPPORTED)
+        if codec is None:
+            raise SdpError("Answer has no PCMU or PCMA")
+        remote = self._remote_from(session, audio)
+        direction = session.media_direction(audio)
+        self._negotiated(codec, find_codec(audio, "telephone-event", SAMPLE_RATE))
+        self._set_remote(remote, sending=direction in ("sendrecv", "recvonly"))
+
+    def create_answer(self, offer: bytes) -> bytes:
+        session = SessionDescription.parse(offer)
+        audio = session.audio()
+        codec = select_codec(audio, SUPPORTED)
+        if codec is None:
+            raise SdpError("Offer has no PCMU or PCMA")
+        remote = self._remote_from(session, audio)
+        event = find_codec(audio, "telephone-event", SAMPLE_RATE)
+
+        local = self._local_media()
+        local.add_codec(Codec(codec.payload_type, codec.name, SAMPLE_RATE))
+        if event is not None:
+            local.add_codec(
+                Codec(event.payload_type, event.name, SAMPLE_RATE, fmtp=TELEPHONE_EVENT_FMTP)
+            )
+        direction = answer_direction(session.media_direction(audio))
+        local.direction = direction
+
+        # RFC 3264 6: one m= line per offered one, the ones we don't take rejected
+        media = []
+        for offered in session.media:
+            if offered is audio:
+                media.append(local)
+            else:
+                media.append(MediaDescription(offered.kind, 0, offered.proto, offered.formats[:1]))
+
+        self._negotiated(codec, event)
+        self._set_remote(remote, sending=direction in ("sendrecv", "sendonly"))
+        return self._local_sdp(media)
+
+    def _local_media(self) -> MediaDescription:
+        return MediaDescription("audio", self.local_port, "RTP/AVP", ptime=FRAME_MS)
+
+    def _local_sdp(self, media: list[MediaDescription]) -> bytes:
+        self._session_version += 1
+        session = SessionDescription(
+            origin=Origin("-", self._session_id, self._session_version, self.host),
+            connection=self.host,
+            media=media,
+        )
+        return bytes(session)
+
+    def _remote_from(
+        self, session: SessionDescription, audio: MediaDescription
+    ) -> tuple[str, int] | None:
+        address = session.media_connection(audio)
+        if address is None:
+            raise SdpError("SDP has no connection address")
+        if address in ("0.0.0.0", "::"):
+            # RFC 2543 style hold: nowhere to send
+            return None
+        return (address, audio.port)
+
+    def _negotiated(self, codec: Codec, event: Codec | None) -> None:
+        g711 = G711_CODECS[codec.name.lower()]
+        self._codec = g711
+        self._codec_pt = codec.payload_type
+        self._receive_codecs = {codec.payload_type: g711}
+        self._telephone_event_pt = event.payload_type if event else None
+
+    def _set_remote(self, remote: tuple[str, int] | None, sending: bool) -> None:
+        if remote != self._sdp_remote:
+            self._latched = None
+        self._sdp_remote = remote
+        self._sending = sending and remote is not None
+        if self._sender is None and not self._closed:
+            self._sender = asyncio.get_running_loop().create_task(self._run_sender())
+
+    # sending
+
+    async def _run_sender(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_time = loop.time()
+        silence = np.zeros(SAMPLES_PER_FRAME, dtype=np.int16)
+        while not self._closed:
+            frame = self._playout.pop()
+            self._send(silence if frame is None else frame)
+            next_time += FRAME_MS / 1000
+            delay = next_time - loop.time()
+            if delay < -MAX_CLOCK_LAG:
+                next_time = loop.time()
+                delay = 0
+            await asyncio.sleep(delay)
+
+    def _send(self, frame: npt.NDArray[np.int16]) -> None:
+        # the RTP clock advances even when on hold, as a real source would
+        sequence_number, timestamp = self._sequence_number, self._timestamp
+        self._sequence_number = (sequence_number + 1) & 0xFFFF
+        self._timestamp = (timestamp + SAMPLES_PER_FRAME) & 0xFFFFFFFF
+        addr = self.remote_address
+        if self._codec is None or addr is None or not self._sending or self._transport is None:
+            return
+        packet = RtpPacket(
+            payload_type=self._codec_pt,
+            sequence_number=sequence_number,
+            timestamp=timestamp,
+            ssrc=self._ssrc,
+            payload=self._codec.encode(frame),
+            marker=self._marker,
+        )
+        self._marker = False
+        self._transport.sendto(bytes(packet), addr)
+        self.packets_sent += 1
+
+    # receiving
+
+    def _datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self._closed or is_rtcp(data):
+            return
+        try:
+            packet = RtpPacket.parse(data)
+        except ValueError:
+            return
+        codec = self._receive_codecs.get(packet.payload_type)
+        if codec is None:
+            # telephone-event (RFC 4733) is not handled yet, and anything else
+            # was not negotiated
+            return
+        self.packets_received += 1
+        if packet.payload_type == self._codec_pt and self._latched is None:
+            # symmetric RTP (RFC 4961): answer to where the far end really is
+            self._latched = addr
+        self._reorder(packet, codec.decode(packet.payload))
+
+    def _reorder(self, packet: RtpPacket, samples: npt.NDArray[np.int16]) -> None:
+        seq = packet.sequence_number
+        if packet.ssrc != self._remote_ssrc or self._expected_seq is None:
+            self._remote_ssrc = packet.ssrc
+            self._held.clear()
+            self._expected_seq = seq
+        distance = seq_diff(seq, self._expected_seq)
+        if distance < 0:
+            if distance > -MAX_SEQ_JUMP:
+                return  # late or duplicate
+            self._held.clear()
+            self._expected_seq = seq
+        elif distance > MAX_SEQ_JUMP:
+            self._flush_held()
+            self._expected_seq = seq
+        self._held[seq] = samples
+
+        self._deliver_in_order()
+        if len(self._held) > REORDER_DEPTH:
+            # give up on the missing packet: skip to the oldest one we hold
+            expected = self._expected_seq
+            self._expected_seq = min(self._held, key=lambda s: seq_diff(s, expected))
+            self._deliver_in_order()
+
+    def _deliver_in_order(self) -> None:
+        assert self._expected_seq is not None
+        while self._expected_seq in self._held:
+            self._deliver(self._held.pop(self._expected_seq))
+            self._expected_seq = (self._expected_seq + 1) & 0xFFFF
+
+    def _flush_held(self) -> None:
+        expected = self._expected_seq or 0
+        for seq in sorted(self._held, key=lambda s: seq_diff(s, expected)):
+            self._deliver(self._held[seq])
+        self._held.clear()
+
+    def _deliver(self, samples: npt.NDArray[np.int16]) -> None:
+        # the far end may use another ptime: cut the stream into 20 ms frames
+        if len(self._pending) == 0 and len(samples) == SAMPLES_PER_FRAME:
+            self._queue.put(samples)
+            return
+        pending = np.concatenate((self._pending, samples))
+        whole = len(pending) - len(pending) % SAMPLES_PER_FRAME
+        for start in range(0, whole, SAMPLES_PER_FRAME):
+            self._queue.put(pending[start : start + SAMPLES_PER_FRAME])
+        self._pending = pending[whole:]
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.close()
+        if self._sender is not None:
+            self._sender.cancel()
+            try:
+                await self._sender
+            except asyncio.CancelledError:
+                pass
+            self._sender = None
+        if self._transport is not None:
+            self._transport.close()

@@ -1,0 +1,248 @@
+"""
+The WebRTC leg toward the browser: an aiortc RTCPeerConnection with one
+sendrecv audio transceiver, exposed as a 48 kHz AudioPort.
+"""
+
+import asyncio
+import fractions
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import numpy.typing as npt
+from aiortc import (
+    MediaStreamTrack,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import candidate_from_sdp
+from av import AudioFrame
+
+from .ports import AudioPort, FrameQueue, PlayoutQueue, frame_samples
+from .resample import Resampler
+
+__all__ = ["WebRtcLeg"]
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 48000
+SAMPLES_PER_FRAME = frame_samples(SAMPLE_RATE)
+TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
+RECEIVE_QUEUE_FRAMES = 50
+PREFERRED_CODECS = ("audio/opus", "audio/PCMU", "audio/PCMA")
+# after a stall (suspended loop) restart the clock rather than send a burst
+MAX_CLOCK_LAG = 0.1
+
+
+class OutgoingAudioTrack(MediaStreamTrack):
+    """
+    The audio we send to the browser. aiortc pulls frames by calling recv();
+    like aiortc's own AudioStreamTrack it paces itself to one frame per 20 ms,
+    here against the event loop clock.
+    """
+
+    kind = "audio"
+
+    def __init__(self, playout: PlayoutQueue) -> None:
+        super().__init__()
+        self._playout = playout
+        self._silence = np.zeros(SAMPLES_PER_FRAME, dtype=np.int16)
+        self._start: float | None = None
+        self._pts = 0
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+
+        loop = asyncio.get_running_loop()
+        if self._start is None:
+            self._start = loop.time()
+        else:
+            self._pts += SAMPLES_PER_FRAME
+            wait = self._start + self._pts / SAMPLE_RATE - loop.time()
+            if wait < -MAX_CLOCK_LAG:
+                self._start = loop.time() - self._pts / SAMPLE_RATE
+            await asyncio.sleep(wait)
+
+        samples = self._playout.pop()
+        if samples is None:
+            samples = self._silence
+        # aiortc's Opus encoder wants stereo; letting its resampler up-mix
+        # mono would cost 3 dB (centre mix level), so duplicate the channel here
+        stereo = np.repeat(samples, 2).reshape(1, -1)
+        frame = AudioFrame.from_ndarray(stereo, format="s16", layout="stereo")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = self._pts
+        frame.time_base = TIME_BASE
+        return frame
+
+
+def to_mono_s16(frame: AudioFrame) -> npt.NDArray[np.int16]:
+    """Down-mix a decoded frame (packed or planar, int or float) to mono int16."""
+    data = frame.to_ndarray()
+    channels = frame.layout.nb_channels
+    if frame.format.is_planar:
+        data = data.reshape(channels, -1).T
+    else:
+        data = data.reshape(-1, channels)
+    if np.issubdtype(data.dtype, np.floating):
+        mono = data.mean(axis=1) * 32767
+    else:
+        mono = data.astype(np.int32).sum(axis=1) / channels
+    return np.clip(np.rint(mono), -32768, 32767).astype(np.int16)
+
+
+class WebRtcLeg(AudioPort):
+    """aiortc RTCPeerConnection with one audio transceiver, sample_rate 48000."""
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, on_failed: Callable[[], None] | None = None) -> None:
+        self._on_failed = on_failed
+        self._failed_reported = False
+        self._closed = False
+        self._playout = PlayoutQueue()
+        self._queue = FrameQueue(RECEIVE_QUEUE_FRAMES)
+        self._track = OutgoingAudioTrack(self._playout)
+        self._transceiver: RTCRtpTransceiver | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+        self._pc = RTCPeerConnection()
+        self._pc.on("track", self._on_track)
+        self._pc.on("connectionstatechange", self._on_state_change)
+        self._pc.on("iceconnectionstatechange", self._on_state_change)
+
+    @property
+    def connection_state(self) -> str:
+        return self._pc.connectionState
+
+    @property
+    def codec(self) -> str | None:
+        """MIME type of the codec we send, once negotiated."""
+        if self._transceiver is None or not self._transceiver._codecs:
+            return None
+        return self._transceiver._codecs[0].mimeType
+
+    # AudioPort
+
+    async def read(self) -> npt.NDArray[np.int16]:
+        return await self._queue.get()
+
+    def write(self, frame: npt.NDArray[np.int16]) -> None:
+        if self._closed:
+            return
+        if len(frame) != SAMPLES_PER_FRAME:
+            raise ValueError(f"WebRtcLeg expects {SAMPLES_PER_FRAME}-sample frames")
+        self._playout.put(frame)
+
+    # negotiation
+
+    async def accept_offer(self, sdp: str) -> str:
+        """Answer the browser's offer; returns our answer with all candidates."""
+        # the transceiver must exist before the offer is applied, since aiortc
+        # applies codec preferences while setting the remote description
+        self._ensure_transceiver()
+        await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        await self._pc.setLocalDescription(await self._pc.createAnswer())
+        return self._pc.localDescription.sdp
+
+    async def create_offer(self) -> str:
+        """Offer to the browser; returns the offer with all candidates."""
+        self._ensure_transceiver()
+        await self._pc.setLocalDescription(await self._pc.createOffer())
+        return self._pc.localDescription.sdp
+
+    async def accept_answer(self, sdp: str) -> None:
+        await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+
+    async def add_ice_candidate(
+        self, candidate: str, sdp_mid: str | None, sdp_mline_index: int | None
+    ) -> None:
+        if not candidate.strip():
+            # end of candidates: aiortc gathers and checks without needing it
+            return
+        if candidate.startswith("a="):
+            candidate = candidate[2:]
+        if candidate.startswith("candidate:"):
+            candidate = candidate[len("candidate:") :]
+        ice_candidate = candidate_from_sdp(candidate)
+        ice_candidate.sdpMid = sdp_mid
+        ice_candidate.sdpMLineIndex = sdp_mline_index
+        await self._pc.addIceCandidate(ice_candidate)
+
+    def _ensure_transceiver(self) -> None:
+        if self._transceiver is not None:
+            return
+        self._transceiver = self._pc.addTransceiver(self._track, direction="sendrecv")
+        capabilities = RTCRtpSender.getCapabilities("audio").codecs
+        preferred = [
+            codec
+            for mime in PREFERRED_CODECS
+            for codec in capabilities
+            if codec.mimeType.lower() == mime.lower()
+        ]
+        self._transceiver.setCodecPreferences(preferred)
+
+    # events
+
+    def _on_track(self, track: MediaStreamTrack) -> None:
+        if track.kind != "audio" or self._reader is not None or self._closed:
+            return
+        self._reader = asyncio.get_running_loop().create_task(self._read_track(track))
+
+    def _on_state_change(self) -> None:
+        if self._closed or self._failed_reported:
+            return
+        if self._pc.connectionState in ("failed", "closed") or (
+            self._pc.iceConnectionState == "failed"
+        ):
+            self._failed_reported = True
+            logger.info(
+                "WebRTC leg failed (connection %s, ICE %s)",
+                self._pc.connectionState,
+                self._pc.iceConnectionState,
+            )
+            if self._on_failed is not None:
+                self._on_failed()
+
+    async def _read_track(self, track: MediaStreamTrack) -> None:
+        resampler: Resampler | None = None
+        pending = np.zeros(0, dtype=np.int16)
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            assert isinstance(frame, AudioFrame)
+            samples = to_mono_s16(frame)
+            if frame.sample_rate != SAMPLE_RATE:
+                # a G.711-negotiated browser gives 8 kHz frames
+                if resampler is None or resampler.in_rate != frame.sample_rate:
+                    resampler = Resampler(frame.sample_rate, SAMPLE_RATE)
+                samples = resampler.process(samples)
+
+            if len(pending) == 0 and len(samples) == SAMPLES_PER_FRAME:
+                self._queue.put(samples)
+                continue
+            pending = np.concatenate((pending, samples))
+            whole = len(pending) - len(pending) % SAMPLES_PER_FRAME
+            for start in range(0, whole, SAMPLES_PER_FRAME):
+                self._queue.put(pending[start : start + SAMPLES_PER_FRAME])
+            pending = pending[whole:]
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.close()
+        self._track.stop()
+        if self._reader is not None:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except asyncio.CancelledError:
+                pass
+        await self._pc.close()

@@ -1,0 +1,135 @@
+import asyncio
+
+import numpy as np
+import pytest
+from av import AudioFrame
+
+from rtc.ports import PortClosed
+from rtc.webrtcleg import WebRtcLeg, to_mono_s16
+from tests.audio import SineSource, dominant_frequency
+
+from .conftest import read_for, wait_for, write_paced
+
+
+async def connect(offerer: WebRtcLeg, answerer: WebRtcLeg) -> None:
+    offer = await offerer.create_offer()
+    answer = await answerer.accept_offer(offer)
+    await offerer.accept_answer(answer)
+    await wait_for(lambda: offerer.connection_state == answerer.connection_state == "connected", 10)
+
+
+async def test_offer_prefers_opus_then_g711() -> None:
+    leg = WebRtcLeg()
+    try:
+        sdp = await leg.create_offer()
+        m_line = next(line for line in sdp.splitlines() if line.startswith("m=audio"))
+        assert m_line.split()[3:] == ["96", "0", "8"]
+        assert "a=rtpmap:96 opus/48000/2" in sdp
+        assert "G722" not in sdp
+        assert "a=sendrecv" in sdp
+        assert "a=candidate:" in sdp  # gathering finished before returning
+    finally:
+        await leg.close()
+
+
+async def test_loopback_tone_both_ways() -> None:
+    a, b = WebRtcLeg(), WebRtcLeg()
+    try:
+        await connect(a, b)
+        assert a.codec == b.codec == "audio/opus"
+        writers = asyncio.gather(
+            write_paced(a, SineSource(1000, 48000, 0.3), 1.5),
+            write_paced(b, SineSource(600, 48000, 0.3), 1.5),
+        )
+        from_a, from_b = await asyncio.gather(read_for(b, 1.5), read_for(a, 1.5))
+        await writers
+        for received, freq in ((from_a, 1000), (from_b, 600)):
+            assert len(received) % 960 == 0
+            tail = received[-24000:]
+            assert len(tail) == 24000
+            assert dominant_frequency(tail, 48000) == pytest.approx(freq, abs=5)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_g711_only_offer_is_answered_with_pcmu() -> None:
+    a, b = WebRtcLeg(), WebRtcLeg()
+    try:
+        offer = await a.create_offer()
+        # keep only PCMU and PCMA, as a browser restricted to G.711 would
+        lines = []
+        for line in offer.splitlines():
+            if line.startswith("m=audio"):
+                line = " ".join(line.split()[:3] + ["0", "8"])
+            elif line.startswith(("a=rtpmap:96", "a=fmtp:96", "a=rtcp-fb:96")):
+                continue
+            lines.append(line)
+        answer = await b.accept_offer("\r\n".join(lines) + "\r\n")
+        m_line = next(line for line in answer.splitlines() if line.startswith("m=audio"))
+        assert m_line.split()[3:] == ["0", "8"]
+        assert b.codec == "audio/PCMU"
+
+        await a.accept_answer(answer)
+        await wait_for(lambda: a.connection_state == b.connection_state == "connected", 10)
+        writer = asyncio.ensure_future(write_paced(a, SineSource(1000, 48000, 0.3), 1.0))
+        received = await read_for(b, 1.0)
+        await writer
+        # 8 kHz G.711 frames come out as 48 kHz 20 ms frames
+        assert len(received) % 960 == 0
+        assert dominant_frequency(received[-16000:], 48000) == pytest.approx(1000, abs=5)
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_candidates_and_end_of_candidates() -> None:
+    leg = WebRtcLeg()
+    peer = WebRtcLeg()
+    try:
+        offer = await peer.create_offer()
+        await leg.accept_offer(offer)
+        candidate = next(line[2:] for line in offer.splitlines() if line.startswith("a=candidate:"))
+        await leg.add_ice_candidate(candidate, "0", 0)
+        await leg.add_ice_candidate("", None, None)
+    finally:
+        await leg.close()
+        await peer.close()
+
+
+async def test_on_failed_when_peer_disappears_is_not_called_on_own_close() -> None:
+    failed: list[str] = []
+    a = WebRtcLeg(on_failed=lambda: failed.append("a"))
+    b = WebRtcLeg(on_failed=lambda: failed.append("b"))
+    await connect(a, b)
+    await a.close()
+    await b.close()
+    assert failed == []
+
+
+async def test_read_raises_after_close() -> None:
+    leg = WebRtcLeg()
+    reader = asyncio.ensure_future(leg.read())
+    await asyncio.sleep(0)
+    await leg.close()
+    with pytest.raises(PortClosed):
+        await reader
+    leg.write(np.zeros(960, dtype=np.int16))  # harmless after close
+
+
+@pytest.mark.parametrize(
+    ("layout", "fmt", "shape"),
+    [("stereo", "s16", (1, 1920)), ("stereo", "s16p", (2, 960)), ("mono", "s16", (1, 960))],
+)
+def test_to_mono_downmixes(layout: str, fmt: str, shape: tuple[int, int]) -> None:
+    left = SineSource(1000, 48000, 0.25).frame(960)
+    if shape == (1, 1920):
+        data = np.stack([left, left]).T.reshape(1, -1)
+    elif shape == (2, 960):
+        data = np.stack([left, left])
+    else:
+        data = left.reshape(1, -1)
+    frame = AudioFrame.from_ndarray(data, format=fmt, layout=layout)
+    mono = to_mono_s16(frame)
+    assert mono.dtype == np.int16
+    assert np.array_equal(mono, left)

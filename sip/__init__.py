@@ -1,0 +1,1 @@
+"""SIP user agent. Everything outside sip.aio is sans-I/O."""

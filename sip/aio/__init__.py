@@ -1,0 +1,1 @@
+"""The asyncio side of the SIP stack: transports, effect runner and UserAgent facade."""

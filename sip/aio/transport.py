@@ -1,0 +1,174 @@
+"""UDP and TCP on one address and port, for the user agent.
+
+Messages come in as (bytes, Peer). TCP connections are kept in a table keyed by the
+remote address whichever side opened them, so responses and in-dialog requests reuse
+the connection a request arrived on. Send failures are reported per peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from ..framing import FramingError, StreamFramer
+from ..peer import Peer
+
+log = logging.getLogger(__name__)
+
+MessageHandler = Callable[[bytes, Peer], None]
+ErrorHandler = Callable[[Peer], None]
+MAX_DATAGRAM = 65535
+
+
+class _Datagram(asyncio.DatagramProtocol):
+    def __init__(self, owner: Transport) -> None:
+        self.owner = owner
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if not data.strip():
+            return  # RFC 5626 keep-alive
+        self.owner._deliver(data, Peer("UDP", str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors carry no usable peer here; the transaction timers handle it.
+        log.debug("UDP error: %s", exc)
+
+
+class _Stream(asyncio.Protocol):
+    def __init__(self, owner: Transport, key: tuple[str, int] | None = None) -> None:
+        self.owner = owner
+        self.key = key
+        self.framer = StreamFramer()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self.key is None:
+            host, port = transport.get_extra_info("peername")[:2]
+            self.key = (str(host), int(port))
+        self.owner._connections[self.key] = self
+
+    def data_received(self, data: bytes) -> None:
+        assert self.key is not None
+        try:
+            messages = self.framer.feed(data)
+        except FramingError as exc:
+            log.info("closing TCP connection from %s: %s", self.key, exc)
+            if self.transport:
+                self.transport.close()
+            return
+        for message in messages:
+            self.owner._deliver(message, Peer("TCP", *self.key))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.key is not None and self.owner._connections.get(self.key) is self:
+            del self.owner._connections[self.key]
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+class Transport:
+    def __init__(self, host: str, port: int, on_message: MessageHandler, on_error: ErrorHandler):
+        self.host = host
+        self.requested_port = port
+        self.on_message = on_message
+        self.on_error = on_error
+        self._udp: asyncio.DatagramTransport | None = None
+        self._server: asyncio.Server | None = None
+        self._connections: dict[tuple[str, int], _Stream] = {}
+        self._pending: dict[tuple[str, int], list[bytes]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.port = port
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        attempts = 20 if self.requested_port == 0 else 1
+        for attempt in range(attempts):
+            udp, _ = await loop.create_datagram_endpoint(
+                lambda: _Datagram(self), local_addr=(self.host, self.requested_port)
+            )
+            port = int(udp.get_extra_info("sockname")[1])
+            try:
+                self._server = await loop.create_server(
+                    lambda: _Stream(self), self.host, port, reuse_address=True
+                )
+            except OSError:
+                udp.close()
+                if attempt == attempts - 1:
+                    raise
+                continue
+            self._udp = udp
+            self.port = port
+            return
+
+    def _deliver(self, data: bytes, peer: Peer) -> None:
+        try:
+            self.on_message(data, peer)
+        except Exception:  # a bug in one message's handling must not kill the socket
+            log.exception("error handling message from %s", peer)
+
+    def send(self, peer: Peer, data: bytes) -> None:
+        if peer.transport == "UDP":
+            if self._udp is None:
+                return
+            try:
+                self._udp.sendto(data, peer.address)
+            except OSError:
+                log.info("UDP send to %s failed", peer)
+                self._fail(peer)
+            return
+        if peer.transport != "TCP":
+            log.warning("unsupported transport %s", peer.transport)
+            self._fail(peer)
+            return
+        key = peer.address
+        connection = self._connections.get(key)
+        if connection is not None and connection.transport is not None:
+            connection.write(data)
+            return
+        pending = self._pending.get(key)
+        if pending is not None:
+            pending.append(data)
+            return
+        self._pending[key] = [data]
+        task = asyncio.get_running_loop().create_task(self._connect(peer))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self, peer: Peer) -> None:
+        key = peer.address
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.create_connection(lambda: _Stream(self, key), peer.host, peer.port)
+        except OSError as exc:
+            log.info("TCP connect to %s failed: %s", peer, exc)
+            self._pending.pop(key, None)
+            self._fail(peer)
+            return
+        connection = self._connections.get(key)
+        for data in self._pending.pop(key, []):
+            if connection is not None:
+                connection.write(data)
+
+    def _fail(self, peer: Peer) -> None:
+        # Report from the loop so the caller's effect processing is not re-entered.
+        asyncio.get_running_loop().call_soon(self.on_error, peer)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for connection in list(self._connections.values()):
+            if connection.transport is not None:
+                connection.transport.close()
+        self._connections.clear()
+        if self._udp is not None:
+            self._udp.close()
+            self._udp = None
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None

@@ -1,0 +1,220 @@
+"""HTTP digest authentication for SIP (RFC 2617, RFC 7616, RFC 8760): UAC answers and UAS checks.
+
+The client nonce is passed in by the caller so the module stays deterministic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sipmessage import AuthChallenge, AuthCredentials, AuthParameters
+
+_HASHES: dict[str, Callable[[bytes], str]] = {
+    "MD5": lambda data: hashlib.md5(data).hexdigest(),
+    "SHA-256": lambda data: hashlib.sha256(data).hexdigest(),
+}
+
+
+class AuthError(ValueError):
+    pass
+
+
+def _hash_for(algorithm: str) -> tuple[Callable[[bytes], str], bool]:
+    upper = algorithm.upper()
+    session = upper.endswith("-SESS")
+    base = upper[:-5] if session else upper
+    if base not in _HASHES:
+        raise AuthError(f"unsupported digest algorithm {algorithm}")
+    return _HASHES[base], session
+
+
+def _h(fn: Callable[[bytes], str], *parts: str) -> str:
+    return fn(":".join(parts).encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class DigestChallenge:
+    realm: str
+    nonce: str
+    algorithm: str = "MD5"
+    qop: tuple[str, ...] = ()
+    opaque: str | None = None
+    stale: bool = False
+
+    @classmethod
+    def from_header(cls, challenge: AuthChallenge) -> DigestChallenge:
+        if challenge.scheme.lower() != "digest":
+            raise AuthError(f"unsupported scheme {challenge.scheme}")
+        params = challenge.parameters
+        if "nonce" not in params:
+            raise AuthError("challenge without nonce")
+        algorithm = params.get("algorithm", "MD5")
+        _hash_for(algorithm)
+        qop = tuple(q.strip().lower() for q in params.get("qop", "").split(",") if q.strip())
+        return cls(
+            realm=params.get("realm", ""),
+            nonce=params["nonce"],
+            algorithm=algorithm,
+            qop=qop,
+            opaque=params.get("opaque"),
+            stale=params.get("stale", "").lower() == "true",
+        )
+
+
+def digest_response(
+    *,
+    username: str,
+    password: str,
+    realm: str,
+    nonce: str,
+    method: str,
+    uri: str,
+    algorithm: str = "MD5",
+    qop: str | None = None,
+    nc: str = "",
+    cnonce: str = "",
+    body: bytes = b"",
+) -> str:
+    """The `response` value of RFC 2617 §3.2.2.1 / RFC 7616 §3.4.1."""
+    fn, session = _hash_for(algorithm)
+    ha1 = _h(fn, username, realm, password)
+    if session:
+        ha1 = _h(fn, ha1, nonce, cnonce)
+    if qop == "auth-int":
+        ha2 = _h(fn, method, uri, fn(body))
+    else:
+        ha2 = _h(fn, method, uri)
+    if qop:
+        return _h(fn, ha1, nonce, nc, cnonce, qop, ha2)
+    return _h(fn, ha1, nonce, ha2)
+
+
+def build_credentials(
+    challenge: DigestChallenge,
+    *,
+    username: str,
+    password: str,
+    method: str,
+    uri: str,
+    cnonce: str,
+    nonce_count: int = 1,
+    body: bytes = b"",
+) -> AuthCredentials:
+    """An Authorization/Proxy-Authorization value answering `challenge`."""
+    qop: str | None = None
+    if "auth" in challenge.qop:
+        qop = "auth"
+    elif "auth-int" in challenge.qop:
+        qop = "auth-int"
+    nc = f"{nonce_count:08x}"
+    response = digest_response(
+        username=username,
+        password=password,
+        realm=challenge.realm,
+        nonce=challenge.nonce,
+        method=method,
+        uri=uri,
+        algorithm=challenge.algorithm,
+        qop=qop,
+        nc=nc if qop else "",
+        cnonce=cnonce if qop else "",
+        body=body,
+    )
+    params: dict[str, str] = {
+        "username": username,
+        "realm": challenge.realm,
+        "nonce": challenge.nonce,
+        "uri": uri,
+        "response": response,
+        "algorithm": challenge.algorithm,
+    }
+    if challenge.opaque is not None:
+        params["opaque"] = challenge.opaque
+    if qop:
+        params.update(qop=qop, nc=nc, cnonce=cnonce)
+    return AuthCredentials("Digest", AuthParameters(**params))
+
+
+class DigestClient:
+    """Answers challenges for one set of credentials, counting nonce uses (nc)."""
+
+    def __init__(self, username: str, password: str) -> None:
+        self.username = username
+        self.password = password
+        self._counts: dict[str, int] = {}
+
+    def answer(
+        self, challenge: AuthChallenge, *, method: str, uri: str, cnonce: str, body: bytes = b""
+    ) -> AuthCredentials:
+        digest = DigestChallenge.from_header(challenge)
+        count = self._counts.get(digest.nonce, 0) + 1
+        self._counts[digest.nonce] = count
+        return build_credentials(
+            digest,
+            username=self.username,
+            password=self.password,
+            method=method,
+            uri=uri,
+            cnonce=cnonce,
+            nonce_count=count,
+            body=body,
+        )
+
+
+def check_credentials(
+    credentials: AuthCredentials,
+    *,
+    method: str,
+    password: str,
+    realm: str,
+    nonce: str,
+    body: bytes = b"",
+) -> bool:
+    """UAS side: does `credentials` prove knowledge of `password` for our nonce and realm?"""
+    params = credentials.parameters
+    if credentials.scheme.lower() != "digest" or params is None:
+        return False
+    try:
+        if params["realm"] != realm or params["nonce"] != nonce:
+            return False
+        qop = params.get("qop")
+        expected = digest_response(
+            username=params["username"],
+            password=password,
+            realm=realm,
+            nonce=nonce,
+            method=method,
+            uri=params["uri"],
+            algorithm=params.get("algorithm", "MD5"),
+            qop=qop,
+            nc=params.get("nc", "") if qop else "",
+            cnonce=params.get("cnonce", "") if qop else "",
+            body=body,
+        )
+    except (KeyError, AuthError):
+        return False
+    return hmac.compare_digest(expected, params["response"])
+
+
+_UNQUOTED = frozenset({"algorithm", "qop", "nc", "stale"})
+
+
+def credentials_header(credentials: AuthCredentials) -> str:
+    """Serialise credentials with qop/nc/algorithm unquoted, as RFC 7616 §3.4 requires.
+
+    `sipmessage` quotes qop, which some registrars reject.
+    """
+    params = credentials.parameters
+    if params is None:
+        return str(credentials)
+    parts = []
+    for key, value in params.items():
+        if key in _UNQUOTED:
+            parts.append(f"{key}={value}")
+        else:
+            escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+            parts.append(f'{key}="{escaped}"')
+    return f"{credentials.scheme} " + ", ".join(parts)

@@ -1,0 +1,663 @@
+"""The sans-I/O user agent core: INVITE sessions on top of the transaction layer.
+
+Input: bytes from a peer, timer expiries, transport errors and API calls (invite,
+cancel, bye, ringing, answer, reject). Output: a list of effects (Transmit, StartTimer,
+CancelTimer, SessionUpdate, InviteReceived) for a runner to perform in order.
+Randomness for Call-IDs, tags, branches and cnonces is injected.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sipmessage import URI, Address, CSeq, Request, Response
+
+from . import events
+from .auth import AuthError, DigestClient, credentials_header
+from .dialog import Dialog, DialogId, with_tag
+from .effects import CancelTimer, StartTimer, TimerKey, Transmit
+from .invite_session import IncomingCall, IncomingSession, OutgoingSession, Session
+from .messages import (
+    BRANCH_MAGIC,
+    MAX_FORWARDS,
+    encode,
+    from_tag,
+    make_response,
+    reason_phrase,
+    to_tag,
+)
+from .peer import Peer, peer_for_uri
+from .timers import TimerSettings
+from .transaction_layer import (
+    ClientFailed,
+    LayerEffect,
+    RequestReceived,
+    ResponseReceived,
+    ServerTimedOut,
+    StrayResponse,
+    TransactionKey,
+    TransactionLayer,
+)
+
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"
+SDP = "application/sdp"
+# Methods we know but do not serve outside a dialog get 405; anything else 501.
+KNOWN_METHODS = frozenset(
+    {"REGISTER", "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "INFO", "UPDATE", "PRACK", "PUBLISH"}
+)
+
+
+@dataclass(frozen=True)
+class SessionUpdate:
+    session_id: str
+    event: events.SessionEvent
+
+
+@dataclass(frozen=True)
+class InviteReceived:
+    call: IncomingCall
+
+
+Effect = Transmit | StartTimer | CancelTimer | SessionUpdate | InviteReceived
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    host: str = "127.0.0.1"
+    port: int = 5060
+    user_agent: str = "webrtc-gateway"
+    timers: TimerSettings = TimerSettings()
+
+
+class UserAgentCore:
+    def __init__(self, config: CoreConfig, random_hex: Callable[[int], str]) -> None:
+        """`random_hex(n)` returns 2n random hex digits (n random bytes)."""
+        self.config = config
+        self._hex = random_hex
+        self.layer = TransactionLayer(config.timers)
+        self.sessions: dict[str, Session] = {}
+        self._client_txns: dict[TransactionKey, tuple[str, str]] = {}  # -> (session, purpose)
+        self._server_invites: dict[TransactionKey, str] = {}
+        self._dialogs: dict[DialogId, str] = {}
+        self._uac_calls: dict[tuple[str, str], str] = {}  # (Call-ID, local tag) -> session
+
+    # -- identifiers -----------------------------------------------------------------
+
+    def new_branch(self) -> str:
+        return BRANCH_MAGIC + self._hex(12)
+
+    def new_tag(self) -> str:
+        return self._hex(8)
+
+    def new_call_id(self) -> str:
+        return self._hex(16)
+
+    def _via(self, transport: str) -> str:
+        c = self.config
+        return f"SIP/2.0/{transport} {c.host}:{c.port};branch={self.new_branch()};rport"
+
+    def _contact(self, user: str, transport: str) -> str:
+        c = self.config
+        params = ";transport=tcp" if transport == "TCP" else ""
+        user_part = f"{user}@" if user else ""
+        return f"<sip:{user_part}{c.host}:{c.port}{params}>"
+
+    # -- inputs ----------------------------------------------------------------------
+
+    def receive(self, data: bytes, source: Peer) -> list[Effect]:
+        return self._run(self.layer.receive(data, source))
+
+    def timer_fired(self, key: TimerKey) -> list[Effect]:
+        if self.layer.owns_timer(key):
+            return self._run(self.layer.timer_fired(key))
+        kind, sid, what = key
+        session = self.sessions.get(sid)
+        if session is None:
+            return []
+        if kind == "forget":
+            self._forget(session)
+            return []
+        if isinstance(session, IncomingSession):
+            return self._uas_timer(session, what)
+        if what == "cancel" and not session.final:
+            # RFC 3261 §9.1: no final response 64*T1 after CANCEL; give the INVITE up.
+            session.final = True
+            return self._end(session, events.Rejected(487, reason_phrase(487)))
+        return []
+
+    def transport_error(self, peer: Peer) -> list[Effect]:
+        effects = self._run(self.layer.transport_error(peer))
+        for session in list(self.sessions.values()):
+            if (
+                isinstance(session, IncomingSession)
+                and not session.ended
+                and session.answer is not None
+                and not session.confirmed
+                and session.response_peer == peer
+            ):
+                effects += self._end(session, events.Terminated("transport"))
+        return effects
+
+    # -- UAC API ---------------------------------------------------------------------
+
+    def invite(
+        self,
+        target: str,
+        *,
+        from_user: str,
+        from_display: str = "",
+        sdp: bytes | None,
+        credentials: tuple[str, str] | None = None,
+    ) -> tuple[str, list[Effect]]:
+        """Start an outgoing call; returns its session id (its Call-ID) and effects.
+
+        Raises ValueError for an unusable target URI.
+        """
+        uri = URI.parse(target)
+        peer = peer_for_uri(uri)
+        c = self.config
+        local = Address(
+            URI("sip", c.host, user=from_user or None, port=c.port), name=from_display
+        )
+        local = with_tag(local, self.new_tag())
+        remote = Address(URI(uri.scheme, uri.host, user=uri.user, port=uri.port))
+        call_id = self.new_call_id()
+        contact = self._contact(from_user, peer.transport)
+        session = OutgoingSession(
+            id=call_id,
+            target=uri,
+            peer=peer,
+            local=local,
+            remote=remote,
+            call_id=call_id,
+            sdp=sdp,
+            contact=contact,
+            invite=Request("INVITE", uri),
+            invite_key=(),
+            digest=DigestClient(*credentials) if credentials else None,
+        )
+        self.sessions[call_id] = session
+        self._uac_calls[(call_id, from_tag_of(local))] = call_id
+        return call_id, self._send_invite(session, 1, None)
+
+    def _send_invite(
+        self, s: OutgoingSession, sequence: int, authorization: tuple[str, str] | None
+    ) -> list[Effect]:
+        request = Request("INVITE", s.target, s.sdp or b"")
+        headers = request.headers
+        headers.set("Via", self._via(s.peer.transport))
+        headers.set("Max-Forwards", str(MAX_FORWARDS))
+        request.from_address = s.local
+        request.to_address = s.remote
+        request.call_id = s.call_id
+        request.cseq = CSeq(sequence, "INVITE")
+        headers.set("Contact", s.contact)
+        if authorization:
+            headers.set(*authorization)
+        headers.set("Allow", ALLOW)
+        headers.set("User-Agent", self.config.user_agent)
+        if s.sdp:
+            headers.set("Content-Type", SDP)
+        s.invite = request
+        key, effects = self.layer.send_request(request, s.peer)
+        s.invite_key = key
+        s.transactions.add(key)
+        self._client_txns[key] = (s.id, "invite")
+        return self._run(effects)
+
+    def cancel(self, sid: str) -> list[Effect]:
+        s = self.sessions.get(sid)
+        if not isinstance(s, OutgoingSession) or s.ended:
+            return []
+        if s.final:
+            return self.bye(sid)
+        if s.cancel_requested:
+            return []
+        s.cancel_requested = True
+        if s.provisional:
+            return self._send_cancel(s)
+        # RFC 3261 §9.1: a CANCEL may only follow a provisional response.
+        return []
+
+    def _send_cancel(self, s: OutgoingSession) -> list[Effect]:
+        s.cancel_sent = True
+        invite = s.invite
+        cancel = Request("CANCEL", invite.uri)
+        headers = cancel.headers
+        headers.set("Via", invite.headers.getlist("Via")[0])
+        headers.set("Max-Forwards", str(MAX_FORWARDS))
+        headers.set("From", invite.headers["From"])
+        headers.set("To", invite.headers["To"])
+        headers.set("Call-ID", invite.call_id)
+        cancel.cseq = CSeq(invite.cseq.sequence, "CANCEL")
+        headers.set("User-Agent", self.config.user_agent)
+        key, effects = self.layer.send_request(cancel, s.peer)
+        self._client_txns[key] = (s.id, "cancel")
+        s.transactions.add(key)
+        out = self._run(effects)
+        out.append(StartTimer(("uac", s.id, "cancel"), self.config.timers.timeout))
+        return out
+
+    def bye(self, sid: str) -> list[Effect]:
+        s = self.sessions.get(sid)
+        if s is None or s.ended:
+            return []
+        if isinstance(s, OutgoingSession):
+            if not s.final:
+                return self.cancel(sid)
+            s.ended = True
+            return self._send_bye(s, s.dialog) + self._schedule_forget(s)
+        if not s.final:
+            return self.reject(sid, 480)
+        s.ended = True
+        return self._stop_uas_timers(s) + self._send_bye(s, s.dialog) + self._schedule_forget(s)
+
+    def _send_bye(self, s: Session, dialog: Dialog | None) -> list[Effect]:
+        if dialog is None:
+            return []
+        request = dialog.create_request("BYE")
+        peer = self._dialog_peer(s, dialog)
+        request.headers.add("Via", self._via(peer.transport))
+        request.headers.set("User-Agent", self.config.user_agent)
+        key, effects = self.layer.send_request(request, peer)
+        self._client_txns[key] = (s.id, "bye")
+        s.transactions.add(key)
+        return self._run(effects)
+
+    def _dialog_peer(self, s: Session, dialog: Dialog) -> Peer:
+        peer = peer_for_uri(dialog.next_hop())
+        if isinstance(s, IncomingSession) and s.source.reliable and not dialog.route_set:
+            # Reuse the caller's connection: its Contact port is often not listening.
+            return s.source
+        if isinstance(s, OutgoingSession) and s.peer.reliable and peer.transport == "UDP":
+            return Peer(s.peer.transport, peer.host, peer.port)
+        return peer
+
+    # -- UAS API ---------------------------------------------------------------------
+
+    def ringing(self, sid: str, sdp: bytes | None = None) -> list[Effect]:
+        s = self.sessions.get(sid)
+        if not isinstance(s, IncomingSession) or s.final or s.ended:
+            return []
+        code = 183 if sdp else 180
+        return self._respond(s, code, None, sdp)
+
+    def answer(self, sid: str, sdp: bytes) -> list[Effect]:
+        s = self.sessions.get(sid)
+        if not isinstance(s, IncomingSession) or s.final or s.ended:
+            return []
+        s.final = True
+        s.local_sdp = sdp
+        dialog = Dialog.from_uas(s.invite, s.local_tag)
+        s.dialog = dialog
+        self._dialogs[dialog.id] = s.id
+        response = self._response_for(s, 200, None, sdp)
+        s.answer = encode(response)
+        effects = self._run(self.layer.respond(s.key, response))
+        timers = self.config.timers
+        if not s.response_peer.reliable:
+            s.retransmit_interval = timers.t1
+            effects.append(StartTimer(("uas", s.id, "2xx"), timers.t1))
+        effects.append(StartTimer(("uas", s.id, "ack"), timers.timeout))
+        return effects
+
+    def reject(self, sid: str, code: int, reason: str = "") -> list[Effect]:
+        s = self.sessions.get(sid)
+        if not isinstance(s, IncomingSession) or s.final or s.ended:
+            return []
+        if not 300 <= code <= 699:
+            raise ValueError(f"reject needs a 3xx-6xx code, not {code}")
+        s.final = True
+        s.ended = True
+        return self._respond(s, code, reason or None, None) + self._schedule_forget(s)
+
+    def _response_for(
+        self, s: IncomingSession, code: int, reason: str | None, sdp: bytes | None
+    ) -> Response:
+        response = make_response(
+            s.invite,
+            code,
+            reason,
+            to_tag=s.local_tag if code > 100 else None,
+            server=self.config.user_agent,
+            body=sdp or b"",
+            content_type=SDP,
+        )
+        if 100 < code < 300:
+            routes = s.invite.headers.getlist("Record-Route")
+            if routes:
+                response.headers.setlist("Record-Route", list(routes))
+            response.headers.set("Contact", s.contact)
+            response.headers.set("Allow", ALLOW)
+        return response
+
+    def _respond(
+        self, s: IncomingSession, code: int, reason: str | None, sdp: bytes | None
+    ) -> list[Effect]:
+        return self._run(self.layer.respond(s.key, self._response_for(s, code, reason, sdp)))
+
+    def _uas_timer(self, s: IncomingSession, what: str) -> list[Effect]:
+        if s.ended or s.confirmed or s.answer is None:
+            return []
+        if what == "2xx":
+            s.retransmit_interval = min(s.retransmit_interval * 2, self.config.timers.t2)
+            return [
+                Transmit(s.response_peer, s.answer),
+                StartTimer(("uas", s.id, "2xx"), s.retransmit_interval),
+            ]
+        if what == "ack":
+            # RFC 3261 §13.3.1.4: no ACK within 64*T1 - confirm, then end the session.
+            effects = self._end(s, events.Terminated("timeout"))
+            return effects + self._send_bye(s, s.dialog)
+        return []
+
+    def _stop_uas_timers(self, s: IncomingSession) -> list[Effect]:
+        return [CancelTimer(("uas", s.id, "2xx")), CancelTimer(("uas", s.id, "ack"))]
+
+    # -- session bookkeeping -----------------------------------------------------------
+
+    def _end(self, s: Session, event: events.SessionEvent) -> list[Effect]:
+        s.ended = True
+        effects: list[Effect] = []
+        if isinstance(s, IncomingSession):
+            effects += self._stop_uas_timers(s)
+        else:
+            effects.append(CancelTimer(("uac", s.id, "cancel")))
+        effects.append(SessionUpdate(s.id, event))
+        return effects + self._schedule_forget(s)
+
+    def _schedule_forget(self, s: Session) -> list[Effect]:
+        # Keep the session around for late retransmissions (2xx to re-ACK, BYE, CANCEL).
+        return [StartTimer(("forget", s.id, ""), self.config.timers.timeout + 1)]
+
+    def _forget(self, s: Session) -> None:
+        self.sessions.pop(s.id, None)
+        for key in s.transactions:
+            self._client_txns.pop(key, None)
+            self._server_invites.pop(key, None)
+        if s.dialog is not None:
+            self._dialogs.pop(s.dialog.id, None)
+        if isinstance(s, OutgoingSession):
+            self._uac_calls.pop((s.call_id, from_tag_of(s.local)), None)
+
+    # -- transaction layer output ------------------------------------------------------
+
+    def _run(self, layer_effects: list[LayerEffect]) -> list[Effect]:
+        out: list[Effect] = []
+        for effect in layer_effects:
+            match effect:
+                case Transmit() | StartTimer() | CancelTimer():
+                    out.append(effect)
+                case RequestReceived(key, request, source):
+                    out += self._on_request(key, request, source)
+                case ResponseReceived(key, response):
+                    out += self._on_response(key, response)
+                case StrayResponse(response, _):
+                    out += self._on_stray_2xx(response)
+                case ClientFailed(key, timeout):
+                    out += self._on_client_failed(key, timeout)
+                case ServerTimedOut():
+                    pass
+        return out
+
+    def _on_client_failed(self, key: TransactionKey, timeout: bool) -> list[Effect]:
+        owner = self._client_txns.get(key)
+        if owner is None:
+            return []
+        s = self.sessions.get(owner[0])
+        if s is None or s.ended:
+            return []
+        purpose = owner[1]
+        if purpose == "invite" and isinstance(s, OutgoingSession) and not s.final:
+            s.final = True
+            code = 408 if timeout else 503
+            return self._end(s, events.Rejected(code, reason_phrase(code)))
+        if purpose == "bye":
+            return self._end(s, events.Terminated("timeout" if timeout else "transport"))
+        return []
+
+    # -- UAC responses ---------------------------------------------------------------
+
+    def _on_response(self, key: TransactionKey, response: Response) -> list[Effect]:
+        owner = self._client_txns.get(key)
+        if owner is None:
+            return []
+        s = self.sessions.get(owner[0])
+        if not isinstance(s, OutgoingSession) or owner[1] != "invite":
+            return []
+        return self._on_invite_response(s, response)
+
+    def _on_invite_response(self, s: OutgoingSession, response: Response) -> list[Effect]:
+        code = response.code
+        if 200 <= code < 300:
+            return self._on_2xx(s, response)
+        if s.final or code == 100:
+            return []
+        sdp = response.body or None
+        if code < 200:
+            s.provisional = True
+            effects: list[Effect] = []
+            if s.cancel_requested:
+                if not s.cancel_sent:
+                    effects += self._send_cancel(s)
+                return effects
+            effects.append(SessionUpdate(s.id, events.Provisional(code, response.phrase, sdp)))
+            return effects
+        if code in (401, 407) and s.digest is not None and not s.auth_tried:
+            if not s.cancel_requested:
+                retry = self._authenticate(s, response)
+                if retry is not None:
+                    return retry
+        s.final = True
+        return self._end(s, events.Rejected(code, response.phrase))
+
+    def _authenticate(self, s: OutgoingSession, response: Response) -> list[Effect] | None:
+        assert s.digest is not None
+        s.auth_tried = True
+        if response.code == 401:
+            challenge, header = response.www_authenticate, "Authorization"
+        else:
+            challenge, header = response.proxy_authenticate, "Proxy-Authorization"
+        if challenge is None:
+            return None
+        try:
+            credentials = s.digest.answer(
+                challenge, method="INVITE", uri=str(s.target), cnonce=self._hex(8)
+            )
+        except AuthError:
+            return None
+        s.provisional = False
+        return self._send_invite(
+            s, s.invite.cseq.sequence + 1, (header, credentials_header(credentials))
+        )
+
+    def _on_2xx(self, s: OutgoingSession, response: Response) -> list[Effect]:
+        remote_tag = to_tag(response) or ""
+        if s.dialog is not None:
+            if s.dialog.remote_tag == remote_tag:
+                # A retransmitted 2xx: our ACK was lost, send it again (§13.2.2.4).
+                if s.ack is not None and s.ack_peer is not None:
+                    return [Transmit(s.ack_peer, s.ack)]
+                return []
+            return self._ack_and_bye_fork(s, response)
+        s.final = True
+        dialog = Dialog.from_uac(s.invite, response)
+        s.dialog = dialog
+        self._dialogs[dialog.id] = s.id
+        ack = dialog.create_ack(s.invite.cseq.sequence)
+        peer = self._dialog_peer(s, dialog)
+        ack.headers.add("Via", self._via(peer.transport))
+        ack.headers.set("User-Agent", self.config.user_agent)
+        s.ack = encode(ack)
+        s.ack_peer = peer
+        effects: list[Effect] = [Transmit(peer, s.ack)]
+        if s.cancel_requested or s.ended:
+            # Our CANCEL lost the race with the 2xx: confirm, then hang up at once.
+            effects += self._send_bye(s, dialog)
+            if not s.ended:
+                effects += self._end(s, events.Rejected(487, reason_phrase(487)))
+            return effects
+        effects.append(CancelTimer(("uac", s.id, "cancel")))
+        effects.append(SessionUpdate(s.id, events.Answered(response.body or None)))
+        return effects
+
+    def _ack_and_bye_fork(self, s: OutgoingSession, response: Response) -> list[Effect]:
+        """A 2xx from a second fork: ACK it and hang that dialog up (§13.2.2.4)."""
+        dialog = Dialog.from_uac(s.invite, response)
+        peer = self._dialog_peer(s, dialog)
+        ack = dialog.create_ack(s.invite.cseq.sequence)
+        ack.headers.add("Via", self._via(peer.transport))
+        effects: list[Effect] = [Transmit(peer, encode(ack))]
+        bye = dialog.create_request("BYE")
+        bye.headers.add("Via", self._via(peer.transport))
+        key, layer_effects = self.layer.send_request(bye, peer)
+        s.transactions.add(key)
+        return effects + self._run(layer_effects)
+
+    def _on_stray_2xx(self, response: Response) -> list[Effect]:
+        tag = from_tag(response) or ""
+        sid = self._uac_calls.get((response.call_id, tag))
+        s = self.sessions.get(sid) if sid else None
+        if not isinstance(s, OutgoingSession):
+            return []
+        return self._on_2xx(s, response)
+
+    # -- UAS requests ----------------------------------------------------------------
+
+    def _reply(
+        self, key: TransactionKey, request: Request, code: int, *, tag: str | None = None
+    ) -> list[Effect]:
+        response = make_response(
+            request, code, to_tag=tag or self.new_tag(), server=self.config.user_agent
+        )
+        if code == 405 or (request.method == "OPTIONS" and code == 200):
+            response.headers.set("Allow", ALLOW)
+        if request.method == "OPTIONS" and code == 200:
+            response.headers.set("Accept", SDP)
+        return self._run(self.layer.respond(key, response))
+
+    def _on_request(
+        self, key: TransactionKey | None, request: Request, source: Peer
+    ) -> list[Effect]:
+        if key is None:
+            return self._on_ack(request) if request.method == "ACK" else []
+        method = request.method
+        if method == "CANCEL":
+            return self._on_cancel(key, request)
+        required = request.require
+        if required:
+            response = make_response(request, 420, "Bad Extension", to_tag=self.new_tag())
+            response.headers.set("Unsupported", ", ".join(required))
+            return self._run(self.layer.respond(key, response))
+        if to_tag(request) is not None:
+            return self._on_in_dialog(key, request)
+        if method == "INVITE":
+            return self._on_invite(key, request, source)
+        if method == "OPTIONS":
+            return self._reply(key, request, 200)
+        if method == "BYE":
+            return self._reply(key, request, 481)
+        return self._reply(key, request, 405 if method in KNOWN_METHODS else 501)
+
+    def _on_invite(self, key: TransactionKey, request: Request, source: Peer) -> list[Effect]:
+        sid = self._hex(8)
+        response_peer = self.layer.server_peer(key) or source
+        s = IncomingSession(
+            id=sid,
+            invite=request,
+            key=key,
+            source=source,
+            response_peer=response_peer,
+            local_tag=self.new_tag(),
+            contact=self._contact(request.uri.user or "", source.transport),
+        )
+        self.sessions[sid] = s
+        self._server_invites[key] = sid
+        s.transactions.add(key)
+        effects = self._respond(s, 100, None, None)
+        from_address = request.from_address
+        effects.append(
+            InviteReceived(
+                IncomingCall(
+                    session_id=sid,
+                    call_id=request.call_id,
+                    request_user=request.uri.user or "",
+                    caller_user=from_address.uri.user or "",
+                    caller_display=from_address.name,
+                    sdp=request.body or None,
+                    source=source,
+                )
+            )
+        )
+        return effects
+
+    def _on_cancel(self, key: TransactionKey, request: Request) -> list[Effect]:
+        sid = self._server_invites.get(self.layer.invite_key_for_cancel(key))
+        s = self.sessions.get(sid) if sid else None
+        if not isinstance(s, IncomingSession):
+            return self._reply(key, request, 481)
+        effects = self._reply(key, request, 200, tag=s.local_tag)
+        if s.final or s.ended:
+            return effects
+        s.final = True
+        effects += self._respond(s, 487, None, None)
+        return effects + self._end(s, events.Cancelled())
+
+    def _on_ack(self, request: Request) -> list[Effect]:
+        dialog_id = DialogId(request.call_id, to_tag(request) or "", from_tag(request) or "")
+        sid = self._dialogs.get(dialog_id)
+        s = self.sessions.get(sid) if sid else None
+        if not isinstance(s, IncomingSession) or s.confirmed:
+            return []
+        if request.cseq.sequence != s.invite.cseq.sequence:
+            return []
+        s.confirmed = True
+        effects = self._stop_uas_timers(s)
+        if not s.ended:
+            effects.append(SessionUpdate(s.id, events.Confirmed()))
+        return effects
+
+    def _on_in_dialog(self, key: TransactionKey, request: Request) -> list[Effect]:
+        dialog_id = DialogId(request.call_id, to_tag(request) or "", from_tag(request) or "")
+        sid = self._dialogs.get(dialog_id)
+        s = self.sessions.get(sid) if sid else None
+        if s is None or s.dialog is None:
+            return self._reply(key, request, 481, tag=dialog_id.local_tag)
+        dialog = s.dialog
+        tag = dialog.local_tag
+        if not dialog.accept_remote_cseq(request.cseq):
+            return self._reply(key, request, 500, tag=tag)
+        method = request.method
+        if method == "BYE":
+            effects = self._reply(key, request, 200, tag=tag)
+            if not s.ended:
+                effects += self._end(s, events.Terminated("bye"))
+            return effects
+        if s.ended:
+            return self._reply(key, request, 481, tag=tag)
+        if method in ("OPTIONS", "INFO"):
+            return self._reply(key, request, 200, tag=tag)
+        if method == "INVITE":
+            return self._on_reinvite(s, key, request)
+        return self._reply(key, request, 405 if method in KNOWN_METHODS else 501, tag=tag)
+
+    def _on_reinvite(self, s: Session, key: TransactionKey, request: Request) -> list[Effect]:
+        """Session refresh: answer with our current SDP unchanged (no media change yet)."""
+        assert s.dialog is not None
+        sdp = s.local_sdp if isinstance(s, IncomingSession) else s.sdp
+        response = make_response(
+            request,
+            200,
+            to_tag=s.dialog.local_tag,
+            server=self.config.user_agent,
+            body=sdp or b"",
+            content_type=SDP,
+        )
+        response.headers.set("Contact", s.contact)
+        response.headers.set("Allow", ALLOW)
+        return self._run(self.layer.respond(key, response))
+
+
+def from_tag_of(address: Address) -> str:
+    return address.parameters.get("tag") or ""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +21,43 @@ _HASHES: dict[str, Callable[[bytes], str]] = {
 
 class AuthError(ValueError):
     pass
+
+
+_PARAM = re.compile(r'\s*([A-Za-z][A-Za-z0-9_.-]*)\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,"]+)\s*(,|$)')
+_SCHEME = re.compile(r"\s*([A-Za-z][A-Za-z0-9_.-]*)\s+")
+
+
+def parse_auth_header(value: str) -> tuple[str, dict[str, str]]:
+    """Split a challenge/credentials header into scheme and parameters.
+
+    Done here rather than with `sipmessage.AuthParameters`, which splits on commas
+    inside quoted strings (qop="auth,auth-int").
+    """
+    scheme_match = _SCHEME.match(value)
+    if scheme_match is None:
+        raise AuthError("no auth scheme")
+    params: dict[str, str] = {}
+    pos = scheme_match.end()
+    while pos < len(value):
+        match = _PARAM.match(value, pos)
+        if match is None:
+            raise AuthError("bad auth parameters")
+        key, raw = match.group(1).lower(), match.group(2)
+        if raw.startswith('"'):
+            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
+        params[key] = raw
+        pos = match.end()
+    return scheme_match.group(1), params
+
+
+def pick_challenge(values: list[str]) -> DigestChallenge | None:
+    """The first challenge among several headers that we can answer."""
+    for value in values:
+        try:
+            return DigestChallenge.from_header(value)
+        except AuthError:
+            continue
+    return None
 
 
 def _hash_for(algorithm: str) -> tuple[Callable[[bytes], str], bool]:
@@ -45,10 +83,14 @@ class DigestChallenge:
     stale: bool = False
 
     @classmethod
-    def from_header(cls, challenge: AuthChallenge) -> DigestChallenge:
-        if challenge.scheme.lower() != "digest":
-            raise AuthError(f"unsupported scheme {challenge.scheme}")
-        params = challenge.parameters
+    def from_header(cls, challenge: AuthChallenge | str) -> DigestChallenge:
+        """Parse a WWW-/Proxy-Authenticate value; AuthError when unusable."""
+        if isinstance(challenge, str):
+            scheme, params = parse_auth_header(challenge)
+        else:
+            scheme, params = challenge.scheme, dict(challenge.parameters)
+        if scheme.lower() != "digest":
+            raise AuthError(f"unsupported scheme {scheme}")
         if "nonce" not in params:
             raise AuthError("challenge without nonce")
         algorithm = params.get("algorithm", "MD5")
@@ -147,9 +189,18 @@ class DigestClient:
         self._counts: dict[str, int] = {}
 
     def answer(
-        self, challenge: AuthChallenge, *, method: str, uri: str, cnonce: str, body: bytes = b""
+        self,
+        challenge: AuthChallenge | str | DigestChallenge,
+        *,
+        method: str,
+        uri: str,
+        cnonce: str,
+        body: bytes = b"",
     ) -> AuthCredentials:
-        digest = DigestChallenge.from_header(challenge)
+        if isinstance(challenge, DigestChallenge):
+            digest = challenge
+        else:
+            digest = DigestChallenge.from_header(challenge)
         count = self._counts.get(digest.nonce, 0) + 1
         self._counts[digest.nonce] = count
         return build_credentials(
@@ -165,7 +216,7 @@ class DigestClient:
 
 
 def check_credentials(
-    credentials: AuthCredentials,
+    credentials: AuthCredentials | str,
     *,
     method: str,
     password: str,
@@ -174,8 +225,16 @@ def check_credentials(
     body: bytes = b"",
 ) -> bool:
     """UAS side: does `credentials` prove knowledge of `password` for our nonce and realm?"""
-    params = credentials.parameters
-    if credentials.scheme.lower() != "digest" or params is None:
+    try:
+        if isinstance(credentials, str):
+            scheme, params = parse_auth_header(credentials)
+        elif credentials.parameters is not None:
+            scheme, params = credentials.scheme, dict(credentials.parameters)
+        else:
+            return False
+    except AuthError:
+        return False
+    if scheme.lower() != "digest":
         return False
     try:
         if params["realm"] != realm or params["nonce"] != nonce:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from sipmessage import URI, Address, CSeq, Request, Response
 
 from . import events
-from .auth import AuthError, DigestClient, credentials_header
+from .auth import DigestClient, credentials_header, pick_challenge
 from .dialog import Dialog, DialogId, with_tag
 from .effects import CancelTimer, StartTimer, TimerKey, Transmit
 from .invite_session import IncomingCall, IncomingSession, OutgoingSession, Session
@@ -157,9 +157,7 @@ class UserAgentCore:
         uri = URI.parse(target)
         peer = peer_for_uri(uri)
         c = self.config
-        local = Address(
-            URI("sip", c.host, user=from_user or None, port=c.port), name=from_display
-        )
+        local = Address(URI("sip", c.host, user=from_user or None, port=c.port), name=from_display)
         local = with_tag(local, self.new_tag())
         remote = Address(URI(uri.scheme, uri.host, user=uri.user, port=uri.port))
         call_id = self.new_call_id()
@@ -456,17 +454,16 @@ class UserAgentCore:
         assert s.digest is not None
         s.auth_tried = True
         if response.code == 401:
-            challenge, header = response.www_authenticate, "Authorization"
+            values, header = response.headers.getlist("WWW-Authenticate"), "Authorization"
         else:
-            challenge, header = response.proxy_authenticate, "Proxy-Authorization"
+            values = response.headers.getlist("Proxy-Authenticate")
+            header = "Proxy-Authorization"
+        challenge = pick_challenge(values)
         if challenge is None:
             return None
-        try:
-            credentials = s.digest.answer(
-                challenge, method="INVITE", uri=str(s.target), cnonce=self._hex(8)
-            )
-        except AuthError:
-            return None
+        credentials = s.digest.answer(
+            challenge, method="INVITE", uri=str(s.target), cnonce=self._hex(8)
+        )
         s.provisional = False
         return self._send_invite(
             s, s.invite.cseq.sequence + 1, (header, credentials_header(credentials))

@@ -11,7 +11,7 @@ import re
 MAX_MESSAGE = 65536
 MAX_HEADERS = 16384
 
-_CONTENT_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\S*)[ \t]*$", re.I | re.M)
+_CONTENT_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\S*)[ \t]*\r?$", re.I | re.M)
 
 
 class FramingError(ValueError):

@@ -236,10 +236,13 @@ async def test_options_and_unknown_methods(pair: tuple[UserAgent, UserAgent, Cal
         assert parse(await asyncio.wait_for(received.get(), 2)).code == 405
         transport.sendto(request("BYE", ";tag=nope"), ("127.0.0.1", b.port))
         assert parse(await asyncio.wait_for(received.get(), 2)).code == 481
-        transport.sendto(b"INVITE sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:"
-                         + str(port).encode()
-                         + b";branch=z9hG4bKbad\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\n"
-                         b"Call-ID: bad\r\nCSeq: one INVITE\r\n\r\n", ("127.0.0.1", b.port))
+        transport.sendto(
+            b"INVITE sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:"
+            + str(port).encode()
+            + b";branch=z9hG4bKbad\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>\r\n"
+            b"Call-ID: bad\r\nCSeq: one INVITE\r\n\r\n",
+            ("127.0.0.1", b.port),
+        )
         bad = await asyncio.wait_for(received.get(), 2)
         assert bad.startswith(b"SIP/2.0 400 Bad Request\r\n")
         assert b"Call-ID: bad\r\n" in bad
@@ -273,16 +276,15 @@ class ChallengingUAS(asyncio.DatagramProtocol):
                 response = make_response(message, 401, to_tag="uas1")
                 response.www_authenticate = AuthChallenge(
                     "Digest",
-                    AuthParameters(
-                        realm=self.realm, nonce=self.nonce, qop="auth", algorithm="MD5"
-                    ),
+                    AuthParameters(realm=self.realm, nonce=self.nonce, qop="auth", algorithm="MD5"),
                 )
             elif check_credentials(
                 credentials, method="INVITE", password="secret", realm=self.realm, nonce=self.nonce
             ):
                 self.authorized.set()
-                response = make_response(message, 200, to_tag="uas2", body=ANSWER,
-                                         content_type="application/sdp")
+                response = make_response(
+                    message, 200, to_tag="uas2", body=ANSWER, content_type="application/sdp"
+                )
                 response.headers.set("Contact", f"<sip:uas@127.0.0.1:{self.port}>")
             else:
                 response = make_response(message, 403, to_tag="uas3")

@@ -69,6 +69,7 @@ class Resampler:
         self._down = in_rate // g
         if self._up == self._down:
             self._taps = 1
+            self._filter_length = 1
             self._phases = np.ones((1, 1), dtype=np.float32)
         else:
             low = min(in_rate, out_rate)
@@ -78,6 +79,7 @@ class Resampler:
                 transition=low * (STOPBAND_EDGE - PASSBAND_EDGE),
                 attenuation_db=STOPBAND_ATTENUATION_DB,
             )
+            self._filter_length = len(h)
             self._taps = int(ceil(len(h) / self._up))
             padded = np.zeros(self._taps * self._up)
             padded[: len(h)] = h * self._up  # zero stuffing loses a factor L of gain
@@ -92,7 +94,7 @@ class Resampler:
     @property
     def delay(self) -> float:
         """Group delay of the filter in seconds."""
-        return (self._taps * self._up - 1) / 2 / (self.in_rate * self._up)
+        return (self._filter_length - 1) / 2 / (self.in_rate * self._up)
 
     def process(self, samples: npt.NDArray[np.int16]) -> npt.NDArray[np.int16]:
         if self._up == self._down:

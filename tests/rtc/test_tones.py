@@ -1,0 +1,96 @@
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from rtc.tones import CADENCES, RingbackGenerator
+from tests.audio import band_energy_ratio, dominant_frequency
+
+
+def generate(country: str, rate: int, seconds: float) -> npt.NDArray[np.int16]:
+    generator = RingbackGenerator(country, rate)
+    frames = [generator.frame() for _ in range(int(seconds * 50))]
+    assert all(len(f) == rate // 50 and f.dtype == np.int16 for f in frames)
+    return np.concatenate(frames)
+
+
+def on_off_pattern(x: npt.NDArray[np.int16], rate: int) -> list[tuple[bool, float]]:
+    """Runs of tone / silence measured in 10 ms blocks, as (on, seconds)."""
+    block = rate // 100
+    energy = np.sqrt(
+        np.mean(x[: len(x) // block * block].reshape(-1, block).astype(float) ** 2, axis=1)
+    )
+    on = energy > 100
+    runs: list[tuple[bool, float]] = []
+    for value in on:
+        if runs and runs[-1][0] == value:
+            runs[-1] = (value, runs[-1][1] + 0.01)
+        else:
+            runs.append((bool(value), 0.01))
+    return runs
+
+
+@pytest.mark.parametrize(
+    ("country", "frequencies", "pattern"),
+    [
+        ("us", (440, 480), [2.0, 4.0]),
+        ("uk", (400, 450), [0.4, 0.2, 0.4, 2.0]),
+        ("de", (425,), [1.0, 4.0]),
+        ("fr", (440,), [1.5, 3.5]),
+        ("jp", (400,), [1.0, 2.0]),
+    ],
+)
+@pytest.mark.parametrize("rate", [8000, 48000])
+def test_frequencies_and_cadence(
+    country: str, frequencies: tuple[int, ...], pattern: list[float], rate: int
+) -> None:
+    cycle = sum(pattern)
+    x = generate(country, rate, 2 * cycle)
+    runs = on_off_pattern(x, rate)
+    expected = [(i % 2 == 0, d) for i, d in enumerate(pattern)] * 2
+    assert [on for on, _ in runs] == [on for on, _ in expected]
+    for (_, measured), (_, wanted) in zip(runs, expected, strict=True):
+        assert measured == pytest.approx(wanted, abs=0.015)
+
+    first_on = x[: int(pattern[0] * rate)]
+    in_band = sum(band_energy_ratio(first_on, rate, f, 20) for f in frequencies)
+    if country == "jp":
+        # 400 Hz amplitude-modulated at 16 Hz: carrier plus 384/416 Hz sidebands
+        assert dominant_frequency(first_on, rate) == pytest.approx(400, abs=2)
+        assert in_band > 0.98
+    else:
+        assert in_band > 0.99
+        for f in frequencies:
+            assert band_energy_ratio(first_on, rate, f, 10) > 0.95 / len(frequencies)
+
+
+def test_level_and_phase_continuity() -> None:
+    x = generate("de", 8000, 1.0).astype(float)
+    steady = x[400:7600]
+    # about -20 dBFS peak, and no sample-to-sample jump bigger than a 425 Hz
+    # sine can make: frame boundaries join seamlessly
+    assert np.abs(steady).max() == pytest.approx(0.1 * 32767, rel=0.01)
+    limit = 2 * np.pi * 425 / 8000 * 0.1 * 32767 * 1.01
+    assert np.abs(np.diff(x)).max() < limit
+
+
+def test_frames_equal_one_long_signal() -> None:
+    x = generate("us", 48000, 0.5)
+    n = np.arange(len(x))
+    ideal = (
+        0.1 * 32767 * (np.sin(2 * np.pi * 440 * n / 48000) + np.sin(2 * np.pi * 480 * n / 48000))
+    )
+    steady = slice(48000 * 4 // 1000, len(x))  # after the onset ramp
+    assert np.abs(x[steady] - ideal[steady]).max() <= 1
+
+
+def test_edges_are_ramped_not_clicked() -> None:
+    x = generate("uk", 8000, 1.0).astype(float)
+    # the first samples after switching on must rise gradually
+    assert abs(x[0]) < 50 and np.abs(x[:8]).max() < 0.3 * np.abs(x[:400]).max()
+
+
+def test_unknown_country() -> None:
+    with pytest.raises(ValueError):
+        RingbackGenerator("xx")
+    assert {"us", "uk", "de", "fr", "jp"} <= set(CADENCES)
+    assert RingbackGenerator("US").cadence == CADENCES["us"]

@@ -180,8 +180,9 @@ class Call:
                     f"call {self.identifier}: no {what} within {timeout:.0f} s "
                     f"(statuses so far: {self.states})"
                 )
+            # audio arrives without a notification: poll as well
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.05))
 
     async def wait_state(self, state: str, timeout: float = 15.0) -> Message:
         """The first status with this state (including ones already received)."""

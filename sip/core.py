@@ -106,7 +106,12 @@ class UserAgentCore:
     # -- inputs ----------------------------------------------------------------------
 
     def receive(self, data: bytes, source: Peer) -> list[Effect]:
-        return self._run(self.layer.receive(data, source))
+        try:
+            return self._run(self.layer.receive(data, source))
+        except ValueError:
+            # A header parsed lazily (Contact, Require, auth...) was malformed after the
+            # message got past validation: drop it like any other unparseable message.
+            return []
 
     def timer_fired(self, key: TimerKey) -> list[Effect]:
         if self.layer.owns_timer(key):
@@ -155,6 +160,8 @@ class UserAgentCore:
         Raises ValueError for an unusable target URI.
         """
         uri = URI.parse(target)
+        if uri.scheme not in ("sip", "sips") or not uri.host:
+            raise ValueError(f"cannot send an INVITE to {target!r}")
         peer = peer_for_uri(uri)
         c = self.config
         local = Address(URI("sip", c.host, user=from_user or None, port=c.port), name=from_display)

@@ -21,6 +21,17 @@ class DialogId:
     remote_tag: str
 
 
+def _addresses(message: Request | Response, header: str) -> list[Address]:
+    """Contact/Record-Route values; a malformed header counts as absent rather than fatal."""
+    result: list[Address] = []
+    for value in message.headers.getlist(header):
+        try:
+            result += Address.parse_many(value)
+        except ValueError:
+            return []
+    return result
+
+
 def with_tag(address: Address, tag: str) -> Address:
     return replace(address, parameters=address.parameters.replace(tag=tag))
 
@@ -48,7 +59,7 @@ class Dialog:
     @classmethod
     def from_uac(cls, request: Request, response: Response) -> Dialog:
         """The dialog a 2xx (or 1xx with a tag) to our INVITE creates (RFC 3261 §12.1.2)."""
-        contacts = response.contact
+        contacts = _addresses(response, "Contact")
         return cls(
             call_id=request.call_id,
             local=request.from_address,
@@ -56,13 +67,13 @@ class Dialog:
             local_seq=request.cseq.sequence,
             remote_seq=None,
             remote_target=contacts[0].uri if contacts else request.uri,
-            route_set=list(reversed(response.record_route)),
+            route_set=list(reversed(_addresses(response, "Record-Route"))),
         )
 
     @classmethod
     def from_uas(cls, request: Request, local_tag: str) -> Dialog:
         """The dialog our 2xx to an INVITE creates (RFC 3261 §12.1.1)."""
-        contacts = request.contact
+        contacts = _addresses(request, "Contact")
         return cls(
             call_id=request.call_id,
             local=with_tag(request.to_address, local_tag),
@@ -70,7 +81,7 @@ class Dialog:
             local_seq=0,
             remote_seq=request.cseq.sequence,
             remote_target=contacts[0].uri if contacts else request.from_address.uri,
-            route_set=list(request.record_route),
+            route_set=_addresses(request, "Record-Route"),
         )
 
     @property

@@ -156,14 +156,24 @@ class UserAgent:
         credentials: tuple[str, str] | None = None,
         on_event: EventHandler,
     ) -> OutboundInvite:
-        """Send an INVITE to `target` ("sip:user@host:port[;transport=tcp]")."""
-        session_id, effects = self._core.invite(
-            target,
-            from_user=from_user,
-            from_display=from_display,
-            sdp=sdp,
-            credentials=credentials,
-        )
+        """Send an INVITE to `target` ("sip:user@host:port[;transport=tcp]").
+
+        An unusable target is reported as Rejected(416) from the loop, not raised.
+        """
+        try:
+            session_id, effects = self._core.invite(
+                target,
+                from_user=from_user,
+                from_display=from_display,
+                sdp=sdp,
+                credentials=credentials,
+            )
+        except ValueError:
+            log.warning("cannot call %r: bad target URI", target)
+            failed = OutboundInvite(self, "", on_event)
+            rejected = Rejected(416, "Unsupported URI Scheme")
+            asyncio.get_running_loop().call_soon(self._call_handler, on_event, rejected)
+            return failed
         outbound = OutboundInvite(self, session_id, on_event)
         self._sessions[session_id] = outbound
         self._execute(effects)

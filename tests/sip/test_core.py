@@ -399,3 +399,14 @@ def test_garbage_is_dropped(data: bytes):
     h = CoreHarness()
     h.receive(data)
     assert h.sent == [] and h.calls == []
+
+
+def test_malformed_contact_does_not_break_answer():
+    h = CoreHarness()
+    h.receive(INVITE.replace(b"Contact: <sip:bob@127.0.0.1:5080>", b"Contact: <<<"))
+    (call,) = h.calls
+    h.apply(h.core.answer(call.session_id, SDP))
+    assert h.last().code == 200
+    h.apply(h.core.bye(call.session_id))
+    bye = h.last()
+    assert bye.method == "BYE" and str(bye.uri) == "sip:bob@127.0.0.1:5080"  # From URI fallback

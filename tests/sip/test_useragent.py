@@ -348,3 +348,17 @@ async def test_digest_wrong_password_rejected_once():
         await ua.close()
         assert uas.transport is not None
         uas.transport.close()
+
+
+@pytest.mark.parametrize("bad", ["not a uri", "tel:+1234", "sip:"])
+async def test_bad_target_is_rejected_not_raised(bad: str):
+    ua = UserAgent(UAConfig(port=0), lambda inv: None)
+    await ua.start()
+    try:
+        caller = Recorder()
+        call = ua.invite(bad, from_user="a", sdp=None, on_event=caller)
+        assert await caller.wait_for(Rejected) == Rejected(416, "Unsupported URI Scheme")
+        call.cancel()
+        call.bye()
+    finally:
+        await ua.close()

@@ -80,10 +80,11 @@ class Sipp:
                 await process.wait()
 
 
-async def wait_bound(port: int) -> None:
-    """Wait until sipp holds its UDP port, so our first INVITE is not lost."""
+async def wait_bound(port: int, tcp: bool = False) -> None:
+    """Wait until sipp holds its port, so our first INVITE is not lost."""
+    kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
     for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        with socket.socket(socket.AF_INET, kind) as probe:
             try:
                 probe.bind(("127.0.0.1", port))
             except OSError:
@@ -105,7 +106,8 @@ async def sipp(tmp_path: Path) -> AsyncIterator[Sipp]:
     await runner.stop()
 
 
-async def test_sipp_uac_calls_useragent(sipp: Sipp):
+@pytest.mark.parametrize("transport", ["u1", "t1"])
+async def test_sipp_uac_calls_useragent(sipp: Sipp, transport: str):
     recorder = Recorder()
     invites: list[InboundInvite] = []
 
@@ -118,7 +120,17 @@ async def test_sipp_uac_calls_useragent(sipp: Sipp):
     ua = UserAgent(UAConfig(port=0), on_invite)
     await ua.start()
     try:
-        await sipp.start("-sn", "uac", "-s", "1234", "-p", str(free_port()), f"127.0.0.1:{ua.port}")
+        await sipp.start(
+            "-sn",
+            "uac",
+            "-t",
+            transport,
+            "-s",
+            "1234",
+            "-p",
+            str(free_port()),
+            f"127.0.0.1:{ua.port}",
+        )
         code, output = await sipp.wait()
         assert code == 0, output
         assert await recorder.wait_for(Terminated) == Terminated("bye")
@@ -128,16 +140,20 @@ async def test_sipp_uac_calls_useragent(sipp: Sipp):
         await ua.close()
 
 
-async def test_useragent_calls_sipp_uas(sipp: Sipp):
+@pytest.mark.parametrize("transport", ["u1", "t1"])
+async def test_useragent_calls_sipp_uas(sipp: Sipp, transport: str):
     port = free_port()
-    await sipp.start("-sn", "uas", "-p", str(port))
-    await wait_bound(port)
+    await sipp.start("-sn", "uas", "-t", transport, "-p", str(port))
+    await wait_bound(port, tcp=transport == "t1")
     ua = UserAgent(UAConfig(port=0), lambda invite: invite.reject(603))
     await ua.start()
     try:
         recorder = Recorder()
         call = ua.invite(
-            f"sip:service@127.0.0.1:{port}", from_user="gw", sdp=OFFER, on_event=recorder
+            f"sip:service@127.0.0.1:{port}" + (";transport=tcp" if transport == "t1" else ""),
+            from_user="gw",
+            sdp=OFFER,
+            on_event=recorder,
         )
         assert await recorder.wait_for(Answered) == Answered(recorder_sdp(recorder))
         call.bye()

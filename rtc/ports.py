@@ -51,13 +51,13 @@ class AudioPort(Protocol):
 
 class FrameQueue:
     """
-    Bounded queue of frames for an async reader: put() drops the oldest frame
+    Bounded queue of frames for async readers: put() drops the oldest frame
     when full, get() raises PortClosed once the queue is closed.
     """
 
     def __init__(self, maxlen: int) -> None:
         self._frames: deque[Frame] = deque(maxlen=maxlen)
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiters: list[asyncio.Future[None]] = []
         self._closed = False
 
     def __len__(self) -> int:
@@ -77,11 +77,12 @@ class FrameQueue:
         while not self._frames:
             if self._closed:
                 raise PortClosed
-            self._waiter = asyncio.get_running_loop().create_future()
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
             try:
-                await self._waiter
+                await waiter
             finally:
-                self._waiter = None
+                self._waiters.remove(waiter)
         return self._frames.popleft()
 
     def close(self) -> None:
@@ -90,8 +91,9 @@ class FrameQueue:
         self._wake()
 
     def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 class PlayoutQueue:
@@ -100,8 +102,9 @@ class PlayoutQueue:
 
     The producer and the sender run on different clocks, so a backlog that
     forms once (a burst, a late start) would otherwise stay as latency forever.
-    When the queue never drained below ``target`` frames over the last
-    ``window`` pulls, one frame is dropped.
+    When the sender found more than ``target`` frames waiting at each of its
+    last ``window`` pulls, one frame is dropped: a backlog that bursts cause
+    and drain again is left alone, one that stands is trimmed.
     """
 
     def __init__(self, maxlen: int = 8, target: int = 2, window: int = 50) -> None:

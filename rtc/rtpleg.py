@@ -38,8 +38,10 @@ SAMPLES_PER_FRAME = frame_samples(SAMPLE_RATE)
 TELEPHONE_EVENT_PT = 101
 TELEPHONE_EVENT_FMTP = "0-16"
 RECEIVE_QUEUE_FRAMES = 50
-# packets held back waiting for a missing sequence number before giving up on it
+# packets held back waiting for a missing sequence number before giving up on
+# it, and how long they may wait when no more packets come (end of talk spurt)
 REORDER_DEPTH = 3
+REORDER_TIMEOUT = 0.06
 # a sequence jump this large means a new stream, not reordering
 MAX_SEQ_JUMP = 1000
 # after a stall (suspended loop) restart the clock rather than send a burst
@@ -111,6 +113,7 @@ class RtpLeg(AudioPort):
         self._expected_seq: int | None = None
         self._held: dict[int, npt.NDArray[np.int16]] = {}
         self._pending = np.zeros(0, dtype=np.int16)
+        self._reorder_timer: asyncio.TimerHandle | None = None
 
     @classmethod
     async def open(
@@ -331,10 +334,25 @@ class RtpLeg(AudioPort):
 
         self._deliver_in_order()
         if len(self._held) > REORDER_DEPTH:
-            # give up on the missing packet: skip to the oldest one we hold
-            expected = self._expected_seq
-            self._expected_seq = min(self._held, key=lambda s: seq_diff(s, expected))
-            self._deliver_in_order()
+            self._skip_gap()
+        if self._held and self._reorder_timer is None:
+            self._reorder_timer = asyncio.get_running_loop().call_later(
+                REORDER_TIMEOUT, self._reorder_timeout
+            )
+        elif not self._held and self._reorder_timer is not None:
+            self._reorder_timer.cancel()
+            self._reorder_timer = None
+
+    def _reorder_timeout(self) -> None:
+        self._reorder_timer = None
+        while self._held:
+            self._skip_gap()
+
+    def _skip_gap(self) -> None:
+        """Give up on the missing packet: continue from the oldest one held."""
+        expected = self._expected_seq or 0
+        self._expected_seq = min(self._held, key=lambda s: seq_diff(s, expected))
+        self._deliver_in_order()
 
     def _deliver_in_order(self) -> None:
         assert self._expected_seq is not None
@@ -364,6 +382,8 @@ class RtpLeg(AudioPort):
             return
         self._closed = True
         self._queue.close()
+        if self._reorder_timer is not None:
+            self._reorder_timer.cancel()
         if self._sender is not None:
             self._sender.cancel()
             try:

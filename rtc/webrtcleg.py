@@ -168,7 +168,11 @@ class WebRtcLeg(AudioPort):
             candidate = candidate[2:]
         if candidate.startswith("candidate:"):
             candidate = candidate[len("candidate:") :]
-        ice_candidate = candidate_from_sdp(candidate)
+        try:
+            ice_candidate = candidate_from_sdp(candidate)
+        except (AssertionError, ValueError, IndexError) as exc:
+            # aiortc asserts on a short candidate line
+            raise ValueError(f"Invalid ICE candidate: {candidate!r}") from exc
         ice_candidate.sdpMid = sdp_mid
         ice_candidate.sdpMLineIndex = sdp_mline_index
         await self._pc.addIceCandidate(ice_candidate)

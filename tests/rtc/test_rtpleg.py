@@ -204,6 +204,62 @@ async def test_read_raises_after_close() -> None:
     leg.write(np.zeros(160, dtype=np.int16))  # harmless after close
 
 
-async def test_wait_for_helper_times_out() -> None:
-    with pytest.raises(TimeoutError):
-        await wait_for(lambda: False, timeout=0.05)
+async def test_missing_packet_is_skipped_after_timeout() -> None:
+    leg = await RtpLeg.open()
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.bind(("127.0.0.1", 0))
+    try:
+        port = str(sender.getsockname()[1]).encode()
+        leg.create_answer((OFFER % b"0").replace(b"40000", port))
+        for seq, value in [(10, 0x80), (12, 0x82)]:  # 11 never comes
+            packet = RtpPacket(0, seq, seq * 160, 99, payload=bytes([value]) * 160)
+            sender.sendto(bytes(packet), ("127.0.0.1", leg.local_port))
+        first = await asyncio.wait_for(leg.read(), 1)
+        second = await asyncio.wait_for(leg.read(), 1)
+        assert (int(first[0]), int(second[0])) == (32124, 30076)
+    finally:
+        sender.close()
+        await leg.close()
+
+
+async def test_other_ptime_is_reframed_to_20_ms() -> None:
+    leg = await RtpLeg.open()
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.bind(("127.0.0.1", 0))
+    try:
+        port = str(sender.getsockname()[1]).encode()
+        leg.create_answer((OFFER % b"0").replace(b"40000", port))
+        for seq in range(2):  # two 30 ms packets make three 20 ms frames
+            packet = RtpPacket(0, seq, seq * 240, 99, payload=b"\x80" * 240)
+            sender.sendto(bytes(packet), ("127.0.0.1", leg.local_port))
+        frames = [await asyncio.wait_for(leg.read(), 1) for _ in range(3)]
+        assert [len(f) for f in frames] == [160, 160, 160]
+    finally:
+        sender.close()
+        await leg.close()
+
+
+async def test_reanswer_moves_the_stream() -> None:
+    a = await RtpLeg.open()
+    b = await RtpLeg.open()
+    c = await RtpLeg.open()
+    try:
+        a.apply_answer(b.create_answer(a.create_offer()))
+        await wait_for(lambda: b.packets_received > 0)
+        # re-INVITE: the far end moved to c, which answers with PCMA
+        a.apply_answer(c.create_answer(a.create_offer().replace(b"RTP/AVP 0 8", b"RTP/AVP 8 0")))
+        assert a.codec == "PCMA"
+        assert a.remote_address == ("127.0.0.1", c.local_port)
+        await wait_for(lambda: c.packets_received > 0)
+    finally:
+        for leg in (a, b, c):
+            await leg.close()
+
+
+async def test_write_checks_frame_size() -> None:
+    leg = await RtpLeg.open()
+    try:
+        with pytest.raises(ValueError):
+            leg.write(np.zeros(960, dtype=np.int16))
+    finally:
+        await leg.close()

@@ -97,7 +97,7 @@ async def test_candidates_and_end_of_candidates() -> None:
         await peer.close()
 
 
-async def test_on_failed_when_peer_disappears_is_not_called_on_own_close() -> None:
+async def test_on_failed_not_called_on_own_close() -> None:
     failed: list[str] = []
     a = WebRtcLeg(on_failed=lambda: failed.append("a"))
     b = WebRtcLeg(on_failed=lambda: failed.append("b"))
@@ -105,6 +105,31 @@ async def test_on_failed_when_peer_disappears_is_not_called_on_own_close() -> No
     await a.close()
     await b.close()
     assert failed == []
+
+
+async def test_on_failed_when_connection_closes_underneath() -> None:
+    failed: list[str] = []
+    a = WebRtcLeg(on_failed=lambda: failed.append("a"))
+    b = WebRtcLeg()
+    try:
+        await connect(a, b)
+        await a._pc.close()  # as aiortc does on a fatal DTLS error
+        assert failed == ["a"]
+    finally:
+        await a.close()
+        await b.close()
+    assert failed == ["a"]
+
+
+async def test_bad_candidate_is_a_value_error() -> None:
+    leg, peer = WebRtcLeg(), WebRtcLeg()
+    try:
+        await leg.accept_offer(await peer.create_offer())
+        with pytest.raises(ValueError):
+            await leg.add_ice_candidate("candidate:garbage", "0", 0)
+    finally:
+        await leg.close()
+        await peer.close()
 
 
 async def test_read_raises_after_close() -> None:

@@ -81,6 +81,7 @@ class UserAgentCore:
         self._server_invites: dict[TransactionKey, str] = {}
         self._dialogs: dict[DialogId, str] = {}
         self._uac_calls: dict[tuple[str, str], str] = {}  # (Call-ID, local tag) -> session
+        self._incoming_invites: dict[tuple[str, str, int], str] = {}  # merged-request check
 
     # -- identifiers -----------------------------------------------------------------
 
@@ -385,6 +386,12 @@ class UserAgentCore:
             self._dialogs.pop(s.dialog.id, None)
         if isinstance(s, OutgoingSession):
             self._uac_calls.pop((s.call_id, from_tag_of(s.local)), None)
+        else:
+            self._incoming_invites.pop(self._merge_key(s.invite), None)
+
+    @staticmethod
+    def _merge_key(request: Request) -> tuple[str, str, int]:
+        return (request.call_id, from_tag(request) or "", request.cseq.sequence)
 
     # -- transaction layer output ------------------------------------------------------
 
@@ -551,12 +558,17 @@ class UserAgentCore:
             return self._on_cancel(key, request)
         required = request.require
         if required:
-            response = make_response(request, 420, "Bad Extension", to_tag=self.new_tag())
+            response = make_response(
+                request, 420, "Bad Extension", to_tag=self.new_tag(), server=self.config.user_agent
+            )
             response.headers.set("Unsupported", ", ".join(required))
             return self._run(self.layer.respond(key, response))
         if to_tag(request) is not None:
             return self._on_in_dialog(key, request)
         if method == "INVITE":
+            if self._merge_key(request) in self._incoming_invites:
+                # Same request reached us twice along different paths (RFC 3261 §8.2.2.2).
+                return self._reply(key, request, 482)
             return self._on_invite(key, request, source)
         if method == "OPTIONS":
             return self._reply(key, request, 200)
@@ -578,6 +590,7 @@ class UserAgentCore:
         )
         self.sessions[sid] = s
         self._server_invites[key] = sid
+        self._incoming_invites[self._merge_key(request)] = sid
         s.transactions.add(key)
         effects = self._respond(s, 100, None, None)
         from_address = request.from_address

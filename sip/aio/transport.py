@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[bytes, Peer], None]
 ErrorHandler = Callable[[Peer], None]
-MAX_DATAGRAM = 65535
+MAX_CONNECTIONS = 1024  # bound on open TCP connections (design rule: every input bounded)
 
 
 class _Datagram(asyncio.DatagramProtocol):
@@ -45,13 +45,19 @@ class _Stream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        if len(self.owner._connections) >= MAX_CONNECTIONS:
+            log.warning("too many TCP connections; refusing one")
+            self.key = None
+            transport.close()
+            return
         if self.key is None:
             host, port = transport.get_extra_info("peername")[:2]
             self.key = (str(host), int(port))
         self.owner._connections[self.key] = self
 
     def data_received(self, data: bytes) -> None:
-        assert self.key is not None
+        if self.key is None:
+            return
         try:
             messages = self.framer.feed(data)
         except FramingError as exc:

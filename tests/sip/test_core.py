@@ -410,3 +410,11 @@ def test_malformed_contact_does_not_break_answer():
     h.apply(h.core.bye(call.session_id))
     bye = h.last()
     assert bye.method == "BYE" and str(bye.uri) == "sip:bob@127.0.0.1:5080"  # From URI fallback
+
+
+def test_merged_request_gets_482():
+    h = CoreHarness()
+    incoming(h)
+    h.receive(INVITE.replace(b"z9hG4bKphone1", b"z9hG4bKphone2"))
+    assert h.last().code == 482
+    assert len(h.calls) == 1

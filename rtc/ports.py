@@ -51,12 +51,17 @@ class AudioPort(Protocol):
 
 class FrameQueue:
     """
-    Bounded queue of frames for async readers: put() drops the oldest frame
-    when full, get() raises PortClosed once the queue is closed.
+    Bounded queue of received frames for async readers.
+
+    put() drops the oldest frame when full; get() skips frames that waited
+    longer than ``max_age`` seconds (nobody was reading, e.g. before the
+    bridge connected: relaying them would only add latency) and raises
+    PortClosed once the queue is closed.
     """
 
-    def __init__(self, maxlen: int) -> None:
-        self._frames: deque[Frame] = deque(maxlen=maxlen)
+    def __init__(self, maxlen: int, max_age: float | None = None) -> None:
+        self._frames: deque[tuple[float, Frame]] = deque(maxlen=maxlen)
+        self._max_age = max_age
         self._waiters: list[asyncio.Future[None]] = []
         self._closed = False
 
@@ -70,20 +75,27 @@ class FrameQueue:
     def put(self, frame: Frame) -> None:
         if self._closed:
             return
-        self._frames.append(frame)
+        now = asyncio.get_running_loop().time() if self._max_age is not None else 0.0
+        self._frames.append((now, frame))
         self._wake()
 
     async def get(self) -> Frame:
-        while not self._frames:
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._max_age is not None:
+                oldest = loop.time() - self._max_age
+                while self._frames and self._frames[0][0] < oldest:
+                    self._frames.popleft()
+            if self._frames:
+                return self._frames.popleft()[1]
             if self._closed:
                 raise PortClosed
-            waiter = asyncio.get_running_loop().create_future()
+            waiter = loop.create_future()
             self._waiters.append(waiter)
             try:
                 await waiter
             finally:
                 self._waiters.remove(waiter)
-        return self._frames.popleft()
 
     def close(self) -> None:
         self._closed = True
@@ -107,7 +119,7 @@ class PlayoutQueue:
     and drain again is left alone, one that stands is trimmed.
     """
 
-    def __init__(self, maxlen: int = 8, target: int = 2, window: int = 50) -> None:
+    def __init__(self, maxlen: int = 5, target: int = 2, window: int = 25) -> None:
         self._frames: deque[Frame] = deque(maxlen=maxlen)
         self._target = target
         self._window = window

@@ -38,6 +38,8 @@ SAMPLES_PER_FRAME = frame_samples(SAMPLE_RATE)
 TELEPHONE_EVENT_PT = 101
 TELEPHONE_EVENT_FMTP = "0-16"
 RECEIVE_QUEUE_FRAMES = 50
+# received audio older than this was not wanted when it was fresh
+RECEIVE_MAX_AGE = 0.1
 # packets held back waiting for a missing sequence number before giving up on
 # it, and how long they may wait when no more packets come (end of talk spurt)
 REORDER_DEPTH = 3
@@ -108,7 +110,7 @@ class RtpLeg(AudioPort):
         self._sender: asyncio.Task[None] | None = None
 
         # receiving
-        self._queue = FrameQueue(RECEIVE_QUEUE_FRAMES)
+        self._queue = FrameQueue(RECEIVE_QUEUE_FRAMES, RECEIVE_MAX_AGE)
         self._remote_ssrc: int | None = None
         self._expected_seq: int | None = None
         self._held: dict[int, npt.NDArray[np.int16]] = {}

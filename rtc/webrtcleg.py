@@ -32,6 +32,8 @@ SAMPLE_RATE = 48000
 SAMPLES_PER_FRAME = frame_samples(SAMPLE_RATE)
 TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 RECEIVE_QUEUE_FRAMES = 50
+# received audio older than this was not wanted when it was fresh
+RECEIVE_MAX_AGE = 0.1
 PREFERRED_CODECS = ("audio/opus", "audio/PCMU", "audio/PCMA")
 # after a stall (suspended loop) restart the clock rather than send a burst
 MAX_CLOCK_LAG = 0.1
@@ -105,7 +107,7 @@ class WebRtcLeg(AudioPort):
         self._failed_reported = False
         self._closed = False
         self._playout = PlayoutQueue()
-        self._queue = FrameQueue(RECEIVE_QUEUE_FRAMES)
+        self._queue = FrameQueue(RECEIVE_QUEUE_FRAMES, RECEIVE_MAX_AGE)
         self._track = OutgoingAudioTrack(self._playout)
         self._transceiver: RTCRtpTransceiver | None = None
         self._reader: asyncio.Task[None] | None = None

@@ -86,3 +86,13 @@ def test_playout_queue_keeps_a_jittery_but_short_queue() -> None:
         if queue.pop() is not None:
             popped += 1
     assert popped == 500
+
+
+async def test_frame_queue_skips_frames_nobody_read_in_time() -> None:
+    queue = FrameQueue(50, max_age=0.05)
+    for value in range(5):
+        queue.put(frame(value))
+    await asyncio.sleep(0.08)
+    queue.put(frame(99))
+    assert int((await queue.get())[0]) == 99
+    assert len(queue) == 0

@@ -7,6 +7,7 @@ on/off switching does not click.
 """
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
@@ -37,6 +38,23 @@ CADENCES: dict[str, Cadence] = {
 }
 
 
+@lru_cache(maxsize=32)
+def _tone_table(cadence: Cadence, sample_rate: int) -> npt.NDArray[np.int16]:
+    """
+    One second of the steady tone. With integer frequencies it repeats every
+    second, so frames are slices of this table (shared by all calls).
+    """
+    t = np.arange(sample_rate) / sample_rate
+    signal = np.zeros(sample_rate)
+    for freq in cadence.frequencies:
+        signal += np.sin(2 * np.pi * freq * t)
+    if cadence.modulation:
+        signal *= 0.55 + 0.45 * np.sin(2 * np.pi * cadence.modulation * t)
+    table = np.rint(signal * TONE_AMPLITUDE * 32767).astype(np.int16)
+    table.flags.writeable = False
+    return table
+
+
 class RingbackGenerator:
     """Endless ringback for ``country`` at ``sample_rate``, one 20 ms frame per call."""
 
@@ -48,6 +66,8 @@ class RingbackGenerator:
         self.sample_rate = sample_rate
         self.frame_samples = sample_rate * FRAME_MS // 1000
         self._position = 0
+        self._table = _tone_table(self.cadence, sample_rate)
+        self._silence = np.zeros(self.frame_samples, dtype=np.int16)
 
         segments = []
         start = 0
@@ -70,15 +90,27 @@ class RingbackGenerator:
             env += np.where(inside, 0.5 - 0.5 * np.cos(np.pi * ramp), 0.0)
         return env
 
+    def _tone(self, first: int) -> npt.NDArray[np.int16]:
+        offset = first % self.sample_rate
+        end = offset + self.frame_samples
+        if end <= self.sample_rate:
+            return self._table[offset:end]
+        return np.concatenate((self._table[offset:], self._table[: end - self.sample_rate]))
+
     def frame(self) -> npt.NDArray[np.int16]:
-        n = self._position + np.arange(self.frame_samples, dtype=np.int64)
+        first = self._position
         self._position += self.frame_samples
-        # integer frequencies repeat every second: keep the phase argument small
-        t = (n % self.sample_rate) / self.sample_rate
-        signal = np.zeros(self.frame_samples)
-        for freq in self.cadence.frequencies:
-            signal += np.sin(2 * np.pi * freq * t)
-        if self.cadence.modulation:
-            signal *= 0.55 + 0.45 * np.sin(2 * np.pi * self.cadence.modulation * t)
-        signal *= self._envelope(n % self._cycle) * TONE_AMPLITUDE * 32767
-        return np.rint(signal).astype(np.int16)
+        # the common cases, a frame wholly inside a tone burst or a pause, are
+        # a slice of the table or silence; only frames at an edge are shaped
+        begin = first % self._cycle
+        last = begin + self.frame_samples - 1
+        for start, end in self._segments:
+            if start + self._ramp <= begin and last < end - self._ramp:
+                return self._tone(first).copy()
+        if last < self._cycle and not any(
+            begin < end and start <= last for start, end in self._segments
+        ):
+            return self._silence.copy()
+        positions = (first + np.arange(self.frame_samples, dtype=np.int64)) % self._cycle
+        shaped = self._tone(first) * self._envelope(positions)
+        return np.rint(shaped).astype(np.int16)

@@ -59,7 +59,14 @@ class InviteReceived:
     call: IncomingCall
 
 
-Effect = Transmit | StartTimer | CancelTimer | SessionUpdate | InviteReceived
+@dataclass(frozen=True)
+class SessionForgotten:
+    """The core dropped all state of a session; its owner may drop its handle too."""
+
+    session_id: str
+
+
+Effect = Transmit | StartTimer | CancelTimer | SessionUpdate | InviteReceived | SessionForgotten
 
 
 @dataclass(frozen=True)
@@ -123,7 +130,7 @@ class UserAgentCore:
             return []
         if kind == "forget":
             self._forget(session)
-            return []
+            return [SessionForgotten(sid)]
         if isinstance(session, IncomingSession):
             return self._uas_timer(session, what)
         if what == "cancel" and not session.final:
@@ -370,12 +377,14 @@ class UserAgentCore:
             effects += self._stop_uas_timers(s)
         else:
             effects.append(CancelTimer(("uac", s.id, "cancel")))
-        effects.append(SessionUpdate(s.id, event))
+        if not s.reported:
+            s.reported = True
+            effects.append(SessionUpdate(s.id, event))
         return effects + self._schedule_forget(s)
 
     def _schedule_forget(self, s: Session) -> list[Effect]:
         # Keep the session around for late retransmissions (2xx to re-ACK, BYE, CANCEL).
-        return [StartTimer(("forget", s.id, ""), self.config.timers.timeout + 1)]
+        return [StartTimer(("forget", s.id, ""), 2 * self.config.timers.timeout)]
 
     def _forget(self, s: Session) -> None:
         self.sessions.pop(s.id, None)
@@ -418,15 +427,18 @@ class UserAgentCore:
         if owner is None:
             return []
         s = self.sessions.get(owner[0])
-        if s is None or s.ended:
+        if s is None:
             return []
         purpose = owner[1]
+        if purpose == "bye":
+            # Also after our own bye(): the owner learns the far end never answered it.
+            return self._end(s, events.Terminated("timeout" if timeout else "transport"))
+        if s.ended:
+            return []
         if purpose == "invite" and isinstance(s, OutgoingSession) and not s.final:
             s.final = True
             code = 408 if timeout else 503
             return self._end(s, events.Rejected(code, reason_phrase(code)))
-        if purpose == "bye":
-            return self._end(s, events.Terminated("timeout" if timeout else "transport"))
         return []
 
     # -- UAC responses ---------------------------------------------------------------

@@ -53,6 +53,7 @@ class OutgoingSession:
     ack: bytes | None = None
     ack_peer: Peer | None = None
     ended: bool = False
+    reported: bool = False  # a final event (Rejected/Terminated) went to the owner
     transactions: set[TransactionKey] = field(default_factory=set)
 
 
@@ -73,6 +74,7 @@ class IncomingSession:
     retransmit_interval: float = 0.0
     confirmed: bool = False
     ended: bool = False
+    reported: bool = False  # a final event (Cancelled/Terminated) went to the owner
     local_sdp: bytes | None = None
     transactions: set[TransactionKey] = field(default_factory=set)
 

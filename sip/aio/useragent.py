@@ -14,9 +14,16 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..core import CoreConfig, Effect, InviteReceived, SessionUpdate, UserAgentCore
+from ..core import (
+    CoreConfig,
+    Effect,
+    InviteReceived,
+    SessionForgotten,
+    SessionUpdate,
+    UserAgentCore,
+)
 from ..effects import CancelTimer, StartTimer, TimerKey, Transmit
-from ..events import Cancelled, Rejected, SessionEvent, Terminated
+from ..events import Rejected, SessionEvent
 from ..invite_session import IncomingCall
 from ..peer import Peer
 from ..timers import TimerSettings
@@ -25,7 +32,6 @@ from .transport import Transport
 log = logging.getLogger(__name__)
 
 EventHandler = Callable[[SessionEvent], None]
-_FINAL_EVENTS = (Rejected, Cancelled, Terminated)
 
 
 @dataclass(frozen=True)
@@ -208,10 +214,10 @@ class UserAgent:
                     handle.cancel()
             case SessionUpdate(session_id, event):
                 session = self._sessions.get(session_id)
-                if isinstance(event, _FINAL_EVENTS):
-                    self._sessions.pop(session_id, None)
                 if session is not None:
                     self._call_handler(session._deliver, event)
+            case SessionForgotten(session_id):
+                self._sessions.pop(session_id, None)
             case InviteReceived(call):
                 inbound = InboundInvite(self, call)
                 self._sessions[call.session_id] = inbound

@@ -418,3 +418,22 @@ def test_merged_request_gets_482():
     h.receive(INVITE.replace(b"z9hG4bKphone1", b"z9hG4bKphone2"))
     assert h.last().code == 482
     assert len(h.calls) == 1
+
+
+def test_unanswered_bye_reports_timeout_once():
+    h = CoreHarness()
+    sid, invite = start_call(h)
+    h.receive(respond_to(invite, 200, "OK"))
+    h.apply(h.core.bye(sid))
+    h.advance(32)
+    assert h.events() == [events.Answered(None), events.Terminated("timeout")]
+    h.advance(100)
+    assert sid not in h.core.sessions
+
+
+def test_uas_timeout_bye_unanswered_reports_once():
+    h = CoreHarness()
+    call = incoming(h)
+    h.apply(h.core.answer(call.session_id, SDP))
+    h.advance(100)
+    assert h.events() == [events.Terminated("timeout")]

@@ -158,3 +158,18 @@ def test_to_mono_downmixes(layout: str, fmt: str, shape: tuple[int, int]) -> Non
     mono = to_mono_s16(frame)
     assert mono.dtype == np.int16
     assert np.array_equal(mono, left)
+
+
+async def test_on_failed_when_peer_closes() -> None:
+    # the browser going away sends a DTLS close_notify; aiortc then closes the
+    # connection, which the leg did not ask for
+    failed: list[str] = []
+    a = WebRtcLeg(on_failed=lambda: failed.append("a"))
+    b = WebRtcLeg()
+    try:
+        await connect(a, b)
+        await b.close()
+        await wait_for(lambda: failed == ["a"], 5)
+    finally:
+        await a.close()
+    assert failed == ["a"]

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import re
 
-from sipmessage import Address, CSeq, Message, Request, Response, Via
-
-Message_ = Request | Response
+from sipmessage import Address, Message, Request, Response, Via
 
 REASONS: dict[int, str] = {
     100: "Trying",
@@ -184,7 +182,3 @@ def raw_bad_request(data: bytes) -> bytes | None:
         return b"\r\n".join(out) + b"\r\n\r\n"
     except (ValueError, IndexError):
         return None
-
-
-def with_cseq(request: Request, sequence: int, method: str | None = None) -> None:
-    request.cseq = CSeq(sequence, method or request.method)

@@ -177,10 +177,6 @@ class TransactionLayer:
             return []
         return self._server_effects(key, transaction.respond(response))
 
-    def server_request(self, key: TransactionKey) -> Request | None:
-        transaction = self.servers.get(key)
-        return transaction.request if transaction else None
-
     def server_peer(self, key: TransactionKey) -> Peer | None:
         return self._server_peers.get(key)
 

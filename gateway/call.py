@@ -41,10 +41,9 @@ class Reason(enum.StrEnum):
     @classmethod
     def from_wire(cls, value: object) -> Reason:
         """Unknown reasons map to `error` (json-v1 §6)."""
-        try:
+        if isinstance(value, str) and value in cls._value2member_map_:
             return cls(value)
-        except ValueError:
-            return cls.ERROR
+        return cls.ERROR
 
 
 _SIP_REASONS: dict[int, Reason] = {

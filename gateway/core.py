@@ -261,7 +261,6 @@ class Core:
             self._end(call, Reason.DIAL_STRING)
 
     async def _invite_pbx(self, call: ClientCall) -> None:
-        assert self.ua is not None and self.config.pbx.uri is not None
         media = self.config.media
         try:
             call.rtp = await RtpLeg.open(media.rtp_host, media.rtp_port_min, media.rtp_port_max)
@@ -273,6 +272,7 @@ class Core:
             await call.rtp.close()
             return
         pbx = self.config.pbx
+        assert self.ua is not None and pbx.uri is not None
         target = str(dataclasses.replace(URI.parse(pbx.uri), user=call.remote.dial_string))
         credentials = (pbx.username, pbx.password or "") if pbx.username else None
         call.invite = self.ua.invite(

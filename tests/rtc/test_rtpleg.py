@@ -158,7 +158,7 @@ async def test_sends_marker_silence_and_rfc3550_fields() -> None:
         for prev, cur in zip(packets, packets[1:], strict=False):
             assert cur.sequence_number == (prev.sequence_number + 1) & 0xFFFF
             assert cur.timestamp == (prev.timestamp + 160) & 0xFFFFFFFF
-        assert 0.15 < elapsed < 0.3
+        assert 0.15 < elapsed < 0.5  # 9 intervals of 20 ms, with slack for a busy machine
     finally:
         sink.close()
         await leg.close()

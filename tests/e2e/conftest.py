@@ -505,7 +505,7 @@ def sipp(request: pytest.FixtureRequest, e2e_dir: Path) -> Iterator[SippFactory]
 
 
 @pytest.fixture
-async def clients(request: pytest.FixtureRequest):
+async def clients(request: pytest.FixtureRequest, e2e_dir: Path):
     """Factory for json-v1 test clients; closes them all at teardown."""
     from tests.e2e.client import JsonV1Client
 
@@ -525,5 +525,8 @@ async def clients(request: pytest.FixtureRequest):
                 await client.close()
         if _failed(request.node):
             for i, client in enumerate(made):
-                print(f"\n===== json-v1 client #{i} ({client.url}) =====")
-                print(client.transcript())
+                transcript = client.transcript()
+                print(f"\n===== json-v1 client #{i} {client.name} ({client.url}) =====")
+                print(transcript)
+                with contextlib.suppress(OSError):
+                    (e2e_dir / f"client-{i}.log").write_text(transcript + "\n")

@@ -94,6 +94,10 @@ def format_banner(config: Config) -> str:
         f"  PBX:        {pbx}",
         f"  auth:       {config.auth.mode}",
     ]
+    tests = [f"{n} {what}" for n, what in ((config.numbers.echo, "echo"),
+                                            (config.numbers.tone, "1 kHz tone")) if n]
+    if tests:
+        lines.append(f"  test calls: {', '.join(tests)}")
     if config.server.host in ("0.0.0.0", "::"):
         lines.append("  (listening on all interfaces: use this machine's address in the URLs)")
     users = config.users

@@ -32,6 +32,7 @@ __all__ = [
     "VERSION",
     "AuthConfig",
     "CallsConfig",
+    "NumbersConfig",
     "Config",
     "ConfigError",
     "LoggingConfig",
@@ -132,7 +133,14 @@ class MediaConfig:
 @dataclass(frozen=True, slots=True)
 class CallsConfig:
     no_answer_timeout: float = 60.0  # seconds an offered incoming call may ring
-    restore_grace: float = 60.0  # seconds a registration outlives its WebSocket
+
+
+@dataclass(frozen=True, slots=True)
+class NumbersConfig:
+    """Built-in test numbers answered by the gateway itself (None: disabled)."""
+
+    echo: str | None = "9000"  # you hear yourself
+    tone: str | None = "9001"  # a steady 1 kHz tone
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +164,7 @@ class Config:
     auth: AuthConfig
     media: MediaConfig
     calls: CallsConfig
+    numbers: NumbersConfig
     logging: LoggingConfig
     users: tuple[User, ...]
     demo_users: bool  # True when `users` is the built-in demo directory
@@ -410,11 +419,29 @@ def _media(data: Mapping[str, Any], source: str) -> MediaConfig:
 
 
 def _calls(data: Mapping[str, Any], source: str) -> CallsConfig:
-    t = _section(data, source, "calls", ("no_answer_timeout", "restore_grace"))
-    return CallsConfig(
-        no_answer_timeout=t.number("no_answer_timeout", 60.0, 0.0, 3600.0),
-        restore_grace=t.number("restore_grace", 60.0, 0.0, 86400.0),
-    )
+    t = _section(data, source, "calls", ("no_answer_timeout",))
+    return CallsConfig(no_answer_timeout=t.number("no_answer_timeout", 60.0, 0.0, 3600.0))
+
+
+def _numbers(data: Mapping[str, Any], source: str, users: tuple[User, ...]) -> NumbersConfig:
+    t = _section(data, source, "numbers", ("echo", "tone"))
+    taken = {u.number: f"user {_show(u.username)}" for u in users}
+    found: dict[str, str | None] = {}
+    defaults = NumbersConfig()
+    for key, default in (("echo", defaults.echo), ("tone", defaults.tone)):
+        number = t.string(key, default or "")
+        if not number:
+            found[key] = None
+            continue
+        if not _NUMBER_RE.fullmatch(number):
+            raise t.error(
+                key, f'expected digits with an optional leading "+" or "", got {_show(number)}'
+            )
+        if number in taken:
+            raise t.error(key, f"number {_show(number)} is {taken[number]}")
+        taken[number] = f"[numbers] {key}"
+        found[key] = number
+    return NumbersConfig(echo=found["echo"], tone=found["tone"])
 
 
 def _logging(data: Mapping[str, Any], source: str) -> LoggingConfig:
@@ -478,6 +505,7 @@ _SECTION_NAMES: Final[tuple[str, ...]] = (
     "auth",
     "media",
     "calls",
+    "numbers",
     "logging",
     "users",
 )
@@ -500,6 +528,7 @@ def parse_config(data: Mapping[str, Any], source: str = DEFAULTS_SOURCE) -> Conf
         auth=_auth(data, source),
         media=_media(data, source),
         calls=_calls(data, source),
+        numbers=_numbers(data, source, users),
         logging=_logging(data, source),
         users=users,
         demo_users=demo,

@@ -41,6 +41,7 @@ from gateway.directory import Directory
 from rtc.bridge import MediaBridge
 from rtc.rtpleg import RtpLeg
 from rtc.sdp import SdpError
+from rtc.sources import EchoPort, TonePort
 from rtc.webrtcleg import WebRtcLeg
 from sip import events as sip_events
 from sip.aio.useragent import InboundInvite, OutboundInvite, UserAgent
@@ -110,6 +111,8 @@ class ClientCall:
     forks: list[ClientCall] = dataclasses.field(default_factory=list)
     winner: ClientCall | None = None
     no_answer: asyncio.TimerHandle | None = None
+    # a test number answered by the gateway itself
+    local: EchoPort | TonePort | None = None
     # incoming: where it comes from
     caller: ClientCall | None = None
     sip_in: SipIncoming | None = None
@@ -252,8 +255,11 @@ class Core:
 
     async def _route(self, call: ClientCall) -> None:
         number = call.remote.dial_string
+        numbers = self.config.numbers
         callees = [r for r in self.logged_in(number) if r is not call.reg]
-        if callees:
+        if number in (numbers.echo, numbers.tone):
+            self._answer_locally(call, EchoPort() if number == numbers.echo else TonePort())
+        elif callees:
             self._offer_to_clients(call, callees)
         elif self.config.pbx.uri and self.ua is not None:
             await self._invite_pbx(call)
@@ -284,6 +290,12 @@ class Core:
             on_event=lambda ev: self._on_outbound_sip(call, ev),
         )
         logger.info("call %s: INVITE %s (Call-ID %s)", call.call_id, target, call.invite.call_id)
+
+    def _answer_locally(self, call: ClientCall, port: EchoPort | TonePort) -> None:
+        assert call.bridge is not None
+        call.local = port
+        call.bridge.connect(port)
+        self._set_state(call, CallState.ACTIVE)
 
     def _on_outbound_sip(self, call: ClientCall, ev: sip_events.SessionEvent) -> None:
         if call.state is CallState.TERMINATED:
@@ -561,6 +573,8 @@ class Core:
             await call.webrtc.close()
         if call.rtp is not None:
             await call.rtp.close()
+        if call.local is not None:
+            call.local.close()
 
     # -- housekeeping ------------------------------------------------------------------
 

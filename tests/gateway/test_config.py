@@ -19,6 +19,7 @@ from gateway.config import (
     ConfigError,
     LoggingConfig,
     MediaConfig,
+    NumbersConfig,
     PbxConfig,
     ServerConfig,
     SipConfig,
@@ -51,7 +52,8 @@ def test_defaults_without_file() -> None:
     assert c.pbx == PbxConfig(None, None, None)
     assert c.auth == AuthConfig("none")
     assert c.media == MediaConfig("127.0.0.1", 10000, 20000, "us")
-    assert c.calls == CallsConfig(60.0, 60.0)
+    assert c.calls == CallsConfig(60.0)
+    assert c.numbers == NumbersConfig("9000", "9001")
     assert c.logging == LoggingConfig("info")
     assert c.demo_users is True
     assert c.users == DEMO_USERS
@@ -96,7 +98,7 @@ def test_example_file_loads_and_documents_every_key() -> None:
     assert [u.number for u in c.users] == ["1001", "+4930123456"]
     # The example shows the default of every key outside [pbx] and [[users]].
     defaults = load_config(None)
-    for name in ("server", "sip", "auth", "media", "calls", "logging"):
+    for name in ("server", "sip", "auth", "media", "calls", "numbers", "logging"):
         assert getattr(c, name) == getattr(defaults, name), name
     # Every key the loader accepts appears in the example, preceded by a comment.
     data = tomllib.loads(EXAMPLE.read_text())
@@ -113,7 +115,8 @@ def test_example_file_loads_and_documents_every_key() -> None:
         "pbx": {"uri", "username", "password"},
         "auth": {"mode"},
         "media": {"rtp_host", "rtp_port_min", "rtp_port_max", "ringback"},
-        "calls": {"no_answer_timeout", "restore_grace"},
+        "calls": {"no_answer_timeout"},
+        "numbers": {"echo", "tone"},
         "logging": {"level"},
     }
     for section, keys in expected.items():
@@ -143,7 +146,8 @@ def test_every_key_is_read() -> None:
                 "rtp_port_max": 30100,
                 "ringback": "de",
             },
-            "calls": {"no_answer_timeout": 30, "restore_grace": 5.5},
+            "calls": {"no_answer_timeout": 30},
+            "numbers": {"echo": "+800", "tone": ""},
             "logging": {"level": "DEBUG"},
             "users": [
                 {"username": "dave", "password": "x", "number": "+491234"},
@@ -158,7 +162,8 @@ def test_every_key_is_read() -> None:
     assert c.pbx == PbxConfig("sips:pbx.example.com", "u", "p")
     assert c.auth.mode == "both"
     assert c.media == MediaConfig("192.0.2.10", 30000, 30100, "de")
-    assert c.calls == CallsConfig(30.0, 5.5)
+    assert c.calls == CallsConfig(30.0)
+    assert c.numbers == NumbersConfig("+800", None)
     assert c.logging.level == "debug"
     assert c.users == (
         User("dave", "x", "+491234", "dave"),
@@ -270,6 +275,10 @@ def test_explicitly_empty_directory() -> None:
         ({"media": {"rtp_port_min": 20000, "rtp_port_max": 10000}}, "[media] rtp_port_max",
          "greater than rtp_port_min"),
         ({"calls": {"no_answer_timeout": -1}}, "[calls] no_answer_timeout", "more than 0"),
+        ({"numbers": {"echo": "echo"}}, "[numbers] echo", "digits"),
+        ({"numbers": {"tone": 9001}}, "[numbers] tone", "a string"),
+        ({"numbers": {"echo": "1001"}}, "[numbers] echo", 'is user "alice"'),
+        ({"numbers": {"echo": "77", "tone": "77"}}, "[numbers] tone", "is [numbers] echo"),
         ({"logging": {"level": "loud"}}, "[logging] level", "must be one of"),
         ({"users": [{"username": "a", "password": "p"}]}, "[[users]] #1 number", "missing"),
         ({"users": [{"username": "a", "password": "", "number": "1"}]},

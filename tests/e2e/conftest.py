@@ -36,6 +36,7 @@ USERS = (
     {"username": "bob", "password": "bob-secret", "number": "1002", "display_name": "Bob"},
 )
 
+PORT_MIN, PORT_MAX = 20000, 32768
 # Ports handed out in this pytest process; never handed out twice.
 _used_ports: set[int] = set()
 
@@ -87,13 +88,14 @@ def _bindable(port: int, kinds: tuple[int, ...]) -> bool:
 def free_port(udp: bool = True, tcp: bool = True, span: int = 1) -> int:
     """A port on 127.0.0.1 free for UDP and TCP (as asked), with `span` free ports in a row.
 
-    Random in 20000..59999 (below the usual Linux ephemeral range start 32768 is not
-    assumed), never one already handed out by this process.
+    Random in 20000..32767, below Linux's default ephemeral range (32768..60999) from
+    which aiortc, sipp and clients get their own ports; never one already handed out
+    by this process.
     """
     kinds = tuple(k for k, want in ((socket.SOCK_DGRAM, udp), (socket.SOCK_STREAM, tcp)) if want)
     rng = random.Random()
     for _ in range(2000):
-        base = rng.randrange(20000, 60000 - span)
+        base = rng.randrange(PORT_MIN, PORT_MAX - span)
         ports = range(base, base + span)
         if any(p in _used_ports for p in ports):
             continue

@@ -12,15 +12,19 @@ Every key accepted here is documented in `config/gateway.example.toml`.
 
 from __future__ import annotations
 
+import csv
+import importlib.util
+import io
 import ipaddress
 import json
 import math
 import re
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 __all__ = [
@@ -32,6 +36,9 @@ __all__ = [
     "VERSION",
     "AuthConfig",
     "CallsConfig",
+    "DirectoryConfig",
+    "LdapConfig",
+    "RecordsConfig",
     "NumbersConfig",
     "Config",
     "ConfigError",
@@ -44,6 +51,7 @@ __all__ = [
     "format_hostport",
     "load_config",
     "parse_config",
+    "parse_users_file",
 ]
 
 
@@ -149,6 +157,41 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordsConfig:
+    """[records]: the call records database (gateway/records.py)."""
+
+    enabled: bool = True
+    path: str = "calls.db"  # SQLite file; a relative path is relative to the working dir
+
+
+@dataclass(frozen=True, slots=True)
+class LdapConfig:
+    """[directory.ldap]: an LDAP directory as a user source (gateway/directory.py)."""
+
+    url: str  # ldap://host:port or ldaps://host:port
+    base_dn: str
+    bind_dn: str | None = None  # None: anonymous searches
+    bind_password: str | None = field(default=None, repr=False)
+    user_filter: str = "(uid={username})"  # {username} is replaced, escaped (RFC 4515)
+    username_attribute: str = "uid"
+    number_attribute: str = "telephoneNumber"
+    display_name_attribute: str = "cn"
+    timeout: float = 5.0  # seconds, connect and each operation
+    cache_ttl: float = 60.0  # seconds lookups are cached (0: no cache)
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryConfig:
+    """[directory]: user sources besides the [[users]] table (gateway/directory.py)."""
+
+    users_file: str | None = None  # resolved path of a .toml or .csv users file
+    reload_interval: float = 2.0  # seconds between checks of the users file for changes
+    ldap: LdapConfig | None = None
+    # The users read from users_file at start-up (also part of Config.users).
+    file_users: tuple[User, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class User:
     username: str
     password: str
@@ -169,6 +212,8 @@ class Config:
     users: tuple[User, ...]
     demo_users: bool  # True when `users` is the built-in demo directory
     source: str  # the file path, or DEFAULTS_SOURCE
+    records: RecordsConfig = RecordsConfig()
+    directory: DirectoryConfig = DirectoryConfig()
 
     def user_by_number(self, number: str) -> User | None:
         return next((u for u in self.users if u.number == number), None)
@@ -272,6 +317,10 @@ class _Table:
 
     def string(self, key: str, default: str) -> str:
         value: str = self._get(key, default, lambda v: isinstance(v, str), "a string")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value: bool = self._get(key, default, lambda v: isinstance(v, bool), "true or false")
         return value
 
     def opt_string(self, key: str) -> str | None:
@@ -452,20 +501,23 @@ def _logging(data: Mapping[str, Any], source: str) -> LoggingConfig:
     return LoggingConfig(level=level)
 
 
-def _users(data: Mapping[str, Any], source: str) -> tuple[tuple[User, ...], bool]:
-    if "users" not in data:
-        return DEMO_USERS, True
-    entries = data["users"]
-    if not isinstance(entries, list):
-        raise ConfigError(source, "[[users]]", f"expected an array of tables, got {_kind(entries)}")
+_USER_KEYS: Final[tuple[str, ...]] = ("username", "password", "number", "display_name")
+
+
+def _user_entries(
+    source: str,
+    entries: Iterable[tuple[str, object]],
+    names: dict[str, str],
+    numbers: dict[str, str],
+    where: str = "",
+) -> list[User]:
+    """Validate user entries `(label, table)`; `names`/`numbers` map the usernames and
+    numbers already taken to where they were defined (and are updated)."""
     users: list[User] = []
-    by_name: dict[str, int] = {}
-    by_number: dict[str, int] = {}
-    for index, entry in enumerate(entries, start=1):
-        label = f"[[users]] #{index}"
+    for label, entry in entries:
         if not isinstance(entry, dict):
             raise ConfigError(source, label, f"expected a table, got {_kind(entry)}")
-        t = _Table(source, label, entry, ("username", "password", "number", "display_name"))
+        t = _Table(source, label, entry, _USER_KEYS)
         for key in ("username", "password", "number"):
             if key not in entry:
                 raise t.error(key, "missing (required for every user)")
@@ -483,19 +535,251 @@ def _users(data: Mapping[str, Any], source: str) -> tuple[tuple[User, ...], bool
         display_name = t.string("display_name", username)
         if any(ord(c) < 32 or ord(c) == 127 for c in display_name):
             raise t.error("display_name", f"must be a single line, got {_show(display_name)}")
-        if username in by_name:
+        if username in names:
             raise t.error(
-                "username",
-                f"duplicate username {_show(username)} (also [[users]] #{by_name[username]})",
+                "username", f"duplicate username {_show(username)} (also {names[username]})"
             )
-        if number in by_number:
-            raise t.error(
-                "number", f"duplicate number {_show(number)} (also [[users]] #{by_number[number]})"
-            )
-        by_name[username] = index
-        by_number[number] = index
+        if number in numbers:
+            raise t.error("number", f"duplicate number {_show(number)} (also {numbers[number]})")
+        names[username] = label + where
+        numbers[number] = label + where
         users.append(User(username, password, number, display_name or username))
-    return tuple(users), False
+    return users
+
+
+def _users(data: Mapping[str, Any], source: str) -> tuple[tuple[User, ...], bool]:
+    """The [[users]] table; the demo directory when it is absent (and no other source)."""
+    if "users" not in data:
+        return DEMO_USERS, True
+    entries = data["users"]
+    if not isinstance(entries, list):
+        raise ConfigError(source, "[[users]]", f"expected an array of tables, got {_kind(entries)}")
+    labelled = [(f"[[users]] #{i}", e) for i, e in enumerate(entries, start=1)]
+    return tuple(_user_entries(source, labelled, {}, {})), False
+
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError(path, None, f"cannot read file: {e.strerror or e}") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(path, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _csv_entries(path: str, text: str) -> list[tuple[str, object]]:
+    rows = [
+        (number, row)
+        for number, row in enumerate(csv.reader(io.StringIO(text, newline="")), start=1)
+        if row and any(cell.strip() for cell in row) and not row[0].lstrip().startswith("#")
+    ]
+    if not rows:
+        return []
+    header_line, header = rows[0]
+    columns = [cell.strip() for cell in header]
+    for column in columns:
+        if column not in _USER_KEYS:
+            raise ConfigError(
+                path,
+                f"line {header_line}",
+                f"unknown column {_show(column)} in the header "
+                f"(expected {','.join(_USER_KEYS)}; display_name optional)",
+            )
+    for column in ("username", "password", "number"):
+        if column not in columns:
+            raise ConfigError(path, f"line {header_line}", f"header lacks the {column} column")
+    if len(set(columns)) != len(columns):
+        raise ConfigError(path, f"line {header_line}", "a column appears twice in the header")
+    entries: list[tuple[str, object]] = []
+    for line, row in rows[1:]:
+        if len(row) != len(columns):
+            raise ConfigError(
+                path, f"line {line}", f"expected {len(columns)} fields, got {len(row)}"
+            )
+        entry = {c: v.strip() for c, v in zip(columns, row, strict=True)}
+        if entry.get("display_name") == "":
+            del entry["display_name"]
+        entries.append((f"line {line}", entry))
+    return entries
+
+
+def parse_users_file(
+    path: str,
+    *,
+    taken_names: Mapping[str, str] | None = None,
+    taken_numbers: Mapping[str, str] | None = None,
+) -> tuple[User, ...]:
+    """Read a users file: `.csv` (a header line naming the columns
+    username,password,number[,display_name]; lines starting with "#" are comments) or
+    TOML (any other name; `[[users]]` tables as in the main file).
+
+    `taken_names`/`taken_numbers` map usernames and numbers defined elsewhere to a
+    description (for "duplicate" errors). Raises `ConfigError` naming the file and the
+    line (CSV) or `[[users]] #N` entry (TOML) and the key.
+    """
+    text = _read_text(path)
+    entries: list[tuple[str, object]]
+    if path.lower().endswith(".csv"):
+        try:
+            entries = _csv_entries(path, text)
+        except csv.Error as e:
+            raise ConfigError(path, None, f"invalid CSV: {e}") from None
+    else:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(path, None, f"invalid TOML: {e}") from None
+        for name in data:
+            if name != "users":
+                raise ConfigError(
+                    path, f"[{name}]", "unknown section (a users file has only [[users]])"
+                )
+        found = data.get("users", [])
+        if not isinstance(found, list):
+            raise ConfigError(path, "[[users]]", f"expected an array of tables, got {_kind(found)}")
+        entries = [(f"[[users]] #{i}", e) for i, e in enumerate(found, start=1)]
+    names = dict(taken_names or {})
+    numbers = dict(taken_numbers or {})
+    return tuple(_user_entries(path, entries, names, numbers, where=f" in {path}"))
+
+
+_LDAP_ATTRIBUTE_RE = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
+
+
+def _resolve(source: str, name: str) -> str:
+    """A file named in the config: relative paths are relative to the config file."""
+    p = Path(name).expanduser()
+    if not p.is_absolute():
+        base = Path(source).parent if source != DEFAULTS_SOURCE else Path.cwd()
+        p = base / p
+    return str(p)
+
+
+def _ldap(directory: _Table, source: str) -> LdapConfig | None:
+    if "ldap" not in directory.data:
+        return None
+    value = directory.data["ldap"]
+    if not isinstance(value, dict):
+        raise ConfigError(source, "[directory.ldap]", f"expected a table, got {_kind(value)}")
+    t = _Table(
+        source,
+        "[directory.ldap]",
+        value,
+        (
+            "url", "bind_dn", "bind_password", "base_dn", "user_filter", "username_attribute",
+            "number_attribute", "display_name_attribute", "timeout", "cache_ttl",
+        ),
+    )
+    for key in ("url", "base_dn"):
+        if key not in value:
+            raise t.error(key, "missing (required for an LDAP directory)")
+    url = t.string("url", "")
+    if not re.fullmatch(r"(?i)ldaps?://[^\s/]+/?", url):
+        raise t.error(
+            "url", f'expected "ldap://host:port" or "ldaps://host:port", got {_show(url)}'
+        )
+    base_dn = t.string("base_dn", "")
+    if not base_dn.strip():
+        raise t.error("base_dn", "must not be empty")
+    bind_dn = t.opt_string("bind_dn")
+    bind_password = t.opt_string("bind_password")
+    if bind_dn is not None and not bind_dn.strip():
+        raise t.error("bind_dn", "must not be empty (leave it out for anonymous searches)")
+    if bind_password is not None and bind_dn is None:
+        raise t.error("bind_password", "set bind_dn as well")
+    if bind_dn is not None and not bind_password:
+        raise t.error("bind_password", "required with bind_dn (and not empty)")
+    user_filter = t.string("user_filter", "(uid={username})")
+    if "{username}" not in user_filter or not (
+        user_filter.startswith("(") and user_filter.endswith(")")
+    ):
+        raise t.error(
+            "user_filter",
+            f'expected an LDAP filter in parentheses containing {{username}}, '
+            f"got {_show(user_filter)}",
+        )
+    attributes = {}
+    for key, default in (
+        ("username_attribute", "uid"),
+        ("number_attribute", "telephoneNumber"),
+        ("display_name_attribute", "cn"),
+    ):
+        attributes[key] = t.string(key, default)
+        if not _LDAP_ATTRIBUTE_RE.fullmatch(attributes[key]):
+            raise t.error(key, f"expected an attribute name, got {_show(attributes[key])}")
+    timeout = t.number("timeout", 5.0, 0.0, 300.0)
+    cache_ttl = t.number("cache_ttl", 60.0, -1.0, 86400.0)
+    if cache_ttl < 0:
+        raise t.error("cache_ttl", f"must be between 0 and 86400, got {cache_ttl:g}")
+    if importlib.util.find_spec("ldap3") is None:
+        raise ConfigError(
+            source,
+            "[directory.ldap]",
+            "the ldap3 library is not installed (pip install 'webrtc-sip-gateway[ldap]')",
+        )
+    return LdapConfig(
+        url=url,
+        base_dn=base_dn,
+        bind_dn=bind_dn,
+        bind_password=bind_password,
+        user_filter=user_filter,
+        timeout=timeout,
+        cache_ttl=cache_ttl,
+        **attributes,
+    )
+
+
+def _directory(data: Mapping[str, Any], source: str) -> DirectoryConfig:
+    """[directory] settings only; the users file is read by `_all_users`."""
+    t = _section(data, source, "directory", ("users_file", "reload_interval", "ldap"))
+    users_file = t.opt_string("users_file")
+    if users_file is not None:
+        if not users_file.strip():
+            raise t.error("users_file", "must not be empty (leave it out instead)")
+        users_file = _resolve(source, users_file)
+    reload_interval = t.number("reload_interval", 2.0, 0.0, 3600.0)
+    return DirectoryConfig(
+        users_file=users_file, reload_interval=reload_interval, ldap=_ldap(t, source)
+    )
+
+
+def _all_users(
+    data: Mapping[str, Any], source: str
+) -> tuple[tuple[User, ...], bool, DirectoryConfig]:
+    """[[users]] plus the users file; the demo users only when there is no source at all."""
+    directory = _directory(data, source)
+    if "users" not in data and (directory.users_file or directory.ldap):
+        users: tuple[User, ...] = ()
+        demo = False
+    else:
+        users, demo = _users(data, source)
+    if directory.users_file is None:
+        return users, demo, directory
+    table = () if demo else users
+    file_users = parse_users_file(
+        directory.users_file,
+        taken_names={u.username: f"a [[users]] entry in {source}" for u in table},
+        taken_numbers={u.number: f"a [[users]] entry in {source}" for u in table},
+    )
+    directory = DirectoryConfig(
+        users_file=directory.users_file,
+        reload_interval=directory.reload_interval,
+        ldap=directory.ldap,
+        file_users=file_users,
+    )
+    return (*table, *file_users), False, directory
+
+
+def _records(data: Mapping[str, Any], source: str) -> RecordsConfig:
+    t = _section(data, source, "records", ("enabled", "path"))
+    enabled = t.boolean("enabled", True)
+    path = t.string("path", "calls.db")
+    if not path.strip() or "\x00" in path:
+        raise t.error("path", f"expected a file name, got {_show(path)}")
+    return RecordsConfig(enabled=enabled, path=path)
 
 
 _SECTION_NAMES: Final[tuple[str, ...]] = (
@@ -507,6 +791,8 @@ _SECTION_NAMES: Final[tuple[str, ...]] = (
     "calls",
     "numbers",
     "logging",
+    "records",
+    "directory",
     "users",
 )
 
@@ -520,7 +806,7 @@ def parse_config(data: Mapping[str, Any], source: str = DEFAULTS_SOURCE) -> Conf
                 f"[{name}]",
                 f"unknown section (known sections: {', '.join(_SECTION_NAMES)})",
             )
-    users, demo = _users(data, source)
+    users, demo, directory = _all_users(data, source)
     return Config(
         server=_server(data, source),
         sip=_sip(data, source),
@@ -533,6 +819,8 @@ def parse_config(data: Mapping[str, Any], source: str = DEFAULTS_SOURCE) -> Conf
         users=users,
         demo_users=demo,
         source=source,
+        records=_records(data, source),
+        directory=directory,
     )
 
 

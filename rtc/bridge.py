@@ -62,16 +62,46 @@ async def drain(port: AudioPort) -> None:
 
 
 class MediaBridge:
-    """The audio of one call between the client leg and the far leg."""
+    """
+    The audio of one call between the client leg and the far leg.
+
+    Hold: ``hold()`` stops relaying while keeping the far port, so both legs
+    hear silence (their senders fill the gap) and nothing received during
+    the hold is replayed afterwards; ``resume()`` relays again. This is
+    independent of SDP: the gateway renegotiates directions on the legs
+    (``RtpLeg.create_offer("sendonly")``, ``WebRtcLeg.set_direction``) and
+    uses hold()/resume() so that no audio crosses meanwhile.
+    """
 
     def __init__(self, client: AudioPort) -> None:
         self.client = client
         self.far: AudioPort | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._held = False
 
     @property
     def connected(self) -> bool:
         return self.far is not None
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+    def hold(self) -> None:
+        """Stop relaying, both ways silent, far port kept (no-op unless connected)."""
+        if self.far is None or self._held:
+            return
+        self._cancel_tasks()
+        self._held = True
+        self._start(drain(self.client), drain(self.far))
+
+    def resume(self) -> None:
+        """Relay again after hold() (no-op when not held)."""
+        if self.far is None or not self._held:
+            return
+        self._cancel_tasks()
+        self._held = False
+        self._start(relay(self.far, self.client), relay(self.client, self.far))
 
     def ringback(self, country: str = "us") -> None:
         """Client hears generated ringback (far audio ignored)."""
@@ -79,20 +109,23 @@ class MediaBridge:
         RingbackGenerator(country, self.client.sample_rate)
         self._cancel_tasks()
         self.far = None
+        self._held = False
         self._start(play_ringback(self.client, country), drain(self.client))
 
     def connect(self, far: AudioPort) -> None:
         """Relay both ways, resampling where rates differ (idempotent; replaces ringback)."""
-        if far is self.far and self._tasks:
+        if far is self.far and self._tasks and not self._held:
             return
         self._cancel_tasks()
         self.far = far
+        self._held = False
         self._start(relay(far, self.client), relay(self.client, far))
 
     async def close(self) -> None:
         """Stop the tasks; the ports stay open."""
         tasks = self._cancel_tasks()
         self.far = None
+        self._held = False
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def _start(self, *coros: Coroutine[Any, Any, None]) -> None:

@@ -97,6 +97,10 @@ class FrameQueue:
             finally:
                 self._waiters.remove(waiter)
 
+    def clear(self) -> None:
+        """Forget the queued frames (e.g. audio from before a hold)."""
+        self._frames.clear()
+
     def close(self) -> None:
         self._closed = True
         self._frames.clear()

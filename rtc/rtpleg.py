@@ -4,6 +4,12 @@ The plain-RTP leg toward SIP: one UDP socket, G.711 at 8 kHz, 20 ms packets.
 The leg keeps its own send clock: once the far end is known it sends a packet
 every 20 ms, with whatever frame is queued or encoded silence, so the PBX sees
 a steady stream (and NATs on the way stay open) whatever the browser does.
+
+Hold is a direction (RFC 3264 section 8.4): ``create_offer(direction=...)``
+for our re-INVITEs, ``create_answer(offer)`` for the PBX's. While we may not
+send, the RTP timestamp keeps following the clock but the sequence number
+stands still, so the stream resumes without a gap the far end would count as
+loss (RFC 3550 section 5.1), with the marker bit set on the first packet.
 """
 
 import asyncio
@@ -19,13 +25,16 @@ from .g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from .ports import FRAME_MS, AudioPort, FrameQueue, PlayoutQueue, frame_samples
 from .rtp import RtpPacket, is_rtcp, seq_diff
 from .sdp import (
+    DIRECTIONS,
     Codec,
     MediaDescription,
     Origin,
     SdpError,
     SessionDescription,
     answer_direction,
+    combine_directions,
     find_codec,
+    reverse_direction,
     select_codec,
 )
 
@@ -77,15 +86,32 @@ class _RtpProtocol(asyncio.DatagramProtocol):
 
 
 class RtpLeg(AudioPort):
-    """Plain RTP toward SIP, PCMU/PCMA, sample_rate 8000."""
+    """
+    Plain RTP toward SIP, PCMU/PCMA, sample_rate 8000.
+
+    Media timeout: set ``media_timeout`` (seconds) and ``on_timeout``; the
+    callback fires once when no RTP arrived for that long while the stream is
+    not held (re-armed by the next packet). ``last_received`` is the loop time
+    of the last RTP packet, for callers that prefer to poll.
+    """
 
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, host: str) -> None:
+    def __init__(
+        self,
+        host: str,
+        media_timeout: float | None = None,
+        on_timeout: Callable[[], None] | None = None,
+    ) -> None:
         self.host = host
         self.local_port = 0
         self.packets_sent = 0
         self.packets_received = 0
+        self.media_timeout = media_timeout
+        self.on_timeout = on_timeout
+        self.last_received: float | None = None
+        self._timeout_since = 0.0
+        self._timeout_fired = False
         self._transport: asyncio.DatagramTransport | None = None
         self._closed = False
 
@@ -98,6 +124,9 @@ class RtpLeg(AudioPort):
         self._receive_codecs: dict[int, G711] = {}
         self._telephone_event_pt: int | None = None
         self._sending = True
+        self._receiving = True
+        self._direction: str | None = None  # negotiated, from our side
+        self._offered_direction = "sendrecv"
         self._sdp_remote: tuple[str, int] | None = None
         self._latched: tuple[str, int] | None = None
 
@@ -113,17 +142,23 @@ class RtpLeg(AudioPort):
         self._queue = FrameQueue(RECEIVE_QUEUE_FRAMES, RECEIVE_MAX_AGE)
         self._remote_ssrc: int | None = None
         self._expected_seq: int | None = None
-        self._held: dict[int, npt.NDArray[np.int16]] = {}
+        self._out_of_order: dict[int, npt.NDArray[np.int16]] = {}
         self._pending = np.zeros(0, dtype=np.int16)
         self._reorder_timer: asyncio.TimerHandle | None = None
 
     @classmethod
     async def open(
-        cls, host: str = "127.0.0.1", port_min: int = 10000, port_max: int = 20000
+        cls,
+        host: str = "127.0.0.1",
+        port_min: int = 10000,
+        port_max: int = 20000,
+        *,
+        media_timeout: float | None = None,
+        on_timeout: Callable[[], None] | None = None,
     ) -> "RtpLeg":
         """Bind an even port in [port_min, port_max] (RTCP would take the odd one)."""
         loop = asyncio.get_running_loop()
-        leg = cls(host)
+        leg = cls(host, media_timeout=media_timeout, on_timeout=on_timeout)
         ports = list(range(port_min + port_min % 2, port_max + 1, 2))
         if not ports:
             raise ValueError("Empty RTP port range")
@@ -169,31 +204,73 @@ class RtpLeg(AudioPort):
     def latched(self) -> bool:
         return self._latched is not None
 
-    def create_offer(self) -> bytes:
+    @property
+    def direction(self) -> str | None:
+        """The negotiated direction from our side (None before negotiation)."""
+        return self._direction
+
+    @property
+    def held(self) -> bool:
+        """True when either side put the stream on hold (negotiated direction not sendrecv)."""
+        return self._direction is not None and self._direction != "sendrecv"
+
+    def create_offer(self, direction: str = "sendrecv") -> bytes:
+        """
+        Our offer, initial or a re-INVITE's: ``direction`` is "sendonly" to put
+        the PBX on hold, "sendrecv" to resume (or "recvonly"/"inactive").
+
+        Once a codec is negotiated a re-offer keeps the same port and offers
+        only that codec (and telephone-event when it was negotiated), so the
+        PBX cannot switch codecs under a running bridge; o= version increments.
+        """
+        if direction not in DIRECTIONS:
+            raise ValueError(f"Invalid direction {direction!r}")
         media = self._local_media()
-        for codec in G711_CODECS.values():
-            media.add_codec(Codec(codec.payload_type, codec.name, SAMPLE_RATE))
-        media.add_codec(
-            Codec(TELEPHONE_EVENT_PT, "telephone-event", SAMPLE_RATE, fmtp=TELEPHONE_EVENT_FMTP)
-        )
-        media.direction = "sendrecv"
-        if self._codec is None:
+        if self._codec is not None:
+            media.add_codec(Codec(self._codec_pt, self._codec.name, SAMPLE_RATE))
+            if self._telephone_event_pt is not None:
+                media.add_codec(
+                    Codec(
+                        self._telephone_event_pt,
+                        "telephone-event",
+                        SAMPLE_RATE,
+                        fmtp=TELEPHONE_EVENT_FMTP,
+                    )
+                )
+        else:
+            for codec in G711_CODECS.values():
+                media.add_codec(Codec(codec.payload_type, codec.name, SAMPLE_RATE))
+            media.add_codec(
+                Codec(TELEPHONE_EVENT_PT, "telephone-event", SAMPLE_RATE, fmtp=TELEPHONE_EVENT_FMTP)
+            )
             # early media may arrive before the answer; decode what we offered
             self._receive_codecs = {c.payload_type: c for c in G711_CODECS.values()}
+        media.direction = direction
+        self._offered_direction = direction
         return self._local_sdp([media])
 
     def apply_answer(self, sdp: bytes) -> None:
+        """Apply the answer to our last offer (codec, address, direction)."""
         session = SessionDescription.parse(sdp)
         audio = session.audio()
         codec = select_codec(audio, SUPPORTED)
         if codec is None:
             raise SdpError("Answer has no PCMU or PCMA")
         remote = self._remote_from(session, audio)
-        direction = session.media_direction(audio)
+        direction = combine_directions(
+            self._offered_direction, reverse_direction(session.media_direction(audio))
+        )
         self._negotiated(codec, find_codec(audio, "telephone-event", SAMPLE_RATE))
-        self._set_remote(remote, sending=direction in ("sendrecv", "recvonly"))
+        self._set_remote(remote, direction)
 
-    def create_answer(self, offer: bytes) -> bytes:
+    def create_answer(self, offer: bytes, direction: str = "sendrecv") -> bytes:
+        """
+        Answer an offer (initial INVITE or re-INVITE). The answer's direction
+        honours the offer's (a PBX holding us with sendonly gets recvonly);
+        ``direction`` limits it further when we want to hold too.
+        """
+        if direction not in DIRECTIONS:
+            raise ValueError(f"Invalid direction {direction!r}")
         session = SessionDescription.parse(offer)
         audio = session.audio()
         codec = select_codec(audio, SUPPORTED)
@@ -208,8 +285,8 @@ class RtpLeg(AudioPort):
             local.add_codec(
                 Codec(event.payload_type, event.name, SAMPLE_RATE, fmtp=TELEPHONE_EVENT_FMTP)
             )
-        direction = answer_direction(session.media_direction(audio))
-        local.direction = direction
+        ours = combine_directions(direction, answer_direction(session.media_direction(audio)))
+        local.direction = ours
 
         # RFC 3264 6: one m= line per offered one, the ones we don't take rejected
         media = []
@@ -220,7 +297,7 @@ class RtpLeg(AudioPort):
                 media.append(MediaDescription(offered.kind, 0, offered.proto, offered.formats[:1]))
 
         self._negotiated(codec, event)
-        self._set_remote(remote, sending=direction in ("sendrecv", "sendonly"))
+        self._set_remote(remote, ours)
         return self._local_sdp(media)
 
     def _local_media(self) -> MediaDescription:
@@ -253,12 +330,29 @@ class RtpLeg(AudioPort):
         self._receive_codecs = {codec.payload_type: g711}
         self._telephone_event_pt = event.payload_type if event else None
 
-    def _set_remote(self, remote: tuple[str, int] | None, sending: bool) -> None:
+    def _set_remote(self, remote: tuple[str, int] | None, direction: str) -> None:
         if remote != self._sdp_remote:
             self._latched = None
         self._sdp_remote = remote
-        self._sending = sending and remote is not None
+        sending = direction in ("sendrecv", "sendonly") and remote is not None
+        if sending and not self._sending:
+            # RFC 3551 4.1: first packet after a silence (hold) carries the marker
+            self._marker = True
+        self._sending = sending
+        receiving = direction in ("sendrecv", "recvonly")
+        if not receiving:
+            # what arrived before the hold is not to be played after it
+            self._queue.clear()
+            self._out_of_order.clear()
+            self._pending = self._pending[:0]
+        if receiving and (not self._receiving or self._direction != direction):
+            # the media timeout counts from the moment we expect media again
+            self._timeout_since = asyncio.get_running_loop().time()
+            self._timeout_fired = False
+        self._receiving = receiving
+        self._direction = direction
         if self._sender is None and not self._closed:
+            self._timeout_since = asyncio.get_running_loop().time()
             self._sender = asyncio.get_running_loop().create_task(self._run_sender())
 
     # sending
@@ -270,6 +364,7 @@ class RtpLeg(AudioPort):
         while not self._closed:
             frame = self._playout.pop()
             self._send(silence if frame is None else frame)
+            self._check_timeout(loop.time())
             next_time += FRAME_MS / 1000
             delay = next_time - loop.time()
             if delay < -MAX_CLOCK_LAG:
@@ -277,14 +372,26 @@ class RtpLeg(AudioPort):
                 delay = 0
             await asyncio.sleep(delay)
 
+    def _check_timeout(self, now: float) -> None:
+        if self.media_timeout is None or self._timeout_fired or self.held or not self._receiving:
+            return
+        since = max(self._timeout_since, self.last_received or 0.0)
+        if now - since >= self.media_timeout:
+            self._timeout_fired = True
+            logger.info("No RTP for %.1f s", now - since)
+            if self.on_timeout is not None:
+                self.on_timeout()
+
     def _send(self, frame: npt.NDArray[np.int16]) -> None:
-        # the RTP clock advances even when on hold, as a real source would
-        sequence_number, timestamp = self._sequence_number, self._timestamp
-        self._sequence_number = (sequence_number + 1) & 0xFFFF
+        # the RTP clock advances even when on hold, as a real source would;
+        # the sequence number only counts packets actually sent
+        timestamp = self._timestamp
         self._timestamp = (timestamp + SAMPLES_PER_FRAME) & 0xFFFFFFFF
         addr = self.remote_address
         if self._codec is None or addr is None or not self._sending or self._transport is None:
             return
+        sequence_number = self._sequence_number
+        self._sequence_number = (sequence_number + 1) & 0xFFFF
         packet = RtpPacket(
             payload_type=self._codec_pt,
             sequence_number=sequence_number,
@@ -312,61 +419,66 @@ class RtpLeg(AudioPort):
             # was not negotiated
             return
         self.packets_received += 1
+        self.last_received = asyncio.get_running_loop().time()
+        self._timeout_fired = False
         if packet.payload_type == self._codec_pt and self._latched is None:
             # symmetric RTP (RFC 4961): answer to where the far end really is
             self._latched = addr
+        if not self._receiving:
+            # we are sendonly/inactive: the far end's audio is not wanted
+            return
         self._reorder(packet, codec.decode(packet.payload))
 
     def _reorder(self, packet: RtpPacket, samples: npt.NDArray[np.int16]) -> None:
         seq = packet.sequence_number
         if packet.ssrc != self._remote_ssrc or self._expected_seq is None:
             self._remote_ssrc = packet.ssrc
-            self._held.clear()
+            self._out_of_order.clear()
             self._expected_seq = seq
         distance = seq_diff(seq, self._expected_seq)
         if distance < 0:
             if distance > -MAX_SEQ_JUMP:
                 return  # late or duplicate
-            self._held.clear()
+            self._out_of_order.clear()
             self._expected_seq = seq
         elif distance > MAX_SEQ_JUMP:
             self._flush_held()
             self._expected_seq = seq
-        self._held[seq] = samples
+        self._out_of_order[seq] = samples
 
         self._deliver_in_order()
-        if len(self._held) > REORDER_DEPTH:
+        if len(self._out_of_order) > REORDER_DEPTH:
             self._skip_gap()
-        if self._held and self._reorder_timer is None:
+        if self._out_of_order and self._reorder_timer is None:
             self._reorder_timer = asyncio.get_running_loop().call_later(
                 REORDER_TIMEOUT, self._reorder_timeout
             )
-        elif not self._held and self._reorder_timer is not None:
+        elif not self._out_of_order and self._reorder_timer is not None:
             self._reorder_timer.cancel()
             self._reorder_timer = None
 
     def _reorder_timeout(self) -> None:
         self._reorder_timer = None
-        while self._held:
+        while self._out_of_order:
             self._skip_gap()
 
     def _skip_gap(self) -> None:
         """Give up on the missing packet: continue from the oldest one held."""
         expected = self._expected_seq or 0
-        self._expected_seq = min(self._held, key=lambda s: seq_diff(s, expected))
+        self._expected_seq = min(self._out_of_order, key=lambda s: seq_diff(s, expected))
         self._deliver_in_order()
 
     def _deliver_in_order(self) -> None:
         assert self._expected_seq is not None
-        while self._expected_seq in self._held:
-            self._deliver(self._held.pop(self._expected_seq))
+        while self._expected_seq in self._out_of_order:
+            self._deliver(self._out_of_order.pop(self._expected_seq))
             self._expected_seq = (self._expected_seq + 1) & 0xFFFF
 
     def _flush_held(self) -> None:
         expected = self._expected_seq or 0
-        for seq in sorted(self._held, key=lambda s: seq_diff(s, expected)):
-            self._deliver(self._held[seq])
-        self._held.clear()
+        for seq in sorted(self._out_of_order, key=lambda s: seq_diff(s, expected)):
+            self._deliver(self._out_of_order[seq])
+        self._out_of_order.clear()
 
     def _deliver(self, samples: npt.NDArray[np.int16]) -> None:
         # the far end may use another ptime: cut the stream into 20 ms frames

@@ -19,7 +19,9 @@ __all__ = [
     "SdpError",
     "SessionDescription",
     "answer_direction",
+    "combine_directions",
     "find_codec",
+    "reverse_direction",
     "select_codec",
 ]
 
@@ -316,6 +318,23 @@ def answer_direction(offered: str) -> str:
         "recvonly": "sendonly",
         "inactive": "inactive",
     }[offered]
+
+
+def reverse_direction(direction: str) -> str:
+    """The same stream seen from the other end (sendonly <-> recvonly)."""
+    return {"sendonly": "recvonly", "recvonly": "sendonly"}.get(direction, direction)
+
+
+def combine_directions(a: str, b: str) -> str:
+    """What both allow: we send only if both a and b send, receive only if both receive."""
+    send = a in ("sendrecv", "sendonly") and b in ("sendrecv", "sendonly")
+    recv = a in ("sendrecv", "recvonly") and b in ("sendrecv", "recvonly")
+    return {
+        (True, True): "sendrecv",
+        (True, False): "sendonly",
+        (False, True): "recvonly",
+        (False, False): "inactive",
+    }[(send, recv)]
 
 
 def select_codec(media: MediaDescription, supported: Iterable[tuple[str, int]]) -> Codec | None:

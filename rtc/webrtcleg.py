@@ -1,6 +1,11 @@
 """
 The WebRTC leg toward the browser: an aiortc RTCPeerConnection with one
 sendrecv audio transceiver, exposed as a 48 kHz AudioPort.
+
+Renegotiation reuses that transceiver: ``create_offer()`` may be called again
+once stable (our re-offer, e.g. after ``set_direction("sendonly")`` to hold the
+browser), and ``accept_offer()`` again for the browser's re-offers. aiortc
+enables or disables its sender and receiver from the negotiated direction.
 """
 
 import asyncio
@@ -122,6 +127,32 @@ class WebRtcLeg(AudioPort):
         return self._pc.connectionState
 
     @property
+    def direction(self) -> str | None:
+        """The negotiated direction from our side (None before negotiation)."""
+        if self._transceiver is None:
+            return None
+        return self._transceiver.currentDirection
+
+    @property
+    def held(self) -> bool:
+        """True when either side holds the stream (negotiated direction not sendrecv)."""
+        direction = self.direction
+        return direction is not None and direction != "sendrecv"
+
+    def set_direction(self, direction: str) -> None:
+        """
+        The direction we want from the next negotiation on: "sendonly" holds
+        the browser, "sendrecv" resumes. Takes effect with the next
+        ``create_offer()`` / ``accept_answer()``, or the answer to the
+        browser's next offer.
+        """
+        if direction not in ("sendrecv", "sendonly", "recvonly", "inactive"):
+            raise ValueError(f"Invalid direction {direction!r}")
+        self._ensure_transceiver()
+        assert self._transceiver is not None
+        self._transceiver.direction = direction
+
+    @property
     def codec(self) -> str | None:
         """MIME type of the codec we send, once negotiated."""
         if self._transceiver is None or not self._transceiver._codecs:
@@ -143,7 +174,10 @@ class WebRtcLeg(AudioPort):
     # negotiation
 
     async def accept_offer(self, sdp: str) -> str:
-        """Answer the browser's offer; returns our answer with all candidates."""
+        """
+        Answer the browser's offer (initial or re-offer); returns our answer
+        with all candidates.
+        """
         # the transceiver must exist before the offer is applied, since aiortc
         # applies codec preferences while setting the remote description
         self._ensure_transceiver()
@@ -152,7 +186,10 @@ class WebRtcLeg(AudioPort):
         return self._pc.localDescription.sdp
 
     async def create_offer(self) -> str:
-        """Offer to the browser; returns the offer with all candidates."""
+        """
+        Offer to the browser, initial or a re-offer once the previous exchange
+        completed; returns the offer with all candidates.
+        """
         self._ensure_transceiver()
         await self._pc.setLocalDescription(await self._pc.createOffer())
         return self._pc.localDescription.sdp

@@ -144,3 +144,37 @@ async def test_unknown_country_is_refused() -> None:
     with pytest.raises(ValueError):
         bridge.ringback("atlantis")
     await bridge.close()
+
+
+async def test_hold_stops_relaying_and_resume_restarts_it() -> None:
+    client, far = QueuePort(8000), QueuePort(8000)
+    bridge = MediaBridge(client)
+    try:
+        bridge.hold()  # not connected: nothing to hold
+        assert not bridge.held
+        bridge.connect(far)
+        frame = SineSource(1000, 8000, 0.3).frame(160)
+        far.incoming.put(frame)
+        await wait_for(lambda: len(client.written) == 1)
+
+        bridge.hold()
+        assert bridge.held and bridge.connected
+        for _ in range(3):
+            far.incoming.put(frame)
+            client.incoming.put(frame)
+        await asyncio.sleep(0.05)
+        assert len(client.written) == 1 and far.written == []
+        # what arrived during the hold was drained, not replayed on resume
+        assert len(far.incoming) == len(client.incoming) == 0
+
+        bridge.resume()
+        assert not bridge.held
+        far.incoming.put(frame)
+        client.incoming.put(frame)
+        await wait_for(lambda: len(client.written) == 2 and len(far.written) == 1)
+        bridge.connect(far)  # idempotent after resume
+        bridge.hold()
+        bridge.connect(far)  # connect also ends a hold
+        assert not bridge.held
+    finally:
+        await bridge.close()

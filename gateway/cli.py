@@ -2,6 +2,8 @@
 
     webrtc-gateway [--config FILE] [--log-level LEVEL]        run the gateway
     webrtc-gateway [--config FILE] run                        the same, explicitly
+    webrtc-gateway [--config FILE] calls [--since SPEC] [--limit N] [--json]
+                                                              list call records
     webrtc-gateway --version
 
 Subcommands are registered in `_COMMANDS`; with none given, `run` is used. A
@@ -13,10 +15,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import json
 import logging
+import os
+import re
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import TextIO
 
 from gateway.config import (
@@ -28,6 +35,7 @@ from gateway.config import (
     format_hostport,
     load_config,
 )
+from gateway.records import CallRecord, CallRecordStore, RecordStoreError
 
 PROG = "webrtc-gateway"
 EXIT_OK = 0
@@ -185,11 +193,132 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- calls
+
+_SINCE_UNITS: dict[str, float] = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """`--since`: a relative age ("90s", "30m", "1h", "2d", "1w") or an ISO 8601 date or
+    date-time ("2024-05-01", "2024-05-01T10:00", "2024-05-01 10:00:00+02:00"; without a
+    zone it is local time). Returns epoch seconds; raises ValueError."""
+    value = text.strip()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", value.lower())
+    if match:
+        base = time.time() if now is None else now
+        return base - float(match.group(1)) * _SINCE_UNITS[match.group(2)]
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f'expected an age like "30m", "1h", "2d" or an ISO date/time like '
+            f'"2024-05-01" or "2024-05-01T10:00", got {value!r}'
+        ) from None
+    return moment.timestamp()  # naive: local time
+
+
+def _since_arg(text: str) -> float:
+    try:
+        return parse_since(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _calls_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--since",
+        type=_since_arg,
+        metavar="SPEC",
+        help='only calls started since: an age ("30m", "1h", "2d") or an ISO date/time',
+    )
+    parser.add_argument(
+        "--limit", type=_positive_int, default=100, metavar="N",
+        help="show the newest N calls (default 100)",
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+
+
+def _party(number: str | None, name: str | None) -> str:
+    if number and name and name != number:
+        return f"{name} <{number}>"
+    return number or name or "-"
+
+
+def _duration(seconds: float) -> str:
+    whole = int(round(seconds))
+    hours, rest = divmod(whole, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def format_calls_table(records: Sequence[CallRecord]) -> str:
+    """The `calls` table: time (local), direction, from, to, duration, reason, SIP code."""
+    header = ("time", "direction", "from", "to", "duration", "reason", "sip")
+    rows = [header]
+    for r in records:
+        local = _party(r.local_number, r.local_display_name)
+        remote = _party(r.remote_number, r.remote_display_name)
+        src, dst = (remote, local) if r.direction == "incoming" else (local, remote)
+        rows.append(
+            (
+                datetime.fromtimestamp(r.start_time).strftime("%Y-%m-%d %H:%M:%S"),
+                r.direction,
+                src,
+                dst,
+                _duration(r.duration) if r.answer_time is not None else "-",
+                r.reason or "-",
+                str(r.sip_code) if r.sip_code is not None else "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip() for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _cmd_calls(config: Config, args: argparse.Namespace) -> int:
+    """List call records. A missing database is not an error ("no calls recorded", exit
+    0); a path that cannot be read as a call records database exits 2."""
+    path = config.records.path
+    if not os.path.exists(path):
+        why = "" if config.records.enabled else "; call records are disabled ([records] enabled)"
+        print(f"no calls recorded (no database at {path}{why})", file=sys.stderr if args.json
+              else sys.stdout)
+        return EXIT_OK
+    try:
+        with CallRecordStore(path, create=False) as store:
+            records = store.query(since=args.since, limit=args.limit)
+    except (RecordStoreError, OSError) as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.json:
+        for r in records:
+            sys.stdout.write(json.dumps(r.to_json(), ensure_ascii=False) + "\n")
+    elif records:
+        sys.stdout.write(format_calls_table(records))
+    else:
+        print("no calls recorded" + (" in that period" if args.since is not None else ""))
+    return EXIT_OK
+
+
 Command = Callable[[Config, argparse.Namespace], int]
 
 #: name -> (help, handler). Add subcommands here (e.g. a future "calls").
 _COMMANDS: dict[str, tuple[str, Command]] = {
     "run": ("run the gateway (the default)", _cmd_run),
+    "calls": ("list call records from the [records] database", _cmd_calls),
+}
+#: name -> function adding the subcommand's own options.
+_COMMAND_OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "calls": _calls_options,
 }
 _DEFAULT_COMMAND = "run"
 
@@ -225,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
         # The options are accepted after the subcommand too; SUPPRESS keeps a value given
         # before the subcommand from being reset to the default.
         _common_options(command, suppress=True)
+        if name in _COMMAND_OPTIONS:
+            _COMMAND_OPTIONS[name](command)
     return parser
 
 

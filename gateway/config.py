@@ -35,6 +35,7 @@ __all__ = [
     "RINGBACK_COUNTRIES",
     "VERSION",
     "AuthConfig",
+    "JwtConfig",
     "CallsConfig",
     "DirectoryConfig",
     "LdapConfig",
@@ -126,8 +127,22 @@ class PbxConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class JwtConfig:
+    """[auth.jwt]: keys and rules for JSON Web Tokens (gateway/auth.py)."""
+
+    issuer: str | None = None  # required `iss` of accepted tokens; also ours
+    hs256_secret: str | None = field(default=None, repr=False)
+    rs256_public_key: str | None = None  # the file as configured, resolved to a path
+    # The RSA public key read from that file at start-up (SubjectPublicKeyInfo PEM).
+    rs256_public_key_pem: bytes | None = field(default=None, repr=False)
+    token_lifetime: int = 300  # seconds; tokens issued by POST /api/token
+
+
+@dataclass(frozen=True, slots=True)
 class AuthConfig:
-    mode: str = "none"  # one of AUTH_MODES; only "none" is implemented yet
+    mode: str = "none"  # one of AUTH_MODES
+    realm: str = "webrtc-gateway"  # HTTP Basic/Digest realm
+    jwt: JwtConfig = JwtConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -445,9 +460,102 @@ def _pbx(data: Mapping[str, Any], source: str) -> PbxConfig:
     return PbxConfig(uri=uri, username=username, password=password)
 
 
+#: Shortest accepted [auth.jwt] hs256_secret: RFC 7518 §3.2 wants a key of >= 256 bits.
+MIN_HS256_SECRET: Final[int] = 32
+#: Smallest accepted RSA modulus for [auth.jwt] rs256_public_key.
+MIN_RSA_BITS: Final[int] = 2048
+
+
+def _load_rsa_public_key(t: _Table, key: str, path: Path) -> bytes:
+    """Read a PEM RSA public key or X.509 certificate; return the key as SPKI PEM."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise t.error(key, f"cannot read {path}: {e.strerror or e}") from None
+    public_key: object
+    try:
+        if b"-----BEGIN CERTIFICATE-----" in data:
+            public_key = x509.load_pem_x509_certificate(data).public_key()
+        else:
+            public_key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as e:
+        raise t.error(
+            key, f"{path} is not a PEM public key or certificate: {str(e) or type(e).__name__}"
+        ) from None
+    if not isinstance(public_key, rsa.RSAPublicKey):
+        raise t.error(key, f"{path} holds no RSA public key (RS256 needs RSA)")
+    if public_key.key_size < MIN_RSA_BITS:
+        raise t.error(
+            key, f"{path}: RSA key of {public_key.key_size} bits is too small "
+            f"(at least {MIN_RSA_BITS})"
+        )
+    return public_key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+def _jwt(auth: _Table, source: str) -> JwtConfig:
+    value = auth.data.get("jwt", {})
+    if not isinstance(value, dict):
+        raise ConfigError(source, "[auth.jwt]", f"expected a table, got {_kind(value)}")
+    t = _Table(
+        source,
+        "[auth.jwt]",
+        value,
+        ("issuer", "hs256_secret", "rs256_public_key", "token_lifetime"),
+    )
+    issuer = t.opt_string("issuer")
+    if issuer is not None and (not issuer.strip() or any(ord(c) < 32 for c in issuer)):
+        raise t.error("issuer", f"expected a non-empty single-line string, got {_show(issuer)}")
+    secret = t.opt_string("hs256_secret")
+    if secret is not None and len(secret.encode()) < MIN_HS256_SECRET:
+        raise t.error(
+            "hs256_secret",
+            f"must be at least {MIN_HS256_SECRET} bytes long (256 bits, RFC 7518), "
+            f"got {len(secret.encode())}",
+        )
+    key_file = t.opt_string("rs256_public_key")
+    key_path: Path | None = None
+    pem: bytes | None = None
+    if key_file is not None:
+        if not key_file.strip():
+            raise t.error("rs256_public_key", "must not be empty (leave it out instead)")
+        key_path = Path(key_file).expanduser()
+        if not key_path.is_absolute():
+            base = Path(source).parent if source != DEFAULTS_SOURCE else Path.cwd()
+            key_path = base / key_path
+        pem = _load_rsa_public_key(t, "rs256_public_key", key_path)
+    lifetime = t.integer("token_lifetime", 300, 10, 86400)
+    return JwtConfig(
+        issuer=issuer,
+        hs256_secret=secret,
+        rs256_public_key=str(key_path) if key_path is not None else None,
+        rs256_public_key_pem=pem,
+        token_lifetime=lifetime,
+    )
+
+
 def _auth(data: Mapping[str, Any], source: str) -> AuthConfig:
-    t = _section(data, source, "auth", ("mode",))
-    return AuthConfig(mode=t.choice("mode", "none", AUTH_MODES))
+    t = _section(data, source, "auth", ("mode", "realm", "jwt"))
+    mode = t.choice("mode", "none", AUTH_MODES)
+    realm = t.string("realm", "webrtc-gateway")
+    if not realm or any(ord(c) < 32 or ord(c) == 127 or c in '"\\' for c in realm):
+        raise t.error(
+            "realm", f"expected a non-empty single line without quotes or backslashes, "
+            f"got {_show(realm)}"
+        )
+    jwt = _jwt(t, source)
+    if mode in ("token", "both") and jwt.hs256_secret is None and jwt.rs256_public_key is None:
+        raise t.error(
+            "mode",
+            f"mode {_show(mode)} needs a key to check tokens: set [auth.jwt] hs256_secret "
+            "and/or rs256_public_key",
+        )
+    return AuthConfig(mode=mode, realm=realm, jwt=jwt)
 
 
 def _media(data: Mapping[str, Any], source: str) -> MediaConfig:

@@ -17,6 +17,7 @@ from gateway.config import (
     CallsConfig,
     Config,
     ConfigError,
+    JwtConfig,
     LoggingConfig,
     MediaConfig,
     NumbersConfig,
@@ -103,17 +104,20 @@ def test_example_file_loads_and_documents_every_key() -> None:
     # Every key the loader accepts appears in the example, preceded by a comment.
     data = tomllib.loads(EXAMPLE.read_text())
     lines = EXAMPLE.read_text().splitlines()
-    for table in data.values():
+    tables = [*data.values(), data["auth"]["jwt"]]  # [auth.jwt] is nested in [auth]
+    for table in tables:
         entries = table if isinstance(table, list) else [table]
         for entry in entries:
             for key in entry:
+                if isinstance(entry[key], dict):
+                    continue  # a sub-table, checked on its own
                 idx = next(i for i, ln in enumerate(lines) if re.match(rf"{key}\s*=", ln))
                 assert any(ln.startswith("#") for ln in lines[max(0, idx - 12) : idx]), key
     expected = {
         "server": {"listen", "ws_path", "max_message_bytes"},
         "sip": {"listen", "user_agent", "t1", "t2", "t4"},
         "pbx": {"uri", "username", "password"},
-        "auth": {"mode"},
+        "auth": {"mode", "realm", "jwt"},
         "media": {"rtp_host", "rtp_port_min", "rtp_port_max", "ringback"},
         "calls": {"no_answer_timeout"},
         "numbers": {"echo", "tone"},
@@ -121,6 +125,7 @@ def test_example_file_loads_and_documents_every_key() -> None:
     }
     for section, keys in expected.items():
         assert set(data[section]) == keys, section
+    assert set(data["auth"]["jwt"]) == {"token_lifetime"}  # the others are commented out
     assert set(data["users"][0]) == {"username", "password", "number", "display_name"}
 
 
@@ -139,7 +144,7 @@ def test_every_key_is_read() -> None:
                 "t4": 2.5,
             },
             "pbx": {"uri": "sips:pbx.example.com", "username": "u", "password": "p"},
-            "auth": {"mode": "both"},
+            "auth": {"mode": "both", "jwt": {"hs256_secret": "k" * 32}},
             "media": {
                 "rtp_host": "192.0.2.10",
                 "rtp_port_min": 30000,
@@ -178,7 +183,8 @@ def test_every_key_is_read() -> None:
 
 @pytest.mark.parametrize("mode", ["none", "password", "token", "both"])
 def test_auth_modes_accepted(mode: str) -> None:
-    assert parse_config({"auth": {"mode": mode}}, SRC).auth.mode == mode
+    auth = {"mode": mode, "jwt": {"hs256_secret": "k" * 32}}
+    assert parse_config({"auth": auth}, SRC).auth.mode == mode
 
 
 @pytest.mark.parametrize("country", ["us", "uk", "de", "fr", "jp"])
@@ -350,3 +356,119 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(str(f))
     assert str(info.value).startswith(f"config error in {f}: [sip] listen: ")
+
+
+# ----------------------------------------------------------------------------- [auth]
+
+
+def _rsa_pem(bits: int = 2048) -> tuple[bytes, bytes]:
+    """(public key PEM, self-signed certificate PEM) of a new RSA key."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "issuer")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return public, cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_auth_defaults() -> None:
+    a = load_config(None).auth
+    assert a == AuthConfig("none", "webrtc-gateway", JwtConfig())
+    assert a.jwt.token_lifetime == 300
+    assert a.jwt.issuer is a.jwt.hs256_secret is a.jwt.rs256_public_key is None
+
+
+def test_auth_every_key(tmp_path: Path) -> None:
+    public, cert = _rsa_pem()
+    (tmp_path / "pub.pem").write_bytes(public)
+    (tmp_path / "cert.pem").write_bytes(cert)
+    src = str(tmp_path / "gw.toml")
+    jwt = {
+        "issuer": "https://app.example.com",
+        "hs256_secret": "x" * 32,
+        "rs256_public_key": "pub.pem",  # relative to the config file
+        "token_lifetime": 60,
+    }
+    a = parse_config({"auth": {"mode": "token", "realm": "r", "jwt": jwt}}, src).auth
+    assert a.mode == "token" and a.realm == "r"
+    assert a.jwt.issuer == "https://app.example.com"
+    assert a.jwt.hs256_secret == "x" * 32
+    assert a.jwt.rs256_public_key == str(tmp_path / "pub.pem")
+    assert a.jwt.rs256_public_key_pem == public
+    assert a.jwt.token_lifetime == 60
+    assert "x" * 32 not in repr(a)  # the secret stays out of logs
+    # A certificate works too and yields the same public key.
+    jwt["rs256_public_key"] = str(tmp_path / "cert.pem")
+    a = parse_config({"auth": {"mode": "both", "jwt": jwt}}, src).auth
+    assert a.jwt.rs256_public_key_pem == public
+
+
+@pytest.mark.parametrize(
+    ("auth", "key", "problem"),
+    [
+        ({"mode": "token"}, "[auth] mode", 'mode "token" needs a key to check tokens'),
+        ({"mode": "both", "jwt": {"issuer": "x"}}, "[auth] mode", "needs a key"),
+        ({"realm": ""}, "[auth] realm", "expected a non-empty single line"),
+        ({"realm": 'a"b'}, "[auth] realm", "without quotes"),
+        ({"jwt": "x"}, "[auth.jwt]", "expected a table"),
+        ({"jwt": {"secret": "x"}}, "[auth.jwt] secret", "unknown key"),
+        ({"jwt": {"hs256_secret": "short"}}, "[auth.jwt] hs256_secret",
+         "must be at least 32 bytes long"),
+        ({"jwt": {"issuer": ""}}, "[auth.jwt] issuer", "expected a non-empty"),
+        ({"jwt": {"token_lifetime": 5}}, "[auth.jwt] token_lifetime", "between 10 and 86400"),
+        ({"jwt": {"token_lifetime": 1.5}}, "[auth.jwt] token_lifetime", "expected an integer"),
+        ({"jwt": {"rs256_public_key": ""}}, "[auth.jwt] rs256_public_key", "must not be empty"),
+        ({"jwt": {"rs256_public_key": "/nonexistent/k.pem"}}, "[auth.jwt] rs256_public_key",
+         "cannot read /nonexistent/k.pem: No such file or directory"),
+    ],
+)
+def test_auth_errors(auth: dict[str, Any], key: str, problem: str) -> None:
+    message = err({"auth": auth})
+    assert f": {key}: " in message, message
+    assert problem in message, message
+
+
+def test_auth_bad_key_files(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----\n")
+    small = tmp_path / "small.pem"
+    small.write_bytes(_rsa_pem(1024)[0])
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    ec_key = tmp_path / "ec.pem"
+    ec_key.write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    for path, problem in (
+        (garbage, "is not a PEM public key or certificate"),
+        (small, "RSA key of 1024 bits is too small (at least 2048)"),
+        (ec_key, "holds no RSA public key"),
+    ):
+        f = tmp_path / "gw.toml"
+        f.write_text(f'[auth.jwt]\nrs256_public_key = "{path.name}"\n')
+        with pytest.raises(ConfigError) as info:
+            load_config(str(f))
+        message = str(info.value)
+        assert message.startswith(f"config error in {f}: [auth.jwt] rs256_public_key: {path}")
+        assert problem in message

@@ -39,6 +39,7 @@ from gateway.commands import (
 from gateway.config import Config
 from gateway.directory import Directory
 from rtc.bridge import MediaBridge
+from rtc.ports import AudioPort
 from rtc.rtpleg import RtpLeg
 from rtc.sdp import SdpError
 from rtc.sources import EchoPort, TonePort
@@ -50,9 +51,22 @@ logger = logging.getLogger(__name__)
 
 ClientSink = Callable[[ClientEvent], None]
 
+
+def _discard(event: ClientEvent) -> None:
+    """The sink of a detached registration: a restore re-sends the current state."""
+
+
+async def _close_leg(bridge: MediaBridge | None, leg: WebRtcLeg | None) -> None:
+    if bridge is not None:
+        await bridge.close()
+    if leg is not None:
+        await leg.close()
+
 # What may stand in a SIP user part we build from a dialed number.
 _DIAL_STRING = re.compile(r"^\+?[0-9A-Za-z*#._-]{1,64}$")
 IDENTIFIER = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+# Seconds between a client leg failing and the call ending for it (see _client_leg_failed).
+LEG_FAILURE_GRACE = 2.0
 
 
 def new_identifier() -> str:
@@ -70,6 +84,8 @@ class Registration:
     description: str
     sink: ClientSink
     calls: dict[str, ClientCall] = dataclasses.field(default_factory=dict)
+    # Between a lost connection and its restore (or the end of the grace period).
+    detached: asyncio.TimerHandle | None = None
 
     @property
     def party(self) -> Party:
@@ -100,12 +116,18 @@ class ClientCall:
     remote: Party
     state: CallState
     webrtc: WebRtcLeg | None = None
+    # The gateway offered the client leg and waits for the client's media/answer.
+    offer_pending: bool = False
     bridge: MediaBridge | None = None
     # outgoing to SIP
     invite: OutboundInvite | None = None
     rtp: RtpLeg | None = None
     early_sdp: bytes | None = None
     alerted: bool = False
+    answered: bool = False
+    # 180 from SIP or a callee's accept: the caller should hear generated ringback.
+    ringback_wanted: bool = False
+    ringback_on: bool = False
     far_ended: bool = False
     # outgoing to web users: the offered callee calls
     forks: list[ClientCall] = dataclasses.field(default_factory=list)
@@ -153,6 +175,9 @@ class Core:
         """End every call of the registration and forget it."""
         if self.registrations.pop(reg.identifier, None) is None:
             return
+        if reg.detached is not None:
+            reg.detached.cancel()
+            reg.detached = None
         peers = self._by_number.get(reg.number, [])
         if reg in peers:
             peers.remove(reg)
@@ -163,7 +188,56 @@ class Core:
         logger.info("unregistered %s (%s)", reg.number, reg.identifier)
 
     def logged_in(self, number: str) -> list[Registration]:
-        return list(self._by_number.get(number, ()))
+        """Registrations with a connection that can be offered a call now."""
+        return [r for r in self._by_number.get(number, ()) if r.detached is None]
+
+    def detach(self, reg: Registration) -> None:
+        """The client's connection is gone: keep the registration and its calls for the
+        grace period (json-v1 §7). The far parties hear silence meanwhile."""
+        if reg.identifier not in self.registrations or reg.detached is not None:
+            return
+        reg.sink = _discard
+        reg.detached = asyncio.get_running_loop().call_later(
+            self.config.calls.restore_grace, self._grace_expired, reg
+        )
+        for call in list(reg.calls.values()):
+            if call.state in (CallState.OFFERED,) and not call.outgoing:
+                # Nobody can answer an offer on a dead connection.
+                self._end(call, Reason.NOT_RESPONDING)
+            else:
+                self._drop_client_leg(call)
+        logger.info("registration %s detached; %d call(s) kept", reg.identifier, len(reg.calls))
+
+    def _grace_expired(self, reg: Registration) -> None:
+        logger.info("registration %s: restore grace period expired", reg.identifier)
+        reg.detached = None
+        self.unregister(reg, Reason.USER_TERMINATED)
+
+    def restore(self, identifier: str, sink: ClientSink) -> Registration | None:
+        """Attach a new connection to a detached registration; None when unknown or expired.
+        The caller sends the register status first, then calls `resume_calls`."""
+        reg = self.registrations.get(identifier)
+        if reg is None or reg.detached is None:
+            return None
+        reg.detached.cancel()
+        reg.detached = None
+        reg.sink = sink
+        logger.info("registration %s restored with %d call(s)", identifier, len(reg.calls))
+        return reg
+
+    async def resume_calls(self, reg: Registration) -> None:
+        """Tell a restored client about its calls and offer a new WebRTC leg for each."""
+        for call in list(reg.calls.values()):
+            if not call.outgoing and not call.answered:
+                reg.sink(CallOffered(call.call_id, call.remote, reg.party))
+                if call.state is CallState.RINGING:
+                    reg.sink(CallStatus(call.call_id, call.state, None, call.remote))
+            else:
+                reg.sink(CallStatus(call.call_id, call.state, None, call.remote))
+        # Every call gets a new leg, not only connected ones: a call still alerting
+        # needs one for ringback and for the moment it is answered.
+        for call in list(reg.calls.values()):
+            await self._offer_client_leg(call)
 
     # -- commands from clients ---------------------------------------------------------
 
@@ -208,7 +282,7 @@ class Core:
             # Renegotiation from the client is not supported yet.
             self._refuse(call)
             return
-        leg = WebRtcLeg(on_failed=lambda: self._end(call, Reason.MEDIA))
+        leg = WebRtcLeg(on_failed=lambda: self._client_leg_failed(call, leg))
         call.webrtc = leg
         try:
             answer = await leg.accept_offer(sdp)
@@ -218,14 +292,14 @@ class Core:
             return
         if call.state is CallState.TERMINATED:
             return
-        call.bridge = MediaBridge(leg)
         call.reg.sink(MediaAnswer(call.call_id, answer))
         await self._route(call)
 
     async def _client_answer_sdp(self, call: ClientCall, sdp: str) -> None:
-        if call.outgoing or call.webrtc is None or not allows(call.state, "media_answer"):
+        if not call.offer_pending or call.webrtc is None:
             self._refuse(call)
             return
+        call.offer_pending = False
         try:
             await call.webrtc.accept_answer(sdp)
         except Exception as exc:
@@ -292,24 +366,24 @@ class Core:
         logger.info("call %s: INVITE %s (Call-ID %s)", call.call_id, target, call.invite.call_id)
 
     def _answer_locally(self, call: ClientCall, port: EchoPort | TonePort) -> None:
-        assert call.bridge is not None
         call.local = port
-        call.bridge.connect(port)
+        call.answered = True
         self._set_state(call, CallState.ACTIVE)
+        self._bridge_client_leg(call)
 
     def _on_outbound_sip(self, call: ClientCall, ev: sip_events.SessionEvent) -> None:
         if call.state is CallState.TERMINATED:
             return
-        assert call.bridge is not None and call.rtp is not None
         if isinstance(ev, sip_events.Provisional):
             call.alerted = True
             if ev.sdp is not None and call.early_sdp is None:
-                if self._apply_far_sdp(call, ev.sdp):
-                    call.early_sdp = ev.sdp
-                    call.bridge.connect(call.rtp)
-            elif ev.code == 180 and call.early_sdp is None:
-                call.bridge.ringback(self.config.media.ringback)
+                if not self._apply_far_sdp(call, ev.sdp):
+                    return
+                call.early_sdp = ev.sdp
+            elif ev.code == 180:
+                call.ringback_wanted = True
             self._set_state(call, CallState.RINGING)
+            self._bridge_client_leg(call)
         elif isinstance(ev, sip_events.Answered):
             if ev.sdp is not None and ev.sdp != call.early_sdp:
                 if not self._apply_far_sdp(call, ev.sdp):
@@ -318,8 +392,9 @@ class Core:
                 logger.info("call %s: 2xx without SDP", call.call_id)
                 self._end(call, Reason.MEDIA)
                 return
-            call.bridge.connect(call.rtp)
+            call.answered = True
             self._set_state(call, CallState.ACTIVE)
+            self._bridge_client_leg(call)
         elif isinstance(ev, sip_events.Rejected):
             call.far_ended = True
             self._end(call, reason_from_sip(ev.code, call.alerted))
@@ -359,7 +434,11 @@ class Core:
     async def _offer_client(self, call: ClientCall) -> None:
         """Offer an incoming call to one client: signaling/start, then our media/offer."""
         call.reg.sink(CallOffered(call.call_id, call.remote, call.reg.party))
-        leg = WebRtcLeg(on_failed=lambda: self._end(call, Reason.MEDIA))
+        await self._offer_client_leg(call)
+
+    async def _offer_client_leg(self, call: ClientCall) -> None:
+        """A new WebRTC leg offered by the gateway, bridged to whatever the call has."""
+        leg = WebRtcLeg(on_failed=lambda: self._client_leg_failed(call, leg))
         call.webrtc = leg
         try:
             offer = await leg.create_offer()
@@ -367,8 +446,69 @@ class Core:
             logger.exception("call %s: could not create an offer", call.call_id)
             self._end(call, Reason.MEDIA)
             return
-        if call.state is not CallState.TERMINATED:
-            call.reg.sink(MediaOffer(call.call_id, offer))
+        if call.state is CallState.TERMINATED or call.webrtc is not leg:
+            await leg.close()
+            return
+        self._bridge_client_leg(call)
+        call.offer_pending = True
+        call.reg.sink(MediaOffer(call.call_id, offer))
+
+    def _client_leg_failed(self, call: ClientCall, leg: WebRtcLeg) -> None:
+        # A page reload closes the peer connection just before its WebSocket, so a
+        # failed leg ends the call only if the connection outlives it (not a reload)
+        # and no restore has replaced it meanwhile.
+        def decide() -> None:
+            if call.webrtc is leg and call.reg.detached is None:
+                self._end(call, Reason.MEDIA)
+
+        asyncio.get_running_loop().call_later(LEG_FAILURE_GRACE, decide)
+
+    def _bridge_client_leg(self, call: ClientCall) -> None:
+        """Connect the client leg to the call's far audio, or to ringback while alerting.
+
+        Called on every state change and when a restore brings a new client leg, so
+        it works out what the client should hear from the call as it stands.
+        """
+        leg = call.webrtc
+        if leg is None:
+            return
+        if call.caller is not None:
+            # Web-to-web: the caller's bridge carries both directions.
+            if call.caller.winner is call:
+                self._bridge_client_leg(call.caller)
+            return
+        far = self._far_port(call)
+        if far is None and not (call.ringback_wanted and call.state is CallState.RINGING):
+            return
+        if call.bridge is None or call.bridge.client is not leg:
+            call.bridge = MediaBridge(leg)
+            call.ringback_on = False
+        if far is not None:
+            call.bridge.connect(far)
+            call.ringback_on = False
+        elif not call.ringback_on:
+            call.bridge.ringback(self.config.media.ringback)
+            call.ringback_on = True
+
+    @staticmethod
+    def _far_port(call: ClientCall) -> AudioPort | None:
+        if call.local is not None:
+            return call.local
+        if call.winner is not None:
+            return call.winner.webrtc
+        if call.sip_in is not None:
+            return call.sip_in.rtp if call.sip_in.winner is call else None
+        if call.rtp is not None and (call.answered or call.early_sdp is not None):
+            return call.rtp
+        return None
+
+    def _drop_client_leg(self, call: ClientCall) -> None:
+        bridge, leg = call.bridge, call.webrtc
+        call.bridge = None
+        call.webrtc = None
+        # A web-to-web caller's bridge relays from this leg; its tasks end when the leg
+        # closes, and a restore connects the caller's bridge to the new leg.
+        self._spawn(_close_leg(bridge, leg))
 
     def _accept(self, call: ClientCall) -> None:
         if call.outgoing or not allows(call.state, "accept"):
@@ -379,9 +519,9 @@ class Core:
             caller = call.caller
             if caller.state is CallState.DIALING:
                 caller.alerted = True
-                assert caller.bridge is not None
-                caller.bridge.ringback(self.config.media.ringback)
+                caller.ringback_wanted = True
                 self._set_state(caller, CallState.RINGING)
+                self._bridge_client_leg(caller)
         elif call.sip_in is not None and not call.sip_in.ringing_sent:
             call.sip_in.ringing_sent = True
             call.sip_in.invite.ringing()
@@ -396,12 +536,12 @@ class Core:
                 self._refuse(call)
                 return
             caller.winner = call
+            caller.answered = True
             if caller.no_answer is not None:
                 caller.no_answer.cancel()
-            assert caller.bridge is not None
-            caller.bridge.connect(call.webrtc)
             self._set_state(call, CallState.ACTIVE)
             self._set_state(caller, CallState.ACTIVE)
+            self._bridge_client_leg(caller)
             for other in caller.forks:
                 if other is not call:
                     self._end(other, Reason.NOT_SELECTED, release=False)
@@ -415,9 +555,9 @@ class Core:
             if incoming.timer is not None:
                 incoming.timer.cancel()
             incoming.invite.answer(incoming.rtp_answer)
-            call.bridge = MediaBridge(call.webrtc)
-            call.bridge.connect(incoming.rtp)
+            call.answered = True
             self._set_state(call, CallState.ACTIVE)
+            self._bridge_client_leg(call)
             for other in incoming.forks:
                 if other is not call:
                     self._end(other, Reason.NOT_SELECTED, release=False)

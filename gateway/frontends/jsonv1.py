@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -94,6 +95,7 @@ class JsonV1Session:
         self.reg: Registration | None = None
         self._outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(OUTBOX_LIMIT)
         self._closing = False
+        self._assignment = "new"
 
     # -- outgoing ----------------------------------------------------------------------
 
@@ -136,7 +138,7 @@ class JsonV1Session:
         assert self.reg is not None
         self.send({
             "operation": "register", "action": "status", "state": "active",
-            "identifier": self.reg.identifier, "assignment": "new",
+            "identifier": self.reg.identifier, "assignment": self._assignment,
             "localAddress": party_to_wire(self.reg.party),
             "localSideDescription": SERVER_DESCRIPTION,
         })
@@ -160,7 +162,13 @@ class JsonV1Session:
 
     async def run(self) -> None:
         writer = asyncio.get_running_loop().create_task(self._writer())
+        query = parse_qs(urlsplit(self.ws.request.path).query) if self.ws.request else {}
         try:
+            if "identifier" in query:
+                await self._restore(query["identifier"][0])
+                if self._closing:
+                    await writer
+                    return
             async for frame in self.ws:
                 if isinstance(frame, bytes):
                     await self._drain_and_close(writer, CloseCode.UNSUPPORTED_DATA, "binary frame")
@@ -184,10 +192,23 @@ class JsonV1Session:
             pass
         finally:
             if self.reg is not None:
-                self.core.unregister(self.reg)
+                # A lost connection keeps the registration for the restore grace period.
+                self.core.detach(self.reg)
                 self.reg = None
             if not writer.done():
                 writer.cancel()
+
+    async def _restore(self, identifier: str) -> None:
+        """Attach this connection to a registration that lost its connection (§7)."""
+        reg = self.core.restore(identifier, self.on_event) if IDENTIFIER.match(identifier) else None
+        if reg is None:
+            logger.info("restore of %r refused: unknown or expired", identifier[:128])
+            self._register_terminated(Reason.ERROR)
+            return
+        self.reg = reg
+        self._assignment = "restored"
+        self._register_status()
+        await self.core.resume_calls(reg)
 
     async def _drain_and_close(self, writer: asyncio.Task[None], code: int, why: str) -> None:
         self._closing = True

@@ -513,10 +513,12 @@ async def clients(request: pytest.FixtureRequest, e2e_dir: Path):
 
     made: list[JsonV1Client] = []
 
-    async def make(gw: Gateway, **kwargs) -> JsonV1Client:
-        client = JsonV1Client(gw.ws_url, **kwargs)
+    async def make(gw: Gateway, *, query: str = "", connect: bool = True, **kwargs) -> JsonV1Client:
+        # `query`: URL parameters such as "identifier=..." (restore) or "access_token=...".
+        client = JsonV1Client(gw.ws_url + (f"?{query}" if query else ""), **kwargs)
         made.append(client)
-        await client.connect()
+        if connect:
+            await client.connect()
         return client
 
     try:

@@ -10,17 +10,25 @@ for our re-INVITEs, ``create_answer(offer)`` for the PBX's. While we may not
 send, the RTP timestamp keeps following the clock but the sequence number
 stands still, so the stream resumes without a gap the far end would count as
 loss (RFC 3550 section 5.1), with the marker bit set on the first packet.
+
+DTMF: ``send_dtmf`` sends RFC 4733 events when the far end negotiated
+telephone-event and generated dual tones in the audio otherwise; ``on_dtmf``
+reports received digits, from RFC 4733 events or, without telephone-event,
+from a Goertzel detector on the received audio.
 """
 
 import asyncio
 import logging
 import random
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
+from .dtmf import DtmfEventReceiver, digit_to_event, event_packets
+from .dtmfdetect import DtmfDetector
 from .g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from .ports import FRAME_MS, AudioPort, FrameQueue, PlayoutQueue, frame_samples
 from .rtp import RtpPacket, is_rtcp, seq_diff
@@ -37,6 +45,7 @@ from .sdp import (
     reverse_direction,
     select_codec,
 )
+from .tones import dtmf_tone
 
 __all__ = ["RtpLeg"]
 
@@ -57,6 +66,13 @@ REORDER_TIMEOUT = 0.06
 MAX_SEQ_JUMP = 1000
 # after a stall (suspended loop) restart the clock rather than send a burst
 MAX_CLOCK_LAG = 0.1
+# RFC 4733 2.5.1.2: updates of a long event every 50 ms
+DTMF_UPDATE_SAMPLES = SAMPLE_RATE * 50 // 1000
+# pause after each digit, so that repeated digits stay distinct
+DTMF_GAP_MS = 60
+MIN_DTMF_MS = 40  # ITU-T Q.24: shorter tones need not be recognised
+MAX_DTMF_MS = 5000
+MAX_QUEUED_DIGITS = 64
 
 
 @dataclass(frozen=True)
@@ -89,6 +105,9 @@ class RtpLeg(AudioPort):
     """
     Plain RTP toward SIP, PCMU/PCMA, sample_rate 8000.
 
+    DTMF: ``send_dtmf(digits, duration_ms)`` and the ``on_dtmf(digit)``
+    callback (attribute or keyword of ``open``), once per key press.
+
     Media timeout: set ``media_timeout`` (seconds) and ``on_timeout``; the
     callback fires once when no RTP arrived for that long while the stream is
     not held (re-armed by the next packet). ``last_received`` is the loop time
@@ -102,8 +121,10 @@ class RtpLeg(AudioPort):
         host: str,
         media_timeout: float | None = None,
         on_timeout: Callable[[], None] | None = None,
+        on_dtmf: Callable[[str], None] | None = None,
     ) -> None:
         self.host = host
+        self.on_dtmf = on_dtmf
         self.local_port = 0
         self.packets_sent = 0
         self.packets_received = 0
@@ -112,6 +133,14 @@ class RtpLeg(AudioPort):
         self.last_received: float | None = None
         self._timeout_since = 0.0
         self._timeout_fired = False
+
+        # DTMF
+        self._dtmf_queue: deque[tuple[str, int]] = deque()
+        self._dtmf_task: asyncio.Task[None] | None = None
+        self._dtmf_active = False
+        self._inband: deque[npt.NDArray[np.int16]] = deque()
+        self._dtmf_receiver = DtmfEventReceiver()
+        self._dtmf_detector: DtmfDetector | None = None
         self._transport: asyncio.DatagramTransport | None = None
         self._closed = False
 
@@ -155,10 +184,11 @@ class RtpLeg(AudioPort):
         *,
         media_timeout: float | None = None,
         on_timeout: Callable[[], None] | None = None,
+        on_dtmf: Callable[[str], None] | None = None,
     ) -> "RtpLeg":
         """Bind an even port in [port_min, port_max] (RTCP would take the odd one)."""
         loop = asyncio.get_running_loop()
-        leg = cls(host, media_timeout=media_timeout, on_timeout=on_timeout)
+        leg = cls(host, media_timeout=media_timeout, on_timeout=on_timeout, on_dtmf=on_dtmf)
         ports = list(range(port_min + port_min % 2, port_max + 1, 2))
         if not ports:
             raise ValueError("Empty RTP port range")
@@ -355,6 +385,93 @@ class RtpLeg(AudioPort):
             self._timeout_since = asyncio.get_running_loop().time()
             self._sender = asyncio.get_running_loop().create_task(self._run_sender())
 
+    # DTMF
+
+    @property
+    def dtmf_mode(self) -> str | None:
+        """ "rfc4733" or "inband" (what send_dtmf uses), None before negotiation."""
+        if self._codec is None:
+            return None
+        return "rfc4733" if self._telephone_event_pt is not None else "inband"
+
+    def send_dtmf(self, digits: str, duration_ms: int = 100) -> None:
+        """
+        Queue DTMF digits (0-9 * # A-D), each ``duration_ms`` long followed by
+        a short pause. RFC 4733 events when the far end negotiated
+        telephone-event (audio paused meanwhile), dual tones in the audio
+        otherwise. Raises ValueError for other characters.
+        """
+        for digit in digits:
+            digit_to_event(digit)
+        if len(self._dtmf_queue) + len(digits) > MAX_QUEUED_DIGITS:
+            raise ValueError("Too many DTMF digits queued")
+        if self._closed or self._codec is None:
+            return
+        duration_ms = max(MIN_DTMF_MS, min(duration_ms, MAX_DTMF_MS))
+        if self._telephone_event_pt is None:
+            for digit in digits:
+                self._queue_inband(digit, duration_ms)
+            return
+        self._dtmf_queue.extend((digit, duration_ms) for digit in digits)
+        if self._dtmf_task is None:
+            self._dtmf_task = asyncio.get_running_loop().create_task(self._run_dtmf())
+
+    def _queue_inband(self, digit: str, duration_ms: int) -> None:
+        samples = np.concatenate(
+            (dtmf_tone(digit, duration_ms), np.zeros(SAMPLE_RATE * DTMF_GAP_MS // 1000))
+        ).astype(np.int16)
+        # whole frames, padded with silence
+        padded = np.zeros(-(-len(samples) // SAMPLES_PER_FRAME) * SAMPLES_PER_FRAME, np.int16)
+        padded[: len(samples)] = samples
+        self._inband.extend(padded.reshape(-1, SAMPLES_PER_FRAME))
+
+    async def _run_dtmf(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._dtmf_queue and not self._closed:
+                digit, duration_ms = self._dtmf_queue.popleft()
+                schedule = event_packets(
+                    digit,
+                    SAMPLE_RATE * duration_ms // 1000,
+                    update_interval=DTMF_UPDATE_SAMPLES,
+                    end_interval=SAMPLES_PER_FRAME,
+                )
+                # the event starts where the next audio packet would have
+                timestamp = self._timestamp
+                start = loop.time()
+                self._dtmf_active = True
+                for i, (offset, event) in enumerate(schedule):
+                    await asyncio.sleep(start + offset / SAMPLE_RATE - loop.time())
+                    self._send_event(timestamp, bytes(event), marker=i == 0)
+                self._dtmf_active = False
+                self._marker = True  # audio resumes: a new talk spurt
+                await asyncio.sleep(DTMF_GAP_MS / 1000)
+        finally:
+            self._dtmf_active = False
+            self._dtmf_task = None
+
+    def _send_event(self, timestamp: int, payload: bytes, marker: bool) -> None:
+        addr = self.remote_address
+        pt = self._telephone_event_pt
+        if pt is None or addr is None or not self._sending or self._transport is None:
+            return
+        packet = RtpPacket(
+            payload_type=pt,
+            sequence_number=self._sequence_number,
+            timestamp=timestamp,
+            ssrc=self._ssrc,
+            payload=payload,
+            marker=marker,
+        )
+        self._sequence_number = (self._sequence_number + 1) & 0xFFFF
+        self._transport.sendto(bytes(packet), addr)
+        self.packets_sent += 1
+
+    def _dtmf_received(self, digit: str) -> None:
+        logger.debug("DTMF %s received", digit)
+        if self.on_dtmf is not None:
+            self.on_dtmf(digit)
+
     # sending
 
     async def _run_sender(self) -> None:
@@ -363,6 +480,9 @@ class RtpLeg(AudioPort):
         silence = np.zeros(SAMPLES_PER_FRAME, dtype=np.int16)
         while not self._closed:
             frame = self._playout.pop()
+            if self._inband:
+                # in-band DTMF replaces the audio while it plays
+                frame = self._inband.popleft()
             self._send(silence if frame is None else frame)
             self._check_timeout(loop.time())
             next_time += FRAME_MS / 1000
@@ -390,6 +510,9 @@ class RtpLeg(AudioPort):
         addr = self.remote_address
         if self._codec is None or addr is None or not self._sending or self._transport is None:
             return
+        if self._dtmf_active:
+            # RFC 4733 2.5.1.1: the events replace the audio
+            return
         sequence_number = self._sequence_number
         self._sequence_number = (sequence_number + 1) & 0xFFFF
         packet = RtpPacket(
@@ -413,10 +536,18 @@ class RtpLeg(AudioPort):
             packet = RtpPacket.parse(data)
         except ValueError:
             return
+        if self._telephone_event_pt is not None and packet.payload_type == self._telephone_event_pt:
+            self.packets_received += 1
+            self.last_received = asyncio.get_running_loop().time()
+            self._timeout_fired = False
+            if self._receiving:
+                digit = self._dtmf_receiver.feed(packet.ssrc, packet.timestamp, packet.payload)
+                if digit is not None:
+                    self._dtmf_received(digit)
+            return
         codec = self._receive_codecs.get(packet.payload_type)
         if codec is None:
-            # telephone-event (RFC 4733) is not handled yet, and anything else
-            # was not negotiated
+            # not negotiated
             return
         self.packets_received += 1
         self.last_received = asyncio.get_running_loop().time()
@@ -481,6 +612,12 @@ class RtpLeg(AudioPort):
         self._out_of_order.clear()
 
     def _deliver(self, samples: npt.NDArray[np.int16]) -> None:
+        if self._telephone_event_pt is None and self._codec is not None and self.on_dtmf:
+            # no telephone-event: the digits, if any, are in the audio
+            if self._dtmf_detector is None:
+                self._dtmf_detector = DtmfDetector(SAMPLE_RATE)
+            for digit in self._dtmf_detector.process(samples):
+                self._dtmf_received(digit)
         # the far end may use another ptime: cut the stream into 20 ms frames
         if len(self._pending) == 0 and len(samples) == SAMPLES_PER_FRAME:
             self._queue.put(samples)
@@ -498,6 +635,8 @@ class RtpLeg(AudioPort):
         self._queue.close()
         if self._reorder_timer is not None:
             self._reorder_timer.cancel()
+        if self._dtmf_task is not None:
+            self._dtmf_task.cancel()
         if self._sender is not None:
             self._sender.cancel()
             try:

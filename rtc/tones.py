@@ -14,7 +14,7 @@ import numpy.typing as npt
 
 from .ports import FRAME_MS
 
-__all__ = ["CADENCES", "Cadence", "RingbackGenerator"]
+__all__ = ["CADENCES", "DTMF_FREQUENCIES", "Cadence", "RingbackGenerator", "dtmf_tone"]
 
 RAMP_SECONDS = 0.004
 TONE_AMPLITUDE = 0.1  # per frequency component, of full scale (about -20 dBFS)
@@ -114,3 +114,32 @@ class RingbackGenerator:
         positions = (first + np.arange(self.frame_samples, dtype=np.int64)) % self._cycle
         shaped = self._tone(first) * self._envelope(positions)
         return np.rint(shaped).astype(np.int16)
+
+
+# ITU-T Q.23: row (low group) and column (high group) frequency of each key
+DTMF_FREQUENCIES: dict[str, tuple[int, int]] = {
+    key: (row_freq, column_freq)
+    for row_freq, keys in zip((697, 770, 852, 941), ("123A", "456B", "789C", "*0#D"), strict=True)
+    for column_freq, key in zip((1209, 1336, 1477, 1633), keys, strict=True)
+}
+# per component, of full scale: about -7 dBm0 in G.711, the high group 2 dB
+# louder than the low one as telephones send it (ITU-T Q.24 "twist")
+DTMF_LOW_AMPLITUDE = 0.25
+DTMF_HIGH_AMPLITUDE = 0.315
+
+
+def dtmf_tone(digit: str, duration_ms: int, sample_rate: int = 8000) -> npt.NDArray[np.int16]:
+    """The dual tone of ``digit`` for ``duration_ms``, with click-free edges."""
+    try:
+        low, high = DTMF_FREQUENCIES[digit.upper()]
+    except KeyError as exc:
+        raise ValueError(f"Not a DTMF digit: {digit!r}") from exc
+    t = np.arange(sample_rate * duration_ms // 1000) / sample_rate
+    signal = DTMF_LOW_AMPLITUDE * np.sin(2 * np.pi * low * t) + DTMF_HIGH_AMPLITUDE * np.sin(
+        2 * np.pi * high * t
+    )
+    ramp = min(len(t) // 2, max(1, round(RAMP_SECONDS * sample_rate)))
+    shape = 0.5 - 0.5 * np.cos(np.pi * (np.arange(ramp) + 0.5) / ramp)
+    signal[:ramp] *= shape
+    signal[len(signal) - ramp :] *= shape[::-1]
+    return np.rint(signal * 32767).astype(np.int16)

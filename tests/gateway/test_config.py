@@ -472,3 +472,36 @@ def test_auth_bad_key_files(tmp_path: Path) -> None:
         message = str(info.value)
         assert message.startswith(f"config error in {f}: [auth.jwt] rs256_public_key: {path}")
         assert problem in message
+
+
+# ----------------------------------------------------------------------------- records, directory
+
+
+def test_records_and_directory_defaults() -> None:
+    from gateway.config import DirectoryConfig, RecordsConfig
+
+    c = load_config(None)
+    assert c.records == RecordsConfig(enabled=True, path="calls.db")
+    assert c.directory == DirectoryConfig(users_file=None, reload_interval=2.0, ldap=None)
+    e = load_config(str(EXAMPLE))
+    assert (e.records, e.directory) == (c.records, c.directory)
+    c = parse_config({"records": {"enabled": False, "path": "/var/lib/gw/calls.db"}}, SRC)
+    assert c.records == RecordsConfig(enabled=False, path="/var/lib/gw/calls.db")
+
+
+def test_records_and_directory_errors() -> None:
+    assert err({"records": {"enabled": "yes"}}) == (
+        f'config error in {SRC}: [records] enabled: expected true or false, got string "yes"'
+    )
+    assert err({"records": {"path": ""}}) == (
+        f'config error in {SRC}: [records] path: expected a file name, got ""'
+    )
+    assert "[records] size: unknown key (known keys: enabled, path)" in err(
+        {"records": {"size": 1}}
+    )
+    assert "[directory] reload_interval: must be more than 0" in err(
+        {"directory": {"reload_interval": 0}}
+    )
+    assert "[directory] users_file: expected a string, got integer 1" in err(
+        {"directory": {"users_file": 1}}
+    )

@@ -17,6 +17,7 @@ from . import events
 from .auth import DigestClient, credentials_header, pick_challenge
 from .dialog import Dialog, DialogId, with_tag
 from .effects import CancelTimer, StartTimer, TimerKey, Transmit
+from .in_dialog import ALLOW, InDialogOperations
 from .invite_session import IncomingCall, IncomingSession, OutgoingSession, Session
 from .messages import (
     BRANCH_MAGIC,
@@ -39,34 +40,37 @@ from .transaction_layer import (
     TransactionKey,
     TransactionLayer,
 )
+from .ua_effects import (
+    Effect,
+    InviteReceived,
+    OfferReceived,
+    ReferProgress,
+    ReinviteDone,
+    SessionForgotten,
+    SessionUpdate,
+)
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO"
+__all__ = [
+    "ALLOW",
+    "CoreConfig",
+    "Effect",
+    "InviteReceived",
+    "OfferReceived",
+    "ReferProgress",
+    "ReinviteDone",
+    "SessionForgotten",
+    "SessionUpdate",
+    "UserAgentCore",
+]
+
 SDP = "application/sdp"
+# Option tags (RFC 3261 §19.2) we honour in Require.
+SUPPORTED = frozenset({"replaces", "norefersub"})
 # Methods we know but do not serve outside a dialog get 405; anything else 501.
+IN_DIALOG_METHODS = frozenset({"OPTIONS", "INFO", "MESSAGE", "INVITE", "UPDATE", "REFER", "NOTIFY"})
 KNOWN_METHODS = frozenset(
     {"REGISTER", "SUBSCRIBE", "NOTIFY", "REFER", "MESSAGE", "INFO", "UPDATE", "PRACK", "PUBLISH"}
 )
-
-
-@dataclass(frozen=True)
-class SessionUpdate:
-    session_id: str
-    event: events.SessionEvent
-
-
-@dataclass(frozen=True)
-class InviteReceived:
-    call: IncomingCall
-
-
-@dataclass(frozen=True)
-class SessionForgotten:
-    """The core dropped all state of a session; its owner may drop its handle too."""
-
-    session_id: str
-
-
-Effect = Transmit | StartTimer | CancelTimer | SessionUpdate | InviteReceived | SessionForgotten
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,7 @@ class CoreConfig:
     timers: TimerSettings = TimerSettings()
 
 
-class UserAgentCore:
+class UserAgentCore(InDialogOperations):
     def __init__(self, config: CoreConfig, random_hex: Callable[[int], str]) -> None:
         """`random_hex(n)` returns 2n random hex digits (n random bytes)."""
         self.config = config
@@ -128,6 +132,8 @@ class UserAgentCore:
         session = self.sessions.get(sid)
         if session is None:
             return []
+        if kind == "dlg":
+            return self._dialog_timer(session, what)
         if kind == "forget":
             self._forget(session)
             return [SessionForgotten(sid)]
@@ -372,7 +378,7 @@ class UserAgentCore:
 
     def _end(self, s: Session, event: events.SessionEvent) -> list[Effect]:
         s.ended = True
-        effects: list[Effect] = []
+        effects: list[Effect] = self._abort_usage(s)
         if isinstance(s, IncomingSession):
             effects += self._stop_uas_timers(s)
         else:
@@ -435,6 +441,8 @@ class UserAgentCore:
             return self._end(s, events.Terminated("timeout" if timeout else "transport"))
         if s.ended:
             return []
+        if purpose != "invite":
+            return self._on_dialog_failure(s, purpose, key, timeout)
         if purpose == "invite" and isinstance(s, OutgoingSession) and not s.final:
             s.final = True
             code = 408 if timeout else 503
@@ -448,6 +456,10 @@ class UserAgentCore:
         if owner is None:
             return []
         s = self.sessions.get(owner[0])
+        if s is None:
+            return []
+        if owner[1] not in ("invite", "bye", "cancel"):
+            return self._on_dialog_response(s, owner[1], key, response)
         if not isinstance(s, OutgoingSession) or owner[1] != "invite":
             return []
         return self._on_invite_response(s, response)
@@ -541,9 +553,14 @@ class UserAgentCore:
     def _on_stray_2xx(self, response: Response) -> list[Effect]:
         tag = from_tag(response) or ""
         sid = self._uac_calls.get((response.call_id, tag))
+        if sid is None:
+            sid = self._dialogs.get(DialogId(response.call_id, tag, to_tag(response) or ""))
         s = self.sessions.get(sid) if sid else None
-        if not isinstance(s, OutgoingSession):
+        if s is None:
             return []
+        if isinstance(s, IncomingSession) or response.cseq.sequence != s.invite.cseq.sequence:
+            # A late 2xx retransmission for one of our re-INVITEs: re-send its ACK.
+            return self._ack_reinvite(s, response) if s.dialog is not None else []
         return self._on_2xx(s, response)
 
     # -- UAS requests ----------------------------------------------------------------
@@ -568,7 +585,7 @@ class UserAgentCore:
         method = request.method
         if method == "CANCEL":
             return self._on_cancel(key, request)
-        required = request.require
+        required = [tag for tag in request.require if tag.lower() not in SUPPORTED]
         if required:
             response = make_response(
                 request, 420, "Bad Extension", to_tag=self.new_tag(), server=self.config.user_agent
@@ -616,6 +633,7 @@ class UserAgentCore:
                     caller_display=from_address.name,
                     sdp=request.body or None,
                     source=source,
+                    replaces=request.headers.get("Replaces"),
                 )
             )
         )
@@ -637,14 +655,19 @@ class UserAgentCore:
         dialog_id = DialogId(request.call_id, to_tag(request) or "", from_tag(request) or "")
         sid = self._dialogs.get(dialog_id)
         s = self.sessions.get(sid) if sid else None
-        if not isinstance(s, IncomingSession) or s.confirmed:
+        if s is None:
             return []
-        if request.cseq.sequence != s.invite.cseq.sequence:
+        if not isinstance(s, IncomingSession) or request.cseq.sequence != s.invite.cseq.sequence:
+            return self._on_reinvite_ack(s, request)
+        if s.confirmed:
             return []
         s.confirmed = True
         effects = self._stop_uas_timers(s)
         if not s.ended:
-            effects.append(SessionUpdate(s.id, events.Confirmed()))
+            # Late offer: our 2xx carried the offer and the ACK carries the answer.
+            answer = request.body or None if not s.invite.body else None
+            effects.append(SessionUpdate(s.id, events.Confirmed(answer)))
+            effects += self._start_next_reinvite(s)
         return effects
 
     def _on_in_dialog(self, key: TransactionKey, request: Request) -> list[Effect]:
@@ -665,27 +688,9 @@ class UserAgentCore:
             return effects
         if s.ended:
             return self._reply(key, request, 481, tag=tag)
-        if method in ("OPTIONS", "INFO"):
-            return self._reply(key, request, 200, tag=tag)
-        if method == "INVITE":
-            return self._on_reinvite(s, key, request)
+        if method in IN_DIALOG_METHODS:
+            return self._on_dialog_request(s, key, request)
         return self._reply(key, request, 405 if method in KNOWN_METHODS else 501, tag=tag)
-
-    def _on_reinvite(self, s: Session, key: TransactionKey, request: Request) -> list[Effect]:
-        """Session refresh: answer with our current SDP unchanged (no media change yet)."""
-        assert s.dialog is not None
-        sdp = s.local_sdp if isinstance(s, IncomingSession) else s.sdp
-        response = make_response(
-            request,
-            200,
-            to_tag=s.dialog.local_tag,
-            server=self.config.user_agent,
-            body=sdp or b"",
-            content_type=SDP,
-        )
-        response.headers.set("Contact", s.contact)
-        response.headers.set("Allow", ALLOW)
-        return self._run(self.layer.respond(key, response))
 
 
 def from_tag_of(address: Address) -> str:

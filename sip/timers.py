@@ -59,3 +59,14 @@ class TimerSettings:
     def timeout(self) -> float:
         """64*T1: the overall transaction / 2xx-retransmission give-up time."""
         return 64 * self.t1
+
+
+def glare_retry_delay(call_id_owner: bool, sample: int) -> float:
+    """RFC 3261 §14.1: how long to wait before retrying a re-INVITE that got 491.
+
+    The owner of the Call-ID (the one that generated it) waits 2.1-4 s, the other side
+    0-2 s, both in units of 10 ms; `sample` is any non-negative random integer.
+    """
+    if call_id_owner:
+        return (210 + sample % 191) / 100
+    return (sample % 201) / 100

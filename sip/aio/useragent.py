@@ -18,6 +18,9 @@ from ..core import (
     CoreConfig,
     Effect,
     InviteReceived,
+    OfferReceived,
+    ReferProgress,
+    ReinviteDone,
     SessionForgotten,
     SessionUpdate,
     UserAgentCore,
@@ -26,12 +29,16 @@ from ..effects import CancelTimer, StartTimer, TimerKey, Transmit
 from ..events import Rejected, SessionEvent
 from ..invite_session import IncomingCall
 from ..peer import Peer
+from ..refer import replaces_value
 from ..timers import TimerSettings
 from .transport import Transport
 
 log = logging.getLogger(__name__)
 
 EventHandler = Callable[[SessionEvent], None]
+ReinviteResult = Callable[[int, bytes | None], None]
+ReferHandler = Callable[[int], None]
+ReofferHandler = Callable[[bytes], bytes | None]
 
 
 @dataclass(frozen=True)
@@ -44,7 +51,117 @@ class UAConfig:
     t4: float = 5.0
 
 
-class OutboundInvite:
+class _DialogOperations:
+    """In-dialog operations shared by both INVITE session kinds (once the dialog exists).
+
+    Callbacks run on the event loop like event handlers; they must not block.
+    """
+
+    _ua: UserAgent
+    _session_id: str
+    call_id: str
+
+    def _init_operations(self) -> None:
+        self._reinvite_results: dict[int, ReinviteResult] = {}
+        self._refer_handlers: dict[int, ReferHandler] = {}
+        self._reoffer_handler: ReofferHandler | None = None
+
+    @property
+    def local_tag(self) -> str:
+        """Our tag in the dialog (From tag of an outbound call, To tag of an inbound one)."""
+        return self._ua._core.session_tags(self._session_id)[0]
+
+    @property
+    def remote_tag(self) -> str:
+        """The peer's tag in the dialog ("" before the dialog exists)."""
+        return self._ua._core.session_tags(self._session_id)[1]
+
+    @property
+    def dialog_replaces(self) -> str:
+        """The RFC 3891 Replaces value naming this dialog, as seen by the peer that will
+        receive the INVITE with Replaces: "call-id;to-tag=<remote tag>;from-tag=<local tag>".
+        Pass it to refer(..., replaces=...) on the other call of an attended transfer."""
+        return replaces_value(self.call_id, self.remote_tag, self.local_tag)
+
+    def reinvite(self, sdp: bytes, on_result: ReinviteResult) -> None:
+        """Send a re-INVITE offering `sdp` (hold: a=sendonly/inactive, resume, codec change).
+
+        `on_result(code, answer_sdp)` runs once: a 2xx code and the answer after the 2xx
+        was ACKed, or the failure code with None (488, 408 timeout, 481 no dialog or the
+        session ended, 491 when the RFC 3261 §14.1 glare retries gave up). A 491 is
+        retried automatically after the randomised glare timer. Re-INVITEs issued while
+        another INVITE transaction is in progress are queued. After a 408 or 481 the
+        session ends (Terminated event) as RFC 5057 asks.
+        """
+        op, effects = self._ua._core.reinvite(self._session_id, sdp)
+        self._reinvite_results[op] = on_result
+        self._ua._execute(effects)
+
+    def set_reoffer_handler(self, fn: ReofferHandler | None) -> None:
+        """Answer the peer's re-INVITE/UPDATE offers with `fn(offer) -> answer`.
+
+        `fn` runs synchronously; returning None (or raising) rejects the offer with 488.
+        Without a handler offers are answered with our current SDP. A re-INVITE without
+        SDP (late offer) never reaches `fn`: our current SDP goes out as the offer in the
+        2xx and the peer's answer arrives as a RemoteAnswer event.
+        """
+        self._reoffer_handler = fn
+        self._ua._core.delegate_offers(self._session_id, fn is not None)
+
+    def info(self, content_type: str, body: bytes) -> None:
+        """Send INFO (RFC 6086), e.g. application/dtmf-relay "Signal=5\r\nDuration=160\r\n".
+
+        Incoming INFO is answered 200 and delivered as an InfoReceived event.
+        """
+        self._ua._execute(self._ua._core.info(self._session_id, content_type, body))
+
+    def message(self, content_type: str, body: bytes) -> None:
+        """Send MESSAGE (RFC 3428) in the dialog; incoming ones arrive as MessageReceived."""
+        self._ua._execute(self._ua._core.message(self._session_id, content_type, body))
+
+    def refer(
+        self,
+        target: str,
+        replaces: str | None = None,
+        on_progress: ReferHandler | None = None,
+    ) -> None:
+        """Transfer the peer to `target` with REFER (RFC 3515); 202 is not reported.
+
+        `replaces` (e.g. the other call's `.dialog_replaces`) is embedded in Refer-To as an
+        escaped Replaces header (RFC 3891) for an attended transfer. `on_progress(code)`
+        gets each NOTIFY message/sipfrag status (100, 180, 200, 503...) and the REFER's
+        own failure (405, 501, 603, 408 timeout, 481...); the last call has a final
+        code (>= 200).
+        """
+        op, effects = self._ua._core.refer(self._session_id, target, replaces)
+        if on_progress is not None:
+            self._refer_handlers[op] = on_progress
+        self._ua._execute(effects)
+
+    def notify_refer(self, code: int, reason: str) -> None:
+        """Report progress of the call a Referred event asked for (NOTIFY sipfrag):
+        100/180/183 keep the subscription, a final code (200, 486, 503...) ends it."""
+        self._ua._execute(self._ua._core.notify_refer(self._session_id, code, reason))
+
+    def _reinvite_done(self, op: int, code: int, sdp: bytes | None) -> None:
+        handler = self._reinvite_results.pop(op, None)
+        if handler is not None:
+            handler(code, sdp)
+
+    def _refer_progress(self, op: int, code: int, final: bool) -> None:
+        handler = self._refer_handlers.get(op)
+        if final:
+            self._refer_handlers.pop(op, None)
+        if handler is not None:
+            handler(code)
+
+    def _answer_offer(self, sdp: bytes) -> bytes | None:
+        if self._reoffer_handler is None:
+            return None
+        return self._reoffer_handler(sdp)
+
+
+class OutboundInvite(_DialogOperations):
     """UAC INVITE session."""
 
     def __init__(self, ua: UserAgent, session_id: str, on_event: EventHandler) -> None:
@@ -52,6 +169,7 @@ class OutboundInvite:
         self._session_id = session_id
         self.call_id = session_id
         self._on_event = on_event
+        self._init_operations()
 
     def cancel(self) -> None:
         """CANCEL before a final response (once a provisional arrived); after 2xx: bye()."""
@@ -65,8 +183,12 @@ class OutboundInvite:
         self._on_event(event)
 
 
-class InboundInvite:
-    """UAS INVITE session; the UA has already sent 100 Trying."""
+class InboundInvite(_DialogOperations):
+    """UAS INVITE session; the UA has already sent 100 Trying.
+
+    `replaces` is the INVITE's Replaces header (RFC 3891) when it asks to take over an
+    existing dialog ("call-id;to-tag=..;from-tag=.."), else None.
+    """
 
     def __init__(self, ua: UserAgent, call: IncomingCall) -> None:
         self._ua = ua
@@ -78,8 +200,10 @@ class InboundInvite:
         self.sdp = call.sdp
         self.source: tuple[str, int] = call.source.address
         self.transport = call.source.transport
+        self.replaces = call.replaces
         self._handler: EventHandler | None = None
         self._buffered: list[SessionEvent] = []
+        self._init_operations()
 
     def set_event_handler(self, fn: EventHandler) -> None:
         self._handler = fn
@@ -218,6 +342,16 @@ class UserAgent:
                     self._call_handler(session._deliver, event)
             case SessionForgotten(session_id):
                 self._sessions.pop(session_id, None)
+            case OfferReceived(session_id, sdp):
+                self._answer_offer(session_id, sdp)
+            case ReinviteDone(session_id, op, code, sdp):
+                session = self._sessions.get(session_id)
+                if session is not None:
+                    self._run_callback(session._reinvite_done, op, code, sdp)
+            case ReferProgress(session_id, op, code, final):
+                session = self._sessions.get(session_id)
+                if session is not None:
+                    self._run_callback(session._refer_progress, op, code, final)
             case InviteReceived(call):
                 inbound = InboundInvite(self, call)
                 self._sessions[call.session_id] = inbound
@@ -226,6 +360,24 @@ class UserAgent:
                 except Exception:
                     log.exception("on_invite failed; rejecting the call")
                     self._queue.extend(self._core.reject(call.session_id, 500))
+
+    def _answer_offer(self, session_id: str, offer: bytes) -> None:
+        session = self._sessions.get(session_id)
+        answer: bytes | None = None
+        if session is not None:
+            try:
+                answer = session._answer_offer(offer)
+            except Exception:
+                log.exception("re-offer handler failed; rejecting the offer with 488")
+        # Answer before anything queued behind the offer (the transaction waits for it).
+        self._queue.extendleft(reversed(self._core.answer_offer(session_id, answer)))
+
+    @staticmethod
+    def _run_callback(fn: Callable[..., None], *args: object) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("session callback failed")
 
     @staticmethod
     def _call_handler(fn: EventHandler, event: SessionEvent) -> None:

@@ -1,0 +1,615 @@
+"""In-dialog operations of an established INVITE session, both directions.
+
+- re-INVITE with an offer (RFC 3261 §14), 491 glare with the §14.1 retry timers,
+  one INVITE transaction at a time per dialog (later ones are queued);
+- incoming re-INVITE/UPDATE (RFC 3311) offers: answered with our current SDP, or by
+  the owner (`delegate_offers` -> `OfferReceived` -> `answer_offer`); late-offer
+  re-INVITE (no SDP): our current SDP goes in the 2xx, the answer comes in the ACK;
+- INFO (RFC 6086) both ways, MESSAGE (RFC 3428) and OPTIONS answered 200;
+- REFER (RFC 3515) as transferor with NOTIFY message/sipfrag progress, Replaces
+  (RFC 3891) embedded in Refer-To; incoming REFER answered 202 + NOTIFY progress.
+
+A mixin of `sip.core.UserAgentCore`; it only uses the core through the few methods
+declared at the top of the class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from sipmessage import Address, Request, Response
+
+from . import events
+from .auth import credentials_header, pick_challenge
+from .dialog import Dialog
+from .effects import CancelTimer, StartTimer, Transmit
+from .invite_session import (
+    Accepted2xx,
+    IncomingSession,
+    OutgoingSession,
+    OwnReinvite,
+    PendingOffer,
+    Session,
+)
+from .messages import encode, make_response
+from .peer import Peer
+from .refer import (
+    SIPFRAG,
+    event_id,
+    parse_refer_to,
+    refer_to_value,
+    sipfrag,
+    sipfrag_status,
+    subscription_terminated,
+)
+from .timers import glare_retry_delay
+from .transaction_layer import LayerEffect, TransactionKey, TransactionLayer
+from .ua_effects import Effect, OfferReceived, ReferProgress, ReinviteDone, SessionUpdate
+
+if TYPE_CHECKING:
+    from .core import CoreConfig
+
+SDP = "application/sdp"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REFER, NOTIFY, MESSAGE"
+MAX_GLARE_RETRIES = 5
+REFER_EXPIRES = 60  # Subscription-State expires of our refer NOTIFYs while active
+
+
+class InDialogOperations:
+    config: CoreConfig
+    layer: TransactionLayer
+    sessions: dict[str, Session]
+    _client_txns: dict[TransactionKey, tuple[str, str]]
+    _hex: Callable[[int], str]
+
+    # -- provided by UserAgentCore ---------------------------------------------------
+
+    def _run(self, layer_effects: list[LayerEffect]) -> list[Effect]:
+        raise NotImplementedError
+
+    def _via(self, transport: str) -> str:
+        raise NotImplementedError
+
+    def _dialog_peer(self, s: Session, dialog: Dialog) -> Peer:
+        raise NotImplementedError
+
+    def _end(self, s: Session, event: events.SessionEvent) -> list[Effect]:
+        raise NotImplementedError
+
+    def _send_bye(self, s: Session, dialog: Dialog | None) -> list[Effect]:
+        raise NotImplementedError
+
+    # -- API -------------------------------------------------------------------------
+
+    def session_tags(self, sid: str) -> tuple[str, str]:
+        """(local tag, remote tag) of the session's dialog; "" where not known yet."""
+        s = self.sessions.get(sid)
+        if s is None:
+            return "", ""
+        if s.dialog is not None:
+            return s.dialog.local_tag, s.dialog.remote_tag
+        if isinstance(s, IncomingSession):
+            return s.local_tag, s.invite.from_address.parameters.get("tag") or ""
+        return s.local.parameters.get("tag") or "", ""
+
+    def delegate_offers(self, sid: str, delegate: bool = True) -> None:
+        """Let the owner answer remote re-offers: they arrive as OfferReceived effects."""
+        s = self.sessions.get(sid)
+        if s is not None:
+            s.usage.delegate_offers = delegate
+
+    def reinvite(self, sid: str, sdp: bytes) -> tuple[int, list[Effect]]:
+        """Send a re-INVITE offering `sdp`; returns its op number for ReinviteDone.
+
+        Queued while another INVITE transaction of the dialog is in progress (either
+        direction); reported as 481 at once when there is no dialog to send it in.
+        """
+        s = self.sessions.get(sid)
+        if s is None:
+            return 0, [ReinviteDone(sid, 0, 481, None)]
+        op = s.usage.take_op()
+        if s.ended or s.dialog is None:
+            return op, [ReinviteDone(sid, op, 481, None)]
+        s.usage.queued.append((op, sdp))
+        return op, self._start_next_reinvite(s)
+
+    def answer_offer(self, sid: str, sdp: bytes | None) -> list[Effect]:
+        """Answer the pending remote offer (after OfferReceived); None rejects it (488)."""
+        s = self.sessions.get(sid)
+        if s is None or s.usage.remote_offer is None:
+            return []
+        pending, s.usage.remote_offer = s.usage.remote_offer, None
+        request = pending.request
+        if sdp is None:
+            effects = self._respond_in_dialog(s, pending.key, request, 488)
+            if request.method == "INVITE":
+                s.usage.remote_invite_pending = False
+                effects += self._start_next_reinvite(s)
+            return effects
+        s.usage.remote_sdp = request.body
+        s.local_sdp = sdp
+        if request.method == "INVITE":
+            return self._accept_reinvite(s, pending.key, request, sdp, offered=False)
+        return self._respond_in_dialog(s, pending.key, request, 200, sdp, SDP) + (
+            self._start_next_reinvite(s)
+        )
+
+    def info(self, sid: str, content_type: str, body: bytes) -> list[Effect]:
+        """Send INFO (RFC 6086) in the session's dialog; its response is not reported."""
+        s = self.sessions.get(sid)
+        if s is None or s.ended or s.dialog is None:
+            return []
+        return self._send_in_dialog(s, "INFO", "info", body, content_type)[1]
+
+    def message(self, sid: str, content_type: str, body: bytes) -> list[Effect]:
+        """Send MESSAGE (RFC 3428) in the session's dialog; its response is not reported."""
+        s = self.sessions.get(sid)
+        if s is None or s.ended or s.dialog is None:
+            return []
+        return self._send_in_dialog(s, "MESSAGE", "message", body, content_type)[1]
+
+    def refer(self, sid: str, target: str, replaces: str | None = None) -> tuple[int, list[Effect]]:
+        """Send REFER to `target` (with an embedded Replaces when given).
+
+        Progress comes as ReferProgress effects: NOTIFY sipfrag codes, or the REFER's
+        own failure code.
+        """
+        s = self.sessions.get(sid)
+        if s is None:
+            return 0, [ReferProgress(sid, 0, 481, True)]
+        op = s.usage.take_op()
+        if s.ended or s.dialog is None:
+            return op, [ReferProgress(sid, op, 481, True)]
+        extra = [("Refer-To", refer_to_value(target, replaces))]
+        if s.dialog.local.uri:
+            extra.append(("Referred-By", f"<{s.dialog.local.uri}>"))
+        cseq = s.dialog.local_seq + 1
+        s.usage.refers[cseq] = op
+        s.usage.refer_order.append(cseq)
+        purpose = f"refer:{cseq}"
+        return op, self._send_in_dialog(s, "REFER", purpose, extra=extra)[1]
+
+    def notify_refer(self, sid: str, code: int, reason: str) -> list[Effect]:
+        """NOTIFY the referrer of the last accepted REFER: `code` is the progress of the
+        call it asked for (100, 180, 200, 486...); a final code ends the subscription."""
+        s = self.sessions.get(sid)
+        if s is None or s.ended or s.dialog is None or s.usage.incoming_refer is None:
+            return []
+        cseq = s.usage.incoming_refer
+        final = code >= 200
+        if final:
+            s.usage.incoming_refer = None
+        return self._notify(s, cseq, code, reason, final)
+
+    # -- requests we send --------------------------------------------------------------
+
+    def _send_in_dialog(
+        self,
+        s: Session,
+        method: str,
+        purpose: str,
+        body: bytes = b"",
+        content_type: str | None = None,
+        extra: list[tuple[str, str]] | None = None,
+    ) -> tuple[Request, list[Effect]]:
+        assert s.dialog is not None
+        request = s.dialog.create_request(method, body, content_type)
+        peer = self._dialog_peer(s, s.dialog)
+        headers = request.headers
+        headers.add("Via", self._via(peer.transport))
+        if method in ("INVITE", "UPDATE", "REFER", "NOTIFY"):
+            headers.set("Contact", s.contact)
+        if method == "INVITE":
+            headers.set("Allow", ALLOW)
+        for name, value in extra or []:
+            headers.set(name, value)
+        headers.set("User-Agent", self.config.user_agent)
+        key, layer_effects = self.layer.send_request(request, peer)
+        self._client_txns[key] = (s.id, purpose)
+        s.transactions.add(key)
+        if method == "INVITE" and s.usage.own_reinvite is not None:
+            s.usage.own_reinvite.key = key
+            s.usage.own_reinvite.request = request
+        return request, self._run(layer_effects)
+
+    def _start_next_reinvite(self, s: Session) -> list[Effect]:
+        u = s.usage
+        if (
+            s.ended
+            or s.dialog is None
+            or not u.queued
+            or u.own_reinvite is not None
+            or u.remote_invite_pending
+            or u.remote_offer is not None
+            or u.accepted is not None
+            or (isinstance(s, IncomingSession) and not s.confirmed)
+        ):
+            return []
+        op, sdp = u.queued.popleft()
+        u.own_reinvite = OwnReinvite(op, sdp)
+        return self._send_own_reinvite(s, None)
+
+    def _send_own_reinvite(self, s: Session, authorization: tuple[str, str] | None) -> list[Effect]:
+        own = s.usage.own_reinvite
+        assert own is not None
+        own.attempts += 1
+        extra = [authorization] if authorization else None
+        return self._send_in_dialog(s, "INVITE", "reinvite", own.sdp, SDP, extra)[1]
+
+    def _finish_reinvite(self, s: Session, code: int, sdp: bytes | None) -> list[Effect]:
+        own, s.usage.own_reinvite = s.usage.own_reinvite, None
+        if own is None:
+            return []
+        effects: list[Effect] = [CancelTimer(("dlg", s.id, "glare"))]
+        effects.append(ReinviteDone(s.id, own.op, code, sdp))
+        return effects + self._start_next_reinvite(s)
+
+    def _notify(self, s: Session, cseq: int, code: int, reason: str, final: bool) -> list[Effect]:
+        state = "terminated;reason=noresource" if final else f"active;expires={REFER_EXPIRES}"
+        extra = [("Event", f"refer;id={cseq}"), ("Subscription-State", state)]
+        body = sipfrag(code, reason)
+        return self._send_in_dialog(s, "NOTIFY", "notify", body, f"{SIPFRAG};version=2.0", extra)[1]
+
+    # -- responses to our in-dialog requests -------------------------------------------
+
+    def _on_dialog_response(
+        self, s: Session, purpose: str, key: TransactionKey, response: Response
+    ) -> list[Effect]:
+        code = response.code
+        if purpose == "reinvite":
+            return self._on_reinvite_response(s, key, response)
+        if code < 200:
+            return []
+        if purpose.startswith("refer:"):
+            cseq = int(purpose.partition(":")[2])
+            if code >= 300 and (op := s.usage.refers.pop(cseq, None)) is not None:
+                s.usage.refer_order = [c for c in s.usage.refer_order if c != cseq]
+                return [ReferProgress(s.id, op, code, True)] + self._gone(s, code)
+            return []
+        return self._gone(s, code)
+
+    def _gone(self, s: Session, code: int) -> list[Effect]:
+        """RFC 5057: a 481 to an in-dialog request means the peer lost the dialog."""
+        if code == 481 and not s.ended:
+            return self._abort_usage(s) + self._end(s, events.Terminated("gone"))
+        return []
+
+    def _on_reinvite_response(
+        self, s: Session, key: TransactionKey, response: Response
+    ) -> list[Effect]:
+        code = response.code
+        own = s.usage.own_reinvite
+        current = own is not None and own.key == key
+        if 200 <= code < 300:
+            effects = self._ack_reinvite(s, response)
+            if not current:
+                return effects
+            self._refresh_target(s, response)
+            assert own is not None
+            s.local_sdp = own.sdp
+            s.usage.remote_sdp = response.body or None
+            return effects + self._finish_reinvite(s, code, response.body or None)
+        if code < 200 or not current:
+            return []
+        assert own is not None
+        if code == 491 and own.attempts <= MAX_GLARE_RETRIES:
+            own.key = None
+            sample = int(self._hex(2), 16)
+            delay = glare_retry_delay(isinstance(s, OutgoingSession), sample)
+            return [StartTimer(("dlg", s.id, "glare"), delay)]
+        if (
+            code in (401, 407)
+            and isinstance(s, OutgoingSession)
+            and s.digest
+            and not own.auth_tried
+        ):
+            retry = self._reinvite_credentials(s, own, response)
+            if retry is not None:
+                return self._send_own_reinvite(s, retry)
+        effects = self._finish_reinvite(s, code, None)
+        if code == 408:
+            return effects + self._abort_usage(s) + self._hang_up(s, "timeout")
+        return effects + self._gone(s, code)
+
+    def _reinvite_credentials(
+        self, s: OutgoingSession, own: OwnReinvite, response: Response
+    ) -> tuple[str, str] | None:
+        assert s.digest is not None and own.request is not None
+        own.auth_tried = True
+        if response.code == 401:
+            values, header = response.headers.getlist("WWW-Authenticate"), "Authorization"
+        else:
+            values, header = response.headers.getlist("Proxy-Authenticate"), "Proxy-Authorization"
+        challenge = pick_challenge(values)
+        if challenge is None:
+            return None
+        credentials = s.digest.answer(
+            challenge, method="INVITE", uri=str(own.request.uri), cnonce=self._hex(8)
+        )
+        return header, credentials_header(credentials)
+
+    def _ack_reinvite(self, s: Session, response: Response) -> list[Effect]:
+        """ACK a 2xx to our re-INVITE; a retransmitted 2xx gets the same ACK again."""
+        sequence = response.cseq.sequence
+        known = s.usage.acks.get(sequence)
+        if known is not None:
+            return [Transmit(known[1], known[0])]
+        if s.dialog is None:
+            return []
+        ack = s.dialog.create_ack(sequence)
+        peer = self._dialog_peer(s, s.dialog)
+        ack.headers.add("Via", self._via(peer.transport))
+        ack.headers.set("User-Agent", self.config.user_agent)
+        data = encode(ack)
+        s.usage.acks = {sequence: (data, peer)}
+        return [Transmit(peer, data)]
+
+    def _on_dialog_failure(
+        self, s: Session, purpose: str, key: TransactionKey, timeout: bool
+    ) -> list[Effect]:
+        code = 408 if timeout else 503
+        if purpose == "reinvite":
+            own = s.usage.own_reinvite
+            if own is None or own.key != key:
+                return []
+            effects = self._finish_reinvite(s, code, None)
+            return (
+                effects
+                + self._abort_usage(s)
+                + self._hang_up(s, "timeout" if timeout else "transport")
+            )
+        if purpose.startswith("refer:"):
+            cseq = int(purpose.partition(":")[2])
+            op = s.usage.refers.pop(cseq, None)
+            s.usage.refer_order = [c for c in s.usage.refer_order if c != cseq]
+            return [] if op is None else [ReferProgress(s.id, op, code, True)]
+        return []
+
+    def _hang_up(self, s: Session, reason: str) -> list[Effect]:
+        if s.ended:
+            return []
+        return self._end(s, events.Terminated(reason)) + self._send_bye(s, s.dialog)
+
+    def _abort_usage(self, s: Session) -> list[Effect]:
+        """The session is ending: every re-INVITE not done yet is reported as 481."""
+        u = s.usage
+        effects: list[Effect] = []
+        if u.own_reinvite is not None:
+            effects += [CancelTimer(("dlg", s.id, "glare"))]
+            effects.append(ReinviteDone(s.id, u.own_reinvite.op, 481, None))
+            u.own_reinvite = None
+        while u.queued:
+            op, _ = u.queued.popleft()
+            effects.append(ReinviteDone(s.id, op, 481, None))
+        if u.accepted is not None:
+            u.accepted = None
+            effects += [CancelTimer(("dlg", s.id, "2xx")), CancelTimer(("dlg", s.id, "ack"))]
+        return effects
+
+    # -- requests we receive -----------------------------------------------------------
+
+    def _on_dialog_request(self, s: Session, key: TransactionKey, request: Request) -> list[Effect]:
+        """An in-dialog request other than BYE/ACK/CANCEL in a live session."""
+        method = request.method
+        if method == "OPTIONS":
+            response = self._dialog_response(s, request, 200)
+            response.headers.set("Accept", SDP)
+            return self._run(self.layer.respond(key, response))
+        if method in ("INFO", "MESSAGE"):
+            content_type = request.headers.get("Content-Type") or ""
+            effects = self._respond_in_dialog(s, key, request, 200)
+            if request.body or method == "MESSAGE":
+                event: events.SessionEvent
+                if method == "INFO":
+                    event = events.InfoReceived(content_type, request.body)
+                else:
+                    event = events.MessageReceived(content_type, request.body)
+                effects.append(SessionUpdate(s.id, event))
+            return effects
+        if method == "INVITE":
+            return self._on_reinvite(s, key, request)
+        if method == "UPDATE":
+            return self._on_update(s, key, request)
+        if method == "REFER":
+            return self._on_refer(s, key, request)
+        if method == "NOTIFY":
+            return self._on_notify(s, key, request)
+        return []
+
+    def _dialog_response(
+        self,
+        s: Session,
+        request: Request,
+        code: int,
+        body: bytes = b"",
+        content_type: str | None = None,
+    ) -> Response:
+        assert s.dialog is not None
+        response = make_response(
+            request,
+            code,
+            to_tag=s.dialog.local_tag,
+            server=self.config.user_agent,
+            body=body,
+            content_type=content_type,
+        )
+        if 200 <= code < 300 and request.method in ("INVITE", "UPDATE"):
+            response.headers.set("Contact", s.contact)
+        if request.method in ("INVITE", "OPTIONS") or code == 405:
+            response.headers.set("Allow", ALLOW)
+        return response
+
+    def _respond_in_dialog(
+        self,
+        s: Session,
+        key: TransactionKey,
+        request: Request,
+        code: int,
+        body: bytes = b"",
+        content_type: str | None = None,
+    ) -> list[Effect]:
+        response = self._dialog_response(s, request, code, body, content_type)
+        if code == 500:
+            response.headers.set("Retry-After", str(int(self._hex(1), 16) % 10))
+        return self._run(self.layer.respond(key, response))
+
+    def _refresh_target(self, s: Session, message: Request | Response) -> None:
+        """Remote target refresh (RFC 3261 §12.2): the Contact of INVITE/UPDATE and 2xx."""
+        if s.dialog is None:
+            return
+        for value in message.headers.getlist("Contact"):
+            try:
+                contacts = Address.parse_many(value)
+            except ValueError:
+                return
+            if contacts:
+                s.dialog.remote_target = contacts[0].uri
+            return
+
+    def _offer_blocked(self, s: Session) -> int | None:
+        """491 while our own offer is out (glare), 500 while a remote one is unanswered."""
+        u = s.usage
+        if u.own_reinvite is not None and u.own_reinvite.key is not None:
+            return 491
+        if u.remote_offer is not None or u.remote_invite_pending:
+            return 500
+        return None
+
+    def _on_reinvite(self, s: Session, key: TransactionKey, request: Request) -> list[Effect]:
+        if isinstance(s, IncomingSession) and not s.confirmed:
+            # Our 2xx to the initial INVITE awaits its ACK: that transaction is not over.
+            return self._respond_in_dialog(s, key, request, 500)
+        blocked = self._offer_blocked(s)
+        if blocked is not None:
+            return self._respond_in_dialog(s, key, request, blocked)
+        effects: list[Effect] = []
+        if s.usage.accepted is not None:
+            # A new re-INVITE implies the ACK of the previous one was lost on the way.
+            s.usage.accepted = None
+            effects += [CancelTimer(("dlg", s.id, "2xx")), CancelTimer(("dlg", s.id, "ack"))]
+        self._refresh_target(s, request)
+        local = s.local_sdp or b""
+        if not request.body:
+            return effects + self._accept_reinvite(s, key, request, local, offered=True)
+        if s.usage.delegate_offers:
+            s.usage.remote_invite_pending = True
+            s.usage.remote_offer = PendingOffer(key, request)
+            return effects + [OfferReceived(s.id, request.body)]
+        s.usage.remote_sdp = request.body
+        return effects + self._accept_reinvite(s, key, request, local, offered=False)
+
+    def _accept_reinvite(
+        self, s: Session, key: TransactionKey, request: Request, sdp: bytes, *, offered: bool
+    ) -> list[Effect]:
+        response = self._dialog_response(s, request, 200, sdp, SDP)
+        data = encode(response)
+        effects = self._run(self.layer.respond(key, response))
+        peer = self.layer.server_peer(key)
+        s.usage.remote_invite_pending = False
+        if peer is None:
+            return effects
+        timers = self.config.timers
+        s.usage.accepted = Accepted2xx(request.cseq.sequence, data, peer, timers.t1, offered)
+        if not peer.reliable:
+            effects.append(StartTimer(("dlg", s.id, "2xx"), timers.t1))
+        effects.append(StartTimer(("dlg", s.id, "ack"), timers.timeout))
+        return effects
+
+    def _on_reinvite_ack(self, s: Session, request: Request) -> list[Effect]:
+        """The ACK of our 2xx to a remote re-INVITE (matched by CSeq)."""
+        accepted = s.usage.accepted
+        if accepted is None or request.cseq.sequence != accepted.sequence:
+            return []
+        s.usage.accepted = None
+        effects: list[Effect] = [
+            CancelTimer(("dlg", s.id, "2xx")),
+            CancelTimer(("dlg", s.id, "ack")),
+        ]
+        if accepted.offered and request.body:
+            s.usage.remote_sdp = request.body
+            effects.append(SessionUpdate(s.id, events.RemoteAnswer(request.body)))
+        return effects + self._start_next_reinvite(s)
+
+    def _on_update(self, s: Session, key: TransactionKey, request: Request) -> list[Effect]:
+        self._refresh_target(s, request)
+        if not request.body:
+            return self._respond_in_dialog(s, key, request, 200)
+        blocked = self._offer_blocked(s)
+        if blocked is not None:
+            return self._respond_in_dialog(s, key, request, blocked)
+        if s.usage.delegate_offers:
+            s.usage.remote_offer = PendingOffer(key, request)
+            return [OfferReceived(s.id, request.body)]
+        s.usage.remote_sdp = request.body
+        return self._respond_in_dialog(s, key, request, 200, s.local_sdp or b"", SDP)
+
+    def _dialog_timer(self, s: Session, what: str) -> list[Effect]:
+        u = s.usage
+        if what == "glare":
+            if u.own_reinvite is None or u.own_reinvite.key is not None or s.ended:
+                return []
+            return self._send_own_reinvite(s, None)
+        accepted = u.accepted
+        if accepted is None or s.ended:
+            return []
+        if what == "2xx":
+            accepted.interval = min(accepted.interval * 2, self.config.timers.t2)
+            return [
+                Transmit(accepted.peer, accepted.data),
+                StartTimer(("dlg", s.id, "2xx"), accepted.interval),
+            ]
+        if what == "ack":
+            # RFC 3261 §13.3.1.4: no ACK for our 2xx within 64*T1 - end the dialog.
+            u.accepted = None
+            effects: list[Effect] = [CancelTimer(("dlg", s.id, "2xx"))]
+            return effects + self._abort_usage(s) + self._hang_up(s, "timeout")
+        return []
+
+    def _on_refer(self, s: Session, key: TransactionKey, request: Request) -> list[Effect]:
+        values = request.headers.getlist("Refer-To")
+        if len(values) != 1:
+            return self._respond_in_dialog(s, key, request, 400)
+        try:
+            target, replaces = parse_refer_to(values[0])
+        except ValueError:
+            return self._respond_in_dialog(s, key, request, 400)
+        no_subscription = (request.headers.get("Refer-Sub") or "").strip().lower() == "false"
+        response = self._dialog_response(s, request, 202)
+        if no_subscription:
+            response.headers.set("Refer-Sub", "false")
+        effects = self._run(self.layer.respond(key, response))
+        if not no_subscription:
+            sequence = request.cseq.sequence
+            s.usage.incoming_refer = sequence
+            effects += self._notify(s, sequence, 100, "Trying", False)
+        effects.append(SessionUpdate(s.id, events.Referred(target, replaces)))
+        return effects
+
+    def _on_notify(self, s: Session, key: TransactionKey, request: Request) -> list[Effect]:
+        package, ident = event_id(request.headers.get("Event") or "")
+        if package != "refer":
+            return self._respond_in_dialog(s, key, request, 489)
+        u = s.usage
+        if ident is None and u.refer_order:
+            ident = u.refer_order[0]
+        op = u.refers.get(ident) if ident is not None else None
+        if op is None or ident is None:
+            return self._respond_in_dialog(s, key, request, 481)
+        effects = self._respond_in_dialog(s, key, request, 200)
+        status = sipfrag_status(request.body)
+        terminated = subscription_terminated(request.headers.get("Subscription-State") or "")
+        if terminated:
+            del u.refers[ident]
+            u.refer_order = [c for c in u.refer_order if c != ident]
+        if ident in u.refers_final:
+            if terminated:
+                u.refers_final.discard(ident)
+            return effects
+        if terminated or (status is not None and status >= 200):
+            if not terminated:
+                u.refers_final.add(ident)  # a later NOTIFY ends the subscription
+            effects.append(ReferProgress(s.id, op, status or 500, True))
+        elif status is not None:
+            effects.append(ReferProgress(s.id, op, status, False))
+        return effects

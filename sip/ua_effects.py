@@ -1,0 +1,79 @@
+"""Effects of the user agent core beyond sending and timers: what its owner must know or do.
+
+`UserAgentCore` returns these mixed with `Transmit`/`StartTimer`/`CancelTimer`; the
+runner performs them strictly in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import events
+from .effects import CancelTimer, StartTimer, Transmit
+from .invite_session import IncomingCall
+
+
+@dataclass(frozen=True)
+class SessionUpdate:
+    session_id: str
+    event: events.SessionEvent
+
+
+@dataclass(frozen=True)
+class InviteReceived:
+    call: IncomingCall
+
+
+@dataclass(frozen=True)
+class SessionForgotten:
+    """The core dropped all state of a session; its owner may drop its handle too."""
+
+    session_id: str
+
+
+@dataclass(frozen=True)
+class OfferReceived:
+    """A re-INVITE or UPDATE carried an SDP offer and the owner asked to answer offers
+    itself (`UserAgentCore.delegate_offers`): call `answer_offer(session_id, sdp)`
+    (None rejects it with 488) before anything else happens in this session."""
+
+    session_id: str
+    sdp: bytes
+
+
+@dataclass(frozen=True)
+class ReinviteDone:
+    """Our re-INVITE number `op` of the session finished.
+
+    `code` is the final status (2xx: answered and ACKed, `sdp` is the answer; else the
+    failure: 408 for no answer, 491 when glare retries gave up).
+    """
+
+    session_id: str
+    op: int
+    code: int
+    sdp: bytes | None
+
+
+@dataclass(frozen=True)
+class ReferProgress:
+    """Progress of our REFER number `op`: a NOTIFY sipfrag status (100, 180, 200, 503...)
+    or the REFER's own failure (405, 501, 603, 408...). `final` is True for the last one."""
+
+    session_id: str
+    op: int
+    code: int
+    final: bool
+
+
+Effect = (
+    Transmit
+    | StartTimer
+    | CancelTimer
+    | SessionUpdate
+    | InviteReceived
+    | SessionForgotten
+    | OfferReceived
+    | ReinviteDone
+    | ReferProgress
+)

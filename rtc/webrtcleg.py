@@ -6,6 +6,10 @@ Renegotiation reuses that transceiver: ``create_offer()`` may be called again
 once stable (our re-offer, e.g. after ``set_direction("sendonly")`` to hold the
 browser), and ``accept_offer()`` again for the browser's re-offers. aiortc
 enables or disables its sender and receiver from the negotiated direction.
+
+DTMF: telephone-event is negotiated alongside the audio codecs (see
+webrtcdtmf), so the browser's RTCDTMFSender works; ``on_dtmf`` reports its
+digits once each and ``send_dtmf`` sends RFC 4733 events to the browser.
 """
 
 import asyncio
@@ -26,8 +30,10 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.sdp import candidate_from_sdp
 from av import AudioFrame
 
+from .dtmf import digit_to_event
 from .ports import AudioPort, FrameQueue, PlayoutQueue, frame_samples
 from .resample import Resampler
+from .webrtcdtmf import TELEPHONE_EVENT, TransceiverDtmf, register_telephone_event
 
 __all__ = ["WebRtcLeg"]
 
@@ -39,9 +45,11 @@ TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 RECEIVE_QUEUE_FRAMES = 50
 # received audio older than this was not wanted when it was fresh
 RECEIVE_MAX_AGE = 0.1
-PREFERRED_CODECS = ("audio/opus", "audio/PCMU", "audio/PCMA")
+PREFERRED_CODECS = ("audio/opus", "audio/PCMU", "audio/PCMA", TELEPHONE_EVENT)
 # after a stall (suspended loop) restart the clock rather than send a burst
 MAX_CLOCK_LAG = 0.1
+
+register_telephone_event()
 
 
 class OutgoingAudioTrack(MediaStreamTrack):
@@ -103,11 +111,23 @@ def to_mono_s16(frame: AudioFrame) -> npt.NDArray[np.int16]:
 
 
 class WebRtcLeg(AudioPort):
-    """aiortc RTCPeerConnection with one audio transceiver, sample_rate 48000."""
+    """
+    aiortc RTCPeerConnection with one audio transceiver, sample_rate 48000.
+
+    ``on_dtmf(digit)`` (attribute or keyword) fires once per digit the
+    browser sends; ``last_received`` is the loop time of the last RTP packet.
+    """
 
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, on_failed: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        on_failed: Callable[[], None] | None = None,
+        on_dtmf: Callable[[str], None] | None = None,
+    ) -> None:
+        self.on_dtmf = on_dtmf
+        self.last_received: float | None = None
+        self._dtmf: TransceiverDtmf | None = None
         self._on_failed = on_failed
         self._failed_reported = False
         self._closed = False
@@ -216,10 +236,39 @@ class WebRtcLeg(AudioPort):
         ice_candidate.sdpMLineIndex = sdp_mline_index
         await self._pc.addIceCandidate(ice_candidate)
 
+    # DTMF
+
+    @property
+    def dtmf_negotiated(self) -> bool:
+        """True when the browser accepted telephone-event at our audio codec's rate."""
+        return self._dtmf is not None and self._dtmf.negotiated
+
+    def send_dtmf(self, digits: str, duration_ms: int = 100) -> None:
+        """
+        Send digits (0-9 * # A-D) to the browser as RFC 4733 events in place
+        of the audio. Raises ValueError for other characters and RuntimeError
+        when telephone-event was not negotiated.
+        """
+        for digit in digits:
+            digit_to_event(digit)
+        if self._dtmf is None or not self._dtmf.negotiated:
+            raise RuntimeError("telephone-event was not negotiated with the browser")
+        self._dtmf.send(digits, max(40, min(duration_ms, 5000)))
+
+    def _dtmf_received(self, digit: str) -> None:
+        logger.debug("DTMF %s received from the browser", digit)
+        if self.on_dtmf is not None:
+            self.on_dtmf(digit)
+
+    def _packet_received(self) -> None:
+        self.last_received = asyncio.get_running_loop().time()
+
     def _ensure_transceiver(self) -> None:
         if self._transceiver is not None:
             return
         self._transceiver = self._pc.addTransceiver(self._track, direction="sendrecv")
+        self._dtmf = TransceiverDtmf(self._transceiver, self._packet_received)
+        self._dtmf.on_dtmf = self._dtmf_received
         capabilities = RTCRtpSender.getCapabilities("audio").codecs
         preferred = [
             codec

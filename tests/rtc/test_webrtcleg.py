@@ -23,8 +23,10 @@ async def test_offer_prefers_opus_then_g711() -> None:
     try:
         sdp = await leg.create_offer()
         m_line = next(line for line in sdp.splitlines() if line.startswith("m=audio"))
-        assert m_line.split()[3:] == ["96", "0", "8"]
+        assert m_line.split()[3:] == ["96", "0", "8", "110", "126"]
         assert "a=rtpmap:96 opus/48000/2" in sdp
+        assert "a=rtpmap:110 telephone-event/48000" in sdp
+        assert "a=fmtp:126 0-16" in sdp
         assert "G722" not in sdp
         assert "a=sendrecv" in sdp
         assert "a=candidate:" in sdp  # gathering finished before returning
@@ -61,13 +63,15 @@ async def test_g711_only_offer_is_answered_with_pcmu() -> None:
         lines = []
         for line in offer.splitlines():
             if line.startswith("m=audio"):
-                line = " ".join(line.split()[:3] + ["0", "8"])
-            elif line.startswith(("a=rtpmap:96", "a=fmtp:96", "a=rtcp-fb:96")):
+                line = " ".join(line.split()[:3] + ["0", "8", "126"])
+            elif line.startswith(
+                ("a=rtpmap:96", "a=fmtp:96", "a=rtcp-fb:96", "a=rtpmap:110", "a=fmtp:110")
+            ):
                 continue
             lines.append(line)
         answer = await b.accept_offer("\r\n".join(lines) + "\r\n")
         m_line = next(line for line in answer.splitlines() if line.startswith("m=audio"))
-        assert m_line.split()[3:] == ["0", "8"]
+        assert m_line.split()[3:] == ["0", "8", "126"]
         assert b.codec == "audio/PCMU"
 
         await a.accept_answer(answer)

@@ -8,10 +8,11 @@ import signal
 
 from websockets.asyncio.server import ServerConnection, serve
 
+from gateway.auth import Authenticator
 from gateway.config import Config
 from gateway.core import Core
 from gateway.frontends.jsonv1 import JsonV1Session
-from gateway.http import make_request_handler
+from gateway.http import GatewayConnection, make_request_handler
 from sip.aio.useragent import UAConfig, UserAgent
 
 logger = logging.getLogger(__name__)
@@ -31,7 +32,12 @@ class Gateway:
             on_invite=self._on_invite,
         )
         self.core = Core(config, self.ua)
+        self.authenticator = Authenticator(config.auth, self._password)
         self._server: object | None = None
+
+    def _password(self, username: str) -> str | None:
+        user = self.core.directory.by_username(username)
+        return user.password if user is not None else None
 
     def _on_invite(self, invite):  # type: ignore[no-untyped-def]
         self.core.on_invite(invite)
@@ -46,7 +52,8 @@ class Gateway:
             self._ws_handler,
             server.host,
             server.port,
-            process_request=make_request_handler(server.ws_path),
+            process_request=make_request_handler(server.ws_path, self.authenticator),
+            create_connection=GatewayConnection,
             max_size=server.max_message_bytes,
             ping_interval=PING_INTERVAL,
             ping_timeout=PING_TIMEOUT,

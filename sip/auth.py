@@ -121,8 +121,39 @@ def digest_response(
     body: bytes = b"",
 ) -> str:
     """The `response` value of RFC 2617 §3.2.2.1 / RFC 7616 §3.4.1."""
+    return response_from_ha1(
+        ha1=compute_ha1(username, realm, password, algorithm),
+        nonce=nonce,
+        method=method,
+        uri=uri,
+        algorithm=algorithm,
+        qop=qop,
+        nc=nc,
+        cnonce=cnonce,
+        body=body,
+    )
+
+
+def compute_ha1(username: str, realm: str, password: str, algorithm: str = "MD5") -> str:
+    """H(username:realm:password): what a directory may store instead of the password."""
+    fn, _ = _hash_for(algorithm)
+    return _h(fn, username, realm, password)
+
+
+def response_from_ha1(
+    *,
+    ha1: str,
+    nonce: str,
+    method: str,
+    uri: str,
+    algorithm: str = "MD5",
+    qop: str | None = None,
+    nc: str = "",
+    cnonce: str = "",
+    body: bytes = b"",
+) -> str:
+    """The digest `response` from a stored HA1 (RFC 7616 §3.4.1, -sess variants included)."""
     fn, session = _hash_for(algorithm)
-    ha1 = _h(fn, username, realm, password)
     if session:
         ha1 = _h(fn, ha1, nonce, cnonce)
     if qop == "auth-int":

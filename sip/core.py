@@ -14,7 +14,10 @@ from dataclasses import dataclass
 from sipmessage import URI, Address, CSeq, Request, Response
 
 from . import events
+from .access import AccessPolicy, RateLimiter
+from .admission import Admission
 from .auth import DigestClient, credentials_header, pick_challenge
+from .auth_server import DigestServer
 from .dialog import Dialog, DialogId, with_tag
 from .effects import CancelTimer, StartTimer, TimerKey, Transmit
 from .in_dialog import ALLOW, InDialogOperations
@@ -29,6 +32,7 @@ from .messages import (
     to_tag,
 )
 from .peer import Peer, peer_for_uri
+from .registrar import Registrar
 from .timers import TimerSettings
 from .transaction_layer import (
     ClientFailed,
@@ -81,11 +85,30 @@ class CoreConfig:
     timers: TimerSettings = TimerSettings()
 
 
-class UserAgentCore(InDialogOperations):
-    def __init__(self, config: CoreConfig, random_hex: Callable[[int], str]) -> None:
-        """`random_hex(n)` returns 2n random hex digits (n random bytes)."""
+class UserAgentCore(InDialogOperations, Admission):
+    def __init__(
+        self,
+        config: CoreConfig,
+        random_hex: Callable[[int], str],
+        *,
+        digest: DigestServer | None = None,
+        registrar: Registrar | None = None,
+        policy: AccessPolicy | None = None,
+        rate_limiter: RateLimiter | None = None,
+    ) -> None:
+        """`random_hex(n)` returns 2n random hex digits (n random bytes).
+
+        `registrar` set: REGISTER is served (digest-authenticated when `digest` is set).
+        `policy` set: INVITEs from untrusted sources need digest credentials (401
+        challenge) or get 403; unset: INVITEs are accepted from anyone. `rate_limiter`:
+        INVITE/REGISTER per source host beyond it get 503 with Retry-After.
+        """
         self.config = config
         self._hex = random_hex
+        self.digest = digest
+        self.registrar = registrar
+        self.policy = policy
+        self.rate_limiter = rate_limiter
         self.layer = TransactionLayer(config.timers)
         self.sessions: dict[str, Session] = {}
         self._client_txns: dict[TransactionKey, tuple[str, str]] = {}  # -> (session, purpose)
@@ -108,6 +131,10 @@ class UserAgentCore(InDialogOperations):
     def _via(self, transport: str) -> str:
         c = self.config
         return f"SIP/2.0/{transport} {c.host}:{c.port};branch={self.new_branch()};rport"
+
+    @property
+    def _server_name(self) -> str:
+        return self.config.user_agent
 
     def _contact(self, user: str, transport: str) -> str:
         c = self.config
@@ -594,18 +621,28 @@ class UserAgentCore(InDialogOperations):
             return self._run(self.layer.respond(key, response))
         if to_tag(request) is not None:
             return self._on_in_dialog(key, request)
+        limited = self._rate_limited(key, request, source)
+        if limited is not None:
+            return limited
         if method == "INVITE":
             if self._merge_key(request) in self._incoming_invites:
                 # Same request reached us twice along different paths (RFC 3261 §8.2.2.2).
                 return self._reply(key, request, 482)
-            return self._on_invite(key, request, source)
+            rejection, user = self._admit_invite(key, request, source)
+            if rejection is not None:
+                return rejection
+            return self._on_invite(key, request, source, user)
+        if method == "REGISTER":
+            return self._on_register(key, request, source)
         if method == "OPTIONS":
             return self._reply(key, request, 200)
         if method == "BYE":
             return self._reply(key, request, 481)
         return self._reply(key, request, 405 if method in KNOWN_METHODS else 501)
 
-    def _on_invite(self, key: TransactionKey, request: Request, source: Peer) -> list[Effect]:
+    def _on_invite(
+        self, key: TransactionKey, request: Request, source: Peer, user: str | None = None
+    ) -> list[Effect]:
         sid = self._hex(8)
         response_peer = self.layer.server_peer(key) or source
         s = IncomingSession(
@@ -634,6 +671,7 @@ class UserAgentCore(InDialogOperations):
                     sdp=request.body or None,
                     source=source,
                     replaces=request.headers.get("Replaces"),
+                    authenticated_user=user,
                 )
             )
         )

@@ -29,6 +29,7 @@ class IncomingCall:
     sdp: bytes | None
     source: Peer
     replaces: str | None = None  # an RFC 3891 Replaces header value, as received
+    authenticated_user: str | None = None  # digest username, when the INVITE was challenged
 
 
 @dataclass(eq=False)

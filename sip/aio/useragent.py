@@ -10,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..access import AccessPolicy, RateLimiter
+from ..auth_server import ALGORITHMS, CredentialLookup, DigestServer
 from ..core import (
     CoreConfig,
     Effect,
@@ -30,6 +33,7 @@ from ..events import Rejected, SessionEvent
 from ..invite_session import IncomingCall
 from ..peer import Peer
 from ..refer import replaces_value
+from ..registrar import Registrar
 from ..timers import TimerSettings
 from .transport import Transport
 
@@ -49,6 +53,21 @@ class UAConfig:
     t1: float = 0.5
     t2: float = 4.0
     t4: float = 5.0
+    # Digest as UAS (used when UserAgent(authenticator=...) is given).
+    realm: str = ""  # "" = the host
+    digest_algorithms: tuple[str, ...] = ALGORITHMS  # challenge order, preferred first
+    nonce_ttl: float = 300.0  # seconds; older nonces get stale=true
+    # Built-in registrar: serve REGISTER (digest-checked when an authenticator is given).
+    registrar: bool = False
+    min_expires: int = 60  # shorter registrations get 423 Interval Too Brief
+    max_expires: int = 3600
+    # Access policy for INVITEs: None = accept from anyone (no policy); otherwise only
+    # these networks ("10.0.0.0/8", "192.0.2.7") unchallenged, anyone else must pass
+    # digest with the authenticator or gets 403.
+    trusted_networks: tuple[str, ...] | None = None
+    # INVITE/REGISTER per source address: sustained rate per second and burst (0 = off).
+    request_rate: float = 0.0
+    request_burst: int = 20
 
 
 class _DialogOperations:
@@ -201,6 +220,7 @@ class InboundInvite(_DialogOperations):
         self.source: tuple[str, int] = call.source.address
         self.transport = call.source.transport
         self.replaces = call.replaces
+        self.authenticated_user = call.authenticated_user  # digest username, if challenged
         self._handler: EventHandler | None = None
         self._buffered: list[SessionEvent] = []
         self._init_operations()
@@ -233,9 +253,29 @@ class InboundInvite(_DialogOperations):
 
 
 class UserAgent:
-    def __init__(self, config: UAConfig, on_invite: Callable[[InboundInvite], None]) -> None:
+    """The SIP user agent on one address and port (UDP and TCP).
+
+    `authenticator(username)` returns the user's password (str), a
+    `sip.auth_server.Secret` with stored HA1 values, or None for an unknown user; it
+    enables digest challenges (401, MD5 and SHA-256, qop=auth) for REGISTER and for
+    INVITEs from sources outside `UAConfig.trusted_networks`. `registrar` holds the
+    bindings of the built-in registrar (served when `UAConfig.registrar` is true):
+    `ua.registrar.lookup(user)` gives contact URIs to pass to `invite()` as target.
+    """
+
+    def __init__(
+        self,
+        config: UAConfig,
+        on_invite: Callable[[InboundInvite], None],
+        *,
+        authenticator: CredentialLookup | None = None,
+    ) -> None:
         self.config = config
         self.on_invite = on_invite
+        self.authenticator = authenticator
+        self.registrar = Registrar(
+            time.monotonic, min_expires=config.min_expires, max_expires=config.max_expires
+        )
         self._transport = Transport(
             config.host, config.port, self._on_message, self._on_transport_error
         )
@@ -249,6 +289,23 @@ class UserAgent:
         """Bind UDP and TCP on the configured address and port."""
         await self._transport.start()
         c = self.config
+        digest = None
+        if self.authenticator is not None:
+            digest = DigestServer(
+                c.realm or c.host,
+                self.authenticator,
+                key=secrets.token_bytes(32),
+                clock=time.monotonic,
+                random_hex=secrets.token_hex,
+                algorithms=c.digest_algorithms,
+                nonce_ttl=c.nonce_ttl,
+            )
+        policy = None
+        if c.trusted_networks is not None:
+            policy = AccessPolicy.from_strings(c.trusted_networks)
+        limiter = None
+        if c.request_rate > 0:
+            limiter = RateLimiter(c.request_rate, c.request_burst, time.monotonic)
         self._core_instance = UserAgentCore(
             CoreConfig(
                 host=c.host,
@@ -257,6 +314,10 @@ class UserAgent:
                 timers=TimerSettings(c.t1, c.t2, c.t4),
             ),
             secrets.token_hex,
+            digest=digest,
+            registrar=self.registrar if c.registrar else None,
+            policy=policy,
+            rate_limiter=limiter,
         )
 
     @property

@@ -40,6 +40,12 @@ INSTRUMENT = r"""
   window.addEventListener("error", (e) => {
     problems.push("error: " + (e.error && e.error.stack || e.message));
   });
+  // Every WebSocket the page opens, so a test can cut one like a network drop would.
+  const NativeWebSocket = window.WebSocket;
+  window.__sockets = [];
+  window.WebSocket = class extends NativeWebSocket {
+    constructor(...args) { super(...args); window.__sockets.push(this); }
+  };
   if (typeof ReportingObserver === "function") {
     const observer = new ReportingObserver((reports) => {
       for (const r of reports) problems.push(r.type + ": " + JSON.stringify(r.body));
@@ -199,6 +205,51 @@ async def wait_call(page: Any, state: str, *, index: int = 0, timeout: float = 2
     card = page.locator("#calls > li.call").nth(index)
     await card.and_(page.locator(f"li.call[data-state='{state}']")).wait_for(timeout=timeout)
     return card
+
+
+# --------------------------------------------------------------------------- the bench
+
+
+async def open_bench(page: Any, base_url: str) -> None:
+    """gateway/static/test/library.html: the library with recorded events (window.bench)."""
+    response = await page.goto(f"{base_url}/test/library.html", timeout=15000)
+    assert response is not None and response.ok
+    await page.wait_for_selector("body[data-ready='1']", timeout=10000)
+
+
+async def bench_events(page: Any, type_: str | None = None, who: str | None = None) -> list[dict]:
+    found = await page.evaluate("() => window.bench.events")
+    return [
+        e for e in found
+        if (type_ is None or e["type"] == type_) and (who is None or e["who"] == who)
+    ]
+
+
+async def wait_bench(page: Any, condition: str, timeout: float = 20000) -> None:
+    """Wait until `condition` (JS over `events`, the recorded list) is true."""
+    try:
+        await page.wait_for_function(
+            f"() => {{ const events = window.bench.events; return !!({condition}); }}",
+            timeout=timeout, polling=100,
+        )
+    except Exception as exc:
+        found = await page.evaluate("() => window.bench.events")
+        raise AssertionError(f"timeout waiting for {condition}\nevents: {found}") from exc
+
+
+def call_state_js(state: str, call: int = 0, who: str | None = None) -> str:
+    who_js = f" && e.who === {json.dumps(who)}" if who else ""
+    return (
+        f"events.some(e => e.type === 'call-state' && e.call === {call} "
+        f"&& e.state === {json.dumps(state)}{who_js})"
+    )
+
+
+def login_js(state: str, who: str, nth: int = 1) -> str:
+    return (
+        f"events.filter(e => e.type === 'login' && e.who === {json.dumps(who)} "
+        f"&& e.state === {json.dumps(state)}).length >= {nth}"
+    )
 
 
 def dump(path: Path, data: Any) -> None:

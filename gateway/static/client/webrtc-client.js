@@ -101,6 +101,26 @@ const FATAL_CLOSE_CODES = new Set([1002, 1003, 1007, 1008, 1009]);
 const IDENTIFIER_RE = /^[A-Za-z0-9_-]{1,128}$/;
 const DTMF_RE = /^[0-9A-Da-d*#,]$/;
 const TOKEN_STORE_PREFIX = "webrtc-client:auth:";
+const CALL_STORE_PREFIX = "webrtc-client:call:"; // direction of a call, for a restore after reload
+
+function storeCall(identifier, value) {
+  const store = sessionStore();
+  if (!store) return;
+  try {
+    if (value) store.setItem(CALL_STORE_PREFIX + identifier, JSON.stringify(value));
+    else store.removeItem(CALL_STORE_PREFIX + identifier);
+  } catch {
+    // storage full or disabled: a restored call then counts as incoming
+  }
+}
+
+function storedCall(identifier) {
+  try {
+    return JSON.parse(sessionStore()?.getItem(CALL_STORE_PREFIX + identifier) || "null");
+  } catch {
+    return null;
+  }
+}
 
 // ------------------------------------------------------------------------- diagnostics
 
@@ -323,7 +343,7 @@ async function fetchToken(url, username, password) {
     }
     response = await post(authorization);
   }
-  if (response.status === 401 || response.status === 403) throw new HttpStatusError(response.status);
+  if ([401, 403, 429].includes(response.status)) throw new HttpStatusError(response.status);
   if (!response.ok) {
     log("token endpoint answered", response.status, "- connecting without a token");
     return null;
@@ -520,8 +540,11 @@ export class WebRtcInstance {
   }
 
   [INTERNAL](what, call) {
-    if (what === "register") this.#calls.set(call.identifier, call);
-    else if (what === "unregister") {
+    if (what === "register") {
+      this.#calls.set(call.identifier, call);
+      storeCall(call.identifier, { incoming: call.isIncoming() });
+    } else if (what === "unregister") {
+      storeCall(call.identifier, null);
       if (this.#calls.get(call.identifier) === call) this.#calls.delete(call.identifier);
     } else if (what === "loggedIn") return this.#loggedIn && !!this.#socket?.opened;
     return undefined;
@@ -954,6 +977,7 @@ export class WebRtcInstance {
         state: CALL_STATES.OFFERING,
       });
       this.#calls.set(id, call);
+      storeCall(id, { incoming: true });
       callHandler(this.#onIncomingCall, call);
       return;
     }
@@ -961,15 +985,18 @@ export class WebRtcInstance {
       const state = WIRE_STATES[message.state];
       if (message.operation === "signaling" && message.action === "status" && state && !message.reason) {
         // A call restored after a page reload: the application takes it over.
+        const stored = storedCall(id);
         call = new WebRtcCall(INTERNAL, this, {
           identifier: id,
-          incoming: true,
+          // Unknown direction (storage lost): a call still ringing must be outgoing.
+          incoming: stored ? !!stored.incoming : state !== CALL_STATES.RINGING,
           restored: true,
           local: { dialString: this.#localNumber, displayName: this.#localName },
           remote: party(message.remoteAddress),
           state,
         });
         this.#calls.set(id, call);
+        storeCall(id, { incoming: call.isIncoming() });
         callHandler(this.#onRestoreCall, call);
         call[INTERNAL]("announce");
         return;
@@ -1311,7 +1338,7 @@ export class WebRtcCall {
     return this.#muted;
   }
 
-  /** Extension: true for calls that came in (or were restored), false for dialed ones. */
+  /** Extension: true for calls that came in, false for dialed ones. */
   isIncoming() {
     return this.#incoming;
   }

@@ -156,6 +156,7 @@ class MediaConfig:
 @dataclass(frozen=True, slots=True)
 class CallsConfig:
     no_answer_timeout: float = 60.0  # seconds an offered incoming call may ring
+    restore_grace: float = 60.0  # seconds a registration outlives its WebSocket
 
 
 @dataclass(frozen=True, slots=True)
@@ -576,8 +577,11 @@ def _media(data: Mapping[str, Any], source: str) -> MediaConfig:
 
 
 def _calls(data: Mapping[str, Any], source: str) -> CallsConfig:
-    t = _section(data, source, "calls", ("no_answer_timeout",))
-    return CallsConfig(no_answer_timeout=t.number("no_answer_timeout", 60.0, 0.0, 3600.0))
+    t = _section(data, source, "calls", ("no_answer_timeout", "restore_grace"))
+    return CallsConfig(
+        no_answer_timeout=t.number("no_answer_timeout", 60.0, 0.0, 3600.0),
+        restore_grace=t.number("restore_grace", 60.0, 0.0, 86400.0),
+    )
 
 
 def _numbers(data: Mapping[str, Any], source: str, users: tuple[User, ...]) -> NumbersConfig:
@@ -888,6 +892,7 @@ def _records(data: Mapping[str, Any], source: str) -> RecordsConfig:
     if not path.strip() or "\x00" in path:
         raise t.error("path", f"expected a file name, got {_show(path)}")
     return RecordsConfig(enabled=enabled, path=path)
+
 
 
 _SECTION_NAMES: Final[tuple[str, ...]] = (

@@ -95,6 +95,7 @@ class JsonV1Session:
         self.reg: Registration | None = None
         self._outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(OUTBOX_LIMIT)
         self._closing = False
+        self._close_code: int = CloseCode.NORMAL_CLOSURE
         self._assignment = "new"
 
     # -- outgoing ----------------------------------------------------------------------
@@ -106,9 +107,7 @@ class JsonV1Session:
         try:
             self._outbox.put_nowait(message)
         except asyncio.QueueFull:
-            logger.warning("client %s is not reading; closing", self.ws.remote_address)
-            self._closing = True
-            asyncio.get_running_loop().create_task(self.ws.close(CloseCode.TRY_AGAIN_LATER))
+            self._close(CloseCode.TRY_AGAIN_LATER, "client is not reading")
 
     def on_event(self, event: ClientEvent) -> None:
         if isinstance(event, CallOffered):
@@ -146,15 +145,13 @@ class JsonV1Session:
     def _register_terminated(self, reason: Reason, code: int = CloseCode.NORMAL_CLOSURE) -> None:
         self.send({"operation": "register", "action": "status", "state": "terminated",
                    "reason": str(reason)})
-        self._closing = True
-        self._outbox.put_nowait(None)
-        self._close_code = code
+        self._close(code, f"register terminated: {reason}")
 
     async def _writer(self) -> None:
         while True:
             message = await self._outbox.get()
             if message is None:
-                await self.ws.close(getattr(self, "_close_code", CloseCode.NORMAL_CLOSURE))
+                await self.ws.close(self._close_code)
                 return
             await self.ws.send(json.dumps(message))
 
@@ -166,28 +163,25 @@ class JsonV1Session:
         try:
             if "identifier" in query:
                 await self._restore(query["identifier"][0])
-                if self._closing:
-                    await writer
-                    return
             async for frame in self.ws:
+                if self._closing:
+                    # Keep reading while our close handshake runs: the peer's close frame
+                    # may sit behind frames it sent meanwhile.
+                    continue
                 if isinstance(frame, bytes):
-                    await self._drain_and_close(writer, CloseCode.UNSUPPORTED_DATA, "binary frame")
-                    return
+                    self._close(CloseCode.UNSUPPORTED_DATA, "binary frame")
+                    continue
                 try:
                     message = json.loads(frame)
                 except ValueError:
                     message = None
                 if not isinstance(message, dict):
-                    await self._drain_and_close(writer, CloseCode.INVALID_DATA, "not a JSON object")
-                    return
+                    self._close(CloseCode.INVALID_DATA, "not a JSON object")
+                    continue
                 if message.get("version") != VERSION or isinstance(message.get("version"), bool):
                     self._register_terminated(Reason.ERROR, CloseCode.PROTOCOL_ERROR)
-                    await writer
-                    return
+                    continue
                 await self._dispatch(message)
-                if self._closing:
-                    await writer
-                    return
         except ConnectionClosed:
             pass
         finally:
@@ -210,12 +204,17 @@ class JsonV1Session:
         self._register_status()
         await self.core.resume_calls(reg)
 
-    async def _drain_and_close(self, writer: asyncio.Task[None], code: int, why: str) -> None:
-        self._closing = True
-        self._outbox.put_nowait(None)
-        self._close_code = code
+    def _close(self, code: int, why: str) -> None:
+        if self._closing:
+            return
         logger.info("closing %s: %s", self.ws.remote_address, why)
-        await writer
+        self._closing = True
+        self._close_code = code
+        try:
+            self._outbox.put_nowait(None)
+        except asyncio.QueueFull:
+            # The client is not reading: skip what is queued and close now.
+            asyncio.get_running_loop().create_task(self.ws.close(code))
 
     async def _dispatch(self, message: dict[str, Any]) -> None:
         operation = message.get("operation")

@@ -53,7 +53,7 @@ def test_defaults_without_file() -> None:
     assert c.pbx == PbxConfig(None, None, None)
     assert c.auth == AuthConfig("none")
     assert c.media == MediaConfig("127.0.0.1", 10000, 20000, "us")
-    assert c.calls == CallsConfig(60.0)
+    assert c.calls == CallsConfig(60.0, 60.0)
     assert c.numbers == NumbersConfig("9000", "9001")
     assert c.logging == LoggingConfig("info")
     assert c.demo_users is True
@@ -119,7 +119,7 @@ def test_example_file_loads_and_documents_every_key() -> None:
         "pbx": {"uri", "username", "password"},
         "auth": {"mode", "realm", "jwt"},
         "media": {"rtp_host", "rtp_port_min", "rtp_port_max", "ringback"},
-        "calls": {"no_answer_timeout"},
+        "calls": {"no_answer_timeout", "restore_grace"},
         "numbers": {"echo", "tone"},
         "logging": {"level"},
     }
@@ -151,7 +151,7 @@ def test_every_key_is_read() -> None:
                 "rtp_port_max": 30100,
                 "ringback": "de",
             },
-            "calls": {"no_answer_timeout": 30},
+            "calls": {"no_answer_timeout": 30, "restore_grace": 5.5},
             "numbers": {"echo": "+800", "tone": ""},
             "logging": {"level": "DEBUG"},
             "users": [
@@ -167,7 +167,7 @@ def test_every_key_is_read() -> None:
     assert c.pbx == PbxConfig("sips:pbx.example.com", "u", "p")
     assert c.auth.mode == "both"
     assert c.media == MediaConfig("192.0.2.10", 30000, 30100, "de")
-    assert c.calls == CallsConfig(30.0)
+    assert c.calls == CallsConfig(30.0, 5.5)
     assert c.numbers == NumbersConfig("+800", None)
     assert c.logging.level == "debug"
     assert c.users == (

@@ -1,0 +1,408 @@
+"""The client library (/client/webrtc-client.js) driven through its API in headless
+Chromium, on the test bench page gateway/static/test/library.html (window.bench records
+every login state, incoming call, call state and refused request; RTCDTMFSender tones).
+
+Tests for gateway features that are not implemented yet are written against the spec
+(json-v1.md) and skipped with the missing server feature as the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import pytest
+
+from tests.e2e.conftest import HOST, SCENARIOS, free_port
+from tests.e2e.webphone_helpers import (
+    assert_audio,
+    assert_no_problems,
+    bench_events,
+    call_state_js,
+    launch,
+    login_js,
+    measure_audio,
+    open_bench,
+    open_phone,
+    phone_login,
+    screenshot,
+    wait_bench,
+    wait_call,
+)
+
+pytestmark = pytest.mark.e2e
+
+TONE_HZ = 1000.0  # test number 9001
+
+
+async def bench_login(page, who: str, number: str, *, username: str = "", password: str = "",
+                      server: str = "location.host") -> None:
+    await page.evaluate(
+        f"""() => {{
+            const rtc = window.{who} = window.bench.make({json.dumps(who)});
+            rtc.login({server}, false, false, {json.dumps(username)}, {json.dumps(password)},
+                      {json.dumps(number)});
+        }}"""
+    )
+
+
+async def bench_dial(page, who: str, number: str) -> int:
+    """Dial `number` from instance `who`; returns the bench's call index."""
+    return await page.evaluate(
+        f"""() => {{
+            const call = window.{who}.watch(window.{who}.createOutgoingCall());
+            call.dial({json.dumps(number)});
+            return window.bench.calls.indexOf(call);
+        }}"""
+    )
+
+
+def states_of(events: list[dict], call: int) -> list[str]:
+    return [e["state"] for e in events if e["type"] == "call-state" and e["call"] == call]
+
+
+async def test_library_echo_number_dtmf_and_two_calls(gateway, e2e_dir):
+    """Two calls at once: 9000 (echo: the fake microphone's 400 Hz) and 9001 (1 kHz), each
+    heard in its own audio element; sendDigit plays RFC 4733 tones through RTCDTMFSender;
+    disconnect() -> DISCONNECTED with USERTERMINATED; logout -> LOGGED_OUT_EXPLICIT."""
+    async with launch(e2e_dir) as browser:
+        page = await browser.page("bench")
+        await open_bench(page, gateway.http_url)
+        await bench_login(page, "a", "1001")
+        await wait_bench(page, login_js("SUCCESS", "a"))
+        assert await page.evaluate("() => a.getLocalDialString()") == "1001"
+        assert await page.evaluate("() => a.getLocalDisplayName()") == "Alice"
+        assert re.fullmatch(r"[A-Za-z0-9_-]{1,128}", await page.evaluate("() => a.getLoginIdentifier()"))
+
+        echo = await bench_dial(page, "a", "9000")
+        await wait_bench(page, call_state_js("CONNECTED", echo))
+        tone = await bench_dial(page, "a", "9001")
+        await wait_bench(page, call_state_js("CONNECTED", tone))
+        echo_heard, tone_heard = await asyncio.gather(
+            measure_audio(page, f"#audio-{echo}", 2500), measure_audio(page, f"#audio-{tone}", 2500)
+        )
+        assert_audio(echo_heard, what="echo number")
+        assert_audio(tone_heard, TONE_HZ, what="tone number")
+
+        sent = await page.evaluate(
+            f"() => ['1', '2', '#', 'x'].map(d => window.bench.calls[{echo}].sendDigit(d))"
+        )
+        assert sent == [True, True, True, False]
+        await page.wait_for_function("() => window.bench.tones.length >= 3", timeout=5000)
+        assert await page.evaluate("() => window.bench.tones") == ["1", "2", "#"]
+        info = await page.evaluate(
+            f"""() => {{ const c = window.bench.calls[{echo}];
+                return [c.getState(), c.getRemoteNumber(), c.getLocalNumber(), c.getLocalName(),
+                        c.getMediaVideoActive(), c.hasAudioElement(), c.hasVideoElements(),
+                        c.getDisconnectReason()]; }}"""
+        )
+        assert info == ["CONNECTED", "9000", "1001", "Alice", False, True, False, None]
+
+        await page.evaluate(f"() => window.bench.calls[{echo}].disconnect()")
+        await wait_bench(page, call_state_js("DISCONNECTED", echo))
+        events = await bench_events(page)
+        ended = [e for e in events if e["type"] == "call-state" and e["state"] == "DISCONNECTED"]
+        assert ended[0]["reason"] == "USERTERMINATED", ended
+        assert states_of(events, echo) == ["DIALING", "CONNECTED", "DISCONNECTED"]
+        # The other call is still there; logout ends it.
+        assert await page.evaluate(f"() => window.bench.calls[{tone}].getState()") == "CONNECTED"
+        await page.evaluate("() => a.logout()")
+        await wait_bench(page, login_js("LOGGED_OUT_EXPLICIT", "a"))
+        await wait_bench(page, call_state_js("DISCONNECTED", tone))
+        assert await page.evaluate(
+            f"() => window.bench.calls[{tone}].getDisconnectReason()"
+        ) == "USERTERMINATED"
+        await assert_no_problems(page)
+
+
+async def test_library_reconnects_after_network_drop(gateway, e2e_dir):
+    """The WebSocket drops mid-call: CONNECTION_LOST, then the library reconnects with
+    back-off and restores with the login identifier (?identifier=): SUCCESS with the same
+    identifier, the call stays CONNECTED and is heard again on a new WebRTC leg."""
+    async with launch(e2e_dir) as browser:
+        page = await browser.page("bench")
+        await open_bench(page, gateway.http_url)
+        await bench_login(page, "a", "1001")
+        await wait_bench(page, login_js("SUCCESS", "a"))
+        identifier = await page.evaluate("() => a.getLoginIdentifier()")
+        echo = await bench_dial(page, "a", "9000")
+        await wait_bench(page, call_state_js("CONNECTED", echo))
+
+        # Cut the connection the way a network drop does (no register/terminate).
+        await page.evaluate("() => window.__sockets.at(-1).close(4000, 'test drop')")
+        await wait_bench(page, login_js("CONNECTION_LOST", "a"))
+        await wait_bench(page, login_js("SUCCESS", "a", 2), timeout=20000)
+        assert await page.evaluate("() => a.getLoginIdentifier()") == identifier
+        sockets = await page.evaluate("() => window.__sockets.map(s => s.url)")
+        assert len(sockets) == 2 and f"identifier={identifier}" in sockets[1], sockets
+        logins = [e["state"] for e in await bench_events(page, "login")]
+        assert logins == ["CONNECTING", "SUCCESS", "CONNECTION_LOST", "CONNECTING", "SUCCESS"]
+        assert await page.evaluate(f"() => window.bench.calls[{echo}].getState()") == "CONNECTED"
+        await asyncio.sleep(0.5)
+        assert_audio(await measure_audio(page, f"#audio-{echo}", 2500), what="echo after reconnect")
+        await page.evaluate(f"() => window.bench.calls[{echo}].disconnect()")
+        await wait_bench(page, call_state_js("DISCONNECTED", echo))
+        await assert_no_problems(page)
+
+
+async def test_library_login_failures(gateway, e2e_dir):
+    """SERVER_ACCESS when the upgrade fails (wrong path: 404; nothing listening), or the
+    number is refused; DIAL_STRING_MISSING without a number; LOGIN_RESTORE_FAILED for an
+    unknown identifier; dialing while logged out ends the call with ERROR."""
+    closed = free_port()
+    async with launch(e2e_dir) as browser:
+        page = await browser.page("bench")
+        await open_bench(page, gateway.http_url)
+        await bench_login(page, "p", "1001", server="location.host + '/nowhere'")
+        await bench_login(page, "c", "1001", server=json.dumps(f"{HOST}:{closed}"))
+        await bench_login(page, "n", "")
+        await bench_login(page, "u", "4242")
+        await page.evaluate(
+            """() => {
+                window.r = window.bench.make("r");
+                window.restoreStarted = [
+                    r.tryRestoreLogin(location.host, false, false, "no such id!", r.onRestore),
+                    r.tryRestoreLogin(location.host, false, false, "unknownIdentifier123", r.onRestore),
+                ];
+            }"""
+        )
+        await wait_bench(page, login_js("SERVER_ACCESS", "p"))
+        await wait_bench(page, login_js("SERVER_ACCESS", "c"))
+        await wait_bench(page, login_js("DIAL_STRING_MISSING", "n"))
+        await wait_bench(page, login_js("SERVER_ACCESS", "u"))
+        await wait_bench(page, login_js("LOGIN_RESTORE_FAILED", "r"))
+        assert await page.evaluate("() => window.restoreStarted") == [False, True]
+        # No reconnect loop after a refused login: one connection attempt each.
+        await asyncio.sleep(1.5)
+        for who in "pcnur":
+            states = [e["state"] for e in await bench_events(page, "login", who)]
+            assert states[0] == "CONNECTING" and len(states) == 2, (who, states)
+        call = await bench_dial(page, "p", "9000")
+        await wait_bench(page, call_state_js("DISCONNECTED", call))
+        assert await page.evaluate(f"() => window.bench.calls[{call}].getDisconnectReason()") == "ERROR"
+        await assert_no_problems(page)
+
+
+async def test_phone_login_error_shown(gateway, e2e_dir):
+    """The phone says in words why a login failed (a number that is not in the directory)."""
+    async with launch(e2e_dir) as browser:
+        page = await browser.page("phone")
+        await open_phone(page, gateway.http_url)
+        await page.get_by_label("Your number").fill("4242")
+        await page.get_by_role("button", name="Log in").click()
+        await page.wait_for_selector("#status[data-state='SERVER_ACCESS']", timeout=15000)
+        assert "Cannot access the server" in await page.get_by_role("alert").inner_text()
+        await screenshot(page, "10-login-refused")
+        await assert_no_problems(page)
+
+
+async def test_demo_call_me_page(gateway, e2e_dir):
+    """/client/demo-call-me.html: one button, a token login, a call to the configured
+    number (here the echo test number, from a login with number 1001)."""
+    async with launch(e2e_dir) as browser:
+        page = await browser.page("demo")
+        response = await page.goto(
+            f"{gateway.http_url}/client/demo-call-me.html?number=9000&from=1001&token=demo"
+        )
+        assert response is not None and response.ok
+        await page.get_by_role("button", name="Call me").click()
+        await page.wait_for_selector("#demo-status[data-state='CONNECTED']", timeout=20000)
+        assert_audio(await measure_audio(page, "#demo-audio", 2500), what="demo page echo")
+        await screenshot(page, "11-demo-call-me")
+        await page.get_by_role("button", name="Hang up").click()
+        await page.wait_for_selector("#demo-status[data-state='DISCONNECTED']", timeout=10000)
+        await assert_no_problems(page)
+
+
+# --------------------------------------------------------------------------- not yet served
+
+
+@pytest.mark.skip(reason="server: hold/retrieve not yet implemented (jsonv1 answers hold and "
+                  "retrieve with the unchanged state and reason error)")
+async def test_hold_retrieve_switches_microphone(gateway, e2e_dir):
+    """Two echo calls: hold() -> HELD and that call falls silent while the other is heard;
+    retrieve() -> CONNECTED and it is heard again."""
+    async with launch(e2e_dir) as browser:
+        page = await browser.page("bench")
+        await open_bench(page, gateway.http_url)
+        await bench_login(page, "a", "1001")
+        await wait_bench(page, login_js("SUCCESS", "a"))
+        first = await bench_dial(page, "a", "9000")
+        await wait_bench(page, call_state_js("CONNECTED", first))
+        await page.evaluate(f"() => window.bench.calls[{first}].hold()")
+        await wait_bench(page, call_state_js("HELD", first))
+        second = await bench_dial(page, "a", "9000")
+        await wait_bench(page, call_state_js("CONNECTED", second))
+        held, talking = await asyncio.gather(
+            measure_audio(page, f"#audio-{first}", 2500), measure_audio(page, f"#audio-{second}", 2500)
+        )
+        assert held.get("maxRms", 0) < 0.005, f"held call not silent: {held}"
+        assert_audio(talking, what="the call not on hold")
+        await page.evaluate(f"() => window.bench.calls[{second}].hold()")
+        await wait_bench(page, call_state_js("HELD", second))
+        await page.evaluate(f"() => window.bench.calls[{first}].retrieve()")
+        await wait_bench(page, f"events.filter(e => e.call === {first} && e.state === 'CONNECTED').length >= 2")
+        assert_audio(await measure_audio(page, f"#audio-{first}", 2500), what="retrieved call")
+        assert await bench_events(page, "request-failed") == []
+        await assert_no_problems(page)
+
+
+@pytest.mark.skip(reason="server: transfer not yet implemented (jsonv1 answers signaling/transfer "
+                  "with reason error)")
+async def test_transfer_two_calls(gateway, sipp, e2e_dir):
+    """Alice talks to Bob (web) and to a SIP echo; she transfers one call to the other: both
+    her calls end REDIRECTED, Bob stays CONNECTED and now hears the SIP echo of himself."""
+    uas = sipp.uas_echo(gateway.pbx_port)
+    async with launch(e2e_dir) as browser:
+        alice = await browser.page("alice")
+        bob = await browser.page("bob")
+        for page, number in ((alice, "1001"), (bob, "1002")):
+            await open_phone(page, gateway.http_url)
+            await phone_login(page, number)
+        await alice.locator("#dial-number").fill("1002")
+        await alice.get_by_role("button", name="Call", exact=True).click()
+        await bob.get_by_role("alertdialog").wait_for(timeout=15000)
+        await bob.get_by_role("button", name="Answer", exact=True).click()
+        await wait_call(alice, "CONNECTED")
+        await alice.locator("#dial-number").fill("5555")
+        await alice.get_by_role("button", name="Call", exact=True).click()  # holds Bob first
+        await wait_call(alice, "CONNECTED", index=0)
+        await wait_call(alice, "HELD", index=1)
+        card = alice.locator("#calls > li.call").nth(0)
+        await card.get_by_role("button", name=re.compile("^Transfer")).click()
+        await wait_call(alice, "DISCONNECTED", index=0)
+        await wait_call(alice, "DISCONNECTED", index=1)
+        for i in (0, 1):
+            assert await alice.locator("#calls > li.call").nth(i).get_attribute("data-reason") == "REDIRECTED"
+        await wait_call(bob, "CONNECTED")
+        assert_audio(await measure_audio(bob, "#calls > li.call audio", 2500), what="SIP echo at Bob")
+        await bob.locator("#calls > li.call").nth(0).get_by_role("button", name=re.compile("^Hang up")).click()
+        for page in (alice, bob):
+            await assert_no_problems(page)
+    assert await uas.wait(15) == 0
+
+
+@pytest.mark.skip(reason="server: DTMF relay not yet implemented (telephone-event from the "
+                  "WebRTC leg is not forwarded to the SIP leg in gateway/core.py)")
+async def test_dtmf_reaches_sip_side(gateway, sipp, e2e_dir):
+    """sendDigit('1'), ('2'), ('#') arrive at the SIP far end as RFC 4733 telephone-event
+    packets (a UDP relay in front of sipp's echo port records them)."""
+    from tests.e2e.test_sip_media import RtpRelay
+
+    relay = await RtpRelay().start()
+    try:
+        xml = (SCENARIOS / "uas_pcma.xml").read_text()
+        xml = xml.replace("m=audio [rtp_port] RTP/AVP 8\n", "m=audio [rtp_port] RTP/AVP 0 101\n")
+        xml = xml.replace("a=rtpmap:8 PCMA/8000", "a=rtpmap:0 PCMU/8000\n      a=rtpmap:101 "
+                          "telephone-event/8000\n      a=fmtp:101 0-16")
+        scenario = e2e_dir / "uas_dtmf.xml"
+        scenario.write_text(xml)
+        far = sipp.start("uas", ["-sf", str(scenario), "-m", "1", "-rtp_echo", "-key", "rtp_port",
+                                 str(relay.port), "-timeout", "60s", "-timeout_error"],
+                         port=gateway.pbx_port)
+        sipp.wait_bound(far, gateway.pbx_port)
+        relay.echo_port = far.media_port
+        async with launch(e2e_dir) as browser:
+            page = await browser.page("bench")
+            await open_bench(page, gateway.http_url)
+            await bench_login(page, "a", "1001")
+            await wait_bench(page, login_js("SUCCESS", "a"))
+            call = await bench_dial(page, "a", "5555")
+            await wait_bench(page, call_state_js("CONNECTED", call))
+            for digit in "12#":
+                assert await page.evaluate(f"() => window.bench.calls[{call}].sendDigit('{digit}')")
+            await asyncio.sleep(2)
+            events = [p[0] for pt, p in relay.to_far if pt == 101 and p]
+            codes = [e for i, e in enumerate(events) if i == 0 or events[i - 1] != e]
+            assert codes == [1, 2, 11], f"telephone-event codes at the SIP side: {codes}"
+            await page.evaluate(f"() => window.bench.calls[{call}].disconnect()")
+            await wait_bench(page, call_state_js("DISCONNECTED", call))
+        assert await far.wait(15) == 0
+    finally:
+        relay.close()
+
+
+@pytest.mark.skip(reason="server: video not yet implemented (WebRtcLeg is audio-only; no video "
+                  "bridge between two web calls)")
+async def test_video_browser_to_browser(gateway, e2e_dir):
+    """Video mode on both phones: each remote <video> gets frames (getStats framesDecoded)
+    and getMediaVideoActive() is true."""
+    async with launch(e2e_dir) as browser:
+        alice = await browser.page("alice")
+        bob = await browser.page("bob")
+        for page, number in ((alice, "1001"), (bob, "1002")):
+            await open_phone(page, gateway.http_url)
+            await phone_login(page, number)
+            await page.get_by_label("Video").check()
+        await alice.locator("#dial-number").fill("1002")
+        await alice.get_by_role("button", name="Call", exact=True).click()
+        await bob.get_by_role("alertdialog").wait_for(timeout=15000)
+        await bob.get_by_role("button", name="Answer with video").click()
+        for page in (alice, bob):
+            await wait_call(page, "CONNECTED")
+            await page.wait_for_function(
+                """() => { const v = document.querySelector('#remote-video');
+                   return v && v.videoWidth > 0 && v.srcObject && !v.paused; }""",
+                timeout=15000,
+            )
+            frames = await page.evaluate(
+                """async () => { const v = document.querySelector('#remote-video');
+                   await new Promise(r => setTimeout(r, 1000));
+                   return v.getVideoPlaybackQuality().totalVideoFrames; }"""
+            )
+            assert frames > 10, frames
+            assert await page.locator("#calls > li.call").first.locator(".call-state").inner_text() == "Connected · video"
+        await screenshot(alice, "12-video-call")
+        for page in (alice, bob):
+            await assert_no_problems(page)
+
+
+@pytest.mark.skip(reason="server: POST /api/token and [auth] mode password not yet implemented "
+                  "(the token endpoint is being built in gateway/http.py and gateway/auth.py)")
+@pytest.mark.parametrize("gateway", ['\n[auth]\nmode = "password"\n'], indirect=True)
+async def test_password_login_through_token_endpoint(gateway, e2e_dir):
+    """login() with username and password gets a JWT from POST /api/token (Digest or Basic
+    as challenged) and connects with ?access_token=; a wrong password -> SERVER_ACCESS."""
+    async with launch(e2e_dir) as browser:
+        page = await browser.page("bench")
+        await open_bench(page, gateway.http_url)
+        await bench_login(page, "w", "1001", username="alice", password="wrong")
+        await wait_bench(page, login_js("SERVER_ACCESS", "w"))
+        await bench_login(page, "a", "1001", username="alice", password="alice-secret")
+        await wait_bench(page, login_js("SUCCESS", "a"))
+        sockets = await page.evaluate("() => window.__sockets.map(s => s.url)")
+        assert any("access_token=" in url for url in sockets), sockets
+        echo = await bench_dial(page, "a", "9000")
+        await wait_bench(page, call_state_js("CONNECTED", echo))
+        await page.evaluate(f"() => window.bench.calls[{echo}].disconnect()")
+        await wait_bench(page, call_state_js("DISCONNECTED", echo))
+        await assert_no_problems(page)
+
+
+@pytest.mark.skip(reason="server: token login without a number (outgoing-only, json-v1 §7) not "
+                  "yet implemented (register/start without dialString is refused with dialString)")
+async def test_outgoing_only_token_login(gateway, e2e_dir):
+    """loginWithToken with neither username nor number: SUCCESS, no local number, and an
+    outgoing call works (the "call me" case)."""
+    async with launch(e2e_dir) as browser:
+        page = await browser.page("bench")
+        await open_bench(page, gateway.http_url)
+        await page.evaluate(
+            """() => { window.t = window.bench.make("t");
+                       t.loginWithToken(location.host, false, "a-token", "", ""); }"""
+        )
+        await wait_bench(page, login_js("SUCCESS", "t"))
+        assert await page.evaluate("() => t.getLocalDialString()") == ""
+        echo = await bench_dial(page, "t", "9000")
+        await wait_bench(page, call_state_js("CONNECTED", echo))
+        await page.evaluate(f"() => window.bench.calls[{echo}].disconnect()")
+        await assert_no_problems(page)
+
+
+@pytest.mark.skip(reason="server: push wake-up not yet implemented (no notificationConfiguration "
+                  "in register/status, no wakeupToken handling)")
+async def test_push_wakeup_restores_with_wakeup_token(gateway, e2e_dir):
+    """A wake-up: tryRestoreLogin(..., identifier, onRestoreCall, wakeupToken) connects with
+    ?wakeupToken=&identifier=, gets SUCCESS (assignment wakeup) and the offered call."""
+    pytest.fail("needs a push-configured gateway fixture and a way to read the wake-up token")

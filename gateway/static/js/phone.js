@@ -485,9 +485,21 @@ function start() {
   }, 1000);
   renderAll();
 
-  // A reload during a session: take the login (and its calls) over.
+  // Opened from a push notification (firebase-messaging-sw.js): wake the login up.
+  const params = new URLSearchParams(location.search);
+  const wakeupToken = params.get("wakeupToken");
+  const wakeupIdentifier = params.get("identifier");
   const session = readSaved(sessionStorage, SESSION_KEY);
-  if (session && session.identifier) {
+  if (wakeupToken && wakeupIdentifier) {
+    history.replaceState(null, "", location.pathname);
+    const saved = readSaved(localStorage, LOGIN_KEY) ?? {};
+    restoring = true;
+    $("login-panel").hidden = true;
+    record("wakeup", { identifier: wakeupIdentifier });
+    rtc.tryRestoreLogin(saved.server ?? location.host, saved.secure ?? location.protocol === "https:",
+      true, wakeupIdentifier, onRestoreCall, wakeupToken);
+  } else if (session && session.identifier) {
+    // A reload during a session: take the login (and its calls) over.
     restoring = true;
     $("login-panel").hidden = true;
     record("restore", { identifier: session.identifier });

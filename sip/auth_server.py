@@ -17,7 +17,12 @@ from dataclasses import dataclass
 
 from .auth import AuthError, compute_ha1, parse_auth_header, response_from_ha1
 
-ALGORITHMS = ("SHA-256", "MD5")  # RFC 8760: the preferred challenge first
+# Challenged (and accepted) algorithms, one WWW-Authenticate each, preferred first
+# (RFC 8760). The default is MD5 alone: libre-based phones (baresip 1.0) fail the whole
+# request when any challenge names an algorithm they lack, even next to an MD5 one.
+# Configure ("SHA-256", "MD5") or ("SHA-256",) when every phone supports SHA-256.
+ALGORITHMS = ("MD5",)
+BOTH_ALGORITHMS = ("SHA-256", "MD5")
 MAX_TRACKED_NONCES = 10000
 
 

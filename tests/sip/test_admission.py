@@ -7,7 +7,7 @@ import itertools
 
 from sip.access import AccessPolicy, RateLimiter
 from sip.auth import DigestClient, credentials_header, pick_challenge
-from sip.auth_server import DigestServer
+from sip.auth_server import BOTH_ALGORITHMS, DigestServer
 from sip.core import CoreConfig, UserAgentCore
 from sip.peer import Peer
 from sip.registrar import Registrar
@@ -40,7 +40,14 @@ def harness(
     def hexes(n: int) -> str:
         return f"{next(counter):0{2 * n}x}"
 
-    digest = DigestServer("gw", {"1001": "pw"}.get, key=b"x" * 32, clock=clock, random_hex=hexes)
+    digest = DigestServer(
+        "gw",
+        {"1001": "pw"}.get,
+        key=b"x" * 32,
+        clock=clock,
+        random_hex=hexes,
+        algorithms=BOTH_ALGORITHMS,
+    )
     registrar = Registrar(clock)
     h.core = UserAgentCore(
         CoreConfig(host="127.0.0.1", port=5070, user_agent="test-ua", timers=TimerSettings()),

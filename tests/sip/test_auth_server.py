@@ -7,7 +7,7 @@ import itertools
 import pytest
 
 from sip.auth import DigestClient, compute_ha1, credentials_header, pick_challenge
-from sip.auth_server import DigestServer, Secret
+from sip.auth_server import BOTH_ALGORITHMS, DigestServer, Secret
 
 
 class Clock:
@@ -26,7 +26,7 @@ def server(clock: Clock, lookup=None, **kwargs) -> DigestServer:  # type: ignore
         key=b"k" * 32,
         clock=clock,
         random_hex=lambda n: f"{next(counter):0{2 * n}x}",
-        **kwargs,
+        **({"algorithms": BOTH_ALGORITHMS} | kwargs),
     )
 
 

@@ -37,11 +37,15 @@ REASONS: dict[int, str] = {
     500: "Server Internal Error",
     501: "Not Implemented",
     503: "Service Unavailable",
+    513: "Message Too Large",
     603: "Decline",
 }
 
 BRANCH_MAGIC = "z9hG4bK"
 MAX_FORWARDS = 70
+# Input caps (DESIGN.md §9): bigger messages get a stateless 513, more header lines 400.
+MAX_MESSAGE = 65536
+MAX_HEADER_LINES = 256
 
 _FOLD = re.compile(rb"\r\n[ \t]+")
 # Mandatory headers (RFC 3261 §8.1.1), long and compact forms, as written on the wire.
@@ -150,7 +154,14 @@ def make_response(
     return response
 
 
-def raw_bad_request(data: bytes) -> bytes | None:
+def header_lines(data: bytes) -> int:
+    """How many lines the header section of a raw message has (folded lines included)."""
+    end = data.find(b"\r\n\r\n")
+    head = data if end < 0 else data[:end]
+    return head.count(b"\n")
+
+
+def raw_bad_request(data: bytes, status: str = "400 Bad Request") -> bytes | None:
     """A stateless 400 for a request too broken to parse, if its headers allow one.
 
     Only the raw mandatory header lines are copied; nothing else of the request is
@@ -173,7 +184,7 @@ def raw_bad_request(data: bytes) -> bytes | None:
                 found.setdefault(name, []).append(match.group(2).strip())
         if any(name not in found for name in _REQUIRED):
             return None
-        out = [b"SIP/2.0 400 Bad Request"]
+        out = [b"SIP/2.0 " + status.encode()]
         names = {b"via": b"Via", b"from": b"From", b"to": b"To", b"call-id": b"Call-ID"}
         names[b"cseq"] = b"CSeq"
         for name in _REQUIRED:

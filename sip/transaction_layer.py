@@ -14,7 +14,16 @@ from sipmessage import Request, Response
 
 from . import transaction as tx
 from .effects import CancelTimer, StartTimer, TimerKey, Transmit
-from .messages import ParseError, branch_of, parse, raw_bad_request, top_via
+from .messages import (
+    MAX_HEADER_LINES,
+    MAX_MESSAGE,
+    ParseError,
+    branch_of,
+    header_lines,
+    parse,
+    raw_bad_request,
+    top_via,
+)
 from .peer import Peer
 from .timers import TimerName, TimerSettings
 
@@ -96,8 +105,16 @@ def stamp_via(request: Request, source: Peer) -> None:
 
 
 class TransactionLayer:
-    def __init__(self, settings: TimerSettings) -> None:
+    def __init__(
+        self,
+        settings: TimerSettings,
+        *,
+        max_message: int = MAX_MESSAGE,
+        max_header_lines: int = MAX_HEADER_LINES,
+    ) -> None:
         self.settings = settings
+        self.max_message = max_message
+        self.max_header_lines = max_header_lines
         self.clients: dict[TransactionKey, tx.ClientTransaction] = {}
         self.servers: dict[TransactionKey, tx.ServerTransaction] = {}
         self._client_peers: dict[TransactionKey, Peer] = {}
@@ -106,6 +123,12 @@ class TransactionLayer:
     # -- incoming --------------------------------------------------------------------
 
     def receive(self, data: bytes, source: Peer) -> list[LayerEffect]:
+        if len(data) > self.max_message:
+            reply = raw_bad_request(data[: self.max_message], "513 Message Too Large")
+            return [Transmit(source, reply)] if reply else []
+        if header_lines(data) > self.max_header_lines:
+            reply = raw_bad_request(data, "400 Too Many Headers")
+            return [Transmit(source, reply)] if reply else []
         try:
             message = parse(data)
         except ParseError:

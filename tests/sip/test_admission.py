@@ -170,3 +170,16 @@ def test_policy_networks():
     assert policy.is_trusted("10.1.2.3") and policy.is_trusted("192.0.2.7")
     assert policy.is_trusted("::1") and policy.is_trusted("::ffff:10.0.0.1")
     assert not policy.is_trusted("192.0.2.8") and not policy.is_trusted("example.com")
+
+
+def test_oversized_message_gets_513_and_too_many_headers_400():
+    h, _ = harness(trusted=None)
+    big = INVITE.replace(b"Max-Forwards: 70", b"X-Pad: " + b"a" * 70000 + b"\r\nMax-Forwards: 70")
+    h.receive(big)
+    assert h.sent[-1][2].startswith(b"SIP/2.0 513 ")
+    many = INVITE.replace(b"Max-Forwards: 70", b"X-H: 1\r\n" * 300 + b"Max-Forwards: 70")
+    h.receive(many)
+    assert h.sent[-1][2].startswith(b"SIP/2.0 400 ")
+    assert h.calls == []
+    h.receive(INVITE)  # a normal one still works
+    assert len(h.calls) == 1

@@ -69,6 +69,7 @@ VERSION: Final[str] = _package_version()
 DEFAULTS_SOURCE: Final[str] = "<built-in defaults>"
 
 AUTH_MODES: Final[tuple[str, ...]] = ("none", "password", "token", "both")
+NUMBER_ASSIGNMENTS: Final[tuple[str, ...]] = ("client", "directory")
 RINGBACK_COUNTRIES: Final[tuple[str, ...]] = ("us", "uk", "de", "fr", "jp")
 LOG_LEVELS: Final[tuple[str, ...]] = ("debug", "info", "warning", "error", "critical")
 PBX_TRANSPORTS: Final[tuple[str, ...]] = ("udp", "tcp")
@@ -202,6 +203,9 @@ class DirectoryConfig:
 
     users_file: str | None = None  # resolved path of a .toml or .csv users file
     reload_interval: float = 2.0  # seconds between checks of the users file for changes
+    # json-v1 §7: "client" (the client names its number; it must be the user's) or
+    # "directory" (the number is the authenticated user's; the client's is ignored).
+    number_assignment: str = "client"
     ldap: LdapConfig | None = None
     # The users read from users_file at start-up (also part of Config.users).
     file_users: tuple[User, ...] = ()
@@ -846,7 +850,10 @@ def _ldap(directory: _Table, source: str) -> LdapConfig | None:
 
 def _directory(data: Mapping[str, Any], source: str) -> DirectoryConfig:
     """[directory] settings only; the users file is read by `_all_users`."""
-    t = _section(data, source, "directory", ("users_file", "reload_interval", "ldap"))
+    t = _section(
+        data, source, "directory", ("users_file", "reload_interval", "number_assignment", "ldap")
+    )
+    assignment = t.choice("number_assignment", "client", NUMBER_ASSIGNMENTS)
     users_file = t.opt_string("users_file")
     if users_file is not None:
         if not users_file.strip():
@@ -854,7 +861,10 @@ def _directory(data: Mapping[str, Any], source: str) -> DirectoryConfig:
         users_file = _resolve(source, users_file)
     reload_interval = t.number("reload_interval", 2.0, 0.0, 3600.0)
     return DirectoryConfig(
-        users_file=users_file, reload_interval=reload_interval, ldap=_ldap(t, source)
+        users_file=users_file,
+        reload_interval=reload_interval,
+        number_assignment=assignment,
+        ldap=_ldap(t, source),
     )
 
 
@@ -879,6 +889,7 @@ def _all_users(
     directory = DirectoryConfig(
         users_file=directory.users_file,
         reload_interval=directory.reload_interval,
+        number_assignment=directory.number_assignment,
         ldap=directory.ldap,
         file_users=file_users,
     )

@@ -18,6 +18,7 @@ from typing import Any
 
 from sipmessage import URI
 
+from gateway.auth import AuthResult
 from gateway.call import CallState, Reason, allows, reason_from_sip, sip_for_reason
 from gateway.commands import (
     Accept,
@@ -38,6 +39,7 @@ from gateway.commands import (
 )
 from gateway.config import Config
 from gateway.directory import Directory
+from gateway.records import CallRecordBuilder, RecordWriter
 from rtc.bridge import MediaBridge
 from rtc.ports import AudioPort
 from rtc.rtpleg import RtpLeg
@@ -83,6 +85,12 @@ class Registration:
     display_name: str
     description: str
     sink: ClientSink
+    # The authenticated user (None for anonymous and outgoing-only token logins).
+    username: str | None = None
+    # The JOSE nonce of the login token: a fresh token with it takes the registration over.
+    token_nonce: str | None = None
+    # Closes the connection currently attached (used when another one takes over).
+    disconnect: Callable[[], None] | None = None
     calls: dict[str, ClientCall] = dataclasses.field(default_factory=dict)
     # Between a lost connection and its restore (or the end of the grace period).
     detached: asyncio.TimerHandle | None = None
@@ -90,6 +98,10 @@ class Registration:
     @property
     def party(self) -> Party:
         return Party(self.number, self.display_name)
+
+    @property
+    def outgoing_only(self) -> bool:
+        return not self.number
 
 
 @dataclasses.dataclass(eq=False)
@@ -138,13 +150,17 @@ class ClientCall:
     # incoming: where it comes from
     caller: ClientCall | None = None
     sip_in: SipIncoming | None = None
+    record: CallRecordBuilder | None = None
 
 
 class Core:
     def __init__(self, config: Config, ua: UserAgent | None) -> None:
         self.config = config
         self.ua = ua
-        self.directory = Directory(config.users)
+        self.directory = Directory.from_config(config)
+        self.records: RecordWriter | None = (
+            RecordWriter.open(config.records.path) if config.records.enabled else None
+        )
         self.registrations: dict[str, Registration] = {}
         self._by_number: dict[str, list[Registration]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -152,24 +168,78 @@ class Core:
     # -- registrations ---------------------------------------------------------------
 
     def register(
-        self, number: str, display_name: str, description: str, sink: ClientSink
+        self,
+        number: str,
+        display_name: str,
+        description: str,
+        sink: ClientSink,
+        auth: AuthResult | None = None,
     ) -> Registration | Reason:
-        if not number:
-            return Reason.DIAL_STRING
-        user = self.directory.by_number(number)
-        if user is None:
-            return Reason.PERMISSION
+        """Log a client in with the number rules of json-v1 §7, or say why not."""
+        username = auth.username if auth is not None else None
+        assignment = self.config.directory.number_assignment
+        if username is not None:
+            user = self.directory.by_username(username)
+            if assignment == "directory":
+                if user is None or not user.number:
+                    return Reason.DIAL_STRING
+                number = user.number
+            elif not number:
+                return Reason.DIAL_STRING
+            elif user is None or user.number != number:
+                # Authenticated as one user, claiming another's number.
+                return Reason.PERMISSION
+        elif auth is not None and auth.method == "token":
+            # A token naming nobody: outgoing calls only, never a number.
+            if number:
+                return Reason.PERMISSION
+            user = None
+        else:
+            if not number:
+                return Reason.DIAL_STRING
+            user = self.directory.by_number(number)
+            if user is None:
+                return Reason.PERMISSION
         reg = Registration(
             identifier=new_identifier(),
             number=number,
-            display_name=display_name or user.display_name,
+            display_name=display_name or (user.display_name if user else ""),
             description=description[:256],
             sink=sink,
+            username=username,
+            token_nonce=auth.token_nonce if auth is not None else None,
         )
         self.registrations[reg.identifier] = reg
-        self._by_number.setdefault(number, []).append(reg)
-        logger.info("registered %s (%s) as %s", number, reg.display_name, reg.identifier)
+        if reg.number:
+            self._by_number.setdefault(reg.number, []).append(reg)
+        logger.info(
+            "registered %s (%s) as %s", reg.number or "<outgoing only>", reg.display_name,
+            reg.identifier,
+        )
         return reg
+
+    def takeover(self, auth: AuthResult, sink: ClientSink) -> tuple[Registration, bool] | None:
+        """Token refresh (json-v1 §2): a connection whose token carries the nonce of a
+        registration's token, for the same user, takes that registration over. The flag
+        says whether the registration had lost its connection (its calls need new legs)."""
+        if auth.token_nonce is None:
+            return None
+        for reg in self.registrations.values():
+            if reg.token_nonce == auth.token_nonce and reg.username == auth.username:
+                break
+        else:
+            return None
+        old = reg.disconnect
+        reg.disconnect = None
+        was_detached = reg.detached is not None
+        if was_detached:
+            self.restore(reg.identifier, sink, auth)
+        else:
+            reg.sink = sink
+            if old is not None:
+                old()
+        logger.info("registration %s taken over by a refreshed token", reg.identifier)
+        return reg, was_detached
 
     def unregister(self, reg: Registration, reason: Reason = Reason.USER_TERMINATED) -> None:
         """End every call of the registration and forget it."""
@@ -183,6 +253,7 @@ class Core:
             peers.remove(reg)
         if not peers:
             self._by_number.pop(reg.number, None)
+        reg.disconnect = None
         for call in list(reg.calls.values()):
             self._end(call, reason)
         logger.info("unregistered %s (%s)", reg.number, reg.identifier)
@@ -197,6 +268,7 @@ class Core:
         if reg.identifier not in self.registrations or reg.detached is not None:
             return
         reg.sink = _discard
+        reg.disconnect = None
         reg.detached = asyncio.get_running_loop().call_later(
             self.config.calls.restore_grace, self._grace_expired, reg
         )
@@ -213,11 +285,16 @@ class Core:
         reg.detached = None
         self.unregister(reg, Reason.USER_TERMINATED)
 
-    def restore(self, identifier: str, sink: ClientSink) -> Registration | None:
+    def restore(
+        self, identifier: str, sink: ClientSink, auth: AuthResult | None = None
+    ) -> Registration | None:
         """Attach a new connection to a detached registration; None when unknown or expired.
         The caller sends the register status first, then calls `resume_calls`."""
         reg = self.registrations.get(identifier)
         if reg is None or reg.detached is None:
+            return None
+        if reg.username is not None and (auth is None or auth.username != reg.username):
+            # Identifiers are bound to their user (DESIGN §9).
             return None
         reg.detached.cancel()
         reg.detached = None
@@ -273,6 +350,7 @@ class Core:
             reg.sink(CallStatus(cmd.call_id, CallState.TERMINATED, Reason.ERROR))
             return
         call = ClientCall(cmd.call_id, reg, True, cmd.remote, CallState.DIALING)
+        self._start_record(call, "outgoing")
         reg.calls[call.call_id] = call
         if not _DIAL_STRING.match(cmd.remote.dial_string):
             self._end(call, Reason.DIAL_STRING)
@@ -331,6 +409,8 @@ class Core:
         number = call.remote.dial_string
         numbers = self.config.numbers
         callees = [r for r in self.logged_in(number) if r is not call.reg]
+        if callees and call.record is not None:
+            call.record.routed("web")
         if number in (numbers.echo, numbers.tone):
             self._answer_locally(call, EchoPort() if number == numbers.echo else TonePort())
         elif callees:
@@ -357,12 +437,15 @@ class Core:
         credentials = (pbx.username, pbx.password or "") if pbx.username else None
         call.invite = self.ua.invite(
             target,
-            from_user=call.reg.number,
+            # An outgoing-only login has no number to present.
+            from_user=call.reg.number or "anonymous",
             from_display=call.reg.display_name,
             sdp=call.rtp.create_offer(),
             credentials=credentials,
             on_event=lambda ev: self._on_outbound_sip(call, ev),
         )
+        if call.record is not None:
+            call.record.sip(call_id=call.invite.call_id)
         logger.info("call %s: INVITE %s (Call-ID %s)", call.call_id, target, call.invite.call_id)
 
     def _answer_locally(self, call: ClientCall, port: EchoPort | TonePort) -> None:
@@ -393,10 +476,14 @@ class Core:
                 self._end(call, Reason.MEDIA)
                 return
             call.answered = True
+            if call.record is not None:
+                call.record.sip(code=200)
             self._set_state(call, CallState.ACTIVE)
             self._bridge_client_leg(call)
         elif isinstance(ev, sip_events.Rejected):
             call.far_ended = True
+            if call.record is not None:
+                call.record.sip(code=ev.code)
             self._end(call, reason_from_sip(ev.code, call.alerted))
         elif isinstance(ev, sip_events.Terminated):
             call.far_ended = True
@@ -419,6 +506,7 @@ class Core:
             fork = ClientCall(
                 new_identifier(), reg, False, caller.reg.party, CallState.OFFERED, caller=caller
             )
+            self._start_record(fork, "web")
             reg.calls[fork.call_id] = fork
             caller.forks.append(fork)
             self._spawn(self._offer_client(fork))
@@ -556,6 +644,8 @@ class Core:
                 incoming.timer.cancel()
             incoming.invite.answer(incoming.rtp_answer)
             call.answered = True
+            if call.record is not None:
+                call.record.sip(code=200)
             self._set_state(call, CallState.ACTIVE)
             self._bridge_client_leg(call)
             for other in incoming.forks:
@@ -610,6 +700,9 @@ class Core:
             fork = ClientCall(
                 new_identifier(), reg, False, caller, CallState.OFFERED, sip_in=incoming
             )
+            self._start_record(fork, "incoming")
+            if fork.record is not None:
+                fork.record.sip(call_id=invite.call_id)
             reg.calls[fork.call_id] = fork
             incoming.forks.append(fork)
             self._spawn(self._offer_client(fork))
@@ -655,6 +748,11 @@ class Core:
         if call.state is state or call.state is CallState.TERMINATED:
             return
         call.state = state
+        if call.record is not None:
+            if state is CallState.RINGING:
+                call.record.ringing()
+            elif state is CallState.ACTIVE:
+                call.record.answered()
         call.reg.sink(CallStatus(call.call_id, state, None, call.remote))
 
     def _end(
@@ -671,6 +769,7 @@ class Core:
         logger.info("call %s ended: %s", call.call_id, reason)
         if release:
             self._release_far(call, previous, reason)
+        self._finish_record(call, reason)
         if notify:
             call.reg.sink(CallStatus(call.call_id, CallState.TERMINATED, reason, call.remote))
         self._spawn(self._close_media(call))
@@ -716,6 +815,38 @@ class Core:
         if call.local is not None:
             call.local.close()
 
+    # -- call records ------------------------------------------------------------------
+
+    def _start_record(self, call: ClientCall, direction: str) -> None:
+        if self.records is None:
+            return
+        reg = call.reg
+        call.record = CallRecordBuilder(
+            direction=direction,
+            call_id=call.call_id,
+            local_number=reg.number or None,
+            local_display_name=reg.display_name or None,
+            local_username=reg.username,
+            remote_number=call.remote.dial_string,
+            remote_display_name=call.remote.display_name or None,
+            description=reg.description or None,
+            sink=self.records.submit,
+        )
+
+    def _finish_record(self, call: ClientCall, reason: Reason) -> None:
+        record = call.record
+        if record is None:
+            return
+        far = call.rtp or (call.sip_in.rtp if call.sip_in is not None else None)
+        client = call.webrtc
+        record.codecs(
+            client=client.codec if client is not None else None,
+            far=far.codec if far is not None else None,
+        )
+        if far is not None:
+            record.stats(far=dataclasses.asdict(far.stats()))
+        record.ended(reason=str(reason))
+
     # -- housekeeping ------------------------------------------------------------------
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
@@ -733,3 +864,5 @@ class Core:
             self.unregister(reg, Reason.ERROR)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
+        if self.records is not None:
+            await self.records.aclose()

@@ -460,6 +460,12 @@ class CallRecordBuilder:
         }
         self._set(**changes)
 
+    def routed(self, direction: str) -> None:
+        """Correct the direction once routing knows it (a dialed number was a web user)."""
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        self._set(direction=direction)
+
     def remote(self, *, number: str | None = None, display_name: str | None = None) -> None:
         """Set the far party (e.g. from the P-Asserted-Identity of the answer)."""
         changes = {

@@ -17,6 +17,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 
 from gateway import __version__
+from gateway.auth import AuthResult
 from gateway.call import CallState, Reason
 from gateway.commands import (
     Accept,
@@ -97,6 +98,8 @@ class JsonV1Session:
         self._closing = False
         self._close_code: int = CloseCode.NORMAL_CLOSURE
         self._assignment = "new"
+        # Set at the HTTP upgrade by gateway.http (None when no check ran).
+        self.auth: AuthResult | None = getattr(ws, "auth", None)
 
     # -- outgoing ----------------------------------------------------------------------
 
@@ -163,6 +166,8 @@ class JsonV1Session:
         try:
             if "identifier" in query:
                 await self._restore(query["identifier"][0])
+            elif self.auth is not None and self.auth.token_nonce is not None:
+                await self._takeover()
             async for frame in self.ws:
                 if self._closing:
                     # Keep reading while our close handshake runs: the peer's close frame
@@ -194,15 +199,37 @@ class JsonV1Session:
 
     async def _restore(self, identifier: str) -> None:
         """Attach this connection to a registration that lost its connection (§7)."""
-        reg = self.core.restore(identifier, self.on_event) if IDENTIFIER.match(identifier) else None
+        reg = None
+        if IDENTIFIER.match(identifier):
+            reg = self.core.restore(identifier, self.on_event, self.auth)
         if reg is None:
-            logger.info("restore of %r refused: unknown or expired", identifier[:128])
+            logger.info("restore of %r refused: unknown, expired or not yours", identifier[:128])
             self._register_terminated(Reason.ERROR)
             return
-        self.reg = reg
-        self._assignment = "restored"
-        self._register_status()
+        self._attach(reg, "restored")
         await self.core.resume_calls(reg)
+
+    async def _takeover(self) -> None:
+        """A refreshed token with the nonce of a live registration's token (§2)."""
+        assert self.auth is not None
+        taken = self.core.takeover(self.auth, self.on_event)
+        if taken is None:
+            return  # no such registration: an ordinary login follows
+        reg, was_detached = taken
+        self._attach(reg, "restored")
+        if was_detached:
+            await self.core.resume_calls(reg)
+
+    def _attach(self, reg: Registration, assignment: str) -> None:
+        self.reg = reg
+        reg.disconnect = self._taken_over
+        self._assignment = assignment
+        self._register_status()
+
+    def _taken_over(self) -> None:
+        # The registration now belongs to the new connection: leave it alone on close.
+        self.reg = None
+        self._close(CloseCode.NORMAL_CLOSURE, "registration taken over by a refreshed token")
 
     def _close(self, code: int, why: str) -> None:
         if self._closing:
@@ -261,12 +288,11 @@ class JsonV1Session:
             if not isinstance(description, str):
                 description = ""
             result = self.core.register(local.dial_string, local.display_name, description,
-                                        self.on_event)
+                                        self.on_event, self.auth)
             if isinstance(result, Reason):
                 self._register_terminated(result)
                 return
-            self.reg = result
-            self._register_status()
+            self._attach(result, "new")
         elif action == "status":
             if self.reg is None:
                 raise ProtocolError("not registered")

@@ -246,6 +246,9 @@ rtp_port_max = {gw.rtp_range[1]}
 
 [logging]
 level = "debug"
+
+[records]
+path = "{gw.workdir / 'calls.db'}"
 {extra}{users}"""
     )
 

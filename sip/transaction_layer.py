@@ -124,7 +124,7 @@ class TransactionLayer:
 
     def receive(self, data: bytes, source: Peer) -> list[LayerEffect]:
         if len(data) > self.max_message:
-            reply = raw_bad_request(data[: self.max_message], "513 Message Too Large")
+            reply = raw_bad_request(data, "513 Message Too Large")
             return [Transmit(source, reply)] if reply else []
         if header_lines(data) > self.max_header_lines:
             reply = raw_bad_request(data, "400 Too Many Headers")

@@ -15,11 +15,16 @@ DTMF: ``send_dtmf`` sends RFC 4733 events when the far end negotiated
 telephone-event and generated dual tones in the audio otherwise; ``on_dtmf``
 reports received digits, from RFC 4733 events or, without telephone-event,
 from a Goertzel detector on the received audio.
+
+RTCP goes over the odd port above the RTP one (or muxed on the RTP port when
+the peer does so): a compound SR/RR + SDES about every 5 s, BYE on close.
+``stats()`` combines our counters with the peer's reports.
 """
 
 import asyncio
 import logging
 import random
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +36,7 @@ from .dtmf import DtmfEventReceiver, digit_to_event, event_packets
 from .dtmfdetect import DtmfDetector
 from .g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from .ports import FRAME_MS, AudioPort, FrameQueue, PlayoutQueue, frame_samples
+from .rtcpsession import RtcpSession
 from .rtp import RtpPacket, is_rtcp, seq_diff
 from .sdp import (
     DIRECTIONS,
@@ -45,6 +51,7 @@ from .sdp import (
     reverse_direction,
     select_codec,
 )
+from .stats import LegStats
 from .tones import dtmf_tone
 
 __all__ = ["RtpLeg"]
@@ -73,6 +80,8 @@ DTMF_GAP_MS = 60
 MIN_DTMF_MS = 40  # ITU-T Q.24: shorter tones need not be recognised
 MAX_DTMF_MS = 5000
 MAX_QUEUED_DIGITS = 64
+# RFC 3550 6.2: a fixed 5 s minimum suits two-party sessions; randomised
+RTCP_INTERVAL = 5.0
 
 
 @dataclass(frozen=True)
@@ -90,11 +99,15 @@ SUPPORTED = [(c.name, SAMPLE_RATE) for c in G711_CODECS.values()]
 
 
 class _RtpProtocol(asyncio.DatagramProtocol):
-    def __init__(self, leg: "RtpLeg") -> None:
+    def __init__(self, leg: "RtpLeg", rtcp: bool = False) -> None:
         self._leg = leg
+        self._rtcp = rtcp
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self._leg._datagram_received(data, addr)
+        if self._rtcp:
+            self._leg._rtcp_received(data, addr)
+        else:
+            self._leg._datagram_received(data, addr)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable while the far end is not listening yet
@@ -141,6 +154,7 @@ class RtpLeg(AudioPort):
         self._inband: deque[npt.NDArray[np.int16]] = deque()
         self._dtmf_receiver = DtmfEventReceiver()
         self._dtmf_detector: DtmfDetector | None = None
+
         self._transport: asyncio.DatagramTransport | None = None
         self._closed = False
 
@@ -165,6 +179,15 @@ class RtpLeg(AudioPort):
         self._timestamp = random.getrandbits(32)
         self._marker = True
         self._playout = PlayoutQueue()
+
+        # RTCP
+        self.rtcp_interval = RTCP_INTERVAL
+        self._rtcp = RtcpSession(self._ssrc, SAMPLE_RATE, f"{self._ssrc:08x}@{host}")
+        self._rtcp_transport: asyncio.DatagramTransport | None = None
+        self._rtcp_remote: tuple[str, int] | None = None  # from SDP (a=rtcp or port + 1)
+        self._rtcp_latched: tuple[str, int] | None = None
+        self._rtcp_task: asyncio.Task[None] | None = None
+
         self._sender: asyncio.Task[None] | None = None
 
         # receiving
@@ -186,7 +209,10 @@ class RtpLeg(AudioPort):
         on_timeout: Callable[[], None] | None = None,
         on_dtmf: Callable[[str], None] | None = None,
     ) -> "RtpLeg":
-        """Bind an even port in [port_min, port_max] (RTCP would take the odd one)."""
+        """
+        Bind an even RTP port in [port_min, port_max] and the RTCP port above
+        it (which may be port_max + 1).
+        """
         loop = asyncio.get_running_loop()
         leg = cls(host, media_timeout=media_timeout, on_timeout=on_timeout, on_dtmf=on_dtmf)
         ports = list(range(port_min + port_min % 2, port_max + 1, 2))
@@ -201,7 +227,15 @@ class RtpLeg(AudioPort):
                 )
             except OSError:
                 continue
+            try:
+                rtcp_transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _RtpProtocol(leg, rtcp=True), local_addr=(host, port + 1)
+                )
+            except OSError:
+                transport.close()
+                continue
             leg._transport = transport
+            leg._rtcp_transport = rtcp_transport
             leg.local_port = transport.get_extra_info("sockname")[1]
             return leg
         raise OSError(f"No free RTP port on {host} in [{port_min}, {port_max}]")
@@ -350,7 +384,18 @@ class RtpLeg(AudioPort):
             raise SdpError("SDP has no connection address")
         if address in ("0.0.0.0", "::"):
             # RFC 2543 style hold: nowhere to send
+            self._rtcp_remote = None
             return None
+        self._rtcp_remote = (address, audio.port + 1)
+        for name, value in audio.attributes:
+            if name == "rtcp" and value:
+                # RFC 3605: a=rtcp:port [IN IP4 address]
+                bits = value.split()
+                try:
+                    rtcp_port = int(bits[0])
+                except ValueError:
+                    continue
+                self._rtcp_remote = (bits[3] if len(bits) >= 4 else address, rtcp_port)
         return (address, audio.port)
 
     def _negotiated(self, codec: Codec, event: Codec | None) -> None:
@@ -363,6 +408,7 @@ class RtpLeg(AudioPort):
     def _set_remote(self, remote: tuple[str, int] | None, direction: str) -> None:
         if remote != self._sdp_remote:
             self._latched = None
+            self._rtcp_latched = None
         self._sdp_remote = remote
         sending = direction in ("sendrecv", "sendonly") and remote is not None
         if sending and not self._sending:
@@ -384,6 +430,7 @@ class RtpLeg(AudioPort):
         if self._sender is None and not self._closed:
             self._timeout_since = asyncio.get_running_loop().time()
             self._sender = asyncio.get_running_loop().create_task(self._run_sender())
+            self._rtcp_task = asyncio.get_running_loop().create_task(self._run_rtcp())
 
     # DTMF
 
@@ -466,6 +513,7 @@ class RtpLeg(AudioPort):
         self._sequence_number = (self._sequence_number + 1) & 0xFFFF
         self._transport.sendto(bytes(packet), addr)
         self.packets_sent += 1
+        self._rtcp.rtp_sent(len(payload))
 
     def _dtmf_received(self, digit: str) -> None:
         logger.debug("DTMF %s received", digit)
@@ -526,20 +574,23 @@ class RtpLeg(AudioPort):
         self._marker = False
         self._transport.sendto(bytes(packet), addr)
         self.packets_sent += 1
+        self._rtcp.rtp_sent(len(packet.payload))
 
     # receiving
 
     def _datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self._closed or is_rtcp(data):
+        if self._closed:
+            return
+        if is_rtcp(data):
+            # RFC 5761 rtcp-mux, if the peer does it
+            self._rtcp_received(data, addr, muxed=True)
             return
         try:
             packet = RtpPacket.parse(data)
         except ValueError:
             return
         if self._telephone_event_pt is not None and packet.payload_type == self._telephone_event_pt:
-            self.packets_received += 1
-            self.last_received = asyncio.get_running_loop().time()
-            self._timeout_fired = False
+            self._count_received(packet)
             if self._receiving:
                 digit = self._dtmf_receiver.feed(packet.ssrc, packet.timestamp, packet.payload)
                 if digit is not None:
@@ -549,9 +600,7 @@ class RtpLeg(AudioPort):
         if codec is None:
             # not negotiated
             return
-        self.packets_received += 1
-        self.last_received = asyncio.get_running_loop().time()
-        self._timeout_fired = False
+        self._count_received(packet)
         if packet.payload_type == self._codec_pt and self._latched is None:
             # symmetric RTP (RFC 4961): answer to where the far end really is
             self._latched = addr
@@ -559,6 +608,45 @@ class RtpLeg(AudioPort):
             # we are sendonly/inactive: the far end's audio is not wanted
             return
         self._reorder(packet, codec.decode(packet.payload))
+
+    def _count_received(self, packet: RtpPacket) -> None:
+        now = asyncio.get_running_loop().time()
+        self.packets_received += 1
+        self.last_received = now
+        self._timeout_fired = False
+        self._rtcp.rtp_received(
+            packet.ssrc, packet.sequence_number, packet.timestamp, now, len(packet.payload)
+        )
+
+    # RTCP
+
+    def stats(self) -> LegStats:
+        """Counters, loss, jitter, RTT (from the peer's RTCP) and a MOS estimate."""
+        return self._rtcp.stats(self.codec)
+
+    def _rtcp_received(self, data: bytes, addr: tuple[str, int], muxed: bool = False) -> None:
+        if self._closed:
+            return
+        if not muxed and self._rtcp_latched is None:
+            self._rtcp_latched = addr
+        self._rtcp.handle(data, time.time(), asyncio.get_running_loop().time())
+
+    def _send_rtcp(self, bye: bool = False) -> None:
+        addr = self._rtcp_latched or self._rtcp_remote
+        if addr is None or self._rtcp_transport is None or self._rtcp_transport.is_closing():
+            return
+        data = self._rtcp.build_report(
+            time.time(), asyncio.get_running_loop().time(), self._timestamp, bye=bye
+        )
+        self._rtcp_transport.sendto(data, addr)
+
+    async def _run_rtcp(self) -> None:
+        # RFC 3550 6.2: the first report after half an interval, then
+        # randomised intervals so that sessions do not synchronise
+        await asyncio.sleep(self.rtcp_interval * random.uniform(0.25, 0.75))
+        while not self._closed:
+            self._send_rtcp()
+            await asyncio.sleep(self.rtcp_interval * random.uniform(0.5, 1.5))
 
     def _reorder(self, packet: RtpPacket, samples: npt.NDArray[np.int16]) -> None:
         seq = packet.sequence_number
@@ -637,6 +725,9 @@ class RtpLeg(AudioPort):
             self._reorder_timer.cancel()
         if self._dtmf_task is not None:
             self._dtmf_task.cancel()
+        if self._rtcp_task is not None:
+            self._rtcp_task.cancel()
+            self._send_rtcp(bye=True)
         if self._sender is not None:
             self._sender.cancel()
             try:
@@ -646,3 +737,5 @@ class RtpLeg(AudioPort):
             self._sender = None
         if self._transport is not None:
             self._transport.close()
+        if self._rtcp_transport is not None:
+            self._rtcp_transport.close()

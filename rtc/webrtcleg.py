@@ -33,6 +33,7 @@ from av import AudioFrame
 from .dtmf import digit_to_event
 from .ports import AudioPort, FrameQueue, PlayoutQueue, frame_samples
 from .resample import Resampler
+from .stats import LegStats, estimate_mos
 from .webrtcdtmf import TELEPHONE_EVENT, TransceiverDtmf, register_telephone_event
 
 __all__ = ["WebRtcLeg"]
@@ -235,6 +236,42 @@ class WebRtcLeg(AudioPort):
         ice_candidate.sdpMid = sdp_mid
         ice_candidate.sdpMLineIndex = sdp_mline_index
         await self._pc.addIceCandidate(ice_candidate)
+
+    # statistics
+
+    async def stats(self) -> LegStats:
+        """
+        The leg's statistics from aiortc's getStats(): packets sent/received
+        and lost, jitter, the RTT from the browser's RTCP reports, and a MOS
+        estimate. ``bytes_sent`` counts RTP payload; ``bytes_received`` is
+        what the transport received (aiortc counts no inbound payload bytes).
+        """
+        stats = LegStats(codec=self.codec)
+        if self._closed or self._transceiver is None or not self._transceiver._codecs:
+            return stats
+        clock_rate = self._transceiver._codecs[0].clockRate
+        for item in (await self._pc.getStats()).values():
+            if item.type == "inbound-rtp":
+                stats.packets_received += item.packetsReceived
+                stats.packets_lost += max(0, item.packetsLost)
+                stats.jitter_ms = max(stats.jitter_ms, item.jitter * 1000 / clock_rate)
+            elif item.type == "outbound-rtp":
+                stats.packets_sent += item.packetsSent
+                stats.bytes_sent += item.bytesSent
+            elif item.type == "remote-inbound-rtp":
+                stats.remote_packets_lost = item.packetsLost
+                stats.remote_fraction_lost = item.fractionLost
+                stats.remote_jitter_ms = item.jitter * 1000 / clock_rate
+                if item.roundTripTime is not None:
+                    # None until a report echoes one of our SRs
+                    stats.rtt_ms = item.roundTripTime * 1000
+            elif item.type == "transport":
+                stats.bytes_received += item.bytesReceived
+        expected = stats.packets_received + stats.packets_lost
+        if expected:
+            stats.fraction_lost = stats.packets_lost / expected
+            stats.mos = estimate_mos(stats.fraction_lost, stats.jitter_ms, stats.rtt_ms)
+        return stats
 
     # DTMF
 

@@ -177,3 +177,26 @@ async def test_on_failed_when_peer_closes() -> None:
     finally:
         await a.close()
     assert failed == ["a"]
+
+
+async def test_stats_from_aiortc() -> None:
+    a, b = WebRtcLeg(), WebRtcLeg()
+    try:
+        assert (await a.stats()).packets_sent == 0
+        await connect(a, b)
+        # aiortc sends its first RTCP report after 0.5-1.5 s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 8
+        stats = await a.stats()
+        while stats.rtt_ms is None and loop.time() < deadline:
+            await asyncio.sleep(0.2)
+            stats = await a.stats()
+        assert stats.codec == "audio/opus"
+        assert stats.packets_sent > 10 and stats.bytes_sent > 0
+        assert stats.packets_received > 10 and stats.bytes_received > 0
+        assert stats.packets_lost == 0
+        assert stats.rtt_ms is not None and 0 <= stats.rtt_ms < 100
+        assert stats.mos is not None and stats.mos > 4.0
+    finally:
+        await a.close()
+        await b.close()

@@ -1,0 +1,160 @@
+"""
+Per-leg media statistics: the receiver side of RFC 3550 (sequence tracking,
+loss, interarrival jitter, report blocks), round-trip time from LSR/DLSR, and
+an estimated MOS from the ITU-T G.107 E-model. Sans-I/O: times are passed in.
+"""
+
+from dataclasses import dataclass
+
+from .rtcp import RtcpReceptionReport
+from .rtp import seq_diff
+
+__all__ = ["LegStats", "ReceiverStatistics", "mos_from_r", "r_factor", "estimate_mos"]
+
+MAX_DROPOUT = 3000
+MAX_MISORDER = 100
+
+
+@dataclass
+class LegStats:
+    """
+    What one leg measured. Local counters are exact; ``remote_*`` and
+    ``rtt_ms`` come from the peer's RTCP reports (None until one arrived).
+    """
+
+    codec: str | None = None
+    packets_sent: int = 0
+    bytes_sent: int = 0  # RTP payload octets, as RTCP counts them
+    packets_received: int = 0
+    bytes_received: int = 0
+    packets_lost: int = 0  # by the far end toward us (our receive side)
+    fraction_lost: float = 0.0  # 0..1, cumulative
+    jitter_ms: float = 0.0  # RFC 3550 interarrival jitter of what we receive
+    remote_packets_lost: int | None = None  # of what we sent, as the peer reports
+    remote_fraction_lost: float | None = None  # 0..1, since its previous report
+    remote_jitter_ms: float | None = None
+    rtt_ms: float | None = None
+    mos: float | None = None  # estimated from our receive side and the RTT
+
+
+class ReceiverStatistics:
+    """The RTP receiver state of RFC 3550 appendix A.1, A.3 and A.8 for one source."""
+
+    def __init__(self, clock_rate: int) -> None:
+        self.clock_rate = clock_rate
+        self.ssrc: int | None = None
+        self._reset(0)
+
+    def _reset(self, sequence_number: int) -> None:
+        self.packets_received = 0
+        self.bytes_received = 0
+        self._base_seq = self._max_seq = sequence_number
+        self._cycles = 0
+        self._jitter = 0.0  # in timestamp units
+        self._transit: float | None = None
+        self._expected_prior = 0
+        self._received_prior = 0
+
+    def add(
+        self, ssrc: int, sequence_number: int, timestamp: int, arrival: float, size: int
+    ) -> None:
+        """Account for a packet; ``arrival`` in seconds on any steady clock."""
+        if ssrc != self.ssrc:
+            # a new source (e.g. the PBX switched streams): start over
+            self.ssrc = ssrc
+            self._reset(sequence_number)
+        else:
+            delta = seq_diff(sequence_number, self._max_seq)
+            if 0 < delta < MAX_DROPOUT:
+                if sequence_number < self._max_seq:
+                    self._cycles += 1 << 16
+                self._max_seq = sequence_number
+            elif delta <= -MAX_MISORDER or delta >= MAX_DROPOUT:
+                # a big jump: resynchronise rather than count it all as loss
+                self._reset(sequence_number)
+            elif delta == 0:
+                return  # duplicate
+        self.packets_received += 1
+        self.bytes_received += size
+
+        # A.8: jitter from the change in relative transit time
+        transit = arrival * self.clock_rate - timestamp
+        if self._transit is not None:
+            d = abs(transit - self._transit)
+            # a timestamp jump (new talk spurt after a gap is fine, a jump is not)
+            if d < self.clock_rate * 10:
+                self._jitter += (d - self._jitter) / 16
+        self._transit = transit
+
+    @property
+    def extended_max(self) -> int:
+        return self._cycles + self._max_seq
+
+    @property
+    def expected(self) -> int:
+        return self.extended_max - self._base_seq + 1 if self.ssrc is not None else 0
+
+    @property
+    def lost(self) -> int:
+        return self.expected - self.packets_received
+
+    @property
+    def jitter(self) -> float:
+        """Interarrival jitter in seconds."""
+        return self._jitter / self.clock_rate
+
+    def report(self, lsr: int = 0, dlsr: int = 0) -> RtcpReceptionReport | None:
+        """A report block for the next RR/SR (None before any packet)."""
+        if self.ssrc is None:
+            return None
+        expected = self.expected
+        interval_expected = expected - self._expected_prior
+        interval_received = self.packets_received - self._received_prior
+        self._expected_prior, self._received_prior = expected, self.packets_received
+        interval_lost = interval_expected - interval_received
+        fraction = 0
+        if interval_expected > 0 and interval_lost > 0:
+            fraction = min(255, (interval_lost << 8) // interval_expected)
+        lost = max(-(1 << 23), min(self.lost, (1 << 23) - 1))
+        return RtcpReceptionReport(
+            ssrc=self.ssrc,
+            fraction_lost=fraction,
+            packets_lost=lost,
+            highest_sequence=self.extended_max & 0xFFFFFFFF,
+            jitter=int(self._jitter),
+            lsr=lsr,
+            dlsr=dlsr,
+        )
+
+
+def r_factor(
+    loss: float, jitter_ms: float, rtt_ms: float | None, ie: float = 0.0, bpl: float = 25.1
+) -> float:
+    """
+    The E-model transmission rating R (ITU-T G.107) with default values for
+    everything but delay and loss: R = 93.2 - Id - Ie,eff. The one-way delay
+    is half the RTT plus a jitter buffer of twice the jitter plus 10 ms of
+    processing (the usual simplification of Cole and Rosenbluth). ``ie`` and
+    ``bpl`` are the codec's impairment and loss robustness (G.113: G.711 with
+    PLC 0 / 25.1).
+    """
+    delay = (rtt_ms or 0.0) / 2 + 2 * jitter_ms + 10.0
+    idd = 0.024 * delay
+    if delay > 177.3:
+        idd += 0.11 * (delay - 177.3)
+    ppl = 100.0 * max(0.0, min(1.0, loss))
+    ie_eff = ie + (95.0 - ie) * ppl / (ppl + bpl)
+    return 93.2 - idd - ie_eff
+
+
+def mos_from_r(r: float) -> float:
+    """G.107 annex B: the MOS (conversational quality) estimated from R."""
+    if r <= 0:
+        return 1.0
+    if r >= 100:
+        return 4.5
+    return 1 + 0.035 * r + 7e-6 * r * (r - 60) * (100 - r)
+
+
+def estimate_mos(loss: float, jitter_ms: float, rtt_ms: float | None) -> float:
+    return round(mos_from_r(r_factor(loss, jitter_ms, rtt_ms)), 2)

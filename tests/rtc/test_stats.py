@@ -1,0 +1,159 @@
+"""Receiver statistics (RFC 3550 A.1/A.3/A.8), E-model MOS, and RTCP between RtpLegs."""
+
+import asyncio
+import socket
+
+import pytest
+
+from rtc.rtcp import RtcpRrPacket, RtcpSdesPacket, RtcpSrPacket, parse_rtcp
+from rtc.rtcpsession import RtcpSession, ntp_time
+from rtc.rtp import RtpPacket
+from rtc.rtpleg import RtpLeg
+from rtc.stats import ReceiverStatistics, estimate_mos, mos_from_r, r_factor
+
+from .conftest import wait_for
+
+
+def test_loss_wraparound_duplicates_and_report_fraction() -> None:
+    stats = ReceiverStatistics(8000)
+    sent = [(65500 + i) & 0xFFFF for i in range(100)]
+    kept = [seq for i, seq in enumerate(sent) if i % 10 != 3]  # 10% lost
+    for n, seq in enumerate(kept):
+        stats.add(7, seq, seq * 160, n * 0.02, 160)
+    stats.add(7, kept[-1], kept[-1] * 160, 2.0, 160)  # duplicate: not counted
+    assert stats.expected == 100
+    assert stats.lost == 10
+    assert stats.extended_max == 65536 + 99 - 36
+    report = stats.report()
+    assert report is not None
+    assert report.fraction_lost == 25  # 10/100 * 256, rounded down
+    assert report.packets_lost == 10
+    assert report.highest_sequence == stats.extended_max
+    # nothing new since: the next report's fraction is 0
+    assert stats.report().fraction_lost == 0  # type: ignore[union-attr]
+
+
+def test_jitter_converges_to_the_transit_variation() -> None:
+    stats = ReceiverStatistics(8000)
+    for n in range(400):
+        # every other packet 10 ms late: each transit difference is 10 ms
+        stats.add(1, n, n * 160, n * 0.02 + (0.01 if n % 2 else 0.0), 160)
+    assert stats.jitter == pytest.approx(0.010, rel=0.02)
+    steady = ReceiverStatistics(8000)
+    for n in range(100):
+        steady.add(1, n, n * 160, 5.0 + n * 0.02, 160)
+    assert steady.jitter == pytest.approx(0.0, abs=1e-6)
+
+
+def test_new_ssrc_and_big_jump_restart_counting() -> None:
+    stats = ReceiverStatistics(8000)
+    for seq in range(10):
+        stats.add(1, seq, seq * 160, seq * 0.02, 160)
+    stats.add(2, 5000, 0, 1.0, 160)
+    assert (stats.ssrc, stats.expected, stats.lost) == (2, 1, 0)
+    stats.add(2, 30000, 160, 1.02, 160)
+    assert stats.lost == 0
+
+
+def test_e_model() -> None:
+    # G.711, no loss, short delay: the best narrowband score
+    assert estimate_mos(0.0, 0.0, 0.0) == pytest.approx(4.40, abs=0.01)
+    assert mos_from_r(0) == 1.0 and mos_from_r(120) == 4.5
+    scores = [estimate_mos(loss, 5.0, 40.0) for loss in (0.0, 0.01, 0.05, 0.2)]
+    assert scores == sorted(scores, reverse=True)
+    assert 4.1 < scores[1] < 4.4  # 1% loss with PLC: still good
+    assert scores[3] < 3.0
+    assert r_factor(0.0, 0.0, 600.0) < r_factor(0.0, 0.0, 100.0)
+
+
+def test_rtt_from_lsr_and_dlsr() -> None:
+    a = RtcpSession(ssrc=1, clock_rate=8000, cname="a")
+    b = RtcpSession(ssrc=2, clock_rate=8000, cname="b")
+    a.rtp_sent(160)
+    b.rtp_received(1, 0, 0, 0.0, 160)
+    sr = a.build_report(wall_time=1000.0, monotonic=0.0, rtp_timestamp=0)
+    packets = parse_rtcp(sr)
+    assert isinstance(packets[0], RtcpSrPacket) and isinstance(packets[1], RtcpSdesPacket)
+    assert packets[0].ntp_timestamp == ntp_time(1000.0)
+    # the SR takes 30 ms to b, b answers 200 ms later, the RR takes 30 ms back
+    b.handle(sr, wall_time=1000.03, monotonic=10.0)
+    a.rtp_received(2, 0, 0, 0.0, 160)
+    rr = b.build_report(wall_time=1000.23, monotonic=10.2, rtp_timestamp=0)
+    assert isinstance(parse_rtcp(rr)[0], RtcpRrPacket)
+    a.handle(rr, wall_time=1000.26, monotonic=0.26)
+    assert a.rtt == pytest.approx(0.06, abs=0.001)
+    assert a.stats("PCMU").rtt_ms == pytest.approx(60, abs=1)
+    a.handle(b"\x80\xc9garbage", 0, 0)  # ignored
+
+
+async def test_rtcp_between_legs_gives_rtt_and_counts() -> None:
+    a = await RtpLeg.open()
+    b = await RtpLeg.open()
+    a.rtcp_interval = b.rtcp_interval = 0.2
+    try:
+        a.apply_answer(b.create_answer(a.create_offer()))
+        await wait_for(lambda: a.stats().rtt_ms is not None and b.stats().rtt_ms is not None, 5)
+        for leg in (a, b):
+            stats = leg.stats()
+            assert stats.codec == "PCMU"
+            assert stats.packets_sent > 10 and stats.bytes_sent == 160 * stats.packets_sent
+            assert stats.packets_received > 10
+            assert stats.packets_lost == 0 and stats.fraction_lost == 0.0
+            assert stats.remote_packets_lost == 0
+            assert stats.rtt_ms is not None and 0 <= stats.rtt_ms < 50
+            assert stats.jitter_ms < 10
+            assert stats.mos is not None and stats.mos > 4.3
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_leg_reports_loss_to_the_sender_and_sends_bye() -> None:
+    leg = await RtpLeg.open()
+    leg.rtcp_interval = 0.3
+    rtp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rtcp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rtp.bind(("127.0.0.1", 0))
+    port = rtp.getsockname()[1]
+    try:
+        rtcp.bind(("127.0.0.1", port + 1))
+    except OSError:
+        pytest.skip("port above the RTP socket is taken")
+    rtcp.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        offer = (
+            b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            b"m=audio %d RTP/AVP 0\r\n" % port
+        )
+        leg.create_answer(offer)
+        for seq in range(50):
+            if seq % 5 != 2:  # 20% lost
+                packet = RtpPacket(0, seq, seq * 160, 0xABC, payload=b"\xff" * 160)
+                rtp.sendto(bytes(packet), ("127.0.0.1", leg.local_port))
+            await asyncio.sleep(0.01)
+        stats = leg.stats()
+        assert stats.packets_lost == 10
+        assert stats.fraction_lost == pytest.approx(0.2, abs=0.01)
+        assert stats.mos is not None and stats.mos < 3.5
+
+        report = None
+        deadline = loop.time() + 3
+        while (report is None or report.highest_sequence != 49) and loop.time() < deadline:
+            data = await asyncio.wait_for(loop.sock_recv(rtcp, 2048), 3)
+            for rtcp_packet in parse_rtcp(data):
+                if isinstance(rtcp_packet, RtcpSrPacket | RtcpRrPacket) and rtcp_packet.reports:
+                    report = rtcp_packet.reports[0]
+        assert report is not None
+        assert report.ssrc == 0xABC
+        assert report.packets_lost == 10
+        assert report.fraction_lost > 0  # the interval's share, whatever it was
+
+        await leg.close()
+        bye = await asyncio.wait_for(loop.sock_recv(rtcp, 2048), 1)
+        while not any(type(p).__name__ == "RtcpByePacket" for p in parse_rtcp(bye)):
+            bye = await asyncio.wait_for(loop.sock_recv(rtcp, 2048), 1)
+    finally:
+        rtp.close()
+        rtcp.close()
+        await leg.close()

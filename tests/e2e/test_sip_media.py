@@ -226,6 +226,14 @@ def uas(sipp: SippFactory, gw: Gateway, xml: str, *, extra: list[str] | None = N
     return sp
 
 
+async def wait_active(call: Call, timeout: float = 20.0) -> None:
+    """Wait for `active`; fail at once (with the reason) if the call ends first."""
+    await call._until(
+        lambda: {"active", "terminated"} & set(call.states), timeout, "status 'active'"
+    )
+    assert "active" in call.states, f"call ended before `active`: {call.statuses}"
+
+
 async def expect_exit(sp: SippProcess, code: int = 0, timeout: float = 15.0) -> None:
     got = await sp.wait(timeout)
     assert got == code, f"sipp {sp.name} exited with {got}, expected {code}"
@@ -247,7 +255,7 @@ async def test_ringback_on_180_then_echo(gateway, sipp, clients):
     alice = await logged_in(clients, gateway)
 
     call = await alice.dial(FAR_NUMBER, freq=1000.0)
-    await call.wait_state("active", timeout=20)
+    await wait_active(call)
     states = call.states
     assert "ringing" in states and states.index("ringing") < states.index("active"), states
     ringing_at, active_at = status_time(call, "ringing"), status_time(call, "active")
@@ -297,7 +305,7 @@ async def test_early_media_on_183_before_active(gateway, sipp, clients):
     alice = await logged_in(clients, gateway)
 
     call = await alice.dial(FAR_NUMBER, freq=700.0)
-    await call.wait_state("active", timeout=20)
+    await wait_active(call)
     states = call.states
     assert "ringing" in states and states.index("ringing") < states.index("active"), states
     ringing_at, active_at = status_time(call, "ringing"), status_time(call, "active")
@@ -330,7 +338,7 @@ async def test_outgoing_pcma_only_far_end(gateway, sipp, clients, relay):
     alice = await logged_in(clients, gateway)
 
     call = await alice.dial(FAR_NUMBER, freq=900.0)
-    await call.wait_state("active", timeout=20)
+    await wait_active(call)
     await check_echo_after_active(call, 900.0)
     relay.check_pcma(900.0)
 
@@ -359,7 +367,7 @@ async def test_incoming_pcma_only_offer(gateway, sipp, clients, relay):
     await call.accept()
     await call.wait_state("ringing", timeout=10)
     await call.answer()
-    await call.wait_state("active", timeout=20)
+    await wait_active(call)
     await check_echo_after_active(call, 1200.0)
     relay.check_pcma(1200.0)
 
@@ -413,7 +421,7 @@ async def test_pbx_digest_challenge(pbx_auth_gateway, sipp, clients, xml, header
     alice = await logged_in(clients, gw)
 
     call = await alice.dial(FAR_NUMBER, freq=1000.0)
-    await call.wait_state("active", timeout=20)
+    await wait_active(call)
     await check_echo_after_active(call, 1000.0, seconds=1.0)
     await call.hangup()
     await call.wait_state("terminated", timeout=10)

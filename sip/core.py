@@ -48,6 +48,7 @@ from .ua_effects import (
     Effect,
     InviteReceived,
     OfferReceived,
+    OptionsResult,
     ReferProgress,
     ReinviteDone,
     SessionForgotten,
@@ -60,6 +61,7 @@ __all__ = [
     "Effect",
     "InviteReceived",
     "OfferReceived",
+    "OptionsResult",
     "ReferProgress",
     "ReinviteDone",
     "SessionForgotten",
@@ -116,6 +118,8 @@ class UserAgentCore(InDialogOperations, Admission):
         self._dialogs: dict[DialogId, str] = {}
         self._uac_calls: dict[tuple[str, str], str] = {}  # (Call-ID, local tag) -> session
         self._incoming_invites: dict[tuple[str, str, int], str] = {}  # merged-request check
+        self._options: dict[TransactionKey, int] = {}  # our qualify OPTIONS -> op
+        self._next_options = 1
 
     # -- identifiers -----------------------------------------------------------------
 
@@ -251,6 +255,35 @@ class UserAgentCore(InDialogOperations, Admission):
         s.transactions.add(key)
         self._client_txns[key] = (s.id, "invite")
         return self._run(effects)
+
+    def options(self, target: str, *, from_user: str = "") -> tuple[int, list[Effect]]:
+        """Send an out-of-dialog OPTIONS to `target` (qualify, RFC 3261 §11).
+
+        Returns its op number; the outcome comes as an OptionsResult effect. Raises
+        ValueError for an unusable target URI.
+        """
+        uri = URI.parse(target)
+        if uri.scheme not in ("sip", "sips") or not uri.host:
+            raise ValueError(f"cannot send OPTIONS to {target!r}")
+        peer = peer_for_uri(uri)
+        c = self.config
+        request = Request("OPTIONS", uri)
+        headers = request.headers
+        headers.set("Via", self._via(peer.transport))
+        headers.set("Max-Forwards", str(MAX_FORWARDS))
+        local = Address(URI("sip", c.host, user=from_user or None, port=c.port))
+        request.from_address = with_tag(local, self.new_tag())
+        request.to_address = Address(URI(uri.scheme, uri.host, user=uri.user, port=uri.port))
+        request.call_id = self.new_call_id()
+        request.cseq = CSeq(1, "OPTIONS")
+        headers.set("Contact", self._contact(from_user, peer.transport))
+        headers.set("Accept", SDP)
+        headers.set("User-Agent", c.user_agent)
+        op = self._next_options
+        self._next_options += 1
+        key, effects = self.layer.send_request(request, peer)
+        self._options[key] = op
+        return op, self._run(effects)
 
     def cancel(self, sid: str) -> list[Effect]:
         s = self.sessions.get(sid)
@@ -456,6 +489,8 @@ class UserAgentCore(InDialogOperations, Admission):
         return out
 
     def _on_client_failed(self, key: TransactionKey, timeout: bool) -> list[Effect]:
+        if (op := self._options.pop(key, None)) is not None:
+            return [OptionsResult(op, 408 if timeout else 503, False)]
         owner = self._client_txns.get(key)
         if owner is None:
             return []
@@ -479,6 +514,10 @@ class UserAgentCore(InDialogOperations, Admission):
     # -- UAC responses ---------------------------------------------------------------
 
     def _on_response(self, key: TransactionKey, response: Response) -> list[Effect]:
+        if key in self._options:
+            if response.code < 200:
+                return []
+            return [OptionsResult(self._options.pop(key), response.code, True)]
         owner = self._client_txns.get(key)
         if owner is None:
             return []

@@ -66,6 +66,21 @@ class ReferProgress:
     final: bool
 
 
+@dataclass(frozen=True)
+class OptionsResult:
+    """Outcome of an out-of-dialog OPTIONS (qualify) number `op`: the peer's final
+    `code` when `responded`, else 408 (no answer) or 503 (transport failure)."""
+
+    op: int
+    code: int
+    responded: bool
+
+    @property
+    def reachable(self) -> bool:
+        """The peer is up: it answered, and not with 503 Service Unavailable."""
+        return self.responded and self.code != 503
+
+
 Effect = (
     Transmit
     | StartTimer
@@ -76,4 +91,5 @@ Effect = (
     | OfferReceived
     | ReinviteDone
     | ReferProgress
+    | OptionsResult
 )

@@ -58,6 +58,7 @@ class _Stream(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.key is None:
             return
+        pings = self.framer.keepalives
         try:
             messages = self.framer.feed(data)
         except FramingError as exc:
@@ -65,6 +66,8 @@ class _Stream(asyncio.Protocol):
             if self.transport:
                 self.transport.close()
             return
+        if self.framer.keepalives > pings and self.transport is not None:
+            self.transport.write(b"\r\n")  # RFC 5626 §3.5.1: pong a double-CRLF ping
         for message in messages:
             self.owner._deliver(message, Peer("TCP", *self.key))
 
@@ -78,7 +81,17 @@ class _Stream(asyncio.Protocol):
 
 
 class Transport:
-    def __init__(self, host: str, port: int, on_message: MessageHandler, on_error: ErrorHandler):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        on_message: MessageHandler,
+        on_error: ErrorHandler,
+        keepalive_interval: float = 0.0,
+    ):
+        """`keepalive_interval` > 0: send a CRLF CRLF ping (RFC 5626) on every TCP
+        connection that often, so NATs and firewalls keep the flow open."""
+        self.keepalive_interval = keepalive_interval
         self.host = host
         self.requested_port = port
         self.on_message = on_message
@@ -109,7 +122,18 @@ class Transport:
                 continue
             self._udp = udp
             self.port = port
+            if self.keepalive_interval > 0:
+                task = loop.create_task(self._keepalive())
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             return
+
+    async def _keepalive(self) -> None:
+        while True:
+            await asyncio.sleep(self.keepalive_interval)
+            for connection in list(self._connections.values()):
+                if connection.transport is not None and not connection.transport.is_closing():
+                    connection.transport.write(b"\r\n\r\n")
 
     def _deliver(self, data: bytes, peer: Peer) -> None:
         try:

@@ -22,6 +22,7 @@ from ..core import (
     Effect,
     InviteReceived,
     OfferReceived,
+    OptionsResult,
     ReferProgress,
     ReinviteDone,
     SessionForgotten,
@@ -35,6 +36,7 @@ from ..peer import Peer
 from ..refer import replaces_value
 from ..registrar import Registrar
 from ..timers import TimerSettings
+from .qualify import Qualifier, StateHandler
 from .transport import Transport
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,9 @@ class UAConfig:
     # INVITE/REGISTER per source address: sustained rate per second and burst (0 = off).
     request_rate: float = 0.0
     request_burst: int = 20
+    # CRLF keep-alive pings on TCP connections every this many seconds (0 = off);
+    # pings from peers are always answered.
+    keepalive_interval: float = 0.0
 
 
 class _DialogOperations:
@@ -277,13 +282,19 @@ class UserAgent:
             time.monotonic, min_expires=config.min_expires, max_expires=config.max_expires
         )
         self._transport = Transport(
-            config.host, config.port, self._on_message, self._on_transport_error
+            config.host,
+            config.port,
+            self._on_message,
+            self._on_transport_error,
+            config.keepalive_interval,
         )
         self._core_instance: UserAgentCore | None = None
         self._timers: dict[TimerKey, asyncio.TimerHandle] = {}
         self._sessions: dict[str, OutboundInvite | InboundInvite] = {}
         self._queue: deque[Effect] = deque()
         self._running = False
+        self._pings: dict[int, Callable[[bool], None]] = {}
+        self._qualifiers: list[Qualifier] = []
 
     async def start(self) -> None:
         """Bind UDP and TCP on the configured address and port."""
@@ -330,7 +341,38 @@ class UserAgent:
             raise RuntimeError("UserAgent.start() has not been awaited")
         return self._core_instance
 
+    def ping(self, target: str, on_result: Callable[[bool], None]) -> None:
+        """Send one OPTIONS to `target`; `on_result(reachable)` runs when it completes
+        (a final response other than 503: True; 503, timeout or transport error: False).
+        An unusable target URI reports False from the loop."""
+        try:
+            op, effects = self._core.options(target)
+        except ValueError:
+            asyncio.get_running_loop().call_soon(on_result, False)
+            return
+        self._pings[op] = on_result
+        self._execute(effects)
+
+    def qualify(
+        self,
+        target: str,
+        on_state: StateHandler,
+        *,
+        interval: float = 30.0,
+        timeout: float = 5.0,
+    ) -> Qualifier:
+        """Keep pinging `target` with OPTIONS every `interval` s; `on_state(up)` runs on
+        the first result and on every up/down change (no answer within `timeout` s is
+        down). Stop it with `.stop()`; close() stops all."""
+        qualifier = Qualifier(self, target, interval, on_state, timeout)
+        self._qualifiers.append(qualifier)
+        qualifier.start()
+        return qualifier
+
     async def close(self) -> None:
+        for qualifier in self._qualifiers:
+            qualifier.stop()
+        self._qualifiers.clear()
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
@@ -403,6 +445,10 @@ class UserAgent:
                     self._call_handler(session._deliver, event)
             case SessionForgotten(session_id):
                 self._sessions.pop(session_id, None)
+            case OptionsResult(op):
+                handler = self._pings.pop(op, None)
+                if handler is not None:
+                    self._run_callback(handler, effect.reachable)
             case OfferReceived(session_id, sdp):
                 self._answer_offer(session_id, sdp)
             case ReinviteDone(session_id, op, code, sdp):

@@ -121,6 +121,12 @@ class MediaBridge:
         self._held = False
         self._start(relay(far, self.client), relay(self.client, far))
 
+    def disconnect(self) -> None:
+        """Stop relaying and ringback at once (hold): each side then hears silence.
+        The ports stay open and connect() starts again."""
+        self._cancel_tasks()
+        self.far = None
+
     async def close(self) -> None:
         """Stop the tasks; the ports stay open."""
         tasks = self._cancel_tasks()

@@ -14,7 +14,15 @@ import numpy.typing as npt
 
 from .ports import FRAME_MS
 
-__all__ = ["CADENCES", "DTMF_FREQUENCIES", "Cadence", "RingbackGenerator", "dtmf_tone"]
+__all__ = [
+    "CADENCES",
+    "DTMF_FREQUENCIES",
+    "TONES",
+    "Cadence",
+    "RingbackGenerator",
+    "ToneGenerator",
+    "dtmf_tone",
+]
 
 RAMP_SECONDS = 0.004
 TONE_AMPLITUDE = 0.1  # per frequency component, of full scale (about -20 dBFS)
@@ -38,6 +46,34 @@ CADENCES: dict[str, Cadence] = {
 }
 
 
+# Other call progress tones (ITU-T E.180 supplement 2 and national plans).
+# A continuous tone is one long "on" with a zero pause.
+TONES: dict[str, dict[str, Cadence]] = {
+    "ringback": CADENCES,
+    "busy": {
+        "us": Cadence((480, 620), (0.5, 0.5)),
+        "uk": Cadence((400,), (0.375, 0.375)),
+        "de": Cadence((425,), (0.48, 0.48)),
+        "fr": Cadence((440,), (0.5, 0.5)),
+        "jp": Cadence((400,), (0.5, 0.5), modulation=16),
+    },
+    "congestion": {
+        "us": Cadence((480, 620), (0.25, 0.25)),
+        "uk": Cadence((400,), (0.4, 0.35, 0.225, 0.525)),
+        "de": Cadence((425,), (0.24, 0.24)),
+        "fr": Cadence((440,), (0.25, 0.25)),
+        "jp": Cadence((400,), (0.5, 0.5), modulation=16),
+    },
+    "call-waiting": {
+        "us": Cadence((440,), (0.3, 9.7)),
+        "uk": Cadence((400,), (0.1, 2.0, 0.1, 7.8)),
+        "de": Cadence((425,), (0.2, 0.2, 0.2, 5.0)),
+        "fr": Cadence((440,), (0.3, 10.0)),
+        "jp": Cadence((400,), (0.5, 0.5, 0.5, 3.5), modulation=16),
+    },
+}
+
+
 @lru_cache(maxsize=32)
 def _tone_table(cadence: Cadence, sample_rate: int) -> npt.NDArray[np.int16]:
     """
@@ -58,11 +94,13 @@ def _tone_table(cadence: Cadence, sample_rate: int) -> npt.NDArray[np.int16]:
 class RingbackGenerator:
     """Endless ringback for ``country`` at ``sample_rate``, one 20 ms frame per call."""
 
+    tone = "ringback"
+
     def __init__(self, country: str = "us", sample_rate: int = 8000) -> None:
         try:
-            self.cadence = CADENCES[country.lower()]
+            self.cadence = TONES[self.tone][country.lower()]
         except KeyError as exc:
-            raise ValueError(f"Unknown ringback country {country!r}") from exc
+            raise ValueError(f"Unknown {self.tone} country {country!r}") from exc
         self.sample_rate = sample_rate
         self.frame_samples = sample_rate * FRAME_MS // 1000
         self._position = 0
@@ -114,6 +152,19 @@ class RingbackGenerator:
         positions = (first + np.arange(self.frame_samples, dtype=np.int64)) % self._cycle
         shaped = self._tone(first) * self._envelope(positions)
         return np.rint(shaped).astype(np.int16)
+
+
+class ToneGenerator(RingbackGenerator):
+    """
+    Any call progress tone of TONES ("ringback", "busy", "congestion",
+    "call-waiting") for ``country``, one 20 ms frame per ``frame()`` call.
+    """
+
+    def __init__(self, tone: str, country: str = "us", sample_rate: int = 8000) -> None:
+        if tone not in TONES:
+            raise ValueError(f"Unknown tone {tone!r}")
+        self.tone = tone
+        super().__init__(country, sample_rate)
 
 
 # ITU-T Q.23: row (low group) and column (high group) frequency of each key

@@ -2,7 +2,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from rtc.tones import CADENCES, RingbackGenerator
+from rtc.tones import CADENCES, TONES, RingbackGenerator, ToneGenerator
 from tests.audio import band_energy_ratio, dominant_frequency
 
 
@@ -108,3 +108,27 @@ def test_shortcuts_match_the_shaped_signal(country: str) -> None:
     table = generator._table[n % rate].astype(float)
     reference = np.rint(table * generator._envelope(n % cycle)).astype(np.int16)
     assert np.array_equal(x, reference)
+
+
+@pytest.mark.parametrize("tone", ["busy", "congestion", "call-waiting", "ringback"])
+@pytest.mark.parametrize("country", ["us", "uk", "de", "fr", "jp"])
+def test_progress_tones_follow_their_cadence(tone: str, country: str) -> None:
+    cadence = TONES[tone][country]
+    generator = ToneGenerator(tone, country, 8000)
+    cycle = round(sum(cadence.pattern) * 50)
+    signal = np.concatenate([generator.frame() for _ in range(cycle)]).astype(np.float64)
+    first_on = round(cadence.pattern[0] * 8000)
+    burst = signal[80 : first_on - 80]
+    assert np.sqrt(np.mean(burst**2)) > 0.03 * 32768
+    pause = signal[first_on + 80 : first_on + round(cadence.pattern[1] * 8000) - 80]
+    assert np.all(pause == 0)
+    if not cadence.modulation:
+        peak = dominant_frequency(burst, 8000)
+        assert min(abs(peak - f) for f in cadence.frequencies) < 5
+
+
+def test_unknown_tone() -> None:
+    with pytest.raises(ValueError):
+        ToneGenerator("howler")
+    with pytest.raises(ValueError):
+        ToneGenerator("busy", "xx")

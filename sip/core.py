@@ -85,6 +85,12 @@ class CoreConfig:
     port: int = 5060
     user_agent: str = "webrtc-gateway"
     timers: TimerSettings = TimerSettings()
+    tls_port: int | None = None  # where TLS listens, for Via/Contact of TLS requests
+
+    def port_for(self, transport: str) -> int:
+        if transport == "TLS" and self.tls_port is not None:
+            return self.tls_port
+        return self.port
 
 
 class UserAgentCore(InDialogOperations, Admission):
@@ -134,7 +140,8 @@ class UserAgentCore(InDialogOperations, Admission):
 
     def _via(self, transport: str) -> str:
         c = self.config
-        return f"SIP/2.0/{transport} {c.host}:{c.port};branch={self.new_branch()};rport"
+        port = c.port_for(transport)
+        return f"SIP/2.0/{transport} {c.host}:{port};branch={self.new_branch()};rport"
 
     @property
     def _server_name(self) -> str:
@@ -142,9 +149,9 @@ class UserAgentCore(InDialogOperations, Admission):
 
     def _contact(self, user: str, transport: str) -> str:
         c = self.config
-        params = ";transport=tcp" if transport == "TCP" else ""
+        params = f";transport={transport.lower()}" if transport in ("TCP", "TLS") else ""
         user_part = f"{user}@" if user else ""
-        return f"<sip:{user_part}{c.host}:{c.port}{params}>"
+        return f"<sip:{user_part}{c.host}:{c.port_for(transport)}{params}>"
 
     # -- inputs ----------------------------------------------------------------------
 

@@ -1,14 +1,17 @@
-"""UDP and TCP on one address and port, for the user agent.
+"""UDP and TCP on one address and port, and optionally TLS on another, for the user agent.
 
-Messages come in as (bytes, Peer). TCP connections are kept in a table keyed by the
-remote address whichever side opened them, so responses and in-dialog requests reuse
-the connection a request arrived on. Send failures are reported per peer.
+Messages come in as (bytes, Peer). Stream connections (TCP, TLS) are kept in a table
+keyed by transport and remote address whichever side opened them, so responses and
+in-dialog requests reuse the connection a request arrived on. Send failures are
+reported per peer. TLS certificate checks are on unless the client context given
+says otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
 
 from ..framing import FramingError, StreamFramer
@@ -18,7 +21,8 @@ log = logging.getLogger(__name__)
 
 MessageHandler = Callable[[bytes, Peer], None]
 ErrorHandler = Callable[[Peer], None]
-MAX_CONNECTIONS = 1024  # bound on open TCP connections (design rule: every input bounded)
+MAX_CONNECTIONS = 1024  # bound on open stream connections (design rule: every input bounded)
+ConnectionKey = tuple[str, str, int]  # (transport, host, port)
 
 
 class _Datagram(asyncio.DatagramProtocol):
@@ -36,8 +40,11 @@ class _Datagram(asyncio.DatagramProtocol):
 
 
 class _Stream(asyncio.Protocol):
-    def __init__(self, owner: Transport, key: tuple[str, int] | None = None) -> None:
+    def __init__(
+        self, owner: Transport, name: str = "TCP", key: ConnectionKey | None = None
+    ) -> None:
         self.owner = owner
+        self.name = name
         self.key = key
         self.framer = StreamFramer()
         self.transport: asyncio.Transport | None = None
@@ -52,7 +59,7 @@ class _Stream(asyncio.Protocol):
             return
         if self.key is None:
             host, port = transport.get_extra_info("peername")[:2]
-            self.key = (str(host), int(port))
+            self.key = (self.name, str(host), int(port))
         self.owner._connections[self.key] = self
 
     def data_received(self, data: bytes) -> None:
@@ -69,7 +76,7 @@ class _Stream(asyncio.Protocol):
         if self.framer.keepalives > pings and self.transport is not None:
             self.transport.write(b"\r\n")  # RFC 5626 §3.5.1: pong a double-CRLF ping
         for message in messages:
-            self.owner._deliver(message, Peer("TCP", *self.key))
+            self.owner._deliver(message, Peer(*self.key))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.key is not None and self.owner._connections.get(self.key) is self:
@@ -88,18 +95,27 @@ class Transport:
         on_message: MessageHandler,
         on_error: ErrorHandler,
         keepalive_interval: float = 0.0,
+        *,
+        tls_port: int | None = None,
+        tls_server: ssl.SSLContext | None = None,
+        tls_client: ssl.SSLContext | None = None,
     ):
         """`keepalive_interval` > 0: send a CRLF CRLF ping (RFC 5626) on every TCP
         connection that often, so NATs and firewalls keep the flow open."""
         self.keepalive_interval = keepalive_interval
+        self.requested_tls_port = tls_port
+        self.tls_port: int | None = None
+        self.tls_server = tls_server
+        self.tls_client = tls_client
+        self._tls: asyncio.Server | None = None
         self.host = host
         self.requested_port = port
         self.on_message = on_message
         self.on_error = on_error
         self._udp: asyncio.DatagramTransport | None = None
         self._server: asyncio.Server | None = None
-        self._connections: dict[tuple[str, int], _Stream] = {}
-        self._pending: dict[tuple[str, int], list[bytes]] = {}
+        self._connections: dict[ConnectionKey, _Stream] = {}
+        self._pending: dict[ConnectionKey, list[bytes]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.port = port
 
@@ -122,6 +138,15 @@ class Transport:
                 continue
             self._udp = udp
             self.port = port
+            if self.tls_server is not None and self.requested_tls_port is not None:
+                self._tls = await loop.create_server(
+                    lambda: _Stream(self, "TLS"),
+                    self.host,
+                    self.requested_tls_port,
+                    ssl=self.tls_server,
+                    reuse_address=True,
+                )
+                self.tls_port = int(self._tls.sockets[0].getsockname()[1])
             if self.keepalive_interval > 0:
                 task = loop.create_task(self._keepalive())
                 self._tasks.add(task)
@@ -151,11 +176,11 @@ class Transport:
                 log.info("UDP send to %s failed", peer)
                 self._fail(peer)
             return
-        if peer.transport != "TCP":
+        if peer.transport not in ("TCP", "TLS"):
             log.warning("unsupported transport %s", peer.transport)
             self._fail(peer)
             return
-        key = peer.address
+        key = (peer.transport, peer.host, peer.port)
         connection = self._connections.get(key)
         if connection is not None and connection.transport is not None:
             connection.write(data)
@@ -170,12 +195,24 @@ class Transport:
         task.add_done_callback(self._tasks.discard)
 
     async def _connect(self, peer: Peer) -> None:
-        key = peer.address
+        key = (peer.transport, peer.host, peer.port)
         loop = asyncio.get_running_loop()
         try:
-            await loop.create_connection(lambda: _Stream(self, key), peer.host, peer.port)
-        except OSError as exc:
-            log.info("TCP connect to %s failed: %s", peer, exc)
+            if peer.transport == "TLS":
+                context = self.tls_client or ssl.create_default_context()
+                await loop.create_connection(
+                    lambda: _Stream(self, "TLS", key),
+                    peer.host,
+                    peer.port,
+                    ssl=context,
+                    server_hostname=peer.host,
+                )
+            else:
+                await loop.create_connection(
+                    lambda: _Stream(self, "TCP", key), peer.host, peer.port
+                )
+        except (OSError, ssl.SSLError) as exc:
+            log.info("%s connect to %s failed: %s", peer.transport, peer, exc)
             self._pending.pop(key, None)
             self._fail(peer)
             return
@@ -198,7 +235,8 @@ class Transport:
         if self._udp is not None:
             self._udp.close()
             self._udp = None
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
+        for server in (self._server, self._tls):
+            if server is not None:
+                server.close()
+                await server.wait_closed()
+        self._server = self._tls = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -73,6 +74,36 @@ class UAConfig:
     # CRLF keep-alive pings on TCP connections every this many seconds (0 = off);
     # pings from peers are always answered.
     keepalive_interval: float = 0.0
+    # TLS (SIPS): listen on tls_port (None = no TLS listener, 0 = any free port) with
+    # tls_cert/tls_key (PEM files; the key may be inside the cert file). Outgoing TLS
+    # checks the peer's certificate and host name against tls_ca (a PEM CA file; ""
+    # = the system CAs) unless tls_verify is False; tls_cert also serves as our client
+    # certificate. tls_require_client_cert: incoming TLS needs a cert signed by tls_ca.
+    tls_port: int | None = None
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    tls_verify: bool = True
+    tls_require_client_cert: bool = False
+
+
+def tls_contexts(config: UAConfig) -> tuple[ssl.SSLContext | None, ssl.SSLContext]:
+    """(server context or None when no listener/cert, client context) for `config`."""
+    client = ssl.create_default_context(cafile=config.tls_ca or None)
+    if not config.tls_verify:
+        client.check_hostname = False
+        client.verify_mode = ssl.CERT_NONE
+    if config.tls_cert:
+        client.load_cert_chain(config.tls_cert, config.tls_key or None)
+    server = None
+    if config.tls_port is not None and config.tls_cert:
+        server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        server.load_cert_chain(config.tls_cert, config.tls_key or None)
+        if config.tls_require_client_cert:
+            server.verify_mode = ssl.CERT_REQUIRED
+            if config.tls_ca:
+                server.load_verify_locations(config.tls_ca)
+    return server, client
 
 
 class _DialogOperations:
@@ -281,12 +312,16 @@ class UserAgent:
         self.registrar = Registrar(
             time.monotonic, min_expires=config.min_expires, max_expires=config.max_expires
         )
+        tls_server, tls_client = tls_contexts(config)
         self._transport = Transport(
             config.host,
             config.port,
             self._on_message,
             self._on_transport_error,
             config.keepalive_interval,
+            tls_port=config.tls_port,
+            tls_server=tls_server,
+            tls_client=tls_client,
         )
         self._core_instance: UserAgentCore | None = None
         self._timers: dict[TimerKey, asyncio.TimerHandle] = {}
@@ -323,6 +358,7 @@ class UserAgent:
                 port=self._transport.port,
                 user_agent=c.user_agent,
                 timers=TimerSettings(c.t1, c.t2, c.t4),
+                tls_port=self._transport.tls_port,
             ),
             secrets.token_hex,
             digest=digest,
@@ -334,6 +370,11 @@ class UserAgent:
     @property
     def port(self) -> int:
         return self._transport.port
+
+    @property
+    def tls_port(self) -> int | None:
+        """The bound TLS port (None without a TLS listener)."""
+        return self._transport.tls_port
 
     @property
     def _core(self) -> UserAgentCore:

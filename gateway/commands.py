@@ -44,6 +44,16 @@ class Terminate:
 
 
 @dataclass(frozen=True)
+class Hold:
+    call_id: str
+
+
+@dataclass(frozen=True)
+class Retrieve:
+    call_id: str
+
+
+@dataclass(frozen=True)
 class QueryStatus:
     call_id: str
 
@@ -73,7 +83,9 @@ class Ice:
     candidates: tuple[IceCandidate, ...] = field(default_factory=tuple)
 
 
-Command = Dial | Accept | Answer | Terminate | QueryStatus | Offer | SdpAnswer | Ice
+Command = (
+    Dial | Accept | Answer | Terminate | Hold | Retrieve | QueryStatus | Offer | SdpAnswer | Ice
+)
 
 
 # -- events: core -> front end ----------------------------------------------------

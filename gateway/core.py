@@ -28,12 +28,14 @@ from gateway.commands import (
     ClientEvent,
     Command,
     Dial,
+    Hold,
     Ice,
     MediaAnswer,
     MediaOffer,
     Offer,
     Party,
     QueryStatus,
+    Retrieve,
     SdpAnswer,
     Terminate,
 )
@@ -43,7 +45,7 @@ from gateway.records import CallRecordBuilder, RecordWriter
 from rtc.bridge import MediaBridge
 from rtc.ports import AudioPort
 from rtc.rtpleg import RtpLeg
-from rtc.sdp import SdpError
+from rtc.sdp import SdpError, SessionDescription
 from rtc.sources import EchoPort, TonePort
 from rtc.webrtcleg import WebRtcLeg
 from sip import events as sip_events
@@ -141,6 +143,10 @@ class ClientCall:
     ringback_wanted: bool = False
     ringback_on: bool = False
     far_ended: bool = False
+    # Hold (json-v1 §9): this client held the call / the far party holds it.
+    local_hold: bool = False
+    remote_hold: bool = False
+    hold_pending: bool = False
     # outgoing to web users: the offered callee calls
     forks: list[ClientCall] = dataclasses.field(default_factory=list)
     winner: ClientCall | None = None
@@ -340,6 +346,10 @@ class Core:
             self._accept(call)
         elif isinstance(command, Answer):
             self._answer(call)
+        elif isinstance(command, Hold):
+            self._hold(call, True)
+        elif isinstance(command, Retrieve):
+            self._hold(call, False)
 
     def _refuse(self, call: ClientCall, reason: Reason = Reason.ERROR) -> None:
         """A request the call's state forbids: report the unchanged state (json-v1 §9)."""
@@ -444,6 +454,7 @@ class Core:
             credentials=credentials,
             on_event=lambda ev: self._on_outbound_sip(call, ev),
         )
+        call.invite.set_reoffer_handler(lambda offer: self._far_reoffer(call, offer))
         if call.record is not None:
             call.record.sip(call_id=call.invite.call_id)
         logger.info("call %s: INVITE %s (Call-ID %s)", call.call_id, target, call.invite.call_id)
@@ -566,17 +577,108 @@ class Core:
                 self._bridge_client_leg(call.caller)
             return
         far = self._far_port(call)
-        if far is None and not (call.ringback_wanted and call.state is CallState.RINGING):
+        ringback = call.ringback_wanted and call.state is CallState.RINGING
+        if far is None and not ringback and call.bridge is None:
             return
         if call.bridge is None or call.bridge.client is not leg:
             call.bridge = MediaBridge(leg)
             call.ringback_on = False
-        if far is not None:
+        if far is not None and not self._on_hold(call):
             call.bridge.connect(far)
             call.ringback_on = False
-        elif not call.ringback_on:
-            call.bridge.ringback(self.config.media.ringback)
-            call.ringback_on = True
+        elif far is None and ringback:
+            if not call.ringback_on:
+                call.bridge.ringback(self.config.media.ringback)
+                call.ringback_on = True
+        else:
+            # Held: neither side hears the other (the RTP leg sends silence meanwhile).
+            call.bridge.disconnect()
+            call.ringback_on = False
+
+    @staticmethod
+    def _on_hold(call: ClientCall) -> bool:
+        """Whether a client of this call holds it (web-to-web: either client)."""
+        if call.local_hold:
+            return True
+        return call.winner is not None and call.winner.local_hold
+
+    # -- hold ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _sip_side(call: ClientCall) -> tuple[OutboundInvite | InboundInvite, RtpLeg] | None:
+        """The SIP dialog and RTP leg of an answered call, if its far end is SIP."""
+        if call.invite is not None and call.rtp is not None and call.answered:
+            return call.invite, call.rtp
+        incoming = call.sip_in
+        if incoming is not None and incoming.winner is call and incoming.rtp is not None:
+            return incoming.invite, incoming.rtp
+        return None
+
+    def _hold(self, call: ClientCall, hold: bool) -> None:
+        """Client hold/retrieve: re-INVITE a=sendonly/sendrecv toward SIP, or just stop
+        relaying for web-to-web and test-number calls."""
+        allowed = (CallState.ACTIVE, CallState.HOLDING) if hold else (CallState.HELD,)
+        if call.state not in allowed or call.hold_pending:
+            self._refuse(call)
+            return
+        sip = self._sip_side(call)
+        if sip is None:
+            self._apply_hold(call, hold)
+            return
+        session, rtp = sip
+        call.hold_pending = True
+        offer = rtp.create_offer("sendonly" if hold else "sendrecv")
+        session.reinvite(offer, lambda code, sdp: self._hold_result(call, hold, code, sdp))
+
+    def _hold_result(self, call: ClientCall, hold: bool, code: int, sdp: bytes | None) -> None:
+        call.hold_pending = False
+        if call.state is CallState.TERMINATED:
+            return
+        sip = self._sip_side(call)
+        if not 200 <= code < 300 or sip is None:
+            logger.info("call %s: %s refused by the far end: %d",
+                        call.call_id, "hold" if hold else "retrieve", code)
+            self._refuse(call, reason_from_sip(code, True) if code >= 300 else Reason.ERROR)
+            return
+        if sdp is not None:
+            try:
+                sip[1].apply_answer(sdp)
+            except SdpError as exc:
+                logger.info("call %s: unusable answer to the re-INVITE: %s", call.call_id, exc)
+        self._apply_hold(call, hold)
+
+    def _apply_hold(self, call: ClientCall, hold: bool) -> None:
+        call.local_hold = hold
+        self._set_state(call, self._steady_state(call))
+        peer = call.winner or (call.caller if call.caller and call.caller.winner is call else None)
+        if peer is not None:
+            # Web-to-web: the other client sees its far party hold.
+            peer.remote_hold = hold
+            self._set_state(peer, self._steady_state(peer))
+        self._bridge_client_leg(call)
+
+    @staticmethod
+    def _steady_state(call: ClientCall) -> CallState:
+        if call.local_hold:
+            return CallState.HELD
+        return CallState.HOLDING if call.remote_hold else CallState.ACTIVE
+
+    def _far_reoffer(self, call: ClientCall, offer: bytes) -> bytes | None:
+        """A re-INVITE/UPDATE from the SIP side: answer it and follow its hold state."""
+        sip = self._sip_side(call)
+        if sip is None or call.state is CallState.TERMINATED:
+            return None
+        rtp = sip[1]
+        try:
+            session = SessionDescription.parse(offer)
+            direction = session.media_direction(session.audio())
+            answer = rtp.create_answer(offer, "sendonly" if call.local_hold else "sendrecv")
+        except (SdpError, ValueError) as exc:
+            logger.info("call %s: re-offer refused: %s", call.call_id, exc)
+            return None
+        call.remote_hold = direction in ("sendonly", "inactive")
+        self._set_state(call, self._steady_state(call))
+        return answer
 
     @staticmethod
     def _far_port(call: ClientCall) -> AudioPort | None:
@@ -643,6 +745,7 @@ class Core:
             if incoming.timer is not None:
                 incoming.timer.cancel()
             incoming.invite.answer(incoming.rtp_answer)
+            incoming.invite.set_reoffer_handler(lambda offer: self._far_reoffer(call, offer))
             call.answered = True
             if call.record is not None:
                 call.record.sip(code=200)

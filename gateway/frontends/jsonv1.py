@@ -27,6 +27,7 @@ from gateway.commands import (
     ClientEvent,
     Command,
     Dial,
+    Hold,
     Ice,
     IceCandidate,
     MediaAnswer,
@@ -35,6 +36,7 @@ from gateway.commands import (
     Party,
     QueryStatus,
     RegistrationEnded,
+    Retrieve,
     SdpAnswer,
     Terminate,
 )
@@ -349,7 +351,11 @@ class JsonV1Session:
         if action == "terminate":
             reason = Reason.from_wire(message.get("reason", "userTerminated"))
             return [Terminate(identifier, reason)]
-        if action in ("transfer", "hold", "retrieve"):
+        if action == "hold":
+            return [Hold(identifier)]
+        if action == "retrieve":
+            return [Retrieve(identifier)]
+        if action == "transfer":
             # Not available yet: the call stays as it is (json-v1 §9 failed request).
             call = self.reg.calls.get(identifier) if self.reg else None
             self.send({"operation": "signaling", "action": "status", "identifier": identifier,

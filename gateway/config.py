@@ -147,11 +147,22 @@ class AuthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class IceServerConfig:
+    """[[media.ice_servers]]: a STUN/TURN server handed to the browser leg."""
+
+    urls: tuple[str, ...]
+    username: str | None = None
+    credential: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class MediaConfig:
     rtp_host: str = "127.0.0.1"  # bind address of RTP sockets and the SDP c= address
     rtp_port_min: int = 10000
     rtp_port_max: int = 20000
     ringback: str = "us"  # one of RINGBACK_COUNTRIES
+    timeout: float = 30.0  # seconds without RTP that end an answered call (0: never)
+    ice_servers: tuple[IceServerConfig, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -495,8 +506,8 @@ def _load_rsa_public_key(t: _Table, key: str, path: Path) -> bytes:
         raise t.error(key, f"{path} holds no RSA public key (RS256 needs RSA)")
     if public_key.key_size < MIN_RSA_BITS:
         raise t.error(
-            key, f"{path}: RSA key of {public_key.key_size} bits is too small "
-            f"(at least {MIN_RSA_BITS})"
+            key,
+            f"{path}: RSA key of {public_key.key_size} bits is too small (at least {MIN_RSA_BITS})",
         )
     return public_key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -550,8 +561,8 @@ def _auth(data: Mapping[str, Any], source: str) -> AuthConfig:
     realm = t.string("realm", "webrtc-gateway")
     if not realm or any(ord(c) < 32 or ord(c) == 127 or c in '"\\' for c in realm):
         raise t.error(
-            "realm", f"expected a non-empty single line without quotes or backslashes, "
-            f"got {_show(realm)}"
+            "realm",
+            f"expected a non-empty single line without quotes or backslashes, got {_show(realm)}",
         )
     jwt = _jwt(t, source)
     if mode in ("token", "both") and jwt.hs256_secret is None and jwt.rs256_public_key is None:
@@ -564,7 +575,12 @@ def _auth(data: Mapping[str, Any], source: str) -> AuthConfig:
 
 
 def _media(data: Mapping[str, Any], source: str) -> MediaConfig:
-    t = _section(data, source, "media", ("rtp_host", "rtp_port_min", "rtp_port_max", "ringback"))
+    t = _section(
+        data,
+        source,
+        "media",
+        ("rtp_host", "rtp_port_min", "rtp_port_max", "ringback", "timeout", "ice_servers"),
+    )
     rtp_host = t.string("rtp_host", "127.0.0.1")
     try:
         address = ipaddress.ip_address(rtp_host)
@@ -577,7 +593,45 @@ def _media(data: Mapping[str, Any], source: str) -> MediaConfig:
     if high <= low:
         raise t.error("rtp_port_max", f"must be greater than rtp_port_min ({low}), got {high}")
     ringback = t.choice("ringback", "us", RINGBACK_COUNTRIES)
-    return MediaConfig(rtp_host=rtp_host, rtp_port_min=low, rtp_port_max=high, ringback=ringback)
+    timeout = t.number("timeout", 30.0, -1.0, 3600.0)
+    if timeout < 0:
+        raise t.error("timeout", f"must be 0 (never) or more, got {timeout:g}")
+    return MediaConfig(
+        rtp_host=rtp_host,
+        rtp_port_min=low,
+        rtp_port_max=high,
+        ringback=ringback,
+        timeout=timeout,
+        ice_servers=_ice_servers(t, source),
+    )
+
+
+def _ice_servers(t: _Table, source: str) -> tuple[IceServerConfig, ...]:
+    entries = t.data.get("ice_servers", [])
+    if not isinstance(entries, list):
+        raise t.error("ice_servers", f"expected an array of tables, got {_kind(entries)}")
+    servers = []
+    for index, entry in enumerate(entries, start=1):
+        label = f"[[media.ice_servers]] #{index}"
+        if not isinstance(entry, dict):
+            raise ConfigError(source, label, f"expected a table, got {_kind(entry)}")
+        e = _Table(source, label, entry, ("urls", "username", "credential"))
+        urls = entry.get("urls")
+        if isinstance(urls, str):
+            urls = [urls]
+        if not isinstance(urls, list) or not urls or not all(isinstance(u, str) for u in urls):
+            raise e.error("urls", "expected a URL string or a non-empty array of them")
+        for url in urls:
+            if not url.startswith(("stun:", "stuns:", "turn:", "turns:")):
+                raise e.error(
+                    "urls", f"expected stun:, stuns:, turn: or turns: URLs, got {_show(url)}"
+                )
+        username = e.opt_string("username")
+        credential = e.opt_string("credential")
+        if any(u.startswith("turn") for u in urls) and (username is None or credential is None):
+            raise e.error("credential", "TURN servers need username and credential")
+        servers.append(IceServerConfig(tuple(urls), username, credential))
+    return tuple(servers)
 
 
 def _calls(data: Mapping[str, Any], source: str) -> CallsConfig:
@@ -785,8 +839,16 @@ def _ldap(directory: _Table, source: str) -> LdapConfig | None:
         "[directory.ldap]",
         value,
         (
-            "url", "bind_dn", "bind_password", "base_dn", "user_filter", "username_attribute",
-            "number_attribute", "display_name_attribute", "timeout", "cache_ttl",
+            "url",
+            "bind_dn",
+            "bind_password",
+            "base_dn",
+            "user_filter",
+            "username_attribute",
+            "number_attribute",
+            "display_name_attribute",
+            "timeout",
+            "cache_ttl",
         ),
     )
     for key in ("url", "base_dn"):
@@ -814,7 +876,7 @@ def _ldap(directory: _Table, source: str) -> LdapConfig | None:
     ):
         raise t.error(
             "user_filter",
-            f'expected an LDAP filter in parentheses containing {{username}}, '
+            f"expected an LDAP filter in parentheses containing {{username}}, "
             f"got {_show(user_filter)}",
         )
     attributes = {}
@@ -903,7 +965,6 @@ def _records(data: Mapping[str, Any], source: str) -> RecordsConfig:
     if not path.strip() or "\x00" in path:
         raise t.error("path", f"expected a file name, got {_show(path)}")
     return RecordsConfig(enabled=enabled, path=path)
-
 
 
 _SECTION_NAMES: Final[tuple[str, ...]] = (

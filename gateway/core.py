@@ -47,7 +47,7 @@ from rtc.ports import AudioPort
 from rtc.rtpleg import RtpLeg
 from rtc.sdp import SdpError, SessionDescription
 from rtc.sources import EchoPort, TonePort
-from rtc.webrtcleg import WebRtcLeg
+from rtc.webrtcleg import IceServer, WebRtcLeg
 from sip import events as sip_events
 from sip.aio.useragent import InboundInvite, OutboundInvite, UserAgent
 
@@ -166,6 +166,9 @@ class Core:
         self.directory = Directory.from_config(config)
         self.records: RecordWriter | None = (
             RecordWriter.open(config.records.path) if config.records.enabled else None
+        )
+        self._ice_servers = tuple(
+            IceServer(s.urls, s.username, s.credential) for s in config.media.ice_servers
         )
         self.registrations: dict[str, Registration] = {}
         self._by_number: dict[str, list[Registration]] = {}
@@ -370,7 +373,11 @@ class Core:
             # Renegotiation from the client is not supported yet.
             self._refuse(call)
             return
-        leg = WebRtcLeg(on_failed=lambda: self._client_leg_failed(call, leg))
+        leg = WebRtcLeg(
+            on_failed=lambda: self._client_leg_failed(call, leg),
+            on_dtmf=lambda digit: self._client_dtmf(call, digit),
+            ice_servers=self._ice_servers,
+        )
         call.webrtc = leg
         try:
             answer = await leg.accept_offer(sdp)
@@ -433,7 +440,12 @@ class Core:
     async def _invite_pbx(self, call: ClientCall) -> None:
         media = self.config.media
         try:
-            call.rtp = await RtpLeg.open(media.rtp_host, media.rtp_port_min, media.rtp_port_max)
+            call.rtp = await RtpLeg.open(
+                media.rtp_host, media.rtp_port_min, media.rtp_port_max,
+                media_timeout=media.timeout or None,
+                on_timeout=lambda: self._far_media_timeout(call),
+                on_dtmf=lambda digit: self._far_dtmf(call, digit),
+            )
         except OSError as exc:
             logger.error("call %s: no RTP port: %s", call.call_id, exc)
             self._end(call, Reason.CONGESTION)
@@ -499,6 +511,8 @@ class Core:
         elif isinstance(ev, sip_events.Terminated):
             call.far_ended = True
             self._end(call, Reason.SUCCESS if ev.reason == "bye" else Reason.ERROR)
+        elif isinstance(ev, sip_events.InfoReceived):
+            self._far_info(call, ev)
 
     def _apply_far_sdp(self, call: ClientCall, sdp: bytes) -> bool:
         assert call.rtp is not None
@@ -537,7 +551,11 @@ class Core:
 
     async def _offer_client_leg(self, call: ClientCall) -> None:
         """A new WebRTC leg offered by the gateway, bridged to whatever the call has."""
-        leg = WebRtcLeg(on_failed=lambda: self._client_leg_failed(call, leg))
+        leg = WebRtcLeg(
+            on_failed=lambda: self._client_leg_failed(call, leg),
+            on_dtmf=lambda digit: self._client_dtmf(call, digit),
+            ice_servers=self._ice_servers,
+        )
         call.webrtc = leg
         try:
             offer = await leg.create_offer()
@@ -601,6 +619,50 @@ class Core:
         if call.local_hold:
             return True
         return call.winner is not None and call.winner.local_hold
+
+    # -- DTMF and media supervision -------------------------------------------------------
+
+    def _client_dtmf(self, call: ClientCall, digit: str) -> None:
+        """A digit from the browser's RTCDTMFSender: RFC 4733 toward SIP when negotiated,
+        in-band tones otherwise (the RTP leg decides); to the other client web-to-web."""
+        if call.state not in (CallState.ACTIVE, CallState.RINGING) or self._on_hold(call):
+            return
+        sip = self._sip_side(call)
+        if sip is None and call.rtp is not None and call.early_sdp is not None:
+            sip_rtp: RtpLeg | None = call.rtp  # early media: IVRs listen before answering
+        else:
+            sip_rtp = sip[1] if sip is not None else None
+        peer = call.winner or (call.caller if call.caller and call.caller.winner is call else None)
+        try:
+            if sip_rtp is not None:
+                sip_rtp.send_dtmf(digit)
+            elif peer is not None and peer.webrtc is not None:
+                peer.webrtc.send_dtmf(digit)
+        except (ValueError, RuntimeError) as exc:
+            logger.info("call %s: DTMF %r not passed on: %s", call.call_id, digit, exc)
+
+    def _far_dtmf(self, call: ClientCall | None, digit: str) -> None:
+        """A digit from the SIP side (RFC 4733, in-band detection or INFO) to the browser."""
+        if call is None or call.webrtc is None or call.state is CallState.TERMINATED:
+            return
+        try:
+            call.webrtc.send_dtmf(digit)
+        except (ValueError, RuntimeError) as exc:
+            logger.info("call %s: DTMF %r not passed to the client: %s", call.call_id, digit, exc)
+
+    def _far_info(self, call: ClientCall, ev: sip_events.InfoReceived) -> None:
+        """SIP INFO application/dtmf-relay ("Signal=5\\r\\nDuration=160") to the browser."""
+        if ev.content_type.split(";")[0].strip().lower() != "application/dtmf-relay":
+            return
+        for line in ev.body.decode("utf-8", "replace").splitlines():
+            key, _, value = line.partition("=")
+            if key.strip().lower() == "signal" and len(value.strip()) == 1:
+                self._far_dtmf(call, value.strip().upper())
+
+    def _far_media_timeout(self, call: ClientCall | None) -> None:
+        if call is not None and call.answered and not call.remote_hold and not call.local_hold:
+            logger.info("call %s: no RTP for %.0f s", call.call_id, self.config.media.timeout)
+            self._end(call, Reason.MEDIA)
 
     # -- hold ----------------------------------------------------------------------------
 
@@ -779,7 +841,13 @@ class Core:
         media = self.config.media
         invite = incoming.invite
         try:
-            rtp = await RtpLeg.open(media.rtp_host, media.rtp_port_min, media.rtp_port_max)
+            rtp = await RtpLeg.open(
+                media.rtp_host, media.rtp_port_min, media.rtp_port_max,
+                media_timeout=media.timeout or None,
+                # Shared by the forks until one answers: the winner takes the events.
+                on_timeout=lambda: self._far_media_timeout(incoming.winner),
+                on_dtmf=lambda digit: self._far_dtmf(incoming.winner, digit),
+            )
         except OSError as exc:
             logger.error("Call-ID %s: no RTP port: %s", invite.call_id, exc)
             invite.reject(503, "Service Unavailable")
@@ -833,6 +901,9 @@ class Core:
             self._spawn(incoming.rtp.close())
 
     def _on_inbound_sip(self, incoming: SipIncoming, ev: sip_events.SessionEvent) -> None:
+        if isinstance(ev, sip_events.InfoReceived) and incoming.winner is not None:
+            self._far_info(incoming.winner, ev)
+            return
         if isinstance(ev, sip_events.Cancelled | sip_events.Terminated):
             reason = Reason.SUCCESS
             if isinstance(ev, sip_events.Terminated) and ev.reason != "bye":

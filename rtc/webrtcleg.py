@@ -15,12 +15,15 @@ digits once each and ``send_dtmf`` sends RFC 4733 events to the browser.
 import asyncio
 import fractions
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 from aiortc import (
     MediaStreamTrack,
+    RTCConfiguration,
+    RTCIceServer,
     RTCPeerConnection,
     RTCRtpSender,
     RTCRtpTransceiver,
@@ -37,6 +40,17 @@ from .stats import LegStats, estimate_mos
 from .webrtcdtmf import TELEPHONE_EVENT, TransceiverDtmf, register_telephone_event
 
 __all__ = ["WebRtcLeg"]
+
+
+
+@dataclass(frozen=True)
+class IceServer:
+    """A STUN or TURN server for the browser leg (urls like "stun:host:3478",
+    "turn:host:3478?transport=tcp" or "turns:host:5349")."""
+
+    urls: tuple[str, ...]
+    username: str | None = None
+    credential: str | None = None
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +139,7 @@ class WebRtcLeg(AudioPort):
         self,
         on_failed: Callable[[], None] | None = None,
         on_dtmf: Callable[[str], None] | None = None,
+        ice_servers: Sequence[IceServer] = (),
     ) -> None:
         self.on_dtmf = on_dtmf
         self.last_received: float | None = None
@@ -138,7 +153,16 @@ class WebRtcLeg(AudioPort):
         self._transceiver: RTCRtpTransceiver | None = None
         self._reader: asyncio.Task[None] | None = None
 
-        self._pc = RTCPeerConnection()
+        # No ICE servers unless configured: aiortc would otherwise ask a public STUN
+        # server, which an on-premises gateway must not do behind its operator's back.
+        self._pc = RTCPeerConnection(
+            RTCConfiguration(
+                iceServers=[
+                    RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential)
+                    for s in ice_servers
+                ]
+            )
+        )
         self._pc.on("track", self._on_track)
         self._pc.on("connectionstatechange", self._on_state_change)
         self._pc.on("iceconnectionstatechange", self._on_state_change)

@@ -118,7 +118,7 @@ def test_example_file_loads_and_documents_every_key() -> None:
         "sip": {"listen", "user_agent", "t1", "t2", "t4"},
         "pbx": {"uri", "username", "password"},
         "auth": {"mode", "realm", "jwt"},
-        "media": {"rtp_host", "rtp_port_min", "rtp_port_max", "ringback"},
+        "media": {"rtp_host", "rtp_port_min", "rtp_port_max", "ringback", "timeout"},
         "calls": {"no_answer_timeout", "restore_grace"},
         "numbers": {"echo", "tone"},
         "logging": {"level"},

@@ -35,7 +35,8 @@ INSTRUMENT = r"""
 (() => {
   const problems = (window.__problems = []);
   window.addEventListener("unhandledrejection", (e) => {
-    problems.push("unhandled rejection: " + (e.reason && (e.reason.stack || e.reason.message) || e.reason));
+    const reason = e.reason && (e.reason.stack || e.reason.message) || e.reason;
+    problems.push("unhandled rejection: " + reason);
   });
   window.addEventListener("error", (e) => {
     problems.push("error: " + (e.error && e.error.stack || e.message));
@@ -51,7 +52,9 @@ INSTRUMENT = r"""
       for (const r of reports) problems.push(r.type + ": " + JSON.stringify(r.body));
     }, { types: ["deprecation", "intervention"], buffered: true });
     observer.observe();
-    window.__flushReports = () => { for (const r of observer.takeRecords()) problems.push(r.type + ": " + JSON.stringify(r.body)); };
+    window.__flushReports = () => {
+      for (const r of observer.takeRecords()) problems.push(r.type + ": " + JSON.stringify(r.body));
+    };
   }
 })();
 """
@@ -104,7 +107,9 @@ async def measure_audio(page: Any, selector: str, ms: int = 2500) -> dict[str, A
     return await page.evaluate(MEASURE, [selector, ms])
 
 
-def assert_audio(result: dict[str, Any], hz: float = FAKE_MIC_HZ, what: str = "remote audio") -> None:
+def assert_audio(
+    result: dict[str, Any], hz: float = FAKE_MIC_HZ, what: str = "remote audio"
+) -> None:
     assert "error" not in result, f"{what}: {result}"
     assert result["maxRms"] > 0.01, f"{what} silent: {result}"
     assert result["peakHz"] is not None and abs(result["peakHz"] - hz) <= 25, f"{what}: {result}"
@@ -157,7 +162,8 @@ async def launch(workdir: Path, name: str = "chromium") -> AsyncIterator[Browser
 async def assert_no_problems(page: Any) -> None:
     """No unhandled rejection, page error, deprecation or intervention report."""
     problems = await page.evaluate(
-        "() => { if (window.__flushReports) window.__flushReports(); return window.__problems || []; }"
+        "() => { if (window.__flushReports) window.__flushReports();"
+        " return window.__problems || []; }"
     )
     assert problems == [], "page problems:\n" + "\n".join(problems)
 
@@ -220,7 +226,8 @@ async def open_bench(page: Any, base_url: str) -> None:
 async def bench_events(page: Any, type_: str | None = None, who: str | None = None) -> list[dict]:
     found = await page.evaluate("() => window.bench.events")
     return [
-        e for e in found
+        e
+        for e in found
         if (type_ is None or e["type"] == type_) and (who is None or e["who"] == who)
     ]
 
@@ -230,7 +237,8 @@ async def wait_bench(page: Any, condition: str, timeout: float = 20000) -> None:
     try:
         await page.wait_for_function(
             f"() => {{ const events = window.bench.events; return !!({condition}); }}",
-            timeout=timeout, polling=100,
+            timeout=timeout,
+            polling=100,
         )
     except Exception as exc:
         found = await page.evaluate("() => window.bench.events")

@@ -232,10 +232,6 @@ async def test_demo_call_me_page(gateway, e2e_dir):
 # --------------------------------------------------------------------------- not yet served
 
 
-@pytest.mark.skip(
-    reason="server: hold/retrieve not yet implemented (jsonv1 answers hold and "
-    "retrieve with the unchanged state and reason error)"
-)
 async def test_hold_retrieve_switches_microphone(gateway, e2e_dir):
     """Two echo calls: hold() -> HELD and that call falls silent while the other is heard;
     retrieve() -> CONNECTED and it is heard again."""
@@ -314,10 +310,6 @@ async def test_transfer_two_calls(gateway, sipp, e2e_dir):
     assert await uas.wait(15) == 0
 
 
-@pytest.mark.skip(
-    reason="server: DTMF relay not yet implemented (telephone-event from the "
-    "WebRTC leg is not forwarded to the SIP leg in gateway/core.py)"
-)
 async def test_dtmf_reaches_sip_side(gateway, sipp, e2e_dir):
     """sendDigit('1'), ('2'), ('#') arrive at the SIP far end as RFC 4733 telephone-event
     packets (a UDP relay in front of sipp's echo port records them)."""

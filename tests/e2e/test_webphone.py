@@ -280,6 +280,12 @@ async def test_phone_survives_reload(gateway, e2e_dir):
         result = await measure_audio(page, "#calls > li.call audio", 2000)
         assert_audio(result, what="echo after the reload")
         await screenshot(page, "08-restored-after-reload")
+        await card.get_by_role("button", name=re.compile("^Hold")).click()
+        await wait_call(page, "HELD")
+        assert await card.locator(".call-state").inner_text() == "On hold"
+        await screenshot(page, "08b-on-hold")
+        await card.get_by_role("button", name=re.compile("^Retrieve")).click()
+        await wait_call(page, "CONNECTED")
         await card.get_by_role("button", name="Hang up").click()
         await wait_call(page, "DISCONNECTED")
         await assert_no_problems(page)

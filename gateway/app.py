@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 
+from sipmessage import URI
 from websockets.asyncio.server import ServerConnection, serve
 
 from gateway.auth import Authenticator
@@ -22,14 +24,49 @@ PING_INTERVAL = 30.0
 PING_TIMEOUT = 90.0
 
 
+def trusted_networks(config: Config) -> tuple[str, ...]:
+    """Who may send INVITEs without digest: the configured networks, or by default
+    loopback and the PBX's address (resolved once at start-up)."""
+    if config.sip.trusted_networks is not None:
+        return config.sip.trusted_networks
+    trusted = ["127.0.0.0/8", "::1/128"]
+    if config.pbx.uri:
+        host = URI.parse(config.pbx.uri).host.strip("[]")
+        try:
+            infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_UDP)
+        except OSError as exc:
+            logger.warning("PBX host %s does not resolve (%s): not trusted by address", host, exc)
+        else:
+            trusted += sorted({str(info[4][0]) for info in infos})
+    return tuple(trusted)
+
+
 class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         sip = config.sip
         self.ua = UserAgent(
-            UAConfig(host=sip.host, port=sip.port, user_agent=sip.user_agent,
-                     t1=sip.t1, t2=sip.t2, t4=sip.t4),
+            UAConfig(
+                host=sip.host,
+                port=sip.port,
+                user_agent=sip.user_agent,
+                t1=sip.t1,
+                t2=sip.t2,
+                t4=sip.t4,
+                realm=sip.realm,
+                registrar=sip.registrar,
+                trusted_networks=trusted_networks(config),
+                request_rate=sip.request_rate,
+                request_burst=sip.request_burst,
+                keepalive_interval=sip.keepalive_interval,
+                tls_port=sip.tls_port,
+                tls_cert=sip.tls_cert,
+                tls_key=sip.tls_key,
+                tls_ca=sip.tls_ca,
+                tls_verify=sip.tls_verify,
+            ),
             on_invite=self._on_invite,
+            authenticator=self._sip_password,
         )
         self.core = Core(config, self.ua)
         self.authenticator = Authenticator(config.auth, self._password)
@@ -38,6 +75,11 @@ class Gateway:
     def _password(self, username: str) -> str | None:
         user = self.core.directory.by_username(username)
         return user.password if user is not None else None
+
+    def _sip_password(self, number: str) -> str | None:
+        # SIP phones authenticate as their number (the user part of the AOR they register).
+        user = self.core.directory.by_number(number)
+        return user.password if user is not None and user.password else None
 
     def _on_invite(self, invite):  # type: ignore[no-untyped-def]
         self.core.on_invite(invite)

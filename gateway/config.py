@@ -18,6 +18,7 @@ import io
 import ipaddress
 import json
 import math
+import os
 import re
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
@@ -109,6 +110,19 @@ class SipConfig:
     t1: float = 0.5
     t2: float = 4.0
     t4: float = 5.0
+    registrar: bool = True  # SIP phones REGISTER with the directory's credentials
+    realm: str = ""  # digest realm ("" = the listen host)
+    # INVITE sources let in without digest; None (key absent) = loopback and the PBX host.
+    # Anyone else must pass digest against the directory or gets 403 (toll fraud).
+    trusted_networks: tuple[str, ...] | None = None
+    request_rate: float = 10.0  # INVITE/REGISTER per second per source (0 = no limit)
+    request_burst: int = 20
+    keepalive_interval: float = 0.0  # CRLF pings on TCP/TLS connections (0 = off)
+    tls_port: int | None = None  # SIPS listener (None = none)
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    tls_verify: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -433,7 +447,29 @@ def _server(data: Mapping[str, Any], source: str) -> ServerConfig:
 
 
 def _sip(data: Mapping[str, Any], source: str) -> SipConfig:
-    t = _section(data, source, "sip", ("listen", "user_agent", "t1", "t2", "t4"))
+    t = _section(
+        data,
+        source,
+        "sip",
+        (
+            "listen",
+            "user_agent",
+            "t1",
+            "t2",
+            "t4",
+            "registrar",
+            "realm",
+            "trusted_networks",
+            "request_rate",
+            "request_burst",
+            "keepalive_interval",
+            "tls_port",
+            "tls_cert",
+            "tls_key",
+            "tls_ca",
+            "tls_verify",
+        ),
+    )
     host, port = t.listen("listen", DEFAULT_SIP_LISTEN)
     user_agent = t.string("user_agent", DEFAULT_USER_AGENT)
     if not user_agent.strip() or any(ord(c) < 32 or ord(c) == 127 for c in user_agent):
@@ -445,7 +481,58 @@ def _sip(data: Mapping[str, Any], source: str) -> SipConfig:
     t4 = t.number("t4", 5.0, 0.0, 600.0)
     if t2 < t1:
         raise t.error("t2", f"must not be less than t1 ({t1:g}), got {t2:g}")
-    return SipConfig(host=host, port=port, user_agent=user_agent, t1=t1, t2=t2, t4=t4)
+    trusted = t.data.get("trusted_networks", None)
+    if trusted is None:
+        trusted_networks = None
+    elif not isinstance(trusted, list) or not all(isinstance(n, str) for n in trusted):
+        raise t.error("trusted_networks", f"expected an array of strings, got {_kind(trusted)}")
+    else:
+        trusted_networks = tuple(trusted)
+    for network in trusted_networks or ():
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise t.error(
+                "trusted_networks", f'expected networks like "192.0.2.0/24", got {_show(network)}'
+            ) from None
+    tls_port = t.integer("tls_port", -1, -1, 65535) if "tls_port" in t.data else None
+    if tls_port == -1:
+        raise t.error("tls_port", "must be between 0 and 65535, got -1")
+    files = {}
+    for key in ("tls_cert", "tls_key", "tls_ca"):
+        name = t.string(key, "")
+        files[key] = _resolve(source, name) if name else ""
+    if tls_port is not None and not files["tls_cert"]:
+        raise t.error("tls_cert", "a TLS listener (tls_port) needs a certificate")
+    for key, path in files.items():
+        if path and not os.access(path, os.R_OK):
+            raise t.error(key, f"cannot read {path}")
+    return SipConfig(
+        host=host,
+        port=port,
+        user_agent=user_agent,
+        t1=t1,
+        t2=t2,
+        t4=t4,
+        registrar=t.boolean("registrar", True),
+        realm=t.string("realm", ""),
+        trusted_networks=trusted_networks,
+        request_rate=_non_negative(t, "request_rate", 10.0),
+        request_burst=t.integer("request_burst", 20, 1, 100000),
+        keepalive_interval=_non_negative(t, "keepalive_interval", 0.0),
+        tls_port=tls_port,
+        tls_cert=files["tls_cert"],
+        tls_key=files["tls_key"],
+        tls_ca=files["tls_ca"],
+        tls_verify=t.boolean("tls_verify", True),
+    )
+
+
+def _non_negative(t: _Table, key: str, default: float) -> float:
+    value = t.number(key, default, -1.0, 100000.0)
+    if value < 0:
+        raise t.error(key, f"must be 0 (off) or more, got {value:g}")
+    return value
 
 
 def _pbx(data: Mapping[str, Any], source: str) -> PbxConfig:

@@ -426,18 +426,28 @@ class Core:
         number = call.remote.dial_string
         numbers = self.config.numbers
         callees = [r for r in self.logged_in(number) if r is not call.reg]
+        contacts = self.ua.registrar.lookup(number) if self.ua is not None else []
         if callees and call.record is not None:
             call.record.routed("web")
         if number in (numbers.echo, numbers.tone):
             self._answer_locally(call, EchoPort() if number == numbers.echo else TonePort())
         elif callees:
             self._offer_to_clients(call, callees)
+        elif contacts:
+            # A SIP phone registered with the built-in registrar.
+            await self._invite_sip(call, contacts[0], None)
         elif self.config.pbx.uri and self.ua is not None:
-            await self._invite_pbx(call)
+            pbx = self.config.pbx
+            assert pbx.uri is not None
+            target = str(dataclasses.replace(URI.parse(pbx.uri), user=call.remote.dial_string))
+            credentials = (pbx.username, pbx.password or "") if pbx.username else None
+            await self._invite_sip(call, target, credentials)
         else:
             self._end(call, Reason.DIAL_STRING)
 
-    async def _invite_pbx(self, call: ClientCall) -> None:
+    async def _invite_sip(
+        self, call: ClientCall, target: str, credentials: tuple[str, str] | None
+    ) -> None:
         media = self.config.media
         try:
             call.rtp = await RtpLeg.open(
@@ -453,10 +463,7 @@ class Core:
         if call.state is CallState.TERMINATED:
             await call.rtp.close()
             return
-        pbx = self.config.pbx
-        assert self.ua is not None and pbx.uri is not None
-        target = str(dataclasses.replace(URI.parse(pbx.uri), user=call.remote.dial_string))
-        credentials = (pbx.username, pbx.password or "") if pbx.username else None
+        assert self.ua is not None
         call.invite = self.ua.invite(
             target,
             # An outgoing-only login has no number to present.

@@ -1,0 +1,127 @@
+"""A real SIP phone (baresip) registers with digest to the gateway's built-in registrar
+(DESIGN §6: no PBX needed) and talks to a web user both ways; baresip sends a 440 Hz
+sine (its ausine source), so the web client checks what it hears."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.client import JsonV1Client
+from tests.e2e.conftest import free_port, stop_process
+from tests.e2e.test_calls import check_tone
+
+BARESIP = shutil.which("baresip")
+pytestmark = [pytest.mark.e2e, pytest.mark.skipif(BARESIP is None, reason="baresip missing")]
+
+CONFIG = """\
+poll_method\t\tepoll
+sip_listen\t\t127.0.0.1:{sip_port}
+sip_trans_def\t\tudp
+audio_source\t\tausine,440
+ausrc_srate\t\t48000
+ausrc_channels\t\t2
+module_path\t\t/usr/lib/baresip/modules
+module\t\t\tg711.so
+module\t\t\tausine.so
+module_app\t\taccount.so
+module_app\t\tmenu.so
+rtp_ports\t\t{rtp}-{rtp_end}
+"""
+
+
+class Phone:
+    def __init__(self, workdir: Path, gateway_sip_port: int, number: str, password: str):
+        self.dir = workdir / f"baresip-{number}"
+        self.dir.mkdir()
+        self.sip_port = free_port()
+        rtp = free_port(tcp=False, span=10) & ~1
+        (self.dir / "config").write_text(
+            CONFIG.format(sip_port=self.sip_port, workdir=self.dir, rtp=rtp, rtp_end=rtp + 9)
+        )
+        (self.dir / "accounts").write_text(
+            f"<sip:{number}@127.0.0.1:{gateway_sip_port};transport=udp>"
+            f";auth_pass={password};answermode=auto;regint=600\n"
+        )
+        self.log_path = self.dir / "baresip.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *commands: str) -> None:
+        assert BARESIP is not None
+        args = [BARESIP, "-f", str(self.dir), "-s"]
+        for command in commands:
+            args += ["-e", command]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def wait_log(self, text: str, timeout: float = 15.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while text not in self.log():
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"baresip never logged {text!r}:\n{self.log()[-4000:]}")
+            await asyncio.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, grace=3.0)
+
+
+@pytest.fixture
+def phones(e2e_dir: Path):
+    made: list[Phone] = []
+
+    def make(gateway, number: str, password: str) -> Phone:
+        phone = Phone(e2e_dir, gateway.sip_port, number, password)
+        made.append(phone)
+        return phone
+
+    yield make
+    for phone in made:
+        phone.stop()
+
+
+async def test_web_user_calls_registered_phone(gateway, clients, phones):
+    phone = phones(gateway, "1002", "bob-secret")
+    phone.start()
+    await phone.wait_log("200 OK")  # REGISTER answered after the digest challenge
+    alice: JsonV1Client = await clients(gateway, name="alice")
+    await alice.login("1001", "Alice")
+    call = await alice.dial("1002", freq=1000.0)  # bob is not on the web: his phone rings
+    await call.wait_state("active", timeout=20)
+    await check_tone(call, 440.0, what="baresip's sine at the web client")
+    await call.hangup()
+    await call.wait_state("terminated", timeout=10)
+
+
+async def test_registered_phone_calls_web_user(gateway, clients, phones):
+    alice: JsonV1Client = await clients(gateway, name="alice")
+    await alice.login("1001", "Alice")
+    phone = phones(gateway, "1002", "bob-secret")
+    phone.start("/dial 1001")
+    incoming = await alice.wait_incoming(timeout=20)
+    assert incoming.start_message["remoteAddress"]["dialString"] == "1002"
+    await incoming.accept()
+    await incoming.answer()
+    await incoming.wait_state("active", timeout=20)
+    await check_tone(incoming, 440.0, what="baresip's sine, incoming")
+    await incoming.hangup()
+    await incoming.wait_state("terminated", timeout=10)
+
+
+async def test_wrong_password_gets_no_registration(gateway, phones):
+    phone = phones(gateway, "1002", "not-bobs-password")
+    phone.start()
+    await phone.wait_log("403")

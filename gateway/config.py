@@ -529,7 +529,7 @@ def _sip(data: Mapping[str, Any], source: str) -> SipConfig:
 
 
 def _non_negative(t: _Table, key: str, default: float) -> float:
-    value = t.number(key, default, -1.0, 100000.0)
+    value = t.number(key, default, -math.inf, 100000.0)
     if value < 0:
         raise t.error(key, f"must be 0 (off) or more, got {value:g}")
     return value
@@ -680,7 +680,7 @@ def _media(data: Mapping[str, Any], source: str) -> MediaConfig:
     if high <= low:
         raise t.error("rtp_port_max", f"must be greater than rtp_port_min ({low}), got {high}")
     ringback = t.choice("ringback", "us", RINGBACK_COUNTRIES)
-    timeout = t.number("timeout", 30.0, -1.0, 3600.0)
+    timeout = t.number("timeout", 30.0, -math.inf, 3600.0)
     if timeout < 0:
         raise t.error("timeout", f"must be 0 (never) or more, got {timeout:g}")
     return MediaConfig(

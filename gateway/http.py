@@ -67,6 +67,14 @@ def _text(status: HTTPStatus, text: str) -> Response:
     return _response(status, text.encode(), "text/plain; charset=utf-8")
 
 
+# The platform's table maps .ts to MPEG transport streams; ours are TypeScript.
+_CONTENT_TYPES = {
+    ".ts": "application/typescript",
+    ".js": "text/javascript",
+    ".mjs": "text/javascript",
+}
+
+
 def static_file(path: str, root: Path = STATIC_ROOT) -> Response:
     relative = unquote(path).lstrip("/") or "index.html"
     if relative.endswith("/"):
@@ -76,8 +84,12 @@ def static_file(path: str, root: Path = STATIC_ROOT) -> Response:
         return _text(HTTPStatus.NOT_FOUND, "not found\n")
     if target.stat().st_size > MAX_STATIC_BYTES:
         return _text(HTTPStatus.FORBIDDEN, "too large\n")
-    content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
-    if content_type.startswith("text/") or content_type in ("application/javascript",):
+    content_type = (
+        _CONTENT_TYPES.get(target.suffix)
+        or mimetypes.guess_type(target.name)[0]
+        or "application/octet-stream"
+    )
+    if content_type.startswith("text/") or content_type == "application/typescript":
         content_type += "; charset=utf-8"
     return _response(HTTPStatus.OK, target.read_bytes(), content_type)
 

@@ -115,7 +115,20 @@ def test_example_file_loads_and_documents_every_key() -> None:
                 assert any(ln.startswith("#") for ln in lines[max(0, idx - 12) : idx]), key
     expected = {
         "server": {"listen", "ws_path", "max_message_bytes"},
-        "sip": {"listen", "user_agent", "t1", "t2", "t4"},
+        "sip": {
+            "listen",
+            "user_agent",
+            "t1",
+            "t2",
+            "t4",
+            "registrar",
+            "realm",
+            "request_rate",
+            "request_burst",
+            "keepalive_interval",
+            "tls_ca",
+            "tls_verify",
+        },
         "pbx": {"uri", "username", "password"},
         "auth": {"mode", "realm", "jwt"},
         "media": {"rtp_host", "rtp_port_min", "rtp_port_max", "ringback", "timeout"},
@@ -282,6 +295,13 @@ def test_explicitly_empty_directory() -> None:
          "greater than rtp_port_min"),
         ({"calls": {"no_answer_timeout": -1}}, "[calls] no_answer_timeout", "more than 0"),
         ({"numbers": {"echo": "echo"}}, "[numbers] echo", "digits"),
+        ({"sip": {"trusted_networks": ["10.0.0.0/33"]}}, "[sip] trusted_networks", "networks"),
+        ({"sip": {"tls_port": 5061}}, "[sip] tls_cert", "needs a certificate"),
+        ({"sip": {"request_rate": -2}}, "[sip] request_rate", "0 (off) or more"),
+        ({"media": {"timeout": -5}}, "[media] timeout", "0 (never) or more"),
+        ({"media": {"ice_servers": [{"urls": "http://x"}]}}, "[[media.ice_servers]] #1 urls", "stun:"),
+        ({"media": {"ice_servers": [{"urls": "turn:t:3478"}]}}, "[[media.ice_servers]] #1 credential", "username and credential"),
+        ({"directory": {"number_assignment": "any"}}, "[directory] number_assignment", "must be one of"),
         ({"numbers": {"tone": 9001}}, "[numbers] tone", "a string"),
         ({"numbers": {"echo": "1001"}}, "[numbers] echo", 'is user "alice"'),
         ({"numbers": {"echo": "77", "tone": "77"}}, "[numbers] tone", "is [numbers] echo"),
@@ -430,14 +450,20 @@ def test_auth_every_key(tmp_path: Path) -> None:
         ({"realm": 'a"b'}, "[auth] realm", "without quotes"),
         ({"jwt": "x"}, "[auth.jwt]", "expected a table"),
         ({"jwt": {"secret": "x"}}, "[auth.jwt] secret", "unknown key"),
-        ({"jwt": {"hs256_secret": "short"}}, "[auth.jwt] hs256_secret",
-         "must be at least 32 bytes long"),
+        (
+            {"jwt": {"hs256_secret": "short"}},
+            "[auth.jwt] hs256_secret",
+            "must be at least 32 bytes long",
+        ),
         ({"jwt": {"issuer": ""}}, "[auth.jwt] issuer", "expected a non-empty"),
         ({"jwt": {"token_lifetime": 5}}, "[auth.jwt] token_lifetime", "between 10 and 86400"),
         ({"jwt": {"token_lifetime": 1.5}}, "[auth.jwt] token_lifetime", "expected an integer"),
         ({"jwt": {"rs256_public_key": ""}}, "[auth.jwt] rs256_public_key", "must not be empty"),
-        ({"jwt": {"rs256_public_key": "/nonexistent/k.pem"}}, "[auth.jwt] rs256_public_key",
-         "cannot read /nonexistent/k.pem: No such file or directory"),
+        (
+            {"jwt": {"rs256_public_key": "/nonexistent/k.pem"}},
+            "[auth.jwt] rs256_public_key",
+            "cannot read /nonexistent/k.pem: No such file or directory",
+        ),
     ],
 )
 def test_auth_errors(auth: dict[str, Any], key: str, problem: str) -> None:
@@ -456,9 +482,9 @@ def test_auth_bad_key_files(tmp_path: Path) -> None:
 
     ec_key = tmp_path / "ec.pem"
     ec_key.write_bytes(
-        ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     for path, problem in (
         (garbage, "is not a PEM public key or certificate"),

@@ -41,6 +41,9 @@ __all__ = [
     "DirectoryConfig",
     "LdapConfig",
     "RecordsConfig",
+    "PUSH_SERVICES",
+    "FcmServiceAccount",
+    "PushConfig",
     "NumbersConfig",
     "Config",
     "ConfigError",
@@ -74,6 +77,9 @@ NUMBER_ASSIGNMENTS: Final[tuple[str, ...]] = ("client", "directory")
 RINGBACK_COUNTRIES: Final[tuple[str, ...]] = ("us", "uk", "de", "fr", "jp")
 LOG_LEVELS: Final[tuple[str, ...]] = ("debug", "info", "warning", "error", "critical")
 PBX_TRANSPORTS: Final[tuple[str, ...]] = ("udp", "tcp")
+PUSH_SERVICES: Final[tuple[str, ...]] = ("fcm", "webhook")
+DEFAULT_FCM_ENDPOINT: Final[str] = "https://fcm.googleapis.com"
+DEFAULT_FCM_TOKEN_URI: Final[str] = "https://oauth2.googleapis.com/token"
 
 
 class ConfigError(Exception):
@@ -237,6 +243,40 @@ class DirectoryConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FcmServiceAccount:
+    """The parts of a Google service account JSON file that FCM HTTP v1 needs."""
+
+    client_email: str
+    private_key_pem: bytes = field(repr=False)  # PKCS#8 PEM, an RSA key (RS256)
+    token_uri: str = DEFAULT_FCM_TOKEN_URI  # OAuth2 token endpoint
+    project_id: str | None = None
+    private_key_id: str | None = None  # the JWT "kid"
+
+
+@dataclass(frozen=True, slots=True)
+class PushConfig:
+    """[push]: waking a client with no connection for an incoming call (json-v1 §8)."""
+
+    service: str | None = None  # one of PUSH_SERVICES; None = push wake-up disabled
+    webhook_url: str | None = None  # service "webhook": https (http only for loopback)
+    webhook_secret: str | None = field(default=None, repr=False)  # X-Signature HMAC key
+    fcm_service_account: str | None = None  # service "fcm": the file, resolved to a path
+    # The service account read from that file at start-up.
+    fcm_credentials: FcmServiceAccount | None = None
+    fcm_project_id: str | None = None  # default: the service account's project_id
+    fcm_endpoint: str = DEFAULT_FCM_ENDPOINT  # no trailing "/"
+    # Passed unchanged to clients as register/status notificationConfiguration.
+    # A plain JSON-serialisable dict: do not mutate it.
+    web_config: dict[str, Any] | None = None
+    timeout: float = 10.0  # seconds per HTTP request
+    token_ttl: float = 60.0  # seconds a wake-up token is valid
+
+    @property
+    def enabled(self) -> bool:
+        return self.service is not None
+
+
+@dataclass(frozen=True, slots=True)
 class User:
     username: str
     password: str
@@ -259,6 +299,7 @@ class Config:
     source: str  # the file path, or DEFAULTS_SOURCE
     records: RecordsConfig = RecordsConfig()
     directory: DirectoryConfig = DirectoryConfig()
+    push: PushConfig = PushConfig()
 
     def user_by_number(self, number: str) -> User | None:
         return next((u for u in self.users if u.number == number), None)
@@ -1054,6 +1095,211 @@ def _records(data: Mapping[str, Any], source: str) -> RecordsConfig:
     return RecordsConfig(enabled=enabled, path=path)
 
 
+_PUSH_KEYS: Final[tuple[str, ...]] = (
+    "service",
+    "webhook_url",
+    "webhook_secret",
+    "fcm_service_account",
+    "fcm_project_id",
+    "fcm_endpoint",
+    "web_config",
+    "timeout",
+    "token_ttl",
+)
+_PUSH_SERVICE_KEYS: Final[dict[str, tuple[str, ...]]] = {
+    "webhook": ("webhook_url", "webhook_secret"),
+    "fcm": ("fcm_service_account", "fcm_project_id", "fcm_endpoint"),
+}
+_FCM_PROJECT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+
+
+def _loopback_host(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _http_url_problem(url: str, *, base: bool = False) -> str | None:
+    """Why `url` is no acceptable push endpoint: https, or http for loopback hosts only."""
+    from urllib.parse import urlsplit
+
+    if not url or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        return f"expected an https:// URL, got {_show(url)}"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return f"expected an https:// URL, got {_show(url)}"
+    if parts.scheme.lower() not in ("https", "http") or not parts.hostname:
+        return f"expected an https:// URL, got {_show(url)}"
+    if parts.scheme.lower() == "http" and not _loopback_host(parts.hostname):
+        return f"must be https (http only for loopback addresses), got {_show(url)}"
+    if parts.username is not None or parts.password is not None:
+        return f"must not contain credentials, got {_show(url)}"
+    if parts.fragment or (base and (parts.query or parts.path.strip("/"))):
+        what = "a scheme and host only" if base else "no #fragment"
+        return f"expected {what}, got {_show(url)}"
+    return None
+
+
+def _json_value(value: object) -> bool:
+    """True when `value` (from TOML) is plain JSON: no dates or times anywhere."""
+    if isinstance(value, dict):
+        return all(_json_value(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_json_value(v) for v in value)
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, str | int | bool)
+
+
+def _fcm_service_account(t: _Table, key: str, path: str) -> FcmServiceAccount:
+    """Read and check a Google service account JSON file (the private key included)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    def bad(problem: str) -> ConfigError:
+        return t.error(key, f"{path}: {problem}")
+
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise t.error(key, f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        data = json.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise bad(f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise bad(f"not JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    if not isinstance(data, dict):
+        raise bad("expected a JSON object (a Google service account key file)")
+    kind = data.get("type", "service_account")
+    if kind != "service_account":
+        raise bad(f'"type" must be "service_account", got {_show(kind)}')
+    fields: dict[str, str | None] = {}
+    for name, required in (
+        ("client_email", True),
+        ("private_key", True),
+        ("token_uri", False),
+        ("project_id", False),
+        ("private_key_id", False),
+    ):
+        value = data.get(name)
+        if value is None and not required:
+            fields[name] = None
+            continue
+        if not isinstance(value, str) or not value.strip():
+            if value is None:
+                raise bad(f'"{name}" is missing')
+            raise bad(f'"{name}" must be a non-empty string')
+        fields[name] = value
+    token_uri = fields["token_uri"] or DEFAULT_FCM_TOKEN_URI
+    problem = _http_url_problem(token_uri)
+    if problem:
+        raise bad(f'"token_uri" {problem}')
+    project_id = fields["project_id"]
+    if project_id is not None and not _FCM_PROJECT_RE.fullmatch(project_id):
+        raise bad(f'"project_id" is not a project id: {_show(project_id)}')
+    pem = str(fields["private_key"]).encode()
+    try:
+        private_key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as e:
+        problem = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise bad(f'"private_key" is not an unencrypted PEM private key: {problem}') from None
+    if not isinstance(private_key, rsa.RSAPrivateKey):
+        raise bad('"private_key" is not an RSA key (FCM needs RS256)')
+    return FcmServiceAccount(
+        client_email=str(fields["client_email"]),
+        private_key_pem=pem,
+        token_uri=token_uri,
+        project_id=project_id,
+        private_key_id=fields["private_key_id"],
+    )
+
+
+def _push(data: Mapping[str, Any], source: str) -> PushConfig:
+    t = _section(data, source, "push", _PUSH_KEYS)
+    present = {key for key in _PUSH_KEYS if key in t.data}
+    if "service" in present:
+        service: str | None = t.choice("service", "", PUSH_SERVICES)
+    elif "webhook_url" in present and "fcm_service_account" in present:
+        raise t.error("service", 'missing: set "fcm" or "webhook" (both services are configured)')
+    elif "webhook_url" in present:
+        service = "webhook"
+    elif "fcm_service_account" in present:
+        service = "fcm"
+    else:
+        service = None
+    if service is None:
+        for key in ("webhook_secret", "fcm_project_id", "fcm_endpoint", "web_config"):
+            if key in present:
+                raise t.error(
+                    key, "push is not configured: set webhook_url or fcm_service_account as well"
+                )
+    else:
+        for other, keys in _PUSH_SERVICE_KEYS.items():
+            for key in keys:
+                if other != service and key in present:
+                    raise t.error(key, f'only used with service = "{other}", not "{service}"')
+        required = "webhook_url" if service == "webhook" else "fcm_service_account"
+        if required not in present:
+            raise t.error(required, f'missing (required with service = "{service}")')
+    timeout = t.number("timeout", 10.0, 0.0, 300.0)
+    token_ttl = t.number("token_ttl", 60.0, 0.0, 3600.0)
+    web_config: dict[str, Any] | None = None
+    if "web_config" in present:
+        value = t.data["web_config"]
+        if not isinstance(value, dict):
+            raise t.error("web_config", f"expected a table, got {_kind(value)}")
+        if not _json_value(value):
+            raise t.error("web_config", "must hold only strings, numbers, booleans, arrays, tables")
+        web_config = json.loads(json.dumps(value))  # a private deep copy
+    webhook_url = t.opt_string("webhook_url")
+    if webhook_url is not None:
+        problem = _http_url_problem(webhook_url)
+        if problem:
+            raise t.error("webhook_url", problem)
+    webhook_secret = t.opt_string("webhook_secret")
+    if webhook_secret is not None and not webhook_secret:
+        raise t.error("webhook_secret", "must not be empty (leave it out for no signature)")
+    account_file = t.opt_string("fcm_service_account")
+    credentials: FcmServiceAccount | None = None
+    project_id: str | None = None
+    fcm_endpoint = t.string("fcm_endpoint", DEFAULT_FCM_ENDPOINT).rstrip("/")
+    if account_file is not None:
+        if not account_file.strip():
+            raise t.error("fcm_service_account", "must not be empty")
+        account_file = _resolve(source, account_file)
+        project_id = t.opt_string("fcm_project_id")
+        if project_id is not None and not _FCM_PROJECT_RE.fullmatch(project_id):
+            raise t.error("fcm_project_id", f"expected a project id, got {_show(project_id)}")
+        problem = _http_url_problem(fcm_endpoint, base=True)
+        if problem:
+            raise t.error("fcm_endpoint", problem)
+        credentials = _fcm_service_account(t, "fcm_service_account", account_file)
+        project_id = project_id or credentials.project_id
+        if project_id is None:
+            raise t.error(
+                "fcm_project_id",
+                f"missing, and the service account file {account_file} has no project_id",
+            )
+    return PushConfig(
+        service=service,
+        webhook_url=webhook_url,
+        webhook_secret=webhook_secret,
+        fcm_service_account=account_file,
+        fcm_credentials=credentials,
+        fcm_project_id=project_id,
+        fcm_endpoint=fcm_endpoint,
+        web_config=web_config,
+        timeout=timeout,
+        token_ttl=token_ttl,
+    )
+
+
 _SECTION_NAMES: Final[tuple[str, ...]] = (
     "server",
     "sip",
@@ -1065,6 +1311,7 @@ _SECTION_NAMES: Final[tuple[str, ...]] = (
     "logging",
     "records",
     "directory",
+    "push",
     "users",
 )
 
@@ -1093,6 +1340,7 @@ def parse_config(data: Mapping[str, Any], source: str = DEFAULTS_SOURCE) -> Conf
         source=source,
         records=_records(data, source),
         directory=directory,
+        push=_push(data, source),
     )
 
 

@@ -531,3 +531,280 @@ def test_records_and_directory_errors() -> None:
     assert "[directory] users_file: expected a string, got integer 1" in err(
         {"directory": {"users_file": 1}}
     )
+
+
+# ----------------------------------------------------------------------------- [push]
+
+
+def _service_account_file(tmp_path: Path, **fields: Any) -> Path:
+    """A Google service account key file with a new RSA key; `fields` override/add keys
+    (None removes one)."""
+    import json
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    data: dict[str, Any] = {
+        "type": "service_account",
+        "project_id": "proj-1",
+        "private_key_id": "kid-1",
+        "private_key": key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode(),
+        "client_email": "push@proj-1.iam.gserviceaccount.com",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    }
+    for name, value in fields.items():
+        if value is None:
+            data.pop(name, None)
+        else:
+            data[name] = value
+    path = tmp_path / "sa.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_push_defaults() -> None:
+    from gateway.config import PushConfig
+
+    p = load_config(None).push
+    assert p == PushConfig()
+    assert p.enabled is False and p.service is None
+    assert (p.timeout, p.token_ttl) == (10.0, 60.0)
+    assert p.fcm_endpoint == "https://fcm.googleapis.com"
+    assert load_config(str(EXAMPLE)).push == p
+    # Timeouts alone do not turn push on.
+    assert parse_config({"push": {"timeout": 5, "token_ttl": 30}}, SRC).push.enabled is False
+
+
+def test_push_webhook_every_key() -> None:
+    p = parse_config(
+        {
+            "push": {
+                "service": "webhook",
+                "webhook_url": "https://app.example.com/push",
+                "webhook_secret": "s3cret-value",
+                "web_config": {"apiKey": "k", "vapidKey": "v", "nested": {"a": [1, 2.5, True]}},
+                "timeout": 2.5,
+                "token_ttl": 30,
+            }
+        },
+        SRC,
+    ).push
+    assert p.enabled and p.service == "webhook"
+    assert p.webhook_url == "https://app.example.com/push"
+    assert p.webhook_secret == "s3cret-value"
+    assert "s3cret-value" not in repr(p)
+    assert p.web_config == {"apiKey": "k", "vapidKey": "v", "nested": {"a": [1, 2.5, True]}}
+    assert (p.timeout, p.token_ttl) == (2.5, 30.0)
+    assert p.fcm_credentials is None and p.fcm_service_account is None
+    # service may be left out when only one service is configured; http for loopback.
+    for url in ("http://127.0.0.1:9/hook", "http://localhost/h", "http://[::1]:8/h"):
+        p = parse_config({"push": {"webhook_url": url}}, SRC).push
+        assert (p.service, p.webhook_url, p.web_config) == ("webhook", url, None)
+
+
+def test_push_fcm_every_key(tmp_path: Path) -> None:
+    sa = _service_account_file(tmp_path)
+    src = str(tmp_path / "gw.toml")
+    p = parse_config(
+        {
+            "push": {
+                "service": "fcm",
+                "fcm_service_account": "sa.json",  # relative to the config file
+                "fcm_endpoint": "http://127.0.0.1:8099/",
+                "web_config": {"projectId": "proj-1"},
+            }
+        },
+        src,
+    ).push
+    assert p.service == "fcm"
+    assert p.fcm_service_account == str(sa)
+    assert p.fcm_project_id == "proj-1"  # from the service account
+    assert p.fcm_endpoint == "http://127.0.0.1:8099"  # trailing "/" removed
+    creds = p.fcm_credentials
+    assert creds is not None
+    assert creds.client_email == "push@proj-1.iam.gserviceaccount.com"
+    assert creds.token_uri == "https://oauth2.googleapis.com/token"
+    assert creds.project_id == "proj-1" and creds.private_key_id == "kid-1"
+    assert creds.private_key_pem.startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert "PRIVATE KEY" not in repr(p)  # the key stays out of logs
+    p = parse_config(
+        {"push": {"fcm_service_account": str(sa), "fcm_project_id": "other-proj"}}, SRC
+    ).push
+    assert (p.service, p.fcm_project_id) == ("fcm", "other-proj")
+    assert p.fcm_endpoint == "https://fcm.googleapis.com"
+    # token_uri defaults to Google's; project_id may come from the config alone.
+    _service_account_file(tmp_path, token_uri=None, project_id=None, private_key_id=None)
+    p = parse_config(
+        {"push": {"fcm_service_account": "sa.json", "fcm_project_id": "p-2"}}, src
+    ).push
+    assert p.fcm_credentials is not None
+    assert p.fcm_credentials.token_uri == "https://oauth2.googleapis.com/token"
+    assert p.fcm_credentials.private_key_id is None
+    assert p.fcm_project_id == "p-2"
+
+
+@pytest.mark.parametrize(
+    ("push", "key", "problem"),
+    [
+        ("x", "[push]", "expected a table"),
+        ({"url": "https://x"}, "[push] url", "unknown key (known keys: service, webhook_url"),
+        ({"service": "apns"}, "[push] service", 'must be one of fcm | webhook, got "apns"'),
+        (
+            {"service": "webhook"},
+            "[push] webhook_url",
+            'missing (required with service = "webhook")',
+        ),
+        ({"service": "fcm"}, "[push] fcm_service_account", "missing (required with service"),
+        (
+            {"webhook_url": "https://a/", "fcm_service_account": "sa.json"},
+            "[push] service",
+            "both services are configured",
+        ),
+        (
+            {"service": "webhook", "webhook_url": "https://a/", "fcm_project_id": "p"},
+            "[push] fcm_project_id",
+            'only used with service = "fcm", not "webhook"',
+        ),
+        (
+            {"service": "fcm", "fcm_service_account": "sa.json", "webhook_url": "https://a/"},
+            "[push] webhook_url",
+            'only used with service = "webhook", not "fcm"',
+        ),
+        ({"webhook_secret": "s"}, "[push] webhook_secret", "push is not configured"),
+        ({"web_config": {}}, "[push] web_config", "push is not configured"),
+        ({"webhook_url": 1}, "[push] webhook_url", "expected a string, got integer 1"),
+        ({"webhook_url": "ftp://a/"}, "[push] webhook_url", 'expected an https:// URL, got "ftp'),
+        ({"webhook_url": "https://"}, "[push] webhook_url", "expected an https:// URL"),
+        ({"webhook_url": "https://a b/"}, "[push] webhook_url", "expected an https:// URL"),
+        (
+            {"webhook_url": "http://app.example.com/hook"},
+            "[push] webhook_url",
+            "must be https (http only for loopback addresses)",
+        ),
+        (
+            {"webhook_url": "http://192.0.2.1/hook"},
+            "[push] webhook_url",
+            "must be https (http only for loopback addresses)",
+        ),
+        ({"webhook_url": "https://u:p@a/"}, "[push] webhook_url", "must not contain credentials"),
+        ({"webhook_url": "https://a/#x"}, "[push] webhook_url", "expected no #fragment"),
+        (
+            {"webhook_url": "https://a/", "webhook_secret": ""},
+            "[push] webhook_secret",
+            "must not be empty",
+        ),
+        (
+            {"webhook_url": "https://a/", "web_config": "x"},
+            "[push] web_config",
+            'expected a table, got string "x"',
+        ),
+        ({"webhook_url": "https://a/", "timeout": 0}, "[push] timeout", "must be more than 0"),
+        ({"webhook_url": "https://a/", "timeout": 301}, "[push] timeout", "at most 300"),
+        ({"webhook_url": "https://a/", "timeout": "5"}, "[push] timeout", "expected a number"),
+        ({"webhook_url": "https://a/", "token_ttl": -1}, "[push] token_ttl", "more than 0"),
+        ({"webhook_url": "https://a/", "token_ttl": 3601}, "[push] token_ttl", "at most 3600"),
+        ({"fcm_service_account": ""}, "[push] fcm_service_account", "must not be empty"),
+        (
+            {"fcm_service_account": "/nonexistent/sa.json"},
+            "[push] fcm_service_account",
+            "cannot read /nonexistent/sa.json: No such file or directory",
+        ),
+    ],
+)
+def test_push_errors(push: Any, key: str, problem: str) -> None:
+    message = err({"push": push})
+    assert f": {key}: " in message, message
+    assert problem in message, message
+
+
+def test_push_web_config_must_be_json() -> None:
+    import datetime
+
+    message = err(
+        {"push": {"webhook_url": "https://a/", "web_config": {"d": datetime.date(2024, 1, 1)}}}
+    )
+    assert "[push] web_config: must hold only strings, numbers" in message
+
+
+def test_push_fcm_key_errors(tmp_path: Path) -> None:
+    src = str(tmp_path / "gw.toml")
+
+    def fcm_err(push: dict[str, Any]) -> str:
+        with pytest.raises(ConfigError) as info:
+            parse_config({"push": {"fcm_service_account": "sa.json", **push}}, src)
+        message = str(info.value)
+        assert "\n" not in message
+        assert message.startswith(f"config error in {src}: [push] ")
+        return message
+
+    _service_account_file(tmp_path)
+    assert "[push] fcm_project_id: expected a project id" in fcm_err({"fcm_project_id": "a/b"})
+    assert "[push] fcm_endpoint: must be https (http only for loopback" in fcm_err(
+        {"fcm_endpoint": "http://fcm.example.com"}
+    )
+    assert "[push] fcm_endpoint: expected a scheme and host only" in fcm_err(
+        {"fcm_endpoint": "https://fcm.example.com/v1"}
+    )
+    _service_account_file(tmp_path, project_id=None)
+    assert (
+        f"[push] fcm_project_id: missing, and the service account file {tmp_path / 'sa.json'} "
+        "has no project_id"
+    ) in fcm_err({})
+
+
+def test_push_bad_service_account_files(tmp_path: Path) -> None:
+    from collections.abc import Callable
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    ec_pem = (
+        ec.generate_private_key(ec.SECP256R1())
+        .private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        .decode()
+    )
+    sa = tmp_path / "sa.json"
+    cases: list[tuple[Callable[[], object], str]] = [
+        (lambda: sa.write_text("{not json"), "not JSON (Expecting property name"),
+        (lambda: sa.write_bytes(b'{"a": "\xff"}'), "not UTF-8 text"),
+        (lambda: sa.write_text("[]"), "expected a JSON object"),
+        (lambda: _service_account_file(tmp_path, type="user"), '"type" must be "service_account"'),
+        (lambda: _service_account_file(tmp_path, client_email=None), '"client_email" is missing'),
+        (lambda: _service_account_file(tmp_path, private_key=None), '"private_key" is missing'),
+        (lambda: _service_account_file(tmp_path, client_email=5), '"client_email" must be a'),
+        (
+            lambda: _service_account_file(tmp_path, private_key="garbage"),
+            '"private_key" is not an unencrypted PEM private key',
+        ),
+        (lambda: _service_account_file(tmp_path, private_key=ec_pem), "is not an RSA key"),
+        (
+            lambda: _service_account_file(tmp_path, token_uri="http://oauth.example.com/t"),
+            '"token_uri" must be https (http only for loopback addresses)',
+        ),
+        (
+            lambda: _service_account_file(tmp_path, project_id="bad project"),
+            '"project_id" is not a project id',
+        ),
+    ]
+    config = tmp_path / "gw.toml"
+    config.write_text('[push]\nfcm_service_account = "sa.json"\n')
+    for write, problem in cases:
+        write()
+        with pytest.raises(ConfigError) as info:
+            load_config(str(config))
+        message = str(info.value)
+        assert "\n" not in message
+        assert message.startswith(f"config error in {config}: [push] fcm_service_account: {sa}: ")
+        assert problem in message, message
+    # A loopback token_uri is fine (tests stand in for Google).
+    _service_account_file(tmp_path, token_uri="http://127.0.0.1:9/token")
+    assert load_config(str(config)).push.service == "fcm"

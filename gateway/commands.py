@@ -54,6 +54,15 @@ class Retrieve:
 
 
 @dataclass(frozen=True)
+class Transfer:
+    """Attended (`other_call_id`: the client's other call) or blind (`target`)."""
+
+    call_id: str
+    other_call_id: str | None = None
+    target: Party | None = None
+
+
+@dataclass(frozen=True)
 class QueryStatus:
     call_id: str
 
@@ -84,7 +93,17 @@ class Ice:
 
 
 Command = (
-    Dial | Accept | Answer | Terminate | Hold | Retrieve | QueryStatus | Offer | SdpAnswer | Ice
+    Dial
+    | Accept
+    | Answer
+    | Terminate
+    | Hold
+    | Retrieve
+    | Transfer
+    | QueryStatus
+    | Offer
+    | SdpAnswer
+    | Ice
 )
 
 

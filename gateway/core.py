@@ -38,6 +38,7 @@ from gateway.commands import (
     Retrieve,
     SdpAnswer,
     Terminate,
+    Transfer,
 )
 from gateway.config import Config
 from gateway.directory import Directory
@@ -157,6 +158,10 @@ class ClientCall:
     caller: ClientCall | None = None
     sip_in: SipIncoming | None = None
     record: CallRecordBuilder | None = None
+    # Outbound SIP: who gets the dialog's events (see _invite_sip) and where it was sent.
+    sip_owner: list[ClientCall] | None = None
+    sip_target: str = ""
+    transfer_pending: bool = False
 
 
 class Core:
@@ -353,6 +358,8 @@ class Core:
             self._hold(call, True)
         elif isinstance(command, Retrieve):
             self._hold(call, False)
+        elif isinstance(command, Transfer):
+            await self._transfer(call, command)
 
     def _refuse(self, call: ClientCall, reason: Reason = Reason.ERROR) -> None:
         """A request the call's state forbids: report the unchanged state (json-v1 §9)."""
@@ -449,12 +456,15 @@ class Core:
         self, call: ClientCall, target: str, credentials: tuple[str, str] | None
     ) -> None:
         media = self.config.media
+        # The dialog's events go to whichever call owns it now: a transfer can hand the
+        # dialog to another client's call.
+        owner = call.sip_owner = [call]
         try:
             call.rtp = await RtpLeg.open(
                 media.rtp_host, media.rtp_port_min, media.rtp_port_max,
                 media_timeout=media.timeout or None,
-                on_timeout=lambda: self._far_media_timeout(call),
-                on_dtmf=lambda digit: self._far_dtmf(call, digit),
+                on_timeout=lambda: self._far_media_timeout(owner[0]),
+                on_dtmf=lambda digit: self._far_dtmf(owner[0], digit),
             )
         except OSError as exc:
             logger.error("call %s: no RTP port: %s", call.call_id, exc)
@@ -471,9 +481,10 @@ class Core:
             from_display=call.reg.display_name,
             sdp=call.rtp.create_offer(),
             credentials=credentials,
-            on_event=lambda ev: self._on_outbound_sip(call, ev),
+            on_event=lambda ev: self._on_outbound_sip(owner[0], ev),
         )
-        call.invite.set_reoffer_handler(lambda offer: self._far_reoffer(call, offer))
+        call.sip_target = target
+        call.invite.set_reoffer_handler(lambda offer: self._far_reoffer(owner[0], offer))
         if call.record is not None:
             call.record.sip(call_id=call.invite.call_id)
         logger.info("call %s: INVITE %s (Call-ID %s)", call.call_id, target, call.invite.call_id)
@@ -671,6 +682,197 @@ class Core:
             logger.info("call %s: no RTP for %.0f s", call.call_id, self.config.media.timeout)
             self._end(call, Reason.MEDIA)
 
+    # -- transfer ------------------------------------------------------------------------
+
+    _TRANSFERABLE = (CallState.ACTIVE, CallState.HELD, CallState.HOLDING)
+
+    async def _transfer(self, call: ClientCall, cmd: Transfer) -> None:
+        """json-v1 §9 transfer. Success ends the client's call(s) `redirected`; a failure
+        leaves them as they were and reports the unchanged state with a reason."""
+        if call.state not in self._TRANSFERABLE or call.transfer_pending:
+            self._refuse(call)
+            return
+        if cmd.other_call_id is not None:
+            other = call.reg.calls.get(cmd.other_call_id)
+            if other is None or other is call or other.state not in self._TRANSFERABLE:
+                self._refuse(call)
+                return
+            self._attended_transfer(call, other)
+        elif cmd.target is not None:
+            await self._blind_transfer(call, cmd.target)
+
+    @staticmethod
+    def _web_peer(call: ClientCall) -> ClientCall | None:
+        """The other client's call when this call's far end is a web user."""
+        if call.winner is not None:
+            return call.winner
+        if call.caller is not None and call.caller.winner is call:
+            return call.caller
+        return None
+
+    def _refer(self, call: ClientCall, target: str, replaces: str | None,
+               done: Callable[[], None], fallback: Callable[[], Coroutine[Any, Any, None]] | None
+               ) -> None:
+        """REFER the call's SIP far party to `target`; `done` on NOTIFY 2xx. If the far
+        end refuses the REFER itself, `fallback` (the gateway does the transfer itself)."""
+        sip = self._sip_side(call)
+        assert sip is not None
+        call.transfer_pending = True
+        progressed = False
+
+        def on_progress(code: int) -> None:
+            nonlocal progressed
+            if code < 200:
+                progressed = True
+                return
+            call.transfer_pending = False
+            if call.state is CallState.TERMINATED:
+                return
+            if code < 300:
+                logger.info("call %s: transfer to %s accepted", call.call_id, target)
+                done()
+            elif not progressed and fallback is not None:
+                logger.info("call %s: REFER refused (%d); bridging ourselves", call.call_id, code)
+                self._spawn(fallback())
+            else:
+                logger.info("call %s: transfer to %s failed: %d", call.call_id, target, code)
+                self._refuse(call, reason_from_sip(code, True))
+
+        sip[0].refer(target, replaces=replaces, on_progress=on_progress)
+
+    def _sip_uri_for(self, number: str) -> str:
+        """Where a SIP party should send an INVITE for `number`: the PBX for numbers
+        beyond the gateway, the gateway itself for its own users and test numbers."""
+        local = (
+            self.logged_in(number)
+            or number in (self.config.numbers.echo, self.config.numbers.tone)
+            or (self.ua is not None and self.ua.registrar.lookup(number))
+        )
+        if not local and self.config.pbx.uri:
+            return str(dataclasses.replace(URI.parse(self.config.pbx.uri), user=number))
+        assert self.ua is not None
+        return f"sip:{number}@{self.config.sip.host}:{self.ua.port}"
+
+    async def _blind_transfer(self, call: ClientCall, target: Party) -> None:
+        if not _DIAL_STRING.match(target.dial_string):
+            self._refuse(call, Reason.DIAL_STRING)
+            return
+        peer = self._web_peer(call)
+        if self._sip_side(call) is not None:
+            self._refer(call, self._sip_uri_for(target.dial_string), None,
+                        lambda: self._end(call, Reason.REDIRECTED), None)
+        elif peer is not None:
+            # The other web user is handed a new call to the target, placed by us.
+            self._detach_peer(peer, call)
+            self._end(call, Reason.REDIRECTED, release=False)
+            await self._redial(peer, target)
+        else:
+            self._refuse(call)
+
+    async def _redial(self, call: ClientCall, target: Party) -> None:
+        """Give a connected client call a new far end: `target`, routed like a dial."""
+        call.remote = target
+        call.outgoing = True
+        call.answered = call.alerted = call.ringback_wanted = call.ringback_on = False
+        call.early_sdp = None
+        call.remote_hold = False
+        call.far_ended = False
+        if call.bridge is not None:
+            call.bridge.disconnect()
+        call.reg.sink(CallStatus(call.call_id, call.state, None, call.remote))
+        await self._route(call)
+
+    def _attended_transfer(self, a: ClientCall, b: ClientCall) -> None:
+        peer_a, peer_b = self._web_peer(a), self._web_peer(b)
+        if peer_a is None and peer_b is None:
+            sip_a, sip_b = self._sip_side(a), self._sip_side(b)
+            if sip_a is None or sip_b is None:
+                self._refuse(a)
+                return
+            # REFER A's far party to B's, replacing our dialog with B (RFC 3891).
+            self._refer(a, self._remote_uri(b), sip_b[0].dialog_replaces,
+                        lambda: self._finish_transfer(a, b), None)
+            return
+        # A web user on one side: that user's call takes over the other far end.
+        keeper, keeper_call, giver = (peer_a, a, b) if peer_a is not None else (peer_b, b, a)
+        assert keeper is not None
+        self._detach_peer(keeper, keeper_call)
+        self._adopt_far(keeper, giver)
+        self._end(a, Reason.REDIRECTED, release=False)
+        self._end(b, Reason.REDIRECTED, release=False)
+
+    def _finish_transfer(self, a: ClientCall, b: ClientCall) -> None:
+        for call in (a, b):
+            self._end(call, Reason.REDIRECTED)
+
+    def _remote_uri(self, call: ClientCall) -> str:
+        if call.sip_target:
+            return call.sip_target
+        incoming = call.sip_in
+        assert incoming is not None
+        host, port = incoming.invite.source
+        return f"sip:{incoming.invite.caller_user}@{host}:{port}"
+
+    def _detach_peer(self, peer: ClientCall, transferor: ClientCall) -> None:
+        """Cut a web user's call loose from the transferring client's call."""
+        if peer.caller is transferor:
+            peer.caller = None
+            transferor.winner = None
+            transferor.forks = []
+            if transferor.bridge is not None:
+                transferor.bridge.disconnect()
+        elif peer.winner is transferor:
+            peer.winner = None
+            transferor.caller = None
+            if peer.bridge is not None:
+                peer.bridge.disconnect()
+        peer.remote_hold = False
+
+    def _adopt_far(self, keeper: ClientCall, giver: ClientCall) -> None:
+        """Move `giver`'s far end (SIP dialog, test number or web user) to `keeper`."""
+        resume = giver.local_hold
+        other = self._web_peer(giver)
+        if other is not None:
+            self._detach_peer(other, giver)
+            keeper.winner, other.caller = other, keeper
+            keeper.forks = [other]
+            other.answered = True
+            other.remote = keeper.reg.party
+            other.remote_hold = keeper.local_hold
+            self._set_state(other, self._steady_state(other))
+            other.reg.sink(CallStatus(other.call_id, other.state, None, other.remote))
+        elif giver.invite is not None and giver.sip_owner is not None:
+            keeper.invite, keeper.rtp, keeper.early_sdp = giver.invite, giver.rtp, giver.early_sdp
+            keeper.sip_owner, keeper.sip_target = giver.sip_owner, giver.sip_target
+            keeper.sip_owner[0] = keeper
+            giver.invite = giver.rtp = None
+            giver.sip_owner = None
+        elif giver.sip_in is not None:
+            incoming = keeper.sip_in = giver.sip_in
+            incoming.winner, incoming.forks = keeper, [keeper]
+            giver.sip_in = None
+        elif giver.local is not None:
+            keeper.local, giver.local = giver.local, None
+        keeper.answered = True
+        keeper.remote = giver.remote
+        keeper.remote_hold = giver.remote_hold and other is None
+        self._set_state(keeper, self._steady_state(keeper))
+        keeper.reg.sink(CallStatus(keeper.call_id, keeper.state, None, keeper.remote))
+        self._bridge_client_leg(keeper)
+        sip = self._sip_side(keeper)
+        if resume and sip is not None:
+            # The transferor had held this far end: take it off hold for its new partner.
+            sip[0].reinvite(sip[1].create_offer("sendrecv"),
+                            lambda code, sdp: self._resumed(keeper, code, sdp))
+
+    def _resumed(self, call: ClientCall, code: int, sdp: bytes | None) -> None:
+        sip = self._sip_side(call)
+        if sip is not None and sdp is not None and 200 <= code < 300:
+            try:
+                sip[1].apply_answer(sdp)
+            except SdpError as exc:
+                logger.info("call %s: unusable answer after transfer: %s", call.call_id, exc)
+
     # -- hold ----------------------------------------------------------------------------
 
     @staticmethod
@@ -732,10 +934,10 @@ class Core:
             return CallState.HELD
         return CallState.HOLDING if call.remote_hold else CallState.ACTIVE
 
-    def _far_reoffer(self, call: ClientCall, offer: bytes) -> bytes | None:
+    def _far_reoffer(self, call: ClientCall | None, offer: bytes) -> bytes | None:
         """A re-INVITE/UPDATE from the SIP side: answer it and follow its hold state."""
-        sip = self._sip_side(call)
-        if sip is None or call.state is CallState.TERMINATED:
+        sip = self._sip_side(call) if call is not None else None
+        if call is None or sip is None or call.state is CallState.TERMINATED:
             return None
         rtp = sip[1]
         try:
@@ -814,7 +1016,9 @@ class Core:
             if incoming.timer is not None:
                 incoming.timer.cancel()
             incoming.invite.answer(incoming.rtp_answer)
-            incoming.invite.set_reoffer_handler(lambda offer: self._far_reoffer(call, offer))
+            incoming.invite.set_reoffer_handler(
+                lambda offer: self._far_reoffer(incoming.winner, offer)
+            )
             call.answered = True
             if call.record is not None:
                 call.record.sip(code=200)
@@ -957,7 +1161,7 @@ class Core:
 
     def _release_far(self, call: ClientCall, previous: CallState, reason: Reason) -> None:
         if call.invite is not None and not call.far_ended:
-            if previous is CallState.ACTIVE:
+            if call.answered:
                 call.invite.bye()
             else:
                 call.invite.cancel()

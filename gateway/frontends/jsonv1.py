@@ -18,7 +18,7 @@ from websockets.frames import CloseCode
 
 from gateway import __version__
 from gateway.auth import AuthResult
-from gateway.call import CallState, Reason
+from gateway.call import Reason
 from gateway.commands import (
     Accept,
     Answer,
@@ -39,6 +39,7 @@ from gateway.commands import (
     Retrieve,
     SdpAnswer,
     Terminate,
+    Transfer,
 )
 from gateway.core import IDENTIFIER, Core, Registration
 
@@ -356,10 +357,13 @@ class JsonV1Session:
         if action == "retrieve":
             return [Retrieve(identifier)]
         if action == "transfer":
-            # Not available yet: the call stays as it is (json-v1 §9 failed request).
-            call = self.reg.calls.get(identifier) if self.reg else None
-            self.send({"operation": "signaling", "action": "status", "identifier": identifier,
-                       "state": str(call.state) if call else str(CallState.TERMINATED),
-                       "reason": "error"})
-            return []
+            other = message.get("transferIdentifier")
+            if other is not None:
+                if not isinstance(other, str) or not IDENTIFIER.match(other):
+                    raise ProtocolError("bad transferIdentifier")
+                return [Transfer(identifier, other_call_id=other)]
+            target = party_from_wire(message.get("remoteAddress"))
+            if target is None or not target.dial_string:
+                raise ProtocolError("transfer needs transferIdentifier or remoteAddress")
+            return [Transfer(identifier, target=target)]
         raise ProtocolError(f"unknown signaling action {action!r}")

@@ -263,10 +263,6 @@ async def test_hold_retrieve_switches_microphone(gateway, e2e_dir):
         await assert_no_problems(page)
 
 
-@pytest.mark.skip(
-    reason="server: transfer not yet implemented (jsonv1 answers signaling/transfer "
-    "with reason error)"
-)
 async def test_transfer_two_calls(gateway, sipp, e2e_dir):
     """Alice talks to Bob (web) and to a SIP echo; she transfers one call to the other: both
     her calls end REDIRECTED, Bob stays CONNECTED and now hears the SIP echo of himself."""

@@ -42,6 +42,7 @@ from gateway.commands import (
 )
 from gateway.config import Config
 from gateway.directory import Directory
+from gateway.push import Push
 from gateway.records import CallRecordBuilder, RecordWriter
 from rtc.bridge import MediaBridge
 from rtc.ports import AudioPort
@@ -95,8 +96,12 @@ class Registration:
     # Closes the connection currently attached (used when another one takes over).
     disconnect: Callable[[], None] | None = None
     calls: dict[str, ClientCall] = dataclasses.field(default_factory=dict)
-    # Between a lost connection and its restore (or the end of the grace period).
+    # False between a lost connection and its restore; `detached` ends the grace period
+    # (None while a push token is stored: such a registration waits to be woken).
+    attached: bool = True
     detached: asyncio.TimerHandle | None = None
+    notification_token: str | None = None
+    notification_url: str | None = None
 
     @property
     def party(self) -> Party:
@@ -172,6 +177,7 @@ class Core:
         self.records: RecordWriter | None = (
             RecordWriter.open(config.records.path) if config.records.enabled else None
         )
+        self.push = Push.create(config.push)
         self._ice_servers = tuple(
             IceServer(s.urls, s.username, s.credential) for s in config.media.ice_servers
         )
@@ -245,7 +251,7 @@ class Core:
             return None
         old = reg.disconnect
         reg.disconnect = None
-        was_detached = reg.detached is not None
+        was_detached = not reg.attached
         if was_detached:
             self.restore(reg.identifier, sink, auth)
         else:
@@ -274,18 +280,67 @@ class Core:
 
     def logged_in(self, number: str) -> list[Registration]:
         """Registrations with a connection that can be offered a call now."""
-        return [r for r in self._by_number.get(number, ()) if r.detached is None]
+        return [r for r in self._by_number.get(number, ()) if r.attached]
+
+    def sleeping(self, number: str) -> list[Registration]:
+        """Registrations without a connection that a push notification can wake."""
+        if self.push is None:
+            return []
+        return [
+            r for r in self._by_number.get(number, ()) if not r.attached and r.notification_token
+        ]
+
+    def set_push_token(self, reg: Registration, token: str | None, url: str | None) -> None:
+        reg.notification_token = token or None
+        reg.notification_url = url or None
+
+    def _wake(self, reg: Registration, call: ClientCall) -> None:
+        """Offer a call to a sleeping registration: send the push wake-up (json-v1 §8)."""
+        assert self.push is not None and reg.notification_token is not None
+        wake = self.push.wake(
+            identifier=reg.identifier,
+            call_identifier=call.call_id,
+            notification_token=reg.notification_token,
+            caller=call.remote.dial_string,
+            url=reg.notification_url,
+        )
+
+        async def send() -> None:
+            result = await wake
+            if not result.ok:
+                logger.info("call %s: wake-up of %s failed: %s", call.call_id, reg.identifier,
+                            result.error)
+
+        self._spawn(send())
+
+    def wakeup(
+        self, token: str, identifier: str, sink: ClientSink, auth: AuthResult | None = None
+    ) -> Registration | None:
+        """A connection woken by a push (?wakeupToken=&identifier=): attach it to the
+        registration under a new identifier. None for an unknown, used or expired token."""
+        if self.push is None or self.push.consume(token, identifier) is None:
+            return None
+        reg = self.restore(identifier, sink, auth)
+        if reg is None:
+            return None
+        self.push.tokens.revoke(identifier=identifier)
+        del self.registrations[reg.identifier]
+        reg.identifier = new_identifier()
+        self.registrations[reg.identifier] = reg
+        return reg
 
     def detach(self, reg: Registration) -> None:
         """The client's connection is gone: keep the registration and its calls for the
         grace period (json-v1 §7). The far parties hear silence meanwhile."""
-        if reg.identifier not in self.registrations or reg.detached is not None:
+        if reg.identifier not in self.registrations or not reg.attached:
             return
         reg.sink = _discard
         reg.disconnect = None
-        reg.detached = asyncio.get_running_loop().call_later(
-            self.config.calls.restore_grace, self._grace_expired, reg
-        )
+        reg.attached = False
+        if reg.notification_token is None or self.push is None:
+            reg.detached = asyncio.get_running_loop().call_later(
+                self.config.calls.restore_grace, self._grace_expired, reg
+            )
         for call in list(reg.calls.values()):
             if call.state in (CallState.OFFERED,) and not call.outgoing:
                 # Nobody can answer an offer on a dead connection.
@@ -305,13 +360,15 @@ class Core:
         """Attach a new connection to a detached registration; None when unknown or expired.
         The caller sends the register status first, then calls `resume_calls`."""
         reg = self.registrations.get(identifier)
-        if reg is None or reg.detached is None:
+        if reg is None or reg.attached:
             return None
         if reg.username is not None and (auth is None or auth.username != reg.username):
             # Identifiers are bound to their user (DESIGN §9).
             return None
-        reg.detached.cancel()
-        reg.detached = None
+        if reg.detached is not None:
+            reg.detached.cancel()
+            reg.detached = None
+        reg.attached = True
         reg.sink = sink
         logger.info("registration %s restored with %d call(s)", identifier, len(reg.calls))
         return reg
@@ -432,7 +489,9 @@ class Core:
     async def _route(self, call: ClientCall) -> None:
         number = call.remote.dial_string
         numbers = self.config.numbers
-        callees = [r for r in self.logged_in(number) if r is not call.reg]
+        callees = [
+            r for r in self.logged_in(number) + self.sleeping(number) if r is not call.reg
+        ]
         contacts = self.ua.registrar.lookup(number) if self.ua is not None else []
         if callees and call.record is not None:
             call.record.routed("web")
@@ -552,7 +611,10 @@ class Core:
             self._start_record(fork, "web")
             reg.calls[fork.call_id] = fork
             caller.forks.append(fork)
-            self._spawn(self._offer_client(fork))
+            if reg.attached:
+                self._spawn(self._offer_client(fork))
+            else:
+                self._wake(reg, fork)
         caller.no_answer = asyncio.get_running_loop().call_later(
             self.config.calls.no_answer_timeout, self._no_answer_web, caller
         )
@@ -593,7 +655,7 @@ class Core:
         # failed leg ends the call only if the connection outlives it (not a reload)
         # and no restore has replaced it meanwhile.
         def decide() -> None:
-            if call.webrtc is leg and call.reg.detached is None:
+            if call.webrtc is leg and call.reg.attached:
                 self._end(call, Reason.MEDIA)
 
         asyncio.get_running_loop().call_later(LEG_FAILURE_GRACE, decide)
@@ -1032,7 +1094,7 @@ class Core:
     # -- incoming SIP calls ------------------------------------------------------------
 
     def on_invite(self, invite: InboundInvite) -> None:
-        regs = self.logged_in(invite.request_user)
+        regs = self.logged_in(invite.request_user) + self.sleeping(invite.request_user)
         logger.info(
             "INVITE for %s from %s (Call-ID %s): %d client(s)",
             invite.request_user, invite.caller_user, invite.call_id, len(regs),
@@ -1087,7 +1149,10 @@ class Core:
                 fork.record.sip(call_id=invite.call_id)
             reg.calls[fork.call_id] = fork
             incoming.forks.append(fork)
-            self._spawn(self._offer_client(fork))
+            if reg.attached:
+                self._spawn(self._offer_client(fork))
+            else:
+                self._wake(reg, fork)
         if not incoming.forks:
             self._sip_in_gone(incoming, 480, "Temporarily Unavailable")
             return
@@ -1152,6 +1217,8 @@ class Core:
         if call.no_answer is not None:
             call.no_answer.cancel()
         logger.info("call %s ended: %s", call.call_id, reason)
+        if self.push is not None:
+            self.push.tokens.revoke(call_identifier=call.call_id)
         if release:
             self._release_far(call, previous, reason)
         self._finish_record(call, reason)
@@ -1251,3 +1318,5 @@ class Core:
             await asyncio.wait(list(self._tasks), timeout=5)
         if self.records is not None:
             await self.records.aclose()
+        if self.push is not None:
+            await self.push.close()

@@ -42,6 +42,7 @@ from gateway.commands import (
     Transfer,
 )
 from gateway.core import IDENTIFIER, Core, Registration
+from gateway.push import valid_notification_token, valid_notification_url
 
 logger = logging.getLogger(__name__)
 
@@ -141,12 +142,26 @@ class JsonV1Session:
 
     def _register_status(self) -> None:
         assert self.reg is not None
-        self.send({
+        message = {
             "operation": "register", "action": "status", "state": "active",
             "identifier": self.reg.identifier, "assignment": self._assignment,
             "localAddress": party_to_wire(self.reg.party),
             "localSideDescription": SERVER_DESCRIPTION,
-        })
+        }
+        if self.core.push is not None:
+            message["notificationConfiguration"] = self.core.push.notification_configuration
+        self.send(message)
+
+    def _store_push_token(self, message: dict[str, Any]) -> None:
+        """notificationToken/notificationUrl from register start or status (§7, §8)."""
+        if self.reg is None or "notificationToken" not in message:
+            return
+        token, url = message.get("notificationToken"), message.get("notificationUrl")
+        if token not in (None, "") and not valid_notification_token(token):
+            raise ProtocolError("bad notificationToken")
+        if url not in (None, "") and not valid_notification_url(url):
+            raise ProtocolError("bad notificationUrl")
+        self.core.set_push_token(self.reg, token or None, url or None)
 
     def _register_terminated(self, reason: Reason, code: int = CloseCode.NORMAL_CLOSURE) -> None:
         self.send({"operation": "register", "action": "status", "state": "terminated",
@@ -167,7 +182,9 @@ class JsonV1Session:
         writer = asyncio.get_running_loop().create_task(self._writer())
         query = parse_qs(urlsplit(self.ws.request.path).query) if self.ws.request else {}
         try:
-            if "identifier" in query:
+            if "wakeupToken" in query:
+                await self._wakeup(query["wakeupToken"][0], query.get("identifier", [""])[0])
+            elif "identifier" in query:
                 await self._restore(query["identifier"][0])
             elif self.auth is not None and self.auth.token_nonce is not None:
                 await self._takeover()
@@ -210,6 +227,16 @@ class JsonV1Session:
             self._register_terminated(Reason.ERROR)
             return
         self._attach(reg, "restored")
+        await self.core.resume_calls(reg)
+
+    async def _wakeup(self, token: str, identifier: str) -> None:
+        """A connection woken by a push notification for an incoming call (§8)."""
+        reg = self.core.wakeup(token, identifier, self.on_event, self.auth)
+        if reg is None:
+            logger.info("wake-up for %r refused: unknown, used or expired", identifier[:128])
+            self._register_terminated(Reason.ERROR)
+            return
+        self._attach(reg, "wakeup")
         await self.core.resume_calls(reg)
 
     async def _takeover(self) -> None:
@@ -296,9 +323,11 @@ class JsonV1Session:
                 self._register_terminated(result)
                 return
             self._attach(result, "new")
+            self._store_push_token(message)
         elif action == "status":
             if self.reg is None:
                 raise ProtocolError("not registered")
+            self._store_push_token(message)
             self._register_status()
         elif action == "terminate":
             if self.reg is None:

@@ -528,11 +528,6 @@ async def _webhook(bodies: asyncio.Queue) -> asyncio.AbstractServer:
     return await asyncio.start_server(handle, HOST, HOOK_PORT)
 
 
-@pytest.mark.skip(
-    reason="server: push wake-up not yet implemented (no [push] configuration, no "
-    "notificationConfiguration in register/status, no wakeupToken handling); the "
-    "[push] webhook_url key used here is an assumption"
-)
 @pytest.mark.parametrize("gateway", [PUSH], indirect=True)
 async def test_push_wakeup_answers_call(gateway, sipp, e2e_dir):
     """1002 stores a push token and goes away; sipp calls 1002; the gateway's webhook
@@ -569,8 +564,12 @@ async def test_push_wakeup_answers_call(gateway, sipp, e2e_dir):
             )
             await ws.recv()
         uac = sipp.uac_echo(gateway.sip_target, "1002", port=free_port(), duration_ms=5000)
-        wake = await asyncio.wait_for(bodies.get(), 15)
+        body = await asyncio.wait_for(bodies.get(), 15)
+        # The webhook body: the device token beside the json-v1 §8 data message.
+        assert body["token"] == "test-device-token", body
+        wake = body["data"]
         assert wake["identifier"] == identifier and wake["caller"] == "sipp", wake
+        assert wake["url"] == f"{gateway.http_url}/", wake
         async with launch(e2e_dir) as browser:
             page = await browser.page("bob")
             await open_phone(

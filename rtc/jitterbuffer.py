@@ -72,6 +72,33 @@ class JitterBuffer:
         """Frames buffered from the playout point on."""
         return len(self._frames)
 
+    @property
+    def idle(self) -> bool:
+        """
+        Nothing left to play: no frame buffered, no comfort noise and the
+        concealment of the last loss run exhausted (or nothing ever received).
+        A paced reader may stop its clock here and ``reset()``.
+        """
+        return (
+            not self._frames
+            and self._comfort_level is None
+            and (self._play_ts is None or self._lost_run >= len(CONCEAL_GAINS))
+        )
+
+    def reset(self) -> None:
+        """
+        Forget what is buffered and the playout point (the next packet
+        re-anchors, e.g. after a hold or a long silence); the adapted target
+        delay and the counters stay.
+        """
+        self._frames.clear()
+        self._play_ts = None
+        self._waiting = True
+        self._started = False
+        self._comfort_level = None
+        self._lost_run = 0
+        self._last = None
+
     def _offset(self, timestamp: int) -> int:
         assert self._play_ts is not None
         diff = (timestamp - self._play_ts) & 0xFFFFFFFF

@@ -16,6 +16,15 @@ telephone-event and generated dual tones in the audio otherwise; ``on_dtmf``
 reports received digits, from RFC 4733 events or, without telephone-event,
 from a Goertzel detector on the received audio.
 
+Receiving: packets go through an adaptive jitter buffer (rtc.jitterbuffer:
+reordering, duplicates, loss concealment, RFC 3389 comfort noise, SSRC and
+timestamp changes) played out by a 20 ms clock of the leg's own, anchored
+``PLAYOUT_MARGIN`` after the first packet of a stream so that, at the minimum
+delay, a frame waits only that margin; ``read()`` yields those frames. The
+clock stops (and ``read()`` waits) when nothing is left to play, so a
+silent or held stream yields nothing, and restarts with the next packet.
+``jitter_min``/``jitter_max`` (seconds, 0.02..0.2) bound the adaptive delay.
+
 RTCP goes over the odd port above the RTP one (or muxed on the RTP port when
 the peer does so): a compound SR/RR + SDES about every 5 s, BYE on close.
 ``stats()`` combines our counters with the peer's reports.
@@ -35,9 +44,10 @@ import numpy.typing as npt
 from .dtmf import DtmfEventReceiver, digit_to_event, event_packets
 from .dtmfdetect import DtmfDetector
 from .g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
+from .jitterbuffer import JitterBuffer
 from .ports import FRAME_MS, AudioPort, FrameQueue, PlayoutQueue, frame_samples
 from .rtcpsession import RtcpSession
-from .rtp import RtpPacket, is_rtcp, seq_diff
+from .rtp import RtpPacket, is_rtcp
 from .sdp import (
     DIRECTIONS,
     Codec,
@@ -65,10 +75,16 @@ TELEPHONE_EVENT_FMTP = "0-16"
 RECEIVE_QUEUE_FRAMES = 50
 # received audio older than this was not wanted when it was fresh
 RECEIVE_MAX_AGE = 0.1
-# packets held back waiting for a missing sequence number before giving up on
-# it, and how long they may wait when no more packets come (end of talk spurt)
+# (kept for compatibility; reordering is the jitter buffer's job now)
 REORDER_DEPTH = 3
 REORDER_TIMEOUT = 0.06
+# jitter buffer bounds (seconds): adaptive between these, the minimum at first
+JITTER_MIN = 0.02
+JITTER_MAX = 0.2
+# the playout clock ticks this long after the packet that (re)starts a stream
+PLAYOUT_MARGIN = 0.003
+# RFC 3389 comfort noise, static payload type (RFC 3551)
+CN_PT = 13
 # a sequence jump this large means a new stream, not reordering
 MAX_SEQ_JUMP = 1000
 # after a stall (suspended loop) restart the clock rather than send a burst
@@ -121,6 +137,9 @@ class RtpLeg(AudioPort):
     DTMF: ``send_dtmf(digits, duration_ms)`` and the ``on_dtmf(digit)``
     callback (attribute or keyword of ``open``), once per key press.
 
+    Jitter buffer: ``jitter_min``/``jitter_max`` in seconds (20..200 ms,
+    adaptive from the minimum); ``jitter_buffer`` exposes its counters.
+
     Media timeout: set ``media_timeout`` (seconds) and ``on_timeout``; the
     callback fires once when no RTP arrived for that long while the stream is
     not held (re-armed by the next packet). ``last_received`` is the loop time
@@ -135,7 +154,11 @@ class RtpLeg(AudioPort):
         media_timeout: float | None = None,
         on_timeout: Callable[[], None] | None = None,
         on_dtmf: Callable[[str], None] | None = None,
+        jitter_min: float = JITTER_MIN,
+        jitter_max: float = JITTER_MAX,
     ) -> None:
+        if not 0.02 <= jitter_min <= jitter_max <= 0.2:
+            raise ValueError("Need 0.02 <= jitter_min <= jitter_max <= 0.2 (seconds)")
         self.host = host
         self.on_dtmf = on_dtmf
         self.local_port = 0
@@ -192,11 +215,14 @@ class RtpLeg(AudioPort):
 
         # receiving
         self._queue = FrameQueue(RECEIVE_QUEUE_FRAMES, RECEIVE_MAX_AGE)
-        self._remote_ssrc: int | None = None
-        self._expected_seq: int | None = None
-        self._out_of_order: dict[int, npt.NDArray[np.int16]] = {}
-        self._pending = np.zeros(0, dtype=np.int16)
-        self._reorder_timer: asyncio.TimerHandle | None = None
+        self._jitter = JitterBuffer(SAMPLE_RATE, FRAME_MS, jitter_min, jitter_max)
+        self._playout_timer: asyncio.TimerHandle | None = None
+        self._next_playout = 0.0
+        # a packet that is not a whole number of 20 ms frames (ptime 10, 30):
+        # contiguous samples collected until they make whole frames
+        self._partial = np.zeros(0, dtype=np.int16)
+        self._partial_ts = 0
+        self._partial_ssrc: int | None = None
 
     @classmethod
     async def open(
@@ -208,13 +234,22 @@ class RtpLeg(AudioPort):
         media_timeout: float | None = None,
         on_timeout: Callable[[], None] | None = None,
         on_dtmf: Callable[[str], None] | None = None,
+        jitter_min: float = JITTER_MIN,
+        jitter_max: float = JITTER_MAX,
     ) -> "RtpLeg":
         """
         Bind an even RTP port in [port_min, port_max] and the RTCP port above
         it (which may be port_max + 1).
         """
         loop = asyncio.get_running_loop()
-        leg = cls(host, media_timeout=media_timeout, on_timeout=on_timeout, on_dtmf=on_dtmf)
+        leg = cls(
+            host,
+            media_timeout=media_timeout,
+            on_timeout=on_timeout,
+            on_dtmf=on_dtmf,
+            jitter_min=jitter_min,
+            jitter_max=jitter_max,
+        )
         ports = list(range(port_min + port_min % 2, port_max + 1, 2))
         if not ports:
             raise ValueError("Empty RTP port range")
@@ -251,6 +286,11 @@ class RtpLeg(AudioPort):
         if len(frame) != SAMPLES_PER_FRAME:
             raise ValueError(f"RtpLeg expects {SAMPLES_PER_FRAME}-sample frames")
         self._playout.put(frame)
+
+    @property
+    def jitter_buffer(self) -> JitterBuffer:
+        """The receive jitter buffer (``delay``, ``late``, ``concealed``, ``played``...)."""
+        return self._jitter
 
     # negotiation
 
@@ -419,8 +459,7 @@ class RtpLeg(AudioPort):
         if not receiving:
             # what arrived before the hold is not to be played after it
             self._queue.clear()
-            self._out_of_order.clear()
-            self._pending = self._pending[:0]
+            self._stop_playout()
         if receiving and (not self._receiving or self._direction != direction):
             # the media timeout counts from the moment we expect media again
             self._timeout_since = asyncio.get_running_loop().time()
@@ -596,6 +635,13 @@ class RtpLeg(AudioPort):
                 if digit is not None:
                     self._dtmf_received(digit)
             return
+        if packet.payload_type == CN_PT:
+            # RFC 3389 comfort noise: understood even though we do not offer it
+            self._count_received(packet)
+            if self._receiving:
+                self._jitter.put_comfort_noise(packet.ssrc, packet.timestamp, packet.payload)
+                self._start_playout()
+            return
         codec = self._receive_codecs.get(packet.payload_type)
         if codec is None:
             # not negotiated
@@ -607,7 +653,7 @@ class RtpLeg(AudioPort):
         if not self._receiving:
             # we are sendonly/inactive: the far end's audio is not wanted
             return
-        self._reorder(packet, codec.decode(packet.payload))
+        self._buffer(packet, codec.decode(packet.payload))
 
     def _count_received(self, packet: RtpPacket) -> None:
         now = asyncio.get_running_loop().time()
@@ -648,56 +694,62 @@ class RtpLeg(AudioPort):
             self._send_rtcp()
             await asyncio.sleep(self.rtcp_interval * random.uniform(0.5, 1.5))
 
-    def _reorder(self, packet: RtpPacket, samples: npt.NDArray[np.int16]) -> None:
-        seq = packet.sequence_number
-        if packet.ssrc != self._remote_ssrc or self._expected_seq is None:
-            self._remote_ssrc = packet.ssrc
-            self._out_of_order.clear()
-            self._expected_seq = seq
-        distance = seq_diff(seq, self._expected_seq)
-        if distance < 0:
-            if distance > -MAX_SEQ_JUMP:
-                return  # late or duplicate
-            self._out_of_order.clear()
-            self._expected_seq = seq
-        elif distance > MAX_SEQ_JUMP:
-            self._flush_held()
-            self._expected_seq = seq
-        self._out_of_order[seq] = samples
-
-        self._deliver_in_order()
-        if len(self._out_of_order) > REORDER_DEPTH:
-            self._skip_gap()
-        if self._out_of_order and self._reorder_timer is None:
-            self._reorder_timer = asyncio.get_running_loop().call_later(
-                REORDER_TIMEOUT, self._reorder_timeout
+    def _buffer(self, packet: RtpPacket, samples: npt.NDArray[np.int16]) -> None:
+        """Into the jitter buffer in whole 20 ms frames; start the playout clock."""
+        ssrc, timestamp = packet.ssrc, packet.timestamp
+        if len(self._partial) == 0 and len(samples) % SAMPLES_PER_FRAME == 0:
+            self._jitter.put(ssrc, timestamp, samples, packet.marker)
+        else:
+            # the far end uses another ptime: cut the stream into 20 ms frames
+            contiguous = (
+                ssrc == self._partial_ssrc
+                and timestamp == (self._partial_ts + len(self._partial)) & 0xFFFFFFFF
             )
-        elif not self._out_of_order and self._reorder_timer is not None:
-            self._reorder_timer.cancel()
-            self._reorder_timer = None
+            if not contiguous:
+                self._partial = samples[:0]
+                self._partial_ts = timestamp
+                self._partial_ssrc = ssrc
+            pending = np.concatenate((self._partial, samples))
+            whole = len(pending) - len(pending) % SAMPLES_PER_FRAME
+            if whole:
+                self._jitter.put(ssrc, self._partial_ts, pending[:whole], packet.marker)
+            self._partial = pending[whole:]
+            self._partial_ts = (self._partial_ts + whole) & 0xFFFFFFFF
+        self._start_playout()
 
-    def _reorder_timeout(self) -> None:
-        self._reorder_timer = None
-        while self._out_of_order:
-            self._skip_gap()
+    def _start_playout(self) -> None:
+        if self._playout_timer is not None or self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        self._next_playout = loop.time() + PLAYOUT_MARGIN
+        self._playout_timer = loop.call_at(self._next_playout, self._playout_tick)
 
-    def _skip_gap(self) -> None:
-        """Give up on the missing packet: continue from the oldest one held."""
-        expected = self._expected_seq or 0
-        self._expected_seq = min(self._out_of_order, key=lambda s: seq_diff(s, expected))
-        self._deliver_in_order()
+    def _stop_playout(self) -> None:
+        if self._playout_timer is not None:
+            self._playout_timer.cancel()
+            self._playout_timer = None
+        self._jitter.reset()
+        self._partial = self._partial[:0]
+        self._partial_ssrc = None
 
-    def _deliver_in_order(self) -> None:
-        assert self._expected_seq is not None
-        while self._expected_seq in self._out_of_order:
-            self._deliver(self._out_of_order.pop(self._expected_seq))
-            self._expected_seq = (self._expected_seq + 1) & 0xFFFF
-
-    def _flush_held(self) -> None:
-        expected = self._expected_seq or 0
-        for seq in sorted(self._out_of_order, key=lambda s: seq_diff(s, expected)):
-            self._deliver(self._out_of_order[seq])
-        self._out_of_order.clear()
+    def _playout_tick(self) -> None:
+        self._playout_timer = None
+        if self._closed:
+            return
+        frame = self._jitter.get()
+        if frame is not None:
+            self._deliver(frame)
+        if frame is None or self._jitter.idle:
+            # nothing left to play (end of a talk spurt, loss beyond
+            # concealment): the next packet starts the clock afresh
+            self._jitter.reset()
+            return
+        loop = asyncio.get_running_loop()
+        self._next_playout += FRAME_MS / 1000
+        now = loop.time()
+        if self._next_playout < now - MAX_CLOCK_LAG:
+            self._next_playout = now
+        self._playout_timer = loop.call_at(self._next_playout, self._playout_tick)
 
     def _deliver(self, samples: npt.NDArray[np.int16]) -> None:
         if self._telephone_event_pt is None and self._codec is not None and self.on_dtmf:
@@ -706,23 +758,16 @@ class RtpLeg(AudioPort):
                 self._dtmf_detector = DtmfDetector(SAMPLE_RATE)
             for digit in self._dtmf_detector.process(samples):
                 self._dtmf_received(digit)
-        # the far end may use another ptime: cut the stream into 20 ms frames
-        if len(self._pending) == 0 and len(samples) == SAMPLES_PER_FRAME:
-            self._queue.put(samples)
-            return
-        pending = np.concatenate((self._pending, samples))
-        whole = len(pending) - len(pending) % SAMPLES_PER_FRAME
-        for start in range(0, whole, SAMPLES_PER_FRAME):
-            self._queue.put(pending[start : start + SAMPLES_PER_FRAME])
-        self._pending = pending[whole:]
+        self._queue.put(samples)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self._queue.close()
-        if self._reorder_timer is not None:
-            self._reorder_timer.cancel()
+        if self._playout_timer is not None:
+            self._playout_timer.cancel()
+            self._playout_timer = None
         if self._dtmf_task is not None:
             self._dtmf_task.cancel()
         if self._rtcp_task is not None:

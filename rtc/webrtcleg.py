@@ -42,7 +42,6 @@ from .webrtcdtmf import TELEPHONE_EVENT, TransceiverDtmf, register_telephone_eve
 __all__ = ["WebRtcLeg"]
 
 
-
 @dataclass(frozen=True)
 class IceServer:
     """A STUN or TURN server for the browser leg (urls like "stun:host:3478",
@@ -51,6 +50,7 @@ class IceServer:
     urls: tuple[str, ...]
     username: str | None = None
     credential: str | None = None
+
 
 logger = logging.getLogger(__name__)
 

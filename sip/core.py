@@ -18,6 +18,7 @@ from .access import AccessPolicy, RateLimiter
 from .admission import Admission
 from .auth import DigestClient, credentials_header, pick_challenge
 from .auth_server import DigestServer
+from .body import accepts, extract_sdp
 from .dialog import Dialog, DialogId, with_tag
 from .effects import CancelTimer, StartTimer, TimerKey, Transmit
 from .in_dialog import ALLOW, InDialogOperations
@@ -677,6 +678,9 @@ class UserAgentCore(InDialogOperations, Admission):
             rejection, user = self._admit_invite(key, request, source)
             if rejection is not None:
                 return rejection
+            refused = self._refuse_invite(key, request)
+            if refused is not None:
+                return refused
             return self._on_invite(key, request, source, user)
         if method == "REGISTER":
             return self._on_register(key, request, source)
@@ -685,6 +689,20 @@ class UserAgentCore(InDialogOperations, Admission):
         if method == "BYE":
             return self._reply(key, request, 481)
         return self._reply(key, request, 405 if method in KNOWN_METHODS else 501)
+
+    def _refuse_invite(self, key: TransactionKey, request: Request) -> list[Effect] | None:
+        """483 when Max-Forwards is exhausted (we would forward the call as a B2BUA),
+        415 for a body without SDP (RFC 4475 invut), 406 when the caller's Accept rules
+        out SDP (sdp01)."""
+        max_forwards = request.headers.get("Max-Forwards")
+        if max_forwards is not None and int(max_forwards.strip()) == 0:
+            return self._stateful_reply(key, request, 483)
+        body_sdp = extract_sdp(request.headers.get("Content-Type"), request.body)
+        if request.body and body_sdp is None:
+            return self._stateful_reply(key, request, 415, [("Accept", SDP)])
+        if not accepts(request.headers.getlist("Accept")):
+            return self._stateful_reply(key, request, 406, [("Accept", SDP)])
+        return None
 
     def _on_invite(
         self, key: TransactionKey, request: Request, source: Peer, user: str | None = None
@@ -714,7 +732,7 @@ class UserAgentCore(InDialogOperations, Admission):
                     request_user=request.uri.user or "",
                     caller_user=from_address.uri.user or "",
                     caller_display=from_address.name,
-                    sdp=request.body or None,
+                    sdp=extract_sdp(request.headers.get("Content-Type"), request.body),
                     source=source,
                     replaces=request.headers.get("Replaces"),
                     authenticated_user=user,

@@ -52,10 +52,12 @@ class StreamFramer:
         if end > self.max_headers:
             raise FramingError("header section too large")
         head = bytes(buffer[:end])
-        match = _CONTENT_LENGTH.search(head)
+        values = {m.group(1) for m in _CONTENT_LENGTH.finditer(head)}
+        if len(values) > 1:
+            raise FramingError("conflicting Content-Length headers")  # RFC 4475 mcl01
         length = 0
-        if match:
-            value = match.group(1)
+        if values:
+            value = values.pop()
             if not value.isdigit():
                 raise FramingError("bad Content-Length")
             length = int(value)

@@ -23,13 +23,16 @@ REASONS: dict[int, str] = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    406: "Not Acceptable",
     407: "Proxy Authentication Required",
     408: "Request Timeout",
     416: "Unsupported URI Scheme",
+    415: "Unsupported Media Type",
     420: "Bad Extension",
     480: "Temporarily Unavailable",
     481: "Call/Transaction Does Not Exist",
     482: "Loop Detected",
+    483: "Too Many Hops",
     486: "Busy Here",
     487: "Request Terminated",
     488: "Not Acceptable Here",
@@ -37,6 +40,7 @@ REASONS: dict[int, str] = {
     500: "Server Internal Error",
     501: "Not Implemented",
     503: "Service Unavailable",
+    505: "Version Not Supported",
     513: "Message Too Large",
     603: "Decline",
 }
@@ -52,6 +56,15 @@ _FOLD = re.compile(rb"\r\n[ \t]+")
 _HEADER_LINE = re.compile(rb"^([A-Za-z][A-Za-z0-9!%*_+`'~.-]*)[ \t]*:(.*)$")
 _COMPACT = {b"v": b"via", b"f": b"from", b"t": b"to", b"i": b"call-id"}
 _REQUIRED = (b"via", b"from", b"to", b"call-id", b"cseq")
+# Via values with LWS around separators ("SIP / 2.0 / UDP host ; branch = x , ...", legal
+# per RFC 3261 §25 and used by RFC 4475 wsinv) are tightened before sipmessage sees them.
+_VIA_LINE = re.compile(rb"^(via|v)([ \t]*:)([^\r\n]*)", re.I | re.M)
+_NAME_SPACE = re.compile(rb"^([A-Za-z0-9!%*_+`'~.-]+)[ \t]+:", re.M)  # "From   : x"
+_VIA_SEPARATOR = re.compile(rb"[ \t]*([,;=/])[ \t]*")
+# Headers that may appear once only (RFC 3261 §7.3.1; RFC 4475 multi01, mcl01).
+_SINGLE = ("Call-ID", "From", "To", "CSeq", "Max-Forwards", "Content-Length", "Content-Type")
+MAX_CSEQ = 2**31 - 1  # RFC 3261 §8.1.1.5: the sequence number is below 2**31
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 
 
 class ParseError(ValueError):
@@ -69,6 +82,7 @@ def parse(data: bytes) -> Request | Response:
         if not sep:
             raise ParseError("no end of headers")
         head = _FOLD.sub(b" ", head.lstrip(b"\r\n"))
+        head = _VIA_LINE.sub(_tighten_via, _NAME_SPACE.sub(rb"\1:", head))
         message = Message.parse(head + b"\r\n\r\n" + body)
         length = message.content_length
         if length is not None:
@@ -83,7 +97,21 @@ def parse(data: bytes) -> Request | Response:
     return message
 
 
+def _tighten_via(match: re.Match[bytes]) -> bytes:
+    value = _VIA_SEPARATOR.sub(rb"\1", match.group(3).strip())
+    return match.group(1) + match.group(2) + b" " + value
+
+
 def _validate(message: Request | Response) -> None:
+    headers = message.headers
+    for name in _SINGLE:
+        if len(headers.getlist(name)) > 1:
+            raise ParseError(f"more than one {name}")
+    max_forwards = headers.get("Max-Forwards")
+    if max_forwards is not None:
+        value = max_forwards.strip()
+        if not value.isdigit() or int(value) > 255:
+            raise ParseError("bad Max-Forwards")
     vias = message.via
     if not vias:
         raise ParseError("missing Via")
@@ -92,6 +120,8 @@ def _validate(message: Request | Response) -> None:
     if not message.call_id.strip():
         raise ParseError("empty Call-ID")
     cseq = message.cseq
+    if not 0 <= cseq.sequence <= MAX_CSEQ:
+        raise ParseError("CSeq number out of range")
     if isinstance(message, Request):
         if cseq.method != message.method:
             raise ParseError("CSeq method does not match")
@@ -161,6 +191,22 @@ def header_lines(data: bytes) -> int:
     return head.count(b"\n")
 
 
+def rejection_status(data: bytes) -> str:
+    """The status line for a request that failed to parse: 505 for another SIP version,
+    416 for a Request-URI of a scheme we do not serve (RFC 4475 unkscm, novelsc, badvers),
+    else 400."""
+    first = data.lstrip(b"\r\n").partition(b"\r\n")[0].split(b" ")
+    if len(first) == 3:
+        version = first[2]
+        if version.startswith(b"SIP/") and version != b"SIP/2.0":
+            return "505 Version Not Supported"
+        uri = first[1].decode("utf-8", "replace")
+        scheme = _SCHEME.match(uri)
+        if scheme and scheme.group(0)[:-1].lower() not in ("sip", "sips", "tel"):
+            return "416 Unsupported URI Scheme"
+    return "400 Bad Request"
+
+
 def raw_bad_request(data: bytes, status: str = "400 Bad Request") -> bytes | None:
     """A stateless 400 for a request too broken to parse, if its headers allow one.
 
@@ -170,8 +216,10 @@ def raw_bad_request(data: bytes, status: str = "400 Bad Request") -> bytes | Non
     try:
         head = _FOLD.sub(b" ", data.partition(b"\r\n\r\n")[0].lstrip(b"\r\n"))
         lines = head.split(b"\r\n")
-        first = lines[0].split(b" ")
-        if len(first) != 3 or first[2] != b"SIP/2.0" or first[0] in (b"ACK", b"SIP/2.0"):
+        first = lines[0].split()
+        if len(first) < 3 or not first[-1].startswith(b"SIP/") or first[0] in (b"ACK",):
+            return None
+        if first[0].startswith(b"SIP/"):
             return None
         found: dict[bytes, list[bytes]] = {}
         for line in lines[1:]:

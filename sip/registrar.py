@@ -87,6 +87,9 @@ class Registrar:
             return RegisterOutcome(200)
         contacts: list[tuple[str, int, float]] = []
         for value in values:
+            if "<" not in value and "?" in value:
+                # A URI with headers must be inside <> (RFC 3261 §20.10; RFC 4475 regbadct).
+                return RegisterOutcome(400)
             try:
                 addresses = Address.parse_many(value)
             except ValueError:

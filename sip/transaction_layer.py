@@ -15,6 +15,7 @@ from sipmessage import Request, Response
 from . import transaction as tx
 from .effects import CancelTimer, StartTimer, TimerKey, Transmit
 from .messages import (
+    BRANCH_MAGIC,
     MAX_HEADER_LINES,
     MAX_MESSAGE,
     ParseError,
@@ -22,6 +23,7 @@ from .messages import (
     header_lines,
     parse,
     raw_bad_request,
+    rejection_status,
     top_via,
 )
 from .peer import Peer
@@ -132,7 +134,7 @@ class TransactionLayer:
         try:
             message = parse(data)
         except ParseError:
-            reply = raw_bad_request(data)
+            reply = raw_bad_request(data, rejection_status(data))
             return [Transmit(source, reply)] if reply else []
         if isinstance(message, Response):
             return self._receive_response(message, source)
@@ -173,7 +175,14 @@ class TransactionLayer:
         via = top_via(request)
         method = "INVITE" if request.method == "ACK" else request.method
         sent_by = f"{via.host}:{via.port or ''}"
-        return (branch_of(request), sent_by, method)
+        branch = branch_of(request)
+        if not branch.startswith(BRANCH_MAGIC):
+            # RFC 2543 peer (no magic cookie): match on the request's identity instead
+            # (RFC 3261 §17.2.3); the To tag is left out so the ACK of a non-2xx matches.
+            tag = request.from_address.parameters.get("tag") or ""
+            sequence = str(request.cseq.sequence)
+            return ("2543", request.call_id, tag, sequence, branch, sent_by, method)
+        return (branch, sent_by, method)
 
     @staticmethod
     def invite_key_for_cancel(cancel_key: TransactionKey) -> TransactionKey:

@@ -34,6 +34,7 @@ from .messages import (
 )
 from .peer import Peer, peer_for_uri
 from .registrar import Registrar
+from .registration import REGISTRATION_TIMER, Registration, RegistrationClients
 from .timers import TimerSettings
 from .transaction_layer import (
     ClientFailed,
@@ -94,7 +95,7 @@ class CoreConfig:
         return self.port
 
 
-class UserAgentCore(InDialogOperations, Admission):
+class UserAgentCore(InDialogOperations, Admission, RegistrationClients):
     def __init__(
         self,
         config: CoreConfig,
@@ -127,6 +128,9 @@ class UserAgentCore(InDialogOperations, Admission):
         self._incoming_invites: dict[tuple[str, str, int], str] = {}  # merged-request check
         self._options: dict[TransactionKey, int] = {}  # our qualify OPTIONS -> op
         self._next_options = 1
+        self._registrations: dict[int, Registration] = {}
+        self._registration_txns: dict[TransactionKey, int] = {}
+        self._next_registration = 1
 
     # -- identifiers -----------------------------------------------------------------
 
@@ -168,6 +172,8 @@ class UserAgentCore(InDialogOperations, Admission):
         if self.layer.owns_timer(key):
             return self._run(self.layer.timer_fired(key))
         kind, sid, what = key
+        if kind == REGISTRATION_TIMER:
+            return self._registration_timer(sid, what)
         session = self.sessions.get(sid)
         if session is None:
             return []
@@ -497,6 +503,8 @@ class UserAgentCore(InDialogOperations, Admission):
         return out
 
     def _on_client_failed(self, key: TransactionKey, timeout: bool) -> list[Effect]:
+        if key in self._registration_txns:
+            return self._on_registration_failed(key, timeout)
         if (op := self._options.pop(key, None)) is not None:
             return [OptionsResult(op, 408 if timeout else 503, False)]
         owner = self._client_txns.get(key)
@@ -522,6 +530,8 @@ class UserAgentCore(InDialogOperations, Admission):
     # -- UAC responses ---------------------------------------------------------------
 
     def _on_response(self, key: TransactionKey, response: Response) -> list[Effect]:
+        if key in self._registration_txns:
+            return self._on_registration_response(key, response)
         if key in self._options:
             if response.code < 200:
                 return []

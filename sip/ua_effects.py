@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from . import events
 from .effects import CancelTimer, StartTimer, Transmit
 from .invite_session import IncomingCall
+from .registration import RegistrationUpdate
 
 
 @dataclass(frozen=True)
@@ -92,4 +93,5 @@ Effect = (
     | ReinviteDone
     | ReferProgress
     | OptionsResult
+    | RegistrationUpdate
 )

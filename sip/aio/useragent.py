@@ -36,6 +36,7 @@ from ..invite_session import IncomingCall
 from ..peer import Peer
 from ..refer import replaces_value
 from ..registrar import Registrar
+from ..registration import RegistrationState, RegistrationUpdate
 from ..timers import TimerSettings
 from .qualify import Qualifier, StateHandler
 from .transport import Transport
@@ -46,6 +47,8 @@ EventHandler = Callable[[SessionEvent], None]
 ReinviteResult = Callable[[int, bytes | None], None]
 ReferHandler = Callable[[int], None]
 ReofferHandler = Callable[[bytes], bytes | None]
+RegistrationHandler = Callable[[RegistrationUpdate], None]
+UNREGISTER_WAIT = 2.0  # close(): how long to wait for the unregistrations to be answered
 
 
 @dataclass(frozen=True)
@@ -288,6 +291,51 @@ class InboundInvite(_DialogOperations):
             self._handler(event)
 
 
+class Registration:
+    """A REGISTER client binding kept alive by the UA (see `UserAgent.register`).
+
+    `state` is a `RegistrationState` ("registering", "registered", "failed",
+    "unregistered"); `code` the last final status; `expires` the granted seconds.
+    """
+
+    def __init__(
+        self, ua: UserAgent, op: int, aor: str, registrar: str, on_state: RegistrationHandler | None
+    ) -> None:
+        self._ua = ua
+        self._op = op
+        self.aor = aor
+        self.registrar = registrar
+        self.on_state = on_state
+        self.state = RegistrationState.REGISTERING
+        self.code = 0
+        self.reason = ""
+        self.expires = 0
+        self._stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @property
+    def registered(self) -> bool:
+        return self.state is RegistrationState.REGISTERED
+
+    def stop(self) -> None:
+        """Unregister (REGISTER with Expires: 0) and stop refreshing; idempotent. The
+        final update has state "unregistered"; `await wait_stopped()` waits for it."""
+        if not self._stopped.done():
+            self._ua._execute(self._ua._core.unregister(self._op))
+
+    async def wait_stopped(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(asyncio.shield(self._stopped), timeout)
+
+    def _update(self, update: RegistrationUpdate) -> None:
+        self.state = update.state
+        self.code = update.code
+        self.reason = update.reason
+        self.expires = update.expires
+        if update.state is RegistrationState.UNREGISTERED and not self._stopped.done():
+            self._stopped.set_result(None)
+        if self.on_state is not None:
+            self.on_state(update)
+
+
 class UserAgent:
     """The SIP user agent on one address and port (UDP and TCP).
 
@@ -330,6 +378,7 @@ class UserAgent:
         self._running = False
         self._pings: dict[int, Callable[[bool], None]] = {}
         self._qualifiers: list[Qualifier] = []
+        self._registrations: dict[int, Registration] = {}
 
     async def start(self) -> None:
         """Bind UDP and TCP on the configured address and port."""
@@ -410,7 +459,57 @@ class UserAgent:
         qualifier.start()
         return qualifier
 
+    def register(
+        self,
+        aor: str,
+        registrar: str,
+        credentials: tuple[str, str] | None = None,
+        expires: int = 600,
+        on_state: RegistrationHandler | None = None,
+        *,
+        contact_user: str | None = None,
+        headers: list[tuple[str, str]] | None = None,
+    ) -> Registration:
+        """Register `aor` ("sip:1001@pbx.example.com") at `registrar` ("sip:pbx.example.com
+        [;transport=tcp]") and keep it registered until `.stop()` or close().
+
+        Trunk mode: the gateway's own AOR (`contact_user` sets our Contact's user part,
+        default the AOR's user); per-user mode: a user's AOR with their credentials
+        (username, password) for digest. Refreshed before the granted expiry; failures
+        (wrong password, 4xx-6xx, no answer) are retried with exponential back-off.
+        `on_state(update)` gets every `RegistrationUpdate` (state, code, reason,
+        expires, retry_in). Raises ValueError for unusable URIs or expires <= 0.
+        """
+        op, effects = self._core.register(
+            aor,
+            registrar,
+            credentials,
+            expires=expires,
+            contact_user=contact_user,
+            headers=headers,
+        )
+        registration = Registration(self, op, aor, registrar, on_state)
+        self._registrations[op] = registration
+        self._execute(effects)
+        return registration
+
+    @property
+    def registrations(self) -> list[Registration]:
+        """Registrations not yet unregistered."""
+        return list(self._registrations.values())
+
     async def close(self) -> None:
+        """Unregister every registration (waiting at most UNREGISTER_WAIT s for the
+        answers), stop qualifying, then close the sockets."""
+        pending = [r for r in self._registrations.values() if not r._stopped.done()]
+        for registration in pending:
+            registration.stop()
+        if pending:
+            waits = [r.wait_stopped() for r in pending]
+            try:
+                await asyncio.wait_for(asyncio.gather(*waits), UNREGISTER_WAIT)
+            except TimeoutError:
+                log.info("unregistration unanswered at close")
         for qualifier in self._qualifiers:
             qualifier.stop()
         self._qualifiers.clear()
@@ -486,6 +585,12 @@ class UserAgent:
                     self._call_handler(session._deliver, event)
             case SessionForgotten(session_id):
                 self._sessions.pop(session_id, None)
+            case RegistrationUpdate(op, state):
+                registration = self._registrations.get(op)
+                if registration is not None:
+                    if state is RegistrationState.UNREGISTERED:
+                        del self._registrations[op]
+                    self._run_callback(registration._update, effect)
             case OptionsResult(op):
                 handler = self._pings.pop(op, None)
                 if handler is not None:

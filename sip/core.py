@@ -23,6 +23,7 @@ from .dialog import Dialog, DialogId, with_tag
 from .effects import CancelTimer, StartTimer, TimerKey, Transmit
 from .in_dialog import ALLOW, InDialogOperations
 from .invite_session import IncomingCall, IncomingSession, OutgoingSession, Session
+from .locate import needs_dns
 from .messages import (
     BRANCH_MAGIC,
     MAX_FORWARDS,
@@ -53,6 +54,7 @@ from .ua_effects import (
     OptionsResult,
     ReferProgress,
     ReinviteDone,
+    ResolveTargets,
     SessionForgotten,
     SessionUpdate,
 )
@@ -213,15 +215,23 @@ class UserAgentCore(InDialogOperations, Admission, RegistrationClients):
         from_display: str = "",
         sdp: bytes | None,
         credentials: tuple[str, str] | None = None,
+        fallback_targets: tuple[str, ...] = (),
     ) -> tuple[str, list[Effect]]:
         """Start an outgoing call; returns its session id (its Call-ID) and effects.
 
+        `fallback_targets` are tried in order after `target` when it (and every
+        RFC 3263 target it resolves to) answers 503, times out or fails to connect
+        before any provisional response. When a host needs DNS the effects hold a
+        ResolveTargets; the INVITE leaves on `targets_resolved()`.
         Raises ValueError for an unusable target URI.
         """
-        uri = URI.parse(target)
-        if uri.scheme not in ("sip", "sips") or not uri.host:
-            raise ValueError(f"cannot send an INVITE to {target!r}")
-        peer = peer_for_uri(uri)
+        uris = [URI.parse(t) for t in (target, *fallback_targets)]
+        for one in uris:
+            if one.scheme not in ("sip", "sips") or not one.host:
+                raise ValueError(f"cannot send an INVITE to {str(one)!r}")
+        uri = uris[0]
+        resolving = any(needs_dns(one) for one in uris)
+        peer = peer_for_uri(uri) if not resolving else Peer("UDP", "0.0.0.0", 0)
         c = self.config
         local = Address(URI("sip", c.host, user=from_user or None, port=c.port), name=from_display)
         local = with_tag(local, self.new_tag())
@@ -240,10 +250,49 @@ class UserAgentCore(InDialogOperations, Admission, RegistrationClients):
             invite=Request("INVITE", uri),
             invite_key=(),
             digest=DigestClient(*credentials) if credentials else None,
+            alternatives=[(one, peer_for_uri(one)) for one in uris[1:]] if not resolving else [],
+            resolving=resolving,
         )
         self.sessions[call_id] = session
         self._uac_calls[(call_id, from_tag_of(local))] = call_id
+        if resolving:
+            return call_id, [ResolveTargets(call_id, tuple(str(one) for one in uris))]
         return call_id, self._send_invite(session, 1, None)
+
+    def targets_resolved(self, sid: str, targets: list[tuple[str, Peer]]) -> list[Effect]:
+        """The (Request-URI, next hop) list for a ResolveTargets, in order; [] means
+        nothing resolved (the call is rejected with 503)."""
+        s = self.sessions.get(sid)
+        if not isinstance(s, OutgoingSession) or not s.resolving:
+            return []
+        s.resolving = False
+        if s.ended or s.final:
+            return []
+        if s.cancel_requested:
+            s.final = True
+            return self._end(s, events.Rejected(487, reason_phrase(487)))
+        if not targets:
+            s.final = True
+            return self._end(s, events.Rejected(503, "No Target Resolved"))
+        s.alternatives = [(URI.parse(uri), peer) for uri, peer in targets]
+        return self._next_target(s, 1)
+
+    def _next_target(self, s: OutgoingSession, sequence: int) -> list[Effect]:
+        """Send the INVITE (again, in a new transaction) to the next alternative."""
+        uri, peer = s.alternatives.pop(0)
+        s.target = uri
+        s.peer = peer
+        s.contact = self._contact(s.local.uri.user or "", peer.transport)
+        s.provisional = False
+        s.auth_tried = False
+        return self._send_invite(s, sequence, None)
+
+    def _failover(self, s: OutgoingSession) -> list[Effect] | None:
+        """RFC 3263 §4.3: on 503, timeout or transport failure before any provisional
+        response, try the next target; None when there is none left."""
+        if not s.alternatives or s.provisional or s.cancel_requested or s.final:
+            return None
+        return self._next_target(s, s.invite.cseq.sequence + 1)
 
     def _send_invite(
         self, s: OutgoingSession, sequence: int, authorization: tuple[str, str] | None
@@ -308,6 +357,9 @@ class UserAgentCore(InDialogOperations, Admission, RegistrationClients):
         if s.cancel_requested:
             return []
         s.cancel_requested = True
+        if s.resolving:
+            s.final = True  # nothing was sent yet
+            return self._end(s, events.Rejected(487, reason_phrase(487)))
         if s.provisional:
             return self._send_cancel(s)
         # RFC 3261 §9.1: a CANCEL may only follow a provisional response.
@@ -522,6 +574,8 @@ class UserAgentCore(InDialogOperations, Admission, RegistrationClients):
         if purpose != "invite":
             return self._on_dialog_failure(s, purpose, key, timeout)
         if purpose == "invite" and isinstance(s, OutgoingSession) and not s.final:
+            if key == s.invite_key and (retry := self._failover(s)) is not None:
+                return retry
             s.final = True
             code = 408 if timeout else 503
             return self._end(s, events.Rejected(code, reason_phrase(code)))
@@ -564,6 +618,8 @@ class UserAgentCore(InDialogOperations, Admission, RegistrationClients):
                 return effects
             effects.append(SessionUpdate(s.id, events.Provisional(code, response.phrase, sdp)))
             return effects
+        if code == 503 and (retry := self._failover(s)) is not None:
+            return retry
         if code in (401, 407) and s.digest is not None and not s.auth_tried:
             if not s.cancel_requested:
                 retry = self._authenticate(s, response)

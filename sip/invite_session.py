@@ -110,6 +110,10 @@ class OutgoingSession:
     dialog: Dialog | None = None
     ack: bytes | None = None
     ack_peer: Peer | None = None
+    # RFC 3263 failover: further (Request-URI, next hop) pairs to try on 503, timeout or
+    # transport error before any provisional response; `resolving` while DNS runs.
+    alternatives: list[tuple[URI, Peer]] = field(default_factory=list)
+    resolving: bool = False
     ended: bool = False
     reported: bool = False  # a final event (Rejected/Terminated) went to the owner
     transactions: set[TransactionKey] = field(default_factory=set)

@@ -68,6 +68,15 @@ class ReferProgress:
 
 
 @dataclass(frozen=True)
+class ResolveTargets:
+    """Resolve these URIs (RFC 3263, in order, concatenating the targets) and hand the
+    (uri, peer) list to `UserAgentCore.targets_resolved(session_id, ...)`."""
+
+    session_id: str
+    uris: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class OptionsResult:
     """Outcome of an out-of-dialog OPTIONS (qualify) number `op`: the peer's final
     `code` when `responded`, else 408 (no answer) or 503 (transport failure)."""
@@ -94,4 +103,5 @@ Effect = (
     | ReferProgress
     | OptionsResult
     | RegistrationUpdate
+    | ResolveTargets
 )

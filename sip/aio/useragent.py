@@ -16,6 +16,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sipmessage import URI
+
 from ..access import AccessPolicy, RateLimiter
 from ..auth_server import ALGORITHMS, CredentialLookup, DigestServer
 from ..core import (
@@ -33,11 +35,14 @@ from ..core import (
 from ..effects import CancelTimer, StartTimer, TimerKey, Transmit
 from ..events import Rejected, SessionEvent
 from ..invite_session import IncomingCall
+from ..locate import Resolver, locate
 from ..peer import Peer
 from ..refer import replaces_value
 from ..registrar import Registrar
 from ..registration import RegistrationState, RegistrationUpdate
 from ..timers import TimerSettings
+from ..ua_effects import ResolveTargets
+from .dns import StdlibResolver
 from .qualify import Qualifier, StateHandler
 from .transport import Transport
 
@@ -353,10 +358,13 @@ class UserAgent:
         on_invite: Callable[[InboundInvite], None],
         *,
         authenticator: CredentialLookup | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
         self.config = config
         self.on_invite = on_invite
         self.authenticator = authenticator
+        # RFC 3263 lookups (NAPTR/SRV/A) for targets given by host name; run off the loop.
+        self.resolver: Resolver = resolver or StdlibResolver()
         self.registrar = Registrar(
             time.monotonic, min_expires=config.min_expires, max_expires=config.max_expires
         )
@@ -379,6 +387,7 @@ class UserAgent:
         self._pings: dict[int, Callable[[bool], None]] = {}
         self._qualifiers: list[Qualifier] = []
         self._registrations: dict[int, Registration] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Bind UDP and TCP on the configured address and port."""
@@ -501,6 +510,8 @@ class UserAgent:
     async def close(self) -> None:
         """Unregister every registration (waiting at most UNREGISTER_WAIT s for the
         answers), stop qualifying, then close the sockets."""
+        for task in list(self._tasks):
+            task.cancel()
         pending = [r for r in self._registrations.values() if not r._stopped.done()]
         for registration in pending:
             registration.stop()
@@ -528,10 +539,15 @@ class UserAgent:
         sdp: bytes | None,
         credentials: tuple[str, str] | None = None,
         on_event: EventHandler,
+        fallback_targets: tuple[str, ...] = (),
     ) -> OutboundInvite:
         """Send an INVITE to `target` ("sip:user@host:port[;transport=tcp]").
 
-        An unusable target is reported as Rejected(416) from the loop, not raised.
+        A host name is located with RFC 3263 (NAPTR, SRV, A/AAAA through the UA's
+        resolver); each resulting target, then each of `fallback_targets` (other PBX
+        URIs) in order, is tried until one answers with something other than 503, a
+        timeout or a connection failure. An unusable target is reported as
+        Rejected(416) from the loop, not raised; nothing resolving as Rejected(503).
         """
         try:
             session_id, effects = self._core.invite(
@@ -540,6 +556,7 @@ class UserAgent:
                 from_display=from_display,
                 sdp=sdp,
                 credentials=credentials,
+                fallback_targets=tuple(fallback_targets),
             )
         except ValueError:
             log.warning("cannot call %r: bad target URI", target)
@@ -595,6 +612,10 @@ class UserAgent:
                 handler = self._pings.pop(op, None)
                 if handler is not None:
                     self._run_callback(handler, effect.reachable)
+            case ResolveTargets(session_id, uris):
+                task = asyncio.get_running_loop().create_task(self._resolve(session_id, uris))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             case OfferReceived(session_id, sdp):
                 self._answer_offer(session_id, sdp)
             case ReinviteDone(session_id, op, code, sdp):
@@ -613,6 +634,28 @@ class UserAgent:
                 except Exception:
                     log.exception("on_invite failed; rejecting the call")
                     self._queue.extend(self._core.reject(call.session_id, 500))
+
+    async def resolve(self, uri: str) -> list[tuple[str, Peer]]:
+        """RFC 3263 targets of `uri` as (uri, next hop) pairs, in the order to try."""
+        parsed = URI.parse(uri)
+        loop = asyncio.get_running_loop()
+        sample = secrets.randbelow
+
+        def lookup() -> list[Peer]:
+            return locate(parsed, self.resolver, lambda n: sample(n + 1))
+
+        peers = await loop.run_in_executor(None, lookup)
+        return [(uri, peer) for peer in peers]
+
+    async def _resolve(self, session_id: str, uris: tuple[str, ...]) -> None:
+        targets: list[tuple[str, Peer]] = []
+        for uri in uris:
+            try:
+                targets += await self.resolve(uri)
+            except ValueError:
+                log.warning("cannot resolve %r", uri)
+        if self._core_instance is not None:
+            self._execute(self._core.targets_resolved(session_id, targets))
 
     def _answer_offer(self, session_id: str, offer: bytes) -> None:
         session = self._sessions.get(session_id)

@@ -189,6 +189,12 @@ class MediaConfig:
 class CallsConfig:
     no_answer_timeout: float = 60.0  # seconds an offered incoming call may ring
     restore_grace: float = 60.0  # seconds a registration outlives its WebSocket
+    # Dial rules (regular expressions matched against the whole dialed number): with
+    # dial_allow, only matching numbers may be called; dial_deny matches are refused.
+    dial_allow: tuple[str, ...] = ()
+    dial_deny: tuple[str, ...] = ()
+    max_calls_per_client: int = 8
+    max_clients_per_number: int = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +288,9 @@ class User:
     password: str
     number: str  # digits with an optional leading "+"
     display_name: str
+    # Dial rules replacing [calls] dial_allow/dial_deny for this user (None: the global ones).
+    dial_allow: tuple[str, ...] | None = None
+    dial_deny: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -763,10 +772,22 @@ def _ice_servers(t: _Table, source: str) -> tuple[IceServerConfig, ...]:
 
 
 def _calls(data: Mapping[str, Any], source: str) -> CallsConfig:
-    t = _section(data, source, "calls", ("no_answer_timeout", "restore_grace"))
+    t = _section(
+        data,
+        source,
+        "calls",
+        (
+            "no_answer_timeout", "restore_grace", "dial_allow", "dial_deny",
+            "max_calls_per_client", "max_clients_per_number",
+        ),
+    )
     return CallsConfig(
         no_answer_timeout=t.number("no_answer_timeout", 60.0, 0.0, 3600.0),
         restore_grace=t.number("restore_grace", 60.0, 0.0, 86400.0),
+        dial_allow=_patterns(t, "dial_allow"),
+        dial_deny=_patterns(t, "dial_deny"),
+        max_calls_per_client=t.integer("max_calls_per_client", 8, 1, 1000),
+        max_clients_per_number=t.integer("max_clients_per_number", 10, 1, 10000),
     )
 
 
@@ -799,7 +820,11 @@ def _logging(data: Mapping[str, Any], source: str) -> LoggingConfig:
     return LoggingConfig(level=level)
 
 
-_USER_KEYS: Final[tuple[str, ...]] = ("username", "password", "number", "display_name")
+# Dial rules are lists, which a CSV row cannot hold: CSV users follow the global rules.
+_CSV_COLUMNS: Final[tuple[str, ...]] = ("username", "password", "number", "display_name")
+_USER_KEYS: Final[tuple[str, ...]] = (
+    "username", "password", "number", "display_name", "dial_allow", "dial_deny",
+)
 
 
 def _user_entries(
@@ -841,8 +866,30 @@ def _user_entries(
             raise t.error("number", f"duplicate number {_show(number)} (also {numbers[number]})")
         names[username] = label + where
         numbers[number] = label + where
-        users.append(User(username, password, number, display_name or username))
+        users.append(
+            User(
+                username,
+                password,
+                number,
+                display_name or username,
+                _patterns(t, "dial_allow") if "dial_allow" in entry else None,
+                _patterns(t, "dial_deny") if "dial_deny" in entry else None,
+            )
+        )
     return users
+
+
+def _patterns(t: _Table, key: str) -> tuple[str, ...]:
+    """A list of regular expressions, each checked to compile."""
+    value = t.data.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise t.error(key, f"expected an array of regular expressions, got {_kind(value)}")
+    for pattern in value:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise t.error(key, f"bad regular expression {_show(pattern)}: {exc}") from None
+    return tuple(value)
 
 
 def _users(data: Mapping[str, Any], source: str) -> tuple[tuple[User, ...], bool]:
@@ -879,12 +926,12 @@ def _csv_entries(path: str, text: str) -> list[tuple[str, object]]:
     header_line, header = rows[0]
     columns = [cell.strip() for cell in header]
     for column in columns:
-        if column not in _USER_KEYS:
+        if column not in _CSV_COLUMNS:
             raise ConfigError(
                 path,
                 f"line {header_line}",
                 f"unknown column {_show(column)} in the header "
-                f"(expected {','.join(_USER_KEYS)}; display_name optional)",
+                f"(expected {','.join(_CSV_COLUMNS)}; display_name optional)",
             )
     for column in ("username", "password", "number"):
         if column not in columns:

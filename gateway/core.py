@@ -220,6 +220,10 @@ class Core:
             user = self.directory.by_number(number)
             if user is None:
                 return Reason.PERMISSION
+        limit = self.config.calls.max_clients_per_number
+        if number and len(self._by_number.get(number, ())) >= limit:
+            logger.info("login as %s refused: %d clients already", number, limit)
+            return Reason.CONGESTION
         reg = Registration(
             identifier=new_identifier(),
             number=number,
@@ -426,11 +430,37 @@ class Core:
         if not IDENTIFIER.match(cmd.call_id) or cmd.call_id in reg.calls:
             reg.sink(CallStatus(cmd.call_id, CallState.TERMINATED, Reason.ERROR))
             return
+        if len(reg.calls) >= self.config.calls.max_calls_per_client:
+            reg.sink(CallStatus(cmd.call_id, CallState.TERMINATED, Reason.CONGESTION))
+            return
         call = ClientCall(cmd.call_id, reg, True, cmd.remote, CallState.DIALING)
         self._start_record(call, "outgoing")
         reg.calls[call.call_id] = call
         if not _DIAL_STRING.match(cmd.remote.dial_string):
             self._end(call, Reason.DIAL_STRING)
+        elif not self.may_dial(reg, cmd.remote.dial_string):
+            logger.info("call %s: %s may not dial %s", call.call_id, reg.number or reg.username,
+                        cmd.remote.dial_string)
+            self._end(call, Reason.PERMISSION)
+
+    def may_dial(self, reg: Registration, number: str) -> bool:
+        """The dial rules of the registration's user (or the global ones) allow `number`."""
+        numbers = self.config.numbers
+        if number in (numbers.echo, numbers.tone):
+            return True
+        user = (self.directory.by_username(reg.username) if reg.username else None) or (
+            self.directory.by_number(reg.number) if reg.number else None
+        )
+        calls = self.config.calls
+        allow = user.dial_allow if user is not None and user.dial_allow is not None else (
+            calls.dial_allow
+        )
+        deny = user.dial_deny if user is not None and user.dial_deny is not None else (
+            calls.dial_deny
+        )
+        if allow and not any(re.fullmatch(p, number) for p in allow):
+            return False
+        return not any(re.fullmatch(p, number) for p in deny)
 
     async def _client_offer(self, call: ClientCall, sdp: str) -> None:
         if not (call.outgoing and call.state is CallState.DIALING and call.webrtc is None):
@@ -818,6 +848,9 @@ class Core:
     async def _blind_transfer(self, call: ClientCall, target: Party) -> None:
         if not _DIAL_STRING.match(target.dial_string):
             self._refuse(call, Reason.DIAL_STRING)
+            return
+        if not self.may_dial(call.reg, target.dial_string):
+            self._refuse(call, Reason.PERMISSION)
             return
         peer = self._web_peer(call)
         if self._sip_side(call) is not None:

@@ -132,7 +132,10 @@ def test_example_file_loads_and_documents_every_key() -> None:
         "pbx": {"uri", "username", "password"},
         "auth": {"mode", "realm", "jwt"},
         "media": {"rtp_host", "rtp_port_min", "rtp_port_max", "ringback", "timeout"},
-        "calls": {"no_answer_timeout", "restore_grace"},
+        "calls": {
+            "no_answer_timeout", "restore_grace", "dial_allow", "dial_deny",
+            "max_calls_per_client", "max_clients_per_number",
+        },
         "numbers": {"echo", "tone"},
         "logging": {"level"},
     }
@@ -164,7 +167,13 @@ def test_every_key_is_read() -> None:
                 "rtp_port_max": 30100,
                 "ringback": "de",
             },
-            "calls": {"no_answer_timeout": 30, "restore_grace": 5.5},
+            "calls": {
+                "no_answer_timeout": 30,
+                "restore_grace": 5.5,
+                "dial_deny": ["0900.*"],
+                "max_calls_per_client": 2,
+                "max_clients_per_number": 3,
+            },
             "numbers": {"echo": "+800", "tone": ""},
             "logging": {"level": "DEBUG"},
             "users": [
@@ -180,7 +189,7 @@ def test_every_key_is_read() -> None:
     assert c.pbx == PbxConfig("sips:pbx.example.com", "u", "p")
     assert c.auth.mode == "both"
     assert c.media == MediaConfig("192.0.2.10", 30000, 30100, "de")
-    assert c.calls == CallsConfig(30.0, 5.5)
+    assert c.calls == CallsConfig(30.0, 5.5, (), ("0900.*",), 2, 3)
     assert c.numbers == NumbersConfig("+800", None)
     assert c.logging.level == "debug"
     assert c.users == (
@@ -295,13 +304,28 @@ def test_explicitly_empty_directory() -> None:
          "greater than rtp_port_min"),
         ({"calls": {"no_answer_timeout": -1}}, "[calls] no_answer_timeout", "more than 0"),
         ({"numbers": {"echo": "echo"}}, "[numbers] echo", "digits"),
+        ({"calls": {"dial_deny": ["(00"]}}, "[calls] dial_deny", "bad regular expression"),
+        ({"calls": {"dial_allow": "1.*"}}, "[calls] dial_allow", "array of regular"),
+        ({"calls": {"max_calls_per_client": 0}}, "[calls] max_calls_per_client", "between"),
         ({"sip": {"trusted_networks": ["10.0.0.0/33"]}}, "[sip] trusted_networks", "networks"),
         ({"sip": {"tls_port": 5061}}, "[sip] tls_cert", "needs a certificate"),
         ({"sip": {"request_rate": -2}}, "[sip] request_rate", "0 (off) or more"),
         ({"media": {"timeout": -5}}, "[media] timeout", "0 (never) or more"),
-        ({"media": {"ice_servers": [{"urls": "http://x"}]}}, "[[media.ice_servers]] #1 urls", "stun:"),
-        ({"media": {"ice_servers": [{"urls": "turn:t:3478"}]}}, "[[media.ice_servers]] #1 credential", "username and credential"),
-        ({"directory": {"number_assignment": "any"}}, "[directory] number_assignment", "must be one of"),
+        (
+            {"media": {"ice_servers": [{"urls": "http://x"}]}},
+            "[[media.ice_servers]] #1 urls",
+            "stun:",
+        ),
+        (
+            {"media": {"ice_servers": [{"urls": "turn:t:3478"}]}},
+            "[[media.ice_servers]] #1 credential",
+            "username and credential",
+        ),
+        (
+            {"directory": {"number_assignment": "any"}},
+            "[directory] number_assignment",
+            "must be one of",
+        ),
         ({"numbers": {"tone": 9001}}, "[numbers] tone", "a string"),
         ({"numbers": {"echo": "1001"}}, "[numbers] echo", 'is user "alice"'),
         ({"numbers": {"echo": "77", "tone": "77"}}, "[numbers] tone", "is [numbers] echo"),

@@ -129,6 +129,9 @@ class PlayoutQueue:
         self._window = window
         self._pulls = 0
         self._min_depth = maxlen
+        # pops that found nothing (the sender played silence) and frames trimmed
+        self.underruns = 0
+        self.trimmed = 0
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -145,6 +148,10 @@ class PlayoutQueue:
         if self._pulls >= self._window:
             if self._min_depth > self._target and self._frames:
                 self._frames.popleft()
+                self.trimmed += 1
             self._pulls = 0
             self._min_depth = len(self._frames)
-        return self._frames.popleft() if self._frames else None
+        if not self._frames:
+            self.underruns += 1
+            return None
+        return self._frames.popleft()

@@ -81,8 +81,10 @@ REORDER_TIMEOUT = 0.06
 # jitter buffer bounds (seconds): adaptive between these, the minimum at first
 JITTER_MIN = 0.02
 JITTER_MAX = 0.2
-# the playout clock ticks this long after the packet that (re)starts a stream
-PLAYOUT_MARGIN = 0.003
+# the playout clock ticks this long after the packet that (re)starts a stream: what
+# a packet may be late at the minimum delay (3 ms lost first digits of
+# in-band DTMF on a busy loop at call start)
+PLAYOUT_MARGIN = 0.01
 # RFC 3389 comfort noise, static payload type (RFC 3551)
 CN_PT = 13
 # a sequence jump this large means a new stream, not reordering

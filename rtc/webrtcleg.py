@@ -29,7 +29,11 @@ from aiortc import (
     RTCRtpTransceiver,
     RTCSessionDescription,
 )
+from aiortc import rtp as aiortc_rtp
+from aiortc.jitterbuffer import JitterBuffer as AiortcJitterBuffer
+from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import RtpPacket as AiortcRtpPacket
 from aiortc.sdp import candidate_from_sdp
 from av import AudioFrame
 
@@ -65,6 +69,45 @@ PREFERRED_CODECS = ("audio/opus", "audio/PCMU", "audio/PCMA", TELEPHONE_EVENT)
 MAX_CLOCK_LAG = 0.1
 
 register_telephone_event()
+
+
+def audio_level_dbov(frame: AudioFrame) -> int:
+    """
+    aiortc's compute_audio_level_dbov (RFC 6465 appendix A, over the first
+    plane as aiortc does), with numpy instead of a Python loop over samples:
+    the loop cost about 0.45 ms per 20 ms frame, more than the Opus encoder.
+    """
+    samples = np.frombuffer(bytes(frame.planes[0]), dtype=np.int16).astype(np.float64)
+    rms = float(np.sqrt(np.dot(samples, samples) / (frame.samples * 32767 * 32767)))
+    if rms <= 0:
+        return -127
+    return round(max(-127.0, min(0.0, 20 * np.log10(rms))))
+
+
+aiortc_rtp.compute_audio_level_dbov = audio_level_dbov
+
+
+class ImmediateAudioJitterBuffer(AiortcJitterBuffer):
+    """
+    Replaces aiortc's audio receive buffer (prefetch of 4 packets, i.e. 80 ms,
+    and a stall until 16 packets pile up whenever one is lost): every audio
+    packet is a whole frame, so pass each one on at once and drop duplicates
+    and packets older than the last one passed. Smoothing happens downstream,
+    where the far leg's send clock pulls frames (PlayoutQueue).
+    """
+
+    def __init__(self) -> None:
+        super().__init__(capacity=16)
+        self._last_seq: int | None = None
+
+    def add(self, packet: AiortcRtpPacket) -> tuple[bool, JitterFrame | None]:
+        seq = packet.sequence_number
+        if self._last_seq is not None:
+            delta = (seq - self._last_seq) & 0xFFFF
+            if delta == 0 or delta > 0xFFFF - 100:
+                return False, None  # duplicate or late
+        self._last_seq = seq
+        return False, JitterFrame(data=packet.payload, timestamp=packet.timestamp)
 
 
 class OutgoingAudioTrack(MediaStreamTrack):
@@ -328,6 +371,10 @@ class WebRtcLeg(AudioPort):
         if self._transceiver is not None:
             return
         self._transceiver = self._pc.addTransceiver(self._track, direction="sendrecv")
+        # aiortc keeps the receiver's jitter buffer private (name-mangled)
+        receiver = self._transceiver.receiver
+        if hasattr(receiver, "_RTCRtpReceiver__jitter_buffer"):
+            receiver._RTCRtpReceiver__jitter_buffer = ImmediateAudioJitterBuffer()
         self._dtmf = TransceiverDtmf(self._transceiver, self._packet_received)
         self._dtmf.on_dtmf = self._dtmf_received
         capabilities = RTCRtpSender.getCapabilities("audio").codecs

@@ -1,0 +1,517 @@
+"""
+Load test of the media path: N concurrent calls through gateway-like pipelines
+(WebRtcLeg <-> MediaBridge <-> RtpLeg, transcoding Opus <-> PCMU) in one
+process pinned to a core, driven by a light load generator pinned to another.
+
+The generator, per call:
+- WebRTC side: an aiortc peer whose track yields pre-encoded Opus packets (no
+  encoding), and whose receiver is replaced by a recorder of arrival times
+  (no jitter buffer, no decoding unless --latency);
+- SIP side: pre-built PCMU RTP packets sent every 20 ms to the call's RtpLeg
+  from one shared timer, and a recorder of what comes back.
+
+The audio is a tone burst pattern (400 ms of 1 kHz, 100 ms silence), the same
+on both sides. Figures per N:
+- gateway CPU: process CPU time (all threads) / wall time over the window,
+  and per call;
+- loss induced by the gateway: packets missing at each output against one per
+  20 ms of the window (the network is loopback), plus frames the gateway
+  itself concealed (jitter buffer) or replaced by silence (empty playout queue);
+- frame lateness: for each output packet, arrival - (its RTP timestamp in
+  seconds), less the stream's minimum; p50/p99/max over all packets;
+- with --latency: added one-way latency, from the onset of each tone burst in
+  the input packets to its onset in the decoded output packets (packetization
+  at both ends removed: codec lookahead, resampling, queues and the jitter
+  buffer included), per direction, p50/p99.
+
+    .venv/bin/python bench/media_load.py --calls 20,60,100 [--seconds 10]
+    .venv/bin/python bench/media_load.py --calls 1 --latency
+
+The gateway runs as a child process under ``taskset -c 0``, the generator
+under ``taskset -c 1`` (when the machine has two cores).
+"""
+
+import argparse
+import asyncio
+import fractions
+import json
+import os
+import resource
+import shutil
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+FRAME = 0.02
+PERIOD_FRAMES = 25  # 500 ms: 20 frames of tone, 5 of silence
+TONE_FRAMES = 20
+TONE_AMPLITUDE = 0.3
+
+
+def pattern(rate: int) -> np.ndarray:
+    """One period of the burst pattern as int16 at ``rate``."""
+    n = rate * PERIOD_FRAMES // 50
+    t = np.arange(n) / rate
+    y = TONE_AMPLITUDE * np.sin(2 * np.pi * 1000 * t)
+    y[rate * TONE_FRAMES // 50 :] = 0
+    return np.rint(y * 32767).astype(np.int16)
+
+
+def use_uvloop() -> str:
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# --- the gateway side --------------------------------------------------------
+
+
+async def gateway_main() -> None:
+    from rtc.bridge import MediaBridge
+    from rtc.rtpleg import RtpLeg
+    from rtc.webrtcleg import WebRtcLeg
+
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    calls: list[tuple[WebRtcLeg, RtpLeg, MediaBridge]] = []
+    mark = (0.0, 0.0, {})
+
+    def counters() -> dict[str, int]:
+        total = {"jb_played": 0, "jb_concealed": 0, "jb_late": 0, "webrtc_underruns": 0}
+        total["rtp_underruns"] = 0
+        for web, rtp, _ in calls:
+            jb = rtp.jitter_buffer
+            total["jb_played"] += jb.played
+            total["jb_concealed"] += jb.concealed
+            total["jb_late"] += jb.late
+            total["webrtc_underruns"] += web._playout.underruns
+            total["rtp_underruns"] += rtp._playout.underruns
+        return total
+
+    def reply(obj: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    while True:
+        line = await reader.readline()
+        if not line:
+            break
+        cmd = json.loads(line)
+        if cmd["cmd"] == "call":
+            web = WebRtcLeg()
+            answer = await web.accept_offer(cmd["offer"])
+            rtp = await RtpLeg.open("127.0.0.1", 20000, 40000)
+            sip_answer = rtp.create_answer(cmd["sip_offer"].encode())
+            bridge = MediaBridge(web)
+            bridge.connect(rtp)
+            calls.append((web, rtp, bridge))
+            reply({"answer": answer, "sip_answer": sip_answer.decode()})
+        elif cmd["cmd"] == "mark":
+            mark = (loop.time(), cpu_seconds(), counters())
+            reply({})
+        elif cmd["cmd"] == "report":
+            wall = loop.time() - mark[0]
+            cpu = cpu_seconds() - mark[1]
+            now = counters()
+            reply(
+                {
+                    "wall": wall,
+                    "cpu": cpu,
+                    "counters": {k: now[k] - mark[2].get(k, 0) for k in now},
+                }
+            )
+        elif cmd["cmd"] == "quit":
+            for web, rtp, bridge in calls:
+                await bridge.close()
+                await web.close()
+                await rtp.close()
+            reply({})
+            return
+
+
+# --- the generator side ------------------------------------------------------
+
+
+@dataclass
+class Stream:
+    """What arrived on one output: (arrival time, RTP timestamp, payload)."""
+
+    clock: int
+    arrivals: list[tuple[float, int, bytes]] = field(default_factory=list)
+    keep_payload: bool = False
+
+    def add(self, arrival: float, timestamp: int, payload: bytes) -> None:
+        self.arrivals.append((arrival, timestamp, payload if self.keep_payload else b""))
+
+
+def unwrap(timestamps: list[int]) -> np.ndarray:
+    ts = np.array(timestamps, dtype=np.int64)
+    return ts[0] + np.cumsum(np.concatenate(([0], ((np.diff(ts) + 2**31) % 2**32) - 2**31)))
+
+
+def lateness(stream: Stream, start: float, end: float) -> np.ndarray:
+    window = [(a, ts) for a, ts, _ in stream.arrivals if start <= a < end]
+    if len(window) < 2:
+        return np.zeros(0)
+    arrival = np.array([a for a, _ in window])
+    ts = unwrap([t for _, t in window]) / stream.clock
+    delay = arrival - ts
+    return delay - delay.min()
+
+
+def onsets(signal: np.ndarray, rate: int) -> list[int]:
+    """Sample indices where a burst starts after at least 60 ms of quiet."""
+    loud = np.abs(signal.astype(np.int32)) > 0.05 * 32767
+    quiet_needed = rate * 60 // 1000
+    result = []
+    last_loud = -quiet_needed - 1
+    for i in np.flatnonzero(loud):
+        if i - last_loud > quiet_needed:
+            result.append(int(i))
+        last_loud = i
+    return result
+
+
+def output_onset_times(stream: Stream, decode: Callable[[bytes], np.ndarray]) -> list[float]:
+    """Time each burst onset left the gateway: its packet's arrival less the
+    part of the packet that follows the onset (packetization removed)."""
+    if not stream.arrivals:
+        return []
+    arrivals = sorted(stream.arrivals, key=lambda x: x[0])
+    ts = unwrap([t for _, t, _ in arrivals])
+    base = int(ts.min())
+    frames = [decode(p) for _, _, p in arrivals]
+    size = max(len(f) for f in frames)
+    signal = np.zeros(int(ts.max() - base) + size, dtype=np.int16)
+    for (_, _, _), t, frame in zip(arrivals, ts, frames, strict=True):
+        signal[int(t) - base : int(t) - base + len(frame)] = frame
+    times = []
+    starts = ts - base
+    for onset in onsets(signal, stream.clock):
+        k = int(np.searchsorted(starts, onset, side="right")) - 1
+        if k < 0:
+            continue
+        offset = onset - int(starts[k])
+        packet_len = len(frames[k])
+        times.append(arrivals[k][0] - (packet_len - offset) / stream.clock)
+    return times
+
+
+def pair_latencies(inputs: list[float], outputs: list[float]) -> list[float]:
+    """Each output onset against the latest input onset before it."""
+    result = []
+    ins = np.array(sorted(inputs))
+    for t in outputs:
+        k = int(np.searchsorted(ins, t)) - 1
+        if k >= 0 and t - ins[k] < 0.25:
+            result.append(t - ins[k])
+    return result
+
+
+class SipSide(asyncio.DatagramProtocol):
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.transport: asyncio.DatagramTransport | None = None
+        self.remote: tuple[str, int] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if len(data) < 12 or data[1] & 0x7F != 0:
+            return
+        timestamp = struct.unpack_from("!I", data, 4)[0]
+        self.stream.add(asyncio.get_running_loop().time(), timestamp, data[12:])
+
+
+async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]:
+    import av
+    from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+    from aiortc.rtcrtpreceiver import RTCRtpReceiver
+
+    from rtc.g711 import ulaw_decode, ulaw_encode
+
+    loop = asyncio.get_running_loop()
+    gateway_cmd = [sys.executable, os.path.abspath(__file__), "--role", "gateway"]
+    if args.uvloop:
+        gateway_cmd.append("--uvloop")
+    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
+        gateway_cmd = ["taskset", "-c", "0", *gateway_cmd]
+    proc = await asyncio.create_subprocess_exec(
+        *gateway_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+
+    async def command(obj: dict[str, Any]) -> dict[str, Any]:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write((json.dumps(obj) + "\n").encode())
+        await proc.stdin.drain()
+        return json.loads(await proc.stdout.readline())  # type: ignore[no-any-return]
+
+    # pre-encoded inputs: one period of Opus packets, one of PCMU payloads
+    encoder = av.CodecContext.create("libopus", "w")
+    encoder.sample_rate = 48000
+    encoder.layout = "stereo"
+    encoder.format = "s16"
+    encoder.bit_rate = 32000
+    encoder.options = {"application": "voip"}
+    pcm48 = pattern(48000)
+    opus_packets: list[bytes] = []
+    for k in range(PERIOD_FRAMES):
+        mono = pcm48[k * 960 : (k + 1) * 960]
+        frame = av.AudioFrame.from_ndarray(np.repeat(mono, 2).reshape(1, -1), "s16", "stereo")
+        frame.sample_rate = 48000
+        frame.pts = k * 960
+        opus_packets.extend(bytes(p) for p in encoder.encode(frame))
+    while len(opus_packets) < PERIOD_FRAMES:
+        opus_packets.extend(bytes(p) for p in encoder.encode(None))
+    opus_packets = opus_packets[:PERIOD_FRAMES]
+    pcm8 = pattern(8000)
+    pcmu_payloads = [ulaw_encode(pcm8[k * 160 : (k + 1) * 160]) for k in range(PERIOD_FRAMES)]
+
+    web_in_onsets: list[float] = []
+    sip_in_onsets: list[float] = []
+    receivers: dict[int, Stream] = {}
+
+    async def record(self: RTCRtpReceiver, packet: Any, arrival_time_ms: int) -> None:
+        stream = receivers.get(id(self))
+        if stream is not None and packet.payload_type != 101:
+            stream.add(loop.time(), packet.timestamp, packet.payload)
+
+    RTCRtpReceiver._handle_rtp_packet = record  # type: ignore[method-assign]
+
+    class PreEncoded(MediaStreamTrack):
+        kind = "audio"
+
+        def __init__(self, index: int) -> None:
+            super().__init__()
+            self.index = index
+            self.n = 0
+            self.start: float | None = None
+
+        async def recv(self) -> av.Packet:
+            if self.start is None:
+                self.start = loop.time()
+            else:
+                await asyncio.sleep(max(0.0, self.start + self.n * FRAME - loop.time()))
+            k = self.n % PERIOD_FRAMES
+            if k == 0 and self.index == 0:
+                web_in_onsets.append(loop.time() - FRAME)
+            packet = av.Packet(opus_packets[k])
+            packet.pts = self.n * 960
+            packet.time_base = fractions.Fraction(1, 48000)
+            self.n += 1
+            return packet
+
+    pcs = []
+    sip_sides: list[SipSide] = []
+    web_streams: list[Stream] = []
+    setup_start = time.monotonic()
+    for i in range(calls):
+        pc = RTCPeerConnection()
+        transceiver = pc.addTransceiver(PreEncoded(i), direction="sendrecv")
+        opus_first = [c for c in transceiver.sender.getCapabilities("audio").codecs]
+        opus_first.sort(key=lambda c: c.mimeType.lower() != "audio/opus")
+        transceiver.setCodecPreferences(opus_first)
+        web_stream = Stream(48000, keep_payload=args.latency and i == 0)
+        receivers[id(transceiver.receiver)] = web_stream
+        web_streams.append(web_stream)
+        await pc.setLocalDescription(await pc.createOffer())
+        sip_stream = Stream(8000, keep_payload=args.latency and i == 0)
+        side = SipSide(sip_stream)
+        await loop.create_datagram_endpoint(lambda side=side: side, local_addr=("127.0.0.1", 0))
+        assert side.transport is not None
+        port = side.transport.get_extra_info("sockname")[1]
+        sip_offer = (
+            "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            f"m=audio {port} RTP/AVP 0\r\na=ptime:20\r\na=sendrecv\r\n"
+        )
+        reply = await command(
+            {"cmd": "call", "offer": pc.localDescription.sdp, "sip_offer": sip_offer}
+        )
+        await pc.setRemoteDescription(RTCSessionDescription(reply["answer"], "answer"))
+        sip_port = int(reply["sip_answer"].split("m=audio ")[1].split()[0])
+        side.remote = ("127.0.0.1", sip_port)
+        pcs.append(pc)
+        sip_sides.append(side)
+    while any(pc.connectionState != "connected" for pc in pcs):
+        if any(pc.connectionState == "failed" for pc in pcs):
+            raise RuntimeError("a WebRTC peer failed to connect")
+        await asyncio.sleep(0.1)
+    setup = time.monotonic() - setup_start
+
+    # SIP side: one timer for every call's packets
+    ssrc = 0x1234
+    header = bytearray(12)
+
+    async def send_rtp() -> None:
+        n = 0
+        start = loop.time()
+        while True:
+            k = n % PERIOD_FRAMES
+            payload = pcmu_payloads[k]
+            if k == 0:
+                sip_in_onsets.append(loop.time() - FRAME)
+            for i, side in enumerate(sip_sides):
+                struct.pack_into("!BBHII", header, 0, 0x80, 0, n & 0xFFFF, n * 160, ssrc + i)
+                assert side.transport is not None and side.remote is not None
+                side.transport.sendto(bytes(header) + payload, side.remote)
+            n += 1
+            await asyncio.sleep(max(0.0, start + n * FRAME - loop.time()))
+
+    sender = loop.create_task(send_rtp())
+    gen_cpu0 = cpu_seconds()
+    await asyncio.sleep(args.warmup)
+    await command({"cmd": "mark"})
+    t0 = loop.time()
+    gen_mark = cpu_seconds()
+    await asyncio.sleep(args.seconds)
+    t1 = loop.time()
+    report = await command({"cmd": "report"})
+    gen_cpu = cpu_seconds() - gen_mark
+    sender.cancel()
+    del gen_cpu0
+
+    expected = (t1 - t0) / FRAME
+    sip_streams = [side.stream for side in sip_sides]
+
+    def loss(streams: list[Stream]) -> float:
+        missing = 0.0
+        for s in streams:
+            got = sum(1 for a, _, _ in s.arrivals if t0 <= a < t1)
+            missing += max(0.0, expected - got)
+        return missing / (expected * len(streams))
+
+    # allow for the one frame the window boundaries may cut
+    late_web = np.concatenate([lateness(s, t0, t1) for s in web_streams])
+    late_sip = np.concatenate([lateness(s, t0, t1) for s in sip_streams])
+    result: dict[str, Any] = {
+        "calls": calls,
+        "setup_s": round(setup, 1),
+        "gateway_cpu_pct": 100 * report["cpu"] / report["wall"],
+        "cpu_ms_per_call_per_s": 1000 * report["cpu"] / report["wall"] / calls,
+        "generator_cpu_pct": 100 * gen_cpu / (t1 - t0),
+        "loss_to_browser_pct": 100 * loss(web_streams),
+        "loss_to_sip_pct": 100 * loss(sip_streams),
+        "late_web_p50_ms": 1000 * float(np.percentile(late_web, 50)),
+        "late_web_p99_ms": 1000 * float(np.percentile(late_web, 99)),
+        "late_sip_p50_ms": 1000 * float(np.percentile(late_sip, 50)),
+        "late_sip_p99_ms": 1000 * float(np.percentile(late_sip, 99)),
+        "counters": report["counters"],
+    }
+    c = report["counters"]
+    frames = max(1, calls * expected)
+    result["jb_concealed_pct"] = 100 * c["jb_concealed"] / frames
+    result["underrun_to_browser_pct"] = 100 * c["webrtc_underruns"] / frames
+    result["underrun_to_sip_pct"] = 100 * c["rtp_underruns"] / frames
+
+    if args.latency:
+        decoder = av.CodecContext.create("opus", "r")
+        decoder.sample_rate = 48000
+        decoder.layout = "stereo"
+
+        def decode_opus(payload: bytes) -> np.ndarray:
+            out = []
+            for frame in decoder.decode(av.Packet(payload)):
+                data = frame.to_ndarray().reshape(-1)
+                if frame.format.is_planar:
+                    data = frame.to_ndarray()[0]
+                else:
+                    data = data[:: frame.layout.nb_channels]
+                if data.dtype.kind == "f":
+                    data = np.rint(data * 32767)
+                out.append(data.astype(np.int16))
+            return np.concatenate(out) if out else np.zeros(960, np.int16)
+
+        to_browser = pair_latencies(sip_in_onsets, output_onset_times(web_streams[0], decode_opus))
+        to_sip = pair_latencies(web_in_onsets, output_onset_times(sip_streams[0], ulaw_decode))
+        for name, values in (("sip_to_browser", to_browser), ("browser_to_sip", to_sip)):
+            if values:
+                result[f"latency_{name}_p50_ms"] = 1000 * float(np.percentile(values, 50))
+                result[f"latency_{name}_p99_ms"] = 1000 * float(np.percentile(values, 99))
+                result[f"latency_{name}_n"] = len(values)
+
+    await command({"cmd": "quit"})
+    await proc.wait()
+    for pc in pcs:
+        await pc.close()
+    for side in sip_sides:
+        if side.transport is not None:
+            side.transport.close()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--role", choices=("generator", "gateway"), default="generator")
+    parser.add_argument("--calls", default="10,50,100", help="comma-separated N values")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measurement window")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--latency", action="store_true", help="also measure added latency")
+    parser.add_argument("--uvloop", action="store_true", help="uvloop in both processes")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    loop_name = use_uvloop() if args.uvloop else "asyncio"
+    if args.role == "gateway":
+        profile = os.environ.get("BENCH_PROFILE")
+        if profile:
+            import cProfile
+
+            cProfile.run("asyncio.run(gateway_main())", profile)
+        else:
+            asyncio.run(gateway_main())
+        return
+    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {1})
+    results = []
+    for n in [int(x) for x in args.calls.split(",")]:
+        result = asyncio.run(generator_main(args, n))
+        result["loop"] = loop_name
+        results.append(result)
+        if args.json:
+            print(json.dumps(result), flush=True)
+            continue
+        print(
+            f"N={n:4d} [{loop_name}] gateway CPU {result['gateway_cpu_pct']:5.1f}% "
+            f"({result['cpu_ms_per_call_per_s']:.2f} ms/s per call), "
+            f"generator {result['generator_cpu_pct']:5.1f}%, setup {result['setup_s']} s\n"
+            f"   loss to browser {result['loss_to_browser_pct']:.3f}% "
+            f"to SIP {result['loss_to_sip_pct']:.3f}%; "
+            f"concealed {result['jb_concealed_pct']:.3f}%, underruns to browser "
+            f"{result['underrun_to_browser_pct']:.3f}% to SIP "
+            f"{result['underrun_to_sip_pct']:.3f}%\n"
+            f"   lateness to browser p50/p99 {result['late_web_p50_ms']:.1f}/"
+            f"{result['late_web_p99_ms']:.1f} ms, to SIP {result['late_sip_p50_ms']:.1f}/"
+            f"{result['late_sip_p99_ms']:.1f} ms",
+            flush=True,
+        )
+        for name in ("sip_to_browser", "browser_to_sip"):
+            key = f"latency_{name}_p50_ms"
+            if key in result:
+                print(
+                    f"   added latency {name.replace('_', ' ')}: p50 {result[key]:.1f} ms, "
+                    f"p99 {result[f'latency_{name}_p99_ms']:.1f} ms "
+                    f"({result[f'latency_{name}_n']} bursts)",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import re
 import secrets
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -73,6 +74,8 @@ _DIAL_STRING = re.compile(r"^\+?[0-9A-Za-z*#._-]{1,64}$")
 IDENTIFIER = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 # Seconds between a client leg failing and the call ending for it (see _client_leg_failed).
 LEG_FAILURE_GRACE = 2.0
+# How long the end of a call waits for the browser leg's statistics for its record.
+RECORD_STATS_TIMEOUT = 1.0
 
 
 def new_identifier() -> str:
@@ -1254,10 +1257,10 @@ class Core:
             self.push.tokens.revoke(call_identifier=call.call_id)
         if release:
             self._release_far(call, previous, reason)
-        self._finish_record(call, reason)
+        self._note_far_media(call)
         if notify:
             call.reg.sink(CallStatus(call.call_id, CallState.TERMINATED, reason, call.remote))
-        self._spawn(self._close_media(call))
+        self._spawn(self._close_media(call, reason, time.time()))
 
     def _release_far(self, call: ClientCall, previous: CallState, reason: Reason) -> None:
         if call.invite is not None and not call.far_ended:
@@ -1290,7 +1293,11 @@ class Core:
             elif not incoming.forks and incoming.winner is None:
                 self._sip_in_gone(incoming, *sip_for_reason(reason))
 
-    async def _close_media(self, call: ClientCall) -> None:
+    async def _close_media(
+        self, call: ClientCall, reason: Reason | None = None, ended_at: float | None = None
+    ) -> None:
+        if call.record is not None and reason is not None:
+            await self._finish_record(call, reason, ended_at)
         if call.bridge is not None:
             await call.bridge.close()
         if call.webrtc is not None:
@@ -1318,19 +1325,30 @@ class Core:
             sink=self.records.submit,
         )
 
-    def _finish_record(self, call: ClientCall, reason: Reason) -> None:
+    def _note_far_media(self, call: ClientCall) -> None:
+        """The far leg's codec and statistics, taken as the call ends (before its RTP
+        leg closes or a transfer moves it)."""
         record = call.record
-        if record is None:
-            return
         far = call.rtp or (call.sip_in.rtp if call.sip_in is not None else None)
+        if record is None or far is None:
+            return
+        record.codecs(far=far.codec)
+        record.stats(far=dataclasses.asdict(far.stats()))
+
+    async def _finish_record(self, call: ClientCall, reason: Reason, ended_at: float | None
+                             ) -> None:
+        record = call.record
+        assert record is not None
         client = call.webrtc
-        record.codecs(
-            client=client.codec if client is not None else None,
-            far=far.codec if far is not None else None,
-        )
-        if far is not None:
-            record.stats(far=dataclasses.asdict(far.stats()))
-        record.ended(reason=str(reason))
+        if client is not None:
+            record.codecs(client=client.codec)
+            try:
+                stats = await asyncio.wait_for(client.stats(), RECORD_STATS_TIMEOUT)
+            except Exception as exc:  # a closing peer connection may fail in several ways
+                logger.debug("call %s: no client leg statistics: %s", call.call_id, exc)
+            else:
+                record.stats(client=dataclasses.asdict(stats))
+        record.ended(t=ended_at, reason=str(reason))
 
     # -- housekeeping ------------------------------------------------------------------
 

@@ -152,3 +152,42 @@ async def test_calls_leave_records(gateway, clients):
     assert echo["client_codec"], echo
     failed = by_id["bad-1"]
     assert failed["reason"] == "dialString" and failed["answer_time"] is None, failed
+
+
+async def test_sip_call_record_has_both_legs_statistics(gateway, sipp, clients):
+    uas = sipp.uas_echo(gateway.pbx_port)
+    alice: JsonV1Client = await clients(gateway, name="alice")
+    await alice.login("1001", "Alice")
+    call = await alice.dial("5555", freq=500.0)
+    await call.wait_state("active", timeout=20)
+    await call.wait_audio(2.0, timeout=20)
+    await call.hangup()
+    await call.wait_state("terminated", timeout=10)
+    assert await uas.wait(15) == 0
+    deadline = time.monotonic() + 10
+    while True:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "calls",
+                "--config",
+                str(gateway.config_path),
+                "--json",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        records = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
+        if records or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    (record,) = records
+    assert record["sip_call_id"] and record["sip_code"] == 200, record
+    assert record["far_codec"] == "PCMU" and record["client_codec"], record
+    stats = record["stats"]
+    assert stats["far"]["packets_received"] > 50 and stats["far"]["packets_sent"] > 50, stats
+    assert stats["client"]["packets_received"] > 50, stats

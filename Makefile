@@ -101,7 +101,11 @@ e2e: system-deps $(STAMP_TEST)
 	$(PY) -m pytest -q -p no:cacheprovider -m e2e --junitxml=$(ARTIFACTS)/junit-e2e.xml $(PYTEST_ARGS) tests/e2e
 
 bench: $(STAMP_RUN)
-	$(PY) bench/media_cpu.py
+	$(PY) bench/media_cpu.py --frames 1000
+	$(PY) bench/media_load.py --calls 1 --seconds 5 --latency
+	@if $(PY) -c "import pesq" 2>/dev/null && command -v espeak-ng >/dev/null; then \
+	  $(PY) bench/pesq_speech.py; \
+	else echo "pesq_speech.py skipped: needs '$(PIP) install pesq' and espeak-ng"; fi
 
 # --- cleanup -----------------------------------------------------------------
 

@@ -89,6 +89,21 @@ class Gateway:
 
     async def start(self) -> None:
         await self.ua.start()
+        pbx = self.config.pbx
+        if pbx.uri is not None and pbx.register and pbx.username is not None:
+            host = URI.parse(pbx.uri)
+            aor = str(URI(scheme="sip", host=host.host, port=host.port, user=pbx.username))
+            self.ua.register(
+                aor,
+                pbx.uri,
+                (pbx.username, pbx.password or ""),
+                pbx.register_expires,
+                lambda update: logger.info(
+                    "trunk registration at %s: %s %s", pbx.uri, update.state, update.code or ""
+                ),
+            )
+        if pbx.uri is not None and pbx.qualify_interval:
+            self.ua.qualify(pbx.uri, self.core.set_pbx_up, interval=pbx.qualify_interval)
         server = self.config.server
         self._server = await serve(
             self._ws_handler,

@@ -138,6 +138,11 @@ class PbxConfig:
     uri: str | None = None
     username: str | None = None
     password: str | None = None
+    fallback_uris: tuple[str, ...] = ()  # tried in order when uri times out or answers 503
+    register: bool = False  # trunk mode: keep sip:<username>@<pbx host> registered there
+    register_expires: int = 600
+    per_user_registration: bool = False  # each web login registers its number there
+    qualify_interval: float = 0.0  # OPTIONS ping period (0 = off); a dead PBX fails fast
 
     @property
     def transport(self) -> str:
@@ -586,31 +591,69 @@ def _non_negative(t: _Table, key: str, default: float) -> float:
 
 
 def _pbx(data: Mapping[str, Any], source: str) -> PbxConfig:
-    t = _section(data, source, "pbx", ("uri", "username", "password"))
+    t = _section(
+        data,
+        source,
+        "pbx",
+        (
+            "uri", "username", "password", "fallback_uris", "register", "register_expires",
+            "per_user_registration", "qualify_interval",
+        ),
+    )
     uri = t.opt_string("uri")
     username = t.opt_string("username")
     password = t.opt_string("password")
     if uri is not None:
-        scheme, colon, rest = uri.partition(":")
-        if scheme.lower() not in ("sip", "sips") or not colon or not rest.split(";")[0].strip():
-            raise t.error(
-                "uri", f'expected a SIP URI like "sip:pbx.example.com:5060", got {_show(uri)}'
-            )
-        if any(c.isspace() for c in uri):
-            raise t.error("uri", f"must not contain spaces, got {_show(uri)}")
-        transport = _uri_transport(uri)
-        if transport is not None and transport not in PBX_TRANSPORTS:
-            raise t.error(
-                "uri",
-                f"transport must be one of {' | '.join(PBX_TRANSPORTS)}, got {_show(transport)}",
-            )
+        _check_sip_uri(t, "uri", uri)
+    fallback = t.data.get("fallback_uris", [])
+    if not isinstance(fallback, list) or not all(isinstance(u, str) for u in fallback):
+        raise t.error("fallback_uris", f"expected an array of SIP URIs, got {_kind(fallback)}")
+    for other in fallback:
+        _check_sip_uri(t, "fallback_uris", other)
+    if fallback and uri is None:
+        raise t.error("fallback_uris", "set [pbx] uri as well")
+    register = t.boolean("register", False)
+    if register and (uri is None or username is None):
+        raise t.error("register", "trunk registration needs [pbx] uri and username")
+    per_user = t.boolean("per_user_registration", False)
+    if per_user and uri is None:
+        raise t.error("per_user_registration", "set [pbx] uri as well")
+    expires = t.integer("register_expires", 600, 60, 86400)
+    qualify = _non_negative(t, "qualify_interval", 0.0)
+    if qualify and uri is None:
+        raise t.error("qualify_interval", "set [pbx] uri as well")
     if username is not None and not username:
         raise t.error("username", "must not be empty (leave it out instead)")
     if password is not None and username is None:
         raise t.error("password", "set username as well")
     if username is not None and uri is None:
         raise t.error("username", "credentials without a uri: set [pbx] uri as well")
-    return PbxConfig(uri=uri, username=username, password=password)
+    return PbxConfig(
+        uri=uri,
+        username=username,
+        password=password,
+        fallback_uris=tuple(fallback),
+        register=register,
+        register_expires=expires,
+        per_user_registration=per_user,
+        qualify_interval=qualify,
+    )
+
+
+def _check_sip_uri(t: _Table, key: str, uri: str) -> None:
+    scheme, colon, rest = uri.partition(":")
+    if scheme.lower() not in ("sip", "sips") or not colon or not rest.split(";")[0].strip():
+        raise t.error(
+            key, f'expected a SIP URI like "sip:pbx.example.com:5060", got {_show(uri)}'
+        )
+    if any(c.isspace() for c in uri):
+        raise t.error(key, f"must not contain spaces, got {_show(uri)}")
+    transport = _uri_transport(uri)
+    if transport is not None and transport not in PBX_TRANSPORTS:
+        raise t.error(
+            key,
+            f"transport must be one of {' | '.join(PBX_TRANSPORTS)}, got {_show(transport)}",
+        )
 
 
 #: Shortest accepted [auth.jwt] hs256_secret: RFC 7518 §3.2 wants a key of >= 256 bits.

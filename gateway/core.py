@@ -98,6 +98,8 @@ class Registration:
     token_nonce: str | None = None
     # Closes the connection currently attached (used when another one takes over).
     disconnect: Callable[[], None] | None = None
+    # [pbx] per_user_registration: this login's REGISTER at the PBX.
+    pbx_registration: Any = None
     calls: dict[str, ClientCall] = dataclasses.field(default_factory=dict)
     # False between a lost connection and its restore; `detached` ends the grace period
     # (None while a push token is stored: such a registration waits to be woken).
@@ -181,6 +183,8 @@ class Core:
             RecordWriter.open(config.records.path) if config.records.enabled else None
         )
         self.push = Push.create(config.push)
+        # False while OPTIONS qualify says the PBX is down ([pbx] qualify_interval).
+        self.pbx_up = True
         self._ice_servers = tuple(
             IceServer(s.urls, s.username, s.credential) for s in config.media.ice_servers
         )
@@ -239,11 +243,40 @@ class Core:
         self.registrations[reg.identifier] = reg
         if reg.number:
             self._by_number.setdefault(reg.number, []).append(reg)
+            self._register_at_pbx(reg)
         logger.info(
             "registered %s (%s) as %s", reg.number or "<outgoing only>", reg.display_name,
             reg.identifier,
         )
         return reg
+
+    def _register_at_pbx(self, reg: Registration) -> None:
+        """[pbx] per_user_registration: the login's number is registered at the PBX with
+        the user's own credentials, so the PBX routes its calls here."""
+        pbx = self.config.pbx
+        if not pbx.per_user_registration or self.ua is None or pbx.uri is None:
+            return
+        user = self.directory.by_number(reg.number)
+        if user is None or not user.password:
+            return
+        host = URI.parse(pbx.uri)
+        aor = str(URI(scheme="sip", host=host.host, port=host.port, user=reg.number))
+        number = reg.number
+
+        def on_state(update: Any) -> None:
+            logger.info("PBX registration of %s: %s %s", number, update.state, update.code or "")
+
+        try:
+            reg.pbx_registration = self.ua.register(
+                aor, pbx.uri, (reg.number, user.password), pbx.register_expires, on_state
+            )
+        except ValueError as exc:
+            logger.error("cannot register %s at the PBX: %s", reg.number, exc)
+
+    def set_pbx_up(self, up: bool) -> None:
+        if up != self.pbx_up:
+            logger.warning("PBX %s is %s", self.config.pbx.uri, "up" if up else "DOWN")
+        self.pbx_up = up
 
     def takeover(self, auth: AuthResult, sink: ClientSink) -> tuple[Registration, bool] | None:
         """Token refresh (json-v1 §2): a connection whose token carries the nonce of a
@@ -281,6 +314,9 @@ class Core:
         if not peers:
             self._by_number.pop(reg.number, None)
         reg.disconnect = None
+        if reg.pbx_registration is not None:
+            reg.pbx_registration.stop()
+            reg.pbx_registration = None
         for call in list(reg.calls.values()):
             self._end(call, reason)
         logger.info("unregistered %s (%s)", reg.number, reg.identifier)
@@ -536,16 +572,28 @@ class Core:
             # A SIP phone registered with the built-in registrar.
             await self._invite_sip(call, contacts[0], None)
         elif self.config.pbx.uri and self.ua is not None:
+            if not self.pbx_up:
+                logger.info("call %s: the PBX does not answer OPTIONS", call.call_id)
+                self._end(call, Reason.EQUIPMENT)
+                return
             pbx = self.config.pbx
             assert pbx.uri is not None
-            target = str(dataclasses.replace(URI.parse(pbx.uri), user=call.remote.dial_string))
+            number = call.remote.dial_string
+            target, *fallback = (
+                str(dataclasses.replace(URI.parse(u), user=number))
+                for u in (pbx.uri, *pbx.fallback_uris)
+            )
             credentials = (pbx.username, pbx.password or "") if pbx.username else None
-            await self._invite_sip(call, target, credentials)
+            await self._invite_sip(call, target, credentials, tuple(fallback))
         else:
             self._end(call, Reason.DIAL_STRING)
 
     async def _invite_sip(
-        self, call: ClientCall, target: str, credentials: tuple[str, str] | None
+        self,
+        call: ClientCall,
+        target: str,
+        credentials: tuple[str, str] | None,
+        fallback: tuple[str, ...] = (),
     ) -> None:
         media = self.config.media
         # The dialog's events go to whichever call owns it now: a transfer can hand the
@@ -574,6 +622,7 @@ class Core:
             sdp=call.rtp.create_offer(),
             credentials=credentials,
             on_event=lambda ev: self._on_outbound_sip(owner[0], ev),
+            fallback_targets=fallback,
         )
         call.sip_target = target
         call.invite.set_reoffer_handler(lambda offer: self._far_reoffer(owner[0], offer))

@@ -229,6 +229,14 @@ def write_config(gw: Gateway, extra: str = "") -> None:
     users = "".join(
         "\n[[users]]\n" + "".join(f'{k} = "{v}"\n' for k, v in u.items()) for u in gw.users
     )
+    # Keys an `extra` puts under [pbx] join the [pbx] table written here (TOML allows
+    # one table of a name).
+    pbx_extra = ""
+    if "\n[pbx]\n" in "\n" + extra:
+        before, _, after = ("\n" + extra).partition("\n[pbx]\n")
+        body, sep, rest = after.partition("\n[")
+        pbx_extra = body.strip() + "\n"
+        extra = before + (sep + rest if sep else "")
     gw.config_path.write_text(
         f"""# written by tests/e2e/conftest.py
 [server]
@@ -239,7 +247,7 @@ listen = "{gw.host}:{gw.sip_port}"
 
 [pbx]
 uri = "sip:{gw.host}:{gw.pbx_port}"
-
+{pbx_extra}
 [media]
 rtp_port_min = {gw.rtp_range[0]}
 rtp_port_max = {gw.rtp_range[1]}
@@ -248,7 +256,7 @@ rtp_port_max = {gw.rtp_range[1]}
 level = "debug"
 
 [records]
-path = "{gw.workdir / 'calls.db'}"
+path = "{gw.workdir / "calls.db"}"
 {extra}{users}"""
     )
 

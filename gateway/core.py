@@ -506,12 +506,7 @@ class Core:
             # Renegotiation from the client is not supported yet.
             self._refuse(call)
             return
-        leg = WebRtcLeg(
-            on_failed=lambda: self._client_leg_failed(call, leg),
-            on_dtmf=lambda digit: self._client_dtmf(call, digit),
-            ice_servers=self._ice_servers,
-        )
-        call.webrtc = leg
+        leg = call.webrtc = self._new_client_leg(call)
         try:
             answer = await leg.accept_offer(sdp)
         except Exception as exc:  # aiortc raises several types on bad SDP
@@ -713,12 +708,7 @@ class Core:
 
     async def _offer_client_leg(self, call: ClientCall) -> None:
         """A new WebRTC leg offered by the gateway, bridged to whatever the call has."""
-        leg = WebRtcLeg(
-            on_failed=lambda: self._client_leg_failed(call, leg),
-            on_dtmf=lambda digit: self._client_dtmf(call, digit),
-            ice_servers=self._ice_servers,
-        )
-        call.webrtc = leg
+        leg = call.webrtc = self._new_client_leg(call)
         try:
             offer = await leg.create_offer()
         except Exception:
@@ -731,6 +721,14 @@ class Core:
         self._bridge_client_leg(call)
         call.offer_pending = True
         call.reg.sink(MediaOffer(call.call_id, offer))
+
+    def _new_client_leg(self, call: ClientCall) -> WebRtcLeg:
+        leg = WebRtcLeg(
+            on_failed=lambda: self._client_leg_failed(call, leg),
+            on_dtmf=lambda digit: self._client_dtmf(call, digit),
+            ice_servers=self._ice_servers,
+        )
+        return leg
 
     def _client_leg_failed(self, call: ClientCall, leg: WebRtcLeg) -> None:
         # A page reload closes the peer connection just before its WebSocket, so a

@@ -104,24 +104,9 @@ async def test_refreshed_token_takes_the_registration_over(gateway, clients):
     assert reply.get("state") == "active", reply
 
 
-async def test_calls_leave_records(gateway, clients):
-    alice: JsonV1Client = await clients(gateway, name="alice")
-    await alice.login("1001", "Alice")
-    call = await alice.dial("9000", freq=500.0)
-    await call.wait_state("active", timeout=20)
-    await asyncio.sleep(1.0)
-    await call.hangup()
-    await call.wait_state("terminated", timeout=10)
-    await alice.send(
-        {
-            "operation": "signaling",
-            "action": "start",
-            "identifier": "bad-1",
-            "remoteAddress": {"dialString": "not a number!"},
-        }
-    )
-    await alice.wait_message(lambda m: m.get("identifier") == "bad-1")
-
+async def call_records(gateway, at_least: int) -> list[dict]:
+    """`webrtc-gateway calls --json`, polled until `at_least` records were written (the
+    writer thread stores them shortly after the calls end)."""
     deadline = time.monotonic() + 10
     while True:
         out = subprocess.run(
@@ -141,9 +126,30 @@ async def test_calls_leave_records(gateway, clients):
         )
         assert out.returncode == 0, out.stderr
         records = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
-        if len(records) >= 2 or time.monotonic() > deadline:
-            break
+        if len(records) >= at_least or time.monotonic() > deadline:
+            return records
         await asyncio.sleep(0.5)
+
+
+async def test_calls_leave_records(gateway, clients):
+    alice: JsonV1Client = await clients(gateway, name="alice")
+    await alice.login("1001", "Alice")
+    call = await alice.dial("9000", freq=500.0)
+    await call.wait_state("active", timeout=20)
+    await asyncio.sleep(1.0)
+    await call.hangup()
+    await call.wait_state("terminated", timeout=10)
+    await alice.send(
+        {
+            "operation": "signaling",
+            "action": "start",
+            "identifier": "bad-1",
+            "remoteAddress": {"dialString": "not a number!"},
+        }
+    )
+    await alice.wait_message(lambda m: m.get("identifier") == "bad-1")
+
+    records = await call_records(gateway, at_least=2)
     by_id = {r["call_id"]: r for r in records}
     echo = by_id[call.identifier]
     assert echo["direction"] == "outgoing" and echo["reason"] == "userTerminated", echo
@@ -164,27 +170,7 @@ async def test_sip_call_record_has_both_legs_statistics(gateway, sipp, clients):
     await call.hangup()
     await call.wait_state("terminated", timeout=10)
     assert await uas.wait(15) == 0
-    deadline = time.monotonic() + 10
-    while True:
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "gateway",
-                "calls",
-                "--config",
-                str(gateway.config_path),
-                "--json",
-            ],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        records = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
-        if records or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.5)
+    records = await call_records(gateway, at_least=1)
     (record,) = records
     assert record["sip_call_id"] and record["sip_code"] == 200, record
     assert record["far_codec"] == "PCMU" and record["client_codec"], record

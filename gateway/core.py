@@ -69,6 +69,7 @@ async def _close_leg(bridge: MediaBridge | None, leg: WebRtcLeg | None) -> None:
     if leg is not None:
         await leg.close()
 
+
 # What may stand in a SIP user part we build from a dialed number.
 _DIAL_STRING = re.compile(r"^\+?[0-9A-Za-z*#._-]{1,64}$")
 IDENTIFIER = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -228,8 +229,11 @@ class Core:
             if user is None:
                 return Reason.PERMISSION
         limit = self.config.calls.max_clients_per_number
-        if number and len(self._by_number.get(number, ())) >= limit:
-            logger.info("login as %s refused: %d clients already", number, limit)
+        same_user = sum(
+            1 for r in self.registrations.values() if username and r.username == username
+        )
+        if (number and len(self._by_number.get(number, ())) >= limit) or same_user >= limit:
+            logger.info("login as %s refused: %d clients already", number or username, limit)
             return Reason.CONGESTION
         reg = Registration(
             identifier=new_identifier(),
@@ -245,7 +249,9 @@ class Core:
             self._by_number.setdefault(reg.number, []).append(reg)
             self._register_at_pbx(reg)
         logger.info(
-            "registered %s (%s) as %s", reg.number or "<outgoing only>", reg.display_name,
+            "registered %s (%s) as %s",
+            reg.number or "<outgoing only>",
+            reg.display_name,
             reg.identifier,
         )
         return reg
@@ -351,8 +357,9 @@ class Core:
         async def send() -> None:
             result = await wake
             if not result.ok:
-                logger.info("call %s: wake-up of %s failed: %s", call.call_id, reg.identifier,
-                            result.error)
+                logger.info(
+                    "call %s: wake-up of %s failed: %s", call.call_id, reg.identifier, result.error
+                )
 
         self._spawn(send())
 
@@ -478,8 +485,12 @@ class Core:
         if not _DIAL_STRING.match(cmd.remote.dial_string):
             self._end(call, Reason.DIAL_STRING)
         elif not self.may_dial(reg, cmd.remote.dial_string):
-            logger.info("call %s: %s may not dial %s", call.call_id, reg.number or reg.username,
-                        cmd.remote.dial_string)
+            logger.info(
+                "call %s: %s may not dial %s",
+                call.call_id,
+                reg.number or reg.username,
+                cmd.remote.dial_string,
+            )
             self._end(call, Reason.PERMISSION)
 
     def may_dial(self, reg: Registration, number: str) -> bool:
@@ -491,11 +502,13 @@ class Core:
             self.directory.by_number(reg.number) if reg.number else None
         )
         calls = self.config.calls
-        allow = user.dial_allow if user is not None and user.dial_allow is not None else (
-            calls.dial_allow
+        allow = (
+            user.dial_allow
+            if user is not None and user.dial_allow is not None
+            else (calls.dial_allow)
         )
-        deny = user.dial_deny if user is not None and user.dial_deny is not None else (
-            calls.dial_deny
+        deny = (
+            user.dial_deny if user is not None and user.dial_deny is not None else (calls.dial_deny)
         )
         if allow and not any(re.fullmatch(p, number) for p in allow):
             return False
@@ -553,9 +566,7 @@ class Core:
     async def _route(self, call: ClientCall) -> None:
         number = call.remote.dial_string
         numbers = self.config.numbers
-        callees = [
-            r for r in self.logged_in(number) + self.sleeping(number) if r is not call.reg
-        ]
+        callees = [r for r in self.logged_in(number) + self.sleeping(number) if r is not call.reg]
         contacts = self.ua.registrar.lookup(number) if self.ua is not None else []
         if callees and call.record is not None:
             call.record.routed("web")
@@ -596,7 +607,9 @@ class Core:
         owner = call.sip_owner = [call]
         try:
             call.rtp = await RtpLeg.open(
-                media.rtp_host, media.rtp_port_min, media.rtp_port_max,
+                media.rtp_host,
+                media.rtp_port_min,
+                media.rtp_port_max,
                 media_timeout=media.timeout or None,
                 on_timeout=lambda: self._far_media_timeout(owner[0]),
                 on_dtmf=lambda digit: self._far_dtmf(owner[0], digit),
@@ -852,9 +865,14 @@ class Core:
             return call.caller
         return None
 
-    def _refer(self, call: ClientCall, target: str, replaces: str | None,
-               done: Callable[[], None], fallback: Callable[[], Coroutine[Any, Any, None]] | None
-               ) -> None:
+    def _refer(
+        self,
+        call: ClientCall,
+        target: str,
+        replaces: str | None,
+        done: Callable[[], None],
+        fallback: Callable[[], Coroutine[Any, Any, None]] | None,
+    ) -> None:
         """REFER the call's SIP far party to `target`; `done` on NOTIFY 2xx. If the far
         end refuses the REFER itself, `fallback` (the gateway does the transfer itself)."""
         sip = self._sip_side(call)
@@ -904,8 +922,13 @@ class Core:
             return
         peer = self._web_peer(call)
         if self._sip_side(call) is not None:
-            self._refer(call, self._sip_uri_for(target.dial_string), None,
-                        lambda: self._end(call, Reason.REDIRECTED), None)
+            self._refer(
+                call,
+                self._sip_uri_for(target.dial_string),
+                None,
+                lambda: self._end(call, Reason.REDIRECTED),
+                None,
+            )
         elif peer is not None:
             # The other web user is handed a new call to the target, placed by us.
             self._detach_peer(peer, call)
@@ -935,8 +958,13 @@ class Core:
                 self._refuse(a)
                 return
             # REFER A's far party to B's, replacing our dialog with B (RFC 3891).
-            self._refer(a, self._remote_uri(b), sip_b[0].dialog_replaces,
-                        lambda: self._finish_transfer(a, b), None)
+            self._refer(
+                a,
+                self._remote_uri(b),
+                sip_b[0].dialog_replaces,
+                lambda: self._finish_transfer(a, b),
+                None,
+            )
             return
         # A web user on one side: that user's call takes over the other far end.
         keeper, keeper_call, giver = (peer_a, a, b) if peer_a is not None else (peer_b, b, a)
@@ -1007,8 +1035,9 @@ class Core:
         sip = self._sip_side(keeper)
         if resume and sip is not None:
             # The transferor had held this far end: take it off hold for its new partner.
-            sip[0].reinvite(sip[1].create_offer("sendrecv"),
-                            lambda code, sdp: self._resumed(keeper, code, sdp))
+            sip[0].reinvite(
+                sip[1].create_offer("sendrecv"), lambda code, sdp: self._resumed(keeper, code, sdp)
+            )
 
     def _resumed(self, call: ClientCall, code: int, sdp: bytes | None) -> None:
         sip = self._sip_side(call)
@@ -1052,8 +1081,12 @@ class Core:
             return
         sip = self._sip_side(call)
         if not 200 <= code < 300 or sip is None:
-            logger.info("call %s: %s refused by the far end: %d",
-                        call.call_id, "hold" if hold else "retrieve", code)
+            logger.info(
+                "call %s: %s refused by the far end: %d",
+                call.call_id,
+                "hold" if hold else "retrieve",
+                code,
+            )
             self._refuse(call, reason_from_sip(code, True) if code >= 300 else Reason.ERROR)
             return
         if sdp is not None:
@@ -1180,7 +1213,10 @@ class Core:
         regs = self.logged_in(invite.request_user) + self.sleeping(invite.request_user)
         logger.info(
             "INVITE for %s from %s (Call-ID %s): %d client(s)",
-            invite.request_user, invite.caller_user, invite.call_id, len(regs),
+            invite.request_user,
+            invite.caller_user,
+            invite.call_id,
+            len(regs),
         )
         if not regs:
             invite.reject(480, "Temporarily Unavailable")
@@ -1198,7 +1234,9 @@ class Core:
         invite = incoming.invite
         try:
             rtp = await RtpLeg.open(
-                media.rtp_host, media.rtp_port_min, media.rtp_port_max,
+                media.rtp_host,
+                media.rtp_port_min,
+                media.rtp_port_max,
                 media_timeout=media.timeout or None,
                 # Shared by the forks until one answers: the winner takes the events.
                 on_timeout=lambda: self._far_media_timeout(incoming.winner),
@@ -1325,8 +1363,11 @@ class Core:
             if caller.winner is call:
                 self._end(caller, Reason.SUCCESS, release=False)
             elif not caller.forks and caller.winner is None:
-                self._end(caller, reason if reason is not Reason.USER_TERMINATED
-                          else Reason.NOT_RESPONDING, release=False)
+                self._end(
+                    caller,
+                    reason if reason is not Reason.USER_TERMINATED else Reason.NOT_RESPONDING,
+                    release=False,
+                )
         if call.sip_in is not None:
             incoming = call.sip_in
             if call in incoming.forks:
@@ -1382,8 +1423,9 @@ class Core:
         record.codecs(far=far.codec)
         record.stats(far=dataclasses.asdict(far.stats()))
 
-    async def _finish_record(self, call: ClientCall, reason: Reason, ended_at: float | None
-                             ) -> None:
+    async def _finish_record(
+        self, call: ClientCall, reason: Reason, ended_at: float | None
+    ) -> None:
         record = call.record
         assert record is not None
         client = call.webrtc

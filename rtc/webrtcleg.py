@@ -10,6 +10,13 @@ enables or disables its sender and receiver from the negotiated direction.
 DTMF: telephone-event is negotiated alongside the audio codecs (see
 webrtcdtmf), so the browser's RTCDTMFSender works; ``on_dtmf`` reports its
 digits once each and ``send_dtmf`` sends RFC 4733 events to the browser.
+
+Video (see webrtcvideo): a sendrecv video transceiver (VP8 preferred, H.264)
+is added when the browser's offer has video, or by ``create_offer(video=True)``;
+once added it stays in every later negotiation. ``has_video`` tells whether
+video was negotiated, ``set_video_source()`` attaches what we send, and
+``video`` gives the received video (encoded, for forwarding, or decoded);
+VideoLink forwards one leg's video to another.
 """
 
 import asyncio
@@ -42,6 +49,7 @@ from .ports import AudioPort, FrameQueue, PlayoutQueue, frame_samples
 from .resample import Resampler
 from .stats import LegStats, estimate_mos
 from .webrtcdtmf import TELEPHONE_EVENT, TransceiverDtmf, register_telephone_event
+from .webrtcvideo import WebRtcVideo, offer_has_video
 
 __all__ = ["WebRtcLeg"]
 
@@ -195,6 +203,8 @@ class WebRtcLeg(AudioPort):
         self._track = OutgoingAudioTrack(self._playout)
         self._transceiver: RTCRtpTransceiver | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._video: WebRtcVideo | None = None
+        self._video_listeners: list[Callable[[], None]] = []
 
         # No ICE servers unless configured: aiortc would otherwise ask a public STUN
         # server, which an on-premises gateway must not do behind its operator's back.
@@ -239,6 +249,8 @@ class WebRtcLeg(AudioPort):
         self._ensure_transceiver()
         assert self._transceiver is not None
         self._transceiver.direction = direction
+        if self._video is not None:
+            self._video.transceiver.direction = direction
 
     @property
     def codec(self) -> str | None:
@@ -269,21 +281,28 @@ class WebRtcLeg(AudioPort):
         # the transceiver must exist before the offer is applied, since aiortc
         # applies codec preferences while setting the remote description
         self._ensure_transceiver()
+        if offer_has_video(sdp):
+            self._ensure_video()
         await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         await self._pc.setLocalDescription(await self._pc.createAnswer())
+        self._video_negotiated()
         return self._pc.localDescription.sdp
 
-    async def create_offer(self) -> str:
+    async def create_offer(self, video: bool = False) -> str:
         """
         Offer to the browser, initial or a re-offer once the previous exchange
-        completed; returns the offer with all candidates.
+        completed; returns the offer with all candidates. ``video=True`` adds
+        a sendrecv video m-line (VP8, H.264); video once added stays offered.
         """
         self._ensure_transceiver()
+        if video:
+            self._ensure_video()
         await self._pc.setLocalDescription(await self._pc.createOffer())
         return self._pc.localDescription.sdp
 
     async def accept_answer(self, sdp: str) -> None:
         await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        self._video_negotiated()
 
     async def add_ice_candidate(
         self, candidate: str, sdp_mid: str | None, sdp_mline_index: int | None
@@ -304,6 +323,75 @@ class WebRtcLeg(AudioPort):
         ice_candidate.sdpMLineIndex = sdp_mline_index
         await self._pc.addIceCandidate(ice_candidate)
 
+    # video
+
+    @property
+    def has_video(self) -> bool:
+        """True once video was negotiated with the browser (not rejected)."""
+        if self._video is None or self._pc.remoteDescription is None:
+            return False
+        return self._video.negotiated(self._pc.remoteDescription.sdp)
+
+    @property
+    def video(self) -> WebRtcVideo | None:
+        """The video transceiver's helper (None until video was offered or asked for)."""
+        return self._video
+
+    @property
+    def video_codec(self) -> str | None:
+        """MIME type of the negotiated video codec."""
+        return self._video.send_codec if self.has_video and self._video else None
+
+    @property
+    def video_track(self) -> MediaStreamTrack | None:
+        """
+        The browser's video, decoded (None without video). Asking for it
+        turns on decoding on this leg, which costs CPU; VideoLink forwards
+        without it.
+        """
+        if not self.has_video or self._video is None:
+            return None
+        return self._video.decoded_track()
+
+    def set_video_source(self, track: MediaStreamTrack | None) -> None:
+        """
+        What we send as video: a track of pictures (aiortc encodes them) or
+        of encoded frames (``leg.video.subscribe_encoded()`` of another leg,
+        packetized as they are); None sends nothing. Takes effect whenever
+        video is negotiated.
+        """
+        if self._video is None:
+            if track is None:
+                return
+            self._ensure_video()
+        assert self._video is not None
+        self._video.outgoing.set_source(track)
+
+    def add_video_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after each negotiation (offer/answer applied) and on close."""
+        self._video_listeners.append(listener)
+
+    def remove_video_listener(self, listener: Callable[[], None]) -> None:
+        if listener in self._video_listeners:
+            self._video_listeners.remove(listener)
+
+    def _ensure_video(self) -> None:
+        if self._video is None and not self._closed:
+            self._ensure_transceiver()  # audio first: its m-line leads the BUNDLE group
+            transceiver = self._pc.addTransceiver("video", direction="sendrecv")
+            if self._transceiver is not None:
+                transceiver.direction = self._transceiver.direction
+            self._video = WebRtcVideo(transceiver)
+
+    def _video_negotiated(self) -> None:
+        if self._video is not None:
+            self._video.after_negotiation()
+        for listener in list(self._video_listeners):
+            try:
+                listener()
+            except Exception:
+                logger.exception("video listener failed")
+
     # statistics
 
     async def stats(self) -> LegStats:
@@ -318,6 +406,8 @@ class WebRtcLeg(AudioPort):
             return stats
         clock_rate = self._transceiver._codecs[0].clockRate
         for item in (await self._pc.getStats()).values():
+            if getattr(item, "kind", "audio") != "audio":
+                continue  # video's RTP streams
             if item.type == "inbound-rtp":
                 stats.packets_received += item.packetsReceived
                 stats.packets_lost += max(0, item.packetsLost)
@@ -437,6 +527,10 @@ class WebRtcLeg(AudioPort):
         if self._closed:
             return
         self._closed = True
+        if self._video is not None:
+            self._video.close()
+        self._video_negotiated()
+        self._video_listeners.clear()
         self._queue.close()
         self._track.stop()
         if self._reader is not None:

@@ -1,0 +1,451 @@
+"""
+Video on a WebRtcLeg: one sendrecv video transceiver (VP8 preferred, H.264),
+its received video as encoded frames or decoded pictures, and an outgoing
+track whose source can be swapped at any time.
+
+Forwarding without transcoding. aiortc's RTCRtpSender packetizes an
+``av.Packet`` a track yields instead of encoding it (``_next_encoded_frame``
+calls ``encoder.pack``). So the receiving side takes the frames aiortc's
+receiver re-assembled (after its jitter buffer and NACKs, before its decoder
+thread) and hands them on as ``av.Packet``s: no decoding and no encoding,
+only depacketizing and packetizing again. The price is that keyframe
+requests no longer reach an encoder of ours: a PLI/FIR from the browser
+that receives is forwarded as a PLI to the browser that sends (rate
+limited), and the forwarded stream starts, and resumes after a loss, at a
+keyframe (delta frames before it are dropped). Bitrate is the sending
+browser's, steered by aiortc's REMB toward it, not by the receiving browser.
+
+Decoding is only done on demand (``decoded_track()``, e.g. when the two
+browsers negotiated different codecs, for tests or recording): VP8 decoding
+plus aiortc's VP8 encoding costs roughly 10-20 ms of CPU per 640x480 frame
+pair, i.e. a third to half of a core per direction at 30 frames/s, against
+well under 1% for forwarding.
+"""
+
+import asyncio
+import logging
+import queue
+from collections.abc import Callable
+from fractions import Fraction
+from typing import Any
+
+import av
+from aiortc import MediaStreamTrack, RTCRtpSender, RTCRtpTransceiver
+from aiortc.contrib.media import MediaRelay
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import SessionDescription
+from av.frame import Frame
+
+__all__ = [
+    "VIDEO_TIME_BASE",
+    "EncodedVideoTrack",
+    "OutgoingVideoTrack",
+    "WebRtcVideo",
+    "is_keyframe",
+    "offer_has_video",
+]
+
+logger = logging.getLogger(__name__)
+
+VIDEO_CLOCK_RATE = 90000
+VIDEO_TIME_BASE = Fraction(1, VIDEO_CLOCK_RATE)
+PREFERRED_VIDEO_CODECS = ("video/VP8", "video/H264", "video/rtx")
+# encoded frames a slow reader may fall behind before it restarts at a keyframe
+ENCODED_QUEUE_FRAMES = 30
+# decoded pictures kept for a slow reader (the oldest are dropped)
+DECODED_QUEUE_FRAMES = 4
+# at most one forwarded keyframe request per this many seconds
+KEYFRAME_REQUEST_INTERVAL = 0.3
+# pts step when the outgoing track switches source (one frame at 30/s)
+SOURCE_SWITCH_STEP = VIDEO_CLOCK_RATE // 30
+
+
+def offer_has_video(sdp: str) -> bool:
+    """True when an SDP carries a video m-line that is not rejected (port 0)."""
+    for line in sdp.splitlines():
+        if line.startswith("m=video "):
+            parts = line.split()
+            if len(parts) > 1 and parts[1] != "0":
+                return True
+    return False
+
+
+def is_keyframe(mime_type: str, data: bytes) -> bool:
+    """
+    Whether an encoded frame (as aiortc depacketizes it) is a keyframe: VP8
+    with the P bit of its frame tag clear (RFC 6386 9.1), H.264 (Annex B)
+    with an IDR slice.
+    """
+    if not data:
+        return False
+    mime = mime_type.lower()
+    if mime == "video/vp8":
+        return data[0] & 0x01 == 0
+    if mime == "video/h264":
+        start = 0
+        while True:
+            start = data.find(b"\x00\x00\x01", start)
+            if start < 0 or start + 3 >= len(data):
+                return False
+            if data[start + 3] & 0x1F == 5:
+                return True
+            start += 3
+    return False
+
+
+class _BoundedFrameQueue(asyncio.Queue[Any]):
+    """aiortc's remote track queue, dropping the oldest pictures when nobody reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    async def put(self, item: Any) -> None:
+        while self.qsize() >= DECODED_QUEUE_FRAMES:
+            self.get_nowait()
+        self.put_nowait(item)
+
+
+class _DecoderTap(queue.Queue[Any]):
+    """
+    Stands in for aiortc's receiver -> decoder-thread queue: hands each
+    re-assembled frame to ``on_frame`` (on the event loop, where the receiver
+    puts it) and passes it to the decoder only while decoding is wanted. The
+    end marker (None) always goes to the decoder thread, which stops on it.
+    """
+
+    def __init__(self, on_frame: Callable[[Any, JitterFrame], None]) -> None:
+        super().__init__()
+        self.decode = False
+        self._on_frame = on_frame
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if item is None:
+            super().put(item, block, timeout)
+            return
+        codec, frame = item
+        try:
+            self._on_frame(codec, frame)
+        except Exception:  # never break aiortc's receive path
+            logger.exception("video frame tap failed")
+        if self.decode:
+            super().put(item, block, timeout)
+
+
+class EncodedVideoTrack(MediaStreamTrack):
+    """
+    The received video as encoded frames (``av.Packet``, pts in 1/90000),
+    for an aiortc sender to packetize without transcoding. Starts at a
+    keyframe, and restarts at one after it fell behind or the receiver lost
+    picture data.
+    """
+
+    kind = "video"
+
+    def __init__(self, video: "WebRtcVideo") -> None:
+        super().__init__()
+        self._video = video
+        self._queue: asyncio.Queue[av.Packet | None] = asyncio.Queue()
+        self.waiting_keyframe = True
+
+    @property
+    def mime_type(self) -> str | None:
+        return self._video.receive_codec
+
+    def request_keyframe(self) -> None:
+        """Ask the sending browser for a keyframe (rate limited)."""
+        self._video.request_keyframe()
+
+    def _push(self, mime_type: str, frame: JitterFrame) -> None:
+        if self.readyState != "live":
+            return
+        if self.waiting_keyframe:
+            if not is_keyframe(mime_type, frame.data):
+                return
+            self.waiting_keyframe = False
+        if self._queue.qsize() >= ENCODED_QUEUE_FRAMES:
+            # the reader fell behind: dropping frames breaks the references,
+            # so start again at a keyframe
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            self.waiting_keyframe = True
+            self.request_keyframe()
+            return
+        packet = av.Packet(frame.data)
+        packet.pts = frame.timestamp
+        packet.time_base = VIDEO_TIME_BASE
+        packet.is_keyframe = is_keyframe(mime_type, frame.data)
+        self._queue.put_nowait(packet)
+
+    def _end(self) -> None:
+        self._queue.put_nowait(None)
+
+    async def recv(self) -> av.Packet:  # type: ignore[override]
+        if self.readyState != "live":
+            raise MediaStreamError
+        packet = await self._queue.get()
+        if packet is None:
+            self.stop()
+            raise MediaStreamError
+        return packet
+
+    def stop(self) -> None:
+        super().stop()
+        self._video._unsubscribe(self)
+
+
+class OutgoingVideoTrack(MediaStreamTrack):
+    """
+    The video we send: whatever ``set_source()`` last attached, decoded
+    pictures (aiortc encodes them, honouring PLI/FIR itself) or encoded
+    frames from an EncodedVideoTrack (packetized as they are; keyframe
+    requests are passed to the source). Nothing is sent without a source.
+    Timestamps are rebased so that they keep increasing across sources.
+    """
+
+    kind = "video"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._source: MediaStreamTrack | None = None
+        self._changed = asyncio.Event()
+        self._offset: int | None = None
+        self._last_pts: int | None = None
+
+    @property
+    def source(self) -> MediaStreamTrack | None:
+        return self._source
+
+    def set_source(self, track: MediaStreamTrack | None) -> None:
+        if track is self._source:
+            return
+        self._source = track
+        self._offset = None
+        self._changed.set()
+        if isinstance(track, EncodedVideoTrack):
+            track.request_keyframe()
+
+    def keyframe_requested(self) -> None:
+        """The receiving browser asked for a keyframe (PLI/FIR)."""
+        source = self._source
+        if isinstance(source, EncodedVideoTrack):
+            source.request_keyframe()
+
+    async def recv(self) -> Frame | av.Packet:  # type: ignore[override]
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            source = self._source
+            if source is None or source.readyState != "live":
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            self._changed.clear()
+            receive = asyncio.ensure_future(source.recv())
+            changed = asyncio.ensure_future(self._changed.wait())
+            try:
+                await asyncio.wait((receive, changed), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                changed.cancel()
+            if not receive.done():
+                receive.cancel()
+                continue  # source replaced meanwhile
+            try:
+                item = receive.result()
+            except MediaStreamError:
+                if self._source is source:
+                    self._source = None
+                continue
+            if source is not self._source:
+                continue
+            return self._rebase(item)
+
+    def _rebase(self, item: Any) -> Any:
+        pts = item.pts
+        if pts is None:
+            return item
+        if item.time_base != VIDEO_TIME_BASE:
+            pts = int(pts * item.time_base / VIDEO_TIME_BASE)
+        if self._offset is None:
+            start = 0 if self._last_pts is None else self._last_pts + SOURCE_SWITCH_STEP
+            self._offset = start - pts
+        pts += self._offset
+        self._last_pts = pts
+        item.pts = pts
+        item.time_base = VIDEO_TIME_BASE
+        return item
+
+    def stop(self) -> None:
+        super().stop()
+        self._source = None
+        self._changed.set()
+
+
+class WebRtcVideo:
+    """
+    The video transceiver of one RTCPeerConnection, with taps on aiortc's
+    receiver (encoded frames, decoding on demand, keyframe requests) and
+    sender (PLI/FIR from the browser).
+    """
+
+    def __init__(self, transceiver: RTCRtpTransceiver) -> None:
+        self.transceiver = transceiver
+        self.outgoing = OutgoingVideoTrack()
+        self._subscribers: list[EncodedVideoTrack] = []
+        self._relay: MediaRelay | None = None
+        self._decoded: MediaStreamTrack | None = None
+        self._ssrc: int | None = None
+        self._last_keyframe_request: float | None = None
+        self._closed = False
+
+        receiver = transceiver.receiver
+        sender = transceiver.sender
+        # aiortc keeps these private; instance attributes shadow the methods it calls
+        self._tap = _DecoderTap(self._frame_received)
+        if hasattr(receiver, "_RTCRtpReceiver__decoder_queue"):
+            receiver._RTCRtpReceiver__decoder_queue = self._tap
+        else:  # pragma: no cover - another aiortc version: decode everything
+            self._tap.decode = True
+            logger.warning("aiortc receiver has no decoder queue: video forwarding disabled")
+        self._handle_rtp = receiver._handle_rtp_packet
+        receiver._handle_rtp_packet = self._rtp_received  # type: ignore[method-assign]
+        self._send_pli = receiver._send_rtcp_pli
+        receiver._send_rtcp_pli = self._receiver_pli  # type: ignore[method-assign]
+        self._sender_keyframe = sender._send_keyframe
+        sender._send_keyframe = self._keyframe_requested  # type: ignore[method-assign]
+
+        sender.replaceTrack(self.outgoing)
+        capabilities = RTCRtpSender.getCapabilities("video").codecs
+        transceiver.setCodecPreferences(
+            [
+                codec
+                for mime in PREFERRED_VIDEO_CODECS
+                for codec in capabilities
+                if codec.mimeType.lower() == mime.lower()
+            ]
+        )
+
+    # negotiation state
+
+    def negotiated(self, remote_sdp: str | None) -> bool:
+        """True once video was negotiated (codecs agreed, m-line not rejected)."""
+        if self._closed or not self.transceiver._codecs or remote_sdp is None:
+            return False
+        if self.transceiver.currentDirection is None or self.transceiver.mid is None:
+            return False
+        try:
+            description = SessionDescription.parse(remote_sdp)
+        except (ValueError, AssertionError):
+            return False
+        for media in description.media:
+            if media.kind == "video" and media.rtp.muxId == self.transceiver.mid:
+                return media.port != 0
+        return False
+
+    @property
+    def send_codec(self) -> str | None:
+        """MIME type of the negotiated video codec (the same both ways with aiortc)."""
+        codecs = self.transceiver._codecs
+        return codecs[0].mimeType if codecs else None
+
+    @property
+    def receive_codec(self) -> str | None:
+        return self.send_codec
+
+    def after_negotiation(self) -> None:
+        track = self.transceiver.receiver.track
+        if track is not None and not isinstance(getattr(track, "_queue", None), _BoundedFrameQueue):
+            track._queue = _BoundedFrameQueue()  # type: ignore[attr-defined]
+
+    # received video
+
+    def subscribe_encoded(self) -> EncodedVideoTrack:
+        """A new track of the received video as encoded frames (no decoding)."""
+        track = EncodedVideoTrack(self)
+        if self._closed:
+            track.stop()
+        else:
+            self._subscribers.append(track)
+            self.request_keyframe()
+        return track
+
+    def decoded_track(self) -> MediaStreamTrack | None:
+        """
+        The received video decoded (one shared track, unbuffered: a slow
+        reader gets the newest picture). Turns on decoding for good.
+        """
+        if self._decoded is not None:
+            return self._decoded
+        remote = self.transceiver.receiver.track
+        if remote is None or self._closed:
+            return None
+        self._tap.decode = True
+        self.request_keyframe()
+        self._relay = MediaRelay()
+        self._decoded = self._relay.subscribe(remote, buffered=False)
+        return self._decoded
+
+    def subscribe_decoded(self) -> MediaStreamTrack | None:
+        """A new track of the decoded received video (turns on decoding)."""
+        if self.decoded_track() is None:
+            return None
+        assert self._relay is not None
+        remote = self.transceiver.receiver.track
+        return self._relay.subscribe(remote, buffered=False)
+
+    def request_keyframe(self) -> None:
+        """Send a PLI to the browser (at most one per KEYFRAME_REQUEST_INTERVAL)."""
+        if self._ssrc is None or self._closed:
+            return
+        now = asyncio.get_running_loop().time()
+        if (
+            self._last_keyframe_request is not None
+            and now - self._last_keyframe_request < KEYFRAME_REQUEST_INTERVAL
+        ):
+            return
+        self._last_keyframe_request = now
+        asyncio.ensure_future(self._send_pli(self._ssrc))
+
+    def _unsubscribe(self, track: EncodedVideoTrack) -> None:
+        if track in self._subscribers:
+            self._subscribers.remove(track)
+
+    # aiortc hooks
+
+    async def _rtp_received(self, packet: Any, arrival_time_ms: int) -> None:
+        codec = next(
+            (c for c in self.transceiver._codecs if c.payloadType == packet.payload_type), None
+        )
+        first = self._ssrc is None
+        if codec is not None and codec.name.lower() != "rtx":
+            self._ssrc = packet.ssrc
+        await self._handle_rtp(packet, arrival_time_ms)
+        if first and self._ssrc is not None and self._subscribers:
+            self.request_keyframe()
+
+    def _frame_received(self, codec: Any, frame: JitterFrame) -> None:
+        for track in list(self._subscribers):
+            track._push(codec.mimeType, frame)
+
+    async def _receiver_pli(self, media_ssrc: int) -> None:
+        # aiortc's receiver lost picture data: what follows until the
+        # keyframe it asks for would be corrupt for whoever we forward to
+        for track in self._subscribers:
+            track.waiting_keyframe = True
+        self._last_keyframe_request = asyncio.get_running_loop().time()
+        await self._send_pli(media_ssrc)
+
+    def _keyframe_requested(self) -> None:
+        self._sender_keyframe()  # for aiortc's encoder, when we send pictures
+        self.outgoing.keyframe_requested()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for track in list(self._subscribers):
+            track._end()
+        self._subscribers.clear()
+        if self._decoded is not None:
+            self._decoded.stop()
+        self.outgoing.stop()

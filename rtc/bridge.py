@@ -7,11 +7,15 @@ the far end is alerting.
 import asyncio
 import logging
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .ports import FRAME_MS, AudioPort, PortClosed
 from .resample import Resampler
 from .tones import RingbackGenerator
+from .videolink import VideoLink
+
+if TYPE_CHECKING:
+    from .webrtcleg import WebRtcLeg
 
 __all__ = ["MediaBridge"]
 
@@ -71,6 +75,10 @@ class MediaBridge:
     independent of SDP: the gateway renegotiates directions on the legs
     (``RtpLeg.create_offer("sendonly")``, ``WebRtcLeg.set_direction``) and
     uses hold()/resume() so that no audio crosses meanwhile.
+
+    Video (web-to-web): ``connect_video(a, b)`` links two WebRTC legs' video
+    (VideoLink) for as long as audio is relayed: hold(), disconnect() and
+    ringback() pause it, resume() and connect() bring it back, close() ends it.
     """
 
     def __init__(self, client: AudioPort) -> None:
@@ -78,6 +86,41 @@ class MediaBridge:
         self.far: AudioPort | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._held = False
+        self._video_legs: tuple[WebRtcLeg, WebRtcLeg] | None = None
+        self._video: VideoLink | None = None
+
+    @property
+    def video(self) -> VideoLink | None:
+        """The live video link, if any."""
+        return self._video
+
+    def connect_video(self, a: "WebRtcLeg", b: "WebRtcLeg") -> None:
+        """
+        Link the video of two WebRTC legs both ways while audio is relayed
+        (idempotent; a no-op as long as either has no video, and it follows
+        later negotiations by itself).
+        """
+        if self._video_legs != (a, b):
+            self._unlink_video()
+            self._video_legs = (a, b)
+        self._sync_video()
+
+    def disconnect_video(self) -> None:
+        """Stop linking video (audio unaffected)."""
+        self._video_legs = None
+        self._unlink_video()
+
+    def _sync_video(self) -> None:
+        relaying = self.far is not None and bool(self._tasks) and not self._held
+        if self._video_legs is None or not relaying:
+            self._unlink_video()
+        elif self._video is None:
+            self._video = VideoLink(*self._video_legs)
+
+    def _unlink_video(self) -> None:
+        video, self._video = self._video, None
+        if video is not None:
+            video.close()
 
     @property
     def connected(self) -> bool:
@@ -94,6 +137,7 @@ class MediaBridge:
         self._cancel_tasks()
         self._held = True
         self._start(drain(self.client), drain(self.far))
+        self._sync_video()
 
     def resume(self) -> None:
         """Relay again after hold() (no-op when not held)."""
@@ -102,6 +146,7 @@ class MediaBridge:
         self._cancel_tasks()
         self._held = False
         self._start(relay(self.far, self.client), relay(self.client, self.far))
+        self._sync_video()
 
     def ringback(self, country: str = "us") -> None:
         """Client hears generated ringback (far audio ignored)."""
@@ -111,27 +156,33 @@ class MediaBridge:
         self.far = None
         self._held = False
         self._start(play_ringback(self.client, country), drain(self.client))
+        self._sync_video()
 
     def connect(self, far: AudioPort) -> None:
         """Relay both ways, resampling where rates differ (idempotent; replaces ringback)."""
         if far is self.far and self._tasks and not self._held:
             return
         self._cancel_tasks()
+        if self._video_legs is not None and far not in self._video_legs:
+            self.disconnect_video()  # another far party: its video is not linked
         self.far = far
         self._held = False
         self._start(relay(far, self.client), relay(self.client, far))
+        self._sync_video()
 
     def disconnect(self) -> None:
         """Stop relaying and ringback at once (hold): each side then hears silence.
         The ports stay open and connect() starts again."""
         self._cancel_tasks()
         self.far = None
+        self._sync_video()
 
     async def close(self) -> None:
         """Stop the tasks; the ports stay open."""
         tasks = self._cancel_tasks()
         self.far = None
         self._held = False
+        self.disconnect_video()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     def _start(self, *coros: Coroutine[Any, Any, None]) -> None:

@@ -16,6 +16,7 @@ import numpy.typing as npt
 __all__ = [
     "FRAME_MS",
     "AudioPort",
+    "FrameClock",
     "FrameQueue",
     "PlayoutQueue",
     "PortClosed",
@@ -23,6 +24,11 @@ __all__ = [
 ]
 
 FRAME_MS = 20
+# how long a paced sender waits past a frame's due time for it to arrive
+# before it sends silence in its place
+HOLDOFF = 0.01
+# after a stall (suspended loop) restart the clock rather than send a burst
+MAX_CLOCK_LAG = 0.1
 
 Frame = npt.NDArray[np.int16]
 
@@ -132,12 +138,29 @@ class PlayoutQueue:
         # pops that found nothing (the sender played silence) and frames trimmed
         self.underruns = 0
         self.trimmed = 0
+        self._waiter: asyncio.Future[None] | None = None
 
     def __len__(self) -> int:
         return len(self._frames)
 
     def put(self, frame: Frame) -> None:
         self._frames.append(frame)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, deadline: float) -> None:
+        """Until a frame is queued or the loop clock reaches ``deadline``."""
+        if self._frames:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_at(deadline, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
 
     def clear(self) -> None:
         self._frames.clear()
@@ -155,3 +178,48 @@ class PlayoutQueue:
             self.underruns += 1
             return None
         return self._frames.popleft()
+
+
+def _wake(waiter: "asyncio.Future[None]") -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class FrameClock:
+    """
+    The 20 ms clock of a paced sender (the RTP leg's sender, the browser
+    track), phase-locked to the frames it relays instead of free-running.
+
+    ``next()`` returns the next frame to send (None: send silence). When the
+    queue is empty the frame is released the moment it arrives and the clock
+    re-phases to that arrival, so a relayed frame does not wait for the next
+    tick of an unrelated clock (up to 20 ms, 10 ms on average). A backlog is
+    paced at one frame per 20 ms. When nothing arrives by ``holdoff`` past the
+    due time, None is returned (silence keeps the stream going) and the clock
+    keeps its phase.
+    """
+
+    def __init__(self, playout: PlayoutQueue, holdoff: float = HOLDOFF) -> None:
+        self._playout = playout
+        self._holdoff = holdoff
+        self._due: float | None = None
+
+    async def next(self) -> Frame | None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        due = self._due
+        if due is None or due < now - MAX_CLOCK_LAG:
+            due = now
+        if len(self._playout):
+            # a backlog: one frame per period
+            if due > now:
+                await asyncio.sleep(due - now)
+            self._due = due + FRAME_MS / 1000
+            return self._playout.pop()
+        await self._playout.wait(due + self._holdoff)
+        if len(self._playout):
+            # arrived while we waited: send it now, re-phase to its arrival
+            self._due = loop.time() + FRAME_MS / 1000
+            return self._playout.pop()
+        self._due = due + FRAME_MS / 1000
+        return self._playout.pop()  # None; counts the underrun

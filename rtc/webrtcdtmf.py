@@ -89,9 +89,19 @@ class TransceiverDtmf:
         self._handle_rtp = receiver._handle_rtp_packet
         # instance attributes shadow the methods aiortc calls
         receiver._handle_rtp_packet = self._receive  # type: ignore[method-assign]
-        transport = transceiver.sender.transport
-        self._send_rtp: Callable[[bytes], Awaitable[None]] = transport._send_rtp
-        transport._send_rtp = self._send  # type: ignore[method-assign]
+        sender = transceiver.sender
+        self._send_rtp: Callable[[bytes], Awaitable[None]] = sender.transport._send_rtp
+        sender.transport._send_rtp = self._send  # type: ignore[method-assign]
+        # BUNDLE moves the sender onto the first m-line's transport, which is
+        # not ours when the browser's offer puts another m-line (video) first
+        self._set_transport = sender.setTransport
+        sender.setTransport = self._transport_changed  # type: ignore[method-assign]
+
+    def _transport_changed(self, transport: Any) -> None:
+        self._set_transport(transport)
+        if getattr(transport._send_rtp, "__self__", None) is not self:
+            self._send_rtp = transport._send_rtp
+            transport._send_rtp = self._send
 
     def _event_codec(self, clock_rate: int | None = None) -> RTCRtpCodecParameters | None:
         for codec in self._transceiver._codecs:

@@ -22,9 +22,11 @@ VideoLink forwards one leg's video to another.
 import asyncio
 import fractions
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import av
 import numpy as np
 import numpy.typing as npt
 from aiortc import (
@@ -45,7 +47,7 @@ from aiortc.sdp import candidate_from_sdp
 from av import AudioFrame
 
 from .dtmf import digit_to_event
-from .ports import AudioPort, FrameQueue, PlayoutQueue, frame_samples
+from .ports import AudioPort, FrameClock, FrameQueue, PlayoutQueue, frame_samples
 from .resample import Resampler
 from .stats import LegStats, estimate_mos
 from .webrtcdtmf import TELEPHONE_EVENT, TransceiverDtmf, register_telephone_event
@@ -73,8 +75,9 @@ RECEIVE_QUEUE_FRAMES = 50
 # received audio older than this was not wanted when it was fresh
 RECEIVE_MAX_AGE = 0.1
 PREFERRED_CODECS = ("audio/opus", "audio/PCMU", "audio/PCMA", TELEPHONE_EVENT)
-# after a stall (suspended loop) restart the clock rather than send a burst
-MAX_CLOCK_LAG = 0.1
+# our Opus encoder toward the browser (OpusPacketEncoder)
+OPUS_BIT_RATE = 32000
+OPUS_COMPLEXITY = 5
 
 register_telephone_event()
 
@@ -102,11 +105,17 @@ class ImmediateAudioJitterBuffer(AiortcJitterBuffer):
     packet is a whole frame, so pass each one on at once and drop duplicates
     and packets older than the last one passed. Smoothing happens downstream,
     where the far leg's send clock pulls frames (PlayoutQueue).
+
+    ``decode(packet)``, when given, may take the packet instead (it returns
+    True): the leg decodes Opus itself, synchronously on the event loop,
+    rather than through aiortc's decoder thread (a queue hand-off to the
+    thread and one back to the loop per frame).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, decode: Callable[[AiortcRtpPacket], bool] | None = None) -> None:
         super().__init__(capacity=16)
         self._last_seq: int | None = None
+        self._decode = decode
 
     def add(self, packet: AiortcRtpPacket) -> tuple[bool, JitterFrame | None]:
         seq = packet.sequence_number
@@ -115,50 +124,107 @@ class ImmediateAudioJitterBuffer(AiortcJitterBuffer):
             if delta == 0 or delta > 0xFFFF - 100:
                 return False, None  # duplicate or late
         self._last_seq = seq
+        if self._decode is not None and self._decode(packet):
+            return False, None
         return False, JitterFrame(data=packet.payload, timestamp=packet.timestamp)
+
+
+class OpusPacketEncoder:
+    """
+    Our own libopus encoder for the browser-bound audio: mono, 48 kHz input
+    (Opus' native rate: no resampling inside the encoder), VoIP mode, a
+    modest bit rate and a configurable complexity. aiortc's own encoder is
+    stereo at 96 kb/s with libopus' default complexity (10), and aiortc runs
+    it in the default thread pool, two thread hand-offs per frame.
+    The SDP still says opus/48000/2, which is normal for mono content.
+    """
+
+    def __init__(self, bit_rate: int = OPUS_BIT_RATE, complexity: int = OPUS_COMPLEXITY) -> None:
+        codec = av.CodecContext.create("libopus", "w")
+        assert isinstance(codec, av.AudioCodecContext)
+        codec.sample_rate = SAMPLE_RATE
+        codec.layout = "mono"
+        codec.format = "s16"
+        codec.bit_rate = bit_rate
+        codec.time_base = TIME_BASE
+        codec.options = {"application": "voip", "compression_level": str(complexity)}
+        self._codec = codec
+
+    def encode(self, samples: npt.NDArray[np.int16], pts: int) -> list[av.Packet]:
+        frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = pts
+        frame.time_base = TIME_BASE
+        return list(self._codec.encode(frame))
 
 
 class OutgoingAudioTrack(MediaStreamTrack):
     """
-    The audio we send to the browser. aiortc pulls frames by calling recv();
-    like aiortc's own AudioStreamTrack it paces itself to one frame per 20 ms,
-    here against the event loop clock.
+    The audio we send to the browser. aiortc pulls by calling recv(); the
+    track paces itself to one frame per 20 ms, locked to the arrival phase of
+    the frames written to the leg (FrameClock): a frame relayed from the SIP
+    side goes out as soon as it arrives.
+
+    With Opus negotiated, recv() returns Opus packets from our own encoder
+    (OpusPacketEncoder), which aiortc's sender only packs into RTP, on the
+    event loop (RTCRtpSender._next_encoded_frame: anything not a Frame goes to
+    ``encoder.pack``). For other codecs (a browser that chose PCMU or PCMA)
+    it returns frames for aiortc to encode.
     """
 
     kind = "audio"
 
-    def __init__(self, playout: PlayoutQueue) -> None:
+    def __init__(
+        self,
+        playout: PlayoutQueue,
+        codec: Callable[[], str | None] = lambda: None,
+        bit_rate: int = OPUS_BIT_RATE,
+        complexity: int = OPUS_COMPLEXITY,
+    ) -> None:
         super().__init__()
         self._playout = playout
+        self._clock = FrameClock(playout)
+        self._codec = codec
+        self._bit_rate = bit_rate
+        self._complexity = complexity
+        self._encoder: OpusPacketEncoder | None = None
+        self._pending: deque[av.Packet] = deque()
         self._silence = np.zeros(SAMPLES_PER_FRAME, dtype=np.int16)
-        self._start: float | None = None
         self._pts = 0
 
-    async def recv(self) -> AudioFrame:
-        if self.readyState != "live":
-            raise MediaStreamError
+    async def recv(self) -> AudioFrame | av.Packet:
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            if self._pending:
+                return self._pending.popleft()
 
-        loop = asyncio.get_running_loop()
-        if self._start is None:
-            self._start = loop.time()
-        else:
+            samples = await self._clock.next()
+            if self.readyState != "live":
+                raise MediaStreamError
+            if samples is None:
+                samples = self._silence
+            pts = self._pts
             self._pts += SAMPLES_PER_FRAME
-            wait = self._start + self._pts / SAMPLE_RATE - loop.time()
-            if wait < -MAX_CLOCK_LAG:
-                self._start = loop.time() - self._pts / SAMPLE_RATE
-            await asyncio.sleep(wait)
 
-        samples = self._playout.pop()
-        if samples is None:
-            samples = self._silence
-        # aiortc's Opus encoder wants stereo; letting its resampler up-mix
-        # mono would cost 3 dB (centre mix level), so duplicate the channel here
-        stereo = np.repeat(samples, 2).reshape(1, -1)
-        frame = AudioFrame.from_ndarray(stereo, format="s16", layout="stereo")
-        frame.sample_rate = SAMPLE_RATE
-        frame.pts = self._pts
-        frame.time_base = TIME_BASE
-        return frame
+            if (self._codec() or "").lower() == "audio/opus":
+                if self._encoder is None:
+                    self._encoder = OpusPacketEncoder(self._bit_rate, self._complexity)
+                for packet in self._encoder.encode(samples, pts):
+                    # our own running timestamp: libopus' starts at minus its pre-skip
+                    packet.pts = pts
+                    packet.time_base = TIME_BASE
+                    self._pending.append(packet)
+                continue
+
+            # aiortc's encoders want stereo; letting its resampler up-mix
+            # mono would cost 3 dB (centre mix level), so duplicate the channel here
+            stereo = np.repeat(samples, 2).reshape(1, -1)
+            frame = AudioFrame.from_ndarray(stereo, format="s16", layout="stereo")
+            frame.sample_rate = SAMPLE_RATE
+            frame.pts = pts
+            frame.time_base = TIME_BASE
+            return frame
 
 
 def to_mono_s16(frame: AudioFrame) -> npt.NDArray[np.int16]:
@@ -191,7 +257,11 @@ class WebRtcLeg(AudioPort):
         on_failed: Callable[[], None] | None = None,
         on_dtmf: Callable[[str], None] | None = None,
         ice_servers: Sequence[IceServer] = (),
+        opus_bit_rate: int = OPUS_BIT_RATE,
+        opus_complexity: int = OPUS_COMPLEXITY,
     ) -> None:
+        if not 0 <= opus_complexity <= 10:
+            raise ValueError("opus_complexity must be 0..10")
         self.on_dtmf = on_dtmf
         self.last_received: float | None = None
         self._dtmf: TransceiverDtmf | None = None
@@ -200,7 +270,12 @@ class WebRtcLeg(AudioPort):
         self._closed = False
         self._playout = PlayoutQueue()
         self._queue = FrameQueue(RECEIVE_QUEUE_FRAMES, RECEIVE_MAX_AGE)
-        self._track = OutgoingAudioTrack(self._playout)
+        self._track = OutgoingAudioTrack(
+            self._playout, lambda: self.codec, opus_bit_rate, opus_complexity
+        )
+        self._decoder: av.AudioCodecContext | None = None
+        self._pending = np.zeros(0, dtype=np.int16)
+        self._decode_codecs: tuple[object, dict[int, str]] | None = None
         self._transceiver: RTCRtpTransceiver | None = None
         self._reader: asyncio.Task[None] | None = None
         self._video: WebRtcVideo | None = None
@@ -464,7 +539,9 @@ class WebRtcLeg(AudioPort):
         # aiortc keeps the receiver's jitter buffer private (name-mangled)
         receiver = self._transceiver.receiver
         if hasattr(receiver, "_RTCRtpReceiver__jitter_buffer"):
-            receiver._RTCRtpReceiver__jitter_buffer = ImmediateAudioJitterBuffer()
+            receiver._RTCRtpReceiver__jitter_buffer = ImmediateAudioJitterBuffer(
+                self._decode_packet
+            )
         self._dtmf = TransceiverDtmf(self._transceiver, self._packet_received)
         self._dtmf.on_dtmf = self._dtmf_received
         capabilities = RTCRtpSender.getCapabilities("audio").codecs
@@ -475,6 +552,34 @@ class WebRtcLeg(AudioPort):
             if codec.mimeType.lower() == mime.lower()
         ]
         self._transceiver.setCodecPreferences(preferred)
+
+    def _decode_packet(self, packet: AiortcRtpPacket) -> bool:
+        """Decode an Opus packet here (True), or leave it to aiortc (False)."""
+        if self._transceiver is None or self._closed:
+            return False
+        codecs = self._transceiver._codecs
+        if self._decode_codecs is None or self._decode_codecs[0] is not codecs:
+            self._decode_codecs = (
+                codecs,
+                {c.payloadType: c.mimeType.lower() for c in codecs if c.payloadType is not None},
+            )
+        if self._decode_codecs[1].get(packet.payload_type) != "audio/opus":
+            return False
+        if self._decoder is None:
+            decoder = av.CodecContext.create("libopus", "r")
+            assert isinstance(decoder, av.AudioCodecContext)
+            decoder.sample_rate = SAMPLE_RATE
+            decoder.layout = "mono"
+            decoder.format = "s16"
+            self._decoder = decoder
+        try:
+            frames = self._decoder.decode(av.Packet(packet.payload))
+        except av.FFmpegError as exc:
+            logger.debug("Opus packet not decoded: %s", exc)
+            return True
+        for frame in frames:
+            self._put_received(to_mono_s16(frame))
+        return True
 
     # events
 
@@ -500,7 +605,6 @@ class WebRtcLeg(AudioPort):
 
     async def _read_track(self, track: MediaStreamTrack) -> None:
         resampler: Resampler | None = None
-        pending = np.zeros(0, dtype=np.int16)
         while True:
             try:
                 frame = await track.recv()
@@ -513,15 +617,18 @@ class WebRtcLeg(AudioPort):
                 if resampler is None or resampler.in_rate != frame.sample_rate:
                     resampler = Resampler(frame.sample_rate, SAMPLE_RATE)
                 samples = resampler.process(samples)
+            self._put_received(samples)
 
-            if len(pending) == 0 and len(samples) == SAMPLES_PER_FRAME:
-                self._queue.put(samples)
-                continue
-            pending = np.concatenate((pending, samples))
-            whole = len(pending) - len(pending) % SAMPLES_PER_FRAME
-            for start in range(0, whole, SAMPLES_PER_FRAME):
-                self._queue.put(pending[start : start + SAMPLES_PER_FRAME])
-            pending = pending[whole:]
+    def _put_received(self, samples: npt.NDArray[np.int16]) -> None:
+        """Queue received audio in whole 20 ms frames."""
+        if len(self._pending) == 0 and len(samples) == SAMPLES_PER_FRAME:
+            self._queue.put(samples)
+            return
+        pending = np.concatenate((self._pending, samples))
+        whole = len(pending) - len(pending) % SAMPLES_PER_FRAME
+        for start in range(0, whole, SAMPLES_PER_FRAME):
+            self._queue.put(pending[start : start + SAMPLES_PER_FRAME])
+        self._pending = pending[whole:]
 
     async def close(self) -> None:
         if self._closed:

@@ -20,6 +20,7 @@ from av import AudioFrame, VideoFrame
 
 from rtc.bridge import MediaBridge
 from rtc.videolink import VideoLink
+from rtc.webrtcdtmf import TransceiverDtmf
 from rtc.webrtcleg import WebRtcLeg
 from rtc.webrtcvideo import is_keyframe, offer_has_video
 from tests.audio import SineSource, dominant_frequency
@@ -354,3 +355,64 @@ async def test_audio_only_legs_unchanged() -> None:
     finally:
         await a.close()
         await b.close()
+
+
+async def test_dtmf_to_a_browser_offering_video_first() -> None:
+    """BUNDLE then puts the audio on the video m-line's transport: DTMF must follow it."""
+    pc = RTCPeerConnection()
+    pc.addTransceiver(PatternTrack((230, 20, 20)), "sendrecv")
+    audio = pc.addTransceiver(ToneTrack(1000), "sendrecv")
+    digits: list[str] = []
+    browser_dtmf = TransceiverDtmf(audio, lambda: None)
+    browser_dtmf.on_dtmf = digits.append
+    leg = WebRtcLeg()
+    try:
+        await pc.setLocalDescription(await pc.createOffer())
+        offer = pc.localDescription.sdp
+        assert offer.index("m=video") < offer.index("m=audio")
+        answer = await leg.accept_offer(offer)
+        await pc.setRemoteDescription(RTCSessionDescription(answer, "answer"))
+        await wait_for(lambda: leg.connection_state == "connected", 10)
+        assert leg.has_video and leg.dtmf_negotiated
+        leg.send_dtmf("19#", duration_ms=60)
+        await wait_for(lambda: len(digits) >= 3, 5)
+        assert "".join(digits) == "19#"
+    finally:
+        await leg.close()
+        await pc.close()
+
+
+async def test_bridge_links_video_while_relaying() -> None:
+    pa, pb, a, b = await call()
+    bridge = MediaBridge(a)
+    try:
+        assert a.video is not None and b.video is not None
+        bridge.ringback()
+        bridge.connect_video(a, b)
+        assert bridge.video is None  # not while the far end is alerting
+        bridge.connect(b)
+        assert bridge.video is not None and bridge.video.forwarding
+        await wait_for(lambda: len(lit_frames(pb.frames)) >= 5, 10)
+
+        bridge.hold()
+        assert bridge.video is None
+        assert a.video.outgoing.source is None and b.video.outgoing.source is None
+        await asyncio.sleep(0.3)
+        count = len(pb.frames)
+        await asyncio.sleep(0.5)
+        assert len(pb.frames) <= count + 2  # nothing sent to PB while held
+
+        bridge.resume()
+        assert bridge.video is not None
+        count = len(lit_frames(pb.frames))
+        await wait_for(lambda: len(lit_frames(pb.frames)) >= count + 10, 10)
+        await wait_for(lambda: len(lit_frames(pa.frames)) >= 5, 10)
+
+        await bridge.close()
+        assert bridge.video is None and b.video.outgoing.source is None
+    finally:
+        await bridge.close()
+        await a.close()
+        await b.close()
+        await pa.close()
+        await pb.close()

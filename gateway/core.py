@@ -723,7 +723,7 @@ class Core:
         """A new WebRTC leg offered by the gateway, bridged to whatever the call has."""
         leg = call.webrtc = self._new_client_leg(call)
         try:
-            offer = await leg.create_offer()
+            offer = await leg.create_offer(video=self._peer_has_video(call))
         except Exception:
             logger.exception("call %s: could not create an offer", call.call_id)
             self._end(call, Reason.MEDIA)
@@ -742,6 +742,11 @@ class Core:
             ice_servers=self._ice_servers,
         )
         return leg
+
+    def _peer_has_video(self, call: ClientCall) -> bool:
+        """Whether the other web user of this call sends video (then we offer it too)."""
+        peer = self._web_peer(call) or call.caller
+        return peer is not None and peer.webrtc is not None and peer.webrtc.has_video
 
     def _client_leg_failed(self, call: ClientCall, leg: WebRtcLeg) -> None:
         # A page reload closes the peer connection just before its WebSocket, so a
@@ -776,6 +781,9 @@ class Core:
             call.ringback_on = False
         if far is not None and not self._on_hold(call):
             call.bridge.connect(far)
+            if isinstance(far, WebRtcLeg):
+                # Web-to-web: video (when both legs negotiated it) follows the audio.
+                call.bridge.connect_video(leg, far)
             call.ringback_on = False
         elif far is None and ringback:
             if not call.ringback_on:

@@ -360,10 +360,6 @@ async def test_dtmf_reaches_sip_side(gateway, sipp, e2e_dir):
         relay.close()
 
 
-@pytest.mark.skip(
-    reason="server: video not yet implemented (WebRtcLeg is audio-only; no video "
-    "bridge between two web calls)"
-)
 async def test_video_browser_to_browser(gateway, e2e_dir):
     """Video mode on both phones: each remote <video> gets frames (getStats framesDecoded)
     and getMediaVideoActive() is true."""
@@ -373,7 +369,7 @@ async def test_video_browser_to_browser(gateway, e2e_dir):
         for page, number in ((alice, "1001"), (bob, "1002")):
             await open_phone(page, gateway.http_url)
             await phone_login(page, number)
-            await page.get_by_label("Video").check()
+            await page.get_by_role("checkbox", name="Video").check()
         await alice.locator("#dial-number").fill("1002")
         await alice.get_by_role("button", name="Call", exact=True).click()
         await bob.get_by_role("alertdialog").wait_for(timeout=15000)

@@ -170,7 +170,9 @@ class ClientCall:
     sip_in: SipIncoming | None = None
     record: CallRecordBuilder | None = None
     # Outbound SIP: who gets the dialog's events (see _invite_sip) and where it was sent.
-    sip_owner: list[ClientCall] | None = None
+    sip_owner: list[ClientCall | None] | None = None
+    # A REFER from the far end asked for this call's current far end: report its progress.
+    referred_by: OutboundInvite | InboundInvite | None = None
     sip_target: str = ""
     transfer_pending: bool = False
 
@@ -604,7 +606,8 @@ class Core:
         media = self.config.media
         # The dialog's events go to whichever call owns it now: a transfer can hand the
         # dialog to another client's call.
-        owner = call.sip_owner = [call]
+        owner: list[ClientCall | None] = [call]
+        call.sip_owner = owner
         try:
             call.rtp = await RtpLeg.open(
                 media.rtp_host,
@@ -644,8 +647,12 @@ class Core:
         self._set_state(call, CallState.ACTIVE)
         self._bridge_client_leg(call)
 
-    def _on_outbound_sip(self, call: ClientCall, ev: sip_events.SessionEvent) -> None:
-        if call.state is CallState.TERMINATED:
+    def _on_outbound_sip(self, call: ClientCall | None, ev: sip_events.SessionEvent) -> None:
+        if call is None or call.state is CallState.TERMINATED:
+            # None: a dialog the call has left behind (transferred away by a REFER).
+            return
+        if isinstance(ev, sip_events.Referred):
+            self._spawn(self._referred(call, ev))
             return
         if isinstance(ev, sip_events.Provisional):
             call.alerted = True
@@ -949,6 +956,9 @@ class Core:
         """Give a connected client call a new far end: `target`, routed like a dial."""
         call.remote = target
         call.outgoing = True
+        # Internal only (never on the wire): the new far end's ringing/answer are
+        # transitions again, which transfer progress reports hang on.
+        call.state = CallState.DIALING
         call.answered = call.alerted = call.ringback_wanted = call.ringback_on = False
         call.early_sdp = None
         call.remote_hold = False
@@ -957,6 +967,47 @@ class Core:
             call.bridge.disconnect()
         call.reg.sink(CallStatus(call.call_id, call.state, None, call.remote))
         await self._route(call)
+
+    async def _referred(self, call: ClientCall, ev: sip_events.Referred) -> None:
+        """The SIP far end transfers this client (incoming REFER, RFC 3515): the gateway
+        calls the Refer-To target for the client and reports progress by NOTIFY."""
+        sip = self._sip_side(call)
+        if sip is None:
+            return
+        session = sip[0]
+        try:
+            number = URI.parse(ev.target.strip("<>").split("?")[0]).user or ""
+        except ValueError:
+            number = ""
+        if not _DIAL_STRING.match(number) or not self.may_dial(call.reg, number):
+            session.notify_refer(403, "Forbidden")
+            return
+        logger.info("call %s: transferred by the far end to %s", call.call_id, number)
+        # Leave the old dialog behind: its BYE must not end the client's call.
+        if call.sip_owner is not None:
+            call.sip_owner[0] = None
+        old_rtp = call.rtp
+        call.invite = call.rtp = None
+        call.sip_owner = None
+        if call.sip_in is not None:
+            incoming, call.sip_in = call.sip_in, None
+            incoming.winner, incoming.forks = None, []
+            old_rtp = incoming.rtp
+        call.referred_by = session
+        if old_rtp is not None:
+            self._spawn(old_rtp.close())
+        await self._redial(call, Party(number))
+
+    def _refer_progress(self, call: ClientCall, code: int, phrase: str) -> None:
+        """NOTIFY the transferor how the call it asked for is doing; release its dialog
+        once that call is answered or has failed."""
+        session = call.referred_by
+        if session is None:
+            return
+        session.notify_refer(code, phrase)
+        if code >= 200:
+            call.referred_by = None
+            session.bye()
 
     def _attended_transfer(self, a: ClientCall, b: ClientCall) -> None:
         peer_a, peer_b = self._web_peer(a), self._web_peer(b)
@@ -1309,6 +1360,9 @@ class Core:
         if isinstance(ev, sip_events.InfoReceived) and incoming.winner is not None:
             self._far_info(incoming.winner, ev)
             return
+        if isinstance(ev, sip_events.Referred) and incoming.winner is not None:
+            self._spawn(self._referred(incoming.winner, ev))
+            return
         if isinstance(ev, sip_events.Cancelled | sip_events.Terminated):
             reason = Reason.SUCCESS
             if isinstance(ev, sip_events.Terminated) and ev.reason != "bye":
@@ -1332,6 +1386,11 @@ class Core:
                 call.record.ringing()
             elif state is CallState.ACTIVE:
                 call.record.answered()
+        if call.referred_by is not None:
+            if state is CallState.RINGING:
+                self._refer_progress(call, 180, "Ringing")
+            elif state is CallState.ACTIVE:
+                self._refer_progress(call, 200, "OK")
         call.reg.sink(CallStatus(call.call_id, state, None, call.remote))
 
     def _end(
@@ -1348,6 +1407,8 @@ class Core:
         logger.info("call %s ended: %s", call.call_id, reason)
         if self.push is not None:
             self.push.tokens.revoke(call_identifier=call.call_id)
+        if call.referred_by is not None:
+            self._refer_progress(call, *sip_for_reason(reason))
         if release:
             self._release_far(call, previous, reason)
         self._note_far_media(call)

@@ -149,3 +149,32 @@ async def test_refused_refer_leaves_the_call_up(gateway, sipp, clients):
     await call.hangup()
     await call.wait_state("terminated", timeout=10)
     assert await far.wait(15) == 0, far.logs()[-3000:]
+
+
+async def test_far_end_transfers_the_web_user(gateway, sipp, clients):
+    """Incoming REFER: a SIP caller transfers the web user to 9000; the gateway places that
+    call for the client, NOTIFYs 100 and 200 (sipp insists), then ends the old dialog."""
+    alice = await login(clients, gateway, "alice", "1001", 900.0)
+    caller = sipp.scenario(
+        "uac_refer",
+        "uac_refer.xml",
+        gateway.sip_target,
+        port=gateway.pbx_port,
+        number="1001",
+        extra=["-rtp_echo"],
+    )
+    call = await alice.wait_incoming(timeout=15)
+    await call.accept()
+    await call.answer()
+    await call.wait_state("active", timeout=20)
+    await call._until(
+        lambda: (
+            call.statuses[-1].get("remoteAddress", {}).get("dialString") == "9000"
+            and call.state == "active"
+        ),
+        15.0,
+        "the call transferred to 9000",
+    )
+    await heard(call, 900.0, "alice hears herself from the echo number after the REFER")
+    assert await caller.wait(15) == 0, caller.logs()[-3000:]
+    assert call.state == "active", call.statuses

@@ -97,13 +97,12 @@ def sip_for_reason(reason: Reason) -> tuple[int, str]:
 # Which client commands each state admits; anything else is answered with the
 # unchanged state and reason `error` (json-v1 §9).
 _ALLOWED: dict[CallState, frozenset[str]] = {
-    CallState.DIALING: frozenset({"offer", "terminate"}),
-    CallState.OFFERED: frozenset({"accept", "answer", "media_answer", "terminate"}),
-    CallState.RINGING: frozenset({"accept", "answer", "media_answer", "terminate"}),
-    # Renegotiation (client offers mid-call) arrives with the complete media engine.
-    CallState.ACTIVE: frozenset({"terminate", "media_answer"}),
-    CallState.HOLDING: frozenset({"terminate", "media_answer"}),
-    CallState.HELD: frozenset({"terminate", "media_answer"}),
+    CallState.DIALING: frozenset({"terminate"}),
+    CallState.OFFERED: frozenset({"accept", "answer", "terminate"}),
+    CallState.RINGING: frozenset({"accept", "answer", "terminate"}),
+    CallState.ACTIVE: frozenset({"terminate", "hold", "transfer"}),
+    CallState.HOLDING: frozenset({"terminate", "hold", "transfer"}),
+    CallState.HELD: frozenset({"terminate", "retrieve", "transfer"}),
     CallState.TERMINATING: frozenset(),
     CallState.TERMINATED: frozenset(),
 }

@@ -854,17 +854,15 @@ class Core:
 
     # -- transfer ------------------------------------------------------------------------
 
-    _TRANSFERABLE = (CallState.ACTIVE, CallState.HELD, CallState.HOLDING)
-
     async def _transfer(self, call: ClientCall, cmd: Transfer) -> None:
         """json-v1 §9 transfer. Success ends the client's call(s) `redirected`; a failure
         leaves them as they were and reports the unchanged state with a reason."""
-        if call.state not in self._TRANSFERABLE or call.transfer_pending:
+        if not allows(call.state, "transfer") or call.transfer_pending:
             self._refuse(call)
             return
         if cmd.other_call_id is not None:
             other = call.reg.calls.get(cmd.other_call_id)
-            if other is None or other is call or other.state not in self._TRANSFERABLE:
+            if other is None or other is call or not allows(other.state, "transfer"):
                 self._refuse(call)
                 return
             self._attended_transfer(call, other)
@@ -1121,8 +1119,7 @@ class Core:
     def _hold(self, call: ClientCall, hold: bool) -> None:
         """Client hold/retrieve: re-INVITE a=sendonly/sendrecv toward SIP, or just stop
         relaying for web-to-web and test-number calls."""
-        allowed = (CallState.ACTIVE, CallState.HOLDING) if hold else (CallState.HELD,)
-        if call.state not in allowed or call.hold_pending:
+        if not allows(call.state, "hold" if hold else "retrieve") or call.hold_pending:
             self._refuse(call)
             return
         sip = self._sip_side(call)

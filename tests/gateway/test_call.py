@@ -48,8 +48,11 @@ def test_decline_maps_to_sip() -> None:
     assert sip_for_reason(Reason.NOT_RESPONDING)[0] == 480
 
 
-def test_terminated_admits_nothing() -> None:
-    for action in ("accept", "answer", "terminate", "offer", "media_answer"):
+def test_states_admit_their_commands() -> None:
+    for action in ("accept", "answer", "terminate", "hold", "retrieve", "transfer"):
         assert not allows(CallState.TERMINATED, action)
     assert allows(CallState.OFFERED, "accept")
     assert not allows(CallState.ACTIVE, "accept")
+    assert allows(CallState.ACTIVE, "hold") and not allows(CallState.ACTIVE, "retrieve")
+    assert allows(CallState.HELD, "retrieve") and not allows(CallState.HELD, "hold")
+    assert allows(CallState.HOLDING, "transfer") and not allows(CallState.RINGING, "transfer")

@@ -22,7 +22,13 @@ from .body import accepts, extract_sdp
 from .dialog import Dialog, DialogId, with_tag
 from .effects import CancelTimer, StartTimer, TimerKey, Transmit
 from .in_dialog import ALLOW, InDialogOperations
-from .invite_session import IncomingCall, IncomingSession, OutgoingSession, Session
+from .invite_session import (
+    IncomingCall,
+    IncomingSession,
+    InDialogRequest,
+    OutgoingSession,
+    Session,
+)
 from .locate import needs_dns
 from .messages import (
     BRANCH_MAGIC,
@@ -34,8 +40,10 @@ from .messages import (
     to_tag,
 )
 from .peer import Peer, peer_for_uri
+from .prack import REL, ReliableProvisionals, is_reliable
 from .registrar import Registrar
 from .registration import REGISTRATION_TIMER, Registration, RegistrationClients
+from .session_timer import ST_TIMER, TIMER, SessionTimers
 from .timers import TimerSettings
 from .transaction_layer import (
     ClientFailed,
@@ -74,7 +82,7 @@ __all__ = [
 ]
 
 SDP = "application/sdp"
-# Option tags (RFC 3261 §19.2) we honour in Require.
+# Option tags (RFC 3261 §19.2) we honour in Require (plus 100rel and timer when on).
 SUPPORTED = frozenset({"replaces", "norefersub"})
 # Methods we know but do not serve outside a dialog get 405; anything else 501.
 IN_DIALOG_METHODS = frozenset({"OPTIONS", "INFO", "MESSAGE", "INVITE", "UPDATE", "REFER", "NOTIFY"})
@@ -90,6 +98,20 @@ class CoreConfig:
     user_agent: str = "webrtc-gateway"
     timers: TimerSettings = TimerSettings()
     tls_port: int | None = None  # where TLS listens, for Via/Contact of TLS requests
+    prack: bool = True  # RFC 3262: Supported: 100rel on INVITEs, reliable 1xx as UAS
+    session_expires: int = 1800  # RFC 4028 interval we ask for / grant; 0 = no timers
+    min_se: int = 90  # the shortest Session-Expires we accept (smaller: 422)
+    reinvite_timeout: float = 0.0  # CANCEL a re-INVITE with only 1xx after this (0 = never)
+
+    @property
+    def option_tags(self) -> frozenset[str]:
+        """Option tags we support: in Supported, and accepted in Require."""
+        tags = set(SUPPORTED)
+        if self.prack:
+            tags.add(REL)
+        if self.session_expires:
+            tags.add(TIMER)
+        return frozenset(tags)
 
     def port_for(self, transport: str) -> int:
         if transport == "TLS" and self.tls_port is not None:
@@ -97,7 +119,9 @@ class CoreConfig:
         return self.port
 
 
-class UserAgentCore(InDialogOperations, Admission, RegistrationClients):
+class UserAgentCore(
+    InDialogOperations, Admission, RegistrationClients, ReliableProvisionals, SessionTimers
+):
     def __init__(
         self,
         config: CoreConfig,
@@ -126,6 +150,7 @@ class UserAgentCore(InDialogOperations, Admission, RegistrationClients):
         self._client_txns: dict[TransactionKey, tuple[str, str]] = {}  # -> (session, purpose)
         self._server_invites: dict[TransactionKey, str] = {}
         self._dialogs: dict[DialogId, str] = {}
+        self._early_uas: dict[DialogId, str] = {}  # early dialogs of our reliable 1xx
         self._uac_calls: dict[tuple[str, str], str] = {}  # (Call-ID, local tag) -> session
         self._incoming_invites: dict[tuple[str, str, int], str] = {}  # merged-request check
         self._options: dict[TransactionKey, int] = {}  # our qualify OPTIONS -> op
@@ -181,6 +206,8 @@ class UserAgentCore(InDialogOperations, Admission, RegistrationClients):
             return []
         if kind == "dlg":
             return self._dialog_timer(session, what)
+        if kind == ST_TIMER:
+            return self._st_timer(session, what)
         if kind == "forget":
             self._forget(session)
             return [SessionForgotten(sid)]
@@ -252,6 +279,8 @@ class UserAgentCore(InDialogOperations, Admission, RegistrationClients):
             digest=DigestClient(*credentials) if credentials else None,
             alternatives=[(one, peer_for_uri(one)) for one in uris[1:]] if not resolving else [],
             resolving=resolving,
+            session_expires=c.session_expires,
+            min_se=min(c.min_se, c.session_expires),
         )
         self.sessions[call_id] = session
         self._uac_calls[(call_id, from_tag_of(local))] = call_id
@@ -309,9 +338,15 @@ class UserAgentCore(InDialogOperations, Admission, RegistrationClients):
         if authorization:
             headers.set(*authorization)
         headers.set("Allow", ALLOW)
+        supported = [tag for tag in (REL, TIMER) if tag in self.config.option_tags]
+        if supported:
+            headers.set("Supported", ", ".join(supported))
+        for name, value in self._st_invite_headers(s):
+            headers.set(name, value)
         headers.set("User-Agent", self.config.user_agent)
         if s.sdp:
             headers.set("Content-Type", SDP)
+        s.early.clear()
         s.invite = request
         key, effects = self.layer.send_request(request, s.peer)
         s.invite_key = key
@@ -408,7 +443,8 @@ class UserAgentCore(InDialogOperations, Admission, RegistrationClients):
         key, effects = self.layer.send_request(request, peer)
         self._client_txns[key] = (s.id, "bye")
         s.transactions.add(key)
-        return self._run(effects)
+        s.usage.sent[key] = InDialogRequest("BYE", b"", None, [], "bye")
+        return self._run(effects) + self._st_stop(s)
 
     def _dialog_peer(self, s: Session, dialog: Dialog) -> Peer:
         peer = peer_for_uri(dialog.next_hop())
@@ -426,20 +462,29 @@ class UserAgentCore(InDialogOperations, Admission, RegistrationClients):
         if not isinstance(s, IncomingSession) or s.final or s.ended:
             return []
         code = 183 if sdp else 180
+        if self._reliable_wanted(s, sdp):
+            return self._provisional(s, code, sdp)
+        if s.reliable is not None and s.reliable.outstanding is not None:
+            return []  # a reliable 1xx awaits its PRACK: an unreliable one adds nothing
         return self._respond(s, code, None, sdp)
 
     def answer(self, sid: str, sdp: bytes) -> list[Effect]:
         s = self.sessions.get(sid)
         if not isinstance(s, IncomingSession) or s.final or s.ended:
             return []
+        if self._answer_deferred(s, sdp):
+            return []  # sent when the PRACK of our 1xx with SDP arrives
+        effects = self._stop_reliable(s)
         s.final = True
         s.local_sdp = sdp
         dialog = Dialog.from_uas(s.invite, s.local_tag)
         s.dialog = dialog
         self._dialogs[dialog.id] = s.id
         response = self._response_for(s, 200, None, sdp)
+        for name, value in self._st_uas_answer(s):
+            response.headers.set(name, value)
         s.answer = encode(response)
-        effects = self._run(self.layer.respond(s.key, response))
+        effects += self._run(self.layer.respond(s.key, response))
         timers = self.config.timers
         if not s.response_peer.reliable:
             s.retransmit_interval = timers.t1
@@ -455,7 +500,8 @@ class UserAgentCore(InDialogOperations, Admission, RegistrationClients):
             raise ValueError(f"reject needs a 3xx-6xx code, not {code}")
         s.final = True
         s.ended = True
-        return self._respond(s, code, reason or None, None) + self._schedule_forget(s)
+        effects = self._stop_reliable(s)
+        return effects + self._respond(s, code, reason or None, None) + self._schedule_forget(s)
 
     def _response_for(
         self, s: IncomingSession, code: int, reason: str | None, sdp: bytes | None
@@ -483,6 +529,8 @@ class UserAgentCore(InDialogOperations, Admission, RegistrationClients):
         return self._run(self.layer.respond(s.key, self._response_for(s, code, reason, sdp)))
 
     def _uas_timer(self, s: IncomingSession, what: str) -> list[Effect]:
+        if what in ("rel", "relgiveup"):
+            return self._reliable_timer(s, what)
         if s.ended or s.confirmed or s.answer is None:
             return []
         if what == "2xx":
@@ -498,7 +546,12 @@ class UserAgentCore(InDialogOperations, Admission, RegistrationClients):
         return []
 
     def _stop_uas_timers(self, s: IncomingSession) -> list[Effect]:
-        return [CancelTimer(("uas", s.id, "2xx")), CancelTimer(("uas", s.id, "ack"))]
+        return [
+            CancelTimer(("uas", s.id, "2xx")),
+            CancelTimer(("uas", s.id, "ack")),
+            CancelTimer(("uas", s.id, "rel")),
+            CancelTimer(("uas", s.id, "relgiveup")),
+        ]
 
     # -- session bookkeeping -----------------------------------------------------------
 
@@ -525,6 +578,9 @@ class UserAgentCore(InDialogOperations, Admission, RegistrationClients):
             self._server_invites.pop(key, None)
         if s.dialog is not None:
             self._dialogs.pop(s.dialog.id, None)
+        if isinstance(s, IncomingSession):
+            remote = from_tag(s.invite) or ""
+            self._early_uas.pop(DialogId(s.invite.call_id, s.local_tag, remote), None)
         if isinstance(s, OutgoingSession):
             self._uac_calls.pop((s.call_id, from_tag_of(s.local)), None)
         else:
@@ -596,6 +652,10 @@ class UserAgentCore(InDialogOperations, Admission, RegistrationClients):
         s = self.sessions.get(owner[0])
         if s is None:
             return []
+        if owner[1] == "bye" and response.code in (401, 407):
+            sent = s.usage.sent.pop(key, None)
+            if sent is not None:
+                return self._retry_in_dialog(s, key, sent, response) or []
         if owner[1] not in ("invite", "bye", "cancel"):
             return self._on_dialog_response(s, owner[1], key, response)
         if not isinstance(s, OutgoingSession) or owner[1] != "invite":
@@ -612,6 +672,11 @@ class UserAgentCore(InDialogOperations, Admission, RegistrationClients):
         if code < 200:
             s.provisional = True
             effects: list[Effect] = []
+            rseq = is_reliable(response) if REL in self.config.option_tags else None
+            if rseq is not None:
+                effects, fresh = self._uac_reliable(s, response, rseq)
+                if not fresh:
+                    return effects
             if s.cancel_requested:
                 if not s.cancel_sent:
                     effects += self._send_cancel(s)
@@ -620,6 +685,9 @@ class UserAgentCore(InDialogOperations, Admission, RegistrationClients):
             return effects
         if code == 503 and (retry := self._failover(s)) is not None:
             return retry
+        if code == 422 and not s.cancel_requested and self._st_retry_422(s, response):
+            s.provisional = False
+            return self._send_invite(s, s.invite.cseq.sequence + 1, None)
         if code in (401, 407) and s.digest is not None and not s.auth_tried:
             if not s.cancel_requested:
                 retry = self._authenticate(s, response)
@@ -658,6 +726,7 @@ class UserAgentCore(InDialogOperations, Admission, RegistrationClients):
             return self._ack_and_bye_fork(s, response)
         s.final = True
         dialog = Dialog.from_uac(s.invite, response)
+        self._continue_early_cseq(s, dialog)
         s.dialog = dialog
         self._dialogs[dialog.id] = s.id
         ack = dialog.create_ack(s.invite.cseq.sequence)
@@ -674,6 +743,7 @@ class UserAgentCore(InDialogOperations, Admission, RegistrationClients):
                 effects += self._end(s, events.Rejected(487, reason_phrase(487)))
             return effects
         effects.append(CancelTimer(("uac", s.id, "cancel")))
+        effects += self._st_uac_answered(s, response)
         effects.append(SessionUpdate(s.id, events.Answered(response.body or None)))
         return effects
 
@@ -725,13 +795,16 @@ class UserAgentCore(InDialogOperations, Admission, RegistrationClients):
         method = request.method
         if method == "CANCEL":
             return self._on_cancel(key, request)
-        required = [tag for tag in request.require if tag.lower() not in SUPPORTED]
+        supported = self.config.option_tags
+        required = [tag for tag in request.require if tag.lower() not in supported]
         if required:
             response = make_response(
                 request, 420, "Bad Extension", to_tag=self.new_tag(), server=self.config.user_agent
             )
             response.headers.set("Unsupported", ", ".join(required))
             return self._run(self.layer.respond(key, response))
+        if method == "PRACK":
+            return self._on_prack(key, request)
         if to_tag(request) is not None:
             return self._on_in_dialog(key, request)
         limited = self._rate_limited(key, request, source)
@@ -768,6 +841,9 @@ class UserAgentCore(InDialogOperations, Admission, RegistrationClients):
             return self._stateful_reply(key, request, 415, [("Accept", SDP)])
         if not accepts(request.headers.getlist("Accept")):
             return self._stateful_reply(key, request, 406, [("Accept", SDP)])
+        min_se = self._st_too_small(request)
+        if min_se is not None:
+            return self._stateful_reply(key, request, 422, [("Min-SE", str(min_se))])
         return None
 
     def _on_invite(
@@ -832,6 +908,7 @@ class UserAgentCore(InDialogOperations, Admission, RegistrationClients):
         s.confirmed = True
         effects = self._stop_uas_timers(s)
         if not s.ended:
+            effects += self._st_restart(s)
             # Late offer: our 2xx carried the offer and the ACK carries the answer.
             answer = request.body or None if not s.invite.body else None
             effects.append(SessionUpdate(s.id, events.Confirmed(answer)))

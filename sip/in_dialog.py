@@ -7,7 +7,12 @@
   re-INVITE (no SDP): our current SDP goes in the 2xx, the answer comes in the ACK;
 - INFO (RFC 6086) both ways, MESSAGE (RFC 3428) and OPTIONS answered 200;
 - REFER (RFC 3515) as transferor with NOTIFY message/sipfrag progress, Replaces
-  (RFC 3891) embedded in Refer-To; incoming REFER answered 202 + NOTIFY progress.
+  (RFC 3891) embedded in Refer-To; incoming REFER answered 202 + NOTIFY progress;
+- UPDATE (RFC 3311) offers of our own (`update`), reported like re-INVITEs;
+- digest retry (401/407) of in-dialog BYE/INFO/MESSAGE/REFER/NOTIFY/UPDATE/PRACK and
+  re-INVITE with the credentials of the call's INVITE (UAC sessions);
+- a re-INVITE that only gets provisional responses is CANCELled after
+  `CoreConfig.reinvite_timeout` seconds and reported as 408 (the session goes on).
 
 A mixin of `sip.core.UserAgentCore`; it only uses the core through the few methods
 declared at the top of the class.
@@ -21,18 +26,19 @@ from typing import TYPE_CHECKING
 from sipmessage import Address, Request, Response
 
 from . import events
-from .auth import credentials_header, pick_challenge
+from .auth import DigestClient, credentials_header, pick_challenge
 from .dialog import Dialog
 from .effects import CancelTimer, StartTimer, Transmit
 from .invite_session import (
     Accepted2xx,
     IncomingSession,
+    InDialogRequest,
     OutgoingSession,
     OwnReinvite,
     PendingOffer,
     Session,
 )
-from .messages import encode, make_response
+from .messages import MAX_FORWARDS, branch_of, encode, make_response
 from .peer import Peer
 from .refer import (
     SIPFRAG,
@@ -53,6 +59,8 @@ if TYPE_CHECKING:
 SDP = "application/sdp"
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REFER, NOTIFY, MESSAGE"
 MAX_GLARE_RETRIES = 5
+# Methods whose 401/407 we answer with the INVITE's credentials (re-INVITE separately).
+AUTH_RETRY = frozenset({"BYE", "INFO", "MESSAGE", "REFER", "NOTIFY", "UPDATE", "PRACK"})
 REFER_EXPIRES = 60  # Subscription-State expires of our refer NOTIFYs while active
 
 
@@ -79,6 +87,16 @@ class InDialogOperations:
 
     def _send_bye(self, s: Session, dialog: Dialog | None) -> list[Effect]:
         raise NotImplementedError
+
+    if TYPE_CHECKING:  # provided by sip.session_timer.SessionTimers
+
+        def _st_request_headers(self, s: Session) -> list[tuple[str, str]]: ...
+
+        def _st_incoming_refresh(self, s: Session, request: Request) -> list[tuple[str, str]]: ...
+
+        def _st_answered_ours(self, s: Session, response: Response) -> list[Effect]: ...
+
+        def _st_restart(self, s: Session) -> list[Effect]: ...
 
     # -- API -------------------------------------------------------------------------
 
@@ -113,6 +131,41 @@ class InDialogOperations:
             return op, [ReinviteDone(sid, op, 481, None)]
         s.usage.queued.append((op, sdp))
         return op, self._start_next_reinvite(s)
+
+    def update(self, sid: str, sdp: bytes) -> tuple[int, list[Effect]]:
+        """Send UPDATE (RFC 3311) offering `sdp` in the dialog; the result comes as
+        ReinviteDone with the returned op (2xx and the answer, or the failure code: 481
+        without a dialog, 491 when an offer is in progress either way)."""
+        s = self.sessions.get(sid)
+        if s is None:
+            return 0, [ReinviteDone(sid, 0, 481, None)]
+        op = s.usage.take_op()
+        if s.ended or s.dialog is None:
+            return op, [ReinviteDone(sid, op, 481, None)]
+        if self._offer_blocked(s) is not None or s.usage.accepted is not None:
+            return op, [ReinviteDone(sid, op, 491, None)]
+        return op, self._send_update(s, op, sdp)
+
+    def peer_allows(self, sid: str, method: str) -> bool:
+        """The peer listed `method` in the Allow of its INVITE or 2xx."""
+        s = self.sessions.get(sid)
+        return s is not None and method.upper() in s.usage.peer_allow
+
+    def _send_update(self, s: Session, op: int, sdp: bytes) -> list[Effect]:
+        request, effects = self._send_in_dialog(s, "UPDATE", "update", sdp, SDP)
+        s.usage.updates[(branch_of(request), "UPDATE")] = (op, sdp)
+        return effects
+
+    def _refresh_session(self, s: Session) -> list[Effect]:
+        """RFC 4028 refresh: UPDATE without body when the peer allows it, else re-INVITE."""
+        if "UPDATE" in s.usage.peer_allow:
+            return self._send_in_dialog(s, "UPDATE", "st-update")[1]
+        if not s.local_sdp:
+            return []
+        op = s.usage.take_op()
+        s.usage.refresh_ops.add(op)
+        s.usage.queued.append((op, s.local_sdp))
+        return self._start_next_reinvite(s)
 
     def answer_offer(self, sid: str, sdp: bytes | None) -> list[Effect]:
         """Answer the pending remote offer (after OfferReceived); None rejects it (488)."""
@@ -204,10 +257,17 @@ class InDialogOperations:
             headers.set("Allow", ALLOW)
         for name, value in extra or []:
             headers.set(name, value)
+        if method in ("INVITE", "UPDATE"):
+            for name, value in self._st_request_headers(s):
+                headers.set(name, value)
         headers.set("User-Agent", self.config.user_agent)
         key, layer_effects = self.layer.send_request(request, peer)
         self._client_txns[key] = (s.id, purpose)
         s.transactions.add(key)
+        if method in AUTH_RETRY:
+            s.usage.sent[key] = InDialogRequest(
+                method, body, content_type, list(extra or []), purpose
+            )
         if method == "INVITE" and s.usage.own_reinvite is not None:
             s.usage.own_reinvite.key = key
             s.usage.own_reinvite.request = request
@@ -241,9 +301,19 @@ class InDialogOperations:
         own, s.usage.own_reinvite = s.usage.own_reinvite, None
         if own is None:
             return []
-        effects: list[Effect] = [CancelTimer(("dlg", s.id, "glare"))]
-        effects.append(ReinviteDone(s.id, own.op, code, sdp))
+        effects: list[Effect] = [
+            CancelTimer(("dlg", s.id, "glare")),
+            CancelTimer(("dlg", s.id, "reinvite-timeout")),
+        ]
+        effects += self._reinvite_done(s, own.op, code, sdp)
         return effects + self._start_next_reinvite(s)
+
+    def _reinvite_done(self, s: Session, op: int, code: int, sdp: bytes | None) -> list[Effect]:
+        """ReinviteDone for the owner; session-timer refreshes are internal."""
+        if op in s.usage.refresh_ops:
+            s.usage.refresh_ops.discard(op)
+            return []
+        return [ReinviteDone(s.id, op, code, sdp)]
 
     def _notify(self, s: Session, cseq: int, code: int, reason: str, final: bool) -> list[Effect]:
         state = "terminated;reason=noresource" if final else f"active;expires={REFER_EXPIRES}"
@@ -261,6 +331,25 @@ class InDialogOperations:
             return self._on_reinvite_response(s, key, response)
         if code < 200:
             return []
+        sent = s.usage.sent.pop(key, None)
+        if code in (401, 407) and sent is not None and not s.ended:
+            retry = self._retry_in_dialog(s, key, sent, response)
+            if retry is not None:
+                return retry
+        if purpose in ("prack", "cancel-reinvite"):
+            return []
+        if purpose == "update":
+            return self._on_update_response(s, key, response)
+        if purpose == "st-update":
+            if 200 <= code < 300:
+                return self._st_answered_ours(s, response)
+            if code == 408:
+                return self._hang_up(s, "timeout")
+            if code in (405, 501):
+                # The peer does not take UPDATE after all: refresh with re-INVITE.
+                s.usage.peer_allow = s.usage.peer_allow - {"UPDATE"}
+                return self._refresh_session(s)
+            return self._gone(s, code)
         if purpose.startswith("refer:"):
             cseq = int(purpose.partition(":")[2])
             if code >= 300 and (op := s.usage.refers.pop(cseq, None)) is not None:
@@ -268,6 +357,86 @@ class InDialogOperations:
                 return [ReferProgress(s.id, op, code, True)] + self._gone(s, code)
             return []
         return self._gone(s, code)
+
+    def _on_update_response(
+        self, s: Session, key: TransactionKey, response: Response
+    ) -> list[Effect]:
+        pending = s.usage.updates.pop(key, None)
+        if pending is None:
+            return []
+        op, sdp = pending
+        code = response.code
+        if 200 <= code < 300:
+            self._refresh_target(s, response)
+            s.local_sdp = sdp
+            s.usage.remote_sdp = response.body or None
+            return self._reinvite_done(s, op, code, response.body or None) + (
+                self._st_answered_ours(s, response)
+            )
+        effects = self._reinvite_done(s, op, code, None)
+        if code == 408:
+            return effects + self._hang_up(s, "timeout")
+        return effects + self._gone(s, code)
+
+    def _digest_for(self, s: Session) -> DigestClient | None:
+        return s.digest if isinstance(s, OutgoingSession) else None
+
+    def _challenge_answer(
+        self, s: Session, response: Response, method: str, uri: str
+    ) -> tuple[str, str] | None:
+        digest = self._digest_for(s)
+        if digest is None:
+            return None
+        if response.code == 401:
+            values, header = response.headers.getlist("WWW-Authenticate"), "Authorization"
+        else:
+            values, header = response.headers.getlist("Proxy-Authenticate"), "Proxy-Authorization"
+        challenge = pick_challenge(values)
+        if challenge is None:
+            return None
+        credentials = digest.answer(challenge, method=method, uri=uri, cnonce=self._hex(8))
+        return header, credentials_header(credentials)
+
+    def _retry_in_dialog(
+        self, s: Session, key: TransactionKey, sent: InDialogRequest, response: Response
+    ) -> list[Effect] | None:
+        """Send an in-dialog request again with credentials for its 401/407 (once)."""
+        if sent.auth_tried or s.dialog is None:
+            return None
+        answer = self._challenge_answer(s, response, sent.method, str(s.dialog.remote_target))
+        if answer is None:
+            return None
+        purpose = sent.purpose
+        cseq = s.dialog.local_seq + 1
+        u = s.usage
+        if purpose.startswith("refer:"):
+            old = int(purpose.partition(":")[2])
+            op = u.refers.pop(old, None)
+            if op is not None:
+                u.refers[cseq] = op
+            u.refer_order = [cseq if c == old else c for c in u.refer_order]
+            purpose = f"refer:{cseq}"
+        extra = [pair for pair in sent.extra if pair[0] not in (answer[0],)] + [answer]
+        if sent.method == "BYE":
+            request = s.dialog.create_request("BYE")
+            peer = self._dialog_peer(s, s.dialog)
+            request.headers.add("Via", self._via(peer.transport))
+            request.headers.set(*answer)
+            request.headers.set("User-Agent", self.config.user_agent)
+            new_key, layer_effects = self.layer.send_request(request, peer)
+            self._client_txns[new_key] = (s.id, "bye")
+            s.transactions.add(new_key)
+            s.usage.sent[new_key] = InDialogRequest("BYE", b"", None, [answer], "bye", True)
+            return self._run(layer_effects)
+        request, effects = self._send_in_dialog(
+            s, sent.method, purpose, sent.body, sent.content_type, extra
+        )
+        new_key = (branch_of(request), sent.method)
+        if new_key in u.sent:
+            u.sent[new_key].auth_tried = True
+        if key in u.updates:
+            u.updates[new_key] = u.updates.pop(key)
+        return effects
 
     def _gone(self, s: Session, code: int) -> list[Effect]:
         """RFC 5057: a 481 to an in-dialog request means the peer lost the dialog."""
@@ -289,8 +458,16 @@ class InDialogOperations:
             assert own is not None
             s.local_sdp = own.sdp
             s.usage.remote_sdp = response.body or None
+            effects += self._st_answered_ours(s, response)
             return effects + self._finish_reinvite(s, code, response.body or None)
-        if code < 200 or not current:
+        if code < 200:
+            if current and code > 100 and self.config.reinvite_timeout > 0 and own is not None:
+                if not own.timing:
+                    own.timing = True
+                    delay = self.config.reinvite_timeout
+                    return [StartTimer(("dlg", s.id, "reinvite-timeout"), delay)]
+            return []
+        if not current:
             return []
         assert own is not None
         if code == 491 and own.attempts <= MAX_GLARE_RETRIES:
@@ -306,7 +483,10 @@ class InDialogOperations:
         ):
             retry = self._reinvite_credentials(s, own, response)
             if retry is not None:
-                return self._send_own_reinvite(s, retry)
+                own.timing = False
+                return [CancelTimer(("dlg", s.id, "reinvite-timeout"))] + (
+                    self._send_own_reinvite(s, retry)
+                )
         effects = self._finish_reinvite(s, code, None)
         if code == 408:
             return effects + self._abort_usage(s) + self._hang_up(s, "timeout")
@@ -349,6 +529,13 @@ class InDialogOperations:
         self, s: Session, purpose: str, key: TransactionKey, timeout: bool
     ) -> list[Effect]:
         code = 408 if timeout else 503
+        s.usage.sent.pop(key, None)
+        if purpose == "update":
+            pending = s.usage.updates.pop(key, None)
+            effects = [] if pending is None else self._reinvite_done(s, pending[0], code, None)
+            return effects + self._hang_up(s, "timeout" if timeout else "transport")
+        if purpose == "st-update":
+            return self._hang_up(s, "timeout" if timeout else "transport")
         if purpose == "reinvite":
             own = s.usage.own_reinvite
             if own is None or own.key != key:
@@ -376,12 +563,19 @@ class InDialogOperations:
         u = s.usage
         effects: list[Effect] = []
         if u.own_reinvite is not None:
-            effects += [CancelTimer(("dlg", s.id, "glare"))]
-            effects.append(ReinviteDone(s.id, u.own_reinvite.op, 481, None))
+            effects += [
+                CancelTimer(("dlg", s.id, "glare")),
+                CancelTimer(("dlg", s.id, "reinvite-timeout")),
+            ]
+            effects += self._reinvite_done(s, u.own_reinvite.op, 481, None)
             u.own_reinvite = None
         while u.queued:
             op, _ = u.queued.popleft()
-            effects.append(ReinviteDone(s.id, op, 481, None))
+            effects += self._reinvite_done(s, op, 481, None)
+        for op, _ in list(u.updates.values()):
+            effects += self._reinvite_done(s, op, 481, None)
+        u.updates.clear()
+        effects += [CancelTimer(("st", s.id, "refresh")), CancelTimer(("st", s.id, "expire"))]
         if u.accepted is not None:
             u.accepted = None
             effects += [CancelTimer(("dlg", s.id, "2xx")), CancelTimer(("dlg", s.id, "ack"))]
@@ -436,6 +630,8 @@ class InDialogOperations:
         )
         if 200 <= code < 300 and request.method in ("INVITE", "UPDATE"):
             response.headers.set("Contact", s.contact)
+            for name, value in self._st_incoming_refresh(s, request):
+                response.headers.set(name, value)
         if request.method in ("INVITE", "OPTIONS") or code == 405:
             response.headers.set("Allow", ALLOW)
         return response
@@ -452,7 +648,10 @@ class InDialogOperations:
         response = self._dialog_response(s, request, code, body, content_type)
         if code == 500:
             response.headers.set("Retry-After", str(int(self._hex(1), 16) % 10))
-        return self._run(self.layer.respond(key, response))
+        effects = self._run(self.layer.respond(key, response))
+        if 200 <= code < 300 and request.method in ("INVITE", "UPDATE"):
+            effects += self._st_restart(s)
+        return effects
 
     def _refresh_target(self, s: Session, message: Request | Response) -> None:
         """Remote target refresh (RFC 3261 §12.2): the Contact of INVITE/UPDATE and 2xx."""
@@ -504,7 +703,7 @@ class InDialogOperations:
     ) -> list[Effect]:
         response = self._dialog_response(s, request, 200, sdp, SDP)
         data = encode(response)
-        effects = self._run(self.layer.respond(key, response))
+        effects = self._run(self.layer.respond(key, response)) + self._st_restart(s)
         peer = self.layer.server_peer(key)
         s.usage.remote_invite_pending = False
         if peer is None:
@@ -550,6 +749,8 @@ class InDialogOperations:
             if u.own_reinvite is None or u.own_reinvite.key is not None or s.ended:
                 return []
             return self._send_own_reinvite(s, None)
+        if what == "reinvite-timeout":
+            return self._reinvite_timed_out(s)
         accepted = u.accepted
         if accepted is None or s.ended:
             return []
@@ -565,6 +766,32 @@ class InDialogOperations:
             effects: list[Effect] = [CancelTimer(("dlg", s.id, "2xx"))]
             return effects + self._abort_usage(s) + self._hang_up(s, "timeout")
         return []
+
+    def _reinvite_timed_out(self, s: Session) -> list[Effect]:
+        """Our re-INVITE got only 1xx for `reinvite_timeout` s: CANCEL it, report 408.
+
+        The session goes on with the previous offer/answer; the 487 that follows the
+        CANCEL (or a late 2xx, which is ACKed) no longer belongs to a current re-INVITE.
+        """
+        own = s.usage.own_reinvite
+        if own is None or own.request is None or own.key is None or s.ended:
+            return []
+        invite = own.request
+        cancel = Request("CANCEL", invite.uri)
+        headers = cancel.headers
+        headers.set("Via", invite.headers.getlist("Via")[0])
+        headers.set("Max-Forwards", str(MAX_FORWARDS))
+        for name in ("Route", "From", "To", "Call-ID"):
+            for value in invite.headers.getlist(name):
+                headers.add(name, value)
+        cancel.headers.set("CSeq", f"{invite.cseq.sequence} CANCEL")
+        headers.set("User-Agent", self.config.user_agent)
+        assert s.dialog is not None
+        peer = self._dialog_peer(s, s.dialog)
+        key, layer_effects = self.layer.send_request(cancel, peer)
+        self._client_txns[key] = (s.id, "cancel-reinvite")
+        s.transactions.add(key)
+        return self._run(layer_effects) + self._finish_reinvite(s, 408, None)
 
     def _on_refer(self, s: Session, key: TransactionKey, request: Request) -> list[Effect]:
         values = request.headers.getlist("Refer-To")

@@ -1,7 +1,7 @@
 """Per-call state of the user agent core: one outgoing or incoming INVITE session.
 
-Plain data; `sip.core.UserAgentCore` and `sip.in_dialog` own the behaviour. Early
-dialogs and PRACK are not modelled yet.
+Plain data; `sip.core.UserAgentCore`, `sip.in_dialog`, `sip.prack` and
+`sip.session_timer` own the behaviour. Early dialogs exist only for PRACK (RFC 3262).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ class OwnReinvite:
     key: TransactionKey | None = None
     attempts: int = 0
     auth_tried: bool = False
+    timing: bool = False  # the reinvite-timeout timer runs (a 1xx arrived)
 
 
 @dataclass(eq=False)
@@ -64,6 +65,55 @@ class Accepted2xx:
 
 
 @dataclass(eq=False)
+class EarlyDialog:
+    """UAC: an early dialog created by a reliable provisional response (RFC 3262 §4)."""
+
+    dialog: Dialog
+    rseq: int | None = None  # RSeq of the last reliable 1xx we PRACKed
+
+
+@dataclass(eq=False)
+class ReliableProvisional:
+    """UAS: our reliable 1xx waiting for its PRACK (RFC 3262 §3)."""
+
+    rseq: int
+    data: bytes
+    interval: float
+    has_sdp: bool
+
+
+@dataclass(eq=False)
+class ReliableState:
+    """UAS: RSeq numbering, the unacknowledged reliable 1xx and what waits behind it."""
+
+    next_rseq: int
+    outstanding: ReliableProvisional | None = None
+    acked: set[int] = field(default_factory=set)  # RSeqs PRACKed already
+    waiting: deque[tuple[int, bytes | None]] = field(default_factory=deque)  # (code, sdp)
+    deferred_answer: bytes | None = None  # answer() waiting for the PRACK of an SDP 1xx
+
+
+@dataclass(eq=False)
+class SessionTimer:
+    """RFC 4028 state of a confirmed session: the interval and who refreshes."""
+
+    interval: int
+    we_refresh: bool
+
+
+@dataclass(eq=False)
+class InDialogRequest:
+    """A non-INVITE in-dialog request we sent, kept for a digest retry on 401/407."""
+
+    method: str
+    body: bytes
+    content_type: str | None
+    extra: list[tuple[str, str]]
+    purpose: str
+    auth_tried: bool = False
+
+
+@dataclass(eq=False)
 class DialogUsage:
     """In-dialog operations of an established session: offers, INFO, REFER/NOTIFY."""
 
@@ -80,6 +130,13 @@ class DialogUsage:
     refers_final: set[int] = field(default_factory=set)  # final progress already reported
     incoming_refer: int | None = None  # CSeq of the last REFER we accepted
     remote_sdp: bytes | None = None
+    # ops of our re-INVITE/UPDATE offers that are UPDATEs: key of the UPDATE -> op
+    updates: dict[TransactionKey, tuple[int, bytes]] = field(default_factory=dict)
+    refresh_ops: set[int] = field(default_factory=set)  # session-timer refreshes (internal)
+    sent: dict[TransactionKey, InDialogRequest] = field(default_factory=dict)
+    timer: SessionTimer | None = None
+    peer_allow: frozenset[str] = frozenset()  # methods the peer's Allow lists (upper case)
+    peer_timer: bool = False  # the peer lists "timer" in Supported/Require
 
     def take_op(self) -> int:
         op = self.next_op
@@ -114,6 +171,9 @@ class OutgoingSession:
     # transport error before any provisional response; `resolving` while DNS runs.
     alternatives: list[tuple[URI, Peer]] = field(default_factory=list)
     resolving: bool = False
+    early: dict[str, EarlyDialog] = field(default_factory=dict)  # remote tag -> early dialog
+    session_expires: int = 0  # RFC 4028 interval we ask for (0 = none); raised by 422
+    min_se: int = 0
     ended: bool = False
     reported: bool = False  # a final event (Rejected/Terminated) went to the owner
     transactions: set[TransactionKey] = field(default_factory=set)
@@ -149,6 +209,7 @@ class IncomingSession:
     local_sdp: bytes | None = None
     transactions: set[TransactionKey] = field(default_factory=set)
     usage: DialogUsage = field(default_factory=DialogUsage)
+    reliable: ReliableState | None = None  # RFC 3262, once a reliable 1xx was sent
 
 
 Session = OutgoingSession | IncomingSession

@@ -29,6 +29,7 @@ REASONS: dict[int, str] = {
     416: "Unsupported URI Scheme",
     415: "Unsupported Media Type",
     420: "Bad Extension",
+    422: "Session Interval Too Small",
     480: "Temporarily Unavailable",
     481: "Call/Transaction Does Not Exist",
     482: "Loop Detected",

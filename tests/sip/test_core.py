@@ -372,7 +372,7 @@ def test_reinvite_answered_with_current_sdp():
         (INVITE.replace(b"To: <sip", b"To: <<bad"), 400),
         (
             INVITE.replace(b"Require", b"X").replace(
-                b"Max-Forwards", b"Require: 100rel\r\nMax-Forwards"
+                b"Max-Forwards", b"Require: foo\r\nMax-Forwards"
             ),
             420,
         ),

@@ -92,7 +92,16 @@ async def test_rtcp_between_legs_gives_rtt_and_counts() -> None:
     a.rtcp_interval = b.rtcp_interval = 0.2
     try:
         a.apply_answer(b.create_answer(a.create_offer()))
-        await wait_for(lambda: a.stats().rtt_ms is not None and b.stats().rtt_ms is not None, 5)
+        # Wait on what is asserted below, not on a time: a loaded machine is slower.
+        await wait_for(
+            lambda: all(
+                leg.stats().rtt_ms is not None
+                and leg.stats().packets_sent > 10
+                and leg.stats().packets_received > 10
+                for leg in (a, b)
+            ),
+            10,
+        )
         for leg in (a, b):
             stats = leg.stats()
             assert stats.codec == "PCMU"

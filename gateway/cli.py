@@ -98,7 +98,11 @@ def format_banner(config: Config) -> str:
         f"  config:     {source}",
         f"  web phone:  http://{http}/",
         f"  websocket:  ws://{http}{config.server.ws_path}",
-        f"  SIP:        {format_hostport(config.sip.host, config.sip.port)} (UDP and TCP)",
+        f"  SIP:        {format_hostport(config.sip.host, config.sip.port)} (UDP and TCP)"
+        + (f", TLS on port {config.sip.tls_port}" if config.sip.tls_port is not None else ""),
+        "  SIP phones: register with number and password"
+        if config.sip.registrar
+        else "  SIP phones: no registrar ([sip] registrar = false)",
         f"  PBX:        {pbx}",
         f"  auth:       {config.auth.mode}",
     ]

@@ -93,6 +93,17 @@ class UAConfig:
     tls_ca: str = ""
     tls_verify: bool = True
     tls_require_client_cert: bool = False
+    # RFC 3262: offer "Supported: 100rel" in our INVITEs (PRACK reliable 1xx from the
+    # callee) and send our 180/183 reliably when the caller requires 100rel, or supports
+    # it and the 1xx carries SDP.
+    prack: bool = True
+    # RFC 4028 session timers: the interval we ask for and grant (seconds, 0 = off) and
+    # the shortest one we accept (shorter requests get 422 with Min-SE).
+    session_expires: int = 1800
+    min_se: int = 90
+    # CANCEL our re-INVITE/hold when it got only provisional answers for this many
+    # seconds and report 408 to its on_result (0 = wait for the transaction timeout).
+    reinvite_timeout: float = 32.0
 
 
 def tls_contexts(config: UAConfig) -> tuple[ssl.SSLContext | None, ssl.SSLContext]:
@@ -159,6 +170,18 @@ class _DialogOperations:
         op, effects = self._ua._core.reinvite(self._session_id, sdp)
         self._reinvite_results[op] = on_result
         self._ua._execute(effects)
+
+    def update(self, sdp: bytes, on_result: ReinviteResult) -> None:
+        """Send UPDATE (RFC 3311) offering `sdp` in the dialog; `on_result(code, answer)`
+        like reinvite(). Use it when `peer_allows("UPDATE")`; an UPDATE while another
+        offer is in progress reports 491 at once. A 408 or 481 ends the session."""
+        op, effects = self._ua._core.update(self._session_id, sdp)
+        self._reinvite_results[op] = on_result
+        self._ua._execute(effects)
+
+    def peer_allows(self, method: str) -> bool:
+        """The peer listed `method` (e.g. "UPDATE") in the Allow of its INVITE or 2xx."""
+        return self._ua._core.peer_allows(self._session_id, method)
 
     def set_reoffer_handler(self, fn: ReofferHandler | None) -> None:
         """Answer the peer's re-INVITE/UPDATE offers with `fn(offer) -> answer`.
@@ -417,6 +440,10 @@ class UserAgent:
                 user_agent=c.user_agent,
                 timers=TimerSettings(c.t1, c.t2, c.t4),
                 tls_port=self._transport.tls_port,
+                prack=c.prack,
+                session_expires=c.session_expires,
+                min_se=c.min_se,
+                reinvite_timeout=c.reinvite_timeout,
             ),
             secrets.token_hex,
             digest=digest,

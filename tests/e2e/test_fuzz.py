@@ -172,3 +172,17 @@ async def test_fuzzing_other_clients_never_disturbs_a_call(gateway, clients):
     await bob.login("1002", "Bob")
     await call.hangup()
     await call.wait_state("terminated", timeout=10)
+
+
+async def test_oversized_frame_closes_1009_and_nothing_else(gateway, clients):
+    """json-v1 §1: a frame above the limit (64 KiB by default) closes that connection with
+    1009; another client's call goes on."""
+    alice: JsonV1Client = await clients(gateway, name="alice")
+    await alice.login("1001", "Alice")
+    call = await alice.dial("9000", freq=700.0)
+    await call.wait_state("active", timeout=20)
+    big: JsonV1Client = await clients(gateway, name="big")
+    await big.send_raw('{"version": 1, "operation": "register", "pad": "' + "x" * 70000 + '"}')
+    assert await big.wait_closed() == 1009
+    assert alice.is_open and call.state == "active"
+    await call.wait_audio(1.0, timeout=10)

@@ -158,10 +158,14 @@ class RtpLeg(AudioPort):
         on_dtmf: Callable[[str], None] | None = None,
         jitter_min: float = JITTER_MIN,
         jitter_max: float = JITTER_MAX,
+        advertised_address: str | None = None,
     ) -> None:
         if not 0.02 <= jitter_min <= jitter_max <= 0.2:
             raise ValueError("Need 0.02 <= jitter_min <= jitter_max <= 0.2 (seconds)")
         self.host = host
+        # what the SDP (c= and o=) tells the far end: a public/NAT address or the
+        # host's real one when bound to a wildcard address
+        self.advertised_address = advertised_address or host
         self.on_dtmf = on_dtmf
         self.local_port = 0
         self.packets_sent = 0
@@ -238,10 +242,17 @@ class RtpLeg(AudioPort):
         on_dtmf: Callable[[str], None] | None = None,
         jitter_min: float = JITTER_MIN,
         jitter_max: float = JITTER_MAX,
+        advertised_address: str | None = None,
     ) -> "RtpLeg":
         """
         Bind an even RTP port in [port_min, port_max] and the RTCP port above
         it (which may be port_max + 1).
+
+        ``advertised_address``: the address our SDP gives in ``c=`` and ``o=``
+        instead of ``host`` -- the public address of a gateway behind NAT
+        (with the same port range forwarded), or the host's address when
+        ``host`` is a wildcard such as "0.0.0.0". Symmetric RTP latching
+        makes the far end's packets come back the way ours went.
         """
         loop = asyncio.get_running_loop()
         leg = cls(
@@ -251,6 +262,7 @@ class RtpLeg(AudioPort):
             on_dtmf=on_dtmf,
             jitter_min=jitter_min,
             jitter_max=jitter_max,
+            advertised_address=advertised_address,
         )
         ports = list(range(port_min + port_min % 2, port_max + 1, 2))
         if not ports:
@@ -412,8 +424,14 @@ class RtpLeg(AudioPort):
     def _local_sdp(self, media: list[MediaDescription]) -> bytes:
         self._session_version += 1
         session = SessionDescription(
-            origin=Origin("-", self._session_id, self._session_version, self.host),
-            connection=self.host,
+            origin=Origin(
+                "-",
+                self._session_id,
+                self._session_version,
+                self.advertised_address,
+                "IP6" if ":" in self.advertised_address else "IP4",
+            ),
+            connection=self.advertised_address,
             media=media,
         )
         return bytes(session)

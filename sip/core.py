@@ -181,7 +181,8 @@ class UserAgentCore(
 
     def _contact(self, user: str, transport: str) -> str:
         c = self.config
-        params = f";transport={transport.lower()}" if transport in ("TCP", "TLS") else ""
+        reliable = ("TCP", "TLS", "WS", "WSS")
+        params = f";transport={transport.lower()}" if transport in reliable else ""
         user_part = f"{user}@" if user else ""
         return f"<sip:{user_part}{c.host}:{c.port_for(transport)}{params}>"
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 
 from ..framing import FramingError, StreamFramer
 from ..peer import Peer
+from ..websocket import WebSocketFramingError, decode_message, encode_message, transport_name
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,93 @@ class _Stream(asyncio.Protocol):
         self.transport.write(data)
 
 
+WebSocketSend = Callable[[str], Awaitable[None]]
+MAX_WS_QUEUE = 256  # messages waiting to be written to one WebSocket
+
+
+class WebSocketConnection:
+    """A SIP-over-WebSocket connection (RFC 7118) served by an external WebSocket server.
+
+    The server calls `receive(message)` for every text (or binary) message and
+    `closed()` once the socket is gone; the UA writes with the `send` coroutine it was
+    given, one SIP message per WebSocket message, in order. `peer` is how the core
+    addresses the connection (transport "WS"/"WSS" and the remote address).
+    """
+
+    def __init__(
+        self,
+        owner: Transport,
+        send: WebSocketSend,
+        close: Callable[[], object],
+        remote: tuple[str, int],
+        secure: bool,
+    ) -> None:
+        self._owner = owner
+        self._send = send
+        self._close = close
+        self.peer = Peer(transport_name(secure), str(remote[0]), int(remote[1]))
+        self._outgoing: deque[str | bytes] = deque()
+        self._writer: asyncio.Task[None] | None = None
+        self.is_closed = False
+
+    def receive(self, message: str | bytes) -> None:
+        """Hand over one WebSocket message from the client."""
+        if self.is_closed:
+            return
+        try:
+            data = decode_message(message, self._owner.max_ws_message)
+        except WebSocketFramingError as exc:
+            log.info("closing WebSocket %s: %s", self.peer, exc)
+            self.close()
+            return
+        if data is not None:
+            self._owner._deliver(data, self.peer)
+
+    def closed(self) -> None:
+        """The WebSocket is gone: forget it; later sends to it fail as transport errors."""
+        if self.is_closed:
+            return
+        self.is_closed = True
+        self._outgoing.clear()
+        if self._owner._websockets.get(self.peer) is self:
+            del self._owner._websockets[self.peer]
+
+    def close(self) -> None:
+        """Close it from our side (the server's `close` callable), then forget it."""
+        if not self.is_closed:
+            try:
+                self._close()
+            except Exception:
+                log.exception("closing WebSocket %s failed", self.peer)
+        self.closed()
+
+    def write(self, data: bytes) -> None:
+        if self.is_closed:
+            self._owner._fail(self.peer)
+            return
+        if len(self._outgoing) >= MAX_WS_QUEUE:
+            log.warning("WebSocket %s is not draining; closing it", self.peer)
+            self.close()
+            self._owner._fail(self.peer)
+            return
+        self._outgoing.append(encode_message(data))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
+            self._owner._tasks.add(self._writer)
+            self._writer.add_done_callback(self._owner._tasks.discard)
+
+    async def _drain(self) -> None:
+        while self._outgoing and not self.is_closed:
+            message = self._outgoing.popleft()
+            try:
+                await self._send(message)  # type: ignore[arg-type]  # binary when not UTF-8
+            except Exception as exc:  # the server's socket failed under us
+                log.info("WebSocket send to %s failed: %s", self.peer, exc)
+                self.closed()
+                self._owner._fail(self.peer)
+                return
+
+
 class Transport:
     def __init__(
         self,
@@ -117,7 +206,29 @@ class Transport:
         self._connections: dict[ConnectionKey, _Stream] = {}
         self._pending: dict[ConnectionKey, list[bytes]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._websockets: dict[Peer, WebSocketConnection] = {}
+        self.max_ws_message = 65536
         self.port = port
+
+    def attach_websocket(
+        self,
+        send: WebSocketSend,
+        close: Callable[[], object],
+        remote: tuple[str, int],
+        *,
+        secure: bool = False,
+    ) -> WebSocketConnection:
+        """Serve SIP on a WebSocket accepted by someone else (RFC 7118)."""
+        connection = WebSocketConnection(self, send, close, remote, secure)
+        if len(self._websockets) >= MAX_CONNECTIONS:
+            log.warning("too many WebSocket connections; refusing one")
+            connection.close()
+            return connection
+        old = self._websockets.get(connection.peer)
+        if old is not None:
+            old.closed()
+        self._websockets[connection.peer] = connection
+        return connection
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -176,6 +287,15 @@ class Transport:
                 log.info("UDP send to %s failed", peer)
                 self._fail(peer)
             return
+        if peer.transport in ("WS", "WSS"):
+            websocket = self._websockets.get(peer)
+            if websocket is None:
+                # We cannot open WebSockets: the client must be connected.
+                log.info("no WebSocket connection to %s", peer)
+                self._fail(peer)
+                return
+            websocket.write(data)
+            return
         if peer.transport not in ("TCP", "TLS"):
             log.warning("unsupported transport %s", peer.transport)
             self._fail(peer)
@@ -232,6 +352,8 @@ class Transport:
             if connection.transport is not None:
                 connection.transport.close()
         self._connections.clear()
+        for websocket in list(self._websockets.values()):
+            websocket.close()
         if self._udp is not None:
             self._udp.close()
             self._udp = None

@@ -44,7 +44,7 @@ from ..timers import TimerSettings
 from ..ua_effects import ResolveTargets
 from .dns import StdlibResolver
 from .qualify import Qualifier, StateHandler
-from .transport import Transport
+from .transport import Transport, WebSocketConnection, WebSocketSend
 
 log = logging.getLogger(__name__)
 
@@ -455,6 +455,25 @@ class UserAgent:
     @property
     def port(self) -> int:
         return self._transport.port
+
+    def attach_websocket(
+        self,
+        send: WebSocketSend,
+        close: Callable[[], object],
+        remote: tuple[str, int],
+        *,
+        secure: bool = False,
+    ) -> WebSocketConnection:
+        """Serve SIP over a WebSocket (RFC 7118, subprotocol "sip") accepted by an
+        external WebSocket server.
+
+        `send(message)` writes one WebSocket text message (bytes for a binary one when
+        a message is not UTF-8), `close()` closes the socket, `remote` is the client's
+        address. Call `.receive(message)` on the returned handle for every message and
+        `.closed()` when the socket is gone. Requests from it get responses on it; our
+        Via says SIP/2.0/WS (WSS when `secure`) and our Contacts `;transport=ws`.
+        """
+        return self._transport.attach_websocket(send, close, remote, secure=secure)
 
     @property
     def tls_port(self) -> int | None:

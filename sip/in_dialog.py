@@ -345,11 +345,11 @@ class InDialogOperations:
                 return self._st_answered_ours(s, response)
             if code == 408:
                 return self._hang_up(s, "timeout")
-            if code in (405, 501):
-                # The peer does not take UPDATE after all: refresh with re-INVITE.
-                s.usage.peer_allow = s.usage.peer_allow - {"UPDATE"}
-                return self._refresh_session(s)
-            return self._gone(s, code)
+            if code == 481:
+                return self._gone(s, code)
+            # 405/501 (no UPDATE after all), 491, 500...: refresh with re-INVITE instead.
+            s.usage.peer_allow = s.usage.peer_allow - {"UPDATE"}
+            return self._refresh_session(s)
         if purpose.startswith("refer:"):
             cseq = int(purpose.partition(":")[2])
             if code >= 300 and (op := s.usage.refers.pop(cseq, None)) is not None:

@@ -281,3 +281,17 @@ def test_reinvite_with_only_1xx_is_cancelled_and_reported_408():
     op2, effects = h.core.reinvite(sid, SDP)
     h.apply(effects)
     assert h.requests("INVITE")[-1].cseq.sequence > reinvite.cseq.sequence
+
+
+def test_refresh_update_refused_falls_back_to_reinvite():
+    h = harness()
+    answered_call(h, "Session-Expires: 100;refresher=uac", "Allow: INVITE, ACK, BYE, UPDATE")
+    h.advance(50.1)
+    (update,) = distinct(h.requests("UPDATE"))
+    h.receive(respond_to(update, 501, "Not Implemented"))
+    reinvite = h.requests("INVITE")[-1]
+    assert reinvite.cseq.sequence == update.cseq.sequence + 1 and reinvite.body == SDP
+    h.receive(respond_to(reinvite, 200, "OK", body=ANSWER))
+    h.advance(50.1)
+    assert len(distinct(h.requests("UPDATE"))) == 1  # UPDATE is not tried again
+    assert len(distinct(h.requests("INVITE"))) == 3

@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from .core import CoreConfig
 
 SDP = "application/sdp"
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REFER, NOTIFY, MESSAGE"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REFER, NOTIFY, MESSAGE, PRACK"
 MAX_GLARE_RETRIES = 5
 # Methods whose 401/407 we answer with the INVITE's credentials (re-INVITE separately).
 AUTH_RETRY = frozenset({"BYE", "INFO", "MESSAGE", "REFER", "NOTIFY", "UPDATE", "PRACK"})

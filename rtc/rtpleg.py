@@ -1,5 +1,20 @@
 """
-The plain-RTP leg toward SIP: one UDP socket, G.711 at 8 kHz, 20 ms packets.
+The plain-RTP leg toward SIP: one UDP socket, G.711 (8 kHz) or G.722 (16 kHz
+audio), 20 ms packets.
+
+Codecs: ``codecs`` (``open`` keyword) lists the ones offered, in order of
+preference, and the only ones accepted in answers: "PCMU", "PCMA", "G722"
+(default PCMU, PCMA). An answer takes the offerer's first codec among them.
+G.722 uses static payload type 9 with an RTP clock of 8000 (RFC 3551) though
+its audio is 16 kHz; it is encoded and decoded with PyAV (rtc.g722).
+
+Sample rate: ``sample_rate`` is the rate of the frames ``read()`` yields and
+``write()`` takes. It is 8000 until the first negotiation (``create_answer``
+or ``apply_answer``) and then the negotiated codec's audio rate -- 16000 for
+G.722 -- fixed for the rest of the leg's life: MediaBridge reads it when it
+connects, so connect after negotiating (as the gateway does). Should a later
+re-INVITE switch to a codec of another rate, the leg resamples internally and
+the port keeps its rate.
 
 The leg keeps its own send clock: once the far end is known it sends a packet
 every 20 ms, with whatever frame is queued or encoded silence, so the PBX sees
@@ -44,8 +59,10 @@ import numpy.typing as npt
 from .dtmf import DtmfEventReceiver, digit_to_event, event_packets
 from .dtmfdetect import DtmfDetector
 from .g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
+from .g722 import G722_SAMPLE_RATE, G722Decoder, G722Encoder
 from .jitterbuffer import JitterBuffer
 from .ports import FRAME_MS, AudioPort, FrameQueue, PlayoutQueue, frame_samples
+from .resample import Resampler
 from .rtcpsession import RtcpSession
 from .rtp import RtpPacket, is_rtcp
 from .sdp import (
@@ -68,8 +85,11 @@ __all__ = ["RtpLeg"]
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 8000
+SAMPLE_RATE = 8000  # of the audio port before negotiation, and of G.711
 SAMPLES_PER_FRAME = frame_samples(SAMPLE_RATE)
+# the RTP clock of every codec offered (G.722 included) and of telephone-event
+RTP_CLOCK = 8000
+RTP_FRAME = frame_samples(RTP_CLOCK)  # timestamp increment of a 20 ms packet
 TELEPHONE_EVENT_PT = 101
 TELEPHONE_EVENT_FMTP = "0-16"
 RECEIVE_QUEUE_FRAMES = 50
@@ -92,7 +112,7 @@ MAX_SEQ_JUMP = 1000
 # after a stall (suspended loop) restart the clock rather than send a burst
 MAX_CLOCK_LAG = 0.1
 # RFC 4733 2.5.1.2: updates of a long event every 50 ms
-DTMF_UPDATE_SAMPLES = SAMPLE_RATE * 50 // 1000
+DTMF_UPDATE_SAMPLES = RTP_CLOCK * 50 // 1000
 # pause after each digit, so that repeated digits stay distinct
 DTMF_GAP_MS = 60
 MIN_DTMF_MS = 40  # ITU-T Q.24: shorter tones need not be recognised
@@ -102,18 +122,49 @@ MAX_QUEUED_DIGITS = 64
 RTCP_INTERVAL = 5.0
 
 
+Encode = Callable[[npt.NDArray[np.int16]], bytes]
+Decode = Callable[[bytes], npt.NDArray[np.int16]]
+
+
 @dataclass(frozen=True)
-class G711:
+class AudioCodec:
+    """
+    A codec the leg can carry. ``encoder()``/``decoder()`` give a fresh
+    (possibly stateful) coder per stream; ``sample_rate`` is the audio's,
+    ``clock_rate`` the RTP clock (and rtpmap rate).
+    """
+
     name: str
     payload_type: int
-    encode: Callable[[npt.NDArray[np.int16]], bytes]
-    decode: Callable[[bytes], npt.NDArray[np.int16]]
+    sample_rate: int
+    encoder: Callable[[], Encode]
+    decoder: Callable[[], Decode]
+    clock_rate: int = RTP_CLOCK
 
 
-PCMU = G711("PCMU", 0, ulaw_encode, ulaw_decode)
-PCMA = G711("PCMA", 8, alaw_encode, alaw_decode)
+PCMU = AudioCodec("PCMU", 0, SAMPLE_RATE, lambda: ulaw_encode, lambda: ulaw_decode)
+PCMA = AudioCodec("PCMA", 8, SAMPLE_RATE, lambda: alaw_encode, lambda: alaw_decode)
+G722 = AudioCodec("G722", 9, G722_SAMPLE_RATE, G722Encoder, G722Decoder)
+CODECS = {c.name: c for c in (PCMU, PCMA, G722)}
+DEFAULT_CODECS = ("PCMU", "PCMA")
+# (kept for compatibility: the G.711 codecs)
 G711_CODECS = {"pcmu": PCMU, "pcma": PCMA}
 SUPPORTED = [(c.name, SAMPLE_RATE) for c in G711_CODECS.values()]
+
+
+def _codec_list(codecs: tuple[str, ...] | list[str]) -> tuple[AudioCodec, ...]:
+    if isinstance(codecs, str):
+        raise ValueError("codecs must be a sequence of names, not a string")
+    result: list[AudioCodec] = []
+    for name in codecs:
+        codec = CODECS.get(name.upper())
+        if codec is None:
+            raise ValueError(f"Unsupported codec {name!r} (supported: {', '.join(CODECS)})")
+        if codec not in result:
+            result.append(codec)
+    if not result:
+        raise ValueError("No codec configured")
+    return tuple(result)
 
 
 class _RtpProtocol(asyncio.DatagramProtocol):
@@ -134,7 +185,8 @@ class _RtpProtocol(asyncio.DatagramProtocol):
 
 class RtpLeg(AudioPort):
     """
-    Plain RTP toward SIP, PCMU/PCMA, sample_rate 8000.
+    Plain RTP toward SIP: PCMU/PCMA (sample_rate 8000) or G.722 (sample_rate
+    16000 once negotiated; see the module docstring).
 
     DTMF: ``send_dtmf(digits, duration_ms)`` and the ``on_dtmf(digit)``
     callback (attribute or keyword of ``open``), once per key press.
@@ -159,6 +211,7 @@ class RtpLeg(AudioPort):
         jitter_min: float = JITTER_MIN,
         jitter_max: float = JITTER_MAX,
         advertised_address: str | None = None,
+        codecs: tuple[str, ...] = DEFAULT_CODECS,
     ) -> None:
         if not 0.02 <= jitter_min <= jitter_max <= 0.2:
             raise ValueError("Need 0.02 <= jitter_min <= jitter_max <= 0.2 (seconds)")
@@ -166,6 +219,10 @@ class RtpLeg(AudioPort):
         # what the SDP (c= and o=) tells the far end: a public/NAT address or the
         # host's real one when bound to a wildcard address
         self.advertised_address = advertised_address or host
+        self._codecs = _codec_list(codecs)
+        # the port's rate: fixed at the first negotiation
+        self.sample_rate = SAMPLE_RATE
+        self._rate_fixed = False
         self.on_dtmf = on_dtmf
         self.local_port = 0
         self.packets_sent = 0
@@ -191,9 +248,13 @@ class RtpLeg(AudioPort):
         self._session_version = 0
 
         # negotiated state
-        self._codec: G711 | None = None
+        self._codec: AudioCodec | None = None
         self._codec_pt = -1
-        self._receive_codecs: dict[int, G711] = {}
+        self._encode: Encode | None = None
+        # port rate -> codec rate, when a re-negotiation changed the codec's rate
+        self._send_resampler: Resampler | None = None
+        self._receive_codecs: dict[int, AudioCodec] = {}
+        self._decoders: dict[int, tuple[AudioCodec, Decode]] = {}
         self._telephone_event_pt: int | None = None
         self._sending = True
         self._receiving = True
@@ -211,7 +272,7 @@ class RtpLeg(AudioPort):
 
         # RTCP
         self.rtcp_interval = RTCP_INTERVAL
-        self._rtcp = RtcpSession(self._ssrc, SAMPLE_RATE, f"{self._ssrc:08x}@{host}")
+        self._rtcp = RtcpSession(self._ssrc, RTP_CLOCK, f"{self._ssrc:08x}@{host}")
         self._rtcp_transport: asyncio.DatagramTransport | None = None
         self._rtcp_remote: tuple[str, int] | None = None  # from SDP (a=rtcp or port + 1)
         self._rtcp_latched: tuple[str, int] | None = None
@@ -221,7 +282,14 @@ class RtpLeg(AudioPort):
 
         # receiving
         self._queue = FrameQueue(RECEIVE_QUEUE_FRAMES, RECEIVE_MAX_AGE)
+        self._jitter_min = jitter_min
+        self._jitter_max = jitter_max
+        # the jitter buffer runs at the received codec's audio rate; playout
+        # resamples to the port's rate when they differ
+        self._jitter_rate = SAMPLE_RATE
         self._jitter = JitterBuffer(SAMPLE_RATE, FRAME_MS, jitter_min, jitter_max)
+        self._playout_resampler: Resampler | None = None
+        self._detect_resampler: Resampler | None = None  # to 8 kHz for DtmfDetector
         self._playout_timer: asyncio.TimerHandle | None = None
         self._next_playout = 0.0
         # a packet that is not a whole number of 20 ms frames (ptime 10, 30):
@@ -243,6 +311,7 @@ class RtpLeg(AudioPort):
         jitter_min: float = JITTER_MIN,
         jitter_max: float = JITTER_MAX,
         advertised_address: str | None = None,
+        codecs: tuple[str, ...] = DEFAULT_CODECS,
     ) -> "RtpLeg":
         """
         Bind an even RTP port in [port_min, port_max] and the RTCP port above
@@ -253,6 +322,9 @@ class RtpLeg(AudioPort):
         (with the same port range forwarded), or the host's address when
         ``host`` is a wildcard such as "0.0.0.0". Symmetric RTP latching
         makes the far end's packets come back the way ours went.
+
+        ``codecs``: what we offer, in order of preference, and accept in
+        answers: any of "PCMU", "PCMA", "G722". Raises ValueError for others.
         """
         loop = asyncio.get_running_loop()
         leg = cls(
@@ -263,6 +335,7 @@ class RtpLeg(AudioPort):
             jitter_min=jitter_min,
             jitter_max=jitter_max,
             advertised_address=advertised_address,
+            codecs=codecs,
         )
         ports = list(range(port_min + port_min % 2, port_max + 1, 2))
         if not ports:
@@ -297,8 +370,8 @@ class RtpLeg(AudioPort):
     def write(self, frame: npt.NDArray[np.int16]) -> None:
         if self._closed:
             return
-        if len(frame) != SAMPLES_PER_FRAME:
-            raise ValueError(f"RtpLeg expects {SAMPLES_PER_FRAME}-sample frames")
+        if len(frame) != frame_samples(self.sample_rate):
+            raise ValueError(f"RtpLeg expects {frame_samples(self.sample_rate)}-sample frames")
         self._playout.put(frame)
 
     @property
@@ -307,6 +380,11 @@ class RtpLeg(AudioPort):
         return self._jitter
 
     # negotiation
+
+    @property
+    def codecs(self) -> tuple[str, ...]:
+        """The codecs we offer and accept, in order of preference."""
+        return tuple(c.name for c in self._codecs)
 
     @property
     def codec(self) -> str | None:
@@ -345,24 +423,24 @@ class RtpLeg(AudioPort):
             raise ValueError(f"Invalid direction {direction!r}")
         media = self._local_media()
         if self._codec is not None:
-            media.add_codec(Codec(self._codec_pt, self._codec.name, SAMPLE_RATE))
+            media.add_codec(Codec(self._codec_pt, self._codec.name, self._codec.clock_rate))
             if self._telephone_event_pt is not None:
                 media.add_codec(
                     Codec(
                         self._telephone_event_pt,
                         "telephone-event",
-                        SAMPLE_RATE,
+                        RTP_CLOCK,
                         fmtp=TELEPHONE_EVENT_FMTP,
                     )
                 )
         else:
-            for codec in G711_CODECS.values():
-                media.add_codec(Codec(codec.payload_type, codec.name, SAMPLE_RATE))
+            for codec in self._codecs:
+                media.add_codec(Codec(codec.payload_type, codec.name, codec.clock_rate))
             media.add_codec(
-                Codec(TELEPHONE_EVENT_PT, "telephone-event", SAMPLE_RATE, fmtp=TELEPHONE_EVENT_FMTP)
+                Codec(TELEPHONE_EVENT_PT, "telephone-event", RTP_CLOCK, fmtp=TELEPHONE_EVENT_FMTP)
             )
             # early media may arrive before the answer; decode what we offered
-            self._receive_codecs = {c.payload_type: c for c in G711_CODECS.values()}
+            self._receive_codecs = {c.payload_type: c for c in self._codecs}
         media.direction = direction
         self._offered_direction = direction
         return self._local_sdp([media])
@@ -371,14 +449,14 @@ class RtpLeg(AudioPort):
         """Apply the answer to our last offer (codec, address, direction)."""
         session = SessionDescription.parse(sdp)
         audio = session.audio()
-        codec = select_codec(audio, SUPPORTED)
+        codec = select_codec(audio, self._supported())
         if codec is None:
-            raise SdpError("Answer has no PCMU or PCMA")
+            raise SdpError(f"Answer has none of {', '.join(self.codecs)}")
         remote = self._remote_from(session, audio)
         direction = combine_directions(
             self._offered_direction, reverse_direction(session.media_direction(audio))
         )
-        self._negotiated(codec, find_codec(audio, "telephone-event", SAMPLE_RATE))
+        self._negotiated(codec, find_codec(audio, "telephone-event", RTP_CLOCK))
         self._set_remote(remote, direction)
 
     def create_answer(self, offer: bytes, direction: str = "sendrecv") -> bytes:
@@ -391,17 +469,17 @@ class RtpLeg(AudioPort):
             raise ValueError(f"Invalid direction {direction!r}")
         session = SessionDescription.parse(offer)
         audio = session.audio()
-        codec = select_codec(audio, SUPPORTED)
+        codec = select_codec(audio, self._supported())
         if codec is None:
-            raise SdpError("Offer has no PCMU or PCMA")
+            raise SdpError(f"Offer has none of {', '.join(self.codecs)}")
         remote = self._remote_from(session, audio)
-        event = find_codec(audio, "telephone-event", SAMPLE_RATE)
+        event = find_codec(audio, "telephone-event", RTP_CLOCK)
 
         local = self._local_media()
-        local.add_codec(Codec(codec.payload_type, codec.name, SAMPLE_RATE))
+        local.add_codec(Codec(codec.payload_type, codec.name, codec.clock_rate))
         if event is not None:
             local.add_codec(
-                Codec(event.payload_type, event.name, SAMPLE_RATE, fmtp=TELEPHONE_EVENT_FMTP)
+                Codec(event.payload_type, event.name, RTP_CLOCK, fmtp=TELEPHONE_EVENT_FMTP)
             )
         ours = combine_directions(direction, answer_direction(session.media_direction(audio)))
         local.direction = ours
@@ -458,12 +536,55 @@ class RtpLeg(AudioPort):
                 self._rtcp_remote = (bits[3] if len(bits) >= 4 else address, rtcp_port)
         return (address, audio.port)
 
+    def _supported(self) -> list[tuple[str, int]]:
+        return [(c.name, c.clock_rate) for c in self._codecs]
+
     def _negotiated(self, codec: Codec, event: Codec | None) -> None:
-        g711 = G711_CODECS[codec.name.lower()]
-        self._codec = g711
+        spec = CODECS[codec.name.upper()]
+        rate_changed = False
+        if not self._rate_fixed:
+            # the first negotiation sets the port's rate for good (a bridge
+            # connected afterwards resamples to it)
+            self._rate_fixed = True
+            if spec.sample_rate != self.sample_rate:
+                rate_changed = True
+                self.sample_rate = spec.sample_rate
+                # nothing written or queued at the old rate may go out now
+                self._playout.clear()
+                self._inband.clear()
+                self._queue.clear()
+        if spec is not self._codec:
+            # a stateful encoder carries on across re-negotiations of the same codec
+            self._encode = spec.encoder()
+            self._send_resampler = (
+                Resampler(self.sample_rate, spec.sample_rate)
+                if spec.sample_rate != self.sample_rate
+                else None
+            )
+        self._codec = spec
         self._codec_pt = codec.payload_type
-        self._receive_codecs = {codec.payload_type: g711}
+        self._receive_codecs = {codec.payload_type: spec}
         self._telephone_event_pt = event.payload_type if event else None
+        if rate_changed or spec.sample_rate != self._jitter_rate:
+            self._set_jitter_rate(spec.sample_rate)
+
+    def _set_jitter_rate(self, rate: int) -> None:
+        """Received audio now comes at ``rate``: a jitter buffer and resamplers for it."""
+        self._stop_playout()
+        self._jitter_rate = rate
+        self._jitter = JitterBuffer(rate, FRAME_MS, self._jitter_min, self._jitter_max)
+        self._playout_resampler = (
+            Resampler(rate, self.sample_rate) if rate != self.sample_rate else None
+        )
+        self._detect_resampler = Resampler(rate, SAMPLE_RATE) if rate != SAMPLE_RATE else None
+        self._dtmf_detector = None
+
+    def _decoder(self, payload_type: int, codec: AudioCodec) -> Decode:
+        current = self._decoders.get(payload_type)
+        if current is None or current[0] is not codec:
+            current = (codec, codec.decoder())
+            self._decoders[payload_type] = current
+        return current[1]
 
     def _set_remote(self, remote: tuple[str, int] | None, direction: str) -> None:
         if remote != self._sdp_remote:
@@ -524,12 +645,16 @@ class RtpLeg(AudioPort):
 
     def _queue_inband(self, digit: str, duration_ms: int) -> None:
         samples = np.concatenate(
-            (dtmf_tone(digit, duration_ms), np.zeros(SAMPLE_RATE * DTMF_GAP_MS // 1000))
+            (
+                dtmf_tone(digit, duration_ms, self.sample_rate),
+                np.zeros(self.sample_rate * DTMF_GAP_MS // 1000),
+            )
         ).astype(np.int16)
         # whole frames, padded with silence
-        padded = np.zeros(-(-len(samples) // SAMPLES_PER_FRAME) * SAMPLES_PER_FRAME, np.int16)
+        size = frame_samples(self.sample_rate)
+        padded = np.zeros(-(-len(samples) // size) * size, np.int16)
         padded[: len(samples)] = samples
-        self._inband.extend(padded.reshape(-1, SAMPLES_PER_FRAME))
+        self._inband.extend(padded.reshape(-1, size))
 
     async def _run_dtmf(self) -> None:
         loop = asyncio.get_running_loop()
@@ -538,16 +663,16 @@ class RtpLeg(AudioPort):
                 digit, duration_ms = self._dtmf_queue.popleft()
                 schedule = event_packets(
                     digit,
-                    SAMPLE_RATE * duration_ms // 1000,
+                    RTP_CLOCK * duration_ms // 1000,
                     update_interval=DTMF_UPDATE_SAMPLES,
-                    end_interval=SAMPLES_PER_FRAME,
+                    end_interval=RTP_FRAME,
                 )
                 # the event starts where the next audio packet would have
                 timestamp = self._timestamp
                 start = loop.time()
                 self._dtmf_active = True
                 for i, (offset, event) in enumerate(schedule):
-                    await asyncio.sleep(start + offset / SAMPLE_RATE - loop.time())
+                    await asyncio.sleep(start + offset / RTP_CLOCK - loop.time())
                     self._send_event(timestamp, bytes(event), marker=i == 0)
                 self._dtmf_active = False
                 self._marker = True  # audio resumes: a new talk spurt
@@ -584,13 +709,14 @@ class RtpLeg(AudioPort):
     async def _run_sender(self) -> None:
         loop = asyncio.get_running_loop()
         next_time = loop.time()
-        silence = np.zeros(SAMPLES_PER_FRAME, dtype=np.int16)
         while not self._closed:
             frame = self._playout.pop()
             if self._inband:
                 # in-band DTMF replaces the audio while it plays
                 frame = self._inband.popleft()
-            self._send(silence if frame is None else frame)
+            if frame is None:
+                frame = np.zeros(frame_samples(self.sample_rate), dtype=np.int16)
+            self._send(frame)
             self._check_timeout(loop.time())
             next_time += FRAME_MS / 1000
             delay = next_time - loop.time()
@@ -613,9 +739,9 @@ class RtpLeg(AudioPort):
         # the RTP clock advances even when on hold, as a real source would;
         # the sequence number only counts packets actually sent
         timestamp = self._timestamp
-        self._timestamp = (timestamp + SAMPLES_PER_FRAME) & 0xFFFFFFFF
+        self._timestamp = (timestamp + RTP_FRAME) & 0xFFFFFFFF
         addr = self.remote_address
-        if self._codec is None or addr is None or not self._sending or self._transport is None:
+        if self._encode is None or addr is None or not self._sending or self._transport is None:
             return
         if self._dtmf_active:
             # RFC 4733 2.5.1.1: the events replace the audio
@@ -627,7 +753,9 @@ class RtpLeg(AudioPort):
             sequence_number=sequence_number,
             timestamp=timestamp,
             ssrc=self._ssrc,
-            payload=self._codec.encode(frame),
+            payload=self._encode(
+                frame if self._send_resampler is None else self._send_resampler.process(frame)
+            ),
             marker=self._marker,
         )
         self._marker = False
@@ -659,7 +787,10 @@ class RtpLeg(AudioPort):
             # RFC 3389 comfort noise: understood even though we do not offer it
             self._count_received(packet)
             if self._receiving:
-                self._jitter.put_comfort_noise(packet.ssrc, packet.timestamp, packet.payload)
+                scale = self._jitter_rate // RTP_CLOCK
+                self._jitter.put_comfort_noise(
+                    packet.ssrc, (packet.timestamp * scale) & 0xFFFFFFFF, packet.payload
+                )
                 self._start_playout()
             return
         codec = self._receive_codecs.get(packet.payload_type)
@@ -673,7 +804,13 @@ class RtpLeg(AudioPort):
         if not self._receiving:
             # we are sendonly/inactive: the far end's audio is not wanted
             return
-        self._buffer(packet, codec.decode(packet.payload))
+        if codec.sample_rate != self._jitter_rate:
+            # early media in another of the offered codecs than expected
+            self._set_jitter_rate(codec.sample_rate)
+        samples = self._decoder(packet.payload_type, codec)(packet.payload)
+        # in the jitter buffer, timestamps count audio samples
+        scale = codec.sample_rate // codec.clock_rate
+        self._buffer(packet.ssrc, (packet.timestamp * scale) & 0xFFFFFFFF, packet.marker, samples)
 
     def _count_received(self, packet: RtpPacket) -> None:
         now = asyncio.get_running_loop().time()
@@ -714,11 +851,16 @@ class RtpLeg(AudioPort):
             self._send_rtcp()
             await asyncio.sleep(self.rtcp_interval * random.uniform(0.5, 1.5))
 
-    def _buffer(self, packet: RtpPacket, samples: npt.NDArray[np.int16]) -> None:
-        """Into the jitter buffer in whole 20 ms frames; start the playout clock."""
-        ssrc, timestamp = packet.ssrc, packet.timestamp
-        if len(self._partial) == 0 and len(samples) % SAMPLES_PER_FRAME == 0:
-            self._jitter.put(ssrc, timestamp, samples, packet.marker)
+    def _buffer(
+        self, ssrc: int, timestamp: int, marker: bool, samples: npt.NDArray[np.int16]
+    ) -> None:
+        """
+        Into the jitter buffer in whole 20 ms frames; start the playout clock.
+        ``timestamp`` is in samples of the buffer's rate.
+        """
+        size = self._jitter.frame_samples
+        if len(self._partial) == 0 and len(samples) % size == 0:
+            self._jitter.put(ssrc, timestamp, samples, marker)
         else:
             # the far end uses another ptime: cut the stream into 20 ms frames
             contiguous = (
@@ -730,9 +872,9 @@ class RtpLeg(AudioPort):
                 self._partial_ts = timestamp
                 self._partial_ssrc = ssrc
             pending = np.concatenate((self._partial, samples))
-            whole = len(pending) - len(pending) % SAMPLES_PER_FRAME
+            whole = len(pending) - len(pending) % size
             if whole:
-                self._jitter.put(ssrc, self._partial_ts, pending[:whole], packet.marker)
+                self._jitter.put(ssrc, self._partial_ts, pending[:whole], marker)
             self._partial = pending[whole:]
             self._partial_ts = (self._partial_ts + whole) & 0xFFFFFFFF
         self._start_playout()
@@ -772,12 +914,18 @@ class RtpLeg(AudioPort):
         self._playout_timer = loop.call_at(self._next_playout, self._playout_tick)
 
     def _deliver(self, samples: npt.NDArray[np.int16]) -> None:
+        """A frame at the jitter buffer's rate: DTMF detection, then to read()."""
         if self._telephone_event_pt is None and self._codec is not None and self.on_dtmf:
             # no telephone-event: the digits, if any, are in the audio
             if self._dtmf_detector is None:
                 self._dtmf_detector = DtmfDetector(SAMPLE_RATE)
-            for digit in self._dtmf_detector.process(samples):
+            narrow = samples
+            if self._detect_resampler is not None:
+                narrow = self._detect_resampler.process(samples)
+            for digit in self._dtmf_detector.process(narrow):
                 self._dtmf_received(digit)
+        if self._playout_resampler is not None:
+            samples = self._playout_resampler.process(samples)
         self._queue.put(samples)
 
     async def close(self) -> None:

@@ -40,6 +40,19 @@ clock stops (and ``read()`` waits) when nothing is left to play, so a
 silent or held stream yields nothing, and restarts with the next packet.
 ``jitter_min``/``jitter_max`` (seconds, 0.02..0.2) bound the adaptive delay.
 
+SRTP (``srtp`` keyword of ``open``), keyed by SDES (RFC 4568, rtc.sdes):
+"off" offers RTP/AVP, ignores crypto lines in answers and offers and refuses
+RTP/SAVP offers; "optional" offers RTP/AVP with an ``a=crypto`` line (best
+effort, as baresip's "srtp" mode: a PBX without SRTP just ignores it, where
+an RTP/SAVP offer would be refused) and answers SAVP and AVP offers alike,
+with SRTP whenever the offer carries a usable crypto line; "mandatory"
+offers RTP/SAVP and refuses answers and offers without a usable crypto line
+(SdpError). Each leg has its own random master key; AES_CM_128_HMAC_SHA1_80
+is offered, _32 accepted too. RTP and RTCP are protected both ways; packets
+failing authentication are dropped (and never latched onto). Until the
+answer to an offer with crypto arrives, received packets are dropped (they
+could not be told from SRTP). ``srtp_suite`` is the negotiated suite.
+
 RTCP goes over the odd port above the RTP one (or muxed on the RTP port when
 the peer does so): a compound SR/RR + SDES about every 5 s, BYE on close.
 ``stats()`` combines our counters with the peer's reports.
@@ -65,6 +78,14 @@ from .ports import FRAME_MS, AudioPort, FrameQueue, PlayoutQueue, frame_samples
 from .resample import Resampler
 from .rtcpsession import RtcpSession
 from .rtp import RtpPacket, is_rtcp
+from .sdes import (
+    DEFAULT_SUITE,
+    CryptoAttribute,
+    SrtpContext,
+    SrtpError,
+    find_crypto,
+    generate_key,
+)
 from .sdp import (
     DIRECTIONS,
     Codec,
@@ -147,6 +168,8 @@ PCMA = AudioCodec("PCMA", 8, SAMPLE_RATE, lambda: alaw_encode, lambda: alaw_deco
 G722 = AudioCodec("G722", 9, G722_SAMPLE_RATE, G722Encoder, G722Decoder)
 CODECS = {c.name: c for c in (PCMU, PCMA, G722)}
 DEFAULT_CODECS = ("PCMU", "PCMA")
+SRTP_MODES = ("off", "optional", "mandatory")
+SECURE_PROTOS = ("RTP/SAVP", "RTP/SAVPF")
 # (kept for compatibility: the G.711 codecs)
 G711_CODECS = {"pcmu": PCMU, "pcma": PCMA}
 SUPPORTED = [(c.name, SAMPLE_RATE) for c in G711_CODECS.values()]
@@ -212,7 +235,10 @@ class RtpLeg(AudioPort):
         jitter_max: float = JITTER_MAX,
         advertised_address: str | None = None,
         codecs: tuple[str, ...] = DEFAULT_CODECS,
+        srtp: str = "off",
     ) -> None:
+        if srtp not in SRTP_MODES:
+            raise ValueError(f"srtp must be one of {', '.join(SRTP_MODES)}, not {srtp!r}")
         if not 0.02 <= jitter_min <= jitter_max <= 0.2:
             raise ValueError("Need 0.02 <= jitter_min <= jitter_max <= 0.2 (seconds)")
         self.host = host
@@ -223,6 +249,17 @@ class RtpLeg(AudioPort):
         # the port's rate: fixed at the first negotiation
         self.sample_rate = SAMPLE_RATE
         self._rate_fixed = False
+
+        # SRTP (SDES)
+        self.srtp = srtp
+        self._srtp_key = generate_key() if srtp != "off" else b""
+        self._srtp: SrtpContext | None = None
+        self._offered_crypto: list[CryptoAttribute] = []
+        self._proto = "RTP/SAVP" if srtp == "mandatory" else "RTP/AVP"
+        self._offered_proto = self._proto
+        self._crypto_tag = 1
+        # our offer had crypto and no answer came yet: what arrives is undecidable
+        self._awaiting_srtp = False
         self.on_dtmf = on_dtmf
         self.local_port = 0
         self.packets_sent = 0
@@ -312,6 +349,7 @@ class RtpLeg(AudioPort):
         jitter_max: float = JITTER_MAX,
         advertised_address: str | None = None,
         codecs: tuple[str, ...] = DEFAULT_CODECS,
+        srtp: str = "off",
     ) -> "RtpLeg":
         """
         Bind an even RTP port in [port_min, port_max] and the RTCP port above
@@ -325,6 +363,8 @@ class RtpLeg(AudioPort):
 
         ``codecs``: what we offer, in order of preference, and accept in
         answers: any of "PCMU", "PCMA", "G722". Raises ValueError for others.
+
+        ``srtp``: "off", "optional" or "mandatory" (see the module docstring).
         """
         loop = asyncio.get_running_loop()
         leg = cls(
@@ -336,6 +376,7 @@ class RtpLeg(AudioPort):
             jitter_max=jitter_max,
             advertised_address=advertised_address,
             codecs=codecs,
+            srtp=srtp,
         )
         ports = list(range(port_min + port_min % 2, port_max + 1, 2))
         if not ports:
@@ -387,6 +428,11 @@ class RtpLeg(AudioPort):
         return tuple(c.name for c in self._codecs)
 
     @property
+    def srtp_suite(self) -> str | None:
+        """The negotiated SRTP crypto suite, None for plain RTP (or before negotiation)."""
+        return self._srtp.suite if self._srtp else None
+
+    @property
     def codec(self) -> str | None:
         """Name of the negotiated codec, None before negotiation."""
         return self._codec.name if self._codec else None
@@ -421,7 +467,23 @@ class RtpLeg(AudioPort):
         """
         if direction not in DIRECTIONS:
             raise ValueError(f"Invalid direction {direction!r}")
-        media = self._local_media()
+        if self._codec is not None:
+            # a re-offer keeps what was negotiated, SRTP keys included
+            proto = self._proto
+            crypto = (
+                [CryptoAttribute(self._crypto_tag, self._srtp.suite, self._srtp_key)]
+                if self._srtp is not None
+                else []
+            )
+        else:
+            proto = "RTP/SAVP" if self.srtp == "mandatory" else "RTP/AVP"
+            crypto = (
+                [CryptoAttribute(1, DEFAULT_SUITE, self._srtp_key)] if self.srtp != "off" else []
+            )
+            self._awaiting_srtp = bool(crypto)
+        self._offered_crypto = crypto
+        self._offered_proto = proto
+        media = self._local_media(proto, crypto)
         if self._codec is not None:
             media.add_codec(Codec(self._codec_pt, self._codec.name, self._codec.clock_rate))
             if self._telephone_event_pt is not None:
@@ -452,12 +514,55 @@ class RtpLeg(AudioPort):
         codec = select_codec(audio, self._supported())
         if codec is None:
             raise SdpError(f"Answer has none of {', '.join(self.codecs)}")
+        crypto = self._answer_crypto(audio)
         remote = self._remote_from(session, audio)
         direction = combine_directions(
             self._offered_direction, reverse_direction(session.media_direction(audio))
         )
         self._negotiated(codec, find_codec(audio, "telephone-event", RTP_CLOCK))
+        self._proto = self._offered_proto
+        self._set_srtp(crypto)
         self._set_remote(remote, direction)
+
+    def _answer_crypto(self, audio: MediaDescription) -> CryptoAttribute | None:
+        """The answer's crypto line matching one we offered; SdpError when one is required."""
+        if self._offered_crypto:
+            for answered in find_crypto(audio.attributes):
+                for offered in self._offered_crypto:
+                    if answered.tag == offered.tag and answered.suite == offered.suite:
+                        return answered
+        if self.srtp == "mandatory" and self._offered_crypto:
+            raise SdpError("Answer has no usable a=crypto line (SRTP is mandatory)")
+        if audio.proto.upper() in SECURE_PROTOS:
+            raise SdpError(f"Answer with {audio.proto} but no usable a=crypto line")
+        return None
+
+    def _offer_crypto(self, audio: MediaDescription) -> CryptoAttribute | None:
+        """The offer's first usable crypto line; SdpError when SRTP can't be agreed."""
+        secure = audio.proto.upper() in SECURE_PROTOS
+        if self.srtp == "off":
+            if secure:
+                raise SdpError(f"Offer wants {audio.proto} but SRTP is off")
+            return None
+        usable = find_crypto(audio.attributes)
+        if usable:
+            return usable[0]
+        if secure:
+            raise SdpError(f"Offer with {audio.proto} has no usable a=crypto line")
+        if self.srtp == "mandatory":
+            raise SdpError("Offer without a=crypto (SRTP is mandatory)")
+        return None
+
+    def _set_srtp(self, crypto: CryptoAttribute | None) -> None:
+        self._awaiting_srtp = False
+        if crypto is None:
+            self._srtp = None
+        elif self._srtp is None:
+            self._srtp = SrtpContext(crypto.suite, self._srtp_key, crypto.key)
+        else:
+            self._srtp = self._srtp.rekeyed(crypto.suite, crypto.key)
+        if crypto is not None:
+            self._crypto_tag = crypto.tag
 
     def create_answer(self, offer: bytes, direction: str = "sendrecv") -> bytes:
         """
@@ -472,10 +577,15 @@ class RtpLeg(AudioPort):
         codec = select_codec(audio, self._supported())
         if codec is None:
             raise SdpError(f"Offer has none of {', '.join(self.codecs)}")
+        crypto = self._offer_crypto(audio)
         remote = self._remote_from(session, audio)
         event = find_codec(audio, "telephone-event", RTP_CLOCK)
 
-        local = self._local_media()
+        # RFC 3264 6.1: the answer's transport is the offer's
+        local = self._local_media(
+            audio.proto,
+            [] if crypto is None else [CryptoAttribute(crypto.tag, crypto.suite, self._srtp_key)],
+        )
         local.add_codec(Codec(codec.payload_type, codec.name, codec.clock_rate))
         if event is not None:
             local.add_codec(
@@ -493,11 +603,19 @@ class RtpLeg(AudioPort):
                 media.append(MediaDescription(offered.kind, 0, offered.proto, offered.formats[:1]))
 
         self._negotiated(codec, event)
+        self._proto = audio.proto
+        self._offered_crypto = []
+        self._set_srtp(crypto)
         self._set_remote(remote, ours)
         return self._local_sdp(media)
 
-    def _local_media(self) -> MediaDescription:
-        return MediaDescription("audio", self.local_port, "RTP/AVP", ptime=FRAME_MS)
+    def _local_media(
+        self, proto: str = "RTP/AVP", crypto: list[CryptoAttribute] | None = None
+    ) -> MediaDescription:
+        media = MediaDescription("audio", self.local_port, proto, ptime=FRAME_MS)
+        for line in crypto or []:
+            media.attributes.append(("crypto", str(line)))
+        return media
 
     def _local_sdp(self, media: list[MediaDescription]) -> bytes:
         self._session_version += 1
@@ -695,7 +813,7 @@ class RtpLeg(AudioPort):
             marker=marker,
         )
         self._sequence_number = (self._sequence_number + 1) & 0xFFFF
-        self._transport.sendto(bytes(packet), addr)
+        self._sendto(bytes(packet), addr)
         self.packets_sent += 1
         self._rtcp.rtp_sent(len(payload))
 
@@ -759,9 +877,15 @@ class RtpLeg(AudioPort):
             marker=self._marker,
         )
         self._marker = False
-        self._transport.sendto(bytes(packet), addr)
+        self._sendto(bytes(packet), addr)
         self.packets_sent += 1
         self._rtcp.rtp_sent(len(packet.payload))
+
+    def _sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        assert self._transport is not None
+        if self._srtp is not None:
+            data = self._srtp.protect(data)
+        self._transport.sendto(data, addr)
 
     # receiving
 
@@ -772,6 +896,14 @@ class RtpLeg(AudioPort):
             # RFC 5761 rtcp-mux, if the peer does it
             self._rtcp_received(data, addr, muxed=True)
             return
+        if self._awaiting_srtp:
+            return
+        if self._srtp is not None:
+            try:
+                data = self._srtp.unprotect(data)
+            except SrtpError:
+                # forged, replayed or plain: nothing to play and nothing to latch onto
+                return
         try:
             packet = RtpPacket.parse(data)
         except ValueError:
@@ -828,8 +960,13 @@ class RtpLeg(AudioPort):
         return self._rtcp.stats(self.codec)
 
     def _rtcp_received(self, data: bytes, addr: tuple[str, int], muxed: bool = False) -> None:
-        if self._closed:
+        if self._closed or self._awaiting_srtp:
             return
+        if self._srtp is not None:
+            try:
+                data = self._srtp.unprotect_rtcp(data)
+            except SrtpError:
+                return
         if not muxed and self._rtcp_latched is None:
             self._rtcp_latched = addr
         self._rtcp.handle(data, time.time(), asyncio.get_running_loop().time())
@@ -841,6 +978,8 @@ class RtpLeg(AudioPort):
         data = self._rtcp.build_report(
             time.time(), asyncio.get_running_loop().time(), self._timestamp, bye=bye
         )
+        if self._srtp is not None:
+            data = self._srtp.protect_rtcp(data)
         self._rtcp_transport.sendto(data, addr)
 
     async def _run_rtcp(self) -> None:

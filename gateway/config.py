@@ -74,6 +74,8 @@ DEFAULTS_SOURCE: Final[str] = "<built-in defaults>"
 
 AUTH_MODES: Final[tuple[str, ...]] = ("none", "password", "token", "both")
 NUMBER_ASSIGNMENTS: Final[tuple[str, ...]] = ("client", "directory")
+MEDIA_CODECS: Final[tuple[str, ...]] = ("PCMU", "PCMA", "G722")
+SRTP_MODES: Final[tuple[str, ...]] = ("off", "optional", "mandatory")
 RINGBACK_COUNTRIES: Final[tuple[str, ...]] = ("us", "uk", "de", "fr", "jp")
 LOG_LEVELS: Final[tuple[str, ...]] = ("debug", "info", "warning", "error", "critical")
 PBX_TRANSPORTS: Final[tuple[str, ...]] = ("udp", "tcp")
@@ -188,6 +190,9 @@ class MediaConfig:
     ringback: str = "us"  # one of RINGBACK_COUNTRIES
     timeout: float = 30.0  # seconds without RTP that end an answered call (0: never)
     ice_servers: tuple[IceServerConfig, ...] = ()
+    public_address: str | None = None  # the c= address when peers reach us through NAT
+    codecs: tuple[str, ...] = ("PCMU", "PCMA")  # toward SIP, in order of preference
+    srtp: str = "off"  # SDES-SRTP toward SIP: off | optional | mandatory
 
 
 @dataclass(frozen=True, slots=True)
@@ -759,15 +764,41 @@ def _media(data: Mapping[str, Any], source: str) -> MediaConfig:
         data,
         source,
         "media",
-        ("rtp_host", "rtp_port_min", "rtp_port_max", "ringback", "timeout", "ice_servers"),
+        (
+            "rtp_host", "rtp_port_min", "rtp_port_max", "ringback", "timeout", "ice_servers",
+            "public_address", "codecs", "srtp",
+        ),
     )
     rtp_host = t.string("rtp_host", "127.0.0.1")
     try:
         address = ipaddress.ip_address(rtp_host)
     except ValueError:
         raise t.error("rtp_host", f"expected an IP address, got {_show(rtp_host)}") from None
-    if address.is_unspecified:
-        raise t.error("rtp_host", f"must be the address peers send RTP to, not {rtp_host}")
+    public_address = t.opt_string("public_address")
+    if public_address is not None:
+        try:
+            public = ipaddress.ip_address(public_address)
+        except ValueError:
+            raise t.error(
+                "public_address", f"expected an IP address, got {_show(public_address)}"
+            ) from None
+        if public.is_unspecified:
+            raise t.error("public_address", "must be an address peers can send RTP to")
+    if address.is_unspecified and public_address is None:
+        raise t.error(
+            "rtp_host",
+            f"{rtp_host} is not an address peers can send RTP to: set public_address as well",
+        )
+    codecs = t.data.get("codecs", ["PCMU", "PCMA"])
+    if (
+        not isinstance(codecs, list)
+        or not codecs
+        or not all(isinstance(c, str) and c.upper() in MEDIA_CODECS for c in codecs)
+    ):
+        raise t.error(
+            "codecs", f"expected a non-empty array of {', '.join(MEDIA_CODECS)}, got {codecs!r}"
+        )
+    srtp = t.choice("srtp", "off", SRTP_MODES)
     low = t.integer("rtp_port_min", 10000, 1024, 65534)
     high = t.integer("rtp_port_max", 20000, 1025, 65535)
     if high <= low:
@@ -783,6 +814,9 @@ def _media(data: Mapping[str, Any], source: str) -> MediaConfig:
         ringback=ringback,
         timeout=timeout,
         ice_servers=_ice_servers(t, source),
+        public_address=public_address,
+        codecs=tuple(c.upper() for c in codecs),
+        srtp=srtp,
     )
 
 

@@ -614,6 +614,9 @@ class Core:
                 media.rtp_port_min,
                 media.rtp_port_max,
                 media_timeout=media.timeout or None,
+                advertised_address=media.public_address,
+                codecs=media.codecs,
+                srtp=media.srtp,
                 on_timeout=lambda: self._far_media_timeout(owner[0]),
                 on_dtmf=lambda digit: self._far_dtmf(owner[0], digit),
             )
@@ -1294,6 +1297,9 @@ class Core:
                 media.rtp_port_min,
                 media.rtp_port_max,
                 media_timeout=media.timeout or None,
+                advertised_address=media.public_address,
+                codecs=media.codecs,
+                srtp=media.srtp,
                 # Shared by the forks until one answers: the winner takes the events.
                 on_timeout=lambda: self._far_media_timeout(incoming.winner),
                 on_dtmf=lambda digit: self._far_dtmf(incoming.winner, digit),

@@ -229,14 +229,28 @@ def write_config(gw: Gateway, extra: str = "") -> None:
     users = "".join(
         "\n[[users]]\n" + "".join(f'{k} = "{v}"\n' for k, v in u.items()) for u in gw.users
     )
-    # Keys an `extra` puts under [pbx] join the [pbx] table written here (TOML allows
-    # one table of a name).
-    pbx_extra = ""
-    if "\n[pbx]\n" in "\n" + extra:
-        before, _, after = ("\n" + extra).partition("\n[pbx]\n")
-        body, sep, rest = after.partition("\n[")
-        pbx_extra = body.strip() + "\n"
-        extra = before + (sep + rest if sep else "")
+    # Keys an `extra` puts under a table written here ([pbx], [media], ...) join that
+    # table: TOML allows one table of a name.
+    merged: dict[str, str] = {}
+    kept: list[str] = []
+    section = None
+    for line in extra.splitlines():
+        header = line.strip()
+        if header.startswith("[") and not header.startswith("[["):
+            name = header.strip("[]")
+            section = name if name in ("pbx", "media") else None
+            if section is None:
+                kept.append(line)
+            continue
+        if header.startswith("[["):
+            section = None
+        if section is not None:
+            merged[section] = merged.get(section, "") + line + "\n"
+        else:
+            kept.append(line)
+    extra = "\n".join(kept) + ("\n" if kept else "")
+    pbx_extra = merged.get("pbx", "")
+    media_extra = merged.get("media", "")
     gw.config_path.write_text(
         f"""# written by tests/e2e/conftest.py
 [server]
@@ -251,7 +265,7 @@ uri = "sip:{gw.host}:{gw.pbx_port}"
 [media]
 rtp_port_min = {gw.rtp_range[0]}
 rtp_port_max = {gw.rtp_range[1]}
-
+{media_extra}
 [logging]
 level = "debug"
 

@@ -495,3 +495,20 @@ async def test_incoming_caller_cancels(gateway, sipp, clients):
     log = caller.logs()
     assert "SIP/2.0 487" in log, "no 487 for the cancelled INVITE"
     assert re.search(r"SIP/2.0 200 .*?CSeq: 1 CANCEL", log, re.S), "CANCEL not answered 200"
+
+
+G722 = '\n[media]\ncodecs = ["G722", "PCMU"]\n'
+
+
+@pytest.mark.parametrize("gateway", [G722], indirect=True)
+async def test_g722_carries_wideband_audio(gateway, sipp, clients):
+    """[media] codecs with G722 first: the far end answers G.722 and echoes it; a 5 kHz
+    tone, which G.711's 4 kHz band cannot carry, comes back at 5 kHz."""
+    far = uas(sipp, gateway, "uas_g722.xml", extra=["-rtp_echo"])
+    alice = await logged_in(clients, gateway)
+    call = await alice.dial("5555", freq=5000.0)
+    await wait_active(call)
+    await check_echo_after_active(call, 5000.0)
+    await call.hangup()
+    await call.wait_state("terminated", timeout=10)
+    assert await far.wait(15) == 0

@@ -140,7 +140,9 @@ def test_example_file_loads_and_documents_every_key() -> None:
             "qualify_interval",
         },
         "auth": {"mode", "realm", "jwt"},
-        "media": {"rtp_host", "rtp_port_min", "rtp_port_max", "ringback", "timeout"},
+        "media": {
+            "rtp_host", "rtp_port_min", "rtp_port_max", "ringback", "timeout", "codecs", "srtp",
+        },
         "calls": {
             "no_answer_timeout",
             "restore_grace",
@@ -311,12 +313,15 @@ def test_explicitly_empty_directory() -> None:
          'must be one of none | password | token | both, got "jwt"'),
         ({"media": {"ringback": "xx"}}, "[media] ringback", "us | uk | de | fr | jp"),
         ({"media": {"rtp_host": "localhost"}}, "[media] rtp_host", "IP address"),
-        ({"media": {"rtp_host": "0.0.0.0"}}, "[media] rtp_host", "not 0.0.0.0"),
         ({"media": {"rtp_port_min": 70000}}, "[media] rtp_port_min", "between"),
         ({"media": {"rtp_port_min": 20000, "rtp_port_max": 10000}}, "[media] rtp_port_max",
          "greater than rtp_port_min"),
         ({"calls": {"no_answer_timeout": -1}}, "[calls] no_answer_timeout", "more than 0"),
         ({"numbers": {"echo": "echo"}}, "[numbers] echo", "digits"),
+        ({"media": {"codecs": ["opus"]}}, "[media] codecs", "PCMU, PCMA, G722"),
+        ({"media": {"srtp": "yes"}}, "[media] srtp", "must be one of"),
+        ({"media": {"rtp_host": "0.0.0.0"}}, "[media] rtp_host", "public_address"),
+        ({"media": {"public_address": "x"}}, "[media] public_address", "IP address"),
         (
             {"pbx": {"uri": "sip:p", "fallback_uris": ["http://x"]}},
             "[pbx] fallback_uris",

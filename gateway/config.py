@@ -131,6 +131,9 @@ class SipConfig:
     tls_key: str = ""
     tls_ca: str = ""
     tls_verify: bool = True
+    prack: bool = True  # offer 100rel (RFC 3262), send reliable 1xx when the caller asks
+    session_expires: int = 1800  # RFC 4028 session timer (0 = off)
+    min_se: int = 90
 
 
 @dataclass(frozen=True, slots=True)
@@ -528,6 +531,9 @@ def _sip(data: Mapping[str, Any], source: str) -> SipConfig:
             "tls_key",
             "tls_ca",
             "tls_verify",
+            "prack",
+            "session_expires",
+            "min_se",
         ),
     )
     host, port = t.listen("listen", DEFAULT_SIP_LISTEN)
@@ -555,6 +561,10 @@ def _sip(data: Mapping[str, Any], source: str) -> SipConfig:
             raise t.error(
                 "trusted_networks", f'expected networks like "192.0.2.0/24", got {_show(network)}'
             ) from None
+    session_expires = t.integer("session_expires", 1800, 0, 86400)
+    min_se = t.integer("min_se", 90, 90, 86400)
+    if session_expires and session_expires < min_se:
+        raise t.error("session_expires", f"must be 0 (off) or at least min_se ({min_se})")
     tls_port = t.integer("tls_port", -1, -1, 65535) if "tls_port" in t.data else None
     if tls_port == -1:
         raise t.error("tls_port", "must be between 0 and 65535, got -1")
@@ -585,6 +595,9 @@ def _sip(data: Mapping[str, Any], source: str) -> SipConfig:
         tls_key=files["tls_key"],
         tls_ca=files["tls_ca"],
         tls_verify=t.boolean("tls_verify", True),
+        prack=t.boolean("prack", True),
+        session_expires=session_expires,
+        min_se=min_se,
     )
 
 

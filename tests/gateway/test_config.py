@@ -128,6 +128,9 @@ def test_example_file_loads_and_documents_every_key() -> None:
             "keepalive_interval",
             "tls_ca",
             "tls_verify",
+            "prack",
+            "session_expires",
+            "min_se",
         },
         "pbx": {
             "uri",
@@ -318,6 +321,7 @@ def test_explicitly_empty_directory() -> None:
          "greater than rtp_port_min"),
         ({"calls": {"no_answer_timeout": -1}}, "[calls] no_answer_timeout", "more than 0"),
         ({"numbers": {"echo": "echo"}}, "[numbers] echo", "digits"),
+        ({"sip": {"session_expires": 60}}, "[sip] session_expires", "at least min_se"),
         ({"media": {"codecs": ["opus"]}}, "[media] codecs", "PCMU, PCMA, G722"),
         ({"media": {"srtp": "yes"}}, "[media] srtp", "must be one of"),
         ({"media": {"rtp_host": "0.0.0.0"}}, "[media] rtp_host", "public_address"),

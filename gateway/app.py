@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 import socket
@@ -45,6 +46,7 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         sip = config.sip
+        trusted = trusted_networks(config)
         self.ua = UserAgent(
             UAConfig(
                 host=sip.host,
@@ -55,7 +57,7 @@ class Gateway:
                 t4=sip.t4,
                 realm=sip.realm,
                 registrar=sip.registrar,
-                trusted_networks=trusted_networks(config),
+                trusted_networks=trusted,
                 request_rate=sip.request_rate,
                 request_burst=sip.request_burst,
                 keepalive_interval=sip.keepalive_interval,
@@ -72,6 +74,9 @@ class Gateway:
             authenticator=self._sip_password,
         )
         self.core = Core(config, self.ua)
+        self.core.trusted_networks = tuple(
+            ipaddress.ip_network(n, strict=False) for n in trusted
+        )
         self.authenticator = Authenticator(config.auth, self._password)
         self._server: object | None = None
 

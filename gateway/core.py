@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import logging
 import re
 import secrets
@@ -53,6 +54,7 @@ from rtc.sources import EchoPort, TonePort
 from rtc.webrtcleg import IceServer, WebRtcLeg
 from sip import events as sip_events
 from sip.aio.useragent import InboundInvite, OutboundInvite, UserAgent
+from sip.identity import asserted_identity_header
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +188,8 @@ class Core:
             RecordWriter.open(config.records.path) if config.records.enabled else None
         )
         self.push = Push.create(config.push)
+        # Peers whose P-Asserted-Identity is believed (the SIP trusted networks).
+        self.trusted_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
         # False while OPTIONS qualify says the PBX is down ([pbx] qualify_interval).
         self.pbx_up = True
         self._ice_servers = tuple(
@@ -280,6 +284,13 @@ class Core:
             )
         except ValueError as exc:
             logger.error("cannot register %s at the PBX: %s", reg.number, exc)
+
+    def _trusted_source(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self.trusted_networks)
 
     def set_pbx_up(self, up: bool) -> None:
         if up != self.pbx_up:
@@ -592,7 +603,10 @@ class Core:
                 for u in (pbx.uri, *pbx.fallback_uris)
             )
             credentials = (pbx.username, pbx.password or "") if pbx.username else None
-            await self._invite_sip(call, target, credentials, tuple(fallback))
+            identity = asserted_identity_header(
+                call.reg.number or "anonymous", self.config.sip.host, call.reg.display_name
+            )
+            await self._invite_sip(call, target, credentials, tuple(fallback), (identity,))
         else:
             self._end(call, Reason.DIAL_STRING)
 
@@ -602,6 +616,7 @@ class Core:
         target: str,
         credentials: tuple[str, str] | None,
         fallback: tuple[str, ...] = (),
+        headers: tuple[tuple[str, str], ...] = (),
     ) -> None:
         media = self.config.media
         # The dialog's events go to whichever call owns it now: a transfer can hand the
@@ -637,6 +652,7 @@ class Core:
             credentials=credentials,
             on_event=lambda ev: self._on_outbound_sip(owner[0], ev),
             fallback_targets=fallback,
+            headers=headers,
         )
         call.sip_target = target
         call.invite.set_reoffer_handler(lambda offer: self._far_reoffer(owner[0], offer))
@@ -1321,6 +1337,9 @@ class Core:
             await rtp.close()
             return
         caller = Party(invite.caller_user, invite.caller_display)
+        if invite.asserted_identity is not None and self._trusted_source(invite.source[0]):
+            # RFC 3325: a trusted peer's P-Asserted-Identity names the real caller.
+            caller = Party(*invite.asserted_identity)
         for reg in regs:
             if reg.identifier not in self.registrations:
                 continue

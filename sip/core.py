@@ -21,6 +21,7 @@ from .auth_server import DigestServer
 from .body import accepts, extract_sdp
 from .dialog import Dialog, DialogId, with_tag
 from .effects import CancelTimer, StartTimer, TimerKey, Transmit
+from .identity import asserted_identity
 from .in_dialog import ALLOW, InDialogOperations
 from .invite_session import (
     IncomingCall,
@@ -244,6 +245,7 @@ class UserAgentCore(
         sdp: bytes | None,
         credentials: tuple[str, str] | None = None,
         fallback_targets: tuple[str, ...] = (),
+        headers: tuple[tuple[str, str], ...] = (),
     ) -> tuple[str, list[Effect]]:
         """Start an outgoing call; returns its session id (its Call-ID) and effects.
 
@@ -282,6 +284,7 @@ class UserAgentCore(
             resolving=resolving,
             session_expires=c.session_expires,
             min_se=min(c.min_se, c.session_expires),
+            extra_headers=tuple(headers),
         )
         self.sessions[call_id] = session
         self._uac_calls[(call_id, from_tag_of(local))] = call_id
@@ -344,6 +347,8 @@ class UserAgentCore(
             headers.set("Supported", ", ".join(supported))
         for name, value in self._st_invite_headers(s):
             headers.set(name, value)
+        for name, value in s.extra_headers:
+            headers.add(name, value)
         headers.set("User-Agent", self.config.user_agent)
         if s.sdp:
             headers.set("Content-Type", SDP)
@@ -879,6 +884,13 @@ class UserAgentCore(
                     source=source,
                     replaces=request.headers.get("Replaces"),
                     authenticated_user=user,
+                    asserted_identity=asserted_identity(request),
+                    x_headers=tuple(
+                        (name, value)
+                        for name in request.headers.keys()
+                        if name.lower().startswith("x-")
+                        for value in request.headers.getlist(name)
+                    ),
                 )
             )
         )

@@ -30,6 +30,10 @@ class IncomingCall:
     source: Peer
     replaces: str | None = None  # an RFC 3891 Replaces header value, as received
     authenticated_user: str | None = None  # digest username, when the INVITE was challenged
+    # (user, display) of the first P-Asserted-Identity, as received (trust is the owner's call)
+    asserted_identity: tuple[str, str] | None = None
+    # Every X- header of the INVITE, for the owner to pass on the names it allows.
+    x_headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(eq=False)
@@ -174,6 +178,8 @@ class OutgoingSession:
     early: dict[str, EarlyDialog] = field(default_factory=dict)  # remote tag -> early dialog
     session_expires: int = 0  # RFC 4028 interval we ask for (0 = none); raised by 422
     min_se: int = 0
+    # Extra INVITE headers from the owner (P-Asserted-Identity, passed-through X- headers).
+    extra_headers: tuple[tuple[str, str], ...] = ()
     ended: bool = False
     reported: bool = False  # a final event (Rejected/Terminated) went to the owner
     transactions: set[TransactionKey] = field(default_factory=set)

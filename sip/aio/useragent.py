@@ -287,6 +287,8 @@ class InboundInvite(_DialogOperations):
         self.source: tuple[str, int] = call.source.address
         self.transport = call.source.transport
         self.replaces = call.replaces
+        self.asserted_identity = call.asserted_identity
+        self.x_headers = call.x_headers
         self.authenticated_user = call.authenticated_user  # digest username, if challenged
         self._handler: EventHandler | None = None
         self._buffered: list[SessionEvent] = []
@@ -586,6 +588,7 @@ class UserAgent:
         credentials: tuple[str, str] | None = None,
         on_event: EventHandler,
         fallback_targets: tuple[str, ...] = (),
+        headers: tuple[tuple[str, str], ...] = (),
     ) -> OutboundInvite:
         """Send an INVITE to `target` ("sip:user@host:port[;transport=tcp]").
 
@@ -603,6 +606,7 @@ class UserAgent:
                 sdp=sdp,
                 credentials=credentials,
                 fallback_targets=tuple(fallback_targets),
+                headers=tuple(headers),
             )
         except ValueError:
             log.warning("cannot call %r: bad target URI", target)

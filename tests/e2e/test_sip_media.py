@@ -512,3 +512,32 @@ async def test_g722_carries_wideband_audio(gateway, sipp, clients):
     await call.hangup()
     await call.wait_state("terminated", timeout=10)
     assert await far.wait(15) == 0
+
+
+async def test_asserted_identity_both_ways(gateway, sipp, clients):
+    """RFC 3325: the PBX hears the web user asserted (number and name), and a trusted
+    caller's P-Asserted-Identity is what the web client is shown."""
+    far = uas(sipp, gateway, "uas_pai.xml", extra=["-rtp_echo"])
+    alice = await logged_in(clients, gateway)
+    call = await alice.dial("5555", freq=1000.0)
+    await wait_active(call)
+    await call.hangup()
+    await call.wait_state("terminated", timeout=10)
+    assert await far.wait(15) == 0, far.logs()[-2000:]
+
+    caller = sipp.scenario(
+        "uac_pai",
+        "uac_pai.xml",
+        gateway.sip_target,
+        port=free_port(),
+        number="1001",
+        timeout=SIPP_TIMEOUT,
+        extra=["-rtp_echo", "-d", "2000"],
+    )
+    incoming = await alice.wait_incoming(timeout=15)
+    remote = incoming.start_message["remoteAddress"]
+    assert remote == {"dialString": "4711", "displayName": "Carol Caller"}, remote
+    await incoming.accept()
+    await incoming.answer()
+    await incoming.wait_state("terminated", timeout=20)
+    assert await caller.wait(15) == 0

@@ -1285,6 +1285,10 @@ class Core:
     # -- incoming SIP calls ------------------------------------------------------------
 
     def on_invite(self, invite: InboundInvite) -> None:
+        numbers = self.config.numbers
+        if invite.request_user in (numbers.echo, numbers.tone) and invite.sdp is not None:
+            self._spawn(self._answer_sip_locally(invite, invite.request_user == numbers.echo))
+            return
         regs = self.logged_in(invite.request_user) + self.sleeping(invite.request_user)
         logger.info(
             "INVITE for %s from %s (Call-ID %s): %d client(s)",
@@ -1303,6 +1307,45 @@ class Core:
         incoming = SipIncoming(invite)
         invite.set_event_handler(lambda ev: self._on_inbound_sip(incoming, ev))
         self._spawn(self._offer_sip_call(incoming, regs))
+
+    async def _answer_sip_locally(self, invite: InboundInvite, echo: bool) -> None:
+        """A SIP phone calls a test number: the gateway answers it with an echo or a tone."""
+        media = self.config.media
+        try:
+            rtp = await RtpLeg.open(
+                media.rtp_host,
+                media.rtp_port_min,
+                media.rtp_port_max,
+                advertised_address=media.public_address,
+                codecs=media.codecs,
+                srtp=media.srtp,
+            )
+        except OSError as exc:
+            logger.error("Call-ID %s: no RTP port: %s", invite.call_id, exc)
+            invite.reject(503, "Service Unavailable")
+            return
+        try:
+            assert invite.sdp is not None
+            answer = rtp.create_answer(invite.sdp)
+        except SdpError as exc:
+            logger.info("Call-ID %s: offer refused: %s", invite.call_id, exc)
+            invite.reject(488, "Not Acceptable Here")
+            await rtp.close()
+            return
+        port = EchoPort(rtp.sample_rate) if echo else TonePort(1000.0, rtp.sample_rate)
+        bridge = MediaBridge(rtp)
+        bridge.connect(port)
+
+        def on_event(ev: sip_events.SessionEvent) -> None:
+            if isinstance(ev, sip_events.Cancelled | sip_events.Terminated):
+                port.close()
+                self._spawn(_close_leg(bridge, None))
+                self._spawn(rtp.close())
+
+        invite.set_event_handler(on_event)
+        invite.answer(answer)
+        logger.info("Call-ID %s: %s answered by the gateway", invite.call_id,
+                    invite.request_user)
 
     async def _offer_sip_call(self, incoming: SipIncoming, regs: list[Registration]) -> None:
         media = self.config.media

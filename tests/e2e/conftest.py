@@ -238,7 +238,7 @@ def write_config(gw: Gateway, extra: str = "") -> None:
         header = line.strip()
         if header.startswith("[") and not header.startswith("[["):
             name = header.strip("[]")
-            section = name if name in ("pbx", "media") else None
+            section = name if name in ("pbx", "media", "sip") else None
             if section is None:
                 kept.append(line)
             continue
@@ -251,6 +251,7 @@ def write_config(gw: Gateway, extra: str = "") -> None:
     extra = "\n".join(kept) + ("\n" if kept else "")
     pbx_extra = merged.get("pbx", "")
     media_extra = merged.get("media", "")
+    sip_extra = merged.get("sip", "")
     gw.config_path.write_text(
         f"""# written by tests/e2e/conftest.py
 [server]
@@ -258,7 +259,7 @@ listen = "{gw.host}:{gw.http_port}"
 
 [sip]
 listen = "{gw.host}:{gw.sip_port}"
-
+{sip_extra}
 [pbx]
 uri = "sip:{gw.host}:{gw.pbx_port}"
 {pbx_extra}

@@ -7,10 +7,13 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import wave
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from tests.audio import dominant_frequency, rms_dbfs
 from tests.e2e.client import JsonV1Client
 from tests.e2e.conftest import free_port, stop_process
 from tests.e2e.test_calls import check_tone
@@ -28,6 +31,8 @@ ausrc_channels\t\t2
 module_path\t\t/usr/lib/baresip/modules
 module\t\t\tg711.so
 module\t\t\tausine.so
+module\t\t\tsndfile.so
+snd_path\t\t{dump}
 module_app\t\taccount.so
 module_app\t\tmenu.so
 rtp_ports\t\t{rtp}-{rtp_end}
@@ -41,7 +46,9 @@ class Phone:
         self.sip_port = free_port()
         rtp = free_port(tcp=False, span=10) & ~1
         (self.dir / "config").write_text(
-            CONFIG.format(sip_port=self.sip_port, workdir=self.dir, rtp=rtp, rtp_end=rtp + 9)
+            CONFIG.format(
+                sip_port=self.sip_port, workdir=self.dir, rtp=rtp, rtp_end=rtp + 9, dump=self.dir
+            )
         )
         (self.dir / "accounts").write_text(
             f"<sip:{number}@127.0.0.1:{gateway_sip_port};transport=udp>"
@@ -63,6 +70,16 @@ class Phone:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+    def heard(self) -> tuple[np.ndarray, int]:
+        """What baresip decoded from the far end (its sndfile module's dump)."""
+        dumps = sorted(self.dir.glob("dump-*-dec*.wav")) or sorted(self.dir.glob("dump-*.wav"))
+        assert dumps, f"no sndfile dump in {self.dir}: {list(self.dir.iterdir())}"
+        decoded = [d for d in dumps if "dec" in d.name] or dumps
+        with wave.open(str(decoded[-1])) as w:
+            rate, channels = w.getframerate(), w.getnchannels()
+            pcm = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+        return pcm.reshape(-1, channels)[:, 0], rate
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -104,6 +121,12 @@ async def test_web_user_calls_registered_phone(gateway, clients, phones):
     await check_tone(call, 440.0, what="baresip's sine at the web client")
     await call.hangup()
     await call.wait_state("terminated", timeout=10)
+    phone.stop()  # closes its dump files
+    pcm, rate = phone.heard()
+    tail = pcm[rate:]  # skip the first second
+    assert tail.size > rate, f"baresip decoded only {pcm.size / rate:.1f} s"
+    assert rms_dbfs(tail) > -40, f"baresip heard silence ({rms_dbfs(tail):.1f} dBFS)"
+    assert abs(dominant_frequency(tail, rate) - 1000.0) <= 20, dominant_frequency(tail, rate)
 
 
 async def test_registered_phone_calls_web_user(gateway, clients, phones):

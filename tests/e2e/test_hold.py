@@ -130,3 +130,23 @@ async def test_far_party_hold_from_sip(gateway, sipp, clients):
     ended = await call.wait_state("terminated", timeout=15)
     assert ended.get("reason") == "success", ended
     assert await caller.wait(15) == 0, caller.logs()[-3000:]
+
+
+async def test_hold_retried_after_491(gateway, sipp, clients):
+    """491 Request Pending to the hold re-INVITE: the gateway retries after the glare
+    timer and the call ends up held, then resumes (sipp checks both offers)."""
+    far = sipp.scenario(
+        "uas_glare", "uas_glare.xml", None, port=gateway.pbx_port, extra=["-rtp_echo"]
+    )
+    sipp.wait_bound(far, gateway.pbx_port)
+    alice: JsonV1Client = await clients(gateway, name="alice")
+    await alice.login("1001", "Alice")
+    call = await alice.dial("5555", freq=1000.0)
+    await call.wait_state("active", timeout=20)
+    await call.send("hold")
+    await call.wait_state("held", timeout=15)  # after 491 and a 2.1-4 s wait
+    await hold(call, "retrieve", "active")
+    await check_tone_after(call, 1000.0, "echo after the glare-delayed hold and retrieve")
+    await call.hangup()
+    await call.wait_state("terminated", timeout=10)
+    assert await far.wait(15) == 0, far.logs()[-3000:]

@@ -25,6 +25,8 @@ class Dial:
     call_id: str
     remote: Party
     display_name: str = ""
+    # X- headers for the SIP INVITE (only the configured names pass).
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -117,6 +119,8 @@ class CallOffered:
     call_id: str
     remote: Party
     local: Party
+    # X- headers of the caller's INVITE (or web caller) that are configured to pass.
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

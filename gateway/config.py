@@ -131,6 +131,8 @@ class SipConfig:
     tls_key: str = ""
     tls_ca: str = ""
     tls_verify: bool = True
+    # X- headers passed between the SIP leg and clients (json-v1 `sipHeaders`).
+    pass_headers: tuple[str, ...] = ()
     prack: bool = True  # offer 100rel (RFC 3262), send reliable 1xx when the caller asks
     session_expires: int = 1800  # RFC 4028 session timer (0 = off)
     min_se: int = 90
@@ -534,6 +536,7 @@ def _sip(data: Mapping[str, Any], source: str) -> SipConfig:
             "prack",
             "session_expires",
             "min_se",
+            "pass_headers",
         ),
     )
     host, port = t.listen("listen", DEFAULT_SIP_LISTEN)
@@ -596,9 +599,20 @@ def _sip(data: Mapping[str, Any], source: str) -> SipConfig:
         tls_ca=files["tls_ca"],
         tls_verify=t.boolean("tls_verify", True),
         prack=t.boolean("prack", True),
+        pass_headers=_header_names(t, "pass_headers"),
         session_expires=session_expires,
         min_se=min_se,
     )
+
+
+def _header_names(t: _Table, key: str) -> tuple[str, ...]:
+    names = t.data.get(key, [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise t.error(key, f"expected an array of header names, got {_kind(names)}")
+    for name in names:
+        if not re.fullmatch(r"[Xx]-[A-Za-z0-9-]{1,64}", name):
+            raise t.error(key, f'only "X-" header names may pass, got {_show(name)}')
+    return tuple(names)
 
 
 def _non_negative(t: _Table, key: str, default: float) -> float:

@@ -75,6 +75,8 @@ async def _close_leg(bridge: MediaBridge | None, leg: WebRtcLeg | None) -> None:
 # What may stand in a SIP user part we build from a dialed number.
 _DIAL_STRING = re.compile(r"^\+?[0-9A-Za-z*#._-]{1,64}$")
 IDENTIFIER = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+# A header value that may be copied between legs: printable, single line, bounded.
+_HEADER_VALUE = re.compile(r"[\x20-\x7e]{0,512}")
 # Seconds between a client leg failing and the call ending for it (see _client_leg_failed).
 LEG_FAILURE_GRACE = 2.0
 # How long the end of a call waits for the browser leg's statistics for its record.
@@ -177,6 +179,8 @@ class ClientCall:
     referred_by: OutboundInvite | InboundInvite | None = None
     sip_target: str = ""
     transfer_pending: bool = False
+    # [sip] pass_headers: X- headers carried from the caller's side to the other leg.
+    x_headers: tuple[tuple[str, str], ...] = ()
 
 
 class Core:
@@ -284,6 +288,17 @@ class Core:
             )
         except ValueError as exc:
             logger.error("cannot register %s at the PBX: %s", reg.number, exc)
+
+    def _passable(self, headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        """The headers [sip] pass_headers lets through, with safe values (printable, no
+        CR/LF, bounded), at most 32."""
+        allowed = {name.lower(): name for name in self.config.sip.pass_headers}
+        out = [
+            (allowed[name.lower()], value)
+            for name, value in headers
+            if name.lower() in allowed and _HEADER_VALUE.fullmatch(value)
+        ]
+        return tuple(out[:32])
 
     def _trusted_source(self, host: str) -> bool:
         try:
@@ -440,7 +455,7 @@ class Core:
         """Tell a restored client about its calls and offer a new WebRTC leg for each."""
         for call in list(reg.calls.values()):
             if not call.outgoing and not call.answered:
-                reg.sink(CallOffered(call.call_id, call.remote, reg.party))
+                reg.sink(CallOffered(call.call_id, call.remote, reg.party, call.x_headers))
                 if call.state is CallState.RINGING:
                     reg.sink(CallStatus(call.call_id, call.state, None, call.remote))
             else:
@@ -493,6 +508,7 @@ class Core:
             reg.sink(CallStatus(cmd.call_id, CallState.TERMINATED, Reason.CONGESTION))
             return
         call = ClientCall(cmd.call_id, reg, True, cmd.remote, CallState.DIALING)
+        call.x_headers = self._passable(cmd.headers)
         self._start_record(call, "outgoing")
         reg.calls[call.call_id] = call
         if not _DIAL_STRING.match(cmd.remote.dial_string):
@@ -589,7 +605,7 @@ class Core:
             self._offer_to_clients(call, callees)
         elif contacts:
             # A SIP phone registered with the built-in registrar.
-            await self._invite_sip(call, contacts[0], None)
+            await self._invite_sip(call, contacts[0], None, headers=call.x_headers)
         elif self.config.pbx.uri and self.ua is not None:
             if not self.pbx_up:
                 logger.info("call %s: the PBX does not answer OPTIONS", call.call_id)
@@ -606,7 +622,9 @@ class Core:
             identity = asserted_identity_header(
                 call.reg.number or "anonymous", self.config.sip.host, call.reg.display_name
             )
-            await self._invite_sip(call, target, credentials, tuple(fallback), (identity,))
+            await self._invite_sip(
+                call, target, credentials, tuple(fallback), (identity, *call.x_headers)
+            )
         else:
             self._end(call, Reason.DIAL_STRING)
 
@@ -724,6 +742,7 @@ class Core:
             fork = ClientCall(
                 new_identifier(), reg, False, caller.reg.party, CallState.OFFERED, caller=caller
             )
+            fork.x_headers = caller.x_headers
             self._start_record(fork, "web")
             reg.calls[fork.call_id] = fork
             caller.forks.append(fork)
@@ -742,7 +761,7 @@ class Core:
 
     async def _offer_client(self, call: ClientCall) -> None:
         """Offer an incoming call to one client: signaling/start, then our media/offer."""
-        call.reg.sink(CallOffered(call.call_id, call.remote, call.reg.party))
+        call.reg.sink(CallOffered(call.call_id, call.remote, call.reg.party, call.x_headers))
         await self._offer_client_leg(call)
 
     async def _offer_client_leg(self, call: ClientCall) -> None:
@@ -1389,6 +1408,7 @@ class Core:
             fork = ClientCall(
                 new_identifier(), reg, False, caller, CallState.OFFERED, sip_in=incoming
             )
+            fork.x_headers = self._passable(invite.x_headers)
             self._start_record(fork, "incoming")
             if fork.record is not None:
                 fork.record.sip(call_id=invite.call_id)

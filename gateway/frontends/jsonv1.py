@@ -118,11 +118,14 @@ class JsonV1Session:
 
     def on_event(self, event: ClientEvent) -> None:
         if isinstance(event, CallOffered):
-            self.send({
+            start = {
                 "operation": "signaling", "action": "start", "identifier": event.call_id,
                 "remoteAddress": party_to_wire(event.remote),
                 "localAddress": party_to_wire(event.local),
-            })
+            }
+            if event.headers:
+                start["sipHeaders"] = dict(event.headers)
+            self.send(start)
         elif isinstance(event, CallStatus):
             msg: dict[str, Any] = {
                 "operation": "signaling", "action": "status", "identifier": event.call_id,
@@ -371,7 +374,15 @@ class JsonV1Session:
             if remote is None:
                 raise ProtocolError("signaling start without remoteAddress")
             local = party_from_wire(message.get("localAddress", {}))
-            return [Dial(identifier, remote, local.display_name if local else "")]
+            headers = message.get("sipHeaders", {})
+            if not isinstance(headers, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+            ):
+                raise ProtocolError("sipHeaders must map header names to strings")
+            return [
+                Dial(identifier, remote, local.display_name if local else "",
+                     tuple(headers.items()))
+            ]
         if action == "status":
             return [QueryStatus(identifier)]
         if action == "accept":

@@ -541,3 +541,47 @@ async def test_asserted_identity_both_ways(gateway, sipp, clients):
     await incoming.answer()
     await incoming.wait_state("terminated", timeout=20)
     assert await caller.wait(15) == 0
+
+
+PASS_HEADERS = '\n[sip]\npass_headers = ["X-Account"]\n'
+
+
+@pytest.mark.parametrize("gateway", [PASS_HEADERS], indirect=True)
+async def test_x_headers_pass_between_legs(gateway, sipp, clients):
+    """[sip] pass_headers: a client's sipHeaders reach the INVITE (only listed names), and
+    an incoming INVITE's listed headers reach the client's signaling/start."""
+    far = uas(sipp, gateway, "uas_xheaders.xml", extra=["-rtp_echo"])
+    alice = await logged_in(clients, gateway)
+    await alice.send(
+        {
+            "operation": "signaling",
+            "action": "start",
+            "identifier": "xh-1",
+            "remoteAddress": {"dialString": "5555"},
+            "sipHeaders": {"X-Account": "42", "X-Secret": "leak"},
+        }
+    )
+    call = Call(alice, "xh-1", "outgoing", 1000.0)
+    alice.calls[call.identifier] = call
+    await call._offer()
+    await call.wait_answer()
+    await wait_active(call)
+    await call.hangup()
+    await call.wait_state("terminated", timeout=10)
+    assert await far.wait(15) == 0, far.logs()[-2000:]
+
+    caller = sipp.scenario(
+        "uac_xheaders",
+        "uac_xheaders.xml",
+        gateway.sip_target,
+        port=free_port(),
+        number="1001",
+        timeout=SIPP_TIMEOUT,
+        extra=["-rtp_echo", "-d", "1000"],
+    )
+    incoming = await alice.wait_incoming(timeout=15)
+    assert incoming.start_message.get("sipHeaders") == {"X-Account": "7"}, incoming.start_message
+    await incoming.accept()
+    await incoming.answer()
+    await incoming.wait_state("terminated", timeout=20)
+    assert await caller.wait(15) == 0

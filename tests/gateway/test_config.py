@@ -131,6 +131,7 @@ def test_example_file_loads_and_documents_every_key() -> None:
             "prack",
             "session_expires",
             "min_se",
+            "pass_headers",
         },
         "pbx": {
             "uri",
@@ -321,6 +322,7 @@ def test_explicitly_empty_directory() -> None:
          "greater than rtp_port_min"),
         ({"calls": {"no_answer_timeout": -1}}, "[calls] no_answer_timeout", "more than 0"),
         ({"numbers": {"echo": "echo"}}, "[numbers] echo", "digits"),
+        ({"sip": {"pass_headers": ["Contact"]}}, "[sip] pass_headers", "X-"),
         ({"sip": {"session_expires": 60}}, "[sip] session_expires", "at least min_se"),
         ({"media": {"codecs": ["opus"]}}, "[media] codecs", "PCMU, PCMA, G722"),
         ({"media": {"srtp": "yes"}}, "[media] srtp", "must be one of"),

@@ -642,14 +642,8 @@ class Core:
         owner: list[ClientCall | None] = [call]
         call.sip_owner = owner
         try:
-            call.rtp = await RtpLeg.open(
-                media.rtp_host,
-                media.rtp_port_min,
-                media.rtp_port_max,
+            call.rtp = await self._open_rtp(
                 media_timeout=media.timeout or None,
-                advertised_address=media.public_address,
-                codecs=media.codecs,
-                srtp=media.srtp,
                 on_timeout=lambda: self._far_media_timeout(owner[0]),
                 on_dtmf=lambda digit: self._far_dtmf(owner[0], digit),
             )
@@ -779,6 +773,20 @@ class Core:
         self._bridge_client_leg(call)
         call.offer_pending = True
         call.reg.sink(MediaOffer(call.call_id, offer))
+
+    async def _open_rtp(self, **supervision: Any) -> RtpLeg:
+        """An RTP leg toward SIP with the configured address, port range, codecs and SRTP;
+        `supervision`: media_timeout, on_timeout, on_dtmf."""
+        media = self.config.media
+        return await RtpLeg.open(
+            media.rtp_host,
+            media.rtp_port_min,
+            media.rtp_port_max,
+            advertised_address=media.public_address,
+            codecs=media.codecs,
+            srtp=media.srtp,
+            **supervision,
+        )
 
     def _new_client_leg(self, call: ClientCall) -> WebRtcLeg:
         leg = WebRtcLeg(
@@ -1329,16 +1337,8 @@ class Core:
 
     async def _answer_sip_locally(self, invite: InboundInvite, echo: bool) -> None:
         """A SIP phone calls a test number: the gateway answers it with an echo or a tone."""
-        media = self.config.media
         try:
-            rtp = await RtpLeg.open(
-                media.rtp_host,
-                media.rtp_port_min,
-                media.rtp_port_max,
-                advertised_address=media.public_address,
-                codecs=media.codecs,
-                srtp=media.srtp,
-            )
+            rtp = await self._open_rtp()
         except OSError as exc:
             logger.error("Call-ID %s: no RTP port: %s", invite.call_id, exc)
             invite.reject(503, "Service Unavailable")
@@ -1370,14 +1370,8 @@ class Core:
         media = self.config.media
         invite = incoming.invite
         try:
-            rtp = await RtpLeg.open(
-                media.rtp_host,
-                media.rtp_port_min,
-                media.rtp_port_max,
+            rtp = await self._open_rtp(
                 media_timeout=media.timeout or None,
-                advertised_address=media.public_address,
-                codecs=media.codecs,
-                srtp=media.srtp,
                 # Shared by the forks until one answers: the winner takes the events.
                 on_timeout=lambda: self._far_media_timeout(incoming.winner),
                 on_dtmf=lambda digit: self._far_dtmf(incoming.winner, digit),

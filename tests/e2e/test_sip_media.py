@@ -514,6 +514,27 @@ async def test_g722_carries_wideband_audio(gateway, sipp, clients):
     assert await far.wait(15) == 0
 
 
+async def sipp_call_to_alice(sipp, gateway, alice: JsonV1Client, scenario: str) -> dict:
+    """sipp runs `scenario` calling 1001; Alice answers; the call runs until sipp's BYE.
+    Returns the signaling/start Alice was offered."""
+    caller = sipp.scenario(
+        scenario,
+        f"{scenario}.xml",
+        gateway.sip_target,
+        port=free_port(),
+        number="1001",
+        timeout=SIPP_TIMEOUT,
+        extra=["-rtp_echo", "-d", "1500"],
+    )
+    incoming = await alice.wait_incoming(timeout=15)
+    await incoming.accept()
+    await incoming.answer()
+    await incoming.wait_state("terminated", timeout=20)
+    assert await caller.wait(15) == 0, caller.logs()[-2000:]
+    assert incoming.start_message is not None
+    return incoming.start_message
+
+
 async def test_asserted_identity_both_ways(gateway, sipp, clients):
     """RFC 3325: the PBX hears the web user asserted (number and name), and a trusted
     caller's P-Asserted-Identity is what the web client is shown."""
@@ -525,22 +546,9 @@ async def test_asserted_identity_both_ways(gateway, sipp, clients):
     await call.wait_state("terminated", timeout=10)
     assert await far.wait(15) == 0, far.logs()[-2000:]
 
-    caller = sipp.scenario(
-        "uac_pai",
-        "uac_pai.xml",
-        gateway.sip_target,
-        port=free_port(),
-        number="1001",
-        timeout=SIPP_TIMEOUT,
-        extra=["-rtp_echo", "-d", "2000"],
-    )
-    incoming = await alice.wait_incoming(timeout=15)
-    remote = incoming.start_message["remoteAddress"]
+    start = await sipp_call_to_alice(sipp, gateway, alice, "uac_pai")
+    remote = start["remoteAddress"]
     assert remote == {"dialString": "4711", "displayName": "Carol Caller"}, remote
-    await incoming.accept()
-    await incoming.answer()
-    await incoming.wait_state("terminated", timeout=20)
-    assert await caller.wait(15) == 0
 
 
 PASS_HEADERS = '\n[sip]\npass_headers = ["X-Account"]\n'
@@ -570,18 +578,5 @@ async def test_x_headers_pass_between_legs(gateway, sipp, clients):
     await call.wait_state("terminated", timeout=10)
     assert await far.wait(15) == 0, far.logs()[-2000:]
 
-    caller = sipp.scenario(
-        "uac_xheaders",
-        "uac_xheaders.xml",
-        gateway.sip_target,
-        port=free_port(),
-        number="1001",
-        timeout=SIPP_TIMEOUT,
-        extra=["-rtp_echo", "-d", "1000"],
-    )
-    incoming = await alice.wait_incoming(timeout=15)
-    assert incoming.start_message.get("sipHeaders") == {"X-Account": "7"}, incoming.start_message
-    await incoming.accept()
-    await incoming.answer()
-    await incoming.wait_state("terminated", timeout=20)
-    assert await caller.wait(15) == 0
+    start = await sipp_call_to_alice(sipp, gateway, alice, "uac_xheaders")
+    assert start.get("sipHeaders") == {"X-Account": "7"}, start

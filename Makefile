@@ -19,8 +19,8 @@ PYTEST_ARGS ?=
 ARTIFACTS ?= artifacts
 
 # Debian packages the end-to-end tests drive: sipp, baresip, chromium.
-SYSTEM_BINS := /usr/bin/sipp /usr/bin/baresip /usr/bin/chromium /usr/sbin/slapd /usr/sbin/kamailio
-SYSTEM_PKGS := sip-tester baresip chromium slapd ldap-utils kamailio
+SYSTEM_BINS := /usr/bin/sipp /usr/bin/baresip /usr/bin/chromium /usr/sbin/slapd /usr/sbin/kamailio /usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so
+SYSTEM_PKGS := sip-tester baresip chromium slapd ldap-utils kamailio kamailio-tls-modules
 SUDO := $(shell if [ "$$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then echo sudo; fi)
 APT_GET := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 

@@ -42,6 +42,7 @@ auto_aliases=no
 listen=udp:127.0.0.1:{port}
 listen=tcp:127.0.0.1:{port}
 alias="127.0.0.1:{port}"
+{extra}
 dns=no
 rev_dns=no
 use_dns_cache=off
@@ -125,7 +126,11 @@ request_route {{
         record_route();
     }}
     if ($rU == "sipp") {{
-        $du = "sip:127.0.0.1:{sipp_port};transport=" + $pr;
+        if ($pr == "tls") {{
+            $du = "sip:127.0.0.1:{sipp_port};transport=udp";
+        }} else {{
+            $du = "sip:127.0.0.1:{sipp_port};transport=" + $pr;
+        }}
         route(RELAY);
     }}
     if (!lookup("location")) {{
@@ -214,8 +219,9 @@ UAC_VIA_PROXY = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 
 
 class Kamailio:
-    def __init__(self, workdir: Path, sipp_port: int) -> None:
+    def __init__(self, workdir: Path, sipp_port: int, extra: str = "") -> None:
         self.workdir = workdir
+        self.extra = extra  # more global settings (listen, loadmodule, modparam)
         self.port = free_port()
         self.sipp_port = sipp_port
         self.process: asyncio.subprocess.Process | None = None
@@ -229,7 +235,9 @@ class Kamailio:
         )
         config = self.workdir / "kamailio.cfg"
         config.write_text(
-            CONFIG.format(port=self.port, sipp_port=self.sipp_port, passwords=passwords)
+            CONFIG.format(
+                port=self.port, sipp_port=self.sipp_port, passwords=passwords, extra=self.extra
+            )
         )
         rundir = self.workdir / "run"
         rundir.mkdir(exist_ok=True)

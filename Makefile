@@ -63,7 +63,7 @@ install: $(STAMP_RUN)
 install-test: $(STAMP_TEST)
 
 system-deps:
-	@missing=""; for f in $(SYSTEM_BINS); do [ -x "$$f" ] || missing="$$missing $$f"; done; \
+	@missing=""; for f in $(SYSTEM_BINS); do [ -e "$$f" ] || missing="$$missing $$f"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "missing:$$missing -> apt-get install $(SYSTEM_PKGS)"; \
 	  $(APT_GET) update -qq; \

@@ -1327,10 +1327,6 @@ class Core:
         if not regs:
             invite.reject(480, "Temporarily Unavailable")
             return
-        if invite.sdp is None:
-            # Late offer (INVITE without SDP) arrives with the SIP-side issue.
-            invite.reject(488, "Not Acceptable Here")
-            return
         incoming = SipIncoming(invite)
         invite.set_event_handler(lambda ev: self._on_inbound_sip(incoming, ev))
         self._spawn(self._offer_sip_call(incoming, regs))
@@ -1382,8 +1378,11 @@ class Core:
             return
         incoming.rtp = rtp
         try:
-            assert invite.sdp is not None
-            incoming.rtp_answer = rtp.create_answer(invite.sdp)
+            # A late-offer INVITE (no SDP): our offer goes in the 200, the answer comes
+            # back in the ACK (Confirmed).
+            incoming.rtp_answer = (
+                rtp.create_answer(invite.sdp) if invite.sdp is not None else rtp.create_offer()
+            )
         except SdpError as exc:
             logger.info("Call-ID %s: offer refused: %s", invite.call_id, exc)
             invite.reject(488, "Not Acceptable Here")
@@ -1436,6 +1435,15 @@ class Core:
             self._spawn(incoming.rtp.close())
 
     def _on_inbound_sip(self, incoming: SipIncoming, ev: sip_events.SessionEvent) -> None:
+        if isinstance(ev, sip_events.Confirmed) and ev.sdp is not None:
+            if incoming.rtp is not None and incoming.winner is not None:
+                try:
+                    incoming.rtp.apply_answer(ev.sdp)
+                except SdpError as exc:
+                    logger.info("Call-ID %s: unusable answer in the ACK: %s",
+                                incoming.invite.call_id, exc)
+                    self._client_terminate(incoming.winner, Reason.MEDIA)
+            return
         if isinstance(ev, sip_events.InfoReceived) and incoming.winner is not None:
             self._far_info(incoming.winner, ev)
             return

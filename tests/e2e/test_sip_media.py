@@ -580,3 +580,27 @@ async def test_x_headers_pass_between_legs(gateway, sipp, clients):
 
     start = await sipp_call_to_alice(sipp, gateway, alice, "uac_xheaders")
     assert start.get("sipHeaders") == {"X-Account": "7"}, start
+
+
+async def test_late_offer_invite(gateway, sipp, clients):
+    """An INVITE without SDP: the gateway offers in its 200 and takes the answer from the
+    ACK; the client's tone goes to sipp and its echo comes back."""
+    alice = await logged_in(clients, gateway)
+    alice.incoming_freq = 1300.0
+    caller = sipp.scenario(
+        "uac_late_offer",
+        "uac_late_offer.xml",
+        gateway.sip_target,
+        port=free_port(),
+        number="1001",
+        timeout=SIPP_TIMEOUT,
+        extra=["-rtp_echo", "-d", "5000"],
+    )
+    incoming = await alice.wait_incoming(timeout=15)
+    await incoming.accept()
+    await incoming.answer()
+    await incoming.wait_state("active", timeout=15)
+    await check_echo_after_active(incoming, 1300.0)
+    ended = await incoming.wait_state("terminated", timeout=20)
+    assert ended.get("reason") == "success", ended
+    assert await caller.wait(15) == 0, caller.logs()[-2000:]

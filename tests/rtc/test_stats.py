@@ -147,16 +147,20 @@ async def test_leg_reports_loss_to_the_sender_and_sends_bye() -> None:
         assert stats.mos is not None and stats.mos < 3.5
 
         report = None
+        fractions = []
         deadline = loop.time() + 3
         while (report is None or report.highest_sequence != 49) and loop.time() < deadline:
             data = await asyncio.wait_for(loop.sock_recv(rtcp, 2048), 3)
             for rtcp_packet in parse_rtcp(data):
                 if isinstance(rtcp_packet, RtcpSrPacket | RtcpRrPacket) and rtcp_packet.reports:
                     report = rtcp_packet.reports[0]
+                    fractions.append(report.fraction_lost)
         assert report is not None
         assert report.ssrc == 0xABC
         assert report.packets_lost == 10
-        assert report.fraction_lost > 0  # the interval's share, whatever it was
+        # fraction_lost covers each report's own interval: whichever intervals the reports
+        # fell on (a loaded machine shifts them), one of them saw the loss.
+        assert max(fractions) > 0, fractions
 
         await leg.close()
         bye = await asyncio.wait_for(loop.sock_recv(rtcp, 2048), 1)

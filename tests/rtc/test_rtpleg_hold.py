@@ -154,20 +154,21 @@ async def test_audio_before_during_and_after_hold() -> None:
 async def test_media_timeout_fires_once_and_not_while_held(sink: socket.socket) -> None:
     port = sink.getsockname()[1]
     fired: list[float] = []
-    leg = await RtpLeg.open(media_timeout=0.2)
+    leg = await RtpLeg.open(media_timeout=0.5)
     leg.on_timeout = lambda: fired.append(asyncio.get_running_loop().time())
     try:
         start = asyncio.get_running_loop().time()
         leg.create_answer(OFFER % (1, port, b"sendrecv"))
         await wait_for(lambda: bool(fired), 2)
-        assert 0.15 < fired[0] - start < 0.6
-        await asyncio.sleep(0.3)
+        # Wide bounds: a loaded machine runs the loop late, never early.
+        assert 0.45 < fired[0] - start < 2.0
+        await asyncio.sleep(0.7)
         assert len(fired) == 1
         assert leg.last_received is None
 
         # on hold (inactive) silence is expected
         leg.create_answer(OFFER % (2, port, b"inactive"))
-        await asyncio.sleep(0.4)
+        await asyncio.sleep(0.8)
         assert len(fired) == 1
 
         # resumed with media flowing: no timeout; packets update last_received
@@ -178,6 +179,6 @@ async def test_media_timeout_fires_once_and_not_while_held(sink: socket.socket) 
             await asyncio.sleep(0.02)
         assert len(fired) == 1
         assert leg.last_received is not None
-        await wait_for(lambda: len(fired) == 2, 2)  # and again once the packets stop
+        await wait_for(lambda: len(fired) == 2, 4)  # and again once the packets stop
     finally:
         await leg.close()

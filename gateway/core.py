@@ -9,7 +9,9 @@ answer wins and the others end with `notSelected`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import functools
 import ipaddress
 import logging
 import re
@@ -123,6 +125,17 @@ class Registration:
 
 
 @dataclasses.dataclass(eq=False)
+class Junction:
+    """Two SIP far legs the gateway bridges itself after the PBX refused the REFER of an
+    attended transfer (DESIGN §3); either side's BYE ends both."""
+
+    sessions: list[OutboundInvite | InboundInvite]
+    rtps: list[RtpLeg]
+    bridge: MediaBridge
+    ended: bool = False
+
+
+@dataclasses.dataclass(eq=False)
 class SipIncoming:
     """An INVITE from a SIP peer, offered to one or more clients."""
 
@@ -134,6 +147,7 @@ class SipIncoming:
     ringing_sent: bool = False
     ended: bool = False
     timer: asyncio.TimerHandle | None = None
+    junction: Junction | None = None  # set when a transfer handed this dialog to one
 
 
 @dataclasses.dataclass(eq=False)
@@ -174,7 +188,7 @@ class ClientCall:
     sip_in: SipIncoming | None = None
     record: CallRecordBuilder | None = None
     # Outbound SIP: who gets the dialog's events (see _invite_sip) and where it was sent.
-    sip_owner: list[ClientCall | None] | None = None
+    sip_owner: list[ClientCall | Junction | None] | None = None
     # A REFER from the far end asked for this call's current far end: report its progress.
     referred_by: OutboundInvite | InboundInvite | None = None
     sip_target: str = ""
@@ -639,7 +653,7 @@ class Core:
         media = self.config.media
         # The dialog's events go to whichever call owns it now: a transfer can hand the
         # dialog to another client's call.
-        owner: list[ClientCall | None] = [call]
+        owner: list[ClientCall | Junction | None] = [call]
         call.sip_owner = owner
         try:
             call.rtp = await self._open_rtp(
@@ -678,7 +692,12 @@ class Core:
         self._set_state(call, CallState.ACTIVE)
         self._bridge_client_leg(call)
 
-    def _on_outbound_sip(self, call: ClientCall | None, ev: sip_events.SessionEvent) -> None:
+    def _on_outbound_sip(
+        self, call: ClientCall | Junction | None, ev: sip_events.SessionEvent
+    ) -> None:
+        if isinstance(call, Junction):
+            self._junction_event(call, ev)
+            return
         if call is None or call.state is CallState.TERMINATED:
             # None: a dialog the call has left behind (transferred away by a REFER).
             return
@@ -875,9 +894,11 @@ class Core:
         except (ValueError, RuntimeError) as exc:
             logger.info("call %s: DTMF %r not passed on: %s", call.call_id, digit, exc)
 
-    def _far_dtmf(self, call: ClientCall | None, digit: str) -> None:
+    def _far_dtmf(self, call: ClientCall | Junction | None, digit: str) -> None:
         """A digit from the SIP side (RFC 4733, in-band detection or INFO) to the browser."""
-        if call is None or call.webrtc is None or call.state is CallState.TERMINATED:
+        if not isinstance(call, ClientCall) or call.webrtc is None:
+            return
+        if call.state is CallState.TERMINATED:
             return
         try:
             call.webrtc.send_dtmf(digit)
@@ -893,8 +914,10 @@ class Core:
             if key.strip().lower() == "signal" and len(value.strip()) == 1:
                 self._far_dtmf(call, value.strip().upper())
 
-    def _far_media_timeout(self, call: ClientCall | None) -> None:
-        if call is not None and call.answered and not call.remote_hold and not call.local_hold:
+    def _far_media_timeout(self, call: ClientCall | Junction | None) -> None:
+        if not isinstance(call, ClientCall):
+            return
+        if call.answered and not call.remote_hold and not call.local_hold:
             logger.info("call %s: no RTP for %.0f s", call.call_id, self.config.media.timeout)
             self._end(call, Reason.MEDIA)
 
@@ -1066,7 +1089,7 @@ class Core:
                 self._remote_uri(b),
                 sip_b[0].dialog_replaces,
                 lambda: self._finish_transfer(a, b),
-                None,
+                lambda: self._junction(a, b),
             )
             return
         # A web user on one side: that user's call takes over the other far end.
@@ -1076,6 +1099,62 @@ class Core:
         self._adopt_far(keeper, giver)
         self._end(a, Reason.REDIRECTED, release=False)
         self._end(b, Reason.REDIRECTED, release=False)
+
+    async def _junction(self, a: ClientCall, b: ClientCall) -> None:
+        """The PBX refused REFER: join the two SIP far legs in the gateway, so the
+        attended transfer still completes (both client calls end `redirected`)."""
+        sides = [self._sip_side(a), self._sip_side(b)]
+        if a.state is CallState.TERMINATED or b.state is CallState.TERMINATED or None in sides:
+            if a.state is not CallState.TERMINATED:
+                self._refuse(a)
+            return
+        pairs = [side for side in sides if side is not None]
+        junction = Junction([s for s, _ in pairs], [r for _, r in pairs], MediaBridge(pairs[0][1]))
+        for call, (session, rtp) in zip((a, b), pairs, strict=True):
+            if call.bridge is not None:
+                call.bridge.disconnect()  # the client's bridge must stop reading this leg
+            if call.sip_owner is not None:
+                call.sip_owner[0] = junction
+                call.invite = call.rtp = None
+                call.sip_owner = None
+            elif call.sip_in is not None:
+                incoming, call.sip_in = call.sip_in, None
+                incoming.winner, incoming.forks, incoming.junction = None, [], junction
+            session.set_reoffer_handler(functools.partial(self._junction_reoffer, rtp))
+            if call.local_hold:
+                session.reinvite(
+                    rtp.create_offer("sendrecv"), functools.partial(self._junction_resumed, rtp)
+                )
+        junction.bridge.connect(pairs[1][1])
+        logger.info("calls %s and %s joined in the gateway", a.call_id, b.call_id)
+        self._end(a, Reason.REDIRECTED, release=False)
+        self._end(b, Reason.REDIRECTED, release=False)
+
+    @staticmethod
+    def _junction_reoffer(rtp: RtpLeg, offer: bytes) -> bytes | None:
+        try:
+            return rtp.create_answer(offer)
+        except SdpError:
+            return None
+
+    @staticmethod
+    def _junction_resumed(rtp: RtpLeg, code: int, sdp: bytes | None) -> None:
+        if sdp is not None and 200 <= code < 300:
+            with contextlib.suppress(SdpError):
+                rtp.apply_answer(sdp)
+
+    def _junction_event(self, junction: Junction, ev: sip_events.SessionEvent) -> None:
+        if junction.ended or not isinstance(
+            ev, sip_events.Terminated | sip_events.Rejected | sip_events.Cancelled
+        ):
+            return
+        junction.ended = True
+        for session in junction.sessions:
+            session.bye()  # a no-op on the side that already ended
+        self._spawn(junction.bridge.close())
+        for rtp in junction.rtps:
+            self._spawn(rtp.close())
+        logger.info("joined calls ended")
 
     def _finish_transfer(self, a: ClientCall, b: ClientCall) -> None:
         for call in (a, b):
@@ -1214,10 +1293,12 @@ class Core:
             return CallState.HELD
         return CallState.HOLDING if call.remote_hold else CallState.ACTIVE
 
-    def _far_reoffer(self, call: ClientCall | None, offer: bytes) -> bytes | None:
+    def _far_reoffer(self, call: ClientCall | Junction | None, offer: bytes) -> bytes | None:
         """A re-INVITE/UPDATE from the SIP side: answer it and follow its hold state."""
-        sip = self._sip_side(call) if call is not None else None
-        if call is None or sip is None or call.state is CallState.TERMINATED:
+        if not isinstance(call, ClientCall):
+            return None  # a junction answers through its own handler (_junction)
+        sip = self._sip_side(call)
+        if sip is None or call.state is CallState.TERMINATED:
             return None
         rtp = sip[1]
         try:
@@ -1449,6 +1530,9 @@ class Core:
             return
         if isinstance(ev, sip_events.Referred) and incoming.winner is not None:
             self._spawn(self._referred(incoming.winner, ev))
+            return
+        if incoming.junction is not None:
+            self._junction_event(incoming.junction, ev)
             return
         if isinstance(ev, sip_events.Cancelled | sip_events.Terminated):
             reason = Reason.SUCCESS

@@ -148,3 +148,41 @@ async def test_wrong_password_gets_no_registration(gateway, phones):
     phone = phones(gateway, "1002", "not-bobs-password")
     phone.start()
     await phone.wait_log("403")
+
+
+async def test_refused_refer_joins_the_two_sip_parties(gateway, sipp, clients, phones):
+    """Attended transfer of a sipp call (which refuses REFER) to a baresip call: the gateway
+    joins the two SIP legs itself (DESIGN §3); both of Alice's calls end `redirected`, and
+    baresip hears its own 440 Hz sine echoed back by sipp through the gateway."""
+    from tests.e2e.test_transfer import transfer
+
+    far = sipp.scenario(
+        "uas_refer_refuse_bye",
+        "uas_refer_refuse_bye.xml",
+        None,
+        port=gateway.pbx_port,
+        extra=["-rtp_echo"],
+    )
+    sipp.wait_bound(far, gateway.pbx_port)
+    phone = phones(gateway, "1002", "bob-secret")
+    phone.start()
+    await phone.wait_log("200 OK")
+    alice: JsonV1Client = await clients(gateway, name="alice")
+    await alice.login("1001", "Alice")
+    to_sipp = await alice.dial("5555", freq=1000.0)
+    await to_sipp.wait_state("active", timeout=20)
+    to_phone = await alice.dial("1002", freq=1000.0)
+    await to_phone.wait_state("active", timeout=20)
+
+    await transfer(to_sipp, transferIdentifier=to_phone.identifier)
+    for call in (to_sipp, to_phone):
+        ended = await call.wait_state("terminated", timeout=15)
+        assert ended.get("reason") == "redirected", ended
+    # sipp hangs up 5 s after refusing the REFER; the gateway passes the BYE to baresip.
+    assert await far.wait(20) == 0, far.logs()[-3000:]
+    await phone.wait_log("BYE sip:")
+    phone.stop()
+    pcm, rate = phone.heard()
+    tail = pcm[-3 * rate :]  # the last seconds: the joined call
+    assert rms_dbfs(tail) > -40, f"baresip heard silence after the join ({rms_dbfs(tail):.1f})"
+    assert abs(dominant_frequency(tail, rate) - 440.0) <= 20, dominant_frequency(tail, rate)

@@ -80,13 +80,15 @@ class Gateway:
         self.authenticator = Authenticator(config.auth, self._password)
         self._server: object | None = None
 
+    # Passwords come from local sources only: LDAP users have none here (LDAP checks them
+    # by binding), and these run on the event loop, where an LDAP query would block.
     def _password(self, username: str) -> str | None:
-        user = self.core.directory.by_username(username)
+        user = self.core.directory.by_username(username, ldap=False)
         return user.password if user is not None else None
 
     def _sip_password(self, number: str) -> str | None:
         # SIP phones authenticate as their number (the user part of the AOR they register).
-        user = self.core.directory.by_number(number)
+        user = self.core.directory.by_number(number, ldap=False)
         return user.password if user is not None and user.password else None
 
     def _on_invite(self, invite):  # type: ignore[no-untyped-def]

@@ -44,7 +44,7 @@ from gateway.commands import (
     Terminate,
     Transfer,
 )
-from gateway.config import Config
+from gateway.config import Config, User
 from gateway.directory import Directory
 from gateway.push import Push
 from gateway.records import CallRecordBuilder, RecordWriter
@@ -219,7 +219,7 @@ class Core:
 
     # -- registrations ---------------------------------------------------------------
 
-    def register(
+    async def register(
         self,
         number: str,
         display_name: str,
@@ -227,11 +227,12 @@ class Core:
         sink: ClientSink,
         auth: AuthResult | None = None,
     ) -> Registration | Reason:
-        """Log a client in with the number rules of json-v1 §7, or say why not."""
+        """Log a client in with the number rules of json-v1 §7, or say why not. Directory
+        lookups use the async variants: an LDAP directory must not block the loop."""
         username = auth.username if auth is not None else None
         assignment = self.config.directory.number_assignment
         if username is not None:
-            user = self.directory.by_username(username)
+            user = await self.directory.aby_username(username)
             if assignment == "directory":
                 if user is None or not user.number:
                     return Reason.DIAL_STRING
@@ -249,7 +250,7 @@ class Core:
         else:
             if not number:
                 return Reason.DIAL_STRING
-            user = self.directory.by_number(number)
+            user = await self.directory.aby_number(number)
             if user is None:
                 return Reason.PERMISSION
         limit = self.config.calls.max_clients_per_number
@@ -271,7 +272,7 @@ class Core:
         self.registrations[reg.identifier] = reg
         if reg.number:
             self._by_number.setdefault(reg.number, []).append(reg)
-            self._register_at_pbx(reg)
+            self._register_at_pbx(reg, user)
         logger.info(
             "registered %s (%s) as %s",
             reg.number or "<outgoing only>",
@@ -280,13 +281,12 @@ class Core:
         )
         return reg
 
-    def _register_at_pbx(self, reg: Registration) -> None:
+    def _register_at_pbx(self, reg: Registration, user: User | None) -> None:
         """[pbx] per_user_registration: the login's number is registered at the PBX with
         the user's own credentials, so the PBX routes its calls here."""
         pbx = self.config.pbx
         if not pbx.per_user_registration or self.ua is None or pbx.uri is None:
             return
-        user = self.directory.by_number(reg.number)
         if user is None or not user.password:
             return
         host = URI.parse(pbx.uri)
@@ -483,7 +483,7 @@ class Core:
 
     async def handle(self, reg: Registration, command: Command) -> None:
         if isinstance(command, Dial):
-            self._dial(reg, command)
+            await self._dial(reg, command)
             return
         call = reg.calls.get(command.call_id)
         if call is None:
@@ -514,7 +514,7 @@ class Core:
         """A request the call's state forbids: report the unchanged state (json-v1 §9)."""
         call.reg.sink(CallStatus(call.call_id, call.state, reason, call.remote))
 
-    def _dial(self, reg: Registration, cmd: Dial) -> None:
+    async def _dial(self, reg: Registration, cmd: Dial) -> None:
         if not IDENTIFIER.match(cmd.call_id) or cmd.call_id in reg.calls:
             reg.sink(CallStatus(cmd.call_id, CallState.TERMINATED, Reason.ERROR))
             return
@@ -527,7 +527,7 @@ class Core:
         reg.calls[call.call_id] = call
         if not _DIAL_STRING.match(cmd.remote.dial_string):
             self._end(call, Reason.DIAL_STRING)
-        elif not self.may_dial(reg, cmd.remote.dial_string):
+        elif not await self.may_dial(reg, cmd.remote.dial_string):
             logger.info(
                 "call %s: %s may not dial %s",
                 call.call_id,
@@ -536,13 +536,13 @@ class Core:
             )
             self._end(call, Reason.PERMISSION)
 
-    def may_dial(self, reg: Registration, number: str) -> bool:
+    async def may_dial(self, reg: Registration, number: str) -> bool:
         """The dial rules of the registration's user (or the global ones) allow `number`."""
         numbers = self.config.numbers
         if number in (numbers.echo, numbers.tone):
             return True
-        user = (self.directory.by_username(reg.username) if reg.username else None) or (
-            self.directory.by_number(reg.number) if reg.number else None
+        user = (await self.directory.aby_username(reg.username) if reg.username else None) or (
+            await self.directory.aby_number(reg.number) if reg.number else None
         )
         calls = self.config.calls
         allow = (
@@ -999,7 +999,7 @@ class Core:
         if not _DIAL_STRING.match(target.dial_string):
             self._refuse(call, Reason.DIAL_STRING)
             return
-        if not self.may_dial(call.reg, target.dial_string):
+        if not await self.may_dial(call.reg, target.dial_string):
             self._refuse(call, Reason.PERMISSION)
             return
         peer = self._web_peer(call)
@@ -1046,7 +1046,7 @@ class Core:
             number = URI.parse(ev.target.strip("<>").split("?")[0]).user or ""
         except ValueError:
             number = ""
-        if not _DIAL_STRING.match(number) or not self.may_dial(call.reg, number):
+        if not _DIAL_STRING.match(number) or not await self.may_dial(call.reg, number):
             session.notify_refer(403, "Forbidden")
             return
         logger.info("call %s: transferred by the far end to %s", call.call_id, number)

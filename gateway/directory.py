@@ -174,18 +174,20 @@ class Directory:
 
     # ------------------------------------------------------------------ lookups
 
-    def by_number(self, number: str) -> User | None:
-        """The user reached at `number` (exact match; LDAP numbers are normalized)."""
+    def by_number(self, number: str, *, ldap: bool = True) -> User | None:
+        """The user reached at `number` (exact match; LDAP numbers are normalized).
+        `ldap=False` skips the (blocking) LDAP query: for callers on the event loop that
+        only need what LDAP never has, such as passwords."""
         self._maybe_reload()
         user = self._by_number.get(number)
-        if user is None and self.ldap is not None and number:
+        if user is None and ldap and self.ldap is not None and number:
             user = self.ldap.by_number(number)
         return user
 
-    def by_username(self, username: str) -> User | None:
+    def by_username(self, username: str, *, ldap: bool = True) -> User | None:
         self._maybe_reload()
         user = self._by_username.get(username)
-        if user is None and self.ldap is not None and username:
+        if user is None and ldap and self.ldap is not None and username:
             user = self.ldap.by_username(username)
         return user
 

@@ -320,7 +320,7 @@ class JsonV1Session:
             description = message.get("localSideDescription", "")
             if not isinstance(description, str):
                 description = ""
-            result = self.core.register(local.dial_string, local.display_name, description,
+            result = await self.core.register(local.dial_string, local.display_name, description,
                                         self.on_event, self.auth)
             if isinstance(result, Reason):
                 self._register_terminated(result)

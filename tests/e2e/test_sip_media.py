@@ -514,9 +514,17 @@ async def test_g722_carries_wideband_audio(gateway, sipp, clients):
     assert await far.wait(15) == 0
 
 
-async def sipp_call_to_alice(sipp, gateway, alice: JsonV1Client, scenario: str) -> dict:
-    """sipp runs `scenario` calling 1001; Alice answers; the call runs until sipp's BYE.
-    Returns the signaling/start Alice was offered."""
+async def sipp_call_to_alice(
+    sipp,
+    gateway,
+    alice: JsonV1Client,
+    scenario: str,
+    duration_ms: int = 1500,
+    during: Callable[[Call], Awaitable[None]] | None = None,
+) -> dict:
+    """sipp runs `scenario` calling 1001; Alice answers (then `during` runs while the call
+    is up); the call runs until sipp's BYE, which ends it with `success`. Returns the
+    signaling/start Alice was offered."""
     caller = sipp.scenario(
         scenario,
         f"{scenario}.xml",
@@ -524,12 +532,16 @@ async def sipp_call_to_alice(sipp, gateway, alice: JsonV1Client, scenario: str) 
         port=free_port(),
         number="1001",
         timeout=SIPP_TIMEOUT,
-        extra=["-rtp_echo", "-d", "1500"],
+        extra=["-rtp_echo", "-d", str(duration_ms)],
     )
     incoming = await alice.wait_incoming(timeout=15)
     await incoming.accept()
     await incoming.answer()
-    await incoming.wait_state("terminated", timeout=20)
+    if during is not None:
+        await incoming.wait_state("active", timeout=15)
+        await during(incoming)
+    ended = await incoming.wait_state("terminated", timeout=20)
+    assert ended.get("reason") == "success", ended
     assert await caller.wait(15) == 0, caller.logs()[-2000:]
     assert incoming.start_message is not None
     return incoming.start_message
@@ -587,20 +599,11 @@ async def test_late_offer_invite(gateway, sipp, clients):
     ACK; the client's tone goes to sipp and its echo comes back."""
     alice = await logged_in(clients, gateway)
     alice.incoming_freq = 1300.0
-    caller = sipp.scenario(
+    await sipp_call_to_alice(
+        sipp,
+        gateway,
+        alice,
         "uac_late_offer",
-        "uac_late_offer.xml",
-        gateway.sip_target,
-        port=free_port(),
-        number="1001",
-        timeout=SIPP_TIMEOUT,
-        extra=["-rtp_echo", "-d", "5000"],
+        duration_ms=5000,
+        during=lambda call: check_echo_after_active(call, 1300.0),
     )
-    incoming = await alice.wait_incoming(timeout=15)
-    await incoming.accept()
-    await incoming.answer()
-    await incoming.wait_state("active", timeout=15)
-    await check_echo_after_active(incoming, 1300.0)
-    ended = await incoming.wait_state("terminated", timeout=20)
-    assert ended.get("reason") == "success", ended
-    assert await caller.wait(15) == 0, caller.logs()[-2000:]

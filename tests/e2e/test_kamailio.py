@@ -12,6 +12,7 @@ import asyncio
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -302,6 +303,24 @@ async def _until(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-u
     await asyncio.wait_for(wait(), timeout)
 
 
+async def call_sipp_through(ua: UserAgent, target: str, kamailio: Any, sipp: Any) -> None:
+    """Our UA calls sipp at `target` through Kamailio (which challenges: 1001/pw1001), is
+    answered, hangs up; sipp must exit 0 (it got the ACK and the BYE)."""
+    recorder = Recorder()
+    call = ua.invite(
+        target, from_user="1001", sdp=OFFER, credentials=("1001", "pw1001"), on_event=recorder
+    )
+    try:
+        answered = await recorder.wait_for(Answered, 10)
+    except TimeoutError:
+        pytest.fail(f"{recorder.events}\n{_tail(kamailio.log)}")
+    assert isinstance(answered, Answered) and answered.sdp
+    call.bye()
+    code, output = await sipp.wait()
+    assert code == 0, output + _tail(kamailio.log)
+
+
+
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 async def test_register_through_kamailio_and_take_a_call_from_sipp(
     kamailio: Kamailio, sipp: Sipp, tmp_path: Path, transport: str
@@ -364,21 +383,8 @@ async def test_call_sipp_through_kamailio_with_proxy_auth(
     ua = UserAgent(UAConfig(port=0, t1=0.1), lambda invite: invite.reject(603))
     await ua.start()
     try:
-        recorder = Recorder()
-        call = ua.invite(
-            f"sip:sipp@127.0.0.1:{kamailio.port};transport={transport}",
-            from_user="1001",
-            sdp=OFFER,
-            credentials=("1001", "pw1001"),
-            on_event=recorder,
+        await call_sipp_through(
+            ua, f"sip:sipp@127.0.0.1:{kamailio.port};transport={transport}", kamailio, sipp
         )
-        try:
-            answered = await recorder.wait_for(Answered, 10)
-        except TimeoutError:
-            pytest.fail(f"{recorder.events}\n{_tail(kamailio.log)}")
-        assert isinstance(answered, Answered) and answered.sdp
-        call.bye()
-        code, output = await sipp.wait()
-        assert code == 0, output + _tail(kamailio.log)
     finally:
         await ua.close()

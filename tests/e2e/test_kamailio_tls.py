@@ -22,10 +22,17 @@ from pathlib import Path
 import pytest
 
 from sip.aio.useragent import InboundInvite, UAConfig, UserAgent
-from sip.events import Answered, Confirmed, Terminated
-from tests.e2e.test_kamailio import KAMAILIO, UAC_VIA_PROXY, Kamailio, _tail, _until
+from sip.events import Confirmed, Terminated
+from tests.e2e.test_kamailio import (
+    KAMAILIO,
+    UAC_VIA_PROXY,
+    Kamailio,
+    _tail,
+    _until,
+    call_sipp_through,
+)
 from tests.sip.test_sipp import Sipp, free_port, wait_bound
-from tests.sip.test_useragent import ANSWER, OFFER, Recorder
+from tests.sip.test_useragent import ANSWER, Recorder
 
 TLS_MODULE = "/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so"
 OPENSSL = shutil.which("openssl")
@@ -271,22 +278,10 @@ async def test_call_sipp_through_kamailio_over_tls_with_proxy_auth(
     ua = UserAgent(_ua_config(certificates, certificates.ca), lambda invite: invite.reject(603))
     await ua.start()
     try:
-        recorder = Recorder()
-        call = ua.invite(
-            f"sip:sipp@127.0.0.1:{kamailio.tls_port};transport=tls",
-            from_user="1001",
-            sdp=OFFER,
-            credentials=("1001", "pw1001"),
-            on_event=recorder,
+        # ACK and BYE follow the Record-Route: Kamailio over TLS, then UDP to sipp.
+        await call_sipp_through(
+            ua, f"sip:sipp@127.0.0.1:{kamailio.tls_port};transport=tls", kamailio, sipp
         )
-        try:
-            answered = await recorder.wait_for(Answered, 10)
-        except TimeoutError:
-            pytest.fail(f"{recorder.events}\n{_tail(kamailio.log)}")
-        assert isinstance(answered, Answered) and answered.sdp
-        call.bye()  # ACK and BYE follow the Record-Route: Kamailio over TLS, then UDP
-        code, output = await sipp.wait()
-        assert code == 0, output + _tail(kamailio.log)  # sipp got ACK and BYE via Kamailio
     finally:
         await ua.close()
 

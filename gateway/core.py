@@ -57,6 +57,7 @@ from rtc.webrtcleg import IceServer, WebRtcLeg
 from sip import events as sip_events
 from sip.aio.useragent import InboundInvite, OutboundInvite, UserAgent
 from sip.identity import asserted_identity_header
+from sip.peer import Peer
 
 logger = logging.getLogger(__name__)
 
@@ -610,16 +611,20 @@ class Core:
         number = call.remote.dial_string
         numbers = self.config.numbers
         callees = [r for r in self.logged_in(number) + self.sleeping(number) if r is not call.reg]
-        contacts = self.ua.registrar.lookup(number) if self.ua is not None else []
+        bindings = self.ua.registrar.bindings(number) if self.ua is not None else []
         if callees and call.record is not None:
             call.record.routed("web")
         if number in (numbers.echo, numbers.tone):
             self._answer_locally(call, EchoPort() if number == numbers.echo else TonePort())
         elif callees:
             self._offer_to_clients(call, callees)
-        elif contacts:
-            # A SIP phone registered with the built-in registrar.
-            await self._invite_sip(call, contacts[0], None, headers=call.x_headers)
+        elif bindings:
+            # A SIP phone registered with the built-in registrar, reached through the
+            # flow (connection or NAT binding) its REGISTER came on.
+            binding = bindings[0]
+            await self._invite_sip(
+                call, binding.contact, None, headers=call.x_headers, flow=binding.source
+            )
         elif self.config.pbx.uri and self.ua is not None:
             if not self.pbx_up:
                 logger.info("call %s: the PBX does not answer OPTIONS", call.call_id)
@@ -649,6 +654,7 @@ class Core:
         credentials: tuple[str, str] | None,
         fallback: tuple[str, ...] = (),
         headers: tuple[tuple[str, str], ...] = (),
+        flow: Peer | None = None,
     ) -> None:
         media = self.config.media
         # The dialog's events go to whichever call owns it now: a transfer can hand the
@@ -679,6 +685,7 @@ class Core:
             on_event=lambda ev: self._on_outbound_sip(owner[0], ev),
             fallback_targets=fallback,
             headers=headers,
+            flow=flow,
         )
         call.sip_target = target
         call.invite.set_reoffer_handler(lambda offer: self._far_reoffer(owner[0], offer))

@@ -9,7 +9,7 @@ Randomness for Call-IDs, tags, branches and cnonces is injected.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sipmessage import URI, Address, CSeq, Request, Response
 
@@ -246,8 +246,17 @@ class UserAgentCore(
         credentials: tuple[str, str] | None = None,
         fallback_targets: tuple[str, ...] = (),
         headers: tuple[tuple[str, str], ...] = (),
+        flow: Peer | None = None,
     ) -> tuple[str, list[Effect]]:
         """Start an outgoing call; returns its session id (its Call-ID) and effects.
+
+        `flow`: the target is a contact registered with our registrar and this is where
+        its REGISTER came from (`Binding.source`). The INVITE goes there, bypassing
+        RFC 3263 and the fallbacks, with `target` as Request-URI; so do the dialog's
+        requests while the remote target keeps the target's host and port and there is
+        no route set. A TCP/TLS/WS flow is never re-dialled: once the phone's
+        connection is gone the INVITE fails at once (Rejected 503) instead of trying
+        the phone's ephemeral port or hanging on a NATed address.
 
         `fallback_targets` are tried in order after `target` when it (and every
         RFC 3263 target it resolves to) answers 503, times out or fails to connect
@@ -260,8 +269,14 @@ class UserAgentCore(
             if one.scheme not in ("sip", "sips") or not one.host:
                 raise ValueError(f"cannot send an INVITE to {str(one)!r}")
         uri = uris[0]
-        resolving = any(needs_dns(one) for one in uris)
-        peer = peer_for_uri(uri) if not resolving else Peer("UDP", "0.0.0.0", 0)
+        if flow is not None:
+            uris = [uri]
+            flow = replace(flow, flow=True)
+        resolving = flow is None and any(needs_dns(one) for one in uris)
+        if flow is not None:
+            peer = flow
+        else:
+            peer = peer_for_uri(uri) if not resolving else Peer("UDP", "0.0.0.0", 0)
         c = self.config
         local = Address(URI("sip", c.host, user=from_user or None, port=c.port), name=from_display)
         local = with_tag(local, self.new_tag())
@@ -285,6 +300,7 @@ class UserAgentCore(
             session_expires=c.session_expires,
             min_se=min(c.min_se, c.session_expires),
             extra_headers=tuple(headers),
+            flow=flow,
         )
         self.sessions[call_id] = session
         self._uac_calls[(call_id, from_tag_of(local))] = call_id
@@ -457,6 +473,11 @@ class UserAgentCore(
         if isinstance(s, IncomingSession) and s.source.reliable and not dialog.route_set:
             # Reuse the caller's connection: its Contact port is often not listening.
             return s.source
+        if isinstance(s, OutgoingSession) and s.flow is not None and not dialog.route_set:
+            target = dialog.remote_target
+            if (target.host, _port(target)) == (s.target.host, _port(s.target)):
+                # The registered contact answered: keep to the flow it registered from.
+                return s.flow
         if isinstance(s, OutgoingSession) and s.peer.reliable and peer.transport == "UDP":
             return Peer(s.peer.transport, peer.host, peer.port)
         return peer
@@ -949,6 +970,10 @@ class UserAgentCore(
         if method in IN_DIALOG_METHODS:
             return self._on_dialog_request(s, key, request)
         return self._reply(key, request, 405 if method in KNOWN_METHODS else 501, tag=tag)
+
+
+def _port(uri: URI) -> int:
+    return uri.port or (5061 if uri.scheme == "sips" else 5060)
 
 
 def from_tag_of(address: Address) -> str:

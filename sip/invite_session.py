@@ -175,6 +175,9 @@ class OutgoingSession:
     # transport error before any provisional response; `resolving` while DNS runs.
     alternatives: list[tuple[URI, Peer]] = field(default_factory=list)
     resolving: bool = False
+    # The registered contact's flow (see `UserAgentCore.invite`): where the INVITE and,
+    # while the remote target stays that contact, every in-dialog request goes.
+    flow: Peer | None = None
     early: dict[str, EarlyDialog] = field(default_factory=dict)  # remote tag -> early dialog
     session_expires: int = 0  # RFC 4028 interval we ask for (0 = none); raised by 422
     min_se: int = 0

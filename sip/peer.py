@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sipmessage import URI
 
@@ -14,6 +14,11 @@ class Peer:
     transport: str  # "UDP" | "TCP" (upper case, as written in Via)
     host: str
     port: int
+    # A flow (RFC 5626 sense): the connection a peer opened to us, or the UDP address
+    # its requests come from. A TCP/TLS/WS flow is only ever written to, never dialled:
+    # its port is the peer's ephemeral one, so a send after it closed fails at once.
+    # Not part of equality: a flow and a plain peer with the same address are one peer.
+    flow: bool = field(default=False, compare=False)
 
     @property
     def reliable(self) -> bool:

@@ -309,6 +309,12 @@ class Transport:
         if pending is not None:
             pending.append(data)
             return
+        if peer.flow:
+            # The peer's connection to us is gone; its port is an ephemeral one we cannot
+            # connect to (and behind NAT a connect would hang): fail now.
+            log.info("%s flow to %s is closed", peer.transport, peer)
+            self._fail(peer)
+            return
         self._pending[key] = [data]
         task = asyncio.get_running_loop().create_task(self._connect(peer))
         self._tasks.add(task)

@@ -589,8 +589,14 @@ class UserAgent:
         on_event: EventHandler,
         fallback_targets: tuple[str, ...] = (),
         headers: tuple[tuple[str, str], ...] = (),
+        flow: Peer | None = None,
     ) -> OutboundInvite:
         """Send an INVITE to `target` ("sip:user@host:port[;transport=tcp]").
+
+        `flow`: `target` is a contact of our registrar and this its binding's `source`:
+        the INVITE and the dialog's requests reuse the connection (or UDP address) the
+        phone registered from (see `UserAgentCore.invite`); a closed TCP/TLS/WS flow
+        makes the INVITE fail at once with Rejected(503).
 
         A host name is located with RFC 3263 (NAPTR, SRV, A/AAAA through the UA's
         resolver); each resulting target, then each of `fallback_targets` (other PBX
@@ -607,6 +613,7 @@ class UserAgent:
                 credentials=credentials,
                 fallback_targets=tuple(fallback_targets),
                 headers=tuple(headers),
+                flow=flow,
             )
         except ValueError:
             log.warning("cannot call %r: bad target URI", target)

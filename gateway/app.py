@@ -11,12 +11,13 @@ import socket
 from sipmessage import URI
 from websockets.asyncio.server import ServerConnection, serve
 
-from gateway.auth import Authenticator
+from gateway.auth import Authenticator, StoredCredentials
 from gateway.config import Config
 from gateway.core import Core
 from gateway.frontends.jsonv1 import JsonV1Session
 from gateway.http import GatewayConnection, make_request_handler
 from sip.aio.useragent import UAConfig, UserAgent
+from sip.auth_server import Secret
 
 logger = logging.getLogger(__name__)
 
@@ -80,16 +81,15 @@ class Gateway:
         self.authenticator = Authenticator(config.auth, self._password)
         self._server: object | None = None
 
-    # Passwords come from local sources only: LDAP users have none here (LDAP checks them
-    # by binding), and these run on the event loop, where an LDAP query would block.
-    def _password(self, username: str) -> str | None:
-        user = self.core.directory.by_username(username, ldap=False)
-        return user.password if user is not None else None
+    # Credentials come from local sources only: LDAP users have none here (LDAP checks
+    # them by binding), and these run on the event loop, where an LDAP query would block.
+    # A user may have a password, stored HA1 values (H(number:SIP realm:password)), or both.
+    def _password(self, username: str) -> StoredCredentials | None:
+        return self.core.directory.web_credentials(username)
 
-    def _sip_password(self, number: str) -> str | None:
+    def _sip_password(self, number: str) -> Secret | None:
         # SIP phones authenticate as their number (the user part of the AOR they register).
-        user = self.core.directory.by_number(number, ldap=False)
-        return user.password if user is not None and user.password else None
+        return self.core.directory.sip_secret(number)
 
     def _on_invite(self, invite):  # type: ignore[no-untyped-def]
         self.core.on_invite(invite)

@@ -35,9 +35,20 @@ address and, for passwords, per user name; 5 failures within 60 s block that key
 429 with Retry-After and are not checked. A missing Authorization header (the first
 round trip of Basic/Digest) and a stale digest nonce are not failures.
 
-Clock and randomness are injectable (`clock`, `random_bytes`) for tests. Passwords come
-from a callable `passwords(username) -> str | None` (plain text today; `_ha1` is the one
-place that would accept stored HA1 hashes later).
+Clock and randomness are injectable (`clock`, `random_bytes`) for tests. Credentials come
+from a callable `passwords(username) -> str | StoredCredentials | None`: a plain password,
+or what the directory stores (a password and/or HA1 values, see `StoredCredentials`).
+
+Users with only HA1 values stored (HA1 = H(number ":" SIP realm ":" password), the hash
+SIP phones use) log in as follows:
+
+- Basic (and POST /api/token with Basic): the typed password is hashed the same way
+  (with the stored SHA-256 value if there is one, else MD5) and compared in constant time.
+- Digest: the browser hashes H(username ":" [auth] realm ":" password), which is the
+  stored HA1 only when the login user name is the number and `[auth] realm` is the SIP
+  realm; then the stored value of the algorithm used checks the response. Otherwise the
+  login is refused like a wrong password (401, counted by the throttle; the answer does
+  not tell that the user exists) and a warning names the user and the reason.
 """
 
 from __future__ import annotations
@@ -46,6 +57,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import math
 import re
 import secrets
@@ -66,6 +78,7 @@ __all__ = [
     "AuthFailure",
     "AuthResult",
     "Authenticator",
+    "StoredCredentials",
     "Throttle",
     "TokenGrant",
 ]
@@ -88,6 +101,31 @@ DIGEST_ALGORITHMS: Final[dict[str, Callable[..., Any]]] = {
 
 Clock = Callable[[], float]
 RandomBytes = Callable[[int], bytes]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCredentials:
+    """What the directory stores for a web login: the password and/or HA1 values.
+
+    `ha1_md5`/`ha1_sha256` (lower-case hex) are H(ha1_username ":" ha1_realm ":"
+    password): the user's number and the SIP realm (gateway/config.py `user_ha1`).
+    `ha1_realm` None: unknown, so HA1 values cannot check a typed password.
+    """
+
+    password: str | None = None
+    ha1_md5: str | None = field(default=None, repr=False)
+    ha1_sha256: str | None = field(default=None, repr=False)
+    ha1_username: str = ""
+    ha1_realm: str | None = None
+
+    def ha1(self, algorithm: str) -> str | None:
+        """The stored HA1 of `algorithm` ("MD5" | "SHA-256"), or None."""
+        return self.ha1_sha256 if algorithm == "SHA-256" else self.ha1_md5
+
+
+Passwords = Callable[[str], "str | StoredCredentials | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,7 +345,7 @@ class Authenticator:
     def __init__(
         self,
         config: AuthConfig,
-        passwords: Callable[[str], str | None],
+        passwords: Passwords,
         *,
         clock: Clock = time.time,
         random_bytes: RandomBytes = secrets.token_bytes,
@@ -425,8 +463,23 @@ class Authenticator:
             return self._check_digest(rest, method, uri, addr_key)
         return self._password_failure(addr_key, None, f"unsupported scheme {scheme[:20]!r}")
 
+    def _credentials(self, username: str) -> StoredCredentials | None:
+        found = self.passwords(username)
+        if isinstance(found, str):
+            return StoredCredentials(password=found) if found else None
+        return found
+
     def _password_ok(self, username: str, password: str) -> bool:
-        expected = self.passwords(username)
+        stored = self._credentials(username)
+        if stored is not None and stored.password is None:
+            # Only HA1 values: hash the typed password as the SIP phones do.
+            for algorithm in ("SHA-256", "MD5"):
+                expected_ha1 = stored.ha1(algorithm)
+                if expected_ha1 is not None and stored.ha1_realm is not None:
+                    ha1 = _ha1(algorithm, stored.ha1_username, stored.ha1_realm, password)
+                    return hmac.compare_digest(ha1, expected_ha1) and bool(password)
+            return False
+        expected = stored.password if stored is not None else None
         # Compare even for unknown users so the answer takes the same time.
         ok = hmac.compare_digest(
             password.encode(), (expected if expected is not None else "\0" * 16).encode()
@@ -491,12 +544,35 @@ class Authenticator:
         blocked = self.throttle.blocked_for(user_key)
         if blocked > 0:
             return self._too_many(blocked)
-        password = self.passwords(username)
-        ha1 = _ha1(algorithm, username, self.realm, password if password is not None else "")
+        stored = self._credentials(username)
+        known = stored is not None
+        ha1: str | None
+        if stored is None or stored.password is not None:
+            password = stored.password if stored is not None else None
+            ha1 = _ha1(algorithm, username, self.realm, password if password is not None else "")
+        elif (username, self.realm) == (stored.ha1_username, stored.ha1_realm):
+            # H(username:realm:password) is the stored H(number:SIP realm:password).
+            ha1 = stored.ha1(algorithm)
+        else:
+            ha1 = None
+        if ha1 is None:
+            assert stored is not None
+            logger.warning(
+                "Digest %s login as %r refused: only HA1 values are stored for this user, "
+                "%s; log in with Basic (or store the password)",
+                algorithm,
+                username,
+                f"and none for {algorithm}"
+                if (username, self.realm) == (stored.ha1_username, stored.ha1_realm)
+                else f"hashed with number {stored.ha1_username!r} and SIP realm "
+                f"{stored.ha1_realm!r}, not user name {username!r} and realm {self.realm!r}",
+            )
+            ha1 = _ha1(algorithm, username, self.realm, "")  # same work as a wrong password
+            known = False
         expected = digest_response(
             algorithm, ha1, method, params["uri"], nonce, params["nc"], params["cnonce"]
         )
-        if not hmac.compare_digest(expected, params["response"].lower()) or password is None:
+        if not hmac.compare_digest(expected, params["response"].lower()) or not known:
             return self._password_failure(addr_key, user_key, "wrong user name or password")
         now_ms = int(self.clock() * 1000)
         if now_ms - issued_ms > NONCE_LIFETIME * 1000 or (

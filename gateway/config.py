@@ -13,6 +13,8 @@ Every key accepted here is documented in `config/gateway.example.toml`.
 from __future__ import annotations
 
 import csv
+import hashlib
+import hmac
 import importlib.util
 import io
 import ipaddress
@@ -47,6 +49,7 @@ __all__ = [
     "NumbersConfig",
     "Config",
     "ConfigError",
+    "HA1_KEYS",
     "LoggingConfig",
     "MediaConfig",
     "PbxConfig",
@@ -57,6 +60,8 @@ __all__ = [
     "load_config",
     "parse_config",
     "parse_users_file",
+    "sip_realm",
+    "user_ha1",
 ]
 
 
@@ -299,6 +304,10 @@ class PushConfig:
 
 @dataclass(frozen=True, slots=True)
 class User:
+    """A directory user. `password` is "" when it is not stored (LDAP users, and users
+    with only HA1 values). `ha1_md5`/`ha1_sha256` are stored digest hashes in lower-case
+    hex: H(number ":" SIP realm ":" password), see `user_ha1` (None: not stored)."""
+
     username: str
     password: str
     number: str  # digits with an optional leading "+"
@@ -306,6 +315,13 @@ class User:
     # Dial rules replacing [calls] dial_allow/dial_deny for this user (None: the global ones).
     dial_allow: tuple[str, ...] | None = None
     dial_deny: tuple[str, ...] | None = None
+    ha1_md5: str | None = field(default=None, repr=False)
+    ha1_sha256: str | None = field(default=None, repr=False)
+
+    @property
+    def ha1_only(self) -> bool:
+        """True when only HA1 values are stored (no password)."""
+        return not self.password and (self.ha1_md5 is not None or self.ha1_sha256 is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -924,11 +940,51 @@ def _logging(data: Mapping[str, Any], source: str) -> LoggingConfig:
     return LoggingConfig(level=level)
 
 
+#: The user keys of stored digest hashes: key -> (algorithm, number of hex digits).
+HA1_KEYS: Final[dict[str, tuple[str, int]]] = {
+    "ha1_md5": ("MD5", 32),
+    "ha1_sha256": ("SHA-256", 64),
+}
+_HA1_HASHES: Final[dict[str, Callable[[bytes], Any]]] = {
+    "MD5": hashlib.md5,
+    "SHA-256": hashlib.sha256,
+}
+
+
+def sip_realm(sip: SipConfig) -> str:
+    """The SIP digest realm: `[sip] realm`, or the SIP listen host when that is "" (what
+    the built-in registrar challenges with, and what stored HA1 values must hash)."""
+    return sip.realm or sip.host
+
+
+def user_ha1(algorithm: str, number: str, realm: str, password: str) -> str:
+    """HA1 of a user as stored in `ha1_md5`/`ha1_sha256`: H(number ":" realm ":" password)
+    in lower-case hex, with H = MD5 or SHA-256 ("MD5" | "SHA-256") over UTF-8. `realm` is
+    the SIP realm (`sip_realm`): SIP phones authenticate with their number as digest user
+    name in that realm (RFC 3261 §22.4, RFC 8760)."""
+    return str(_HA1_HASHES[algorithm](f"{number}:{realm}:{password}".encode()).hexdigest())
+
+
 # Dial rules are lists, which a CSV row cannot hold: CSV users follow the global rules.
-_CSV_COLUMNS: Final[tuple[str, ...]] = ("username", "password", "number", "display_name")
-_USER_KEYS: Final[tuple[str, ...]] = (
-    "username", "password", "number", "display_name", "dial_allow", "dial_deny",
+_CSV_COLUMNS: Final[tuple[str, ...]] = (
+    "username", "password", "number", "display_name", *HA1_KEYS,
 )
+_USER_KEYS: Final[tuple[str, ...]] = (
+    "username", "password", "number", "display_name", "dial_allow", "dial_deny", *HA1_KEYS,
+)
+
+
+def _ha1_value(t: _Table, key: str) -> str:
+    """A stored HA1 value: exactly the right number of hex digits (the value itself is
+    never shown in errors), returned in lower case."""
+    algorithm, digits = HA1_KEYS[key]
+    value = t.string(key, "")
+    what = f'{digits} hexadecimal digits ({algorithm} of "number:realm:password")'
+    if len(value) != digits:
+        raise t.error(key, f"expected {what}, got {len(value)} characters")
+    if not re.fullmatch(r"[0-9A-Fa-f]+", value):
+        raise t.error(key, f"expected {what}, got characters that are not hexadecimal digits")
+    return value.lower()
 
 
 def _user_entries(
@@ -937,28 +993,47 @@ def _user_entries(
     names: dict[str, str],
     numbers: dict[str, str],
     where: str = "",
+    realm: str | None = None,
 ) -> list[User]:
     """Validate user entries `(label, table)`; `names`/`numbers` map the usernames and
-    numbers already taken to where they were defined (and are updated)."""
+    numbers already taken to where they were defined (and are updated). With `realm`
+    (the SIP realm), HA1 values stored beside a password must match it."""
     users: list[User] = []
     for label, entry in entries:
         if not isinstance(entry, dict):
             raise ConfigError(source, label, f"expected a table, got {_kind(entry)}")
         t = _Table(source, label, entry, _USER_KEYS)
-        for key in ("username", "password", "number"):
+        for key in ("username", "number"):
             if key not in entry:
                 raise t.error(key, "missing (required for every user)")
+        if "password" not in entry and not any(key in entry for key in HA1_KEYS):
+            raise t.error(
+                "password", "missing (every user needs a password, or ha1_md5/ha1_sha256)"
+            )
         username = t.string("username", "")
         if not _USERNAME_RE.fullmatch(username):
             raise t.error("username", f"expected letters, digits and ._-, got {_show(username)}")
         password = t.string("password", "")
-        if not password:
-            raise t.error("password", "must not be empty")
+        if "password" in entry and not password:
+            raise t.error(
+                "password", "must not be empty (leave it out to store only ha1_md5/ha1_sha256)"
+            )
         number = t.string("number", "")
         if not _NUMBER_RE.fullmatch(number):
             raise t.error(
                 "number", f'expected digits with an optional leading "+", got {_show(number)}'
             )
+        ha1 = {key: _ha1_value(t, key) for key in HA1_KEYS if key in entry}
+        if password and realm is not None:
+            for key, value in ha1.items():
+                algorithm = HA1_KEYS[key][0]
+                if not hmac.compare_digest(value, user_ha1(algorithm, number, realm, password)):
+                    raise t.error(
+                        key,
+                        f'does not match the password: expected {algorithm} of '
+                        f'"{number}:{realm}:<password>" (number and SIP realm; '
+                        f"see `webrtc-gateway ha1`)",
+                    )
         display_name = t.string("display_name", username)
         if any(ord(c) < 32 or ord(c) == 127 for c in display_name):
             raise t.error("display_name", f"must be a single line, got {_show(display_name)}")
@@ -978,6 +1053,8 @@ def _user_entries(
                 display_name or username,
                 _patterns(t, "dial_allow") if "dial_allow" in entry else None,
                 _patterns(t, "dial_deny") if "dial_deny" in entry else None,
+                ha1.get("ha1_md5"),
+                ha1.get("ha1_sha256"),
             )
         )
     return users
@@ -996,7 +1073,9 @@ def _patterns(t: _Table, key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _users(data: Mapping[str, Any], source: str) -> tuple[tuple[User, ...], bool]:
+def _users(
+    data: Mapping[str, Any], source: str, realm: str | None = None
+) -> tuple[tuple[User, ...], bool]:
     """The [[users]] table; the demo directory when it is absent (and no other source)."""
     if "users" not in data:
         return DEMO_USERS, True
@@ -1004,7 +1083,7 @@ def _users(data: Mapping[str, Any], source: str) -> tuple[tuple[User, ...], bool
     if not isinstance(entries, list):
         raise ConfigError(source, "[[users]]", f"expected an array of tables, got {_kind(entries)}")
     labelled = [(f"[[users]] #{i}", e) for i, e in enumerate(entries, start=1)]
-    return tuple(_user_entries(source, labelled, {}, {})), False
+    return tuple(_user_entries(source, labelled, {}, {}, realm=realm)), False
 
 
 def _read_text(path: str) -> str:
@@ -1035,11 +1114,18 @@ def _csv_entries(path: str, text: str) -> list[tuple[str, object]]:
                 path,
                 f"line {header_line}",
                 f"unknown column {_show(column)} in the header "
-                f"(expected {','.join(_CSV_COLUMNS)}; display_name optional)",
+                f"(expected username,password,number,display_name; display_name "
+                f"optional; ha1_md5,ha1_sha256 besides or instead of password)",
             )
-    for column in ("username", "password", "number"):
+    for column in ("username", "number"):
         if column not in columns:
             raise ConfigError(path, f"line {header_line}", f"header lacks the {column} column")
+    if "password" not in columns and not any(key in columns for key in HA1_KEYS):
+        raise ConfigError(
+            path,
+            f"line {header_line}",
+            "header lacks the password column (or ha1_md5/ha1_sha256 columns)",
+        )
     if len(set(columns)) != len(columns):
         raise ConfigError(path, f"line {header_line}", "a column appears twice in the header")
     entries: list[tuple[str, object]] = []
@@ -1049,8 +1135,13 @@ def _csv_entries(path: str, text: str) -> list[tuple[str, object]]:
                 path, f"line {line}", f"expected {len(columns)} fields, got {len(row)}"
             )
         entry = {c: v.strip() for c, v in zip(columns, row, strict=True)}
-        if entry.get("display_name") == "":
-            del entry["display_name"]
+        # An empty cell is a value left out: display_name, HA1 values, and the password
+        # when an HA1 value is given (an empty password alone stays an error).
+        for key in ("display_name", *HA1_KEYS):
+            if entry.get(key) == "":
+                del entry[key]
+        if entry.get("password") == "" and any(key in entry for key in HA1_KEYS):
+            del entry["password"]
         entries.append((f"line {line}", entry))
     return entries
 
@@ -1060,13 +1151,16 @@ def parse_users_file(
     *,
     taken_names: Mapping[str, str] | None = None,
     taken_numbers: Mapping[str, str] | None = None,
+    realm: str | None = None,
 ) -> tuple[User, ...]:
     """Read a users file: `.csv` (a header line naming the columns
-    username,password,number[,display_name]; lines starting with "#" are comments) or
-    TOML (any other name; `[[users]]` tables as in the main file).
+    username,password,number[,display_name][,ha1_md5][,ha1_sha256], where password may
+    be left out or empty when an HA1 value is given; lines starting with "#" are
+    comments) or TOML (any other name; `[[users]]` tables as in the main file).
 
     `taken_names`/`taken_numbers` map usernames and numbers defined elsewhere to a
-    description (for "duplicate" errors). Raises `ConfigError` naming the file and the
+    description (for "duplicate" errors); with `realm` (the SIP realm) HA1 values given
+    beside a password must match it. Raises `ConfigError` naming the file and the
     line (CSV) or `[[users]] #N` entry (TOML) and the key.
     """
     text = _read_text(path)
@@ -1092,7 +1186,7 @@ def parse_users_file(
         entries = [(f"[[users]] #{i}", e) for i, e in enumerate(found, start=1)]
     names = dict(taken_names or {})
     numbers = dict(taken_numbers or {})
-    return tuple(_user_entries(path, entries, names, numbers, where=f" in {path}"))
+    return tuple(_user_entries(path, entries, names, numbers, where=f" in {path}", realm=realm))
 
 
 _LDAP_ATTRIBUTE_RE = re.compile(r"[A-Za-z][A-Za-z0-9-]*")
@@ -1210,15 +1304,16 @@ def _directory(data: Mapping[str, Any], source: str) -> DirectoryConfig:
 
 
 def _all_users(
-    data: Mapping[str, Any], source: str
+    data: Mapping[str, Any], source: str, realm: str | None = None
 ) -> tuple[tuple[User, ...], bool, DirectoryConfig]:
-    """[[users]] plus the users file; the demo users only when there is no source at all."""
+    """[[users]] plus the users file; the demo users only when there is no source at all.
+    `realm` is the SIP realm, to check HA1 values stored beside a password."""
     directory = _directory(data, source)
     if "users" not in data and (directory.users_file or directory.ldap):
         users: tuple[User, ...] = ()
         demo = False
     else:
-        users, demo = _users(data, source)
+        users, demo = _users(data, source, realm)
     if directory.users_file is None:
         return users, demo, directory
     table = () if demo else users
@@ -1226,6 +1321,7 @@ def _all_users(
         directory.users_file,
         taken_names={u.username: f"a [[users]] entry in {source}" for u in table},
         taken_numbers={u.number: f"a [[users]] entry in {source}" for u in table},
+        realm=realm,
     )
     directory = DirectoryConfig(
         users_file=directory.users_file,
@@ -1476,10 +1572,11 @@ def parse_config(data: Mapping[str, Any], source: str = DEFAULTS_SOURCE) -> Conf
                 f"[{name}]",
                 f"unknown section (known sections: {', '.join(_SECTION_NAMES)})",
             )
-    users, demo, directory = _all_users(data, source)
+    sip = _sip(data, source)
+    users, demo, directory = _all_users(data, source, sip_realm(sip))
     return Config(
         server=_server(data, source),
-        sip=_sip(data, source),
+        sip=sip,
         pbx=_pbx(data, source),
         auth=_auth(data, source),
         media=_media(data, source),

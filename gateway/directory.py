@@ -4,13 +4,21 @@ Sources, looked up in this order:
 
 1. the `[[users]]` table of the configuration file;
 2. `[directory] users_file`: a TOML (`[[users]]` tables) or CSV file
-   (`username,password,number,display_name`), reloaded when it changes. The file is
+   (`username,password,number,display_name[,ha1_md5][,ha1_sha256]`), reloaded when it
+   changes. The file is
    checked at most every `reload_interval` seconds, on lookup (and by `watch()` when
    that task runs). A file that fails to load on reload leaves the previous directory in
    place and logs one error line naming the file and the line or key;
 3. `[directory.ldap]`: an LDAP server (the optional `ldap3` library). Users are found
    with `user_filter`; a password is checked by binding as the user's DN. Results are
    cached for `cache_ttl` seconds.
+
+Local users (the first two sources) have a password, stored HA1 values
+(`ha1_md5`/`ha1_sha256` = H(number ":" SIP realm ":" password), see
+`gateway.config.user_ha1`), or both. `sip_secret(number)` is what the built-in registrar
+and INVITE digest check (the digest user name is the number, the realm the SIP realm);
+`web_credentials(username)` is what web logins check (gateway/auth.py): a typed password
+is hashed the same way and compared with the stored HA1 when no password is stored.
 
 Use `Directory.from_config(config)`. The lookups are synchronous; with LDAP configured
 they may wait on the network (up to the configured timeout), so coroutines should use
@@ -31,7 +39,18 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from gateway.config import Config, ConfigError, LdapConfig, User, parse_users_file
+from gateway.auth import StoredCredentials
+from gateway.config import (
+    HA1_KEYS,
+    Config,
+    ConfigError,
+    LdapConfig,
+    User,
+    parse_users_file,
+    sip_realm,
+    user_ha1,
+)
+from sip.auth_server import Secret
 
 __all__ = ["Directory", "LdapSource"]
 
@@ -43,6 +62,25 @@ _NUMBER_JUNK_RE = re.compile(r"[\s().\-/]")
 
 def _passwords_equal(given: str, stored: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8"), stored.encode("utf-8"))
+
+
+def password_matches(user: User, password: str, realm: str | None) -> bool:
+    """True when `password` is `user`'s: compared with the stored password, or else
+    hashed as H(number:realm:password) and compared with a stored HA1 (SHA-256 when
+    stored, else MD5), in constant time. `realm` is the SIP realm (None: unknown, so an
+    HA1-only user cannot be checked). An empty password is never right."""
+    if not password:
+        return False
+    if user.password:
+        return _passwords_equal(password, user.password)
+    if realm is None:
+        return False
+    for key in ("ha1_sha256", "ha1_md5"):
+        stored = getattr(user, key)
+        if stored is not None:
+            computed = user_ha1(HA1_KEYS[key][0], user.number, realm, password)
+            return hmac.compare_digest(computed, stored)
+    return False
 
 
 class Directory:
@@ -57,11 +95,15 @@ class Directory:
         ldap: LdapConfig | LdapSource | None = None,
         reserved_numbers: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        realm: str | None = None,
     ) -> None:
         """`users`: the [[users]] table. `users_file` is read now (raises `ConfigError`
         when it is bad: at start-up that is a configuration error). `reserved_numbers`
-        maps numbers no file user may take (the test numbers) to a description."""
+        maps numbers no file user may take (the test numbers) to a description.
+        `realm`: the SIP digest realm that stored HA1 values hash (`config.sip_realm`);
+        None leaves HA1-only users without web password logins."""
         self._table = tuple(users)
+        self.realm = realm
         self._users_file = users_file
         self._reload_interval = reload_interval
         self._reserved = dict(reserved_numbers or {})
@@ -93,13 +135,58 @@ class Directory:
             for key, n in (("echo", config.numbers.echo), ("tone", config.numbers.tone))
             if n
         }
-        return cls(
+        directory = cls(
             table,
             users_file=d.users_file,
             reload_interval=d.reload_interval,
             ldap=d.ldap,
             reserved_numbers=reserved,
+            realm=sip_realm(config.sip),
         )
+        directory.warn_about_ha1(config)
+        return directory
+
+    def warn_about_ha1(self, config: Config) -> list[str]:
+        """Log (and return) one warning line per way the stored HA1 values of local users
+        limit them under `config`; nothing when no user is HA1-only."""
+        ha1_only = [u for u in self._by_username.values() if u.ha1_only]
+        if not ha1_only:
+            return []
+        realm = sip_realm(config.sip)
+        warnings: list[str] = []
+
+        def names(users: list[User]) -> str:
+            shown = ", ".join(u.username for u in users[:10])
+            return shown + (f" and {len(users) - 10} more" if len(users) > 10 else "")
+
+        if not config.sip.realm:
+            warnings.append(
+                f"users {names(ha1_only)} store only HA1 values, which hash the SIP realm: "
+                f"[sip] realm is not set, so it is the SIP listen host {realm!r}; set [sip] "
+                f"realm so that the values survive a change of the listen address"
+            )
+        sha_only = [u for u in ha1_only if u.ha1_md5 is None]
+        if sha_only and config.sip.registrar:
+            warnings.append(
+                f"users {names(sha_only)} store only ha1_sha256: SIP phones cannot register "
+                f"or authenticate as them (the built-in registrar challenges with MD5); add "
+                f"ha1_md5"
+            )
+        if config.auth.mode in ("password", "both"):
+            no_digest = [
+                u for u in ha1_only
+                if not (u.username == u.number and config.auth.realm == realm)
+            ]
+            if no_digest:
+                warnings.append(
+                    f"users {names(no_digest)} store only HA1 values: their web logins "
+                    f"work with Basic (and POST /api/token with Basic), not with Digest, "
+                    f"which needs username = number and [auth] realm = the SIP realm "
+                    f"{realm!r}"
+                )
+        for line in warnings:
+            logger.warning("%s", line)
+        return warnings
 
     # ------------------------------------------------------------------ users file
 
@@ -123,7 +210,9 @@ class Directory:
         numbers = {u.number: "a [[users]] entry in the configuration" for u in self._table}
         for number, what in self._reserved.items():
             numbers.setdefault(number, what)
-        return parse_users_file(self._users_file, taken_names=names, taken_numbers=numbers)
+        return parse_users_file(
+            self._users_file, taken_names=names, taken_numbers=numbers, realm=self.realm
+        )
 
     def poll(self) -> bool:
         """Check the users file now; reload it if it changed. True when reloaded.
@@ -201,17 +290,48 @@ class Directory:
         return found
 
     def check_password(self, username: str, password: str) -> bool:
-        """True when `password` is the user's: compared in constant time for local users,
-        by binding as the user for LDAP users. An empty password is never right."""
+        """True when `password` is the user's: compared in constant time for local users
+        (with the stored HA1 when no password is stored: `password_matches`), by binding
+        as the user for LDAP users. An empty password is never right."""
         if not password:
             return False
         self._maybe_reload()
         user = self._by_username.get(username)
         if user is not None:
-            return _passwords_equal(password, user.password)
+            return password_matches(user, password, self.realm)
         if self.ldap is not None:
             return self.ldap.check_password(username, password)
         return False
+
+    # ------------------------------------------------------------------ credentials
+
+    # Local users only: LDAP has no passwords to give, and these are called on the event
+    # loop (by the SIP user agent and the web authenticator), where LDAP would block.
+
+    def sip_secret(self, number: str) -> Secret | None:
+        """What SIP digest checks for the user at `number` (the digest user name): the
+        password, else the stored HA1 values (which hash number and SIP realm); None for
+        an unknown number or a user with neither."""
+        user = self.by_number(number, ldap=False)
+        if user is None or not (user.password or user.ha1_md5 or user.ha1_sha256):
+            return None
+        return Secret(
+            password=user.password or None, ha1_md5=user.ha1_md5, ha1_sha256=user.ha1_sha256
+        )
+
+    def web_credentials(self, username: str) -> StoredCredentials | None:
+        """What a web login (Basic/Digest, gateway/auth.py) checks for `username`: the
+        password and/or HA1 values with what they hash (the number and the SIP realm)."""
+        user = self.by_username(username, ldap=False)
+        if user is None or not (user.password or user.ha1_md5 or user.ha1_sha256):
+            return None
+        return StoredCredentials(
+            password=user.password or None,
+            ha1_md5=user.ha1_md5,
+            ha1_sha256=user.ha1_sha256,
+            ha1_username=user.number,
+            ha1_realm=self.realm,
+        )
 
     # ------------------------------------------------------------------ async variants
 

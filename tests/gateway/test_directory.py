@@ -93,7 +93,8 @@ def test_users_file_alone_replaces_demo_users(tmp_path: Path) -> None:
          "config error in {p}: line 2: expected 3 fields, got 2"),
         ("u.csv", "user,password,number\n",
          'config error in {p}: line 1: unknown column "user" in the header '
-         "(expected username,password,number,display_name; display_name optional)"),
+         "(expected username,password,number,display_name; display_name optional; "
+         "ha1_md5,ha1_sha256 besides or instead of password)"),
         ("u.csv", "username,number\n", "config error in {p}: line 1: header lacks the "
          "password column"),
         ("u.csv", "username,password,number\na,pw,1\nb,pw,1\n",

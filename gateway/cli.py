@@ -4,6 +4,8 @@
     webrtc-gateway [--config FILE] run                        the same, explicitly
     webrtc-gateway [--config FILE] calls [--since SPEC] [--limit N] [--json]
                                                               list call records
+    webrtc-gateway [--config FILE] ha1 --number N [--realm R]  print ha1_md5/ha1_sha256
+                                                              for a password (stdin)
     webrtc-gateway --version
 
 Subcommands are registered in `_COMMANDS`; with none given, `run` is used. A
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import importlib
 import json
 import logging
@@ -34,6 +37,8 @@ from gateway.config import (
     ConfigError,
     format_hostport,
     load_config,
+    sip_realm,
+    user_ha1,
 )
 from gateway.records import CallRecord, CallRecordStore, RecordStoreError
 
@@ -313,16 +318,96 @@ def _cmd_calls(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- ha1
+
+_HA1_NUMBER_RE = re.compile(r"\+?[0-9]+")
+
+
+def _number_arg(text: str) -> str:
+    if not _HA1_NUMBER_RE.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f'expected digits with an optional leading "+", got {text!r}'
+        )
+    return text
+
+
+def _realm_arg(text: str) -> str:
+    if not text or any(ord(c) < 32 or ord(c) == 127 or c in '"\\' for c in text):
+        raise argparse.ArgumentTypeError(
+            f"expected a non-empty single line without quotes or backslashes, got {text!r}"
+        )
+    return text
+
+
+def _ha1_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--number", "-n", required=True, type=_number_arg, metavar="NUMBER",
+        help="the user's number: SIP phones use it as their digest user name",
+    )
+    parser.add_argument(
+        "--realm", type=_realm_arg, metavar="REALM",
+        help="the SIP digest realm (default: [sip] realm of --config, else its SIP listen "
+        "host)",
+    )
+
+
+def _read_password(number: str) -> str | None:
+    """The password: prompted twice without echo on a terminal, else the first line of
+    stdin (without its line end). None when none was given or the two differ."""
+    if sys.stdin is not None and sys.stdin.isatty():
+        try:
+            first = getpass.getpass(f"Password for {number}: ")
+            again = getpass.getpass("Again: ")
+        except (EOFError, KeyboardInterrupt):
+            print(file=sys.stderr)
+            return None
+        if first != again:
+            print(f"{PROG}: the passwords differ", file=sys.stderr)
+            return None
+        return first or None
+    line = sys.stdin.readline() if sys.stdin is not None else ""
+    return line.rstrip("\r\n") or None
+
+
+def _cmd_ha1(config: Config, args: argparse.Namespace) -> int:
+    """Print the `ha1_md5` and `ha1_sha256` lines of a user entry: H(number ":" SIP realm
+    ":" password), the password read from stdin (or prompted for). Exit 1 without one."""
+    number: str = args.number
+    realm: str = args.realm if args.realm is not None else sip_realm(config.sip)
+    if args.realm is None and not config.sip.realm:
+        print(
+            f"{PROG}: [sip] realm is not set: using the SIP listen host {realm!r} as the "
+            f"realm (the values change with it; set [sip] realm or pass --realm)",
+            file=sys.stderr,
+        )
+    password = _read_password(number)
+    if password is None:
+        print(f"{PROG}: no password given (type it, or pipe it on stdin)", file=sys.stderr)
+        return EXIT_ERROR
+    sys.stdout.write(
+        f"# number {number}, SIP realm {json.dumps(realm, ensure_ascii=False)}\n"
+        f'ha1_md5 = "{user_ha1("MD5", number, realm, password)}"\n'
+        f'ha1_sha256 = "{user_ha1("SHA-256", number, realm, password)}"\n'
+    )
+    return EXIT_OK
+
+
 Command = Callable[[Config, argparse.Namespace], int]
 
 #: name -> (help, handler). Add subcommands here (e.g. a future "calls").
 _COMMANDS: dict[str, tuple[str, Command]] = {
     "run": ("run the gateway (the default)", _cmd_run),
     "calls": ("list call records from the [records] database", _cmd_calls),
+    "ha1": (
+        "print the ha1_md5 and ha1_sha256 values of a user entry for a password read from "
+        "stdin",
+        _cmd_ha1,
+    ),
 }
 #: name -> function adding the subcommand's own options.
 _COMMAND_OPTIONS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
     "calls": _calls_options,
+    "ha1": _ha1_options,
 }
 _DEFAULT_COMMAND = "run"
 

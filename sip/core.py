@@ -59,6 +59,7 @@ from .transaction_layer import (
 from .ua_effects import (
     Effect,
     InviteReceived,
+    MessageDone,
     OfferReceived,
     OptionsResult,
     ReferProgress,
@@ -73,6 +74,7 @@ __all__ = [
     "CoreConfig",
     "Effect",
     "InviteReceived",
+    "MessageDone",
     "OfferReceived",
     "OptionsResult",
     "ReferProgress",

@@ -64,10 +64,15 @@ class InfoReceived:
 
 @dataclass(frozen=True)
 class MessageReceived:
-    """An in-dialog MESSAGE (RFC 3428) arrived and was answered 200."""
+    """An in-dialog MESSAGE (RFC 3428) arrived and was answered 200.
+
+    When the owner asked for deferred answers (`UserAgentCore.defer_messages`), it was
+    not answered yet: `op` (> 0) is what to pass to `respond_message`.
+    """
 
     content_type: str
     body: bytes
+    op: int = 0
 
 
 @dataclass(frozen=True)

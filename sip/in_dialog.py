@@ -51,7 +51,14 @@ from .refer import (
 )
 from .timers import glare_retry_delay
 from .transaction_layer import LayerEffect, TransactionKey, TransactionLayer
-from .ua_effects import Effect, OfferReceived, ReferProgress, ReinviteDone, SessionUpdate
+from .ua_effects import (
+    Effect,
+    MessageDone,
+    OfferReceived,
+    ReferProgress,
+    ReinviteDone,
+    SessionUpdate,
+)
 
 if TYPE_CHECKING:
     from .core import CoreConfig
@@ -59,6 +66,9 @@ if TYPE_CHECKING:
 SDP = "application/sdp"
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REFER, NOTIFY, MESSAGE, PRACK"
 MAX_GLARE_RETRIES = 5
+# Bodies of in-dialog MESSAGEs we take (bigger: 413); the whole message is capped at
+# messages.MAX_MESSAGE (513) before it gets here. RFC 3428 pager mode is for short texts.
+MAX_MESSAGE_BODY = 16384
 # Methods whose 401/407 we answer with the INVITE's credentials (re-INVITE separately).
 AUTH_RETRY = frozenset({"BYE", "INFO", "MESSAGE", "REFER", "NOTIFY", "UPDATE", "PRACK"})
 REFER_EXPIRES = 60  # Subscription-State expires of our refer NOTIFYs while active
@@ -197,10 +207,40 @@ class InDialogOperations:
 
     def message(self, sid: str, content_type: str, body: bytes) -> list[Effect]:
         """Send MESSAGE (RFC 3428) in the session's dialog; its response is not reported."""
+        return self.send_message(sid, content_type, body)[1]
+
+    def send_message(self, sid: str, content_type: str, body: bytes) -> tuple[int, list[Effect]]:
+        """Send MESSAGE in the session's dialog; its final status comes as a MessageDone
+        effect with the returned op (481 at once when there is no live dialog)."""
         s = self.sessions.get(sid)
-        if s is None or s.ended or s.dialog is None:
+        if s is None:
+            return 0, [MessageDone(sid, 0, 481)]
+        op = s.usage.take_op()
+        if s.ended or s.dialog is None:
+            return op, [MessageDone(sid, op, 481)]
+        request, effects = self._send_in_dialog(s, "MESSAGE", "message", body, content_type)
+        s.usage.messages[(branch_of(request), "MESSAGE")] = op
+        return op, effects
+
+    def defer_messages(self, sid: str, on: bool) -> None:
+        """`on`: incoming in-dialog MESSAGEs are not answered 200 at once; the
+        MessageReceived event carries an op for respond_message (unanswered after 64*T1:
+        504; the session ending first: 481)."""
+        s = self.sessions.get(sid)
+        if s is not None:
+            s.usage.defer_messages = on
+
+    def respond_message(self, sid: str, op: int, code: int) -> list[Effect]:
+        """The final response (200-699) to the deferred incoming MESSAGE `op`."""
+        s = self.sessions.get(sid)
+        if s is None or not 200 <= code <= 699:
             return []
-        return self._send_in_dialog(s, "MESSAGE", "message", body, content_type)[1]
+        pending = s.usage.pending_messages.pop(op, None)
+        if pending is None:
+            return []
+        response = self._dialog_response(s, pending.request, code)
+        effects: list[Effect] = [CancelTimer(("dlg", s.id, f"msg:{op}"))]
+        return effects + self._run(self.layer.respond(pending.key, response))
 
     def refer(self, sid: str, target: str, replaces: str | None = None) -> tuple[int, list[Effect]]:
         """Send REFER to `target` (with an embedded Replaces when given).
@@ -338,6 +378,9 @@ class InDialogOperations:
                 return retry
         if purpose in ("prack", "cancel-reinvite"):
             return []
+        if purpose == "message" and (op := s.usage.messages.pop(key, None)) is not None:
+            done: list[Effect] = [MessageDone(s.id, op, code)]
+            return done + (self._gone(s, code) if code >= 300 else [])
         if purpose == "update":
             return self._on_update_response(s, key, response)
         if purpose == "st-update":
@@ -436,6 +479,8 @@ class InDialogOperations:
             u.sent[new_key].auth_tried = True
         if key in u.updates:
             u.updates[new_key] = u.updates.pop(key)
+        if key in u.messages:
+            u.messages[new_key] = u.messages.pop(key)
         return effects
 
     def _gone(self, s: Session, code: int) -> list[Effect]:
@@ -536,6 +581,8 @@ class InDialogOperations:
             return effects + self._hang_up(s, "timeout" if timeout else "transport")
         if purpose == "st-update":
             return self._hang_up(s, "timeout" if timeout else "transport")
+        if purpose == "message" and (op := s.usage.messages.pop(key, None)) is not None:
+            return [MessageDone(s.id, op, code)]
         if purpose == "reinvite":
             own = s.usage.own_reinvite
             if own is None or own.key != key:
@@ -579,6 +626,8 @@ class InDialogOperations:
         if u.accepted is not None:
             u.accepted = None
             effects += [CancelTimer(("dlg", s.id, "2xx")), CancelTimer(("dlg", s.id, "ack"))]
+        for op in list(u.pending_messages):
+            effects += self.respond_message(s.id, op, 481)
         return effects
 
     # -- requests we receive -----------------------------------------------------------
@@ -590,6 +639,16 @@ class InDialogOperations:
             response = self._dialog_response(s, request, 200)
             response.headers.set("Accept", SDP)
             return self._run(self.layer.respond(key, response))
+        if method == "MESSAGE" and len(request.body) > MAX_MESSAGE_BODY:
+            return self._respond_in_dialog(s, key, request, 413)
+        if method == "MESSAGE" and s.usage.defer_messages:
+            op = s.usage.take_op()
+            s.usage.pending_messages[op] = PendingOffer(key, request)
+            content_type = request.headers.get("Content-Type") or ""
+            return [
+                StartTimer(("dlg", s.id, f"msg:{op}"), self.config.timers.timeout),
+                SessionUpdate(s.id, events.MessageReceived(content_type, request.body, op)),
+            ]
         if method in ("INFO", "MESSAGE"):
             content_type = request.headers.get("Content-Type") or ""
             effects = self._respond_in_dialog(s, key, request, 200)
@@ -751,6 +810,9 @@ class InDialogOperations:
             return self._send_own_reinvite(s, None)
         if what == "reinvite-timeout":
             return self._reinvite_timed_out(s)
+        if what.startswith("msg:") and what[4:].isdigit():
+            # The owner never answered the deferred MESSAGE (RFC 4320: no 408 here).
+            return self.respond_message(s.id, int(what[4:]), 504)
         accepted = u.accepted
         if accepted is None or s.ended:
             return []

@@ -141,6 +141,10 @@ class DialogUsage:
     timer: SessionTimer | None = None
     peer_allow: frozenset[str] = frozenset()  # methods the peer's Allow lists (upper case)
     peer_timer: bool = False  # the peer lists "timer" in Supported/Require
+    # MESSAGE (RFC 3428): the owner answers incoming ones itself (respond_message)
+    defer_messages: bool = False
+    pending_messages: dict[int, PendingOffer] = field(default_factory=dict)  # op -> request
+    messages: dict[TransactionKey, int] = field(default_factory=dict)  # our MESSAGE -> op
 
     def take_op(self) -> int:
         op = self.next_op

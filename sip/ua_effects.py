@@ -57,6 +57,16 @@ class ReinviteDone:
 
 
 @dataclass(frozen=True)
+class MessageDone:
+    """Our in-dialog MESSAGE number `op` got its final status `code` (408: no answer,
+    503: transport failure, 481: the session had ended)."""
+
+    session_id: str
+    op: int
+    code: int
+
+
+@dataclass(frozen=True)
 class ReferProgress:
     """Progress of our REFER number `op`: a NOTIFY sipfrag status (100, 180, 200, 503...)
     or the REFER's own failure (405, 501, 603, 408...). `final` is True for the last one."""
@@ -100,6 +110,7 @@ Effect = (
     | SessionForgotten
     | OfferReceived
     | ReinviteDone
+    | MessageDone
     | ReferProgress
     | OptionsResult
     | RegistrationUpdate

@@ -24,6 +24,7 @@ from ..core import (
     CoreConfig,
     Effect,
     InviteReceived,
+    MessageDone,
     OfferReceived,
     OptionsResult,
     ReferProgress,
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 EventHandler = Callable[[SessionEvent], None]
 ReinviteResult = Callable[[int, bytes | None], None]
 ReferHandler = Callable[[int], None]
+MessageResult = Callable[[int], None]
 ReofferHandler = Callable[[bytes], bytes | None]
 RegistrationHandler = Callable[[RegistrationUpdate], None]
 UNREGISTER_WAIT = 2.0  # close(): how long to wait for the unregistrations to be answered
@@ -138,6 +140,7 @@ class _DialogOperations:
     def _init_operations(self) -> None:
         self._reinvite_results: dict[int, ReinviteResult] = {}
         self._refer_handlers: dict[int, ReferHandler] = {}
+        self._message_results: dict[int, MessageResult] = {}
         self._reoffer_handler: ReofferHandler | None = None
 
     @property
@@ -201,9 +204,28 @@ class _DialogOperations:
         """
         self._ua._execute(self._ua._core.info(self._session_id, content_type, body))
 
-    def message(self, content_type: str, body: bytes) -> None:
-        """Send MESSAGE (RFC 3428) in the dialog; incoming ones arrive as MessageReceived."""
-        self._ua._execute(self._ua._core.message(self._session_id, content_type, body))
+    def message(
+        self, content_type: str, body: bytes, on_result: MessageResult | None = None
+    ) -> None:
+        """Send MESSAGE (RFC 3428) in the dialog; incoming ones arrive as MessageReceived.
+
+        `on_result(code)` runs once with the final status (408 no answer, 503 transport
+        failure, 481 no dialog).
+        """
+        op, effects = self._ua._core.send_message(self._session_id, content_type, body)
+        if on_result is not None:
+            self._message_results[op] = on_result
+        self._ua._execute(effects)
+
+    def defer_messages(self, on: bool = True) -> None:
+        """`on`: incoming MESSAGEs are left unanswered for the owner: their MessageReceived
+        event has an `op` to pass to respond_message() (a B2BUA relays the other side's
+        answer). Unanswered after 64*T1 they get 504; when the session ends, 481."""
+        self._ua._core.defer_messages(self._session_id, on)
+
+    def respond_message(self, op: int, code: int) -> None:
+        """Answer the deferred incoming MESSAGE `op` with `code` (200-699)."""
+        self._ua._execute(self._ua._core.respond_message(self._session_id, op, code))
 
     def refer(
         self,
@@ -234,6 +256,11 @@ class _DialogOperations:
         if handler is not None:
             handler(code, sdp)
 
+    def _message_done(self, op: int, code: int) -> None:
+        handler = self._message_results.pop(op, None)
+        if handler is not None:
+            handler(code)
+
     def _refer_progress(self, op: int, code: int, final: bool) -> None:
         handler = self._refer_handlers.get(op)
         if final:
@@ -256,6 +283,10 @@ class OutboundInvite(_DialogOperations):
         self.call_id = session_id
         self._on_event = on_event
         self._init_operations()
+
+    def set_event_handler(self, fn: EventHandler) -> None:
+        """Deliver this session's later events to `fn` instead of the invite() on_event."""
+        self._on_event = fn
 
     def cancel(self) -> None:
         """CANCEL before a final response (once a provisional arrived); after 2xx: bye()."""
@@ -679,6 +710,10 @@ class UserAgent:
                 session = self._sessions.get(session_id)
                 if session is not None:
                     self._run_callback(session._reinvite_done, op, code, sdp)
+            case MessageDone(session_id, op, code):
+                session = self._sessions.get(session_id)
+                if session is not None:
+                    self._run_callback(session._message_done, op, code)
             case ReferProgress(session_id, op, code, final):
                 session = self._sessions.get(session_id)
                 if session is not None:

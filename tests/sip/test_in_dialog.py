@@ -462,3 +462,31 @@ def test_notify_for_unknown_event_package_is_489():
 def test_refer_to_parsing():
     assert parse_refer_to("sip:a@b") == ("sip:a@b", None)
     assert parse_refer_to('"X" <sip:a@b;transport=tcp>;p=1') == ("sip:a@b;transport=tcp", None)
+
+
+def test_deferred_message_answered_by_the_owner_and_bounded():
+    t = Inbound()
+    h = t.h
+    h.core.defer_messages(t.sid, True)
+    sent = len(h.sent)
+    t.send("MESSAGE", body=b"hello", content_type="text/plain")
+    assert len(h.sent) == sent  # no 200 yet: the owner relays the other side's answer
+    (event,) = [e for e in h.events() if isinstance(e, events.MessageReceived)]
+    assert event.content_type == "text/plain" and event.body == b"hello" and event.op > 0
+    h.apply(h.core.respond_message(t.sid, event.op, 202))
+    assert h.last().code == 202 and h.last().cseq.method == "MESSAGE"
+    h.apply(h.core.respond_message(t.sid, event.op, 200))  # once only
+    assert h.last().code == 202
+    # Never answered: 504 after 64*T1 (RFC 4320: no 408 for a non-INVITE).
+    t.send("MESSAGE", body=b"again", content_type="text/plain")
+    h.advance(32.1)
+    assert h.last().code == 504
+    # Too big a body: 413 at once, nothing delivered.
+    t.send("MESSAGE", body=b"x" * 20000, content_type="text/plain")
+    assert h.last().code == 413
+    assert len([e for e in h.events() if isinstance(e, events.MessageReceived)]) == 2
+    # A pending MESSAGE when the dialog ends: 481.
+    t.send("MESSAGE", body=b"late", content_type="text/plain")
+    t.send("BYE")
+    codes = [(r.cseq.method, r.code) for r in h.responses()[-2:]]
+    assert sorted(codes) == [("BYE", 200), ("MESSAGE", 481)]

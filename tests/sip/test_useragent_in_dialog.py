@@ -116,3 +116,17 @@ async def test_attended_transfer_refer_with_replaces(call):  # type: ignore[no-u
     inbound.notify_refer(180, "Ringing")
     inbound.notify_refer(200, "OK")
     assert await progress.wait_len(3) == [100, 180, 200]
+
+
+async def test_deferred_message_gets_the_owners_answer(call):  # type: ignore[no-untyped-def]
+    outbound, caller, inbound, callee = call
+    inbound.defer_messages()
+    results = Results()
+    outbound.message("text/plain;charset=utf-8", "héllo".encode(), on_result=results.add)
+    event = await callee.recorder.wait_for(MessageReceived)
+    assert event.content_type == "text/plain;charset=utf-8" and event.body == "héllo".encode()
+    assert results.items == []
+    inbound.respond_message(event.op, 415)
+    assert await results.wait_len(1) == [415]
+    inbound.message("text/plain", b"back", on_result=results.add)
+    assert (await results.wait_len(2))[1] == 200  # not deferred that way: 200 at once

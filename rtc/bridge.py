@@ -9,7 +9,7 @@ import logging
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from .ports import FRAME_MS, AudioPort, PortClosed
+from .ports import FRAME_MS, AudioPort, PortClosed, RateFollowingPort
 from .resample import Resampler
 from .tones import RingbackGenerator
 from .videolink import VideoLink
@@ -145,6 +145,7 @@ class MediaBridge:
             return
         self._cancel_tasks()
         self._held = False
+        self._follow_rate(self.far)
         self._start(relay(self.far, self.client), relay(self.client, self.far))
         self._sync_video()
 
@@ -159,10 +160,15 @@ class MediaBridge:
         self._sync_video()
 
     def connect(self, far: AudioPort) -> None:
-        """Relay both ways, resampling where rates differ (idempotent; replaces ringback)."""
+        """
+        Relay both ways (idempotent; replaces ringback). A client port that can
+        follow the far port's rate (the WebRTC leg) is set to it first, so
+        nothing resamples; otherwise the relays resample where rates differ.
+        """
         if far is self.far and self._tasks and not self._held:
             return
         self._cancel_tasks()
+        self._follow_rate(far)
         if self._video_legs is not None and far not in self._video_legs:
             self.disconnect_video()  # another far party: its video is not linked
         self.far = far
@@ -176,6 +182,14 @@ class MediaBridge:
         self._cancel_tasks()
         self.far = None
         self._sync_video()
+
+    def _follow_rate(self, far: AudioPort) -> None:
+        client = self.client
+        if isinstance(client, RateFollowingPort) and client.sample_rate != far.sample_rate:
+            try:
+                client.set_sample_rate(far.sample_rate)
+            except ValueError:
+                pass  # a rate it cannot take: the relays resample
 
     async def close(self) -> None:
         """Stop the tasks; the ports stay open."""

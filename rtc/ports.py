@@ -8,7 +8,7 @@ consumer falls behind, because stale audio is worse than lost audio.
 
 import asyncio
 from collections import deque
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +20,7 @@ __all__ = [
     "FrameQueue",
     "PlayoutQueue",
     "PortClosed",
+    "RateFollowingPort",
     "frame_samples",
 ]
 
@@ -52,6 +53,18 @@ class AudioPort(Protocol):
 
     def write(self, frame: Frame) -> None:
         """Queue a 20 ms mono int16 frame at sample_rate (non-blocking)."""
+        ...
+
+
+@runtime_checkable
+class RateFollowingPort(AudioPort, Protocol):
+    """
+    A port that can change its rate to the far port's, so that the bridge
+    relays without resampling (the WebRTC leg: Opus codes any rate natively).
+    """
+
+    def set_sample_rate(self, rate: int) -> None:
+        """Exchange frames at ``rate`` from now on; ValueError when unsupported."""
         ...
 
 

@@ -1,6 +1,15 @@
 """
 The WebRTC leg toward the browser: an aiortc RTCPeerConnection with one
-sendrecv audio transceiver, exposed as a 48 kHz AudioPort.
+sendrecv audio transceiver, exposed as an AudioPort of 48 kHz by default.
+
+Sample rate: ``set_sample_rate(rate)`` (8000, 16000 or 48000) makes the port
+exchange frames at the far leg's rate, which MediaBridge.connect() does, so
+that nothing resamples on the way: Opus is encoded from and decoded to that
+rate by libopus itself (rtc.opus: 8 kHz for a G.711 SIP leg, 16 kHz for
+G.722), and G.711 toward a PCMU/PCMA browser is coded by rtc.g711 at 8 kHz.
+Both legs' codecs are coded here, on the event loop: the track hands aiortc
+encoded ``av.Packet``s (aiortc only packs them) and the receive hook decodes
+packets before aiortc's decoder thread would see them.
 
 Renegotiation reuses that transceiver: ``create_offer()`` may be called again
 once stable (our re-offer, e.g. after ``set_direction("sendonly")`` to hold the
@@ -22,7 +31,6 @@ VideoLink forwards one leg's video to another.
 import asyncio
 import fractions
 import logging
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -47,6 +55,8 @@ from aiortc.sdp import candidate_from_sdp
 from av import AudioFrame
 
 from .dtmf import digit_to_event
+from .g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
+from .opus import OPUS_CLOCK_RATE, OpusDecoder, OpusEncoder
 from .ports import AudioPort, FrameClock, FrameQueue, PlayoutQueue, frame_samples
 from .resample import Resampler
 from .stats import LegStats, estimate_mos
@@ -68,14 +78,25 @@ class IceServer:
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATE = 48000
+SAMPLE_RATE = 48000  # of the port until set_sample_rate()
 SAMPLES_PER_FRAME = frame_samples(SAMPLE_RATE)
-TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
+# the port rates set_sample_rate() takes: those of the far legs (G.711, G.722, Opus)
+PORT_RATES = (8000, 16000, 48000)
+# timestamps of the packets handed to aiortc count 48 kHz samples (converted
+# by aiortc to each codec's RTP clock)
+TIME_BASE = fractions.Fraction(1, OPUS_CLOCK_RATE)
+PTS_PER_FRAME = frame_samples(OPUS_CLOCK_RATE)
+Decode = Callable[[bytes], npt.NDArray[np.int16]]
+G711_RATE = 8000
+G711_CODECS = {
+    "audio/pcmu": (ulaw_encode, ulaw_decode),
+    "audio/pcma": (alaw_encode, alaw_decode),
+}
 RECEIVE_QUEUE_FRAMES = 50
 # received audio older than this was not wanted when it was fresh
 RECEIVE_MAX_AGE = 0.1
 PREFERRED_CODECS = ("audio/opus", "audio/PCMU", "audio/PCMA", TELEPHONE_EVENT)
-# our Opus encoder toward the browser (OpusPacketEncoder)
+# our Opus encoder toward the browser (rtc.opus)
 OPUS_BIT_RATE = 32000
 OPUS_COMPLEXITY = 5
 
@@ -129,35 +150,6 @@ class ImmediateAudioJitterBuffer(AiortcJitterBuffer):
         return False, JitterFrame(data=packet.payload, timestamp=packet.timestamp)
 
 
-class OpusPacketEncoder:
-    """
-    Our own libopus encoder for the browser-bound audio: mono, 48 kHz input
-    (Opus' native rate: no resampling inside the encoder), VoIP mode, a
-    modest bit rate and a configurable complexity. aiortc's own encoder is
-    stereo at 96 kb/s with libopus' default complexity (10), and aiortc runs
-    it in the default thread pool, two thread hand-offs per frame.
-    The SDP still says opus/48000/2, which is normal for mono content.
-    """
-
-    def __init__(self, bit_rate: int = OPUS_BIT_RATE, complexity: int = OPUS_COMPLEXITY) -> None:
-        codec = av.CodecContext.create("libopus", "w")
-        assert isinstance(codec, av.AudioCodecContext)
-        codec.sample_rate = SAMPLE_RATE
-        codec.layout = "mono"
-        codec.format = "s16"
-        codec.bit_rate = bit_rate
-        codec.time_base = TIME_BASE
-        codec.options = {"application": "voip", "compression_level": str(complexity)}
-        self._codec = codec
-
-    def encode(self, samples: npt.NDArray[np.int16], pts: int) -> list[av.Packet]:
-        frame = AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="mono")
-        frame.sample_rate = SAMPLE_RATE
-        frame.pts = pts
-        frame.time_base = TIME_BASE
-        return list(self._codec.encode(frame))
-
-
 class OutgoingAudioTrack(MediaStreamTrack):
     """
     The audio we send to the browser. aiortc pulls by calling recv(); the
@@ -165,11 +157,11 @@ class OutgoingAudioTrack(MediaStreamTrack):
     the frames written to the leg (FrameClock): a frame relayed from the SIP
     side goes out as soon as it arrives.
 
-    With Opus negotiated, recv() returns Opus packets from our own encoder
-    (OpusPacketEncoder), which aiortc's sender only packs into RTP, on the
-    event loop (RTCRtpSender._next_encoded_frame: anything not a Frame goes to
-    ``encoder.pack``). For other codecs (a browser that chose PCMU or PCMA)
-    it returns frames for aiortc to encode.
+    recv() returns packets encoded here, which aiortc's sender only packs into
+    RTP, on the event loop (RTCRtpSender._next_encoded_frame: anything not a
+    Frame goes to ``encoder.pack``): Opus from our own libopus encoder (mono,
+    VoIP, fed at the port's rate), PCMU/PCMA from rtc.g711 at 8 kHz. Any
+    other codec would get frames for aiortc to encode.
     """
 
     kind = "audio"
@@ -187,44 +179,60 @@ class OutgoingAudioTrack(MediaStreamTrack):
         self._codec = codec
         self._bit_rate = bit_rate
         self._complexity = complexity
-        self._encoder: OpusPacketEncoder | None = None
-        self._pending: deque[av.Packet] = deque()
+        self.sample_rate = SAMPLE_RATE
+        self._encoder: OpusEncoder | None = None
+        self._g711_resampler: Resampler | None = None
         self._silence = np.zeros(SAMPLES_PER_FRAME, dtype=np.int16)
         self._pts = 0
+        # frames encoded (for tests and statistics)
+        self.encoded = 0
+
+    def set_sample_rate(self, rate: int) -> None:
+        """Frames written from now on are at ``rate`` (the encoders start afresh)."""
+        self.sample_rate = rate
+        self._encoder = None
+        self._g711_resampler = None
+        self._silence = np.zeros(frame_samples(rate), dtype=np.int16)
 
     async def recv(self) -> AudioFrame | av.Packet:
-        while True:
-            if self.readyState != "live":
-                raise MediaStreamError
-            if self._pending:
-                return self._pending.popleft()
+        if self.readyState != "live":
+            raise MediaStreamError
+        samples = await self._clock.next()
+        if self.readyState != "live":
+            raise MediaStreamError
+        rate = self.sample_rate
+        if samples is None or len(samples) != len(self._silence):
+            samples = self._silence  # nothing to send, or written before a rate change
+        pts = self._pts
+        self._pts += PTS_PER_FRAME
 
-            samples = await self._clock.next()
-            if self.readyState != "live":
-                raise MediaStreamError
-            if samples is None:
-                samples = self._silence
-            pts = self._pts
-            self._pts += SAMPLES_PER_FRAME
+        mime = (self._codec() or "").lower()
+        payload: bytes | None = None
+        if mime == "audio/opus":
+            if self._encoder is None or self._encoder.sample_rate != rate:
+                self._encoder = OpusEncoder(rate, self._bit_rate, self._complexity)
+            payload = self._encoder.encode(samples)
+        elif mime in G711_CODECS:
+            if rate != G711_RATE:
+                if self._g711_resampler is None:
+                    self._g711_resampler = Resampler(rate, G711_RATE)
+                samples = self._g711_resampler.process(samples)
+            payload = G711_CODECS[mime][0](samples)
+        if payload is not None:
+            self.encoded += 1
+            packet = av.Packet(payload)
+            packet.pts = pts
+            packet.time_base = TIME_BASE
+            return packet
 
-            if (self._codec() or "").lower() == "audio/opus":
-                if self._encoder is None:
-                    self._encoder = OpusPacketEncoder(self._bit_rate, self._complexity)
-                for packet in self._encoder.encode(samples, pts):
-                    # our own running timestamp: libopus' starts at minus its pre-skip
-                    packet.pts = pts
-                    packet.time_base = TIME_BASE
-                    self._pending.append(packet)
-                continue
-
-            # aiortc's encoders want stereo; letting its resampler up-mix
-            # mono would cost 3 dB (centre mix level), so duplicate the channel here
-            stereo = np.repeat(samples, 2).reshape(1, -1)
-            frame = AudioFrame.from_ndarray(stereo, format="s16", layout="stereo")
-            frame.sample_rate = SAMPLE_RATE
-            frame.pts = pts
-            frame.time_base = TIME_BASE
-            return frame
+        # aiortc's encoders want stereo; letting its resampler up-mix
+        # mono would cost 3 dB (centre mix level), so duplicate the channel here
+        stereo = np.repeat(samples, 2).reshape(1, -1)
+        frame = AudioFrame.from_ndarray(stereo, format="s16", layout="stereo")
+        frame.sample_rate = rate
+        frame.pts = pts * rate // OPUS_CLOCK_RATE
+        frame.time_base = fractions.Fraction(1, rate)
+        return frame
 
 
 def to_mono_s16(frame: AudioFrame) -> npt.NDArray[np.int16]:
@@ -244,7 +252,8 @@ def to_mono_s16(frame: AudioFrame) -> npt.NDArray[np.int16]:
 
 class WebRtcLeg(AudioPort):
     """
-    aiortc RTCPeerConnection with one audio transceiver, sample_rate 48000.
+    aiortc RTCPeerConnection with one audio transceiver; sample_rate 48000
+    until ``set_sample_rate()``.
 
     ``on_dtmf(digit)`` (attribute or keyword) fires once per digit the
     browser sends; ``last_received`` is the loop time of the last RTP packet.
@@ -273,7 +282,10 @@ class WebRtcLeg(AudioPort):
         self._track = OutgoingAudioTrack(
             self._playout, lambda: self.codec, opus_bit_rate, opus_complexity
         )
-        self._decoder: av.AudioCodecContext | None = None
+        self.sample_rate = SAMPLE_RATE
+        # received packets decoded here: codec MIME -> (decode, resampler to the port rate)
+        self._decoders: dict[str, tuple[Decode, Resampler | None]] = {}
+        self.decoded = 0  # packets decoded (for tests and statistics)
         self._pending = np.zeros(0, dtype=np.int16)
         self._decode_codecs: tuple[object, dict[int, str]] | None = None
         self._transceiver: RTCRtpTransceiver | None = None
@@ -342,9 +354,27 @@ class WebRtcLeg(AudioPort):
     def write(self, frame: npt.NDArray[np.int16]) -> None:
         if self._closed:
             return
-        if len(frame) != SAMPLES_PER_FRAME:
-            raise ValueError(f"WebRtcLeg expects {SAMPLES_PER_FRAME}-sample frames")
+        if len(frame) != frame_samples(self.sample_rate):
+            raise ValueError(f"WebRtcLeg expects {frame_samples(self.sample_rate)}-sample frames")
         self._playout.put(frame)
+
+    def set_sample_rate(self, rate: int) -> None:
+        """
+        Exchange frames at ``rate`` (8000, 16000 or 48000) from now on, the far
+        leg's rate, so that the bridge relays without resampling: Opus is then
+        encoded from and decoded to that rate by libopus. Audio queued at the
+        old rate either way is dropped. A no-op when the rate is unchanged.
+        """
+        if rate not in PORT_RATES:
+            raise ValueError(f"WebRtcLeg sample rate must be one of {PORT_RATES}, not {rate}")
+        if rate == self.sample_rate:
+            return
+        self.sample_rate = rate
+        self._playout.clear()
+        self._queue.clear()
+        self._pending = np.zeros(0, dtype=np.int16)
+        self._decoders.clear()
+        self._track.set_sample_rate(rate)
 
     # negotiation
 
@@ -554,7 +584,7 @@ class WebRtcLeg(AudioPort):
         self._transceiver.setCodecPreferences(preferred)
 
     def _decode_packet(self, packet: AiortcRtpPacket) -> bool:
-        """Decode an Opus packet here (True), or leave it to aiortc (False)."""
+        """Decode an Opus, PCMU or PCMA packet here (True), or leave it to aiortc (False)."""
         if self._transceiver is None or self._closed:
             return False
         codecs = self._transceiver._codecs
@@ -563,22 +593,34 @@ class WebRtcLeg(AudioPort):
                 codecs,
                 {c.payloadType: c.mimeType.lower() for c in codecs if c.payloadType is not None},
             )
-        if self._decode_codecs[1].get(packet.payload_type) != "audio/opus":
+        mime = self._decode_codecs[1].get(packet.payload_type)
+        if mime is None:
             return False
-        if self._decoder is None:
-            decoder = av.CodecContext.create("libopus", "r")
-            assert isinstance(decoder, av.AudioCodecContext)
-            decoder.sample_rate = SAMPLE_RATE
-            decoder.layout = "mono"
-            decoder.format = "s16"
-            self._decoder = decoder
+        decoder = self._decoders.get(mime)
+        if decoder is None:
+            if mime == "audio/opus":
+                # libopus decodes straight to the port's rate
+                decoder = (OpusDecoder(self.sample_rate).decode, None)
+            elif mime in G711_CODECS:
+                resampler = (
+                    Resampler(G711_RATE, self.sample_rate)
+                    if self.sample_rate != G711_RATE
+                    else None
+                )
+                decoder = (G711_CODECS[mime][1], resampler)
+            else:
+                return False
+            self._decoders[mime] = decoder
+        decode, resampler = decoder
         try:
-            frames = self._decoder.decode(av.Packet(packet.payload))
-        except av.FFmpegError as exc:
-            logger.debug("Opus packet not decoded: %s", exc)
+            samples = decode(packet.payload)
+        except Exception as exc:  # a corrupt packet must not stop the leg
+            logger.debug("%s packet not decoded: %s", mime, exc)
             return True
-        for frame in frames:
-            self._put_received(to_mono_s16(frame))
+        self.decoded += 1
+        if resampler is not None:
+            samples = resampler.process(samples)
+        self._put_received(samples)
         return True
 
     # events
@@ -612,22 +654,27 @@ class WebRtcLeg(AudioPort):
                 return
             assert isinstance(frame, AudioFrame)
             samples = to_mono_s16(frame)
-            if frame.sample_rate != SAMPLE_RATE:
-                # a G.711-negotiated browser gives 8 kHz frames
-                if resampler is None or resampler.in_rate != frame.sample_rate:
-                    resampler = Resampler(frame.sample_rate, SAMPLE_RATE)
+            if frame.sample_rate != self.sample_rate:
+                # a codec aiortc decoded, at a rate other than the port's
+                if (
+                    resampler is None
+                    or resampler.in_rate != frame.sample_rate
+                    or resampler.out_rate != self.sample_rate
+                ):
+                    resampler = Resampler(frame.sample_rate, self.sample_rate)
                 samples = resampler.process(samples)
             self._put_received(samples)
 
     def _put_received(self, samples: npt.NDArray[np.int16]) -> None:
-        """Queue received audio in whole 20 ms frames."""
-        if len(self._pending) == 0 and len(samples) == SAMPLES_PER_FRAME:
+        """Queue received audio in whole 20 ms frames of the port's rate."""
+        size = frame_samples(self.sample_rate)
+        if len(self._pending) == 0 and len(samples) == size:
             self._queue.put(samples)
             return
         pending = np.concatenate((self._pending, samples))
-        whole = len(pending) - len(pending) % SAMPLES_PER_FRAME
-        for start in range(0, whole, SAMPLES_PER_FRAME):
-            self._queue.put(pending[start : start + SAMPLES_PER_FRAME])
+        whole = len(pending) - len(pending) % size
+        for start in range(0, whole, size):
+            self._queue.put(pending[start : start + size])
         self._pending = pending[whole:]
 
     async def close(self) -> None:

@@ -157,9 +157,29 @@ def run(
     # Packets are decoded in order; the warm-up must not skip or replay any, so no warm-up.
     results.append(measure(f"Opus decode 48k {channels}ch", av_packets, decode, warmup=0))
 
+    # the gateway's own pipeline since issue 4: libopus (rtc.opus) at 8 kHz mono,
+    # 32 kb/s, complexity 5 on a G.711 call; no resampler
+    from rtc.opus import OpusDecoder, OpusEncoder
+
+    enc8 = OpusEncoder(NARROW, 32000, 5 if complexity is None else complexity)
+    packets8: list[bytes] = []
+
+    def encode8(pcm: np.ndarray) -> None:
+        packets8.append(enc8.encode(pcm))
+
+    results.append(measure("rtc.opus encode 8k mono 32 kb/s", narrow, encode8))
+    dec8 = OpusDecoder(NARROW)
+    results.append(measure("rtc.opus decode 8k mono", packets8, dec8.decode, warmup=0))
+
     by = {r.name.split(" (")[0]: r.cpu_us for r in results}
     opus_enc = results[6].cpu_us
     opus_dec = results[7].cpu_us
+    gateway_per_call = (
+        by["rtc.opus encode 8k mono 32 kb/s"]
+        + by["rtc.opus decode 8k mono"]
+        + by["G.711 u-law encode"]
+        + by["G.711 u-law decode"]
+    )
     to_sip = opus_dec + by["resample 48k -> 8k"] + by["G.711 u-law encode"]
     to_web = by["G.711 u-law decode"] + by["resample 8k -> 48k"] + opus_enc
     per_call = to_sip + to_web
@@ -168,6 +188,8 @@ def run(
         "sip_to_webrtc_us": to_web,
         "per_call_us_per_20ms": per_call,
         "transcoded_calls_per_core": FRAME_MS * 1000 / per_call,
+        "gateway_8k_per_call_us_per_20ms": gateway_per_call,
+        "gateway_8k_calls_per_core": FRAME_MS * 1000 / gateway_per_call,
         "g711_only_calls_per_core": FRAME_MS
         * 1000
         / (by["G.711 u-law encode"] + by["G.711 u-law decode"]),
@@ -228,9 +250,15 @@ def main() -> int:
         f"{'one transcoded call, both directions':<50} "
         f"{summary['per_call_us_per_20ms']:9.1f} us per 20 ms"
     )
+    print(
+        f"{'gateway: Opus 8k (rtc.opus) <-> u-law, both ways':<50} "
+        f"{summary['gateway_8k_per_call_us_per_20ms']:9.1f} us per 20 ms"
+    )
     print()
     print(
         f"estimate: {summary['transcoded_calls_per_core']:.0f} transcoded calls per core "
+        "with 48 kHz Opus and resampling, "
+        f"{summary['gateway_8k_calls_per_core']:.0f} with the gateway's 8 kHz pipeline "
         "(codec work only; RTP/SRTP, ICE, jitter buffer and event loop not included)"
     )
     return 0

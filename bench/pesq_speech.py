@@ -117,6 +117,21 @@ def resampled(pcm: Pcm, opus: bool) -> Pcm:
     return np.concatenate(out)
 
 
+def opus_8k(pcm: Pcm, bit_rate: int = 32000) -> Pcm:
+    """The gateway's G.711 <-> Opus path since issue 4: u-law, then rtc.opus at 8 kHz
+    (as the WebRTC leg encodes and the browser decodes), then u-law again; no resampler."""
+    from rtc.g711 import ulaw_decode, ulaw_encode
+    from rtc.opus import OpusDecoder, OpusEncoder
+
+    encoder, decoder = OpusEncoder(8000, bit_rate), OpusDecoder(8000)
+    return np.concatenate(
+        [
+            ulaw_decode(ulaw_encode(decoder.decode(encoder.encode(ulaw_decode(ulaw_encode(f))))))
+            for f in frames(pcm, 160)
+        ]
+    )
+
+
 async def live_rtp(pcm: Pcm) -> Pcm:
     from rtc.rtpleg import RtpLeg
 
@@ -163,6 +178,7 @@ def main() -> None:
         ("G.711 u-law twice (tandem, no resampling)", g711(g711(ref))),
         ("G.711 + resampler 8k->48k->8k", resampled(ref, opus=False)),
         ("G.711 + resampler + Opus 48k (transcoded call)", resampled(ref, opus=True)),
+        ("G.711 + Opus at 8 kHz 32 kb/s + G.711 (no resampler)", opus_8k(ref)),
         ("live RtpLeg -> RtpLeg (PCMU, jitter buffer)", asyncio.run(live_rtp(ref))),
     ]
     for name, degraded in paths:

@@ -5,6 +5,7 @@ sine (its ausine source), so the web client checks what it hears."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import shutil
 import subprocess
 import wave
@@ -42,6 +43,10 @@ rtp_ports\t\t{rtp}-{rtp_end}
 class Phone:
     def __init__(self, workdir: Path, gateway_sip_port: int, number: str, password: str):
         self.dir = workdir / f"baresip-{number}"
+        for n in range(2, 100):  # a second phone of the same number gets its own directory
+            if not self.dir.exists():
+                break
+            self.dir = workdir / f"baresip-{number}-{n}"
         self.dir.mkdir()
         self.sip_port = free_port()
         rtp = free_port(tcp=False, span=10) & ~1
@@ -186,3 +191,44 @@ async def test_refused_refer_joins_the_two_sip_parties(gateway, sipp, clients, p
     tail = pcm[-3 * rate :]  # the last seconds: the joined call
     assert rms_dbfs(tail) > -40, f"baresip heard silence after the join ({rms_dbfs(tail):.1f})"
     assert abs(dominant_frequency(tail, rate) - 440.0) <= 20, dominant_frequency(tail, rate)
+
+
+# A user stored without a password: only ha1_md5 = MD5("1003:gw.example:carol-secret"),
+# the hash `webrtc-gateway ha1 --number 1003 --realm gw.example` prints.
+HA1_REALM = "gw.example"
+HA1_ONLY_USER = f"""
+[sip]
+realm = "{HA1_REALM}"
+trusted_networks = []  # the INVITE from baresip must pass digest too
+
+[[users]]
+username = "carol"
+number = "1003"
+ha1_md5 = "{hashlib.md5(f"1003:{HA1_REALM}:carol-secret".encode()).hexdigest()}"
+"""
+
+
+@pytest.mark.parametrize("gateway", [HA1_ONLY_USER], indirect=True)
+async def test_ha1_only_user_registers_and_calls(gateway, clients, phones):
+    """baresip, knowing carol's password, registers with digest to the built-in registrar
+    that has only her ha1_md5, then calls a web user; a wrong password gets 403."""
+    wrong = phones(gateway, "1003", "not-carols-password")
+    wrong.start()
+    await wrong.wait_log("403")
+    wrong.stop()
+    alice: JsonV1Client = await clients(gateway, name="alice")
+    await alice.login("1001", "Alice")
+    phone = phones(gateway, "1003", "carol-secret")
+    phone.start("/dial 1001")
+    await phone.wait_log("1003@127.0.0.1: {0/UDP/v4} 200 OK")  # registered, after digest
+    incoming = await alice.wait_incoming(timeout=20)
+    assert incoming.start_message["remoteAddress"]["dialString"] == "1003"
+    await incoming.accept()
+    await incoming.answer()
+    await incoming.wait_state("active", timeout=20)
+    await check_tone(incoming, 440.0, what="baresip's sine from the HA1-only user")
+    await incoming.hangup()
+    await incoming.wait_state("terminated", timeout=10)
+    # Both the REGISTER and the INVITE (nobody is trusted) were challenged and answered.
+    sent = phone.log()
+    assert sent.count('Authorization: Digest username="1003", realm="gw.example"') >= 2, sent

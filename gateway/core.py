@@ -23,7 +23,14 @@ from typing import Any
 from sipmessage import URI
 
 from gateway.auth import AuthResult
-from gateway.call import CallState, Reason, allows, reason_from_sip, sip_for_reason
+from gateway.call import (
+    CallMessage,
+    CallState,
+    Reason,
+    allows,
+    reason_from_sip,
+    sip_for_reason,
+)
 from gateway.commands import (
     Accept,
     Answer,
@@ -61,10 +68,12 @@ from sip.peer import Peer
 
 logger = logging.getLogger(__name__)
 
-ClientSink = Callable[[ClientEvent], None]
+# What the core tells a client's front end: the shared events, and call notifications
+# (CallMessage) a front end may have no vocabulary for.
+ClientSink = Callable[[ClientEvent | CallMessage], None]
 
 
-def _discard(event: ClientEvent) -> None:
+def _discard(event: ClientEvent | CallMessage) -> None:
     """The sink of a detached registration: a restore re-sends the current state."""
 
 
@@ -744,6 +753,8 @@ class Core:
             self._end(call, Reason.SUCCESS if ev.reason == "bye" else Reason.ERROR)
         elif isinstance(ev, sip_events.InfoReceived):
             self._far_info(call, ev)
+        elif isinstance(ev, sip_events.MessageReceived):
+            self._far_message(call, ev)
 
     def _apply_far_sdp(self, call: ClientCall, sdp: bytes) -> bool:
         assert call.rtp is not None
@@ -920,6 +931,13 @@ class Core:
             key, _, value = line.partition("=")
             if key.strip().lower() == "signal" and len(value.strip()) == 1:
                 self._far_dtmf(call, value.strip().upper())
+
+    def _far_message(self, call: ClientCall, ev: sip_events.MessageReceived) -> None:
+        """An in-dialog MESSAGE from the SIP far end (already answered 200 by the SIP
+        layer: RFC 3428 pager mode) goes to the client as a call notification."""
+        if call.state is CallState.TERMINATED:
+            return
+        call.reg.sink(CallMessage(call.call_id, ev.content_type, ev.body))
 
     def _far_media_timeout(self, call: ClientCall | Junction | None) -> None:
         if not isinstance(call, ClientCall):
@@ -1128,6 +1146,11 @@ class Core:
                 incoming, call.sip_in = call.sip_in, None
                 incoming.winner, incoming.forks, incoming.junction = None, [], junction
             session.set_reoffer_handler(functools.partial(self._junction_reoffer, rtp))
+            # MESSAGEs are relayed to the other side and answered with its response.
+            session.defer_messages()
+            session.set_event_handler(
+                functools.partial(self._junction_session_event, junction, session)
+            )
             if call.local_hold:
                 session.reinvite(
                     rtp.create_offer("sendrecv"), functools.partial(self._junction_resumed, rtp)
@@ -1149,6 +1172,39 @@ class Core:
         if sdp is not None and 200 <= code < 300:
             with contextlib.suppress(SdpError):
                 rtp.apply_answer(sdp)
+
+    def _junction_session_event(
+        self,
+        junction: Junction,
+        session: OutboundInvite | InboundInvite,
+        ev: sip_events.SessionEvent,
+    ) -> None:
+        if isinstance(ev, sip_events.MessageReceived):
+            self._junction_message(junction, session, ev)
+        else:
+            self._junction_event(junction, ev)
+
+    @staticmethod
+    def _junction_message(
+        junction: Junction, session: OutboundInvite | InboundInvite, ev: sip_events.MessageReceived
+    ) -> None:
+        """In-dialog MESSAGE (RFC 3428) from one joined SIP party: sent on to the other in
+        its dialog, Content-Type and body unchanged; the sender gets the other side's
+        final response (a timeout as 504, RFC 4320)."""
+        if ev.op == 0:
+            return  # answered by the SIP layer already (not deferred): nothing to relay to
+        others = [s for s in junction.sessions if s is not session]
+        if junction.ended or not others:
+            session.respond_message(ev.op, 481)
+            return
+        if ev.content_type and not _HEADER_VALUE.fullmatch(ev.content_type):
+            session.respond_message(ev.op, 415)
+            return
+
+        def relay(code: int) -> None:
+            session.respond_message(ev.op, 504 if code == 408 else code)
+
+        others[0].message(ev.content_type, ev.body, on_result=relay)
 
     def _junction_event(self, junction: Junction, ev: sip_events.SessionEvent) -> None:
         if junction.ended or not isinstance(
@@ -1534,6 +1590,9 @@ class Core:
             return
         if isinstance(ev, sip_events.InfoReceived) and incoming.winner is not None:
             self._far_info(incoming.winner, ev)
+            return
+        if isinstance(ev, sip_events.MessageReceived) and incoming.winner is not None:
+            self._far_message(incoming.winner, ev)
             return
         if isinstance(ev, sip_events.Referred) and incoming.winner is not None:
             self._spawn(self._referred(incoming.winner, ev))

@@ -170,6 +170,73 @@ async def test_failed_logins_are_throttled(gateway: Gateway) -> None:
     assert response.status_code == 429
 
 
+# ----------------------------------------------------------------------------- HA1 only
+
+# carol and 1004 are stored with HA1 values only: H(number:SIP realm:password).
+# 1004's user name is its number and [auth] realm is the SIP realm, so its stored HA1 is
+# also what a browser's Digest hashes; carol's is not (she logs in with Basic only).
+HA1_REALM = "gw.example"
+
+
+def _ha1(algorithm: str, number: str, password: str) -> str:
+    h = {"SHA-256": hashlib.sha256, "MD5": hashlib.md5}[algorithm]
+    return h(f"{number}:{HA1_REALM}:{password}".encode()).hexdigest()
+
+
+HA1_USERS = f"""{PASSWORD}realm = "{HA1_REALM}"
+
+[sip]
+realm = "{HA1_REALM}"
+
+[[users]]
+username = "carol"
+number = "1003"
+ha1_md5 = "{_ha1("MD5", "1003", "carol-secret")}"
+ha1_sha256 = "{_ha1("SHA-256", "1003", "carol-secret")}"
+
+[[users]]
+username = "1004"
+number = "1004"
+ha1_sha256 = "{_ha1("SHA-256", "1004", "dave-secret")}"
+"""
+
+
+@pytest.mark.parametrize("gateway", [HA1_USERS], indirect=True)
+async def test_ha1_only_users_log_in(gateway: Gateway) -> None:
+    # Basic: the typed password is hashed with the number and SIP realm and compared.
+    await opened(gateway, headers={"Authorization": basic("carol", "carol-secret")})
+    assert (await refused(gateway, headers={
+        "Authorization": basic("carol", "carol-SECRET")
+    })).status_code == 401
+    status, _, data = token_request(gateway, basic("carol", "carol-secret"))
+    assert status == 200, data
+    token = json.loads(data)["access_token"]
+    assert jwt.decode(token, options={"verify_signature": False})["sub"] == "carol"
+    await opened(gateway, f"?access_token={token}")
+    # Digest cannot be checked against carol's HA1 (it hashes "1003", not "carol"): 401
+    # like a wrong password, and a warning in the log that says why.
+    response = await refused(gateway)
+    value = digest(response.headers.get_all("WWW-Authenticate"), "carol", "carol-secret",
+                   "GET", "/ws")
+    response = await refused(gateway, headers={"Authorization": value})
+    assert response.status_code == 401 and b"wrong user name or password" in response.body
+    deadline = time.monotonic() + 5
+    while "Digest SHA-256 login as 'carol' refused: only HA1 values" not in gateway.log():
+        assert time.monotonic() < deadline, gateway.log()[-3000:]
+        await asyncio.sleep(0.1)
+    # 1004 (user name = number, [auth] realm = SIP realm): Digest with the stored SHA-256.
+    response = await refused(gateway)
+    value = digest(response.headers.get_all("WWW-Authenticate"), "1004", "dave-secret",
+                   "GET", "/ws")
+    await opened(gateway, headers={"Authorization": value})
+    # ... but not MD5, which is not stored for it.
+    response = await refused(gateway)
+    value = digest(response.headers.get_all("WWW-Authenticate"), "1004", "dave-secret",
+                   "GET", "/ws", "MD5")
+    assert (await refused(gateway, headers={"Authorization": value})).status_code == 401
+    await opened(gateway, headers={"Authorization": basic("1004", "dave-secret")})
+
+
 # ----------------------------------------------------------------------------- token
 
 

@@ -18,7 +18,7 @@ from websockets.frames import CloseCode
 
 from gateway import __version__
 from gateway.auth import AuthResult
-from gateway.call import Reason
+from gateway.call import CallMessage, Reason
 from gateway.commands import (
     Accept,
     Answer,
@@ -116,7 +116,7 @@ class JsonV1Session:
         except asyncio.QueueFull:
             self._close(CloseCode.TRY_AGAIN_LATER, "client is not reading")
 
-    def on_event(self, event: ClientEvent) -> None:
+    def on_event(self, event: ClientEvent | CallMessage) -> None:
         if isinstance(event, CallOffered):
             start = {
                 "operation": "signaling", "action": "start", "identifier": event.call_id,
@@ -142,6 +142,14 @@ class JsonV1Session:
                        "sdp": event.sdp})
         elif isinstance(event, RegistrationEnded):
             self._register_terminated(event.reason)
+        elif isinstance(event, CallMessage):
+            # json-v1 has no message vocabulary (protocols/json-v1.md): a client could not
+            # tell it from an unknown operation and must not be sent one. The SIP sender
+            # already had its 200 (RFC 3428 pager mode), so the text is logged and dropped.
+            logger.info(
+                "call %s: %s message (%d bytes) from the far end dropped: json-v1 cannot "
+                "carry it", event.call_id, event.content_type or "untyped", len(event.body),
+            )
 
     def _register_status(self) -> None:
         assert self.reg is not None

@@ -12,6 +12,7 @@ import pytest
 from gateway.config import (
     DEFAULTS_SOURCE,
     DEMO_USERS,
+    HA1_KEYS,
     VERSION,
     AuthConfig,
     CallsConfig,
@@ -27,6 +28,8 @@ from gateway.config import (
     User,
     load_config,
     parse_config,
+    sip_realm,
+    user_ha1,
 )
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "config" / "gateway.example.toml"
@@ -863,3 +866,161 @@ def test_push_bad_service_account_files(tmp_path: Path) -> None:
     # A loopback token_uri is fine (tests stand in for Google).
     _service_account_file(tmp_path, token_uri="http://127.0.0.1:9/token")
     assert load_config(str(config)).push.service == "fcm"
+
+
+# ----------------------------------------------------------------------------- HA1 users
+
+REALM = "gw.example"
+
+
+def _md5(text: str) -> str:
+    import hashlib
+
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def _sha256(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_user_ha1_is_number_realm_password() -> None:
+    # RFC 2617 §3.5's example HA1 (its user name in the place of our number).
+    assert user_ha1("MD5", "Mufasa", "testrealm@host.com", "Circle Of Life") == (
+        "939e7578ed9e3c518a452acee763bce9"
+    )
+    assert user_ha1("SHA-256", "1001", REALM, "pässword") == _sha256(f"1001:{REALM}:pässword")
+    assert HA1_KEYS == {"ha1_md5": ("MD5", 32), "ha1_sha256": ("SHA-256", 64)}
+    assert sip_realm(SipConfig("127.0.0.1", 5060)) == "127.0.0.1"
+    assert sip_realm(SipConfig("127.0.0.1", 5060, realm=REALM)) == REALM
+
+
+def test_users_with_ha1_values() -> None:
+    c = parse_config(
+        {
+            "sip": {"realm": REALM},
+            "users": [
+                # only ha1_md5, given in upper case: stored in lower case
+                {"username": "carol", "number": "1003",
+                 "ha1_md5": _md5(f"1003:{REALM}:carol-pw").upper()},
+                # both, beside a password they match
+                {"username": "dave", "number": "+4930", "password": "dave-pw",
+                 "ha1_md5": _md5(f"+4930:{REALM}:dave-pw"),
+                 "ha1_sha256": _sha256(f"+4930:{REALM}:dave-pw")},
+                {"username": "erin", "number": "1005",
+                 "ha1_sha256": _sha256(f"1005:{REALM}:erin-pw")},
+            ],
+        },
+        SRC,
+    )
+    carol, dave, erin = c.users
+    assert carol == User("carol", "", "1003", "carol", ha1_md5=_md5(f"1003:{REALM}:carol-pw"))
+    assert carol.ha1_only and not dave.ha1_only and erin.ha1_only
+    assert dave.password == "dave-pw" and dave.ha1_sha256 == _sha256(f"+4930:{REALM}:dave-pw")
+    assert erin.ha1_md5 is None and erin.ha1_sha256 == _sha256(f"1005:{REALM}:erin-pw")
+    assert c.demo_users is False
+    assert "ha1" not in repr(carol) and _md5(f"1003:{REALM}:carol-pw") not in repr(c)
+
+
+MD5_OF_PW = _md5("1:127.0.0.1:p")  # [sip] realm unset: the realm is the listen host
+
+
+@pytest.mark.parametrize(
+    ("user", "key", "fragment"),
+    [
+        ({"username": "a", "number": "1"}, "password",
+         "missing (every user needs a password, or ha1_md5/ha1_sha256)"),
+        ({"username": "a", "number": "1", "ha1_md5": "0" * 31}, "ha1_md5",
+         'expected 32 hexadecimal digits (MD5 of "number:realm:password"), got 31 characters'),
+        ({"username": "a", "number": "1", "ha1_md5": "0" * 64}, "ha1_md5",
+         "expected 32 hexadecimal digits"),
+        ({"username": "a", "number": "1", "ha1_md5": "g" * 32}, "ha1_md5",
+         "got characters that are not hexadecimal digits"),
+        ({"username": "a", "number": "1", "ha1_md5": " " + "0" * 31}, "ha1_md5",
+         "not hexadecimal digits"),
+        ({"username": "a", "number": "1", "ha1_sha256": "0" * 32}, "ha1_sha256",
+         'expected 64 hexadecimal digits (SHA-256 of "number:realm:password"), got 32 char'),
+        ({"username": "a", "number": "1", "ha1_sha256": 5}, "ha1_sha256",
+         "expected a string, got integer 5"),
+        ({"username": "a", "number": "1", "password": "", "ha1_md5": MD5_OF_PW}, "password",
+         "must not be empty (leave it out to store only ha1_md5/ha1_sha256)"),
+        ({"username": "a", "number": "1", "password": "q", "ha1_md5": MD5_OF_PW}, "ha1_md5",
+         'does not match the password: expected MD5 of "1:127.0.0.1:<password>"'),
+        # hashed with another realm than the SIP realm
+        ({"username": "a", "number": "1", "password": "p",
+          "ha1_sha256": _sha256(f"1:{REALM}:p")}, "ha1_sha256", "does not match the password"),
+        # hashed with the user name instead of the number
+        ({"username": "a", "number": "1", "password": "p",
+          "ha1_md5": _md5("a:127.0.0.1:p")}, "ha1_md5", "does not match the password"),
+    ],
+)  # fmt: skip
+def test_ha1_errors(user: dict[str, Any], key: str, fragment: str) -> None:
+    message = err({"users": [user]})
+    assert message.startswith(f"config error in {SRC}: [[users]] #1 {key}: "), message
+    assert fragment in message, message
+    for value in user.values():  # a hash (a password equivalent) is never shown
+        if isinstance(value, str) and len(value) > 30:
+            assert value not in message
+
+
+def test_ha1_matching_password_at_default_realm() -> None:
+    c = parse_config({"users": [{"username": "a", "number": "1", "password": "p",
+                                 "ha1_md5": MD5_OF_PW}]}, SRC)
+    assert c.users[0].ha1_md5 == MD5_OF_PW and not c.users[0].ha1_only
+
+
+def test_ha1_in_users_files(tmp_path: Path) -> None:
+    md5 = _md5(f"2001:{REALM}:pw")
+    sha = _sha256(f"2002:{REALM}:pw2")
+    (tmp_path / "u.csv").write_text(
+        "username,password,number,ha1_md5,ha1_sha256\n"
+        f"dave,,2001,{md5},\n"
+        f"erin,,2002,,{sha}\n"
+        f"frank,fpw,2003,,{_sha256(f'2003:{REALM}:fpw')}\n"
+    )
+    (tmp_path / "u.toml").write_text(f'[[users]]\nusername = "gina"\nnumber = "2004"\n'
+                                     f'ha1_md5 = "{_md5(f"2004:{REALM}:g")}"\n')
+    for name in ("u.csv", "u.toml"):
+        (tmp_path / "gw.toml").write_text(
+            f'[sip]\nrealm = "{REALM}"\n[directory]\nusers_file = "{name}"\n'
+        )
+        users = load_config(str(tmp_path / "gw.toml")).users
+        if name == "u.csv":
+            dave, erin, frank = users
+            assert (dave.password, dave.ha1_md5, dave.ha1_sha256) == ("", md5, None)
+            assert (erin.password, erin.ha1_md5, erin.ha1_sha256) == ("", None, sha)
+            assert frank.password == "fpw" and not frank.ha1_only
+        else:
+            assert users[0].ha1_only and users[0].ha1_md5 == _md5(f"2004:{REALM}:g")
+    # Only an HA1 column, no password column at all.
+    (tmp_path / "u.csv").write_text(f"username,number,ha1_md5\ndave,2001,{md5}\n")
+    (tmp_path / "gw.toml").write_text(
+        f'[sip]\nrealm = "{REALM}"\n[directory]\nusers_file = "u.csv"\n'
+    )
+    assert load_config(str(tmp_path / "gw.toml")).users[0].ha1_md5 == md5
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("username,password,number,ha1_md5\ndave,,2001,abc\n",
+         "line 2 ha1_md5: expected 32 hexadecimal digits (MD5 of \"number:realm:password\"), "
+         "got 3 characters"),
+        ("username,number,ha1_md5\ndave,2001,\n",
+         "line 2 password: missing (every user needs a password, or ha1_md5/ha1_sha256)"),
+        ("username,password,number,ha1_md5\ndave,,2001,\n",
+         "line 2 password: must not be empty"),
+        ("username,number\n",
+         "line 1: header lacks the password column (or ha1_md5/ha1_sha256 columns)"),
+        ("username,password,number,ha1_sha256\ndave,pw,2001," + "0" * 64 + "\n",
+         "line 2 ha1_sha256: does not match the password"),
+    ],
+)  # fmt: skip
+def test_ha1_errors_in_csv_users_file(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "u.csv"
+    path.write_text(text)
+    (tmp_path / "gw.toml").write_text('[directory]\nusers_file = "u.csv"\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(str(tmp_path / "gw.toml"))
+    assert str(info.value).startswith(f"config error in {path}: {message}"), str(info.value)

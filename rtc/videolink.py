@@ -1,6 +1,9 @@
 """
-Video between two WebRTC legs of one call (web-to-web): each leg's received
+Video between two WebRTC legs of one call (web-to-web), or between a WebRTC
+leg and a SIP phone's video stream (rtpvideo.RtpVideo): each end's received
 video becomes the other's outgoing video, once both negotiated video.
+The SIP side is relayed only when both ends share the codec (no transcoding);
+its b=AS/b=TIAS caps the browser's bitrate (REMB).
 
 When both legs negotiated the same codec (the usual case: VP8 on both) the
 encoded frames are forwarded as they are (no transcoding; keyframe requests
@@ -14,6 +17,8 @@ from typing import TYPE_CHECKING
 
 from aiortc import MediaStreamTrack
 
+from .rtpvideo import RtpVideo
+
 if TYPE_CHECKING:
     from .webrtcleg import WebRtcLeg
 
@@ -22,18 +27,21 @@ __all__ = ["VideoLink"]
 logger = logging.getLogger(__name__)
 
 
-class _Direction:
-    """Video from one leg to the other."""
+def _same_codec(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and a.lower() == b.lower()
 
-    def __init__(self, source: "WebRtcLeg", sink: "WebRtcLeg") -> None:
+
+class _Direction:
+    """Video from one end to the other."""
+
+    def __init__(self, source: "WebRtcLeg | RtpVideo", sink: "WebRtcLeg | RtpVideo") -> None:
         self.source = source
         self.sink = sink
         self.track: MediaStreamTrack | None = None
         self.codecs: tuple[str | None, str | None] | None = None
 
     def update(self) -> None:
-        video = self.source.video
-        if not (self.source.has_video and self.sink.has_video) or video is None:
+        if not (self.source.has_video and self.sink.has_video):
             self.stop()
             return
         codecs = (self.source.video_codec, self.sink.video_codec)
@@ -41,20 +49,37 @@ class _Direction:
             return
         self.stop()
         self.codecs = codecs
-        if codecs[0] is not None and codecs[0] == codecs[1]:
-            self.track = video.subscribe_encoded()
+        source = self.source
+        if isinstance(source, RtpVideo):
+            subscribe_encoded, subscribe_decoded = source.subscribe_encoded, None
+        elif source.video is not None:
+            subscribe_encoded = source.video.subscribe_encoded
+            subscribe_decoded = source.video.subscribe_decoded
         else:
+            return
+        if _same_codec(*codecs):
+            self.track = subscribe_encoded()
+        elif subscribe_decoded is not None and not isinstance(self.sink, RtpVideo):
             logger.info("video transcoded from %s to %s", codecs[0], codecs[1])
-            self.track = video.subscribe_decoded()
+            self.track = subscribe_decoded()
+        else:
+            # the SIP side relays video as it is: no transcoding for it
+            logger.warning("video not relayed: %s one way, %s the other", *codecs)
+            return
         self.sink.set_video_source(self.track)
+
+    def _sink_source(self) -> MediaStreamTrack | None:
+        sink = self.sink
+        if isinstance(sink, RtpVideo):
+            return sink.video_source
+        return sink.video.outgoing.source if sink.video is not None else None
 
     def stop(self) -> None:
         track, self.track = self.track, None
         self.codecs = None
         if track is None:
             return
-        video = self.sink.video
-        if video is not None and video.outgoing.source is track:
+        if self._sink_source() is track:
             self.sink.set_video_source(None)
         track.stop()
 
@@ -68,11 +93,12 @@ class VideoLink:
     Without video on either side it does nothing.
     """
 
-    def __init__(self, a: "WebRtcLeg", b: "WebRtcLeg") -> None:
+    def __init__(self, a: "WebRtcLeg", b: "WebRtcLeg | RtpVideo") -> None:
         self.a = a
         self.b = b
         self._directions = (_Direction(a, b), _Direction(b, a))
         self._closed = False
+        self._cap: int | None = None
         a.add_video_listener(self.update)
         b.add_video_listener(self.update)
         self.update()
@@ -96,6 +122,16 @@ class VideoLink:
             return
         for direction in self._directions:
             direction.update()
+        self._cap_bitrate()
+
+    def _cap_bitrate(self) -> None:
+        """A SIP phone's b=AS/TIAS limits what the browser sends us for it (REMB)."""
+        if not isinstance(self.b, RtpVideo) or self.a.video is None:
+            return
+        cap = self.b.max_bitrate if self.active else None
+        if cap != self._cap:
+            self._cap = cap
+            self.a.video.set_max_bitrate(cap)
 
     def close(self) -> None:
         if self._closed:
@@ -105,3 +141,5 @@ class VideoLink:
         self.b.remove_video_listener(self.update)
         for direction in self._directions:
             direction.stop()
+        if self._cap is not None and self.a.video is not None:
+            self.a.video.set_max_bitrate(None)

@@ -28,18 +28,20 @@ import logging
 import queue
 from collections.abc import Callable
 from fractions import Fraction
-from typing import Any
+from typing import Any, Protocol
 
 import av
 from aiortc import MediaStreamTrack, RTCRtpSender, RTCRtpTransceiver
 from aiortc.contrib.media import MediaRelay
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci, unpack_remb_fci
 from aiortc.sdp import SessionDescription
 from av.frame import Frame
 
 __all__ = [
     "VIDEO_TIME_BASE",
+    "EncodedVideoSource",
     "EncodedVideoTrack",
     "OutgoingVideoTrack",
     "WebRtcVideo",
@@ -133,6 +135,17 @@ class _DecoderTap(queue.Queue[Any]):
             super().put(item, block, timeout)
 
 
+class EncodedVideoSource(Protocol):
+    """Where an EncodedVideoTrack's frames come from (WebRtcVideo, rtpvideo.RtpVideo)."""
+
+    @property
+    def receive_codec(self) -> str | None: ...
+
+    def request_keyframe(self) -> None: ...
+
+    def _unsubscribe(self, track: "EncodedVideoTrack") -> None: ...
+
+
 class EncodedVideoTrack(MediaStreamTrack):
     """
     The received video as encoded frames (``av.Packet``, pts in 1/90000),
@@ -143,7 +156,7 @@ class EncodedVideoTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, video: "WebRtcVideo") -> None:
+    def __init__(self, video: EncodedVideoSource) -> None:
         super().__init__()
         self._video = video
         self._queue: asyncio.Queue[av.Packet | None] = asyncio.Queue()
@@ -314,6 +327,9 @@ class WebRtcVideo:
         receiver._send_rtcp_pli = self._receiver_pli  # type: ignore[method-assign]
         self._sender_keyframe = sender._send_keyframe
         sender._send_keyframe = self._keyframe_requested  # type: ignore[method-assign]
+        self.max_bitrate: int | None = None
+        self._send_receiver_rtcp = receiver._send_rtcp
+        receiver._send_rtcp = self._receiver_rtcp  # type: ignore[method-assign]
 
         sender.replaceTrack(self.outgoing)
         capabilities = RTCRtpSender.getCapabilities("video").codecs
@@ -406,6 +422,37 @@ class WebRtcVideo:
             return
         self._last_keyframe_request = now
         asyncio.ensure_future(self._send_pli(self._ssrc))
+
+    def set_max_bitrate(self, bitrate: int | None) -> None:
+        """
+        Cap what the browser sends us (bits/s; None: no cap), when what it
+        sends is forwarded to a peer that asked for less (SDP b=AS): aiortc's
+        REMB toward the browser never exceeds it, and one goes out at once.
+        """
+        self.max_bitrate = bitrate
+        receiver = self.transceiver.receiver
+        rtcp_ssrc = getattr(receiver, "_RTCRtpReceiver__rtcp_ssrc", None)
+        if bitrate is None or self._ssrc is None or rtcp_ssrc is None or self._closed:
+            return
+        packet = RtcpPsfbPacket(
+            fmt=RTCP_PSFB_APP,
+            ssrc=rtcp_ssrc,
+            media_ssrc=0,
+            fci=pack_remb_fci(bitrate, [self._ssrc]),
+        )
+        asyncio.ensure_future(self._send_receiver_rtcp(packet))
+
+    async def _receiver_rtcp(self, packet: Any) -> None:
+        cap = self.max_bitrate
+        if cap is not None and isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            try:
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+            except ValueError:
+                pass
+            else:
+                if bitrate > cap:
+                    packet.fci = pack_remb_fci(cap, ssrcs)
+        await self._send_receiver_rtcp(packet)
 
     def _unsubscribe(self, track: EncodedVideoTrack) -> None:
         if track in self._subscribers:

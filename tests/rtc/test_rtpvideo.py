@@ -1,0 +1,341 @@
+"""Video toward a SIP phone (rtc.rtpvideo): SDP negotiation, frame re-assembly, keyframe
+requests both ways and frames relayed to and from an aiortc browser, with a scripted phone
+(a UDP socket pair speaking RTP/RTCP)."""
+
+import asyncio
+import fractions
+
+import numpy as np
+import pytest
+from aiortc.codecs.h264 import H264Encoder
+from aiortc.codecs.vpx import Vp8Encoder
+from av import VideoFrame
+
+from rtc.rtcp import RtcpFirPacket, RtcpPliPacket, parse_rtcp
+from rtc.rtp import RtpPacket
+from rtc.rtpvideo import (
+    FrameAssembler,
+    RtpVideo,
+    VideoRtpLeg,
+    bandwidth_limit,
+    h264_profile_supported,
+)
+from rtc.sdp import SessionDescription
+from rtc.videolink import VideoLink
+from rtc.webrtcleg import WebRtcLeg
+from rtc.webrtcvideo import EncodedVideoTrack
+
+from .conftest import wait_for
+from .test_webrtcvideo import Browser, dominant_channel, lit_frames
+
+PHONE_VP8_H264 = """v=0
+o=phone 1 1 IN IP4 127.0.0.1
+s=-
+c=IN IP4 127.0.0.1
+t=0 0
+m=audio {audio} RTP/AVP 0
+a=rtpmap:0 PCMU/8000
+m=video {video} RTP/AVP {formats}
+b=AS:{bitrate}
+a=rtpmap:100 VP8/90000
+a=rtpmap:101 H264/90000
+a=fmtp:101 packetization-mode=1;profile-level-id=42801f
+a=rtpmap:102 H264/90000
+a=fmtp:102 packetization-mode=0;profile-level-id=42801f
+a=rtpmap:103 H263-1998/90000
+a=rtcp-fb:* nack pli
+a=rtcp-fb:* ccm fir
+a=sendrecv
+"""
+
+
+def phone_offer(audio: int, video: int, formats: str = "100 101", bitrate: int = 800) -> bytes:
+    return PHONE_VP8_H264.format(
+        audio=audio, video=video, formats=formats, bitrate=bitrate
+    ).encode()
+
+
+class Phone(asyncio.DatagramProtocol):
+    """A scripted SIP phone's video: what arrives on its RTP and RTCP ports."""
+
+    def __init__(self) -> None:
+        self.rtp: list[RtpPacket] = []
+        self.rtcp: list[bytes] = []
+        self.transport: asyncio.DatagramTransport | None = None
+        self.rtcp_transport: asyncio.DatagramTransport | None = None
+        self.port = 0
+
+    @classmethod
+    async def open(cls) -> "Phone":
+        loop = asyncio.get_running_loop()
+        phone = cls()
+        for port in range(31000, 32000, 2):
+            try:
+                phone.transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _Sink(phone.rtp_in), local_addr=("127.0.0.1", port)
+                )
+            except OSError:
+                continue
+            try:
+                phone.rtcp_transport, _ = await loop.create_datagram_endpoint(
+                    lambda: _Sink(phone.rtcp.append), local_addr=("127.0.0.1", port + 1)
+                )
+            except OSError:
+                phone.transport.close()
+                continue
+            phone.port = port
+            return phone
+        raise OSError("no port")
+
+    def rtp_in(self, data: bytes) -> None:
+        if 192 <= data[1] <= 223:
+            self.rtcp.append(data)
+        else:
+            self.rtp.append(RtpPacket.parse(data))
+
+    def feedback(self) -> list[object]:
+        packets: list[object] = []
+        for data in self.rtcp:
+            packets += parse_rtcp(data)
+        return [p for p in packets if isinstance(p, RtcpPliPacket | RtcpFirPacket)]
+
+    def close(self) -> None:
+        for transport in (self.transport, self.rtcp_transport):
+            if transport is not None:
+                transport.close()
+
+
+class _Sink(asyncio.DatagramProtocol):
+    def __init__(self, on_data) -> None:  # type: ignore[no-untyped-def]
+        self._on_data = on_data
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self._on_data(data)
+
+
+def vp8_packets(payloads: list[bytes], seq: int, ts: int, ssrc: int = 0x1234) -> list[RtpPacket]:
+    return [
+        RtpPacket(100, (seq + i) & 0xFFFF, ts, ssrc, p, marker=i == len(payloads) - 1)
+        for i, p in enumerate(payloads)
+    ]
+
+
+def vp8_payload(data: bytes, start: bool) -> bytes:
+    # RFC 7741 descriptor: no extensions, S bit on the first packet, partition 0
+    return bytes([0x10 if start else 0x00]) + data
+
+
+def test_h264_profiles() -> None:
+    assert h264_profile_supported("42e01f")  # constrained baseline
+    assert h264_profile_supported("42001f")  # baseline
+    assert h264_profile_supported("4d801f")  # main, constrained-baseline compatible
+    assert not h264_profile_supported("4d001f")  # main
+    assert not h264_profile_supported("640c1f")  # high
+    assert not h264_profile_supported("zz")
+
+
+def test_bandwidth_limit() -> None:
+    session = SessionDescription.parse(phone_offer(4000, 4002, bitrate=512))
+    assert bandwidth_limit(session, session.media[1]) == 512_000
+    session.media[1].bandwidth.append("TIAS:300000")
+    assert bandwidth_limit(session, session.media[1]) == 300_000
+    assert bandwidth_limit(session, session.media[0]) is None
+
+
+def test_frames_are_assembled_in_order_and_losses_reported() -> None:
+    assembler = FrameAssembler("VP8")
+    first = vp8_packets([vp8_payload(b"\x00key", True), vp8_payload(b"more", False)], 10, 1000)
+    second = vp8_packets([vp8_payload(b"\x01delta", True)], 12, 4000)
+    # reordered: the second frame waits for the first
+    frames, lost = assembler.add(first[1])
+    assert frames == [] and not lost
+    frames, lost = assembler.add(second[0])
+    assert frames == [] and not lost
+    frames, lost = assembler.add(first[0])
+    assert [(f.data, f.timestamp) for f in frames] == [
+        (b"\x00keymore", 1000),
+        (b"\x01delta", 4000),
+    ]
+    # a lost packet: the frame is given up once enough newer ones wait
+    gone = vp8_packets([vp8_payload(b"\x01a", True), vp8_payload(b"b", False)], 13, 7000)
+    assembler.add(gone[0])
+    losses = []
+    delivered = []
+    for n in range(4):
+        frames, lost = assembler.add(
+            vp8_packets([vp8_payload(b"\x01x", True)], 15 + n, 10000 + n * 3000)[0]
+        )
+        losses.append(lost)
+        delivered += frames
+    assert any(losses)
+    assert assembler.lost == 1
+    assert [f.timestamp for f in delivered] == [10000 + n * 3000 for n in range(4)]
+
+
+async def test_offer_answer_and_rejection() -> None:
+    leg = await VideoRtpLeg.open("127.0.0.1", 30000, 30999)
+    try:
+        # audio only until video is enabled
+        offer = SessionDescription.parse(leg.create_offer())
+        assert [m.kind for m in offer.media] == ["audio"]
+        answer = SessionDescription.parse(leg.create_answer(phone_offer(4000, 4002)))
+        assert [(m.kind, m.port) for m in answer.media] == [("audio", leg.local_port), ("video", 0)]
+
+        video = await leg.enable_video()
+        # the phone prefers VP8
+        answer = SessionDescription.parse(leg.create_answer(phone_offer(4000, 4002)))
+        media = answer.media[1]
+        assert media.port == video.local_port and media.port != 0
+        assert [c.name for c in media.codecs] == ["VP8"] and media.formats == ["100"]
+        assert "AS:2000" in media.bandwidth
+        assert video.video_codec == "video/VP8" and video.max_bitrate == 800_000
+        assert ("rtcp-fb", "100 ccm fir") in media.attributes
+        # H.264 in packetization mode 1 only; the profile is repeated
+        answer = SessionDescription.parse(leg.create_answer(phone_offer(4000, 4002, "102 101")))
+        media = answer.media[1]
+        assert media.formats == ["101"]
+        assert media.fmtp[101] == "profile-level-id=42801f;packetization-mode=1"
+        # nothing shared: rejected with port 0 (RFC 3264 6)
+        answer = SessionDescription.parse(leg.create_answer(phone_offer(4000, 4002, "102 103")))
+        assert answer.media[1].port == 0 and not video.has_video
+        # our offer: VP8 and H.264, b=AS; the answer picks one
+        offer = SessionDescription.parse(leg.create_offer())
+        media = offer.media[1]
+        assert media.kind == "video" and [c.name for c in media.codecs] == ["VP8", "H264"]
+        assert "packetization-mode=1" in (media.fmtp[97] or "")
+        leg.apply_answer(phone_offer(4000, 4002, "101"))
+        assert video.video_codec == "video/H264"
+        # a re-offer (hold) keeps the negotiated codec only
+        offer = SessionDescription.parse(leg.create_offer("sendonly"))
+        assert [c.name for c in offer.media[1].codecs] == ["H264"]
+        assert offer.media[1].direction == "sendonly"
+        # an answer rejecting video
+        leg.apply_answer(phone_offer(4000, 0, "101"))
+        assert not video.has_video
+    finally:
+        await leg.close()
+
+
+async def _negotiated_with(phone: Phone, codecs: tuple[str, ...] = ("VP8",)) -> RtpVideo:
+    leg_video = await RtpVideo.open("127.0.0.1", 30000, 30999, codecs=codecs)
+    offer = SessionDescription.parse(phone_offer(4000, phone.port))
+    assert leg_video.answer_media(offer, offer.media[1]) is not None
+    return leg_video
+
+
+class Recorder:
+    """Stands in for the browser side of an EncodedVideoTrack: counts keyframe requests."""
+
+    receive_codec = "video/VP8"
+
+    def __init__(self) -> None:
+        self.requests = 0
+
+    def request_keyframe(self) -> None:
+        self.requests += 1
+
+    def _unsubscribe(self, track: EncodedVideoTrack) -> None:
+        pass
+
+
+async def test_keyframe_requests_are_forwarded_both_ways() -> None:
+    phone = await Phone.open()
+    video = await _negotiated_with(phone)
+    try:
+        # the browser's frames go to the phone; a PLI and a FIR from the phone ask the browser
+        browser = Recorder()
+        source = EncodedVideoTrack(browser)
+        video.set_video_source(source)
+        requests_before = browser.requests  # attaching asks for a keyframe once
+        assert phone.transport is not None and phone.rtcp_transport is not None
+        gateway_rtcp = ("127.0.0.1", video.local_port + 1)
+        phone.rtcp_transport.sendto(bytes(RtcpPliPacket(0x1234, video._ssrc)), gateway_rtcp)
+        await wait_for(lambda: browser.requests == requests_before + 1, 3)
+        fir = RtcpFirPacket(0x1234, [(video._ssrc, 1)])
+        phone.rtcp_transport.sendto(bytes(fir), gateway_rtcp)
+        await wait_for(lambda: browser.requests == requests_before + 2, 3)
+        # feedback for another SSRC is not ours
+        phone.rtcp_transport.sendto(bytes(RtcpPliPacket(0x1234, 0x999)), gateway_rtcp)
+        await asyncio.sleep(0.2)
+        assert browser.requests == requests_before + 2
+        assert video.keyframe_requests_received == 2
+
+        # a keyframe request from the browser side -> PLI and FIR (negotiated) to the phone
+        track = video.subscribe_encoded()
+        assert phone.feedback() == []  # the phone's SSRC is not known yet
+        packet = vp8_packets([vp8_payload(b"\x00" * 10, True)], 1, 1000)[0]
+        phone.transport.sendto(bytes(packet), ("127.0.0.1", video.local_port))
+        await wait_for(lambda: len(phone.feedback()) >= 2, 3)
+        kinds = {type(p) for p in phone.feedback()}
+        assert kinds == {RtcpPliPacket, RtcpFirPacket}
+        pli = next(p for p in phone.feedback() if isinstance(p, RtcpPliPacket))
+        assert pli.media_ssrc == 0x1234
+        await asyncio.sleep(0.35)  # rate limit
+        count = len(phone.feedback())
+        track.request_keyframe()
+        await wait_for(lambda: len(phone.feedback()) > count, 3)
+        track.stop()
+    finally:
+        await video.close()
+        phone.close()
+
+
+@pytest.mark.parametrize("codec", ["VP8", "H264"])
+async def test_browser_and_phone_video_relayed_both_ways(codec: str) -> None:
+    """aiortc browser <-> WebRtcLeg <-> VideoLink <-> RtpVideo <-> scripted phone, real codecs:
+    the browser's frames reach the phone as RTP, the phone's frames are decoded by the browser."""
+    phone = await Phone.open()
+    video = await _negotiated_with(phone, (codec,))
+    browser = Browser(1000, (230, 20, 20), f"video/{codec}")
+    leg = WebRtcLeg()
+    link = None
+    try:
+        await browser.accept(await leg.accept_offer(await browser.offer()))
+        await wait_for(lambda: leg.connection_state == "connected", 10)
+        assert leg.video_codec == video.video_codec == f"video/{codec}"
+        link = VideoLink(leg, video)
+        assert link.forwarding
+        # browser -> phone: RTP with our SSRC, markers closing frames
+        await wait_for(lambda: sum(p.marker for p in phone.rtp) >= 20, 15)
+        assert {p.payload_type for p in phone.rtp} == {100 if codec == "VP8" else 101}
+        assert len({p.ssrc for p in phone.rtp}) == 1
+        # phone -> browser: the phone packetizes its encoded frames with aiortc's packer
+        assert phone.transport is not None
+        encoder = Vp8Encoder() if codec == "VP8" else H264Encoder()
+        pt = 100 if codec == "VP8" else 101
+        seq, n = 100, 0
+
+        async def send_frames() -> None:
+            nonlocal seq, n
+            while True:
+                image = np.full((240, 320, 3), 60, dtype=np.uint8)
+                image[:, (n * 8) % 240 : (n * 8) % 240 + 80] = (20, 230, 20)
+                frame = VideoFrame.from_ndarray(image, format="rgb24")
+                frame.pts = n * 3000
+                frame.time_base = fractions.Fraction(1, 90000)
+                payloads, timestamp = encoder.encode(frame, force_keyframe=n % 30 == 0)
+                for i, payload in enumerate(payloads):
+                    packet = RtpPacket(
+                        pt, seq & 0xFFFF, timestamp, 0x4321, payload, i == len(payloads) - 1
+                    )
+                    seq += 1
+                    phone.transport.sendto(bytes(packet), ("127.0.0.1", video.local_port))
+                n += 1
+                await asyncio.sleep(1 / 30)
+
+        sender = asyncio.ensure_future(send_frames())
+        try:
+            await wait_for(lambda: len(lit_frames(browser.frames)) >= 20, 20)
+        finally:
+            sender.cancel()
+        assert dominant_channel(lit_frames(browser.frames)[-1]) == 1  # the phone's green bar
+        assert video.frames_received >= 20 and video.frames_sent >= 20
+        # the phone's b=AS (800 kbit/s) caps the browser's bitrate
+        assert leg.video is not None and leg.video.max_bitrate == 800_000
+    finally:
+        if link is not None:
+            link.close()
+        await leg.close()
+        await browser.close()
+        await video.close()
+        phone.close()

@@ -15,6 +15,7 @@ from .tones import RingbackGenerator
 from .videolink import VideoLink
 
 if TYPE_CHECKING:
+    from .rtpvideo import RtpVideo
     from .webrtcleg import WebRtcLeg
 
 __all__ = ["MediaBridge"]
@@ -86,7 +87,7 @@ class MediaBridge:
         self.far: AudioPort | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._held = False
-        self._video_legs: tuple[WebRtcLeg, WebRtcLeg] | None = None
+        self._video_legs: tuple[WebRtcLeg, WebRtcLeg | RtpVideo] | None = None
         self._video: VideoLink | None = None
 
     @property
@@ -94,11 +95,12 @@ class MediaBridge:
         """The live video link, if any."""
         return self._video
 
-    def connect_video(self, a: "WebRtcLeg", b: "WebRtcLeg") -> None:
+    def connect_video(self, a: "WebRtcLeg", b: "WebRtcLeg | RtpVideo") -> None:
         """
-        Link the video of two WebRTC legs both ways while audio is relayed
-        (idempotent; a no-op as long as either has no video, and it follows
-        later negotiations by itself).
+        Link the video of two WebRTC legs, or of a WebRTC leg and a SIP
+        phone's video stream, both ways while audio is relayed (idempotent; a
+        no-op as long as either has no video, and it follows later
+        negotiations by itself).
         """
         if self._video_legs != (a, b):
             self._unlink_video()

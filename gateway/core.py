@@ -58,9 +58,11 @@ from gateway.records import CallRecordBuilder, RecordWriter
 from rtc.bridge import MediaBridge
 from rtc.ports import AudioPort
 from rtc.rtpleg import RtpLeg
+from rtc.rtpvideo import VideoRtpLeg
 from rtc.sdp import SdpError, SessionDescription
 from rtc.sources import EchoPort, TonePort
 from rtc.webrtcleg import IceServer, WebRtcLeg
+from rtc.webrtcvideo import offer_has_video
 from sip import events as sip_events
 from sip.aio.useragent import InboundInvite, OutboundInvite, UserAgent
 from sip.identity import asserted_identity_header
@@ -680,6 +682,10 @@ class Core:
             logger.error("call %s: no RTP port: %s", call.call_id, exc)
             self._end(call, Reason.CONGESTION)
             return
+        web = call.webrtc
+        if web is not None and web.video_codec is not None:
+            # The browser sends video: offer the phone its codec (relayed, not transcoded).
+            await self._enable_sip_video(call.rtp, web.video_codec.split("/")[-1])
         if call.state is CallState.TERMINATED:
             await call.rtp.close()
             return
@@ -815,7 +821,7 @@ class Core:
         """An RTP leg toward SIP with the configured address, port range, codecs and SRTP;
         `supervision`: media_timeout, on_timeout, on_dtmf."""
         media = self.config.media
-        return await RtpLeg.open(
+        return await VideoRtpLeg.open(
             media.rtp_host,
             media.rtp_port_min,
             media.rtp_port_max,
@@ -833,8 +839,20 @@ class Core:
         )
         return leg
 
+    async def _enable_sip_video(self, rtp: RtpLeg, *codecs: str) -> None:
+        """Video toward a SIP phone on this RTP leg: m=video in its offers and answers."""
+        if isinstance(rtp, VideoRtpLeg):
+            try:
+                await rtp.enable_video(codecs or ("VP8", "H264"))
+            except (OSError, ValueError) as exc:
+                logger.warning("no video toward SIP: %s", exc)
+
     def _peer_has_video(self, call: ClientCall) -> bool:
-        """Whether the other web user of this call sends video (then we offer it too)."""
+        """Whether the other web user of this call sends video (then we offer it too),
+        or the SIP caller's video was negotiated."""
+        sip_rtp = call.sip_in.rtp if call.sip_in is not None else None
+        if isinstance(sip_rtp, VideoRtpLeg) and sip_rtp.video and sip_rtp.video.has_video:
+            return True
         peer = self._web_peer(call) or call.caller
         return peer is not None and peer.webrtc is not None and peer.webrtc.has_video
 
@@ -874,6 +892,9 @@ class Core:
             if isinstance(far, WebRtcLeg):
                 # Web-to-web: video (when both legs negotiated it) follows the audio.
                 call.bridge.connect_video(leg, far)
+            elif isinstance(far, VideoRtpLeg) and far.video is not None:
+                # A SIP video phone: its video and the browser's, relayed as they are.
+                call.bridge.connect_video(leg, far.video)
             call.ringback_on = False
         elif far is None and ringback:
             if not call.ringback_on:
@@ -1521,6 +1542,8 @@ class Core:
             invite.reject(503, "Service Unavailable")
             return
         incoming.rtp = rtp
+        if invite.sdp is not None and offer_has_video(invite.sdp.decode("utf-8", "replace")):
+            await self._enable_sip_video(rtp)
         try:
             # A late-offer INVITE (no SDP): our offer goes in the 200, the answer comes
             # back in the ACK (Confirmed).

@@ -65,10 +65,15 @@ from rtc.webrtcleg import IceServer, WebRtcLeg
 from rtc.webrtcvideo import offer_has_video
 from sip import events as sip_events
 from sip.aio.useragent import InboundInvite, OutboundInvite, UserAgent
+from sip.dtmf_relay import CONTENT_TYPE as DTMF_RELAY
+from sip.dtmf_relay import DtmfRelay, parse_dtmf_relay
 from sip.identity import asserted_identity_header
 from sip.peer import Peer
 
 logger = logging.getLogger(__name__)
+
+# Duration= of the INFO dtmf-relay we send: the browser's RTCDTMFSender default tone
+INFO_DTMF_MS = 100
 
 # What the core tells a client's front end: the shared events, and call notifications
 # (CallMessage) a front end may have no vocabulary for.
@@ -915,8 +920,9 @@ class Core:
     # -- DTMF and media supervision -------------------------------------------------------
 
     def _client_dtmf(self, call: ClientCall, digit: str) -> None:
-        """A digit from the browser's RTCDTMFSender: RFC 4733 toward SIP when negotiated,
-        in-band tones otherwise (the RTP leg decides); to the other client web-to-web."""
+        """A digit from the browser's RTCDTMFSender toward SIP: RFC 4733 when the far end
+        negotiated telephone-event, else SIP INFO application/dtmf-relay when its Allow
+        lists INFO, else in-band tones; to the other client web-to-web."""
         if call.state not in (CallState.ACTIVE, CallState.RINGING) or self._on_hold(call):
             return
         sip = self._sip_side(call)
@@ -926,7 +932,9 @@ class Core:
             sip_rtp = sip[1] if sip is not None else None
         peer = call.winner or (call.caller if call.caller and call.caller.winner is call else None)
         try:
-            if sip_rtp is not None:
+            if sip is not None and sip[1].dtmf_mode == "inband" and sip[0].peer_allows("INFO"):
+                sip[0].info(DTMF_RELAY, DtmfRelay(digit.upper(), INFO_DTMF_MS).encode())
+            elif sip_rtp is not None:
                 sip_rtp.send_dtmf(digit)
             elif peer is not None and peer.webrtc is not None:
                 peer.webrtc.send_dtmf(digit)
@@ -946,12 +954,11 @@ class Core:
 
     def _far_info(self, call: ClientCall, ev: sip_events.InfoReceived) -> None:
         """SIP INFO application/dtmf-relay ("Signal=5\\r\\nDuration=160") to the browser."""
-        if ev.content_type.split(";")[0].strip().lower() != "application/dtmf-relay":
+        if ev.content_type.split(";")[0].strip().lower() != DTMF_RELAY:
             return
-        for line in ev.body.decode("utf-8", "replace").splitlines():
-            key, _, value = line.partition("=")
-            if key.strip().lower() == "signal" and len(value.strip()) == 1:
-                self._far_dtmf(call, value.strip().upper())
+        relay = parse_dtmf_relay(ev.body)
+        if relay is not None:
+            self._far_dtmf(call, relay.signal)
 
     def _far_message(self, call: ClientCall, ev: sip_events.MessageReceived) -> None:
         """An in-dialog MESSAGE from the SIP far end (already answered 200 by the SIP

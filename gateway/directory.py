@@ -157,20 +157,20 @@ class Directory:
 
         def names(users: list[User]) -> str:
             shown = ", ".join(u.username for u in users[:10])
-            return shown + (f" and {len(users) - 10} more" if len(users) > 10 else "")
+            more = f" and {len(users) - 10} more" if len(users) > 10 else ""
+            return ("user " if len(users) == 1 else "users ") + shown + more
 
         if not config.sip.realm:
             warnings.append(
-                f"users {names(ha1_only)} store only HA1 values, which hash the SIP realm: "
+                f"{names(ha1_only)}: only HA1 values stored, which hash the SIP realm: "
                 f"[sip] realm is not set, so it is the SIP listen host {realm!r}; set [sip] "
                 f"realm so that the values survive a change of the listen address"
             )
         sha_only = [u for u in ha1_only if u.ha1_md5 is None]
-        if sha_only and config.sip.registrar:
+        if sha_only:
             warnings.append(
-                f"users {names(sha_only)} store only ha1_sha256: SIP phones cannot register "
-                f"or authenticate as them (the built-in registrar challenges with MD5); add "
-                f"ha1_md5"
+                f"{names(sha_only)}: only ha1_sha256 stored, so SIP phones cannot register "
+                f"or authenticate as them (SIP digest challenges with MD5); add ha1_md5"
             )
         if config.auth.mode in ("password", "both"):
             no_digest = [
@@ -179,7 +179,7 @@ class Directory:
             ]
             if no_digest:
                 warnings.append(
-                    f"users {names(no_digest)} store only HA1 values: their web logins "
+                    f"{names(no_digest)}: only HA1 values stored, so web logins "
                     f"work with Basic (and POST /api/token with Basic), not with Digest, "
                     f"which needs username = number and [auth] realm = the SIP realm "
                     f"{realm!r}"

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
 
 import pytest
 
+from gateway.auth import StoredCredentials
 from gateway.config import ConfigError, User, load_config, parse_users_file
-from gateway.directory import Directory, normalize_number
+from gateway.directory import Directory, normalize_number, password_matches
+from sip.auth_server import Secret
 
 TOML_USERS = """
 [[users]]
@@ -249,3 +252,102 @@ def test_ldap_config_errors(tmp_path: Path) -> None:
     c = parse_config({"directory": {"ldap": good}}, "/gw.toml")
     assert c.directory.ldap is not None and c.directory.ldap.user_filter == "(uid={username})"
     assert c.users == () and not c.demo_users
+
+
+# ----------------------------------------------------------------------------- HA1 users
+
+REALM = "gw.example"
+
+
+def _md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+HA1_USERS = [
+    User("carol", "", "1003", "Carol", ha1_md5=_md5(f"1003:{REALM}:carol-pw")),
+    User("dave", "", "1004", "Dave", ha1_md5=_md5(f"1004:{REALM}:dave-pw"),
+         ha1_sha256=_sha256(f"1004:{REALM}:dave-pw")),
+    User("erin", "erin-pw", "1005", "Erin"),
+]
+
+
+def test_password_matches_hashes_number_and_sip_realm() -> None:
+    carol, dave, erin = HA1_USERS
+    assert password_matches(carol, "carol-pw", REALM)
+    assert not password_matches(carol, "carol-pw", "other-realm")
+    assert not password_matches(carol, "carol-pw", None)  # realm unknown: cannot check
+    assert not password_matches(carol, "wrong", REALM) and not password_matches(carol, "", REALM)
+    assert password_matches(dave, "dave-pw", REALM)  # SHA-256 checked when stored
+    broken = User("dave", "", "1004", "Dave", ha1_md5=_md5(f"1004:{REALM}:dave-pw"),
+                  ha1_sha256="0" * 64)
+    assert not password_matches(broken, "dave-pw", REALM)
+    assert password_matches(erin, "erin-pw", None) and not password_matches(erin, "x", REALM)
+    d = Directory(HA1_USERS, realm=REALM)
+    assert d.check_password("carol", "carol-pw") and not d.check_password("carol", "x")
+    assert d.check_password("erin", "erin-pw")
+
+
+def test_sip_secret_and_web_credentials() -> None:
+    d = Directory(HA1_USERS, realm=REALM)
+    assert d.sip_secret("1003") == Secret(None, _md5(f"1003:{REALM}:carol-pw"), None)
+    assert d.sip_secret("1005") == Secret("erin-pw")
+    assert d.sip_secret("1999") is None and d.sip_secret("") is None
+    assert d.web_credentials("carol") == StoredCredentials(
+        None, _md5(f"1003:{REALM}:carol-pw"), None, "1003", REALM
+    )
+    assert d.web_credentials("erin") == StoredCredentials("erin-pw", None, None, "1005", REALM)
+    assert d.web_credentials("nobody") is None
+    # LDAP-like users (no password, no HA1) have no credentials to give.
+    assert Directory([User("x", "", "1", "X")]).sip_secret("1") is None
+    assert Directory([User("x", "", "1", "X")]).web_credentials("x") is None
+
+
+def test_from_config_uses_the_sip_realm_and_warns(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    md5 = _md5("1003:127.0.0.1:carol-pw")
+    sha = _sha256("1004:127.0.0.1:dave-pw")
+    (tmp_path / "gw.toml").write_text(
+        '[auth]\nmode = "password"\n'
+        f'[[users]]\nusername = "carol"\nnumber = "1003"\nha1_md5 = "{md5}"\n'
+        f'[[users]]\nusername = "dave"\nnumber = "1004"\nha1_sha256 = "{sha}"\n'
+        '[[users]]\nusername = "erin"\nnumber = "1005"\npassword = "erin-pw"\n'
+    )
+    config = load_config(str(tmp_path / "gw.toml"))
+    with caplog.at_level(logging.WARNING, logger="gateway.directory"):
+        d = Directory.from_config(config)
+    assert d.realm == "127.0.0.1"  # [sip] realm unset: the SIP listen host
+    assert d.check_password("carol", "carol-pw") and d.check_password("dave", "dave-pw")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3, warnings
+    assert warnings[0].startswith("users carol, dave: only HA1 values stored, which hash the "
+                                  "SIP realm: [sip] realm is not set")
+    assert warnings[1].startswith("user dave: only ha1_sha256 stored, so SIP phones cannot")
+    assert warnings[2].startswith("users carol, dave: only HA1 values stored, so web logins "
+                                  "work with Basic")
+    # Nothing to say without HA1-only users.
+    assert Directory(HA1_USERS[2:], realm=REALM).warn_about_ha1(config) == []
+
+
+def test_users_file_reload_checks_ha1_against_the_realm(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "users.csv"
+    path.write_text(f"username,number,ha1_md5\ncarol,1003,{_md5(f'1003:{REALM}:carol-pw')}\n")
+    clock = Clock()
+    d = Directory(users_file=str(path), clock=clock, realm=REALM)
+    assert d.check_password("carol", "carol-pw")
+    # A password beside an HA1 of another realm is refused on reload; carol stays.
+    with caplog.at_level(logging.ERROR, logger="gateway.directory"):
+        write(path, "username,password,number,ha1_md5\n"
+                    f"carol,new-pw,1003,{_md5('1003:elsewhere:new-pw')}\n")
+        assert not d.poll()
+    assert "line 2 ha1_md5: does not match the password" in caplog.text
+    assert d.check_password("carol", "carol-pw")
+    write(path, "username,password,number,ha1_md5\n"
+                f"carol,new-pw,1003,{_md5(f'1003:{REALM}:new-pw')}\n")
+    assert d.poll() and d.check_password("carol", "new-pw")

@@ -6,6 +6,7 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 from typing import Any
 
@@ -22,6 +23,7 @@ from gateway.auth import (
     Authenticator,
     AuthFailure,
     AuthResult,
+    StoredCredentials,
     Throttle,
     TokenGrant,
     digest_response,
@@ -603,4 +605,108 @@ def test_missing_credentials_not_counted() -> None:
         failed(auth.check_upgrade("/ws", Headers(), ADDR))
     assert auth.check_upgrade("/ws", basic("alice", "alice-secret"), ADDR) == AuthResult(
         "alice", "basic"
+    )
+
+
+# ----------------------------------------------------------------------------- HA1 only
+
+SIP_REALM = "gw.example"
+
+
+def _stored(number: str, password: str, *, md5: bool = True, sha256: bool = True,
+            realm: str | None = SIP_REALM) -> StoredCredentials:
+    text = f"{number}:{realm}:{password}".encode()
+    return StoredCredentials(
+        None,
+        hashlib.md5(text).hexdigest() if md5 else None,
+        hashlib.sha256(text).hexdigest() if sha256 else None,
+        number,
+        realm,
+    )
+
+
+CREDENTIALS: dict[str, str | StoredCredentials] = {
+    "alice": "alice-secret",  # a plain password still works
+    "carol": _stored("1003", "carol-pw"),
+    "md5only": _stored("1007", "m-pw", sha256=False),
+    "1004": _stored("1004", "dave-pw", md5=False),  # username = number
+    "norealm": _stored("1008", "n-pw", realm=None),
+    "bob": StoredCredentials("bob-secret", ha1_username="1002", ha1_realm=SIP_REALM),
+}
+
+
+def make_ha1_auth(realm: str = SIP_REALM) -> Authenticator:
+    return Authenticator(AuthConfig(mode="password", realm=realm), CREDENTIALS.get,
+                         clock=FakeClock())
+
+
+@pytest.mark.parametrize(
+    ("user", "password", "ok"),
+    [
+        ("carol", "carol-pw", True),  # compared with the stored SHA-256 HA1
+        ("carol", "carol-PW", False),
+        ("carol", "", False),
+        ("md5only", "m-pw", True),  # only MD5 stored
+        ("md5only", "x", False),
+        ("1004", "dave-pw", True),
+        ("norealm", "n-pw", False),  # the realm of the HA1 is unknown: cannot check
+        ("bob", "bob-secret", True),  # a stored password wins
+        ("alice", "alice-secret", True),
+        ("mallory", "carol-pw", False),
+    ],
+)
+def test_basic_with_stored_ha1(user: str, password: str, ok: bool) -> None:
+    result = make_ha1_auth("webrtc-gateway").check_upgrade("/ws", basic(user, password), ADDR)
+    if ok:
+        assert result == AuthResult(user, "basic")
+    else:
+        failed(result)
+
+
+def test_token_with_basic_for_ha1_only_user() -> None:
+    grant = make_ha1_auth("webrtc-gateway").issue_token(
+        "/api/token", "POST", basic("carol", "carol-pw"), ADDR
+    )
+    assert isinstance(grant, TokenGrant) and grant.username == "carol"
+
+
+def test_digest_for_ha1_only_users(caplog: pytest.LogCaptureFixture) -> None:
+    # [auth] realm = SIP realm and user name = number: the stored HA1 checks the response,
+    # for the algorithm that is stored.
+    auth = make_ha1_auth()
+    ch = challenge_params(failed(auth.check_upgrade("/ws", Headers(), ADDR)), "SHA-256")
+    assert auth.check_upgrade("/ws", digest_header(ch, "1004", "dave-pw"), ADDR) == AuthResult(
+        "1004", "digest"
+    )
+    failed(auth.check_upgrade("/ws", digest_header(ch, "1004", "wrong", nc=2), ADDR))
+    with caplog.at_level(logging.WARNING, logger="gateway.auth"):
+        ch = challenge_params(failed(auth.check_upgrade("/ws", Headers(), ADDR)), "MD5")
+        f = failed(auth.check_upgrade(
+            "/ws", digest_header(ch, "1004", "dave-pw", algorithm="MD5"), ADDR
+        ))
+        assert f.reason == "wrong user name or password"
+        # carol's HA1 hashes "1003", not "carol": Digest cannot be checked.
+        ch = challenge_params(failed(auth.check_upgrade("/ws", Headers(), ADDR)), "SHA-256")
+        f = failed(auth.check_upgrade("/ws", digest_header(ch, "carol", "carol-pw"), ADDR))
+        assert f.reason == "wrong user name or password"  # does not tell the user exists
+    assert [r.getMessage() for r in caplog.records] == [
+        "Digest MD5 login as '1004' refused: only HA1 values are stored for this user, and "
+        "none for MD5; log in with Basic (or store the password)",
+        "Digest SHA-256 login as 'carol' refused: only HA1 values are stored for this user, "
+        "hashed with number '1003' and SIP realm 'gw.example', not user name 'carol' and "
+        "realm 'gw.example'; log in with Basic (or store the password)",
+    ]
+    # Another web realm: even user name = number cannot use the stored HA1.
+    other = make_ha1_auth("webrtc-gateway")
+    ch = challenge_params(failed(other.check_upgrade("/ws", Headers(), ADDR)), "SHA-256")
+    failed(other.check_upgrade("/ws", digest_header(ch, "1004", "dave-pw"), ADDR))
+    # These refusals count as failures, like wrong passwords.
+    assert auth.throttle._records["user carol"].failures
+
+
+def test_digest_with_stored_password_unchanged() -> None:
+    auth = make_ha1_auth("webrtc-gateway")
+    ch = challenge_params(failed(auth.check_upgrade("/ws", Headers(), ADDR)), "SHA-256")
+    assert auth.check_upgrade("/ws", digest_header(ch, "bob", "bob-secret"), ADDR) == (
+        AuthResult("bob", "digest")
     )

@@ -269,3 +269,102 @@ def test_log_format_is_one_line() -> None:
     assert text.count("\n") == 1
     assert " ERROR gateway.test: failed\\nbadly" in text
     assert "ValueError" in text
+
+
+# ----------------------------------------------------------------------------- ha1
+
+
+def test_ha1_prints_values_for_the_configured_realm(tmp_path: Path) -> None:
+    import hashlib
+
+    f = tmp_path / "gw.toml"
+    f.write_text('[sip]\nrealm = "gw.example"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "--config", str(f), "ha1", "--number", "+4930"],
+        cwd=ROOT, input="pässword\n", capture_output=True, text=True, timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    text = "+4930:gw.example:pässword".encode()
+    assert result.stdout == (
+        '# number +4930, SIP realm "gw.example"\n'
+        f'ha1_md5 = "{hashlib.md5(text).hexdigest()}"\n'
+        f'ha1_sha256 = "{hashlib.sha256(text).hexdigest()}"\n'
+    )
+    # The lines paste into a [[users]] entry that the loader accepts and checks.
+    entry = '\n[[users]]\nusername = "dave"\nnumber = "+4930"\npassword = "pässword"\n'
+    f.write_text(f.read_text() + entry + "".join(
+        line + "\n" for line in result.stdout.splitlines() if not line.startswith("#")
+    ))
+    user = load_config(str(f)).users[0]
+    assert user.ha1_md5 == hashlib.md5(text).hexdigest()
+
+
+def test_ha1_realm_option_and_default_realm(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import hashlib
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("pw\r\nignored\n"))
+    assert cli.main(["ha1", "-n", "1001", "--realm", "example.com"]) == 0
+    out, err = capsys.readouterr()
+    assert f'ha1_md5 = "{hashlib.md5(b"1001:example.com:pw").hexdigest()}"' in out
+    assert err == ""
+    # Without [sip] realm the realm is the SIP listen host, and that is pointed out.
+    monkeypatch.setattr(sys, "stdin", io.StringIO("pw\n"))
+    assert cli.main(["ha1", "-n", "1001"]) == 0
+    out, err = capsys.readouterr()
+    assert f'ha1_md5 = "{hashlib.md5(b"1001:127.0.0.1:pw").hexdigest()}"' in out
+    assert "[sip] realm is not set: using the SIP listen host '127.0.0.1'" in err
+
+
+def test_ha1_prompts_on_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import hashlib
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    answers = iter(["pw", "pw", "pw", "other"])
+    prompts: list[str] = []
+
+    def fake_getpass(prompt: str = "") -> str:
+        prompts.append(prompt)
+        return next(answers)
+
+    monkeypatch.setattr(sys, "stdin", Tty(""))
+    monkeypatch.setattr(cli.getpass, "getpass", fake_getpass)
+    assert cli.main(["ha1", "-n", "1001", "--realm", "r"]) == 0
+    assert prompts == ["Password for 1001: ", "Again: "]
+    assert hashlib.sha256(b"1001:r:pw").hexdigest() in capsys.readouterr().out
+    assert cli.main(["ha1", "-n", "1001", "--realm", "r"]) == 1  # the two differ
+    out, err = capsys.readouterr()
+    assert out == "" and "the passwords differ" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "code", "message"),
+    [
+        (["ha1", "-n", "1001"], "", 1, "no password given"),
+        (["ha1", "-n", "1001"], "\n", 1, "no password given"),
+        (["ha1"], "pw\n", 2, "the following arguments are required: --number"),
+        (["ha1", "-n", "10-01"], "pw\n", 2, 'expected digits with an optional leading "+"'),
+        (["ha1", "-n", "1", "--realm", ""], "pw\n", 2, "expected a non-empty single line"),
+        (["ha1", "-n", "1", "--realm", 'a"b'], "pw\n", 2, "without quotes"),
+    ],
+)
+def test_ha1_errors(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    args: list[str], stdin: str, code: int, message: str,
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    if code == 2:  # usage errors, from argparse
+        with pytest.raises(SystemExit) as info:
+            cli.main(args)
+        assert info.value.code == code
+    else:
+        assert cli.main(args) == code
+    out, err = capsys.readouterr()
+    assert out == "" and message in err

@@ -79,7 +79,7 @@ DEFAULTS_SOURCE: Final[str] = "<built-in defaults>"
 
 AUTH_MODES: Final[tuple[str, ...]] = ("none", "password", "token", "both")
 NUMBER_ASSIGNMENTS: Final[tuple[str, ...]] = ("client", "directory")
-MEDIA_CODECS: Final[tuple[str, ...]] = ("PCMU", "PCMA", "G722")
+MEDIA_CODECS: Final[tuple[str, ...]] = ("PCMU", "PCMA", "G722", "OPUS")
 SRTP_MODES: Final[tuple[str, ...]] = ("off", "optional", "mandatory")
 RINGBACK_COUNTRIES: Final[tuple[str, ...]] = ("us", "uk", "de", "fr", "jp")
 LOG_LEVELS: Final[tuple[str, ...]] = ("debug", "info", "warning", "error", "critical")

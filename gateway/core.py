@@ -69,6 +69,7 @@ from sip.dtmf_relay import CONTENT_TYPE as DTMF_RELAY
 from sip.dtmf_relay import DtmfRelay, parse_dtmf_relay
 from sip.identity import asserted_identity_header
 from sip.peer import Peer
+from sip.registrar import Binding
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +169,21 @@ class SipIncoming:
 
 
 @dataclasses.dataclass(eq=False)
+class SipBranch:
+    """One registered contact rung by a call forked to several devices of a number (SIP
+    phones and/or web clients); the first to answer wins, the other branches get CANCEL."""
+
+    target: str  # the registered contact (Request-URI)
+    flow: Peer  # where its REGISTER came from
+    # Who gets the dialog's events once the branch won (as ClientCall.sip_owner).
+    owner: list[ClientCall | Junction | None]
+    invite: OutboundInvite | None = None
+    rtp: RtpLeg | None = None
+    early_sdp: bytes | None = None
+    pending: bool = True  # still ringing: its events go to _branch_event
+
+
+@dataclasses.dataclass(eq=False)
 class ClientCall:
     """One call as a client sees it."""
 
@@ -212,6 +228,10 @@ class ClientCall:
     transfer_pending: bool = False
     # [sip] pass_headers: X- headers carried from the caller's side to the other leg.
     x_headers: tuple[tuple[str, str], ...] = ()
+    # Outgoing call forked to registered SIP contacts: the branches still ringing and the
+    # best final status of those that failed (RFC 3261 §16.7 style).
+    branches: list[SipBranch] = dataclasses.field(default_factory=list)
+    branch_code: int = 0
 
 
 class Core:
@@ -632,6 +652,11 @@ class Core:
             call.record.routed("web")
         if number in (numbers.echo, numbers.tone):
             self._answer_locally(call, EchoPort() if number == numbers.echo else TonePort())
+        elif bindings and (callees or len(bindings) > 1):
+            # Several devices: web clients and registered phones ring in parallel.
+            if callees:
+                self._offer_to_clients(call, callees)
+            self._fork_to_contacts(call, bindings)
         elif callees:
             self._offer_to_clients(call, callees)
         elif bindings:
@@ -712,6 +737,133 @@ class Core:
         if call.record is not None:
             call.record.sip(call_id=call.invite.call_id)
         logger.info("call %s: INVITE %s (Call-ID %s)", call.call_id, target, call.invite.call_id)
+
+    def _fork_to_contacts(self, call: ClientCall, bindings: list[Binding]) -> None:
+        """Ring every registered contact of the number, each through its flow. While
+        several devices ring, the caller hears generated ringback (early media of a
+        branch is not relayed: it could be cut off by another branch's answer)."""
+        for binding in bindings:
+            branch = SipBranch(binding.contact, binding.source, [None])
+            call.branches.append(branch)
+            self._spawn(self._start_branch(call, branch))
+
+    async def _start_branch(self, call: ClientCall, branch: SipBranch) -> None:
+        media = self.config.media
+        owner = branch.owner
+        try:
+            branch.rtp = await self._open_rtp(
+                media_timeout=media.timeout or None,
+                on_timeout=lambda: self._far_media_timeout(owner[0]),
+                on_dtmf=lambda digit: self._far_dtmf(owner[0], digit),
+            )
+        except OSError as exc:
+            logger.error("call %s: no RTP port for a branch: %s", call.call_id, exc)
+            self._branch_failed(call, branch, 503)
+            return
+        if not branch.pending:
+            await branch.rtp.close()  # the call ended or another device answered meanwhile
+            return
+        assert self.ua is not None
+
+        def on_event(ev: sip_events.SessionEvent) -> None:
+            if branch.pending:
+                self._branch_event(call, branch, ev)
+            else:
+                self._on_outbound_sip(owner[0], ev)
+
+        branch.invite = self.ua.invite(
+            branch.target,
+            from_user=call.reg.number or "anonymous",
+            from_display=call.reg.display_name,
+            sdp=branch.rtp.create_offer(),
+            on_event=on_event,
+            headers=call.x_headers,
+            flow=branch.flow,
+        )
+        branch.invite.set_reoffer_handler(lambda offer: self._far_reoffer(owner[0], offer))
+        logger.info(
+            "call %s: INVITE %s (fork, Call-ID %s)",
+            call.call_id,
+            branch.target,
+            branch.invite.call_id,
+        )
+
+    def _branch_event(
+        self, call: ClientCall, branch: SipBranch, ev: sip_events.SessionEvent
+    ) -> None:
+        """An event of a ringing branch of a forked call."""
+        if isinstance(ev, sip_events.Provisional):
+            if ev.sdp is not None and branch.early_sdp is None and branch.rtp is not None:
+                try:
+                    branch.rtp.apply_answer(ev.sdp)
+                    branch.early_sdp = ev.sdp
+                except SdpError as exc:
+                    logger.info("call %s: unusable early SDP of a branch: %s", call.call_id, exc)
+            call.alerted = True
+            call.ringback_wanted = True  # the first 180/183 of any device starts ringback
+            if call.state is CallState.DIALING:
+                self._set_state(call, CallState.RINGING)
+                self._bridge_client_leg(call)
+        elif isinstance(ev, sip_events.Answered):
+            self._branch_answered(call, branch, ev)
+        elif isinstance(ev, sip_events.Rejected | sip_events.Terminated):
+            code = ev.code if isinstance(ev, sip_events.Rejected) else 500
+            self._branch_failed(call, branch, code)
+
+    def _branch_answered(
+        self, call: ClientCall, branch: SipBranch, ev: sip_events.SessionEvent
+    ) -> None:
+        """The first device to answer wins: the other branches get CANCEL, the web
+        clients offered the call end `notSelected`; the call goes on as a SIP call."""
+        branch.pending = False
+        if branch in call.branches:
+            call.branches.remove(branch)
+        self._drop_branches(call)
+        if call.no_answer is not None:
+            call.no_answer.cancel()
+        for fork in list(call.forks):
+            self._end(fork, Reason.NOT_SELECTED, release=False)
+        call.forks = []
+        assert branch.invite is not None
+        call.invite, call.rtp, call.early_sdp = branch.invite, branch.rtp, branch.early_sdp
+        call.sip_owner, call.sip_target = branch.owner, branch.target
+        branch.owner[0] = call
+        if call.record is not None:
+            call.record.sip(call_id=branch.invite.call_id)
+        self._on_outbound_sip(call, ev)
+
+    def _branch_failed(self, call: ClientCall, branch: SipBranch, code: int) -> None:
+        """A device refused or could not be reached; the call fails once nobody is left."""
+        self._drop_branch(branch)
+        if branch not in call.branches:
+            return
+        call.branches.remove(branch)
+        old = call.branch_code
+        if not old or (code >= 600 > old) or (old < 600 and code == 486):
+            call.branch_code = code
+        if (
+            call.state is not CallState.TERMINATED
+            and not call.branches
+            and not call.forks
+            and call.winner is None
+            and call.invite is None
+        ):
+            call.far_ended = True
+            self._end(call, reason_from_sip(call.branch_code, call.alerted))
+
+    def _drop_branch(self, branch: SipBranch) -> None:
+        if not branch.pending:
+            return
+        branch.pending = False  # later events of its dialog go nowhere (owner is None)
+        if branch.invite is not None:
+            branch.invite.cancel()  # CANCEL (or BYE should its 2xx cross the CANCEL)
+        if branch.rtp is not None:
+            self._spawn(branch.rtp.close())
+
+    def _drop_branches(self, call: ClientCall) -> None:
+        branches, call.branches = call.branches, []
+        for branch in branches:
+            self._drop_branch(branch)
 
     def _answer_locally(self, call: ClientCall, port: EchoPort | TonePort) -> None:
         call.local = port
@@ -1452,6 +1604,7 @@ class Core:
             caller.answered = True
             if caller.no_answer is not None:
                 caller.no_answer.cancel()
+            self._drop_branches(caller)  # registered phones ringing for the same call
             self._set_state(call, CallState.ACTIVE)
             self._set_state(caller, CallState.ACTIVE)
             self._bridge_client_leg(caller)
@@ -1689,6 +1842,7 @@ class Core:
                 call.invite.bye()
             else:
                 call.invite.cancel()
+        self._drop_branches(call)
         for fork in list(call.forks):
             # The caller hung up: every callee sees normal clearing.
             self._end(fork, Reason.SUCCESS, release=False)
@@ -1698,7 +1852,7 @@ class Core:
                 caller.forks.remove(call)
             if caller.winner is call:
                 self._end(caller, Reason.SUCCESS, release=False)
-            elif not caller.forks and caller.winner is None:
+            elif not caller.forks and caller.winner is None and not caller.branches:
                 self._end(
                     caller,
                     reason if reason is not Reason.USER_TERMINATED else Reason.NOT_RESPONDING,

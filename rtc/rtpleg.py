@@ -1,12 +1,19 @@
 """
-The plain-RTP leg toward SIP: one UDP socket, G.711 (8 kHz) or G.722 (16 kHz
-audio), 20 ms packets.
+The plain-RTP leg toward SIP: one UDP socket, G.711 (8 kHz), G.722 (16 kHz
+audio) or Opus (48 kHz audio), 20 ms packets.
 
 Codecs: ``codecs`` (``open`` keyword) lists the ones offered, in order of
-preference, and the only ones accepted in answers: "PCMU", "PCMA", "G722"
-(default PCMU, PCMA). An answer takes the offerer's first codec among them.
-G.722 uses static payload type 9 with an RTP clock of 8000 (RFC 3551) though
-its audio is 16 kHz; it is encoded and decoded with PyAV (rtc.g722).
+preference, and the only ones accepted in answers: "PCMU", "PCMA", "G722",
+"opus" (default PCMU, PCMA). An answer takes the offerer's first codec among
+them. G.722 uses static payload type 9 with an RTP clock of 8000 (RFC 3551)
+though its audio is 16 kHz; it is encoded and decoded with PyAV (rtc.g722).
+Opus (RFC 7587) is offered as dynamic payload type 111, ``opus/48000/2`` with
+``a=fmtp:111 stereo=0;sprop-stereo=0`` (mono wanted and sent), 20 ms frames,
+coded by libopus (rtc.opus) at 48 kHz mono; an answer keeps the offerer's
+payload type. In-band FEC is neither sent nor used (loss is concealed by the
+jitter buffer), so ``useinbandfec`` is left at its default, 0. With Opus,
+telephone-event/48000 (payload type 102) is offered beside telephone-event/8000
+and preferred in answers, since RFC 4733 events share the audio's RTP clock.
 
 Sample rate: ``sample_rate`` is the rate of the frames ``read()`` yields and
 ``write()`` takes. It is 8000 until the first negotiation (``create_answer``
@@ -74,6 +81,7 @@ from .dtmfdetect import DtmfDetector
 from .g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from .g722 import G722_SAMPLE_RATE, G722Decoder, G722Encoder
 from .jitterbuffer import JitterBuffer
+from .opus import OPUS_CLOCK_RATE, OpusDecoder, OpusEncoder
 from .ports import FRAME_MS, AudioPort, FrameQueue, PlayoutQueue, frame_samples
 from .resample import Resampler
 from .rtcpsession import RtcpSession
@@ -95,7 +103,6 @@ from .sdp import (
     SessionDescription,
     answer_direction,
     combine_directions,
-    find_codec,
     reverse_direction,
     select_codec,
 )
@@ -112,6 +119,8 @@ SAMPLES_PER_FRAME = frame_samples(SAMPLE_RATE)
 RTP_CLOCK = 8000
 RTP_FRAME = frame_samples(RTP_CLOCK)  # timestamp increment of a 20 ms packet
 TELEPHONE_EVENT_PT = 101
+# telephone-event at Opus' RTP clock, offered along with Opus
+TELEPHONE_EVENT_48K_PT = 102
 TELEPHONE_EVENT_FMTP = "0-16"
 RECEIVE_QUEUE_FRAMES = 50
 # received audio older than this was not wanted when it was fresh
@@ -133,7 +142,8 @@ MAX_SEQ_JUMP = 1000
 # after a stall (suspended loop) restart the clock rather than send a burst
 MAX_CLOCK_LAG = 0.1
 # RFC 4733 2.5.1.2: updates of a long event every 50 ms
-DTMF_UPDATE_SAMPLES = RTP_CLOCK * 50 // 1000
+DTMF_UPDATE_MS = 50
+DTMF_UPDATE_SAMPLES = RTP_CLOCK * DTMF_UPDATE_MS // 1000
 # pause after each digit, so that repeated digits stay distinct
 DTMF_GAP_MS = 60
 MIN_DTMF_MS = 40  # ITU-T Q.24: shorter tones need not be recognised
@@ -152,7 +162,8 @@ class AudioCodec:
     """
     A codec the leg can carry. ``encoder()``/``decoder()`` give a fresh
     (possibly stateful) coder per stream; ``sample_rate`` is the audio's,
-    ``clock_rate`` the RTP clock (and rtpmap rate).
+    ``clock_rate`` the RTP clock (and rtpmap rate); ``channels`` and ``fmtp``
+    what our rtpmap and fmtp lines say.
     """
 
     name: str
@@ -161,18 +172,50 @@ class AudioCodec:
     encoder: Callable[[], Encode]
     decoder: Callable[[], Decode]
     clock_rate: int = RTP_CLOCK
+    channels: int | None = None
+    fmtp: str | None = None
+
+    def sdp(self, payload_type: int | None = None) -> Codec:
+        """Our SDP line for it (``payload_type``: the offerer's, in an answer)."""
+        return Codec(
+            self.payload_type if payload_type is None else payload_type,
+            self.name,
+            self.clock_rate,
+            self.channels,
+            self.fmtp,
+        )
 
 
 PCMU = AudioCodec("PCMU", 0, SAMPLE_RATE, lambda: ulaw_encode, lambda: ulaw_decode)
 PCMA = AudioCodec("PCMA", 8, SAMPLE_RATE, lambda: alaw_encode, lambda: alaw_decode)
 G722 = AudioCodec("G722", 9, G722_SAMPLE_RATE, G722Encoder, G722Decoder)
-CODECS = {c.name: c for c in (PCMU, PCMA, G722)}
+OPUS = AudioCodec(
+    "opus",
+    111,
+    OPUS_CLOCK_RATE,
+    lambda: OpusEncoder(OPUS_CLOCK_RATE).encode,
+    lambda: OpusDecoder(OPUS_CLOCK_RATE).decode,
+    clock_rate=OPUS_CLOCK_RATE,
+    channels=2,  # RFC 7587 section 7: always opus/48000/2
+    fmtp="stereo=0;sprop-stereo=0",
+)
+CODECS = {c.name.upper(): c for c in (PCMU, PCMA, G722, OPUS)}
 DEFAULT_CODECS = ("PCMU", "PCMA")
 SRTP_MODES = ("off", "optional", "mandatory")
 SECURE_PROTOS = ("RTP/SAVP", "RTP/SAVPF")
 # (kept for compatibility: the G.711 codecs)
 G711_CODECS = {"pcmu": PCMU, "pcma": PCMA}
 SUPPORTED = [(c.name, SAMPLE_RATE) for c in G711_CODECS.values()]
+
+
+def _find_event(media: MediaDescription, clock_rate: int) -> Codec | None:
+    """telephone-event at the audio codec's RTP clock, else at 8000 (the usual one)."""
+    events = [c for c in media.codecs if c.name.lower() == "telephone-event"]
+    for wanted in (clock_rate, RTP_CLOCK):
+        for event in events:
+            if event.clock_rate == wanted:
+                return event
+    return None
 
 
 def _codec_list(codecs: tuple[str, ...] | list[str]) -> tuple[AudioCodec, ...]:
@@ -293,6 +336,8 @@ class RtpLeg(AudioPort):
         self._receive_codecs: dict[int, AudioCodec] = {}
         self._decoders: dict[int, tuple[AudioCodec, Decode]] = {}
         self._telephone_event_pt: int | None = None
+        self._event_clock = RTP_CLOCK  # of the negotiated telephone-event
+        self._rtp_frame = RTP_FRAME  # timestamp increment of a 20 ms packet
         self._sending = True
         self._receiving = True
         self._direction: str | None = None  # negotiated, from our side
@@ -485,22 +530,31 @@ class RtpLeg(AudioPort):
         self._offered_proto = proto
         media = self._local_media(proto, crypto)
         if self._codec is not None:
-            media.add_codec(Codec(self._codec_pt, self._codec.name, self._codec.clock_rate))
+            media.add_codec(self._codec.sdp(self._codec_pt))
             if self._telephone_event_pt is not None:
                 media.add_codec(
                     Codec(
                         self._telephone_event_pt,
                         "telephone-event",
-                        RTP_CLOCK,
+                        self._event_clock,
                         fmtp=TELEPHONE_EVENT_FMTP,
                     )
                 )
         else:
             for codec in self._codecs:
-                media.add_codec(Codec(codec.payload_type, codec.name, codec.clock_rate))
+                media.add_codec(codec.sdp())
             media.add_codec(
                 Codec(TELEPHONE_EVENT_PT, "telephone-event", RTP_CLOCK, fmtp=TELEPHONE_EVENT_FMTP)
             )
+            if OPUS in self._codecs:
+                media.add_codec(
+                    Codec(
+                        TELEPHONE_EVENT_48K_PT,
+                        "telephone-event",
+                        OPUS_CLOCK_RATE,
+                        fmtp=TELEPHONE_EVENT_FMTP,
+                    )
+                )
             # early media may arrive before the answer; decode what we offered
             self._receive_codecs = {c.payload_type: c for c in self._codecs}
         media.direction = direction
@@ -519,7 +573,7 @@ class RtpLeg(AudioPort):
         direction = combine_directions(
             self._offered_direction, reverse_direction(session.media_direction(audio))
         )
-        self._negotiated(codec, find_codec(audio, "telephone-event", RTP_CLOCK))
+        self._negotiated(codec, _find_event(audio, codec.clock_rate))
         self._proto = self._offered_proto
         self._set_srtp(crypto)
         self._set_remote(remote, direction)
@@ -579,17 +633,17 @@ class RtpLeg(AudioPort):
             raise SdpError(f"Offer has none of {', '.join(self.codecs)}")
         crypto = self._offer_crypto(audio)
         remote = self._remote_from(session, audio)
-        event = find_codec(audio, "telephone-event", RTP_CLOCK)
+        event = _find_event(audio, codec.clock_rate)
 
         # RFC 3264 6.1: the answer's transport is the offer's
         local = self._local_media(
             audio.proto,
             [] if crypto is None else [CryptoAttribute(crypto.tag, crypto.suite, self._srtp_key)],
         )
-        local.add_codec(Codec(codec.payload_type, codec.name, codec.clock_rate))
+        local.add_codec(CODECS[codec.name.upper()].sdp(codec.payload_type))
         if event is not None:
             local.add_codec(
-                Codec(event.payload_type, event.name, RTP_CLOCK, fmtp=TELEPHONE_EVENT_FMTP)
+                Codec(event.payload_type, event.name, event.clock_rate, fmtp=TELEPHONE_EVENT_FMTP)
             )
         ours = combine_directions(direction, answer_direction(session.media_direction(audio)))
         local.direction = ours
@@ -681,8 +735,14 @@ class RtpLeg(AudioPort):
             )
         self._codec = spec
         self._codec_pt = codec.payload_type
+        self._rtp_frame = frame_samples(spec.clock_rate)
+        if self._rtcp.clock_rate != spec.clock_rate:
+            # RTCP jitter and timestamps count this codec's RTP clock
+            self._rtcp.clock_rate = spec.clock_rate
+            self._rtcp.receiver.clock_rate = spec.clock_rate
         self._receive_codecs = {codec.payload_type: spec}
         self._telephone_event_pt = event.payload_type if event else None
+        self._event_clock = event.clock_rate if event else spec.clock_rate
         if rate_changed or spec.sample_rate != self._jitter_rate:
             self._set_jitter_rate(spec.sample_rate)
 
@@ -779,18 +839,19 @@ class RtpLeg(AudioPort):
         try:
             while self._dtmf_queue and not self._closed:
                 digit, duration_ms = self._dtmf_queue.popleft()
+                clock = self._event_clock
                 schedule = event_packets(
                     digit,
-                    RTP_CLOCK * duration_ms // 1000,
-                    update_interval=DTMF_UPDATE_SAMPLES,
-                    end_interval=RTP_FRAME,
+                    clock * duration_ms // 1000,
+                    update_interval=clock * DTMF_UPDATE_MS // 1000,
+                    end_interval=frame_samples(clock),
                 )
                 # the event starts where the next audio packet would have
                 timestamp = self._timestamp
                 start = loop.time()
                 self._dtmf_active = True
                 for i, (offset, event) in enumerate(schedule):
-                    await asyncio.sleep(start + offset / RTP_CLOCK - loop.time())
+                    await asyncio.sleep(start + offset / clock - loop.time())
                     self._send_event(timestamp, bytes(event), marker=i == 0)
                 self._dtmf_active = False
                 self._marker = True  # audio resumes: a new talk spurt
@@ -857,7 +918,7 @@ class RtpLeg(AudioPort):
         # the RTP clock advances even when on hold, as a real source would;
         # the sequence number only counts packets actually sent
         timestamp = self._timestamp
-        self._timestamp = (timestamp + RTP_FRAME) & 0xFFFFFFFF
+        self._timestamp = (timestamp + self._rtp_frame) & 0xFFFFFFFF
         addr = self.remote_address
         if self._encode is None or addr is None or not self._sending or self._transport is None:
             return
@@ -919,7 +980,9 @@ class RtpLeg(AudioPort):
             # RFC 3389 comfort noise: understood even though we do not offer it
             self._count_received(packet)
             if self._receiving:
-                scale = self._jitter_rate // RTP_CLOCK
+                # CN counts the audio codec's RTP clock
+                clock = self._codec.clock_rate if self._codec is not None else RTP_CLOCK
+                scale = max(1, self._jitter_rate // clock)
                 self._jitter.put_comfort_noise(
                     packet.ssrc, (packet.timestamp * scale) & 0xFFFFFFFF, packet.payload
                 )

@@ -327,7 +327,7 @@ def test_explicitly_empty_directory() -> None:
         ({"numbers": {"echo": "echo"}}, "[numbers] echo", "digits"),
         ({"sip": {"pass_headers": ["Contact"]}}, "[sip] pass_headers", "X-"),
         ({"sip": {"session_expires": 60}}, "[sip] session_expires", "at least min_se"),
-        ({"media": {"codecs": ["opus"]}}, "[media] codecs", "PCMU, PCMA, G722"),
+        ({"media": {"codecs": ["silk"]}}, "[media] codecs", "PCMU, PCMA, G722, OPUS"),
         ({"media": {"srtp": "yes"}}, "[media] srtp", "must be one of"),
         ({"media": {"rtp_host": "0.0.0.0"}}, "[media] rtp_host", "public_address"),
         ({"media": {"public_address": "x"}}, "[media] public_address", "IP address"),

@@ -1024,3 +1024,18 @@ def test_ha1_errors_in_csv_users_file(tmp_path: Path, text: str, message: str) -
     with pytest.raises(ConfigError) as info:
         load_config(str(tmp_path / "gw.toml"))
     assert str(info.value).startswith(f"config error in {path}: {message}"), str(info.value)
+
+
+def test_example_ha1_user_hashes_its_password() -> None:
+    """The commented-out HA1-only user of the example file, uncommented, loads and holds
+    the HA1 values of the password it names, in the example's SIP realm."""
+    text = EXAMPLE.read_text()
+    block = text[text.index('#[[users]]\n#username = "carol"'):].splitlines()
+    entry = "\n".join(line[1:] for line in block if line.startswith("#"))
+    example = load_config(str(EXAMPLE))
+    realm = sip_realm(example.sip)
+    c = parse_config({"sip": {"realm": realm}, **tomllib.loads(entry)}, SRC)
+    (carol,) = c.users
+    assert carol.ha1_only and carol.number == "1003"
+    assert carol.ha1_md5 == user_ha1("MD5", "1003", realm, "carol-secret")
+    assert carol.ha1_sha256 == user_ha1("SHA-256", "1003", realm, "carol-secret")

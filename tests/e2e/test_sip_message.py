@@ -1,6 +1,7 @@
 """In-dialog MESSAGE (RFC 3428) between two SIP parties the gateway joined itself (the
-PBX refused the REFER of an attended transfer, DESIGN §3), and calls to a SIP phone
-registered over TCP reaching it through its registration connection (RFC 5626 style).
+PBX refused the REFER of an attended transfer, DESIGN §3); calls to a SIP phone
+registered over TCP reaching it through its registration connection (RFC 5626 style);
+a call forked to every device of a number (several phones, phones and web clients).
 
 The SIP phone is the project's own UserAgent registering with digest over TCP; its TCP
 listener is closed once registered, so only the registration connection can reach it."""
@@ -12,7 +13,7 @@ import asyncio
 import pytest
 
 from sip.aio.useragent import InboundInvite, UAConfig, UserAgent
-from sip.events import Confirmed, MessageReceived, SessionEvent, Terminated
+from sip.events import Cancelled, Confirmed, MessageReceived, SessionEvent, Terminated
 from tests.e2e.client import JsonV1Client
 from tests.e2e.conftest import free_port
 from tests.e2e.test_transfer import transfer
@@ -37,12 +38,26 @@ class TcpPhone:
         self.changed = asyncio.Event()
         self.rtp_port = free_port(tcp=False)
         self.reply_code = 202  # to a MESSAGE
+        self.auto_answer = True  # else it only rings (180)
 
     def _on_invite(self, invite: InboundInvite) -> None:
         self.invites.append(invite)
         invite.defer_messages()  # answers MESSAGEs itself, with reply_code
         invite.set_event_handler(self._on_event)
-        invite.answer(_answer_sdp(self.rtp_port))
+        if self.auto_answer:
+            invite.answer(_answer_sdp(self.rtp_port))
+        else:
+            invite.ringing()
+        self.changed.set()
+
+    async def wait_invite(self, timeout: float = 15.0) -> InboundInvite:
+        async def wait() -> InboundInvite:
+            while not self.invites:
+                self.changed.clear()
+                await self.changed.wait()
+            return self.invites[-1]
+
+        return await asyncio.wait_for(wait(), timeout)
 
     def _on_event(self, event: SessionEvent) -> None:
         self.events.append(event)
@@ -136,5 +151,70 @@ async def test_message_between_two_joined_sip_parties(gateway, sipp, clients):  
         assert await far.wait(30) == 0, far.logs()[-3000:]
         assert results == [200]
         assert await phone.wait_for(Terminated) == Terminated("bye")
+    finally:
+        await phone.close()
+
+
+async def test_call_forks_to_every_registered_phone_first_answer_wins(gateway, clients):  # type: ignore[no-untyped-def]
+    ringing, answering = TcpPhone(), TcpPhone()
+    ringing.auto_answer = answering.auto_answer = False
+    try:
+        await ringing.register(gateway, "1002", "bob-secret")
+        await answering.register(gateway, "1002", "bob-secret")
+        alice: JsonV1Client = await clients(gateway, name="alice")
+        await alice.login("1001", "Alice")
+        call = await alice.dial("1002", freq=1000.0)
+        await ringing.wait_invite()
+        invite = await answering.wait_invite()
+        await call.wait_state("ringing", timeout=10)
+        invite.answer(_answer_sdp(answering.rtp_port))
+        await call.wait_state("active", timeout=20)
+        assert await ringing.wait_for(Cancelled) == Cancelled()
+        await call.hangup()
+        assert await answering.wait_for(Terminated) == Terminated("bye")
+    finally:
+        await ringing.close()
+        await answering.close()
+
+
+async def test_call_forks_to_phone_and_web_client(gateway, clients):  # type: ignore[no-untyped-def]
+    """Bob is logged in on the web and has a registered phone: both ring. The phone
+    answers first: the web offer ends `notSelected`. The next call the web client takes:
+    the phone gets CANCEL."""
+    phone = TcpPhone()
+    phone.auto_answer = False
+    try:
+        await phone.register(gateway, "1002", "bob-secret")
+        alice: JsonV1Client = await clients(gateway, name="alice")
+        await alice.login("1001", "Alice")
+        bob: JsonV1Client = await clients(gateway, name="bob")
+        await bob.login("1002", "Bob")
+
+        first = await alice.dial("1002", freq=1000.0)
+        offered = await bob.wait_incoming(timeout=15)
+        invite = await phone.wait_invite()
+        await offered.accept()
+        invite.answer(_answer_sdp(phone.rtp_port))
+        await first.wait_state("active", timeout=20)
+        ended = await offered.wait_state("terminated", timeout=10)
+        assert ended.get("reason") == "notSelected", ended
+        await first.hangup()
+        await first.wait_state("terminated", timeout=10)
+        assert await phone.wait_for(Terminated) == Terminated("bye")
+
+        phone.events.clear()
+        second = await alice.dial("1002", freq=1000.0)
+        offered = await bob.wait_incoming(timeout=15)
+        for _ in range(100):
+            if len(phone.invites) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert len(phone.invites) == 2
+        await offered.accept()
+        await offered.answer()
+        await second.wait_state("active", timeout=20)
+        assert await phone.wait_for(Cancelled) == Cancelled()
+        await second.hangup()
+        await second.wait_state("terminated", timeout=10)
     finally:
         await phone.close()

@@ -380,30 +380,10 @@ async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-# --------------------------------------------------------------------------- browser -> SIP
-
-
-async def test_rfc4733_browser_to_sip(gateway, sipp, clients, far):
-    """Telephone-event negotiated on both legs: each digit leaves the gateway as one
-    RFC 4733 event (one timestamp, marker on its first packet, growing durations, three
-    end packets), in the audio's sequence and timestamp space, and nothing in-band."""
-    sp = uas(sipp, gateway, "uas_dtmf_rfc4733.xml", extra=["-key", "rtp_port", str(far.port)])
-    alice = await logged_in(clients, gateway)
-    call = await alice.dial(FAR_NUMBER, freq=1000.0)
-    dtmf = await answered(call)
-    await until(lambda: far.gateway is not None, 10, "RTP from the gateway")
-    dtmf.send(DIGITS)
-
-    def events_done() -> bool:
-        ends = {p.ts for p in far.events() if TelephoneEvent.parse(p.payload).end}
-        return len(ends) >= len(DIGITS)
-
-    await until(events_done, 20, "16 events at the far end")
-    await asyncio.sleep(0.5)
-    await call.hangup()
-    await call.wait_state("terminated", timeout=10)
-    await expect_exit(sp)
-
+def assert_far_rfc4733(far: FarMedia) -> None:
+    """What the gateway sent the far end carries each digit as exactly one RFC 4733
+    event (one timestamp, marker on its first packet, growing durations, three end
+    packets, a sane volume) in the audio's sequence and timestamp space."""
     packets = far.received
     assert len({p.ssrc for p in packets}) == 1, "events and audio from one SSRC"
     seqs = [p.seq for p in packets]
@@ -439,6 +419,33 @@ async def test_rfc4733_browser_to_sip(gateway, sipp, clients, far):
         assert before.pt == PCMU and after.pt == PCMU
         assert 0 < (start - before.ts) & 0xFFFFFFFF <= 2 * FRAME, (before.ts, start)
         assert (after.ts - start) & 0xFFFFFFFF >= ends[0].duration, (start, after.ts)
+
+
+# --------------------------------------------------------------------------- browser -> SIP
+
+
+async def test_rfc4733_browser_to_sip(gateway, sipp, clients, far):
+    """Telephone-event negotiated on both legs: each digit leaves the gateway as one
+    RFC 4733 event (one timestamp, marker on its first packet, growing durations, three
+    end packets), in the audio's sequence and timestamp space, and nothing in-band."""
+    sp = uas(sipp, gateway, "uas_dtmf_rfc4733.xml", extra=["-key", "rtp_port", str(far.port)])
+    alice = await logged_in(clients, gateway)
+    call = await alice.dial(FAR_NUMBER, freq=1000.0)
+    dtmf = await answered(call)
+    await until(lambda: far.gateway is not None, 10, "RTP from the gateway")
+    dtmf.send(DIGITS)
+
+    def events_done() -> bool:
+        ends = {p.ts for p in far.events() if TelephoneEvent.parse(p.payload).end}
+        return len(ends) >= len(DIGITS)
+
+    await until(events_done, 20, "16 events at the far end")
+    await asyncio.sleep(0.5)
+    await call.hangup()
+    await call.wait_state("terminated", timeout=10)
+    await expect_exit(sp)
+
+    assert_far_rfc4733(far)
     assert goertzel_digits(far.audio()) == [], "digits sent in-band as well"
 
 
@@ -546,3 +553,43 @@ async def test_inband_sip_to_browser(gateway, sipp, clients, far):
     await call.hangup()
     await call.wait_state("terminated", timeout=10)
     await expect_exit(sp)
+
+
+# --------------------------------------------------------------------------- Chromium
+
+
+async def test_chromium_rtcdtmfsender_to_sip(gateway, sipp, e2e_dir, far):
+    """The real thing: Chromium's RTCDTMFSender (through the JS library's sendDigit)
+    sends all 16 digits; each leaves the gateway as exactly one RFC 4733 event."""
+    from tests.e2e.test_webphone_library import bench_dial, bench_login
+    from tests.e2e.webphone_helpers import (
+        call_state_js,
+        launch,
+        login_js,
+        open_bench,
+        wait_bench,
+    )
+
+    sp = uas(sipp, gateway, "uas_dtmf_rfc4733.xml", extra=["-key", "rtp_port", str(far.port)])
+    async with launch(e2e_dir) as browser:
+        page = await browser.page("bench")
+        await open_bench(page, gateway.http_url)
+        await bench_login(page, "a", "1001")
+        await wait_bench(page, login_js("SUCCESS", "a"))
+        call = await bench_dial(page, "a", FAR_NUMBER)
+        await wait_bench(page, call_state_js("CONNECTED", call))
+        await until(lambda: far.gateway is not None, 10, "RTP from the gateway")
+        for digit in DIGITS:
+            sent = await page.evaluate(f"() => window.bench.calls[{call}].sendDigit('{digit}')")
+            assert sent, f"sendDigit({digit!r}) refused"
+
+        def events_done() -> bool:
+            ends = {p.ts for p in far.events() if TelephoneEvent.parse(p.payload).end}
+            return len(ends) >= len(DIGITS)
+
+        await until(events_done, 20, "16 events at the far end")  # 16 x (100 + 70) ms
+        await asyncio.sleep(0.5)
+        await page.evaluate(f"() => window.bench.calls[{call}].disconnect()")
+        await wait_bench(page, call_state_js("DISCONNECTED", call))
+    await expect_exit(sp)
+    assert_far_rfc4733(far)

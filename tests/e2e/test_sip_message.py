@@ -13,7 +13,14 @@ import asyncio
 import pytest
 
 from sip.aio.useragent import InboundInvite, UAConfig, UserAgent
-from sip.events import Cancelled, Confirmed, MessageReceived, SessionEvent, Terminated
+from sip.events import (
+    Answered,
+    Cancelled,
+    Confirmed,
+    MessageReceived,
+    SessionEvent,
+    Terminated,
+)
 from tests.e2e.client import JsonV1Client
 from tests.e2e.conftest import free_port
 from tests.e2e.test_transfer import transfer
@@ -218,3 +225,52 @@ async def test_call_forks_to_phone_and_web_client(gateway, clients):  # type: ig
         await second.wait_state("terminated", timeout=10)
     finally:
         await phone.close()
+
+
+async def test_phone_calls_phone_through_the_gateway_with_messages(gateway):  # type: ignore[no-untyped-def]
+    """1001 and 1002 are registered SIP phones (no web client logged in): 1001's call to
+    1002 reaches 1002 through its registration connection; the gateway joins the two
+    legs and relays MESSAGE both ways (body, Content-Type and the final status)."""
+    caller, callee = TcpPhone(), TcpPhone()
+    try:
+        await caller.register(gateway, "1001", "alice-secret")
+        await callee.register(gateway, "1002", "bob-secret")
+        events: list[SessionEvent] = []
+        outbound = caller.ua.invite(
+            f"sip:1002@127.0.0.1:{gateway.sip_port};transport=tcp",
+            from_user="1001",
+            sdp=_answer_sdp(caller.rtp_port),
+            on_event=events.append,
+        )
+        await callee.wait_for(Confirmed)
+        for _ in range(100):
+            if any(isinstance(e, Answered) for e in events):
+                break
+            await asyncio.sleep(0.05)
+        assert any(isinstance(e, Answered) for e in events), events
+
+        results: list[int] = []
+        outbound.message("text/plain;charset=utf-8", "Grüße".encode(), on_result=results.append)
+        received = await callee.wait_for(MessageReceived)
+        assert received == MessageReceived(
+            "text/plain;charset=utf-8", "Grüße".encode(), received.op  # type: ignore[union-attr]
+        )
+        for _ in range(100):
+            if results:
+                break
+            await asyncio.sleep(0.05)
+        assert results == [202]  # the callee's own answer, relayed
+
+        callee.invites[-1].message("application/json", b'{"t":"hi"}', on_result=results.append)
+        for _ in range(100):
+            if len(results) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert results == [202, 200]
+        assert MessageReceived("application/json", b'{"t":"hi"}') in events
+
+        outbound.bye()
+        assert await callee.wait_for(Terminated) == Terminated("bye")
+    finally:
+        await caller.close()
+        await callee.close()

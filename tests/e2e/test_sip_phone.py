@@ -41,7 +41,14 @@ rtp_ports\t\t{rtp}-{rtp_end}
 
 
 class Phone:
-    def __init__(self, workdir: Path, gateway_sip_port: int, number: str, password: str):
+    def __init__(
+        self,
+        workdir: Path,
+        gateway_sip_port: int,
+        number: str,
+        password: str,
+        transport: str = "udp",
+    ):
         self.dir = workdir / f"baresip-{number}"
         for n in range(2, 100):  # a second phone of the same number gets its own directory
             if not self.dir.exists():
@@ -56,7 +63,7 @@ class Phone:
             )
         )
         (self.dir / "accounts").write_text(
-            f"<sip:{number}@127.0.0.1:{gateway_sip_port};transport=udp>"
+            f"<sip:{number}@127.0.0.1:{gateway_sip_port};transport={transport}>"
             f";auth_pass={password};answermode=auto;regint=600\n"
         )
         self.log_path = self.dir / "baresip.log"
@@ -105,8 +112,8 @@ class Phone:
 def phones(e2e_dir: Path):
     made: list[Phone] = []
 
-    def make(gateway, number: str, password: str) -> Phone:
-        phone = Phone(e2e_dir, gateway.sip_port, number, password)
+    def make(gateway, number: str, password: str, transport: str = "udp") -> Phone:
+        phone = Phone(e2e_dir, gateway.sip_port, number, password, transport)
         made.append(phone)
         return phone
 
@@ -132,6 +139,27 @@ async def test_web_user_calls_registered_phone(gateway, clients, phones):
     assert tail.size > rate, f"baresip decoded only {pcm.size / rate:.1f} s"
     assert rms_dbfs(tail) > -40, f"baresip heard silence ({rms_dbfs(tail):.1f} dBFS)"
     assert abs(dominant_frequency(tail, rate) - 1000.0) <= 20, dominant_frequency(tail, rate)
+
+
+async def test_web_user_calls_phone_registered_over_tcp(gateway, clients, phones):
+    """baresip registers over TCP: the call reaches it over that connection (the flow its
+    REGISTER came on, RFC 5626 style) and audio flows both ways."""
+    phone = phones(gateway, "1002", "bob-secret", transport="tcp")
+    phone.start()
+    await phone.wait_log("200 OK")
+    alice: JsonV1Client = await clients(gateway, name="alice")
+    await alice.login("1001", "Alice")
+    call = await alice.dial("1002", freq=1000.0)
+    await call.wait_state("active", timeout=20)
+    await check_tone(call, 440.0, what="baresip's sine over its TCP registration")
+    await call.hangup()
+    await call.wait_state("terminated", timeout=10)
+    phone.stop()
+    pcm, rate = phone.heard()
+    tail = pcm[rate:]
+    assert rms_dbfs(tail) > -40, f"baresip heard silence ({rms_dbfs(tail):.1f} dBFS)"
+    assert abs(dominant_frequency(tail, rate) - 1000.0) <= 20, dominant_frequency(tail, rate)
+    assert "INVITE" in phone.log()
 
 
 async def test_registered_phone_calls_web_user(gateway, clients, phones):

@@ -342,6 +342,20 @@ class WebRtcVideo:
             ]
         )
 
+    def prefer_codec(self, mime_type: str) -> bool:
+        """
+        Offer only this codec (and RTX) from the next offer on, e.g. the one
+        of a SIP phone whose video is relayed as it is. False when aiortc has
+        no such codec (preferences unchanged).
+        """
+        capabilities = RTCRtpSender.getCapabilities("video").codecs
+        wanted = [c for c in capabilities if c.mimeType.lower() == mime_type.lower()]
+        if not wanted:
+            return False
+        rtx = [c for c in capabilities if c.mimeType.lower() == "video/rtx"]
+        self.transceiver.setCodecPreferences(wanted + rtx)
+        return True
+
     # negotiation state
 
     def negotiated(self, remote_sdp: str | None) -> bool:

@@ -25,6 +25,7 @@ from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
     RTCPeerConnection,
+    RTCRtpSender,
     RTCSessionDescription,
 )
 from aiortc.mediastreams import MediaStreamError
@@ -68,6 +69,64 @@ class ToneTrack(MediaStreamTrack):
         frame.pts = self._pts
         frame.time_base = fractions.Fraction(1, RATE)
         return frame
+
+
+class PatternTrack(MediaStreamTrack):
+    """A video track: a bright bar moving over grey, 320x240 at 30 frames/s in real time."""
+
+    kind = "video"
+    WIDTH, HEIGHT, FPS = 320, 240, 30
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._start: float | None = None
+        self._n = 0
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        else:
+            wait = self._start + self._n / self.FPS - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        image = np.full((self.HEIGHT, self.WIDTH, 3), 60, dtype=np.uint8)
+        x = (self._n * 8) % (self.WIDTH - 80)
+        image[:, x : x + 80] = (230, 230, 40)
+        frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        frame.pts = self._n * 90000 // self.FPS
+        frame.time_base = fractions.Fraction(1, 90000)
+        self._n += 1
+        return frame
+
+
+class VideoCounter:
+    """Pulls decoded frames from a remote video track and counts them (with their sizes)."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.sizes: set[tuple[int, int]] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self, track: MediaStreamTrack) -> None:
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._run(track))
+
+    async def _run(self, track: MediaStreamTrack) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except (MediaStreamError, asyncio.CancelledError):
+                return
+            self.frames += 1
+            self.sizes.add((frame.width, frame.height))
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
 
 
 class AudioRecorder:
@@ -127,11 +186,18 @@ class Call:
         self.statuses: list[Message] = []
         self.active_at: float | None = None  # monotonic time of the first `active`
         self._changed = asyncio.Event()
+        # video: send a moving pattern (outgoing offer, or answering an offer with video)
+        # when `video` is set, restricted to `video_codec` ("video/VP8", "video/H264") if given
+        self.video = client.video
+        self.video_codec: str | None = client.video_codec
+        self.video_counter = VideoCounter()
 
         @self.pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
             if track.kind == "audio":
                 self.recorder.start(track)
+            elif track.kind == "video":
+                self.video_counter.start(track)
 
     # state --------------------------------------------------------------------
 
@@ -208,8 +274,35 @@ class Call:
             {"operation": operation, "action": action, "identifier": self.identifier, **extra}
         )
 
+    def _add_video(self) -> None:
+        transceiver = self.pc.addTransceiver(PatternTrack(), "sendrecv")
+        self._prefer_video_codec(transceiver)
+
+    def _prefer_video_codec(self, transceiver: Any) -> None:
+        if self.video_codec is None:
+            return
+        transceiver.setCodecPreferences(
+            [
+                c
+                for c in RTCRtpSender.getCapabilities("video").codecs
+                if c.mimeType.lower() in (self.video_codec.lower(), "video/rtx")
+            ]
+        )
+
+    @property
+    def video_frames(self) -> int:
+        """Decoded video frames received so far."""
+        return self.video_counter.frames
+
+    async def wait_video(self, frames: int, timeout: float = 20.0) -> None:
+        await self._until(
+            lambda: self.video_frames >= frames, timeout, f"{frames} decoded video frames"
+        )
+
     async def _offer(self) -> None:
         self.pc.addTrack(self.tone)
+        if self.video:
+            self._add_video()
         offer = await self.pc.createOffer()
         await self.pc.setLocalDescription(offer)  # aiortc gathers all candidates here
         await self.send("offer", operation="media", sdp=self.pc.localDescription.sdp)
@@ -227,6 +320,12 @@ class Call:
         sdp = await self._until(lambda: self.offer, timeout, "media/offer")
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         self.pc.addTrack(self.tone)  # reuses the offered audio transceiver -> sendrecv
+        if self.video:
+            for transceiver in self.pc.getTransceivers():
+                if transceiver.kind == "video":
+                    transceiver.sender.replaceTrack(PatternTrack())
+                    transceiver.direction = "sendrecv"
+                    self._prefer_video_codec(transceiver)
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         await self.send("answer", operation="media", sdp=self.pc.localDescription.sdp)
@@ -242,6 +341,7 @@ class Call:
 
     async def close(self) -> None:
         await self.recorder.stop()
+        await self.video_counter.stop()
         with contextlib.suppress(Exception):
             await self.pc.close()
 
@@ -265,6 +365,8 @@ class JsonV1Client:
         self._changed = asyncio.Event()
         self._closed = asyncio.Event()
         self.incoming_freq = 1000.0
+        self.video = False  # calls send and receive video (see Call.video)
+        self.video_codec: str | None = None
 
     # connection -----------------------------------------------------------------
 

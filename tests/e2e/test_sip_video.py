@@ -1,0 +1,238 @@
+"""Video between a web client and a real SIP video phone (baresip), both directions, relayed
+by the gateway without transcoding (VP8; H.264 too).
+
+baresip sends its fakevideo source (a synthetic picture) and displays what it decodes on
+the fakevideo display; its snapshot filter saves a decoded received frame as PNG on
+request (ctrl_tcp command ``snapshot_recv``), which proves the web client's video reached
+baresip's decoder. The aiortc web client sends a moving pattern and counts the frames it
+decodes from baresip's video.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from rtc.webrtcvideo import offer_has_video
+from tests.e2e.client import JsonV1Client
+from tests.e2e.conftest import free_port, stop_process
+
+BARESIP = shutil.which("baresip")
+MODULES = Path("/usr/lib/baresip/modules")
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(BARESIP is None, reason="baresip missing"),
+    pytest.mark.skipif(
+        not (MODULES / "fakevideo.so").exists() or not (MODULES / "vp8.so").exists(),
+        reason="baresip video modules missing",
+    ),
+]
+
+CONFIG = """\
+poll_method\t\tepoll
+sip_listen\t\t127.0.0.1:{sip_port}
+sip_trans_def\t\tudp
+audio_source\t\tausine,440
+ausrc_srate\t\t48000
+ausrc_channels\t\t2
+video_source\t\tfakevideo,nil
+video_display\t\tfakevideo,nil
+video_size\t\t320x240
+video_bitrate\t\t500000
+video_fps\t\t15
+module_path\t\t{modules}
+module\t\t\tg711.so
+module\t\t\tausine.so
+module\t\t\tfakevideo.so
+module\t\t\t{codec_module}
+module\t\t\tsnapshot.so
+module\t\t\tctrl_tcp.so
+ctrl_tcp_listen\t\t127.0.0.1:{ctrl_port}
+module_app\t\taccount.so
+module_app\t\tmenu.so
+rtp_ports\t\t{rtp}-{rtp_end}
+"""
+
+# decoded frames the web client must receive from baresip
+MIN_FRAMES = 20
+
+
+class VideoPhone:
+    """baresip with video: fakevideo source and display, one video codec module."""
+
+    def __init__(self, workdir: Path, gateway_sip_port: int, number: str, password: str, codec):
+        self.dir = workdir / f"baresip-video-{number}"
+        self.dir.mkdir()
+        self.sip_port = free_port()
+        self.ctrl_port = free_port(udp=False)
+        rtp = free_port(tcp=False, span=10) & ~1
+        (self.dir / "config").write_text(
+            CONFIG.format(
+                sip_port=self.sip_port,
+                modules=MODULES,
+                codec_module="vp8.so" if codec == "VP8" else "avcodec.so",
+                ctrl_port=self.ctrl_port,
+                rtp=rtp,
+                rtp_end=rtp + 9,
+            )
+        )
+        (self.dir / "accounts").write_text(
+            f"<sip:{number}@127.0.0.1:{gateway_sip_port};transport=udp>"
+            f";auth_pass={password};answermode=auto;regint=600\n"
+        )
+        self.log_path = self.dir / "baresip.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, *commands: str) -> None:
+        assert BARESIP is not None
+        args = [BARESIP, "-f", str(self.dir), "-s"]
+        for command in commands:
+            args += ["-e", command]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def wait_log(self, text: str, timeout: float = 15.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while text not in self.log():
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"baresip never logged {text!r}:\n{self.log()[-4000:]}")
+            await asyncio.sleep(0.1)
+
+    async def command(self, command: str, params: str = "") -> dict:
+        """One ctrl_tcp command (netstring-framed JSON); baresip's response."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.ctrl_port)
+        try:
+            body = json.dumps({"command": command, "params": params, "token": "t1"}).encode()
+            writer.write(b"%d:%s," % (len(body), body))
+            await writer.drain()
+            buffer = b""
+            while True:
+                chunk = await asyncio.wait_for(reader.read(65536), 5)
+                if not chunk:
+                    raise ConnectionError(f"ctrl_tcp closed: {buffer!r}")
+                buffer += chunk
+                while b":" in buffer:
+                    size, _, rest = buffer.partition(b":")
+                    if len(rest) < int(size) + 1:
+                        break
+                    message = json.loads(rest[: int(size)])
+                    buffer = rest[int(size) + 1 :]
+                    if message.get("response"):
+                        return message
+        finally:
+            writer.close()
+
+    async def snapshot_received(self, timeout: float = 10.0) -> Path:
+        """Ask baresip to save the next decoded received video frame; the PNG it wrote."""
+        prefix = self.dir / "received"
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            await self.command("snapshot_recv", str(prefix))
+            for _ in range(20):
+                pngs = sorted(self.dir.glob("received*"))
+                if pngs and pngs[-1].stat().st_size > 0:
+                    return pngs[-1]
+                await asyncio.sleep(0.1)
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"baresip saved no received video frame:\n{self.log()[-4000:]}")
+
+    def decoded_fps(self) -> float:
+        """The highest rate at which baresip decoded received video (its status line
+        ``efps=<encoded>/<decoded>``)."""
+        rates = [float(m) for m in re.findall(r"efps=[0-9.]+/([0-9.]+)", self.log())]
+        return max(rates, default=0.0)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, grace=3.0)
+
+
+@pytest.fixture
+def video_phones(e2e_dir: Path):
+    made: list[VideoPhone] = []
+
+    def make(gateway, number: str, password: str, codec: str = "VP8") -> VideoPhone:
+        phone = VideoPhone(e2e_dir, gateway.sip_port, number, password, codec)
+        made.append(phone)
+        return phone
+
+    yield make
+    for phone in made:
+        phone.stop()
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+async def _check_video_both_ways(call, phone: VideoPhone) -> None:
+    await call.wait_video(MIN_FRAMES, timeout=30)
+    assert call.video_counter.sizes, "no decoded video at the web client"
+    png = await phone.snapshot_received()
+    # the web client's pattern is 320x240: baresip decoded the relayed frames
+    assert _png_size(png) == (320, 240), _png_size(png)
+    # and keeps decoding them (the web client sends 30 frames/s; baresip's status line
+    # gives its decoding rate after a few seconds)
+    for _ in range(150):
+        if phone.decoded_fps() >= 10:
+            break
+        await asyncio.sleep(0.1)
+    assert phone.decoded_fps() >= 10, phone.log()[-3000:]
+
+
+@pytest.mark.parametrize("codec", ["VP8", "H264"])
+async def test_phone_calls_web_client_with_video(gateway, clients, video_phones, codec):
+    if codec == "H264" and not (MODULES / "avcodec.so").exists():
+        pytest.skip("baresip avcodec module missing")
+    alice: JsonV1Client = await clients(gateway, name="alice")
+    alice.video = True
+    alice.video_codec = f"video/{codec}"
+    await alice.login("1001", "Alice")
+    phone = video_phones(gateway, "1002", "bob-secret", codec)
+    phone.start("/dial 1001")
+    incoming = await alice.wait_incoming(timeout=20)
+    await incoming.accept()
+    await incoming.answer()
+    assert incoming.offer is not None and "m=video" in incoming.offer
+    await incoming.wait_state("active", timeout=20)
+    await _check_video_both_ways(incoming, phone)
+    await incoming.hangup()
+    await incoming.wait_state("terminated", timeout=10)
+    log = gateway.log_path.read_text(errors="replace")
+    assert f"video {codec} sendrecv" in log, log[-3000:]
+
+
+@pytest.mark.parametrize("codec", ["VP8", "H264"])
+async def test_web_client_calls_phone_with_video(gateway, clients, video_phones, codec):
+    if codec == "H264" and not (MODULES / "avcodec.so").exists():
+        pytest.skip("baresip avcodec module missing")
+    phone = video_phones(gateway, "1002", "bob-secret", codec)
+    phone.start()
+    await phone.wait_log("200 OK")  # registered
+    alice: JsonV1Client = await clients(gateway, name="alice")
+    alice.video = True
+    alice.video_codec = f"video/{codec}"
+    await alice.login("1001", "Alice")
+    call = await alice.dial("1002", freq=1000.0)
+    assert call.answer_sdp is not None and offer_has_video(call.answer_sdp)
+    await call.wait_state("active", timeout=20)
+    await _check_video_both_ways(call, phone)
+    await call.hangup()
+    await call.wait_state("terminated", timeout=10)

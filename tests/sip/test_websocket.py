@@ -139,3 +139,41 @@ async def test_send_to_a_closed_websocket_is_a_transport_error():
         assert await recorder.wait_for(Terminated) == Terminated("transport")
     finally:
         await ua.close()
+
+
+async def test_call_to_a_websocket_registered_user_goes_over_its_websocket():
+    """A JsSIP-style contact (sip:alice@xyz.invalid;transport=ws) cannot be dialled; the
+    INVITE and the dialog's requests go over the WebSocket the REGISTER came on."""
+    ua = UserAgent(UAConfig(port=0, registrar=True), lambda invite: None)
+    await ua.start()
+    sock = FakeSocket()
+    try:
+        conn = ua.attach_websocket(sock.send, sock.close, CLIENT)
+        conn.receive(ws_request("REGISTER", 1))
+        assert parse((await sock.next()).encode()).code == 200  # type: ignore[union-attr]
+        (binding,) = ua.registrar.bindings("alice")
+        assert binding.source.transport == "WS" and binding.source.address == CLIENT
+        recorder = Recorder()
+        call = ua.invite(
+            binding.contact, from_user="bob", sdp=OFFER, on_event=recorder, flow=binding.source
+        )
+        invite = parse((await sock.next()).encode())
+        assert invite.method == "INVITE"  # type: ignore[union-attr]
+        assert str(invite.uri) == "sip:alice@df7jal23ls0d.invalid;transport=ws"  # type: ignore[union-attr]
+        assert invite.via[0].transport == "WS"  # type: ignore[union-attr]
+        conn.receive(
+            "SIP/2.0 200 OK\r\n"
+            + "".join(f"Via: {v}\r\n" for v in invite.headers.getlist("Via"))
+            + f"From: {invite.headers['From']}\r\nTo: {invite.headers['To']};tag=ws1\r\n"
+            + f"Call-ID: {invite.call_id}\r\nCSeq: {invite.headers['CSeq']}\r\n"
+            + "Contact: <sip:alice@df7jal23ls0d.invalid;transport=ws>\r\n"
+            + f"Content-Type: application/sdp\r\nContent-Length: {len(ANSWER)}\r\n\r\n"
+            + ANSWER.decode()
+        )
+        ack = parse((await sock.next()).encode())
+        assert ack.method == "ACK"  # type: ignore[union-attr]
+        call.bye()
+        bye = parse((await sock.next()).encode())
+        assert bye.method == "BYE"  # type: ignore[union-attr]
+    finally:
+        await ua.close()

@@ -380,6 +380,12 @@ async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
+def far_events_done(far: FarMedia) -> bool:
+    """The far end has the end packets of 16 events."""
+    ends = {p.ts for p in far.events() if TelephoneEvent.parse(p.payload).end}
+    return len(ends) >= len(DIGITS)
+
+
 def assert_far_rfc4733(far: FarMedia) -> None:
     """What the gateway sent the far end carries each digit as exactly one RFC 4733
     event (one timestamp, marker on its first packet, growing durations, three end
@@ -435,11 +441,7 @@ async def test_rfc4733_browser_to_sip(gateway, sipp, clients, far):
     await until(lambda: far.gateway is not None, 10, "RTP from the gateway")
     dtmf.send(DIGITS)
 
-    def events_done() -> bool:
-        ends = {p.ts for p in far.events() if TelephoneEvent.parse(p.payload).end}
-        return len(ends) >= len(DIGITS)
-
-    await until(events_done, 20, "16 events at the far end")
+    await until(lambda: far_events_done(far), 20, "16 events at the far end")
     await asyncio.sleep(0.5)
     await call.hangup()
     await call.wait_state("terminated", timeout=10)
@@ -491,15 +493,30 @@ async def test_inband_browser_to_sip(gateway, sipp, clients, far):
 
 
 # --------------------------------------------------------------------------- SIP -> browser
+# A sipp UAC calls the browser; once the SIP side's 16 digits have arrived, the browser
+# sends 16 back, so the incoming call's path is checked toward SIP as well.
 
 
-async def test_rfc4733_sip_to_browser(gateway, sipp, clients, far):
-    """RFC 4733 events from the SIP side reach the browser as telephone-event packets,
-    one event per digit, each digit once."""
+async def incoming_call(
+    clients, gateway, sipp, xml: str, far: FarMedia
+) -> tuple[Call, SippProcess]:
     alice = await logged_in(clients, gateway)
-    sp = uac(sipp, gateway, "uac_dtmf_rfc4733.xml", ["-key", "rtp_port", str(far.port)])
+    sp = uac(sipp, gateway, xml, ["-key", "rtp_port", str(far.port)])
     call = await alice.wait_incoming(timeout=15)
     await call.answer()
+    return call, sp
+
+
+async def hang_up(call: Call, sp: SippProcess) -> None:
+    await call.hangup()
+    await call.wait_state("terminated", timeout=10)
+    await expect_exit(sp)
+
+
+async def test_rfc4733_sip_to_browser_and_back(gateway, sipp, clients, far):
+    """RFC 4733 events from the SIP side reach the browser as telephone-event packets,
+    one event per digit, each digit once; the browser's digits go back as RFC 4733."""
+    call, sp = await incoming_call(clients, gateway, sipp, "uac_dtmf_rfc4733.xml", far)
     dtmf = await answered(call)
     await until(lambda: far.gateway is not None, 10, "RTP from the gateway")
     far.silence(500)
@@ -510,35 +527,40 @@ async def test_rfc4733_sip_to_browser(gateway, sipp, clients, far):
     await dtmf.wait_digits(len(DIGITS))
     assert_digits(dtmf.digits, "digits at the browser")
     dtmf.check_packets()
-    await call.hangup()
-    await call.wait_state("terminated", timeout=10)
-    await expect_exit(sp)
+
+    dtmf.send(DIGITS)
+    await until(lambda: far_events_done(far), 20, "16 events at the far end")
+    await asyncio.sleep(0.5)
+    await hang_up(call, sp)
+    assert_far_rfc4733(far)
+    assert goertzel_digits(far.audio()) == [], "digits sent in-band as well"
 
 
-async def test_info_sip_to_browser(gateway, sipp, clients):
+async def test_info_sip_to_browser_and_back(gateway, sipp, clients, far):
     """INFO application/dtmf-relay from the SIP side (sipp sends 16) reaches the browser
-    as telephone-event packets, each digit once."""
-    alice = await logged_in(clients, gateway)
-    sp = uac(sipp, gateway, "uac_dtmf_info.xml", ["-rtp_echo"])
-    call = await alice.wait_incoming(timeout=15)
-    await call.answer()
+    as telephone-event packets, each digit once; the browser's digits go back as 16
+    INFOs (sipp checks them) and not in-band."""
+    call, sp = await incoming_call(clients, gateway, sipp, "uac_dtmf_info.xml", far)
     dtmf = await answered(call)
     await dtmf.wait_digits(len(DIGITS), timeout=25)
     assert_digits(dtmf.digits, "digits at the browser")
     dtmf.check_packets()
-    await call.hangup()
-    await call.wait_state("terminated", timeout=10)
-    await expect_exit(sp)  # every INFO answered 200
+
+    dtmf.send(DIGITS)
+    await until(lambda: len(received_info_signals(sp)) >= len(DIGITS), 20, "16 INFOs at sipp")
+    await asyncio.sleep(0.5)
+    await hang_up(call, sp)  # every INFO answered 200, the gateway's 16 checked
+    assert "".join(received_info_signals(sp)) == DIGITS
+    assert not far.events()
+    assert goertzel_digits(far.audio()) == [], "digits sent in-band as well"
 
 
-async def test_inband_sip_to_browser(gateway, sipp, clients, far):
+async def test_inband_sip_to_browser_and_back(gateway, sipp, clients, far):
     """Dual tones in the SIP side's audio (no telephone-event) are detected by the
     gateway and reach the browser as telephone-event packets, each digit once; the
-    speech-like audio before and after them produces none (talk-off)."""
-    alice = await logged_in(clients, gateway)
-    sp = uac(sipp, gateway, "uac_dtmf_inband.xml", ["-key", "rtp_port", str(far.port)])
-    call = await alice.wait_incoming(timeout=15)
-    await call.answer()
+    speech-like audio before and after them produces none (talk-off). The browser's
+    digits go back as tones (no INFO: the caller's Allow leaves it out)."""
+    call, sp = await incoming_call(clients, gateway, sipp, "uac_dtmf_inband.xml", far)
     dtmf = await answered(call)
     await until(lambda: far.gateway is not None, 10, "RTP from the gateway")
     far.play(speech_like(2.0, seed=4))
@@ -550,9 +572,14 @@ async def test_inband_sip_to_browser(gateway, sipp, clients, far):
     await dtmf.wait_digits(len(DIGITS))
     assert_digits(dtmf.digits, "digits at the browser")
     dtmf.check_packets()
-    await call.hangup()
-    await call.wait_state("terminated", timeout=10)
-    await expect_exit(sp)
+
+    dtmf.send(DIGITS)
+    await asyncio.sleep(16 * 0.2 + 1.5)
+    await hang_up(call, sp)  # an INFO would have failed the scenario
+    assert not far.events()
+    audio = far.audio()
+    assert_digits(goertzel_digits(audio), "Goertzel detector on the far end's audio")
+    assert_digits(fft_digits(audio), "FFT check on the far end's audio")
 
 
 # --------------------------------------------------------------------------- Chromium
@@ -583,11 +610,9 @@ async def test_chromium_rtcdtmfsender_to_sip(gateway, sipp, e2e_dir, far):
             sent = await page.evaluate(f"() => window.bench.calls[{call}].sendDigit('{digit}')")
             assert sent, f"sendDigit({digit!r}) refused"
 
-        def events_done() -> bool:
-            ends = {p.ts for p in far.events() if TelephoneEvent.parse(p.payload).end}
-            return len(ends) >= len(DIGITS)
-
-        await until(events_done, 20, "16 events at the far end")  # 16 x (100 + 70) ms
+        await until(
+            lambda: far_events_done(far), 20, "16 events at the far end"
+        )  # 16 x (100 + 70) ms
         await asyncio.sleep(0.5)
         await page.evaluate(f"() => window.bench.calls[{call}].disconnect()")
         await wait_bench(page, call_state_js("DISCONNECTED", call))

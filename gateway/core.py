@@ -184,6 +184,21 @@ class SipBranch:
 
 
 @dataclasses.dataclass(eq=False)
+class PhoneCall:
+    """A SIP call to a number only registered phones have (no web client logged in):
+    the gateway rings every contact and joins the first to answer to the caller
+    (a Junction from then on: media bridged, MESSAGE relayed, either BYE ends both)."""
+
+    invite: InboundInvite
+    rtp: RtpLeg | None = None
+    answer: bytes = b""
+    branches: list[SipBranch] = dataclasses.field(default_factory=list)
+    code: int = 0  # the best failure status of the branches so far
+    ringing_sent: bool = False
+    ended: bool = False
+
+
+@dataclasses.dataclass(eq=False)
 class ClientCall:
     """One call as a client sees it."""
 
@@ -1661,11 +1676,144 @@ class Core:
             len(regs),
         )
         if not regs:
+            bindings = self.ua.registrar.bindings(invite.request_user) if self.ua else []
+            if bindings and invite.sdp is not None:
+                # SIP to SIP: a phone (or the PBX) calls a number registered by phones.
+                self._spawn(self._call_phones(invite, bindings))
+                return
             invite.reject(480, "Temporarily Unavailable")
             return
         incoming = SipIncoming(invite)
         invite.set_event_handler(lambda ev: self._on_inbound_sip(incoming, ev))
         self._spawn(self._offer_sip_call(incoming, regs))
+
+    async def _call_phones(self, invite: InboundInvite, bindings: list[Binding]) -> None:
+        """Ring the registered contacts of the called number (each through its flow) for
+        a SIP caller; the first answer is joined to the caller, the others get CANCEL."""
+        call = PhoneCall(invite)
+        invite.set_event_handler(lambda ev: self._phone_caller_event(call, ev))
+        try:
+            call.rtp = await self._open_rtp()
+        except OSError as exc:
+            logger.error("Call-ID %s: no RTP port: %s", invite.call_id, exc)
+            invite.reject(503, "Service Unavailable")
+            return
+        try:
+            assert invite.sdp is not None
+            call.answer = call.rtp.create_answer(invite.sdp)
+        except SdpError as exc:
+            logger.info("Call-ID %s: offer refused: %s", invite.call_id, exc)
+            invite.reject(488, "Not Acceptable Here")
+            await call.rtp.close()
+            return
+        if call.ended:
+            await call.rtp.close()
+            return
+        logger.info(
+            "Call-ID %s: %s calls %d registered contact(s) of %s",
+            invite.call_id,
+            invite.caller_user,
+            len(bindings),
+            invite.request_user,
+        )
+        call.branches = [SipBranch(b.contact, b.source, [None]) for b in bindings]
+        for branch in list(call.branches):
+            self._spawn(self._start_phone_branch(call, branch))
+
+    async def _start_phone_branch(self, call: PhoneCall, branch: SipBranch) -> None:
+        try:
+            branch.rtp = await self._open_rtp()
+        except OSError as exc:
+            logger.error("Call-ID %s: no RTP port for a branch: %s", call.invite.call_id, exc)
+            self._phone_branch_failed(call, branch, 503)
+            return
+        if not branch.pending:
+            await branch.rtp.close()
+            return
+        assert self.ua is not None
+        invite = call.invite
+        branch.invite = self.ua.invite(
+            branch.target,
+            from_user=invite.caller_user or "anonymous",
+            from_display=invite.caller_display,
+            sdp=branch.rtp.create_offer(),
+            on_event=lambda ev: self._phone_branch_event(call, branch, ev),
+            headers=self._passable(invite.x_headers),
+            flow=branch.flow,
+        )
+
+    def _phone_branch_event(
+        self, call: PhoneCall, branch: SipBranch, ev: sip_events.SessionEvent
+    ) -> None:
+        if not branch.pending:
+            return  # CANCELled (a 2xx crossing the CANCEL is ACKed and BYEd by the UA)
+        if isinstance(ev, sip_events.Provisional):
+            if ev.sdp is not None and branch.early_sdp is None:
+                branch.early_sdp = ev.sdp
+            if not call.ringing_sent:
+                call.ringing_sent = True
+                call.invite.ringing()
+        elif isinstance(ev, sip_events.Answered):
+            self._phone_answered(call, branch, ev.sdp or branch.early_sdp)
+        elif isinstance(ev, sip_events.Rejected | sip_events.Terminated):
+            code = ev.code if isinstance(ev, sip_events.Rejected) else 500
+            self._phone_branch_failed(call, branch, code)
+
+    def _phone_answered(self, call: PhoneCall, branch: SipBranch, sdp: bytes | None) -> None:
+        assert branch.invite is not None and branch.rtp is not None and call.rtp is not None
+        try:
+            if sdp is None:
+                raise SdpError("2xx without SDP")
+            branch.rtp.apply_answer(sdp)
+        except SdpError as exc:
+            logger.info("Call-ID %s: unusable answer of a phone: %s", call.invite.call_id, exc)
+            self._phone_branch_failed(call, branch, 488)  # its dialog gets a BYE
+            return
+        branch.pending = False
+        call.branches.remove(branch)
+        for other in call.branches:
+            self._drop_branch(other)
+        call.branches = []
+        call.ended = True
+        sessions: list[OutboundInvite | InboundInvite] = [call.invite, branch.invite]
+        rtps = [call.rtp, branch.rtp]
+        junction = Junction(sessions, rtps, MediaBridge(call.rtp))
+        for session, rtp in zip(sessions, rtps, strict=True):
+            session.set_reoffer_handler(functools.partial(self._junction_reoffer, rtp))
+            session.defer_messages()
+            session.set_event_handler(
+                functools.partial(self._junction_session_event, junction, session)
+            )
+        junction.bridge.connect(branch.rtp)
+        call.invite.answer(call.answer)
+        logger.info("Call-ID %s: %s answered; joined", call.invite.call_id, branch.target)
+
+    def _phone_branch_failed(self, call: PhoneCall, branch: SipBranch, code: int) -> None:
+        self._drop_branch(branch)
+        if branch not in call.branches:
+            return
+        call.branches.remove(branch)
+        old = call.code
+        if not old or (code >= 600 > old) or (old < 600 and code == 486):
+            call.code = code
+        if not call.branches and not call.ended:
+            call.ended = True
+            # Busy and global refusals are passed on; anything else: not reachable now.
+            code = call.code if call.code in (486, 600, 603) else 480
+            call.invite.reject(code)
+            if call.rtp is not None:
+                self._spawn(call.rtp.close())
+
+    def _phone_caller_event(self, call: PhoneCall, ev: sip_events.SessionEvent) -> None:
+        """The SIP caller before a phone answered: CANCEL (or a failure) ends the forks."""
+        if call.ended or not isinstance(ev, sip_events.Cancelled | sip_events.Terminated):
+            return
+        call.ended = True
+        branches, call.branches = call.branches, []
+        for branch in branches:
+            self._drop_branch(branch)
+        if call.rtp is not None:
+            self._spawn(call.rtp.close())
 
     async def _answer_sip_locally(self, invite: InboundInvite, echo: bool) -> None:
         """A SIP phone calls a test number: the gateway answers it with an echo or a tone."""

@@ -9,6 +9,7 @@ Tests for gateway features that are not implemented yet are written against the 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 
@@ -433,6 +434,42 @@ async def test_password_login_through_token_endpoint(gateway, e2e_dir):
         await phone.reload()
         await phone.wait_for_selector("#status[data-state='SUCCESS']", timeout=15000)
         await assert_no_problems(phone)
+
+
+def _carol_ha1(algorithm: str) -> str:
+    h = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}[algorithm]
+    return h(b"1003:gw.example:carol-secret").hexdigest()
+
+
+HA1_ONLY = f"""{PASSWORD_MODE}
+[sip]
+realm = "gw.example"
+
+[[users]]
+username = "carol"
+number = "1003"
+ha1_md5 = "{_carol_ha1("MD5")}"
+ha1_sha256 = "{_carol_ha1("SHA-256")}"
+"""
+
+
+@pytest.mark.parametrize("gateway", [HA1_ONLY], indirect=True)
+async def test_ha1_only_user_logs_in_with_the_library(gateway, e2e_dir):
+    """carol is stored only as HA1 of "1003:gw.example:password", which no Digest answer for
+    "carol" can match: the library's Digest attempt is refused and it retries once with Basic
+    (allowed here because the gateway is on loopback); a wrong password still fails."""
+    async with launch(e2e_dir) as browser:
+        page = await browser.page("bench")
+        await open_bench(page, gateway.http_url)
+        await bench_login(page, "w", "1003", username="carol", password="wrong")
+        await wait_bench(page, login_js("SERVER_ACCESS", "w"))
+        await bench_login(page, "c", "1003", username="carol", password="carol-secret")
+        await wait_bench(page, login_js("SUCCESS", "c"))
+        echo = await bench_dial(page, "c", "9000")
+        await wait_bench(page, call_state_js("CONNECTED", echo))
+        await page.evaluate(f"() => window.bench.calls[{echo}].disconnect()")
+        await wait_bench(page, call_state_js("DISCONNECTED", echo))
+        await assert_no_problems(page)
 
 
 @pytest.mark.parametrize("gateway", [TOKEN_MODE], indirect=True)

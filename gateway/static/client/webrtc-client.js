@@ -313,9 +313,14 @@ class HttpStatusError extends Error {
   }
 }
 
+/** True when a request to `url` cannot be read on the network: https, or this machine. */
+function privateChannel(url) {
+  return url.protocol === "https:" || ["localhost", "127.0.0.1", "[::1]"].includes(url.hostname);
+}
+
 /**
  * POST /api/token with Basic or Digest (whatever the server's challenge asks for; Digest
- * SHA-256 preferred). Returns {token, expires} or null when the server has no token
+ * SHA-256 preferred; a refused Digest is retried once with Basic over https or loopback). Returns {token, expires} or null when the server has no token
  * endpoint (a deployment without authentication). Throws HttpStatusError(401/403) when
  * the credentials are refused, TypeError when the server cannot be reached.
  */
@@ -335,13 +340,21 @@ async function fetchToken(url, username, password) {
       digests.find((c) => /^SHA-256/i.test(c.params.algorithm || "")) ??
       digests.find((c) => !c.params.algorithm || /^MD5/i.test(c.params.algorithm));
     const uri = url.pathname + url.search;
-    let authorization;
-    if (digest && (globalThis.crypto?.subtle || !/^SHA/i.test(digest.params.algorithm || ""))) {
-      authorization = await digestAuthorization(digest, username, password, "POST", uri);
-    } else {
-      authorization = `Basic ${base64(`${username}:${password}`)}`;
+    const basic = `Basic ${base64(`${username}:${password}`)}`;
+    const useDigest =
+      digest && (globalThis.crypto?.subtle || !/^SHA/i.test(digest.params.algorithm || ""));
+    response = await post(
+      useDigest ? await digestAuthorization(digest, username, password, "POST", uri) : basic,
+    );
+    // A user stored only as HA1 of number:SIP realm (see config [[users]] ha1_md5) cannot
+    // answer a Digest challenge under another name or realm; the server offers Basic too.
+    // Retry once with Basic, but never send a reusable password in clear text to a remote
+    // host: only over https or to this machine.
+    const offersBasic = challenges.some((c) => c.scheme === "basic");
+    if (response.status === 401 && useDigest && offersBasic && privateChannel(url)) {
+      log("Digest login refused; trying Basic once");
+      response = await post(basic);
     }
-    response = await post(authorization);
   }
   if ([401, 403, 429].includes(response.status)) throw new HttpStatusError(response.status);
   if (!response.ok) {

@@ -236,3 +236,34 @@ async def test_web_client_calls_phone_with_video(gateway, clients, video_phones,
     await _check_video_both_ways(call, phone)
     await call.hangup()
     await call.wait_state("terminated", timeout=10)
+
+
+async def test_video_resumes_after_hold(gateway, clients, video_phones):
+    """Hold and retrieve re-INVITE the phone with its m=video (sendonly, then sendrecv);
+    video flows both ways again afterwards."""
+    from tests.e2e.test_hold import hold
+
+    phone = video_phones(gateway, "1002", "bob-secret", "VP8")
+    phone.start()
+    await phone.wait_log("200 OK")
+    alice: JsonV1Client = await clients(gateway, name="alice")
+    alice.video = True
+    await alice.login("1001", "Alice")
+    call = await alice.dial("1002", freq=1000.0)
+    await call.wait_state("active", timeout=20)
+    await _check_video_both_ways(call, phone)
+
+    await hold(call, "hold", "held")
+    await hold(call, "retrieve", "active")
+    log = phone.log()
+    reinvites = [m for m in log.split("INVITE sip:")[2:] if "m=video" in m]
+    assert any("a=sendonly" in m.split("m=video")[1] for m in reinvites), log[-4000:]
+    # after the retrieve: more frames at the client, a new decoded frame at baresip
+    before = call.video_frames
+    for png in phone.dir.glob("received*"):
+        png.unlink()
+    await call.wait_video(before + MIN_FRAMES, timeout=30)
+    png = await phone.snapshot_received()
+    assert _png_size(png) == (320, 240)
+    await call.hangup()
+    await call.wait_state("terminated", timeout=10)

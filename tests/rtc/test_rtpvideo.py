@@ -5,8 +5,10 @@ requests both ways and frames relayed to and from an aiortc browser, with a scri
 import asyncio
 import fractions
 
+import av
 import numpy as np
 import pytest
+from aiortc import MediaStreamTrack
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from av import VideoFrame
@@ -339,3 +341,57 @@ async def test_browser_and_phone_video_relayed_both_ways(codec: str) -> None:
         await browser.close()
         await video.close()
         phone.close()
+
+
+class FrameTrack(MediaStreamTrack):
+    """Encoded frames (av.Packet) of known content, 30 per second: a keyframe first."""
+
+    kind = "video"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[bytes] = []
+
+    async def recv(self) -> av.Packet:  # type: ignore[override]
+        await asyncio.sleep(1 / 30)
+        n = len(self.sent)
+        data = bytes([0x00 if n == 0 else 0x01]) + bytes((n + i) & 0xFF for i in range(2999))
+        self.sent.append(data)
+        packet = av.Packet(data)
+        packet.pts = n * 3000
+        packet.time_base = fractions.Fraction(1, 90000)
+        return packet
+
+
+async def test_srtp_video_between_two_legs() -> None:
+    """SDES keys the video stream as the audio one; frames cross intact (several packets
+    each), and an SRTP-only leg rejects a video offer without crypto."""
+    a = await VideoRtpLeg.open("127.0.0.1", 30000, 30999, srtp="optional")
+    b = await VideoRtpLeg.open("127.0.0.1", 30000, 30999, srtp="optional")
+    strict = await VideoRtpLeg.open("127.0.0.1", 30000, 30999, srtp="mandatory")
+    try:
+        video_a, video_b = await a.enable_video(("VP8",)), await b.enable_video()
+        offer = a.create_offer()
+        assert offer.count(b"a=crypto:") == 2  # audio and video, each its own key
+        a.apply_answer(b.create_answer(offer))
+        assert video_a.srtp_suite == video_b.srtp_suite == "AES_CM_128_HMAC_SHA1_80"
+        assert video_a.video_codec == video_b.video_codec == "video/VP8"
+        received = video_b.subscribe_encoded()
+        source = FrameTrack()
+        video_a.set_video_source(source)
+        got = [bytes(await asyncio.wait_for(received.recv(), 5)) for _ in range(10)]
+        assert got == source.sent[:10]
+        assert video_a.packets_sent >= 30  # 3000-byte frames: several packets each
+        received.stop()
+
+        # audio with crypto, video without: an SRTP-only leg takes the audio only
+        await strict.enable_video()
+        offer_session = SessionDescription.parse(a.create_offer())
+        video_offer = offer_session.media[1]
+        video_offer.attributes = [x for x in video_offer.attributes if x[0] != "crypto"]
+        answer = SessionDescription.parse(strict.create_answer(bytes(offer_session)))
+        assert answer.media[0].port != 0
+        assert answer.media[1].kind == "video" and answer.media[1].port == 0
+    finally:
+        for leg in (a, b, strict):
+            await leg.close()

@@ -2,6 +2,14 @@
 The audio of one call: relays frames between the client leg and the far leg,
 resampling where their rates differ, or plays ringback to the client while
 the far end is alerting.
+
+The cheapest correct pipeline is chosen per frame: between two legs that can
+pass payloads through (rtc.ports.PassThroughPort: the WebRTC and RTP legs),
+a packet of the codec the other leg sends is relayed undecoded; anything else
+is decoded by the leg that received it and encoded by the leg that sends it.
+So a call whose legs negotiated the same codec (Opus, PCMU or PCMA both
+ways) relays payloads, and a re-negotiation to different codecs (or back)
+switches by itself, frame by frame, with no action by the gateway.
 """
 
 import asyncio
@@ -9,7 +17,14 @@ import logging
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from .ports import FRAME_MS, AudioPort, PortClosed, RateFollowingPort
+from .ports import (
+    FRAME_MS,
+    AudioPort,
+    EncodedFrame,
+    PassThroughPort,
+    PortClosed,
+    RateFollowingPort,
+)
 from .resample import Resampler
 from .tones import RingbackGenerator
 from .videolink import VideoLink
@@ -27,7 +42,14 @@ MAX_CLOCK_LAG = 0.1
 
 
 async def relay(source: AudioPort, sink: AudioPort) -> None:
-    """Copy frames from source to sink until either port closes."""
+    """
+    Copy frames from source to sink until either port closes; payloads pass
+    through undecoded where both are PassThroughPorts and the sink sends the
+    codec the source received.
+    """
+    if isinstance(source, PassThroughPort) and isinstance(sink, PassThroughPort):
+        await _relay_passing(source, sink)
+        return
     resampler = None
     if source.sample_rate != sink.sample_rate:
         # created per relay so that filter state never leaks across connects
@@ -38,6 +60,41 @@ async def relay(source: AudioPort, sink: AudioPort) -> None:
             sink.write(frame if resampler is None else resampler.process(frame))
         except PortClosed:
             return
+
+
+async def _relay_passing(source: PassThroughPort, sink: PassThroughPort) -> None:
+    def wants(codec: str) -> bool:
+        return sink.send_codec == codec
+
+    source.set_passthrough(wants)
+    resampler: Resampler | None = None
+    try:
+        while True:
+            try:
+                item = await source.read_any()
+                if isinstance(item, EncodedFrame):
+                    if sink.send_codec == item.codec:
+                        sink.write_encoded(item)
+                        continue
+                    # the sink's codec changed since the source queued it
+                    frame = source.decode_frame(item)
+                else:
+                    frame = item
+                if source.sample_rate != sink.sample_rate:
+                    if (
+                        resampler is None
+                        or resampler.in_rate != source.sample_rate
+                        or resampler.out_rate != sink.sample_rate
+                    ):
+                        resampler = Resampler(source.sample_rate, sink.sample_rate)
+                    frame = resampler.process(frame)
+                sink.write(frame)
+            except PortClosed:
+                return
+    finally:
+        # unless a newer relay from this source took over meanwhile
+        if source.passthrough is wants:
+            source.set_passthrough(None)
 
 
 async def play_ringback(client: AudioPort, country: str) -> None:

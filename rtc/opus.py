@@ -29,6 +29,7 @@ __all__ = [
     "OpusDecoder",
     "OpusEncoder",
     "OpusError",
+    "packet_samples",
 ]
 
 OPUS_CLOCK_RATE = 48000  # RTP clock of Opus, whatever the audio rate
@@ -84,6 +85,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.opus_decoder_destroy.argtypes = [c_void_p]
     lib.opus_decode.restype = c_int
     lib.opus_decode.argtypes = [c_void_p, ctypes.c_char_p, ctypes.c_int32, c_void_p, c_int, c_int]
+    lib.opus_packet_get_nb_samples.restype = c_int
+    lib.opus_packet_get_nb_samples.argtypes = [ctypes.c_char_p, ctypes.c_int32, ctypes.c_int32]
     lib.opus_strerror.restype = ctypes.c_char_p
     lib.opus_strerror.argtypes = [c_int]
 
@@ -107,6 +110,13 @@ def _check(code: int) -> int:
 def _check_rate(sample_rate: int) -> None:
     if sample_rate not in OPUS_RATES:
         raise ValueError(f"Opus sample rate must be one of {OPUS_RATES}, not {sample_rate}")
+
+
+def packet_samples(payload: bytes, sample_rate: int = OPUS_CLOCK_RATE) -> int:
+    """Audio samples (at ``sample_rate``) in an Opus packet; -1 when it is malformed."""
+    if not payload:
+        return -1
+    return int(_opus().opus_packet_get_nb_samples(payload, len(payload), sample_rate))
 
 
 class OpusEncoder:

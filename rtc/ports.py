@@ -4,11 +4,17 @@ The audio port abstraction shared by the RTP leg, the WebRTC leg and the bridge.
 A port exchanges 20 ms mono int16 frames at its own sample rate. Reads block
 until a frame arrives; writes never block and drop the oldest frame when the
 consumer falls behind, because stale audio is worse than lost audio.
+
+Pass-through (PassThroughPort): two legs that negotiated the same codec
+exchange 20 ms payloads as they came off the wire (EncodedFrame), so neither
+decodes nor encodes; see MediaBridge.
 """
 
 import asyncio
 from collections import deque
-from typing import Protocol, runtime_checkable
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -16,8 +22,12 @@ import numpy.typing as npt
 __all__ = [
     "FRAME_MS",
     "AudioPort",
+    "EncodedFrame",
     "FrameClock",
     "FrameQueue",
+    "MediaItem",
+    "MediaQueue",
+    "PassThroughPort",
     "PlayoutQueue",
     "PortClosed",
     "RateFollowingPort",
@@ -32,6 +42,21 @@ HOLDOFF = 0.01
 MAX_CLOCK_LAG = 0.1
 
 Frame = npt.NDArray[np.int16]
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedFrame:
+    """
+    20 ms of audio as one RTP payload of ``codec`` (lower-case name: "opus",
+    "pcmu", "pcma"), relayed between legs that negotiated the same codec.
+    """
+
+    codec: str
+    payload: bytes
+
+
+MediaItem = Frame | EncodedFrame
+T = TypeVar("T")
 
 
 class PortClosed(Exception):
@@ -68,7 +93,7 @@ class RateFollowingPort(AudioPort, Protocol):
         ...
 
 
-class FrameQueue:
+class _ItemQueue(Generic[T]):
     """
     Bounded queue of received frames for async readers.
 
@@ -79,7 +104,7 @@ class FrameQueue:
     """
 
     def __init__(self, maxlen: int, max_age: float | None = None) -> None:
-        self._frames: deque[tuple[float, Frame]] = deque(maxlen=maxlen)
+        self._frames: deque[tuple[float, T]] = deque(maxlen=maxlen)
         self._max_age = max_age
         self._waiters: list[asyncio.Future[None]] = []
         self._closed = False
@@ -91,14 +116,14 @@ class FrameQueue:
     def closed(self) -> bool:
         return self._closed
 
-    def put(self, frame: Frame) -> None:
+    def put(self, frame: T) -> None:
         if self._closed:
             return
         now = asyncio.get_running_loop().time() if self._max_age is not None else 0.0
         self._frames.append((now, frame))
         self._wake()
 
-    async def get(self) -> Frame:
+    async def get(self) -> T:
         loop = asyncio.get_running_loop()
         while True:
             if self._max_age is not None:
@@ -131,6 +156,44 @@ class FrameQueue:
                 waiter.set_result(None)
 
 
+class FrameQueue(_ItemQueue[Frame]):
+    __doc__ = _ItemQueue.__doc__
+
+
+class MediaQueue(_ItemQueue[MediaItem]):
+    """A FrameQueue that may also hold EncodedFrames (a leg in pass-through)."""
+
+
+@runtime_checkable
+class PassThroughPort(AudioPort, Protocol):
+    """
+    A leg that can relay payloads without decoding or encoding them.
+
+    ``send_codec``: the lower-case name of the codec it sends now (None before
+    negotiation). ``set_passthrough(wants)``: from now on, a received 20 ms
+    packet whose codec ``wants(codec)`` accepts is queued as an EncodedFrame
+    instead of being decoded (None: decode everything, the default).
+    ``read_any()`` yields frames or EncodedFrames as queued (``read()`` decodes
+    an EncodedFrame itself); ``decode_frame()`` decodes one of this leg's
+    EncodedFrames to a frame at ``sample_rate``, with the leg's own decoder;
+    ``write_encoded()`` sends an EncodedFrame of ``send_codec`` as it is.
+    """
+
+    @property
+    def send_codec(self) -> str | None: ...
+
+    @property
+    def passthrough(self) -> Callable[[str], bool] | None: ...
+
+    def set_passthrough(self, wants: Callable[[str], bool] | None) -> None: ...
+
+    async def read_any(self) -> MediaItem: ...
+
+    def decode_frame(self, frame: EncodedFrame) -> Frame: ...
+
+    def write_encoded(self, frame: EncodedFrame) -> None: ...
+
+
 class PlayoutQueue:
     """
     Frames waiting for a paced sender (the RTP clock or an aiortc track).
@@ -143,7 +206,7 @@ class PlayoutQueue:
     """
 
     def __init__(self, maxlen: int = 5, target: int = 2, window: int = 25) -> None:
-        self._frames: deque[Frame] = deque(maxlen=maxlen)
+        self._frames: deque[MediaItem] = deque(maxlen=maxlen)
         self._target = target
         self._window = window
         self._pulls = 0
@@ -156,7 +219,7 @@ class PlayoutQueue:
     def __len__(self) -> int:
         return len(self._frames)
 
-    def put(self, frame: Frame) -> None:
+    def put(self, frame: MediaItem) -> None:
         self._frames.append(frame)
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -178,7 +241,7 @@ class PlayoutQueue:
     def clear(self) -> None:
         self._frames.clear()
 
-    def pop(self) -> Frame | None:
+    def pop(self) -> MediaItem | None:
         self._min_depth = min(self._min_depth, len(self._frames))
         self._pulls += 1
         if self._pulls >= self._window:
@@ -217,7 +280,7 @@ class FrameClock:
         self._holdoff = holdoff
         self._due: float | None = None
 
-    async def next(self) -> Frame | None:
+    async def next(self) -> MediaItem | None:
         loop = asyncio.get_running_loop()
         now = loop.time()
         due = self._due

@@ -60,6 +60,21 @@ failing authentication are dropped (and never latched onto). Until the
 answer to an offer with crypto arrives, received packets are dropped (they
 could not be told from SRTP). ``srtp_suite`` is the negotiated suite.
 
+Pass-through (rtc.ports.PassThroughPort; MediaBridge turns it on when the
+browser leg sends the same codec): while ``set_passthrough(wants)`` accepts
+the negotiated codec, each received 20 ms packet of it is queued undecoded
+(an EncodedFrame) through a packet jitter buffer (rtc.packetbuffer:
+reordering, duplicates, adaptive delay; a missing packet is a gap the
+receiving decoder conceals) on the same playout clock, and ``write_encoded``
+frames are sent as they are, with our own sequence numbers and timestamps
+(a tick with nothing to relay sends nothing, as DTX would). In-band DTMF
+detection (no telephone-event negotiated and ``on_dtmf`` set) still decodes
+each packet, for the detector only; RFC 4733 events, in-band DTMF sending,
+statistics and the media timeout are the same in both modes. Packets of
+another length (ptime 10, 30...) are decoded as usual. ``frames_decoded``,
+``frames_encoded``, ``frames_passed`` (received, undecoded) and
+``frames_relayed`` (sent as received) count the work.
+
 RTCP goes over the odd port above the RTP one (or muxed on the RTP port when
 the peer does so): a compound SR/RR + SDES about every 5 s, BYE on close.
 ``stats()`` combines our counters with the peer's reports.
@@ -81,8 +96,17 @@ from .dtmfdetect import DtmfDetector
 from .g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from .g722 import G722_SAMPLE_RATE, G722Decoder, G722Encoder
 from .jitterbuffer import JitterBuffer
-from .opus import OPUS_CLOCK_RATE, OpusDecoder, OpusEncoder
-from .ports import FRAME_MS, AudioPort, FrameQueue, PlayoutQueue, frame_samples
+from .opus import OPUS_CLOCK_RATE, OpusDecoder, OpusEncoder, packet_samples
+from .packetbuffer import PacketJitterBuffer
+from .ports import (
+    FRAME_MS,
+    AudioPort,
+    EncodedFrame,
+    MediaItem,
+    MediaQueue,
+    PlayoutQueue,
+    frame_samples,
+)
 from .resample import Resampler
 from .rtcpsession import RtcpSession
 from .rtp import RtpPacket, is_rtcp
@@ -362,8 +386,21 @@ class RtpLeg(AudioPort):
 
         self._sender: asyncio.Task[None] | None = None
 
+        # pass-through (see the module docstring)
+        self._passthrough: Callable[[str], bool] | None = None
+        self._passing = False  # received packets go to the packet buffer, undecoded
+        self._relaying = False  # the last packet sent was an EncodedFrame as received
+        self._frame_decoders: dict[str, tuple[Decode, Resampler | None]] = {}
+        self.frames_decoded = 0
+        self.frames_encoded = 0
+        self.frames_passed = 0
+        self.frames_relayed = 0
+
         # receiving
-        self._queue = FrameQueue(RECEIVE_QUEUE_FRAMES, RECEIVE_MAX_AGE)
+        self._queue = MediaQueue(RECEIVE_QUEUE_FRAMES, RECEIVE_MAX_AGE)
+        self._packets: PacketJitterBuffer[EncodedFrame] = PacketJitterBuffer(
+            RTP_FRAME, FRAME_MS, jitter_min, jitter_max
+        )
         self._jitter_min = jitter_min
         self._jitter_max = jitter_max
         # the jitter buffer runs at the received codec's audio rate; playout
@@ -451,7 +488,10 @@ class RtpLeg(AudioPort):
     # AudioPort
 
     async def read(self) -> npt.NDArray[np.int16]:
-        return await self._queue.get()
+        item = await self._queue.get()
+        if isinstance(item, EncodedFrame):
+            return self.decode_frame(item)
+        return item
 
     def write(self, frame: npt.NDArray[np.int16]) -> None:
         if self._closed:
@@ -464,6 +504,48 @@ class RtpLeg(AudioPort):
     def jitter_buffer(self) -> JitterBuffer:
         """The receive jitter buffer (``delay``, ``late``, ``concealed``, ``played``...)."""
         return self._jitter
+
+    # pass-through (rtc.ports.PassThroughPort)
+
+    @property
+    def packet_buffer(self) -> PacketJitterBuffer[EncodedFrame]:
+        """The receive jitter buffer of pass-through (``late``, ``missing``, ``played``...)."""
+        return self._packets
+
+    @property
+    def send_codec(self) -> str | None:
+        return self._codec.name.lower() if self._codec is not None else None
+
+    @property
+    def passthrough(self) -> Callable[[str], bool] | None:
+        return self._passthrough
+
+    def set_passthrough(self, wants: Callable[[str], bool] | None) -> None:
+        self._passthrough = wants
+        if wants is None and self._passing:
+            self._stop_playout()
+            self._passing = False
+
+    async def read_any(self) -> MediaItem:
+        return await self._queue.get()
+
+    def decode_frame(self, frame: EncodedFrame) -> npt.NDArray[np.int16]:
+        codec = CODECS[frame.codec.upper()]
+        decoder = self._frame_decoders.get(frame.codec)
+        if decoder is None:
+            resampler = (
+                Resampler(codec.sample_rate, self.sample_rate)
+                if codec.sample_rate != self.sample_rate
+                else None
+            )
+            decoder = self._frame_decoders[frame.codec] = (codec.decoder(), resampler)
+        self.frames_decoded += 1
+        samples = decoder[0](frame.payload)
+        return samples if decoder[1] is None else decoder[1].process(samples)
+
+    def write_encoded(self, frame: EncodedFrame) -> None:
+        if not self._closed:
+            self._playout.put(frame)
 
     # negotiation
 
@@ -735,7 +817,12 @@ class RtpLeg(AudioPort):
             )
         self._codec = spec
         self._codec_pt = codec.payload_type
-        self._rtp_frame = frame_samples(spec.clock_rate)
+        if self._rtp_frame != frame_samples(spec.clock_rate):
+            self._rtp_frame = frame_samples(spec.clock_rate)
+            self._packets = PacketJitterBuffer(
+                self._rtp_frame, FRAME_MS, self._jitter_min, self._jitter_max
+            )
+            self._passing = False
         if self._rtcp.clock_rate != spec.clock_rate:
             # RTCP jitter and timestamps count this codec's RTP clock
             self._rtcp.clock_rate = spec.clock_rate
@@ -889,12 +976,10 @@ class RtpLeg(AudioPort):
         loop = asyncio.get_running_loop()
         next_time = loop.time()
         while not self._closed:
-            frame = self._playout.pop()
+            frame: MediaItem | None = self._playout.pop()
             if self._inband:
                 # in-band DTMF replaces the audio while it plays
                 frame = self._inband.popleft()
-            if frame is None:
-                frame = np.zeros(frame_samples(self.sample_rate), dtype=np.int16)
             self._send(frame)
             self._check_timeout(loop.time())
             next_time += FRAME_MS / 1000
@@ -914,7 +999,7 @@ class RtpLeg(AudioPort):
             if self.on_timeout is not None:
                 self.on_timeout()
 
-    def _send(self, frame: npt.NDArray[np.int16]) -> None:
+    def _send(self, frame: MediaItem | None) -> None:
         # the RTP clock advances even when on hold, as a real source would;
         # the sequence number only counts packets actually sent
         timestamp = self._timestamp
@@ -925,6 +1010,25 @@ class RtpLeg(AudioPort):
         if self._dtmf_active:
             # RFC 4733 2.5.1.1: the events replace the audio
             return
+        if isinstance(frame, EncodedFrame):
+            if frame.codec == self.send_codec:
+                payload = frame.payload
+                self._relaying = True
+                self.frames_relayed += 1
+            else:
+                # the codec changed under the relay: this frame is lost
+                frame = None
+        elif frame is None and self._relaying:
+            # pass-through: nothing arrived for this tick; a gap, as DTX leaves
+            return
+        if not isinstance(frame, EncodedFrame):
+            self._relaying = False
+            if frame is None:
+                frame = np.zeros(frame_samples(self.sample_rate), dtype=np.int16)
+            payload = self._encode(
+                frame if self._send_resampler is None else self._send_resampler.process(frame)
+            )
+            self.frames_encoded += 1
         sequence_number = self._sequence_number
         self._sequence_number = (sequence_number + 1) & 0xFFFF
         packet = RtpPacket(
@@ -932,9 +1036,7 @@ class RtpLeg(AudioPort):
             sequence_number=sequence_number,
             timestamp=timestamp,
             ssrc=self._ssrc,
-            payload=self._encode(
-                frame if self._send_resampler is None else self._send_resampler.process(frame)
-            ),
+            payload=payload,
             marker=self._marker,
         )
         self._marker = False
@@ -1002,10 +1104,44 @@ class RtpLeg(AudioPort):
         if codec.sample_rate != self._jitter_rate:
             # early media in another of the offered codecs than expected
             self._set_jitter_rate(codec.sample_rate)
+        if self._pass_through(packet, codec):
+            return
+        if self._passing:
+            # back to decoding (pass-through off, or a packet it cannot take)
+            self._stop_playout()
+            self._passing = False
         samples = self._decoder(packet.payload_type, codec)(packet.payload)
+        self.frames_decoded += 1
         # in the jitter buffer, timestamps count audio samples
         scale = codec.sample_rate // codec.clock_rate
         self._buffer(packet.ssrc, (packet.timestamp * scale) & 0xFFFFFFFF, packet.marker, samples)
+
+    def _pass_through(self, packet: RtpPacket, codec: AudioCodec) -> bool:
+        """Queue the packet undecoded (True) when pass-through takes it."""
+        wants = self._passthrough
+        name = codec.name.lower()
+        if wants is None or codec is not self._codec or not wants(name):
+            return False
+        # one 20 ms frame per packet, or it is decoded as usual
+        if codec is OPUS:
+            if packet_samples(packet.payload) != self._rtp_frame:
+                return False
+        elif len(packet.payload) != self._rtp_frame:
+            return False
+        if not self._passing:
+            self._stop_playout()
+            self._passing = True
+        if self._telephone_event_pt is None and self.on_dtmf is not None:
+            # in-band DTMF: decoded for the detector only
+            samples = self._decoder(packet.payload_type, codec)(packet.payload)
+            self.frames_decoded += 1
+            self._detect_dtmf(samples)
+        self._packets.put(
+            packet.ssrc, packet.timestamp, EncodedFrame(name, packet.payload), packet.marker
+        )
+        self.frames_passed += 1
+        self._start_playout()
+        return True
 
     def _count_received(self, packet: RtpPacket) -> None:
         now = asyncio.get_running_loop().time()
@@ -1093,6 +1229,7 @@ class RtpLeg(AudioPort):
             self._playout_timer.cancel()
             self._playout_timer = None
         self._jitter.reset()
+        self._packets.reset()
         self._partial = self._partial[:0]
         self._partial_ssrc = None
 
@@ -1100,14 +1237,22 @@ class RtpLeg(AudioPort):
         self._playout_timer = None
         if self._closed:
             return
-        frame = self._jitter.get()
-        if frame is not None:
-            self._deliver(frame)
-        if frame is None or self._jitter.idle:
-            # nothing left to play (end of a talk spurt, loss beyond
-            # concealment): the next packet starts the clock afresh
-            self._jitter.reset()
-            return
+        if self._passing:
+            packet = self._packets.get()
+            if packet is not None:
+                self._queue.put(packet)
+            if self._packets.idle:
+                self._packets.reset()
+                return
+        else:
+            frame = self._jitter.get()
+            if frame is not None:
+                self._deliver(frame)
+            if frame is None or self._jitter.idle:
+                # nothing left to play (end of a talk spurt, loss beyond
+                # concealment): the next packet starts the clock afresh
+                self._jitter.reset()
+                return
         loop = asyncio.get_running_loop()
         self._next_playout += FRAME_MS / 1000
         now = loop.time()
@@ -1117,6 +1262,13 @@ class RtpLeg(AudioPort):
 
     def _deliver(self, samples: npt.NDArray[np.int16]) -> None:
         """A frame at the jitter buffer's rate: DTMF detection, then to read()."""
+        self._detect_dtmf(samples)
+        if self._playout_resampler is not None:
+            samples = self._playout_resampler.process(samples)
+        self._queue.put(samples)
+
+    def _detect_dtmf(self, samples: npt.NDArray[np.int16]) -> None:
+        """In-band DTMF in received audio at the jitter buffer's rate, without telephone-event."""
         if self._telephone_event_pt is None and self._codec is not None and self.on_dtmf:
             # no telephone-event: the digits, if any, are in the audio
             if self._dtmf_detector is None:
@@ -1126,9 +1278,6 @@ class RtpLeg(AudioPort):
                 narrow = self._detect_resampler.process(samples)
             for digit in self._dtmf_detector.process(narrow):
                 self._dtmf_received(digit)
-        if self._playout_resampler is not None:
-            samples = self._playout_resampler.process(samples)
-        self._queue.put(samples)
 
     async def close(self) -> None:
         if self._closed:

@@ -11,6 +11,14 @@ Both legs' codecs are coded here, on the event loop: the track hands aiortc
 encoded ``av.Packet``s (aiortc only packs them) and the receive hook decodes
 packets before aiortc's decoder thread would see them.
 
+Pass-through (rtc.ports.PassThroughPort, turned on by MediaBridge when the
+SIP leg sends the same codec): received 20 ms packets of a codec the far leg
+wants are queued undecoded (EncodedFrame), and ``write_encoded`` frames become
+the track's packets as they are, timestamped by the track's own 20 ms clock
+(a tick with nothing to relay sends nothing; the browser conceals the gap).
+Ringback, hold and DTMF work as before: whatever is written as audio is
+encoded, and RFC 4733 events go their own way.
+
 Renegotiation reuses that transceiver: ``create_offer()`` may be called again
 once stable (our re-offer, e.g. after ``set_direction("sendonly")`` to hold the
 browser), and ``accept_offer()`` again for the browser's re-offers. aiortc
@@ -56,8 +64,16 @@ from av import AudioFrame
 
 from .dtmf import digit_to_event
 from .g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
-from .opus import OPUS_CLOCK_RATE, OpusDecoder, OpusEncoder
-from .ports import AudioPort, FrameClock, FrameQueue, PlayoutQueue, frame_samples
+from .opus import OPUS_CLOCK_RATE, OpusDecoder, OpusEncoder, packet_samples
+from .ports import (
+    AudioPort,
+    EncodedFrame,
+    FrameClock,
+    MediaItem,
+    MediaQueue,
+    PlayoutQueue,
+    frame_samples,
+)
 from .resample import Resampler
 from .stats import LegStats, estimate_mos
 from .webrtcdtmf import TELEPHONE_EVENT, TransceiverDtmf, register_telephone_event
@@ -184,8 +200,10 @@ class OutgoingAudioTrack(MediaStreamTrack):
         self._g711_resampler: Resampler | None = None
         self._silence = np.zeros(SAMPLES_PER_FRAME, dtype=np.int16)
         self._pts = 0
-        # frames encoded (for tests and statistics)
+        # frames encoded, and relayed as received (pass-through)
         self.encoded = 0
+        self.relayed = 0
+        self._relaying = False  # the last packet was an EncodedFrame as received
 
     def set_sample_rate(self, rate: int) -> None:
         """Frames written from now on are at ``rate`` (the encoders start afresh)."""
@@ -195,18 +213,40 @@ class OutgoingAudioTrack(MediaStreamTrack):
         self._silence = np.zeros(frame_samples(rate), dtype=np.int16)
 
     async def recv(self) -> AudioFrame | av.Packet:
-        if self.readyState != "live":
-            raise MediaStreamError
-        samples = await self._clock.next()
-        if self.readyState != "live":
-            raise MediaStreamError
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            item = await self._clock.next()
+            if self.readyState != "live":
+                raise MediaStreamError
+            pts = self._pts
+            self._pts += PTS_PER_FRAME
+            mime = (self._codec() or "").lower()
+            if isinstance(item, EncodedFrame):
+                if mime == f"audio/{item.codec}":
+                    self.relayed += 1
+                    self._relaying = True
+                    return self._packet(item.payload, pts)
+                item = None  # the codec changed under the relay: this frame is lost
+            elif item is None and self._relaying:
+                continue  # pass-through: nothing to relay this tick, a gap as DTX leaves
+            self._relaying = False
+            return self._encode(item, mime, pts)
+
+    @staticmethod
+    def _packet(payload: bytes, pts: int) -> av.Packet:
+        packet = av.Packet(payload)
+        packet.pts = pts
+        packet.time_base = TIME_BASE
+        return packet
+
+    def _encode(
+        self, item: npt.NDArray[np.int16] | None, mime: str, pts: int
+    ) -> AudioFrame | av.Packet:
         rate = self.sample_rate
+        samples = item
         if samples is None or len(samples) != len(self._silence):
             samples = self._silence  # nothing to send, or written before a rate change
-        pts = self._pts
-        self._pts += PTS_PER_FRAME
-
-        mime = (self._codec() or "").lower()
         payload: bytes | None = None
         if mime == "audio/opus":
             if self._encoder is None or self._encoder.sample_rate != rate:
@@ -220,10 +260,7 @@ class OutgoingAudioTrack(MediaStreamTrack):
             payload = G711_CODECS[mime][0](samples)
         if payload is not None:
             self.encoded += 1
-            packet = av.Packet(payload)
-            packet.pts = pts
-            packet.time_base = TIME_BASE
-            return packet
+            return self._packet(payload, pts)
 
         # aiortc's encoders want stereo; letting its resampler up-mix
         # mono would cost 3 dB (centre mix level), so duplicate the channel here
@@ -278,7 +315,9 @@ class WebRtcLeg(AudioPort):
         self._failed_reported = False
         self._closed = False
         self._playout = PlayoutQueue()
-        self._queue = FrameQueue(RECEIVE_QUEUE_FRAMES, RECEIVE_MAX_AGE)
+        self._queue = MediaQueue(RECEIVE_QUEUE_FRAMES, RECEIVE_MAX_AGE)
+        self._passthrough: Callable[[str], bool] | None = None
+        self.frames_passed = 0  # received packets queued undecoded (pass-through)
         self._track = OutgoingAudioTrack(
             self._playout, lambda: self.codec, opus_bit_rate, opus_complexity
         )
@@ -349,7 +388,10 @@ class WebRtcLeg(AudioPort):
     # AudioPort
 
     async def read(self) -> npt.NDArray[np.int16]:
-        return await self._queue.get()
+        item = await self._queue.get()
+        if isinstance(item, EncodedFrame):
+            return self.decode_frame(item)
+        return item
 
     def write(self, frame: npt.NDArray[np.int16]) -> None:
         if self._closed:
@@ -357,6 +399,34 @@ class WebRtcLeg(AudioPort):
         if len(frame) != frame_samples(self.sample_rate):
             raise ValueError(f"WebRtcLeg expects {frame_samples(self.sample_rate)}-sample frames")
         self._playout.put(frame)
+
+    # pass-through (rtc.ports.PassThroughPort)
+
+    @property
+    def send_codec(self) -> str | None:
+        """Lower-case name of the codec we send ("opus", "pcmu", "pcma"), once negotiated."""
+        codec = self.codec
+        return codec.split("/", 1)[-1].lower() if codec else None
+
+    @property
+    def passthrough(self) -> Callable[[str], bool] | None:
+        return self._passthrough
+
+    def set_passthrough(self, wants: Callable[[str], bool] | None) -> None:
+        self._passthrough = wants
+
+    async def read_any(self) -> MediaItem:
+        return await self._queue.get()
+
+    def decode_frame(self, frame: EncodedFrame) -> npt.NDArray[np.int16]:
+        decoder = self._decoder(f"audio/{frame.codec}")
+        if decoder is None:
+            raise ValueError(f"No decoder for {frame.codec}")
+        return self._decode(decoder, frame.payload)
+
+    def write_encoded(self, frame: EncodedFrame) -> None:
+        if not self._closed:
+            self._playout.put(frame)
 
     def set_sample_rate(self, rate: int) -> None:
         """
@@ -596,6 +666,31 @@ class WebRtcLeg(AudioPort):
         mime = self._decode_codecs[1].get(packet.payload_type)
         if mime is None:
             return False
+        decoder = self._decoder(mime)
+        if decoder is None:
+            return False
+        wants = self._passthrough
+        if wants is not None and len(self._pending) == 0:
+            name = mime.split("/", 1)[1]
+            # one 20 ms frame per packet, or it is decoded as usual
+            if wants(name) and (
+                packet_samples(packet.payload) == PTS_PER_FRAME
+                if name == "opus"
+                else len(packet.payload) == frame_samples(G711_RATE)
+            ):
+                self.frames_passed += 1
+                self._queue.put(EncodedFrame(name, packet.payload))
+                return True
+        try:
+            samples = self._decode(decoder, packet.payload)
+        except Exception as exc:  # a corrupt packet must not stop the leg
+            logger.debug("%s packet not decoded: %s", mime, exc)
+            return True
+        self._put_received(samples)
+        return True
+
+    def _decoder(self, mime: str) -> tuple[Decode, Resampler | None] | None:
+        """Our decoder for a codec (to the port's rate), None for codecs aiortc decodes."""
         decoder = self._decoders.get(mime)
         if decoder is None:
             if mime == "audio/opus":
@@ -609,19 +704,17 @@ class WebRtcLeg(AudioPort):
                 )
                 decoder = (G711_CODECS[mime][1], resampler)
             else:
-                return False
+                return None
             self._decoders[mime] = decoder
+        return decoder
+
+    def _decode(
+        self, decoder: tuple[Decode, Resampler | None], payload: bytes
+    ) -> npt.NDArray[np.int16]:
         decode, resampler = decoder
-        try:
-            samples = decode(packet.payload)
-        except Exception as exc:  # a corrupt packet must not stop the leg
-            logger.debug("%s packet not decoded: %s", mime, exc)
-            return True
+        samples = decode(payload)
         self.decoded += 1
-        if resampler is not None:
-            samples = resampler.process(samples)
-        self._put_received(samples)
-        return True
+        return samples if resampler is None else resampler.process(samples)
 
     # events
 

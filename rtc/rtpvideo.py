@@ -29,7 +29,8 @@ requests both ways.
 H.264 (RFC 6184): only packetization-mode=1 is offered and accepted (the
 packetizer makes FU-A/STAP-A); a profile-level-id is accepted when it is
 Baseline or decodable as Constrained Baseline (what browsers send), and the
-answer repeats the offer's profile-level-id.
+answer repeats the offer's profile-level-id. Answering, we take VP8 when
+it is offered (every browser has it), else H.264.
 
 ``VideoRtpLeg`` is an RtpLeg (audio) that also carries this stream: once
 ``enable_video()`` opened it, its offers add an m=video line and its answers
@@ -556,6 +557,8 @@ class RtpVideo:
         (then the caller rejects it with port 0).
         """
         codecs = sdp_video_codecs(offered, self.codecs)
+        # ours first (VP8: every browser has it), the offer's order among the rest
+        codecs.sort(key=lambda c: self.codecs.index(c.name.upper()))
         if self._codec is not None:
             # keep the running codec if it is still offered
             same = [c for c in codecs if c.name.upper() == self.codec]

@@ -192,6 +192,9 @@ async def test_offer_answer_and_rejection() -> None:
         assert "AS:2000" in media.bandwidth
         assert video.video_codec == "video/VP8" and video.max_bitrate == 800_000
         assert ("rtcp-fb", "100 ccm fir") in media.attributes
+        # VP8 is taken even when the phone prefers H.264 (every browser has VP8)
+        answer = SessionDescription.parse(leg.create_answer(phone_offer(4000, 4002, "101 100")))
+        assert answer.media[1].formats == ["100"]
         # H.264 in packetization mode 1 only; the profile is repeated
         answer = SessionDescription.parse(leg.create_answer(phone_offer(4000, 4002, "102 101")))
         media = answer.media[1]

@@ -337,6 +337,31 @@ async def test_browser_and_phone_video_relayed_both_ways(codec: str) -> None:
         assert video.frames_received >= 20 and video.frames_sent >= 20
         # the phone's b=AS (800 kbit/s) caps the browser's bitrate
         assert leg.video is not None and leg.video.max_bitrate == 800_000
+
+        # keyframe requests through the whole path: the browser's PLI -> PLI to the phone
+        await asyncio.sleep(0.4)  # past the rate limit of earlier requests
+        count = sum(isinstance(p, RtcpPliPacket) for p in phone.feedback())
+        receiver = browser.video_transceiver.receiver
+        ssrc = next(s.source for s in receiver.getSynchronizationSources())
+        await receiver._send_rtcp_pli(ssrc)
+        await wait_for(
+            lambda: sum(isinstance(p, RtcpPliPacket) for p in phone.feedback()) > count, 3
+        )
+        # ... and the phone's PLI -> a keyframe request at the browser's sender
+        requests: list[int] = []
+        sender = browser.video_transceiver.sender
+        original = sender._send_keyframe
+
+        def spy() -> None:
+            requests.append(1)
+            original()
+
+        sender._send_keyframe = spy  # type: ignore[method-assign]
+        assert phone.rtcp_transport is not None
+        phone.rtcp_transport.sendto(
+            bytes(RtcpPliPacket(0x4321, video._ssrc)), ("127.0.0.1", video.local_port + 1)
+        )
+        await wait_for(lambda: len(requests) >= 1, 3)
     finally:
         if link is not None:
             link.close()

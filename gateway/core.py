@@ -802,6 +802,7 @@ class Core:
             branch.target,
             branch.invite.call_id,
         )
+        self._single_branch(call)  # the others may have failed while it was set up
 
     def _branch_event(
         self, call: ClientCall, branch: SipBranch, ev: sip_events.SessionEvent
@@ -819,6 +820,7 @@ class Core:
             if call.state is CallState.DIALING:
                 self._set_state(call, CallState.RINGING)
                 self._bridge_client_leg(call)
+            self._single_branch(call)
         elif isinstance(ev, sip_events.Answered):
             self._branch_answered(call, branch, ev)
         elif isinstance(ev, sip_events.Rejected | sip_events.Terminated):
@@ -839,13 +841,36 @@ class Core:
         for fork in list(call.forks):
             self._end(fork, Reason.NOT_SELECTED, release=False)
         call.forks = []
+        self._adopt_branch(call, branch)
+        self._on_outbound_sip(call, ev)
+
+    def _adopt_branch(self, call: ClientCall, branch: SipBranch) -> None:
+        """The branch becomes the call's SIP leg, as if its contact had been dialled alone."""
         assert branch.invite is not None
+        branch.pending = False
         call.invite, call.rtp, call.early_sdp = branch.invite, branch.rtp, branch.early_sdp
         call.sip_owner, call.sip_target = branch.owner, branch.target
         branch.owner[0] = call
         if call.record is not None:
             call.record.sip(call_id=branch.invite.call_id)
-        self._on_outbound_sip(call, ev)
+
+    def _single_branch(self, call: ClientCall) -> None:
+        """Only one device is left ringing (the others refused, no web client is offered
+        the call): it becomes the call's SIP leg, so its early media (183) is relayed
+        instead of the generated ringback."""
+        if (
+            len(call.branches) != 1
+            or call.forks
+            or call.winner is not None
+            or call.invite is not None
+            or call.state is CallState.TERMINATED
+            or call.branches[0].invite is None
+        ):
+            return
+        branch = call.branches.pop()
+        self._adopt_branch(call, branch)
+        if call.early_sdp is not None:
+            self._bridge_client_leg(call)
 
     def _branch_failed(self, call: ClientCall, branch: SipBranch, code: int) -> None:
         """A device refused or could not be reached; the call fails once nobody is left."""
@@ -865,6 +890,8 @@ class Core:
         ):
             call.far_ended = True
             self._end(call, reason_from_sip(call.branch_code, call.alerted))
+        else:
+            self._single_branch(call)
 
     def _drop_branch(self, branch: SipBranch) -> None:
         if not branch.pending:
@@ -2017,6 +2044,8 @@ class Core:
                     reason if reason is not Reason.USER_TERMINATED else Reason.NOT_RESPONDING,
                     release=False,
                 )
+            elif not caller.forks and caller.winner is None:
+                self._single_branch(caller)  # web clients declined; one phone still rings
         if call.sip_in is not None:
             incoming = call.sip_in
             if call in incoming.forks:

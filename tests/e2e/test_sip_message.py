@@ -12,6 +12,9 @@ import asyncio
 
 import pytest
 
+from rtc.bridge import MediaBridge
+from rtc.rtpleg import RtpLeg
+from rtc.sources import TonePort
 from sip.aio.useragent import InboundInvite, UAConfig, UserAgent
 from sip.events import (
     Answered,
@@ -21,8 +24,11 @@ from sip.events import (
     SessionEvent,
     Terminated,
 )
+from tests.audio import band_energy_ratio
 from tests.e2e.client import JsonV1Client
 from tests.e2e.conftest import free_port
+from tests.e2e.test_calls import assert_tone
+from tests.e2e.test_sip_media import RATE, audio_between, status_time
 from tests.e2e.test_transfer import transfer
 
 pytestmark = pytest.mark.e2e
@@ -274,3 +280,47 @@ async def test_phone_calls_phone_through_the_gateway_with_messages(gateway):  # 
     finally:
         await caller.close()
         await callee.close()
+
+
+async def test_fork_relays_early_media_of_the_last_phone_ringing(gateway, clients):  # type: ignore[no-untyped-def]
+    """Two phones ring; one is busy (486). The other, now the only one left, sends 183
+    with a 1500 Hz tone: the caller hears that tone, not generated ringback, until the
+    phone answers."""
+    busy, early = TcpPhone(), TcpPhone()
+    busy.auto_answer = early.auto_answer = False
+    rtp: RtpLeg | None = None
+    bridge: MediaBridge | None = None
+    try:
+        await busy.register(gateway, "1002", "bob-secret")
+        await early.register(gateway, "1002", "bob-secret")
+        alice: JsonV1Client = await clients(gateway, name="alice")
+        await alice.login("1001", "Alice")
+        call = await alice.dial("1002", freq=1000.0)
+        (await busy.wait_invite()).reject(486)
+        invite = await early.wait_invite()
+        assert invite.sdp is not None
+        base = free_port(tcp=False, span=10) & ~1
+        rtp = await RtpLeg.open("127.0.0.1", base, base + 9)
+        answer = rtp.create_answer(invite.sdp)
+        bridge = MediaBridge(rtp)
+        bridge.connect(TonePort(1500.0, rtp.sample_rate))
+        await asyncio.sleep(0.5)
+        invite.ringing(answer)  # 183 with SDP
+        await call.wait_state("ringing", timeout=10)
+        await asyncio.sleep(3.0)
+        invite.answer(answer)
+        await call.wait_state("active", timeout=10)
+        ringing_at, active_at = status_time(call, "ringing"), status_time(call, "active")
+        heard = audio_between(call, active_at - 2.0, active_at)
+        assert_tone(heard, 1500.0, "the last ringing phone's early media")
+        assert band_energy_ratio(heard, RATE, 440.0, 15.0) < 0.05, "ringback, not early media"
+        assert active_at - ringing_at > 2.0
+        await call.hangup()
+        assert await early.wait_for(Terminated) == Terminated("bye")
+    finally:
+        if bridge is not None:
+            await bridge.close()
+        if rtp is not None:
+            await rtp.close()
+        await busy.close()
+        await early.close()

@@ -405,7 +405,10 @@ class UserAgent:
     enables digest challenges (401, MD5 and SHA-256, qop=auth) for REGISTER and for
     INVITEs from sources outside `UAConfig.trusted_networks`. `registrar` holds the
     bindings of the built-in registrar (served when `UAConfig.registrar` is true):
-    `ua.registrar.lookup(user)` gives contact URIs to pass to `invite()` as target.
+    `ua.registrar.bindings(user)` gives each contact and the flow its REGISTER came on:
+    call it with `invite(binding.contact, ..., flow=binding.source)` so the INVITE
+    reaches a phone behind NAT or connected over TCP/TLS/WS (`lookup(user)`: the
+    contact URIs alone).
     """
 
     def __init__(

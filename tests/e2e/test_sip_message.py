@@ -324,3 +324,27 @@ async def test_fork_relays_early_media_of_the_last_phone_ringing(gateway, client
             await rtp.close()
         await busy.close()
         await early.close()
+
+
+async def test_message_to_a_web_users_call_is_taken_and_dropped_by_json_v1(gateway, sipp, clients):  # type: ignore[no-untyped-def]
+    """json-v1 has no message vocabulary: a MESSAGE from the SIP far end of a web user's
+    call gets 200 (pager mode), reaches the front end as a notification that json-v1 logs
+    and drops; the client sees nothing unexpected and the call goes on."""
+    far = sipp.scenario(
+        "uas_message_to_web",
+        "uas_message_to_web.xml",
+        None,
+        port=gateway.pbx_port,
+        extra=["-rtp_echo"],
+    )
+    sipp.wait_bound(far, gateway.pbx_port)
+    alice: JsonV1Client = await clients(gateway, name="alice")
+    await alice.login("1001", "Alice")
+    call = await alice.dial("5555", freq=1000.0)
+    await call.wait_state("active", timeout=20)
+    assert await far.wait(20) == 0, far.logs()[-3000:]  # the MESSAGE got its 200
+    ended = await call.wait_state("terminated", timeout=10)
+    assert ended.get("reason") == "success", ended
+    received = [item for _, direction, item in alice.log if direction == "<"]
+    assert not [m for m in received if "Hello web" in str(m)], received
+    assert "json-v1 cannot carry it" in gateway.log()

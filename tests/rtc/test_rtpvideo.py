@@ -13,7 +13,7 @@ from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from av import VideoFrame
 
-from rtc.rtcp import RtcpFirPacket, RtcpPliPacket, parse_rtcp
+from rtc.rtcp import RtcpFirPacket, RtcpPliPacket, RtcpSrPacket, parse_rtcp
 from rtc.rtp import RtpPacket
 from rtc.rtpvideo import (
     FrameAssembler,
@@ -337,6 +337,13 @@ async def test_browser_and_phone_video_relayed_both_ways(codec: str) -> None:
         assert video.frames_received >= 20 and video.frames_sent >= 20
         # the phone's b=AS (800 kbit/s) caps the browser's bitrate
         assert leg.video is not None and leg.video.max_bitrate == 800_000
+
+        # RTCP: sender reports (we send) with a report block about the phone's stream
+        def reports() -> list[RtcpSrPacket]:
+            return [p for d in phone.rtcp for p in parse_rtcp(d) if isinstance(p, RtcpSrPacket)]
+
+        await wait_for(lambda: any(r.reports for r in reports()), 5)
+        assert reports()[-1].ssrc == video._ssrc and reports()[-1].reports[0].ssrc == 0x4321
 
         # keyframe requests through the whole path: the browser's PLI -> PLI to the phone
         await asyncio.sleep(0.4)  # past the rate limit of earlier requests

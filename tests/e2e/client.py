@@ -119,8 +119,9 @@ class VideoCounter:
                 frame = await track.recv()
             except (MediaStreamError, asyncio.CancelledError):
                 return
-            self.frames += 1
-            self.sizes.add((frame.width, frame.height))
+            if isinstance(frame, av.VideoFrame):
+                self.frames += 1
+                self.sizes.add((frame.width, frame.height))
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -305,7 +305,8 @@ async def test_browser_and_phone_video_relayed_both_ways(codec: str) -> None:
         assert {p.payload_type for p in phone.rtp} == {100 if codec == "VP8" else 101}
         assert len({p.ssrc for p in phone.rtp}) == 1
         # phone -> browser: the phone packetizes its encoded frames with aiortc's packer
-        assert phone.transport is not None
+        transport = phone.transport
+        assert transport is not None
         encoder = Vp8Encoder() if codec == "VP8" else H264Encoder()
         pt = 100 if codec == "VP8" else 101
         seq, n = 100, 0
@@ -324,7 +325,7 @@ async def test_browser_and_phone_video_relayed_both_ways(codec: str) -> None:
                         pt, seq & 0xFFFF, timestamp, 0x4321, payload, i == len(payloads) - 1
                     )
                     seq += 1
-                    phone.transport.sendto(bytes(packet), ("127.0.0.1", video.local_port))
+                    transport.sendto(bytes(packet), ("127.0.0.1", video.local_port))
                 n += 1
                 await asyncio.sleep(1 / 30)
 
@@ -356,14 +357,14 @@ async def test_browser_and_phone_video_relayed_both_ways(codec: str) -> None:
         )
         # ... and the phone's PLI -> a keyframe request at the browser's sender
         requests: list[int] = []
-        sender = browser.video_transceiver.sender
-        original = sender._send_keyframe
+        browser_sender = browser.video_transceiver.sender
+        original = browser_sender._send_keyframe
 
         def spy() -> None:
             requests.append(1)
             original()
 
-        sender._send_keyframe = spy  # type: ignore[method-assign]
+        browser_sender._send_keyframe = spy  # type: ignore[method-assign]
         assert phone.rtcp_transport is not None
         phone.rtcp_transport.sendto(
             bytes(RtcpPliPacket(0x4321, video._ssrc)), ("127.0.0.1", video.local_port + 1)

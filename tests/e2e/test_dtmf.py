@@ -547,14 +547,14 @@ async def test_rfc4733_sip_to_browser_and_back(gateway, sipp, clients, far):
 
 
 async def test_info_sip_to_browser_and_back(gateway, sipp, clients, far):
-    """INFO application/dtmf-relay from the SIP side (sipp sends 16) reaches the browser
-    as telephone-event packets, each digit once; the browser's digits go back as 16
-    INFOs (sipp checks them) and not in-band."""
+    """INFO application/dtmf-relay from the SIP side (sipp sends the 16, then Cisco's
+    Signal=11 for #) reaches the browser as telephone-event packets, each digit once;
+    the browser's digits go back as 16 INFOs (sipp checks them) and not in-band."""
     call, sp = await incoming_call(clients, gateway, sipp, "uac_dtmf_info.xml", far)
     dtmf = await answered(call)
-    await dtmf.wait_digits(len(DIGITS), timeout=25)
-    assert_digits(dtmf.digits, "digits at the browser", DIGITS)
-    dtmf.check_packets(DIGITS)
+    await dtmf.wait_digits(len(DIGITS) + 1, timeout=25)
+    assert_digits(dtmf.digits, "digits at the browser", DIGITS + "#")
+    dtmf.check_packets(DIGITS + "#")
 
     dtmf.send(DIGITS)
     await until(lambda: len(received_info_signals(sp)) >= len(DIGITS), 20, "16 INFOs at sipp")

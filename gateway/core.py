@@ -166,6 +166,9 @@ class SipIncoming:
     ended: bool = False
     timer: asyncio.TimerHandle | None = None
     junction: Junction | None = None  # set when a transfer handed this dialog to one
+    # Registered phones of the called number ringing beside the web clients (forking);
+    # the first answer among both wins.
+    phones: list[SipBranch] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(eq=False)
@@ -1673,6 +1676,7 @@ class Core:
             incoming.winner = call
             if incoming.timer is not None:
                 incoming.timer.cancel()
+            self._drop_phones(incoming)  # registered phones ringing for the same call
             incoming.invite.answer(incoming.rtp_answer)
             incoming.invite.set_reoffer_handler(
                 lambda offer: self._far_reoffer(incoming.winner, offer)
@@ -1802,18 +1806,24 @@ class Core:
             self._drop_branch(other)
         call.branches = []
         call.ended = True
-        sessions: list[OutboundInvite | InboundInvite] = [call.invite, branch.invite]
-        rtps = [call.rtp, branch.rtp]
-        junction = Junction(sessions, rtps, MediaBridge(call.rtp))
+        self._join_sip([call.invite, branch.invite], [call.rtp, branch.rtp])
+        call.invite.answer(call.answer)
+        logger.info("Call-ID %s: %s answered; joined", call.invite.call_id, branch.target)
+
+    def _join_sip(
+        self, sessions: list[OutboundInvite | InboundInvite], rtps: list[RtpLeg]
+    ) -> Junction:
+        """Join two SIP dialogs (caller, answering phone) in the gateway: media bridged,
+        re-offers answered per leg, MESSAGE relayed, either BYE ends both."""
+        junction = Junction(sessions, rtps, MediaBridge(rtps[0]))
         for session, rtp in zip(sessions, rtps, strict=True):
             session.set_reoffer_handler(functools.partial(self._junction_reoffer, rtp))
             session.defer_messages()
             session.set_event_handler(
                 functools.partial(self._junction_session_event, junction, session)
             )
-        junction.bridge.connect(branch.rtp)
-        call.invite.answer(call.answer)
-        logger.info("Call-ID %s: %s answered; joined", call.invite.call_id, branch.target)
+        junction.bridge.connect(rtps[1])
+        return junction
 
     def _phone_branch_failed(self, call: PhoneCall, branch: SipBranch, code: int) -> None:
         self._drop_branch(branch)
@@ -1924,12 +1934,104 @@ class Core:
                 self._spawn(self._offer_client(fork))
             else:
                 self._wake(reg, fork)
-        if not incoming.forks:
+        if self.ua is not None and invite.sdp is not None:
+            # The number's registered phones ring too (a late-offer INVITE: web only).
+            for binding in self.ua.registrar.bindings(invite.request_user):
+                branch = SipBranch(binding.contact, binding.source, [None])
+                incoming.phones.append(branch)
+                self._spawn(self._ring_phone(incoming, branch))
+        if not incoming.forks and not incoming.phones:
             self._sip_in_gone(incoming, 480, "Temporarily Unavailable")
             return
         incoming.timer = asyncio.get_running_loop().call_later(
             self.config.calls.no_answer_timeout, self._no_answer_sip, incoming
         )
+
+    async def _ring_phone(self, incoming: SipIncoming, branch: SipBranch) -> None:
+        """A registered phone of the number called by a SIP caller, beside its web
+        clients; answering, it is joined to the caller (a Junction)."""
+        try:
+            branch.rtp = await self._open_rtp()
+        except OSError as exc:
+            logger.error("Call-ID %s: no RTP port for a phone: %s", incoming.invite.call_id, exc)
+            self._incoming_phone_failed(incoming, branch)
+            return
+        if not branch.pending:
+            await branch.rtp.close()
+            return
+        assert self.ua is not None
+        invite = incoming.invite
+        branch.invite = self.ua.invite(
+            branch.target,
+            from_user=invite.caller_user or "anonymous",
+            from_display=invite.caller_display,
+            sdp=branch.rtp.create_offer(),
+            on_event=lambda ev: self._incoming_phone_event(incoming, branch, ev),
+            headers=self._passable(invite.x_headers),
+            flow=branch.flow,
+        )
+
+    def _incoming_phone_event(
+        self, incoming: SipIncoming, branch: SipBranch, ev: sip_events.SessionEvent
+    ) -> None:
+        if not branch.pending:
+            return
+        if isinstance(ev, sip_events.Provisional):
+            if ev.sdp is not None and branch.early_sdp is None:
+                branch.early_sdp = ev.sdp
+            if not incoming.ringing_sent:
+                incoming.ringing_sent = True
+                incoming.invite.ringing()
+        elif isinstance(ev, sip_events.Answered):
+            self._incoming_phone_answered(incoming, branch, ev.sdp or branch.early_sdp)
+        elif isinstance(ev, sip_events.Rejected | sip_events.Terminated):
+            self._incoming_phone_failed(incoming, branch)
+
+    def _incoming_phone_answered(
+        self, incoming: SipIncoming, branch: SipBranch, sdp: bytes | None
+    ) -> None:
+        """A phone answered first: the web clients' offers end `notSelected`, the other
+        phones get CANCEL, the caller is joined to the phone."""
+        assert branch.invite is not None and branch.rtp is not None
+        if incoming.winner is not None or incoming.ended or incoming.rtp is None:
+            self._incoming_phone_failed(incoming, branch)  # too late: BYE
+            return
+        try:
+            if sdp is None:
+                raise SdpError("2xx without SDP")
+            branch.rtp.apply_answer(sdp)
+        except SdpError as exc:
+            logger.info("Call-ID %s: unusable answer of a phone: %s",
+                        incoming.invite.call_id, exc)
+            self._incoming_phone_failed(incoming, branch)
+            return
+        branch.pending = False
+        incoming.phones.remove(branch)
+        self._drop_phones(incoming)
+        incoming.ended = True
+        if incoming.timer is not None:
+            incoming.timer.cancel()
+        forks, incoming.forks = incoming.forks, []
+        for fork in forks:
+            self._end(fork, Reason.NOT_SELECTED, release=False)
+        incoming.junction = self._join_sip(
+            [incoming.invite, branch.invite], [incoming.rtp, branch.rtp]
+        )
+        incoming.invite.answer(incoming.rtp_answer)
+        logger.info("Call-ID %s: %s answered; joined", incoming.invite.call_id, branch.target)
+
+    def _incoming_phone_failed(self, incoming: SipIncoming, branch: SipBranch) -> None:
+        self._drop_branch(branch)
+        if branch not in incoming.phones:
+            return
+        incoming.phones.remove(branch)
+        if not incoming.phones and not incoming.forks and incoming.winner is None:
+            self._sip_in_gone(incoming, 480, "Temporarily Unavailable")
+
+    def _drop_phones(self, incoming: SipIncoming) -> None:
+        phones, incoming.phones = incoming.phones, []
+        for branch in phones:
+            self._drop_branch(branch)
 
     def _no_answer_sip(self, incoming: SipIncoming) -> None:
         for fork in list(incoming.forks):
@@ -1943,6 +2045,7 @@ class Core:
         incoming.ended = True
         if incoming.timer is not None:
             incoming.timer.cancel()
+        self._drop_phones(incoming)
         incoming.invite.reject(code, phrase)
         if incoming.rtp is not None:
             self._spawn(incoming.rtp.close())
@@ -1976,6 +2079,7 @@ class Core:
             incoming.ended = True
             if incoming.timer is not None:
                 incoming.timer.cancel()
+            self._drop_phones(incoming)
             for fork in list(incoming.forks):
                 self._end(fork, reason, release=False)
             if incoming.rtp is not None:
@@ -2056,7 +2160,7 @@ class Core:
                     incoming.invite.bye()
                     if incoming.rtp is not None:
                         self._spawn(incoming.rtp.close())
-            elif not incoming.forks and incoming.winner is None:
+            elif not incoming.forks and incoming.winner is None and not incoming.phones:
                 self._sip_in_gone(incoming, *sip_for_reason(reason))
 
     async def _close_media(

@@ -348,3 +348,44 @@ async def test_message_to_a_web_users_call_is_taken_and_dropped_by_json_v1(gatew
     received = [item for _, direction, item in alice.log if direction == "<"]
     assert not [m for m in received if "Hello web" in str(m)], received
     assert "json-v1 cannot carry it" in gateway.log()
+
+
+async def test_sip_call_forks_to_web_client_and_phone(gateway, sipp, clients):  # type: ignore[no-untyped-def]
+    """A SIP call (sipp) to 1002, who is logged in on the web and has a registered phone:
+    both ring. The phone answers first: the web offer ends `notSelected` and sipp talks
+    to the phone (its BYE reaches the phone). The next call the web client answers:
+    the phone gets CANCEL."""
+    phone = TcpPhone()
+    phone.auto_answer = False
+    try:
+        await phone.register(gateway, "1002", "bob-secret")
+        bob: JsonV1Client = await clients(gateway, name="bob")
+        await bob.login("1002", "Bob")
+
+        uac = sipp.uac_echo(gateway.sip_target, "1002", port=gateway.pbx_port, duration_ms=2000)
+        offered = await bob.wait_incoming(timeout=15)
+        invite = await phone.wait_invite()
+        await offered.accept()
+        invite.answer(_answer_sdp(phone.rtp_port))
+        ended = await offered.wait_state("terminated", timeout=10)
+        assert ended.get("reason") == "notSelected", ended
+        assert await uac.wait(20) == 0, uac.logs()[-3000:]
+        assert await phone.wait_for(Terminated) == Terminated("bye")
+
+        phone.events.clear()
+        uac = sipp.uac_echo(gateway.sip_target, "1002", port=gateway.pbx_port, duration_ms=2000)
+        offered = await bob.wait_incoming(timeout=15)
+        for _ in range(100):
+            if len(phone.invites) == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert len(phone.invites) == 2
+        await offered.accept()
+        await offered.answer()
+        await offered.wait_state("active", timeout=20)
+        assert await phone.wait_for(Cancelled) == Cancelled()
+        ended = await offered.wait_state("terminated", timeout=15)
+        assert ended.get("reason") == "success", ended
+        assert await uac.wait(20) == 0, uac.logs()[-3000:]
+    finally:
+        await phone.close()

@@ -484,6 +484,8 @@ class WebRtcVideo:
         await self._handle_rtp(packet, arrival_time_ms)
         if first and self._ssrc is not None and self._subscribers:
             self.request_keyframe()
+        if first and self._ssrc is not None and self.max_bitrate is not None:
+            self.set_max_bitrate(self.max_bitrate)  # the cap, now that the sender is known
 
     def _frame_received(self, codec: Any, frame: JitterFrame) -> None:
         for track in list(self._subscribers):

@@ -221,9 +221,11 @@ async def test_offer_answer_and_rejection() -> None:
         await leg.close()
 
 
-async def _negotiated_with(phone: Phone, codecs: tuple[str, ...] = ("VP8",)) -> RtpVideo:
+async def _negotiated_with(
+    phone: Phone, codecs: tuple[str, ...] = ("VP8",), bitrate: int = 800
+) -> RtpVideo:
     leg_video = await RtpVideo.open("127.0.0.1", 30000, 30999, codecs=codecs)
-    offer = SessionDescription.parse(phone_offer(4000, phone.port))
+    offer = SessionDescription.parse(phone_offer(4000, phone.port, bitrate=bitrate))
     assert leg_video.answer_media(offer, offer.media[1]) is not None
     return leg_video
 
@@ -290,7 +292,7 @@ async def test_browser_and_phone_video_relayed_both_ways(codec: str) -> None:
     """aiortc browser <-> WebRtcLeg <-> VideoLink <-> RtpVideo <-> scripted phone, real codecs:
     the browser's frames reach the phone as RTP, the phone's frames are decoded by the browser."""
     phone = await Phone.open()
-    video = await _negotiated_with(phone, (codec,))
+    video = await _negotiated_with(phone, (codec,), bitrate=300)
     browser = Browser(1000, (230, 20, 20), f"video/{codec}")
     leg = WebRtcLeg()
     link = None
@@ -336,8 +338,13 @@ async def test_browser_and_phone_video_relayed_both_ways(codec: str) -> None:
             sender.cancel()
         assert dominant_channel(lit_frames(browser.frames)[-1]) == 1  # the phone's green bar
         assert video.frames_received >= 20 and video.frames_sent >= 20
-        # the phone's b=AS (800 kbit/s) caps the browser's bitrate
-        assert leg.video is not None and leg.video.max_bitrate == 800_000
+        # the phone's b=AS (300 kbit/s) caps the browser's bitrate (REMB): aiortc's encoder
+        # takes it (its H.264 encoder goes no lower than 500 kbit/s)
+        assert leg.video is not None and leg.video.max_bitrate == 300_000
+        encoder = browser.video_transceiver.sender._RTCRtpSender__encoder  # type: ignore[attr-defined]
+        await wait_for(
+            lambda: encoder.target_bitrate == (300_000 if codec == "VP8" else 500_000), 5
+        )
 
         # RTCP: sender reports (we send) with a report block about the phone's stream
         def reports() -> list[RtcpSrPacket]:

@@ -14,13 +14,16 @@ Browser -> SIP (the browser calls a sipp UAS through the [pbx] uri):
 SIP -> browser (a sipp UAC calls the browser): RFC 4733 events, INFO dtmf-relay and
 in-band tones (after speech-like audio: talk-off) all reach the browser as RFC 4733
 telephone-event packets on the WebRTC leg, which is how the gateway delivers DTMF to a
-browser (its RTCDTMFSender counterpart; json-v1 has no DTMF message).
+browser (its RTCDTMFSender counterpart; json-v1 has no DTMF message). The browser then
+sends its digits back over the same incoming call.
 
 The "browser" is the aiortc json-v1 client with the gateway's own telephone-event graft
-(rtc/webrtcdtmf.py) on its transceiver, recording every event packet it receives; the
-last test has headless Chromium's real RTCDTMFSender send all 16 digits. The SIP far
-end's RTP is `FarMedia`: the SDP names its port (sipp `-key rtp_port`); it records what
-the gateway sends and plays a PCMU stream (silence, speech, tones or events) back.
+(rtc/webrtcdtmf.py) on its transceiver, recording every event packet it receives. Two
+more tests use the real things: headless Chromium's RTCDTMFSender sends every digit,
+and a SIP phone (baresip, registered at the gateway) reports every digit it gets. The
+SIP far end's RTP is `FarMedia`: the SDP names its port (sipp `-key rtp_port`); it
+records what the gateway sends and plays a PCMU stream (silence, speech, tones or
+events) back.
 """
 
 from __future__ import annotations
@@ -629,3 +632,38 @@ async def test_chromium_rtcdtmfsender_to_sip(gateway, sipp, e2e_dir, far):
         await wait_bench(page, call_state_js("DISCONNECTED", call))
     await expect_exit(sp)
     assert_far_rfc4733(far)
+
+
+# --------------------------------------------------------------------------- baresip
+
+
+async def test_baresip_gets_every_digit(gateway, clients, e2e_dir):
+    """A real SIP phone: baresip, registered at the gateway's registrar (it offers
+    telephone-event), reports each of the browser's digits as one event: one start and
+    one end per key press, in order (its log: "received event: '5' (end=0)")."""
+    from tests.e2e.test_sip_phone import BARESIP, Phone
+
+    if BARESIP is None:
+        pytest.skip("baresip missing")
+    phone = Phone(e2e_dir, gateway.sip_port, "1002", "bob-secret")
+
+    def reported() -> list[tuple[str, str]]:
+        return re.findall(r"received event: '(.)' \(end=([01])\)", phone.log())
+
+    try:
+        phone.start()
+        await phone.wait_log("200 OK")  # registered
+        alice = await logged_in(clients, gateway)
+        call = await alice.dial("1002", freq=1000.0)  # bob is not on the web: his phone
+        dtmf = await answered(call)
+        dtmf.send(PRESSED)
+        await until(lambda: len(reported()) >= 2 * len(PRESSED), 20, "every event at baresip")
+        await asyncio.sleep(0.5)
+        await call.hangup()
+        await call.wait_state("terminated", timeout=10)
+    finally:
+        phone.stop()
+    events = reported()
+    assert "".join(d for d, _ in events[0::2]) == PRESSED, events
+    assert [end for _, end in events] == ["0", "1"] * len(PRESSED), events
+    assert "".join(d for d, _ in events[1::2]) == PRESSED, events

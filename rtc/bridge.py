@@ -68,18 +68,33 @@ async def _relay_passing(source: PassThroughPort, sink: PassThroughPort) -> None
 
     source.set_passthrough(wants)
     resampler: Resampler | None = None
+    passing: bool | None = None  # what the last frame did, to log each change once
+
+    def mode(now: bool) -> None:
+        nonlocal passing
+        if now != passing:
+            passing = now
+            logger.info(
+                "%s -> %s: %s",
+                type(source).__name__,
+                type(sink).__name__,
+                f"{sink.send_codec} payloads relayed undecoded" if now else "transcoding",
+            )
+
     try:
         while True:
             try:
                 item = await source.read_any()
                 if isinstance(item, EncodedFrame):
                     if sink.send_codec == item.codec:
+                        mode(True)
                         sink.write_encoded(item)
                         continue
                     # the sink's codec changed since the source queued it
                     frame = source.decode_frame(item)
                 else:
                     frame = item
+                mode(False)
                 if source.sample_rate != sink.sample_rate:
                     if (
                         resampler is None

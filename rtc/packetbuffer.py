@@ -117,6 +117,7 @@ class PacketJitterBuffer(Generic[T]):
             return None
         if self._waiting:
             if not self._packets:
+                self._missing_run += 1
                 return None
             newest = max(self._offset(ts) for ts in self._packets)
             if newest + 1 < self.target:

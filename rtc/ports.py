@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 __all__ = [
     "FRAME_MS",
+    "MAX_GAP_TICKS",
     "AudioPort",
     "EncodedFrame",
     "FrameClock",
@@ -40,6 +41,9 @@ FRAME_MS = 20
 HOLDOFF = 0.01
 # after a stall (suspended loop) restart the clock rather than send a burst
 MAX_CLOCK_LAG = 0.1
+# pass-through: ticks a sender leaves empty (a gap the far decoder conceals, as
+# with DTX) before it sends encoded silence again (hold, the far end stopped)
+MAX_GAP_TICKS = 3
 
 Frame = npt.NDArray[np.int16]
 

@@ -67,7 +67,8 @@ the negotiated codec, each received 20 ms packet of it is queued undecoded
 reordering, duplicates, adaptive delay; a missing packet is a gap the
 receiving decoder conceals) on the same playout clock, and ``write_encoded``
 frames are sent as they are, with our own sequence numbers and timestamps
-(a tick with nothing to relay sends nothing, as DTX would). In-band DTMF
+(up to MAX_GAP_TICKS ticks with nothing to relay send nothing, as DTX
+would; then encoded silence keeps the stream going, e.g. on hold). In-band DTMF
 detection (no telephone-event negotiated and ``on_dtmf`` set) still decodes
 each packet, for the detector only; RFC 4733 events, in-band DTMF sending,
 statistics and the media timeout are the same in both modes. Packets of
@@ -100,6 +101,7 @@ from .opus import OPUS_CLOCK_RATE, OpusDecoder, OpusEncoder, packet_samples
 from .packetbuffer import PacketJitterBuffer
 from .ports import (
     FRAME_MS,
+    MAX_GAP_TICKS,
     AudioPort,
     EncodedFrame,
     MediaItem,
@@ -390,6 +392,7 @@ class RtpLeg(AudioPort):
         self._passthrough: Callable[[str], bool] | None = None
         self._passing = False  # received packets go to the packet buffer, undecoded
         self._relaying = False  # the last packet sent was an EncodedFrame as received
+        self._gap = 0  # ticks left empty since
         self._frame_decoders: dict[str, tuple[Decode, Resampler | None]] = {}
         self.frames_decoded = 0
         self.frames_encoded = 0
@@ -1018,9 +1021,11 @@ class RtpLeg(AudioPort):
             else:
                 # the codec changed under the relay: this frame is lost
                 frame = None
-        elif frame is None and self._relaying:
+        elif frame is None and self._relaying and self._gap < MAX_GAP_TICKS:
             # pass-through: nothing arrived for this tick; a gap, as DTX leaves
+            self._gap += 1
             return
+        self._gap = 0
         if not isinstance(frame, EncodedFrame):
             self._relaying = False
             if frame is None:

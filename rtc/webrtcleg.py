@@ -15,7 +15,8 @@ Pass-through (rtc.ports.PassThroughPort, turned on by MediaBridge when the
 SIP leg sends the same codec): received 20 ms packets of a codec the far leg
 wants are queued undecoded (EncodedFrame), and ``write_encoded`` frames become
 the track's packets as they are, timestamped by the track's own 20 ms clock
-(a tick with nothing to relay sends nothing; the browser conceals the gap).
+(up to MAX_GAP_TICKS ticks with nothing to relay send nothing, the browser
+conceals the gap; then encoded silence, e.g. on hold).
 Ringback, hold and DTMF work as before: whatever is written as audio is
 encoded, and RFC 4733 events go their own way.
 
@@ -66,6 +67,7 @@ from .dtmf import digit_to_event
 from .g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from .opus import OPUS_CLOCK_RATE, OpusDecoder, OpusEncoder, packet_samples
 from .ports import (
+    MAX_GAP_TICKS,
     AudioPort,
     EncodedFrame,
     FrameClock,
@@ -204,6 +206,7 @@ class OutgoingAudioTrack(MediaStreamTrack):
         self.encoded = 0
         self.relayed = 0
         self._relaying = False  # the last packet was an EncodedFrame as received
+        self._gap = 0  # ticks left empty since
 
     def set_sample_rate(self, rate: int) -> None:
         """Frames written from now on are at ``rate`` (the encoders start afresh)."""
@@ -226,10 +229,14 @@ class OutgoingAudioTrack(MediaStreamTrack):
                 if mime == f"audio/{item.codec}":
                     self.relayed += 1
                     self._relaying = True
+                    self._gap = 0
                     return self._packet(item.payload, pts)
                 item = None  # the codec changed under the relay: this frame is lost
-            elif item is None and self._relaying:
-                continue  # pass-through: nothing to relay this tick, a gap as DTX leaves
+            elif item is None and self._relaying and self._gap < MAX_GAP_TICKS:
+                # pass-through: nothing to relay this tick, a gap as DTX leaves
+                self._gap += 1
+                continue
+            self._gap = 0
             self._relaying = False
             return self._encode(item, mime, pts)
 

@@ -85,7 +85,7 @@ async def test_client_leg_takes_the_far_rate_and_nothing_resamples(
     tail = at_phone[-rate // 2 :]
     assert len(tail) == rate // 2
     assert dominant_frequency(tail, rate) == pytest.approx(1000, abs=5)
-    assert band_energy_ratio(tail, rate, 1000) > 0.99
+    assert band_energy_ratio(tail, rate, 1000) > 0.98
     assert rms_dbfs(tail) == pytest.approx(-13.5, abs=1.5)
 
     tail = at_browser[-24000:]

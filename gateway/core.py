@@ -1055,8 +1055,8 @@ class Core:
 
     @staticmethod
     def _sip_in_video_codec(call: ClientCall) -> str | None:
-        """The video codec negotiated with the SIP caller, if any."""
-        sip_rtp = call.sip_in.rtp if call.sip_in is not None else None
+        """The video codec negotiated with the call's SIP side (caller or callee), if any."""
+        sip_rtp = call.sip_in.rtp if call.sip_in is not None else call.rtp
         if isinstance(sip_rtp, VideoRtpLeg) and sip_rtp.video is not None:
             return sip_rtp.video.video_codec
         return None

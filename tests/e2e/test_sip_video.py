@@ -267,3 +267,45 @@ async def test_video_resumes_after_hold(gateway, clients, video_phones):
     assert _png_size(png) == (320, 240)
     await call.hangup()
     await call.wait_state("terminated", timeout=10)
+
+
+async def test_chromium_web_phone_video_call_to_phone(gateway, e2e_dir, video_phones):
+    """The web phone in headless Chromium (the real WebRTC stack, fake camera) in video
+    mode calls baresip: its remote <video> plays baresip's frames and baresip decodes
+    Chromium's (VP8, relayed as it is)."""
+    from tests.e2e.webphone_helpers import launch, open_phone, phone_login, wait_call
+
+    phone = video_phones(gateway, "1002", "bob-secret", "VP8")
+    phone.start()
+    await phone.wait_log("200 OK")
+    async with launch(e2e_dir) as browser:
+        page = await browser.page("alice")
+        await open_phone(page, gateway.http_url)
+        await phone_login(page, "1001")
+        await page.get_by_role("checkbox", name="Video").check()
+        await page.locator("#dial-number").fill("1002")
+        await page.get_by_role("button", name="Call", exact=True).click()
+        await wait_call(page, "CONNECTED")
+        await page.wait_for_function(
+            """() => { const v = document.querySelector('#remote-video');
+               return v && v.videoWidth > 0 && v.srcObject && !v.paused; }""",
+            timeout=20000,
+        )
+        frames = await page.evaluate(
+            """async () => { const v = document.querySelector('#remote-video');
+               const before = v.getVideoPlaybackQuality().totalVideoFrames;
+               await new Promise(r => setTimeout(r, 2000));
+               return [before, v.getVideoPlaybackQuality().totalVideoFrames,
+                       v.videoWidth, v.videoHeight]; }"""
+        )
+        assert frames[1] - frames[0] >= 10, frames  # baresip's 15 frames/s keep coming
+        png = await phone.snapshot_received()
+        width, height = _png_size(png)
+        assert width >= 160 and height >= 120, (width, height)
+        for _ in range(150):
+            if phone.decoded_fps() >= 5:
+                break
+            await asyncio.sleep(0.1)
+        assert phone.decoded_fps() >= 5, phone.log()[-3000:]
+    log = gateway.log_path.read_text(errors="replace")
+    assert "video VP8 sendrecv" in log, log[-3000:]

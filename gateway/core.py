@@ -778,6 +778,10 @@ class Core:
             logger.error("call %s: no RTP port for a branch: %s", call.call_id, exc)
             self._branch_failed(call, branch, 503)
             return
+        web = call.webrtc
+        if web is not None and web.video_codec is not None:
+            # As in _invite_sip: the browser's video codec is offered to every device.
+            await self._enable_sip_video(branch.rtp, web.video_codec.split("/")[-1])
         if not branch.pending:
             await branch.rtp.close()  # the call ended or another device answered meanwhile
             return

@@ -309,3 +309,22 @@ async def test_chromium_web_phone_video_call_to_phone(gateway, e2e_dir, video_ph
         assert phone.decoded_fps() >= 5, phone.log()[-3000:]
     log = gateway.log_path.read_text(errors="replace")
     assert "video VP8 sendrecv" in log, log[-3000:]
+
+
+async def test_forked_call_answered_by_video_phone(gateway, clients, video_phones):
+    """1002 is both a web client and a registered baresip: the web caller's video call rings
+    both; baresip answers (auto) and the video flows both ways with it."""
+    phone = video_phones(gateway, "1002", "bob-secret", "VP8")
+    phone.start()
+    await phone.wait_log("200 OK")
+    bob: JsonV1Client = await clients(gateway, name="bob")
+    await bob.login("1002", "Bob")
+    alice: JsonV1Client = await clients(gateway, name="alice")
+    alice.video = True
+    await alice.login("1001", "Alice")
+    call = await alice.dial("1002", freq=1000.0)
+    await bob.wait_incoming(timeout=20)  # the web device rings too (and never answers)
+    await call.wait_state("active", timeout=20)
+    await _check_video_both_ways(call, phone)
+    await call.hangup()
+    await call.wait_state("terminated", timeout=10)

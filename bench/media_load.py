@@ -26,6 +26,11 @@ on both sides. Figures per N:
 
     .venv/bin/python bench/media_load.py --calls 20,60,100 [--seconds 10]
     .venv/bin/python bench/media_load.py --calls 1 --latency
+    .venv/bin/python bench/media_load.py --calls 50,100 --browser-codec pcmu
+
+``--browser-codec pcmu``: the WebRTC peers send and accept PCMU only, so both
+legs of each call send PCMU and the gateway relays payloads (pass-through);
+the counters then show frames decoded/encoded (should stay ~0) and relayed.
 
 The gateway runs as a child process under ``taskset -c 0``, the generator
 under ``taskset -c 1`` (when the machine has two cores).
@@ -96,7 +101,13 @@ async def gateway_main() -> None:
     def counters() -> dict[str, int]:
         total = {"jb_played": 0, "jb_concealed": 0, "jb_late": 0, "webrtc_underruns": 0}
         total["rtp_underruns"] = 0
+        for key in ("decoded", "encoded", "passed", "relayed"):
+            total[key] = 0
         for web, rtp, _ in calls:
+            total["decoded"] += web.decoded + rtp.frames_decoded
+            total["encoded"] += web._track.encoded + rtp.frames_encoded
+            total["passed"] += web.frames_passed + rtp.frames_passed
+            total["relayed"] += web._track.relayed + rtp.frames_relayed
             jb = rtp.jitter_buffer
             total["jb_played"] += jb.played
             total["jb_concealed"] += jb.concealed
@@ -285,6 +296,8 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
     opus_packets = opus_packets[:PERIOD_FRAMES]
     pcm8 = pattern(8000)
     pcmu_payloads = [ulaw_encode(pcm8[k * 160 : (k + 1) * 160]) for k in range(PERIOD_FRAMES)]
+    pcmu_browser = args.browser_codec == "pcmu"
+    browser_packets = pcmu_payloads if pcmu_browser else opus_packets
 
     web_in_onsets: list[float] = []
     sip_in_onsets: list[float] = []
@@ -314,7 +327,7 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
             k = self.n % PERIOD_FRAMES
             if k == 0 and self.index == 0:
                 web_in_onsets.append(loop.time() - FRAME)
-            packet = av.Packet(opus_packets[k])
+            packet = av.Packet(browser_packets[k])
             packet.pts = self.n * 960
             packet.time_base = fractions.Fraction(1, 48000)
             self.n += 1
@@ -327,10 +340,12 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
     for i in range(calls):
         pc = RTCPeerConnection()
         transceiver = pc.addTransceiver(PreEncoded(i), direction="sendrecv")
-        opus_first = [c for c in transceiver.sender.getCapabilities("audio").codecs]
-        opus_first.sort(key=lambda c: c.mimeType.lower() != "audio/opus")
-        transceiver.setCodecPreferences(opus_first)
-        web_stream = Stream(48000, keep_payload=args.latency and i == 0)
+        codecs = [c for c in transceiver.sender.getCapabilities("audio").codecs]
+        if pcmu_browser:
+            codecs = [c for c in codecs if c.mimeType.lower() == "audio/pcmu"]
+        codecs.sort(key=lambda c: c.mimeType.lower() != "audio/opus")
+        transceiver.setCodecPreferences(codecs)
+        web_stream = Stream(8000 if pcmu_browser else 48000, keep_payload=args.latency and i == 0)
         receivers[id(transceiver.receiver)] = web_stream
         web_streams.append(web_stream)
         await pc.setLocalDescription(await pc.createOffer())
@@ -440,7 +455,10 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
                 out.append(data.astype(np.int16))
             return np.concatenate(out) if out else np.zeros(960, np.int16)
 
-        to_browser = pair_latencies(sip_in_onsets, output_onset_times(web_streams[0], decode_opus))
+        to_browser = pair_latencies(
+            sip_in_onsets,
+            output_onset_times(web_streams[0], ulaw_decode if pcmu_browser else decode_opus),
+        )
         to_sip = pair_latencies(web_in_onsets, output_onset_times(sip_streams[0], ulaw_decode))
         for name, values in (("sip_to_browser", to_browser), ("browser_to_sip", to_sip)):
             if values:
@@ -467,6 +485,12 @@ def main() -> None:
     parser.add_argument("--latency", action="store_true", help="also measure added latency")
     parser.add_argument("--uvloop", action="store_true", help="uvloop in both processes")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--browser-codec",
+        choices=("opus", "pcmu"),
+        default="opus",
+        help="what the WebRTC peers send (pcmu: the gateway relays payloads)",
+    )
     args = parser.parse_args()
     loop_name = use_uvloop() if args.uvloop else "asyncio"
     if args.role == "gateway":
@@ -500,6 +524,12 @@ def main() -> None:
             f"   lateness to browser p50/p99 {result['late_web_p50_ms']:.1f}/"
             f"{result['late_web_p99_ms']:.1f} ms, to SIP {result['late_sip_p50_ms']:.1f}/"
             f"{result['late_sip_p99_ms']:.1f} ms",
+            flush=True,
+        )
+        c = result["counters"]
+        print(
+            f"   frames decoded {c['decoded']}, encoded {c['encoded']}, "
+            f"passed through {c['passed']}, relayed {c['relayed']}",
             flush=True,
         )
         for name in ("sip_to_browser", "browser_to_sip"):

@@ -475,6 +475,10 @@ class UserAgentCore(
         if isinstance(s, IncomingSession) and s.source.reliable and not dialog.route_set:
             # Reuse the caller's connection: its Contact port is often not listening.
             return s.source
+        if isinstance(s, IncomingSession) and s.flow_target is not None and not dialog.route_set:
+            target = dialog.remote_target
+            if (target.host, _port(target)) == s.flow_target:
+                return s.source  # a registered phone's NAT binding (see _registered_flow)
         if isinstance(s, OutgoingSession) and s.flow is not None and not dialog.route_set:
             target = dialog.remote_target
             if (target.host, _port(target)) == (s.target.host, _port(s.target)):
@@ -888,6 +892,7 @@ class UserAgentCore(
             response_peer=response_peer,
             local_tag=self.new_tag(),
             contact=self._contact(request.uri.user or "", source.transport),
+            flow_target=self._registered_flow(request, source),
         )
         self.sessions[sid] = s
         self._server_invites[key] = sid
@@ -918,6 +923,30 @@ class UserAgentCore(
             )
         )
         return effects
+
+    def _registered_flow(self, request: Request, source: Peer) -> tuple[str, int] | None:
+        """(host, port) of the INVITE's Contact when the caller registered that contact
+        with our registrar from this very UDP source (a phone behind NAT calling us):
+        its in-dialog requests then go to the source, where its NAT lets them in."""
+        if self.registrar is None or source.reliable:
+            return None
+        try:
+            contacts = Address.parse_many(request.headers.get("Contact") or "")
+        except ValueError:
+            return None
+        if not contacts:
+            return None
+        target = (contacts[0].uri.host, _port(contacts[0].uri))
+        for binding in self.registrar.bindings(request.from_address.uri.user or ""):
+            if binding.source != source:
+                continue
+            try:
+                registered = URI.parse(binding.contact)
+            except ValueError:
+                continue
+            if (registered.host, _port(registered)) == target:
+                return target
+        return None
 
     def _on_cancel(self, key: TransactionKey, request: Request) -> list[Effect]:
         sid = self._server_invites.get(self.layer.invite_key_for_cancel(key))

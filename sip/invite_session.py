@@ -223,6 +223,9 @@ class IncomingSession:
     transactions: set[TransactionKey] = field(default_factory=set)
     usage: DialogUsage = field(default_factory=DialogUsage)
     reliable: ReliableState | None = None  # RFC 3262, once a reliable 1xx was sent
+    # UDP caller registered with us from this source with this Contact (host, port):
+    # in-dialog requests go back to the source while the remote target is that contact.
+    flow_target: tuple[str, int] | None = None
 
 
 Session = OutgoingSession | IncomingSession

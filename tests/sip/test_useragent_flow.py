@@ -9,7 +9,7 @@ import socket
 
 from sipmessage import Request, Response
 
-from sip.aio.useragent import UAConfig, UserAgent
+from sip.aio.useragent import InboundInvite, UAConfig, UserAgent
 from sip.events import Answered, Rejected, Terminated
 from sip.framing import StreamFramer
 from sip.messages import parse
@@ -253,4 +253,70 @@ async def test_a_closed_flow_is_not_redialled_mid_call():
         # The owner learns at once that the BYE could not be delivered.
         assert await recorder.wait_for(Terminated, 0.5) == Terminated("transport")
     finally:
+        await ua.close()
+
+
+def _invite_from_phone(contact_port: int, local: tuple[str, int], sdp: bytes) -> bytes:
+    host, port = local
+    return (
+        f"INVITE sip:2000@127.0.0.1 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {host}:{port};branch=z9hG4bKinv1;rport\r\n"
+        "Max-Forwards: 70\r\n"
+        "From: <sip:1001@127.0.0.1>;tag=ph9\r\n"
+        "To: <sip:2000@127.0.0.1>\r\n"
+        "Call-ID: flow-call-9\r\n"
+        "CSeq: 1 INVITE\r\n"
+        f"Contact: <sip:1001@127.0.0.1:{contact_port};transport=udp>\r\n"
+        "Content-Type: application/sdp\r\n"
+        f"Content-Length: {len(sdp)}\r\n\r\n"
+    ).encode() + sdp
+
+
+async def test_bye_to_a_registered_udp_phone_that_called_goes_to_its_source():
+    """A phone behind NAT (Contact: its private address, here a dead port) registered
+    and then calls: our in-dialog requests go where its requests come from."""
+    invites: list[InboundInvite] = []
+
+    def on_invite(invite: InboundInvite) -> None:
+        invites.append(invite)
+        invite.answer(ANSWER)
+
+    ua = UserAgent(
+        UAConfig(port=0, registrar=True, trusted_networks=("127.0.0.1",), **FAST),  # type: ignore[arg-type]
+        on_invite,
+    )
+    await ua.start()
+    dead = _dead_port(socket.SOCK_DGRAM)
+    loop = asyncio.get_running_loop()
+    transport, phone = await loop.create_datagram_endpoint(
+        _UdpPhone, local_addr=("127.0.0.1", 0)
+    )
+    server = ("127.0.0.1", ua.port)
+    try:
+        local = transport.get_extra_info("sockname")[:2]
+        transport.sendto(_register("UDP", dead, local), server)
+        assert (await phone.next()).code == 200  # type: ignore[union-attr]
+        transport.sendto(_invite_from_phone(dead, local, OFFER), server)
+        ok = await phone.next()
+        while isinstance(ok, Response) and ok.code < 200:
+            ok = await phone.next()
+        assert isinstance(ok, Response) and ok.code == 200
+        tag = ok.to_address.parameters["tag"]
+        transport.sendto(
+            (
+                f"ACK sip:2000@127.0.0.1:{ua.port} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP {local[0]}:{local[1]};branch=z9hG4bKack9;rport\r\n"
+                "Max-Forwards: 70\r\nFrom: <sip:1001@127.0.0.1>;tag=ph9\r\n"
+                f"To: <sip:2000@127.0.0.1>;tag={tag}\r\nCall-ID: flow-call-9\r\n"
+                "CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+            ).encode(),
+            server,
+        )
+        await asyncio.sleep(0.1)
+        invites[0].bye()
+        bye = await phone.next()  # at the phone's source, not at its (dead) Contact
+        assert isinstance(bye, Request) and bye.method == "BYE"
+        assert str(bye.uri) == f"sip:1001@127.0.0.1:{dead};transport=udp"
+    finally:
+        transport.close()
         await ua.close()

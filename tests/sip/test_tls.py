@@ -87,3 +87,48 @@ async def test_untrusted_certificate_fails_the_call(certificate: Path):
     finally:
         await a.close()
         await b.close()
+
+
+async def test_call_reaches_a_tls_phone_over_its_registration_connection(certificate: Path):
+    """A phone registered over TLS (Contact: a port where nothing listens) is called over
+    the TLS connection its REGISTER came on."""
+    import asyncio
+    import socket
+    import ssl
+
+    from sipmessage import Request, Response
+
+    from .test_useragent_flow import _dead_port, _register, _response, _Tcp
+
+    ua = UserAgent(
+        tls_config(certificate, registrar=True, trusted_networks=("127.0.0.1",)),
+        lambda invite: None,
+    )
+    await ua.start()
+    try:
+        assert ua.tls_port is not None
+        context = ssl.create_default_context(cafile=str(certificate))
+        phone = _Tcp(*await asyncio.open_connection("127.0.0.1", ua.tls_port, ssl=context))
+        local = phone.writer.get_extra_info("sockname")[:2]
+        phone.send(_register("TLS", _dead_port(socket.SOCK_STREAM), local))
+        ok = await phone.next()
+        assert isinstance(ok, Response) and ok.code == 200
+        (binding,) = ua.registrar.bindings("1001")
+        assert binding.source.transport == "TLS"
+        recorder = Recorder()
+        call = ua.invite(
+            binding.contact, from_user="2000", sdp=OFFER, on_event=recorder, flow=binding.source
+        )
+        invite = await phone.next()
+        assert isinstance(invite, Request) and invite.method == "INVITE"
+        assert invite.via[0].transport == "TLS"
+        phone.send(_response(invite, 200, "OK", "tls1", binding.contact))
+        assert await recorder.wait_for(Answered) == Answered(ANSWER)
+        ack = await phone.next()
+        assert isinstance(ack, Request) and ack.method == "ACK"
+        call.bye()
+        bye = await phone.next()
+        assert isinstance(bye, Request) and bye.method == "BYE"
+        phone.writer.close()
+    finally:
+        await ua.close()

@@ -66,7 +66,15 @@ MIN_FRAMES = 20
 class VideoPhone:
     """baresip with video: fakevideo source and display, one video codec module."""
 
-    def __init__(self, workdir: Path, gateway_sip_port: int, number: str, password: str, codec):
+    def __init__(
+        self,
+        workdir: Path,
+        gateway_sip_port: int,
+        number: str,
+        password: str,
+        codec: str,
+        mediaenc: str | None = None,
+    ):
         self.dir = workdir / f"baresip-video-{number}"
         self.dir.mkdir()
         self.sip_port = free_port()
@@ -81,10 +89,13 @@ class VideoPhone:
                 rtp=rtp,
                 rtp_end=rtp + 9,
             )
+            + ("module\t\t\tsrtp.so\n" if mediaenc else "")
         )
         (self.dir / "accounts").write_text(
             f"<sip:{number}@127.0.0.1:{gateway_sip_port};transport=udp>"
-            f";auth_pass={password};answermode=auto;regint=600\n"
+            f";auth_pass={password};answermode=auto;regint=600"
+            + (f";mediaenc={mediaenc}" if mediaenc else "")
+            + "\n"
         )
         self.log_path = self.dir / "baresip.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -166,8 +177,10 @@ class VideoPhone:
 def video_phones(e2e_dir: Path):
     made: list[VideoPhone] = []
 
-    def make(gateway, number: str, password: str, codec: str = "VP8") -> VideoPhone:
-        phone = VideoPhone(e2e_dir, gateway.sip_port, number, password, codec)
+    def make(
+        gateway, number: str, password: str, codec: str = "VP8", mediaenc: str | None = None
+    ) -> VideoPhone:
+        phone = VideoPhone(e2e_dir, gateway.sip_port, number, password, codec, mediaenc)
         made.append(phone)
         return phone
 
@@ -328,3 +341,27 @@ async def test_forked_call_answered_by_video_phone(gateway, clients, video_phone
     await _check_video_both_ways(call, phone)
     await call.hangup()
     await call.wait_state("terminated", timeout=10)
+
+
+@pytest.mark.parametrize("gateway", ['[media]\nsrtp = "optional"\n'], indirect=True)
+async def test_srtp_video_call_from_phone(gateway, clients, video_phones):
+    """baresip insists on SRTP (RTP/SAVP, SDES) for audio and video: the gateway keys its
+    video stream by SDES too and the video flows both ways."""
+    if not (MODULES / "srtp.so").exists():
+        pytest.skip("baresip srtp module missing")
+    alice: JsonV1Client = await clients(gateway, name="alice")
+    alice.video = True
+    await alice.login("1001", "Alice")
+    phone = video_phones(gateway, "1002", "bob-secret", "VP8", mediaenc="srtp-mand")
+    phone.start("/dial 1001")
+    incoming = await alice.wait_incoming(timeout=20)
+    await incoming.accept()
+    await incoming.answer()
+    await incoming.wait_state("active", timeout=20)
+    await _check_video_both_ways(incoming, phone)
+    # the gateway's answer: RTP/SAVP with a crypto line on both m-lines
+    answer = [m for m in phone.log().split("SIP/2.0 200 OK") if "m=video" in m][-1]
+    video = answer.split("m=video")[1]
+    assert "RTP/SAVP" in video.splitlines()[0] and "a=crypto:" in video, answer[:3000]
+    await incoming.hangup()
+    await incoming.wait_state("terminated", timeout=10)

@@ -250,6 +250,7 @@ class ClientCall:
     # best final status of those that failed (RFC 3261 §16.7 style).
     branches: list[SipBranch] = dataclasses.field(default_factory=list)
     branch_code: int = 0
+    to_phone: bool = False  # the SIP far end is a contact of our registrar
 
 
 class Core:
@@ -751,6 +752,7 @@ class Core:
             flow=flow,
         )
         call.sip_target = target
+        call.to_phone = flow is not None
         call.invite.set_reoffer_handler(lambda offer: self._far_reoffer(owner[0], offer))
         if call.record is not None:
             call.record.sip(call_id=call.invite.call_id)
@@ -857,6 +859,7 @@ class Core:
         branch.pending = False
         call.invite, call.rtp, call.early_sdp = branch.invite, branch.rtp, branch.early_sdp
         call.sip_owner, call.sip_target = branch.owner, branch.target
+        call.to_phone = True
         branch.owner[0] = call
         if call.record is not None:
             call.record.sip(call_id=branch.invite.call_id)
@@ -896,9 +899,18 @@ class Core:
             and call.invite is None
         ):
             call.far_ended = True
-            self._end(call, reason_from_sip(call.branch_code, call.alerted))
+            self._end(call, self._far_failure(call, call.branch_code))
         else:
             self._single_branch(call)
+
+    @staticmethod
+    def _far_failure(call: ClientCall, code: int) -> Reason:
+        """The client's reason for a failed SIP far end. A registered phone that could
+        not be reached (its connection gone: 503; no answer to the INVITE: 408; 480) is
+        `notResponding`, not congestion at a PBX."""
+        if (call.to_phone or call.branch_code) and code in (408, 480, 503):
+            return Reason.NOT_RESPONDING
+        return reason_from_sip(code, call.alerted)
 
     def _drop_branch(self, branch: SipBranch) -> None:
         if not branch.pending:
@@ -959,7 +971,7 @@ class Core:
             call.far_ended = True
             if call.record is not None:
                 call.record.sip(code=ev.code)
-            self._end(call, reason_from_sip(ev.code, call.alerted))
+            self._end(call, self._far_failure(call, ev.code))
         elif isinstance(ev, sip_events.Terminated):
             call.far_ended = True
             self._end(call, Reason.SUCCESS if ev.reason == "bye" else Reason.ERROR)
@@ -1502,6 +1514,7 @@ class Core:
         elif giver.invite is not None and giver.sip_owner is not None:
             keeper.invite, keeper.rtp, keeper.early_sdp = giver.invite, giver.rtp, giver.early_sdp
             keeper.sip_owner, keeper.sip_target = giver.sip_owner, giver.sip_target
+            keeper.to_phone = giver.to_phone
             keeper.sip_owner[0] = keeper
             giver.invite = giver.rtp = None
             giver.sip_owner = None

@@ -389,3 +389,22 @@ async def test_sip_call_forks_to_web_client_and_phone(gateway, sipp, clients):  
         assert await uac.wait(20) == 0, uac.logs()[-3000:]
     finally:
         await phone.close()
+
+
+async def test_call_to_a_phone_whose_connection_closed_fails_at_once(gateway, clients):  # type: ignore[no-untyped-def]
+    """The phone's TCP registration connection is gone (its binding is not expired): the
+    gateway does not dial the phone's ephemeral port; the call ends `notResponding` at once."""
+    phone = TcpPhone()
+    try:
+        await phone.register(gateway, "1002", "bob-secret")
+        await phone.ua._transport.close()  # the connection drops; no unREGISTER is sent
+        alice: JsonV1Client = await clients(gateway, name="alice")
+        await alice.login("1001", "Alice")
+        started = asyncio.get_running_loop().time()
+        call = await alice.dial("1002", freq=1000.0)
+        ended = await call.wait_state("terminated", timeout=10)
+        assert ended.get("reason") == "notResponding", ended
+        assert asyncio.get_running_loop().time() - started < 5.0
+        assert "flow to" in gateway.log() and "is closed" in gateway.log()
+    finally:
+        await phone.close()

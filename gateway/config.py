@@ -32,6 +32,7 @@ from typing import Any, Final, TypeVar
 
 __all__ = [
     "AUTH_MODES",
+    "DTMF_MODES",
     "DEFAULTS_SOURCE",
     "DEMO_USERS",
     "LOG_LEVELS",
@@ -78,6 +79,9 @@ VERSION: Final[str] = _package_version()
 DEFAULTS_SOURCE: Final[str] = "<built-in defaults>"
 
 AUTH_MODES: Final[tuple[str, ...]] = ("none", "password", "token", "both")
+# How a browser's digits (RTCDTMFSender) go to a SIP peer: "auto" picks RFC 4733 when the
+# peer negotiated telephone-event, else SIP INFO when its Allow lists INFO, else tones.
+DTMF_MODES: Final[tuple[str, ...]] = ("auto", "rfc4733", "info", "inband")
 NUMBER_ASSIGNMENTS: Final[tuple[str, ...]] = ("client", "directory")
 MEDIA_CODECS: Final[tuple[str, ...]] = ("PCMU", "PCMA", "G722", "OPUS")
 SRTP_MODES: Final[tuple[str, ...]] = ("off", "optional", "mandatory")
@@ -141,6 +145,8 @@ class SipConfig:
     prack: bool = True  # offer 100rel (RFC 3262), send reliable 1xx when the caller asks
     session_expires: int = 1800  # RFC 4028 session timer (0 = off)
     min_se: int = 90
+    # How browser digits reach SIP peers other than the [pbx] (phones of the registrar).
+    dtmf: str = "auto"  # one of DTMF_MODES
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +161,7 @@ class PbxConfig:
     register_expires: int = 600
     per_user_registration: bool = False  # each web login registers its number there
     qualify_interval: float = 0.0  # OPTIONS ping period (0 = off); a dead PBX fails fast
+    dtmf: str = "auto"  # how browser digits reach the PBX: one of DTMF_MODES
 
     @property
     def transport(self) -> str:
@@ -553,6 +560,7 @@ def _sip(data: Mapping[str, Any], source: str) -> SipConfig:
             "session_expires",
             "min_se",
             "pass_headers",
+            "dtmf",
         ),
     )
     host, port = t.listen("listen", DEFAULT_SIP_LISTEN)
@@ -618,6 +626,7 @@ def _sip(data: Mapping[str, Any], source: str) -> SipConfig:
         pass_headers=_header_names(t, "pass_headers"),
         session_expires=session_expires,
         min_se=min_se,
+        dtmf=t.choice("dtmf", "auto", DTMF_MODES),
     )
 
 
@@ -645,7 +654,7 @@ def _pbx(data: Mapping[str, Any], source: str) -> PbxConfig:
         "pbx",
         (
             "uri", "username", "password", "fallback_uris", "register", "register_expires",
-            "per_user_registration", "qualify_interval",
+            "per_user_registration", "qualify_interval", "dtmf",
         ),
     )
     uri = t.opt_string("uri")
@@ -685,6 +694,7 @@ def _pbx(data: Mapping[str, Any], source: str) -> PbxConfig:
         register_expires=expires,
         per_user_registration=per_user,
         qualify_interval=qualify,
+        dtmf=t.choice("dtmf", "auto", DTMF_MODES),
     )
 
 

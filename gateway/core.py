@@ -1144,9 +1144,10 @@ class Core:
     # -- DTMF and media supervision -------------------------------------------------------
 
     def _client_dtmf(self, call: ClientCall, digit: str) -> None:
-        """A digit from the browser's RTCDTMFSender toward SIP: RFC 4733 when the far end
-        negotiated telephone-event, else SIP INFO application/dtmf-relay when its Allow
-        lists INFO, else in-band tones; to the other client web-to-web."""
+        """A digit from the browser's RTCDTMFSender toward SIP, as the peer's `dtmf` setting
+        says ([pbx] dtmf or [sip] dtmf); "auto": RFC 4733 when the far end negotiated
+        telephone-event, else SIP INFO application/dtmf-relay when its Allow lists INFO,
+        else in-band tones. To the other client web-to-web."""
         if call.state not in (CallState.ACTIVE, CallState.RINGING) or self._on_hold(call):
             return
         sip = self._sip_side(call)
@@ -1155,15 +1156,39 @@ class Core:
         else:
             sip_rtp = sip[1] if sip is not None else None
         peer = call.winner or (call.caller if call.caller and call.caller.winner is call else None)
+        mode = self._sip_dtmf_mode(call)
         try:
-            if sip is not None and sip[1].dtmf_mode == "inband" and sip[0].peer_allows("INFO"):
+            if sip is not None and (
+                mode == "info"
+                or (mode == "auto" and sip[1].dtmf_mode == "inband" and sip[0].peer_allows("INFO"))
+            ):
                 sip[0].info(DTMF_RELAY, DtmfRelay(digit.upper(), INFO_DTMF_MS).encode())
             elif sip_rtp is not None:
-                sip_rtp.send_dtmf(digit)
+                sip_rtp.send_dtmf(digit, inband=mode == "inband")
             elif peer is not None and peer.webrtc is not None:
                 peer.webrtc.send_dtmf(digit)
         except (ValueError, RuntimeError) as exc:
             logger.info("call %s: DTMF %r not passed on: %s", call.call_id, digit, exc)
+
+    def _sip_dtmf_mode(self, call: ClientCall) -> str:
+        """The `dtmf` setting of the call's SIP peer: [sip] dtmf for a phone of our
+        registrar (called through its registration, or calling us with digest
+        credentials), [pbx] dtmf for everything else."""
+        incoming = call.sip_in
+        if call.to_phone:
+            return self.config.sip.dtmf
+        if incoming is not None:
+            invite = incoming.invite
+            phone = invite.authenticated_user is not None or (
+                self.ua is not None
+                and any(
+                    b.source.address == invite.source
+                    for b in self.ua.registrar.bindings(invite.caller_user or "")
+                )
+            )
+            if phone:
+                return self.config.sip.dtmf
+        return self.config.pbx.dtmf
 
     def _far_dtmf(self, call: ClientCall | Junction | None, digit: str) -> None:
         """A digit from the SIP side (RFC 4733, in-band detection or INFO) to the browser."""

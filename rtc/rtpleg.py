@@ -889,12 +889,13 @@ class RtpLeg(AudioPort):
             return None
         return "rfc4733" if self._telephone_event_pt is not None else "inband"
 
-    def send_dtmf(self, digits: str, duration_ms: int = 100) -> None:
+    def send_dtmf(self, digits: str, duration_ms: int = 100, *, inband: bool = False) -> None:
         """
         Queue DTMF digits (0-9 * # A-D), each ``duration_ms`` long followed by
         a short pause. RFC 4733 events when the far end negotiated
         telephone-event (audio paused meanwhile), dual tones in the audio
-        otherwise. Raises ValueError for other characters.
+        otherwise or when ``inband`` asks for them (a peer configured so).
+        Raises ValueError for other characters.
         """
         for digit in digits:
             digit_to_event(digit)
@@ -903,7 +904,7 @@ class RtpLeg(AudioPort):
         if self._closed or self._codec is None:
             return
         duration_ms = max(MIN_DTMF_MS, min(duration_ms, MAX_DTMF_MS))
-        if self._telephone_event_pt is None:
+        if inband or self._telephone_event_pt is None:
             for digit in digits:
                 self._queue_inband(digit, duration_ms)
             return

@@ -48,7 +48,7 @@ from rtc.g711 import ulaw_encode
 from rtc.webrtcdtmf import TELEPHONE_EVENT, TransceiverDtmf, register_telephone_event
 from tests.audio import speech_like
 from tests.e2e.client import Call
-from tests.e2e.conftest import HOST, SippFactory, SippProcess, free_port
+from tests.e2e.conftest import HOST, SCENARIOS, SippFactory, SippProcess, free_port
 from tests.e2e.test_sip_media import FAR_NUMBER, SIPP_TIMEOUT, expect_exit, logged_in, uas
 from tests.e2e.test_sip_media import wait_active as _wait_active
 
@@ -512,6 +512,111 @@ async def test_inband_browser_to_sip(gateway, sipp, clients, far):
     audio = far.audio()
     assert_digits(goertzel_digits(audio), "Goertzel detector on the far end's audio")
     assert_digits(fft_digits(audio), "FFT check on the far end's audio")
+
+
+# --------------------------------------------------------------------------- per-peer mode
+# [pbx] dtmf overrides the automatic choice; each test uses a far end for which "auto"
+# would choose something else (and whose scenario fails on an unexpected INFO).
+
+
+def scenario_variant(e2e_dir, name: str, *replacements: tuple[str, str]):
+    """A copy of a scenario in the test's directory with some text replaced."""
+    text = (SCENARIOS / name).read_text()
+    for old, new in replacements:
+        assert old in text, (name, old)
+        text = text.replace(old, new)
+    path = e2e_dir / f"variant_{name}"
+    path.write_text(text)
+    return path
+
+
+def uas_variant(sipp: SippFactory, gw: Any, path: Any, far: FarMedia) -> SippProcess:
+    """`uas` for a scenario written by scenario_variant."""
+    sp = sipp.scenario(
+        path.stem,
+        str(path),
+        None,
+        port=gw.pbx_port,
+        timeout=SIPP_TIMEOUT,
+        extra=["-key", "rtp_port", str(far.port)],
+    )
+    sipp.wait_bound(sp, gw.pbx_port)
+    return sp
+
+
+@pytest.mark.parametrize("gateway", ['\n[pbx]\ndtmf = "inband"\n'], indirect=True)
+async def test_pbx_dtmf_inband_overrides_telephone_event(gateway, sipp, clients, far):
+    """The far end negotiated telephone-event, but [pbx] dtmf = "inband": tones only."""
+    sp = uas(sipp, gateway, "uas_dtmf_rfc4733.xml", extra=["-key", "rtp_port", str(far.port)])
+    alice = await logged_in(clients, gateway)
+    call = await alice.dial(FAR_NUMBER, freq=1000.0)
+    dtmf = await answered(call)
+    await until(lambda: far.gateway is not None, 10, "RTP from the gateway")
+    dtmf.send(PRESSED)
+    await until(lambda: far_tones_done(far), 20, "every tone at the far end")
+    await asyncio.sleep(0.5)
+    await call.hangup()
+    await call.wait_state("terminated", timeout=10)
+    await expect_exit(sp)
+    assert not far.events(), "telephone-event sent although [pbx] dtmf = inband"
+    assert_digits(goertzel_digits(far.audio()), "Goertzel detector on the far end's audio")
+
+
+@pytest.mark.parametrize("gateway", ['\n[pbx]\ndtmf = "info"\n'], indirect=True)
+async def test_pbx_dtmf_info_overrides_telephone_event(gateway, sipp, clients, far, e2e_dir):
+    """The far end negotiated telephone-event and allows INFO; [pbx] dtmf = "info": every
+    digit as one INFO, no events and no tones."""
+    xml = scenario_variant(
+        e2e_dir,
+        "uas_dtmf_info.xml",
+        ("m=audio [rtp_port] RTP/AVP 0\n", "m=audio [rtp_port] RTP/AVP 0 101\n"),
+        (
+            "a=rtpmap:0 PCMU/8000\n",
+            "a=rtpmap:0 PCMU/8000\n      a=rtpmap:101 telephone-event/8000\n"
+            "      a=fmtp:101 0-16\n",
+        ),
+    )
+    sp = uas_variant(sipp, gateway, xml, far)
+    alice = await logged_in(clients, gateway)
+    call = await alice.dial(FAR_NUMBER, freq=1000.0)
+    dtmf = await answered(call)
+    await until(lambda: far.gateway is not None, 10, "RTP from the gateway")
+    dtmf.send(DIGITS)
+    await until(lambda: len(received_info_signals(sp)) >= len(DIGITS), 20, "16 INFOs at sipp")
+    await asyncio.sleep(0.5)
+    await call.hangup()
+    await call.wait_state("terminated", timeout=10)
+    await expect_exit(sp)
+    assert "".join(received_info_signals(sp)) == DIGITS
+    assert not far.events(), "telephone-event sent although [pbx] dtmf = info"
+    assert goertzel_digits(far.audio()) == [], "digits sent in-band as well"
+
+
+@pytest.mark.parametrize("gateway", ['\n[pbx]\ndtmf = "rfc4733"\n'], indirect=True)
+async def test_pbx_dtmf_rfc4733_never_sends_info(gateway, sipp, clients, far, e2e_dir):
+    """A far end without telephone-event whose Allow lists INFO ("auto" would send INFO);
+    [pbx] dtmf = "rfc4733": no INFO (the scenario fails on one), tones instead."""
+    xml = scenario_variant(
+        e2e_dir,
+        "uas_dtmf_inband.xml",
+        (
+            "Allow: INVITE, ACK, BYE, CANCEL, OPTIONS\n",
+            "Allow: INVITE, ACK, BYE, CANCEL, OPTIONS, INFO\n",
+        ),
+    )
+    sp = uas_variant(sipp, gateway, xml, far)
+    alice = await logged_in(clients, gateway)
+    call = await alice.dial(FAR_NUMBER, freq=1000.0)
+    dtmf = await answered(call)
+    await until(lambda: far.gateway is not None, 10, "RTP from the gateway")
+    dtmf.send(PRESSED)
+    await until(lambda: far_tones_done(far), 20, "every tone at the far end")
+    await asyncio.sleep(0.5)
+    await call.hangup()
+    await call.wait_state("terminated", timeout=10)
+    await expect_exit(sp)  # an INFO would have failed the scenario
+    assert not far.events()
+    assert_digits(goertzel_digits(far.audio()), "Goertzel detector on the far end's audio")
 
 
 # --------------------------------------------------------------------------- SIP -> browser

@@ -135,6 +135,7 @@ def test_example_file_loads_and_documents_every_key() -> None:
             "session_expires",
             "min_se",
             "pass_headers",
+            "dtmf",
         },
         "pbx": {
             "uri",
@@ -145,6 +146,7 @@ def test_example_file_loads_and_documents_every_key() -> None:
             "register_expires",
             "per_user_registration",
             "qualify_interval",
+            "dtmf",
         },
         "auth": {"mode", "realm", "jwt"},
         "media": {
@@ -329,6 +331,9 @@ def test_explicitly_empty_directory() -> None:
         ({"sip": {"session_expires": 60}}, "[sip] session_expires", "at least min_se"),
         ({"media": {"codecs": ["silk"]}}, "[media] codecs", "PCMU, PCMA, G722, OPUS"),
         ({"media": {"srtp": "yes"}}, "[media] srtp", "must be one of"),
+        ({"pbx": {"dtmf": "2833"}}, "[pbx] dtmf",
+         'must be one of auto | rfc4733 | info | inband, got "2833"'),
+        ({"sip": {"dtmf": "INFO"}}, "[sip] dtmf", "must be one of"),
         ({"media": {"rtp_host": "0.0.0.0"}}, "[media] rtp_host", "public_address"),
         ({"media": {"public_address": "x"}}, "[media] public_address", "IP address"),
         (

@@ -1,6 +1,6 @@
 """Opus toward SIP ([media] codecs with "opus"): a sipp UAS answering Opus only echoes
 the gateway's Opus, and a real SIP phone (baresip with its opus module) talks to a web
-user both ways."""
+user both ways (Opus on both legs: the gateway relays the payloads undecoded)."""
 
 from __future__ import annotations
 
@@ -51,6 +51,13 @@ async def test_web_user_calls_opus_phone(gateway, clients, phones):  # noqa: F81
     await check_tone(call, 440.0, what="baresip's sine (Opus) at the web client")
     await call.hangup()
     await call.wait_state("terminated", timeout=10)
+    # both legs send Opus: the gateway relays the payloads undecoded, both ways
+    bridge = [
+        line.split("rtc.bridge: ", 1)[1]
+        for line in gateway.log_path.read_text(errors="replace").splitlines()
+        if "rtc.bridge: " in line
+    ]
+    assert sum(b.endswith(": opus payloads relayed undecoded") for b in bridge) >= 2, bridge
     phone.stop()
     assert "Set audio decoder: opus" in phone.log(), phone.log()[-2000:]
     assert "Set audio encoder: opus" in phone.log()

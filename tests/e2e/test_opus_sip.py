@@ -9,6 +9,7 @@ import pytest
 from tests.audio import dominant_frequency, rms_dbfs
 from tests.e2e.client import JsonV1Client
 from tests.e2e.test_calls import check_tone
+from tests.e2e.test_passthrough import pcmu_only_clients  # noqa: F401 - fixture
 from tests.e2e.test_sip_media import check_echo_after_active, logged_in, uas, wait_active
 from tests.e2e.test_sip_phone import BARESIP, phones  # noqa: F401 - fixture
 
@@ -31,6 +32,32 @@ async def test_opus_far_end_echoes_wideband_audio(gateway, sipp, clients):
     assert await far.wait(15) == 0
     invite = far.logs()
     assert "opus/48000/2" in invite
+
+
+@pytest.mark.parametrize("gateway", [OPUS], indirect=True)
+async def test_pcmu_browser_to_opus_far_end_transcodes(
+    gateway,
+    sipp,
+    clients,
+    pcmu_only_clients,  # noqa: F811
+):
+    """A PCMU-only browser and an Opus-only far end: the gateway encodes and decodes Opus
+    on the SIP leg (and G.711 on the browser leg); the 1 kHz tone comes back."""
+    far = uas(sipp, gateway, "uas_opus.xml", extra=["-rtp_echo"])
+    alice = await logged_in(clients, gateway)
+    call = await alice.dial("5555", freq=1000.0)
+    await wait_active(call)
+    await check_echo_after_active(call, 1000.0)
+    bridge = [
+        line.split("rtc.bridge: ", 1)[1]
+        for line in gateway.log_path.read_text(errors="replace").splitlines()
+        if "rtc.bridge: " in line
+    ]
+    assert "relayed undecoded" not in " ".join(bridge), bridge
+    assert sum(b.endswith(": transcoding") for b in bridge) >= 2, bridge
+    await call.hangup()
+    await call.wait_state("terminated", timeout=10)
+    assert await far.wait(15) == 0
 
 
 @pytest.mark.skipif(BARESIP is None, reason="baresip missing")

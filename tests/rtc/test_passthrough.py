@@ -70,16 +70,17 @@ def delta(after: Work, before: Work) -> Work:
 class Call:
     """browser <-WebRTC-> [client | bridge | far] <-RTP-> phone"""
 
-    def __init__(self, browser_pt: str | None, codecs: tuple[str, ...]) -> None:
+    def __init__(self, browser_pt: str | None, codecs: tuple[str, ...], srtp: str = "off") -> None:
         self.browser_pt = browser_pt
         self.codecs = codecs
+        self.srtp = srtp
         self.browser = WebRtcLeg()
         self.client = WebRtcLeg()
         self.bridge = MediaBridge(self.client)
 
     async def setup(self, phone_codecs: tuple[str, ...] | None = None) -> None:
-        self.far = await RtpLeg.open(codecs=self.codecs)
-        self.phone = await RtpLeg.open(codecs=phone_codecs or self.codecs)
+        self.far = await RtpLeg.open(codecs=self.codecs, srtp=self.srtp)
+        self.phone = await RtpLeg.open(codecs=phone_codecs or self.codecs, srtp=self.srtp)
         offer = await self.browser.create_offer()
         if self.browser_pt is not None:
             offer = only_codec(offer, self.browser_pt)
@@ -153,6 +154,27 @@ async def test_same_codec_both_legs_relays_payloads(
         assert done.decoded == 0, done
         assert done.encoded == 0, done
         assert done.passed >= 80 and done.relayed >= 80, done
+    finally:
+        await call.close()
+
+
+async def test_srtp_sip_leg_relays_and_keeps_statistics() -> None:
+    """SRTP toward SIP too (SRTP <-> DTLS-SRTP): payloads relayed, RTCP statistics kept."""
+    call = Call("0", ("PCMU",), srtp="mandatory")
+    await call.setup()
+    try:
+        assert call.far.srtp_suite is not None
+        call.bridge.connect(call.far)
+        await call.exchange(0.4)
+        before = work(call.client, call.far)
+        at_phone, at_browser = await call.exchange(1.2)
+        done = delta(work(call.client, call.far), before)
+        call.check(at_phone, at_browser, 1000, 700)
+        assert done.decoded == 0 and done.encoded == 0, done
+        assert done.passed >= 80 and done.relayed >= 80, done
+        far, client = call.far.stats(), await call.client.stats()
+        assert far.codec == "PCMU" and far.packets_received >= 70 and far.packets_sent >= 70
+        assert client.packets_received >= 70 and client.packets_sent >= 70
     finally:
         await call.close()
 

@@ -6,7 +6,6 @@ No I/O here; the core feeds events in and acts on what comes out.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 
 
 class CallState(enum.StrEnum):
@@ -111,15 +110,3 @@ _ALLOWED: dict[CallState, frozenset[str]] = {
 
 def allows(state: CallState, action: str) -> bool:
     return action in _ALLOWED[state]
-
-
-@dataclass(frozen=True)
-class CallMessage:
-    """A call notification for the client: an instant message (SIP MESSAGE, RFC 3428)
-    the far party sent inside the call. Body and Content-Type as received (the SIP
-    layer bounds the size). It belongs with the ClientEvents of gateway.commands; it
-    lives here until that vocabulary grows a message event."""
-
-    call_id: str
-    content_type: str
-    body: bytes

@@ -148,4 +148,17 @@ class RegistrationEnded:
     reason: Reason
 
 
-ClientEvent = CallOffered | CallStatus | MediaOffer | MediaAnswer | RegistrationEnded
+@dataclass(frozen=True)
+class CallMessage:
+    """An instant message (SIP MESSAGE, RFC 3428) the far party sent inside the call;
+    body and Content-Type as received (the SIP layer bounds the size). A front end whose
+    protocol has no message vocabulary drops it."""
+
+    call_id: str
+    content_type: str
+    body: bytes
+
+
+ClientEvent = (
+    CallOffered | CallStatus | MediaOffer | MediaAnswer | RegistrationEnded | CallMessage
+)

@@ -24,7 +24,6 @@ from sipmessage import URI
 
 from gateway.auth import AuthResult
 from gateway.call import (
-    CallMessage,
     CallState,
     Reason,
     allows,
@@ -34,6 +33,7 @@ from gateway.call import (
 from gateway.commands import (
     Accept,
     Answer,
+    CallMessage,
     CallOffered,
     CallStatus,
     ClientEvent,
@@ -76,12 +76,11 @@ logger = logging.getLogger(__name__)
 # Duration= of the INFO dtmf-relay we send: the browser's RTCDTMFSender default tone
 INFO_DTMF_MS = 100
 
-# What the core tells a client's front end: the shared events, and call notifications
-# (CallMessage) a front end may have no vocabulary for.
-ClientSink = Callable[[ClientEvent | CallMessage], None]
+# What the core tells a client's front end.
+ClientSink = Callable[[ClientEvent], None]
 
 
-def _discard(event: ClientEvent | CallMessage) -> None:
+def _discard(event: ClientEvent) -> None:
     """The sink of a detached registration: a restore re-sends the current state."""
 
 

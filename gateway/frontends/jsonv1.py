@@ -18,10 +18,11 @@ from websockets.frames import CloseCode
 
 from gateway import __version__
 from gateway.auth import AuthResult
-from gateway.call import CallMessage, Reason
+from gateway.call import Reason
 from gateway.commands import (
     Accept,
     Answer,
+    CallMessage,
     CallOffered,
     CallStatus,
     ClientEvent,
@@ -116,7 +117,7 @@ class JsonV1Session:
         except asyncio.QueueFull:
             self._close(CloseCode.TRY_AGAIN_LATER, "client is not reading")
 
-    def on_event(self, event: ClientEvent | CallMessage) -> None:
+    def on_event(self, event: ClientEvent) -> None:
         if isinstance(event, CallOffered):
             start = {
                 "operation": "signaling", "action": "start", "identifier": event.call_id,

@@ -103,9 +103,9 @@ e2e: system-deps $(STAMP_TEST)
 bench: $(STAMP_RUN)
 	$(PY) bench/media_cpu.py --frames 1000
 	$(PY) bench/media_load.py --calls 1 --seconds 5 --latency
-	@if $(PY) -c "import pesq" 2>/dev/null && command -v espeak-ng >/dev/null; then \
+	@if $(PY) -c "import pesq" 2>/dev/null && { command -v espeak-ng || command -v flite; } >/dev/null; then \
 	  $(PY) bench/pesq_speech.py; \
-	else echo "pesq_speech.py skipped: needs '$(PIP) install pesq' and espeak-ng"; fi
+	else echo "pesq_speech.py skipped: needs '$(PIP) install pesq' and espeak-ng or flite (apt-get)"; fi
 
 # --- cleanup -----------------------------------------------------------------
 

@@ -1,24 +1,37 @@
 """
-Speech quality of the media path: PESQ (ITU-T P.862, narrowband, MOS-LQO)
-of a speech sample sent through the gateway's audio processing and back.
+Speech quality of the media path: PESQ (ITU-T P.862, MOS-LQO) of speech sent
+through the gateway's audio processing and back.
 
-The sample is synthesised with espeak-ng (apt-get install espeak-ng) and
-resampled to 8 kHz as the reference. Paths, each a SIP -> browser -> SIP
-round trip:
+PESQ of a codec depends a lot on the talker: G.711 alone scores from about 3.1
+to 4.5 on the synthetic voices available here. So every path is measured on
+several samples (espeak-ng and the flite voices that are installed:
+apt-get install espeak-ng flite), each resampled to 8 kHz (16 kHz for the
+wideband paths) and set to an active level of -26 dBov, and two figures are
+printed per path:
 
-0. the rtc resampler alone, 8k -> 48k -> 8k;
-1. G.711 u-law alone (encode, decode): the codec's own ceiling, and twice
-   in tandem: a round trip through a gateway encodes twice (PBX -> us,
-   us -> PBX);
-2. G.711 + the rtc resampler both ways (8k -> 48k -> 8k), as when the
-   browser leg is at 48 kHz (two G.711 encodings);
-3. 2. with Opus in the middle as aiortc sends and receives it (48 kHz
-   stereo, 96 kb/s): the transcoded call;
-4. live: two RtpLegs on loopback (PCMU, jitter buffer at its minimum),
-   speech written paced into one and read from the other.
+- "vs original": reference = the sample before any coding. Bounded by the
+  SIP side's own codec (the "G.711 once" row), which the gateway cannot change.
+- "vs as sent": reference = the sample as the SIP peer sends it (decoded
+  G.711/G.722). This is what the gateway adds: a relayed payload scores as
+  the codec itself, a transcoded path loses what Opus and the second encoding
+  lose.
+
+Paths (SIP -> gateway -> browser -> gateway -> SIP, the browser returning the
+packets it gets):
+
+- G.711 once: the codec's ceiling. Pass-through calls (the browser also
+  negotiated PCMU/PCMA) relay the payload bytes unchanged, so their round
+  trip is exactly this (tests/rtc/test_passthrough.py proves no frame is
+  decoded or encoded).
+- G.711 -> Opus 8 kHz -> G.711: the transcoded call as the gateway runs it
+  (rtc.opus fed at 8 kHz, no resampler), at 32 kb/s and 64 kb/s.
+- older pipelines kept for comparison: resampler 8k->48k->8k alone, G.711 with
+  the resampler, and with Opus 48 kHz in the middle.
+- live: two RtpLegs on loopback (PCMU, jitter buffer at its minimum).
+- wideband (PESQ-WB): G.722 once, and G.722 -> Opus 16 kHz -> G.722.
 
     .venv/bin/pip install pesq   # builds from C source
-    .venv/bin/python bench/pesq_speech.py
+    .venv/bin/python bench/pesq_speech.py [--quick]
 """
 
 import asyncio
@@ -42,26 +55,47 @@ TEXT = (
 Pcm = npt.NDArray[np.int16]
 
 
-def speech_8k() -> Pcm:
+ACTIVE_LEVEL_DBOV = -26.0
+
+
+def speech_samples(rate: int) -> list[tuple[str, Pcm]]:
+    """(name, int16 PCM at `rate`) for every speech synthesiser and voice installed."""
+    commands: list[tuple[str, list[str]]] = []
+    if shutil.which("espeak-ng"):
+        commands.append(("espeak-ng en-us", ["espeak-ng", "-v", "en-us", "-s", "150", "-w"]))
+    if shutil.which("flite"):
+        for voice in ("kal16", "awb", "rms", "slt"):
+            commands.append((f"flite {voice}", ["flite", "-voice", voice, "-t", TEXT, "-o"]))
+    if not commands:
+        sys.exit("no speech synthesiser: apt-get install espeak-ng flite")
+    samples = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, command in commands:
+            path = os.path.join(tmp, "speech.wav")
+            args = [*command, path] + ([TEXT] if command[0] == "espeak-ng" else [])
+            subprocess.run(args, check=True, capture_output=True)
+            samples.append((name, _load(path, rate)))
+    return samples
+
+
+def _load(path: str, rate: int) -> Pcm:
     import av
 
-    if shutil.which("espeak-ng") is None:
-        sys.exit("espeak-ng is not installed (apt-get install espeak-ng)")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "speech.wav")
-        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", path, TEXT], check=True)
-        with wave.open(path) as w:
-            rate = w.getframerate()
-            data = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+    with wave.open(path) as w:
+        source_rate = w.getframerate()
+        data = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
     frame = av.AudioFrame.from_ndarray(data.reshape(1, -1), format="s16", layout="mono")
-    frame.sample_rate = rate
-    resampler = av.AudioResampler(format="s16", layout="mono", rate=8000)
+    frame.sample_rate = source_rate
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=rate)
     out = [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
     out += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
-    pcm = np.concatenate(out).astype(np.int16)
-    # -26 dBov-ish active level, 160-sample frames
-    pcm = pcm[: len(pcm) - len(pcm) % 160]
-    return pcm
+    pcm = np.concatenate(out).astype(np.float64)
+    # active level (samples above -50 dBFS) to -26 dBov, as P.862 expects
+    active = pcm[np.abs(pcm) > 32767 * 10 ** (-50 / 20)]
+    gain = 32767 * 10 ** (ACTIVE_LEVEL_DBOV / 20) / float(np.sqrt(np.mean(active**2)))
+    pcm = np.clip(np.rint(pcm * gain), -32768, 32767).astype(np.int16)
+    size = rate // 50
+    return pcm[: len(pcm) - len(pcm) % size]
 
 
 def frames(pcm: Pcm, n: int) -> list[Pcm]:
@@ -132,6 +166,27 @@ def opus_8k(pcm: Pcm, bit_rate: int = 32000) -> Pcm:
     )
 
 
+def g722(pcm: Pcm) -> Pcm:
+    from rtc.g722 import G722Decoder, G722Encoder
+
+    encoder, decoder = G722Encoder(), G722Decoder()
+    return np.concatenate([decoder(encoder(f)) for f in frames(pcm, 320)])
+
+
+def opus_16k(pcm: Pcm, bit_rate: int = 32000) -> Pcm:
+    """G.722 -> rtc.opus at 16 kHz -> G.722: the transcoded wideband call."""
+    from rtc.g722 import G722Decoder, G722Encoder
+    from rtc.opus import OpusDecoder, OpusEncoder
+
+    first, second = (G722Encoder(), G722Decoder()), (G722Encoder(), G722Decoder())
+    encoder, decoder = OpusEncoder(16000, bit_rate), OpusDecoder(16000)
+    out = []
+    for f in frames(pcm, 320):
+        sent = first[1](first[0](f))
+        out.append(second[1](second[0](decoder.decode(encoder.encode(sent)))))
+    return np.concatenate(out)
+
+
 async def live_rtp(pcm: Pcm) -> Pcm:
     from rtc.rtpleg import RtpLeg
 
@@ -161,38 +216,64 @@ async def live_rtp(pcm: Pcm) -> Pcm:
         await b.close()
 
 
+def score(rate: int, ref: Pcm, degraded: Pcm) -> float:
+    from pesq import pesq
+
+    # PESQ aligns delays itself; give both the same length
+    n = max(len(ref), len(degraded))
+    a = np.zeros(n, np.float64)
+    b = np.zeros(n, np.float64)
+    a[: len(ref)] = ref
+    b[: len(degraded)] = degraded
+    return float(pesq(rate, a, b, "nb" if rate == 8000 else "wb"))
+
+
 def main() -> None:
     try:
-        from pesq import pesq
+        import pesq  # noqa: F401
     except ImportError:
         sys.exit("the pesq package is not installed (.venv/bin/pip install pesq)")
-    ref = speech_8k()
-    print(f"reference: espeak-ng, {len(ref) / 8000:.1f} s at 8 kHz")
+    quick = "--quick" in sys.argv
     from rtc.resample import Resampler
 
-    up, down = Resampler(8000, 48000), Resampler(48000, 8000)
-    only_resampler = np.concatenate([down.process(up.process(f)) for f in frames(ref, 160)])
-    paths = [
-        ("resampler alone 8k->48k->8k", only_resampler),
-        ("G.711 u-law alone (one encoding)", g711(ref)),
-        ("G.711 u-law twice (tandem, no resampling)", g711(g711(ref))),
-        ("G.711 + resampler 8k->48k->8k", resampled(ref, opus=False)),
-        ("G.711 + resampler + Opus 48k (transcoded call)", resampled(ref, opus=True)),
-        ("G.711 + Opus at 8 kHz 32 kb/s + G.711 (no resampler)", opus_8k(ref)),
-        ("live RtpLeg -> RtpLeg (PCMU, jitter buffer)", asyncio.run(live_rtp(ref))),
+    def only_resampler(ref: Pcm) -> Pcm:
+        up, down = Resampler(8000, 48000), Resampler(48000, 8000)
+        return np.concatenate([down.process(up.process(f)) for f in frames(ref, 160)])
+
+    narrow: list[tuple[str, object]] = [
+        ("G.711 u-law once (= pass-through round trip)", g711),
+        ("G.711 -> Opus 8 kHz 32 kb/s -> G.711 (transcoded)", opus_8k),
+        ("G.711 -> Opus 8 kHz 64 kb/s -> G.711", lambda r: opus_8k(r, 64000)),
     ]
-    for name, degraded in paths:
-        n = min(len(ref), len(degraded))
-        # PESQ aligns delays itself; pad the shorter one
-        deg = np.zeros(len(ref), dtype=np.int16)
-        deg[: min(n, len(degraded))] = degraded[:n]
-        if len(degraded) > len(ref):
-            deg = degraded[: len(ref) + 4000]
-            ref_cmp = np.concatenate((ref, np.zeros(len(deg) - len(ref), np.int16)))
-        else:
-            ref_cmp = ref
-        score = pesq(8000, ref_cmp.astype(np.float64), deg.astype(np.float64), "nb")
-        print(f"{name:50s} PESQ-NB MOS-LQO {score:.2f}")
+    if not quick:
+        narrow += [
+            ("G.711 u-law twice (tandem)", lambda r: g711(g711(r))),
+            ("resampler alone 8k->48k->8k", only_resampler),
+            ("G.711 + resampler 8k->48k->8k (old path)", lambda r: resampled(r, opus=False)),
+            ("G.711 + resampler + Opus 48k (old path)", lambda r: resampled(r, opus=True)),
+            ("live RtpLeg -> RtpLeg (PCMU, jitter buffer)", lambda r: asyncio.run(live_rtp(r))),
+        ]
+    wide: list[tuple[str, object]] = [
+        ("G.722 once (= pass-through round trip)", g722),
+        ("G.722 -> Opus 16 kHz 32 kb/s -> G.722 (transcoded)", opus_16k),
+    ]
+    for rate, paths, sent_by in ((8000, narrow, g711), (16000, wide, g722)):
+        samples = speech_samples(rate)
+        names = [name for name, _ in samples]
+        kind = "PESQ-NB" if rate == 8000 else "PESQ-WB"
+        print(f"\n{kind} MOS-LQO, samples at {rate} Hz: " + ", ".join(names))
+        print(f"{'path':52s} {'vs original':>22s} {'vs as sent':>22s}")
+        for label, fn in paths:
+            original, as_sent = [], []
+            for _, ref in samples:
+                degraded = fn(ref)  # type: ignore[operator]
+                original.append(score(rate, ref, degraded))
+                as_sent.append(score(rate, sent_by(ref), degraded))
+            print(f"{label:52s} {_summary(original):>22s} {_summary(as_sent):>22s}")
+
+
+def _summary(values: list[float]) -> str:
+    return f"{np.mean(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 if __name__ == "__main__":

@@ -219,8 +219,8 @@ async def test_inband_dtmf_detected_over_g722() -> None:
         offer = a.create_offer().replace(b" 101\r\n", b"\r\n")
         a.apply_answer(b.create_answer(offer))
         assert a.dtmf_mode == "inband"
-        a.send_dtmf("159#", duration_ms=60)
-        await wait_for(lambda: len(received) >= 4, 5)
+        a.send_dtmf("159#", duration_ms=100)  # a browser's tone length: robust under load
+        await wait_for(lambda: len(received) >= 4, 10)
         await asyncio.sleep(0.2)
         assert "".join(received) == "159#"
     finally:

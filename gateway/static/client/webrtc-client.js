@@ -1141,6 +1141,8 @@ export class WebRtcCall {
   #offerWaiters = [];
   #answering = false;
   #muted = false;
+  #pendingDigits = ""; // sent while the media path was still connecting
+  #digitWait = null;
   #videoActive = false;
   #pendingRequest = null;
   #chain = Promise.resolve();
@@ -1319,7 +1321,11 @@ export class WebRtcCall {
     this.#request("transfer", { action: "transfer", transferIdentifier: transferCall.identifier });
   }
 
-  /** Send one DTMF digit (0-9, *, #, A-D) as RFC 4733 events. True when queued. */
+  /**
+   * Send one DTMF digit (0-9, *, #, A-D) as RFC 4733 events. True when queued: digits
+   * sent right after CONNECTED, before the browser's media path is up, are kept and
+   * sent in order once it is.
+   */
   sendDigit(digit) {
     const d = String(digit ?? "");
     if (!DTMF_RE.test(d)) {
@@ -1331,13 +1337,49 @@ export class WebRtcCall {
       return false;
     }
     const sender = this.#pc.getSenders().find((s) => s.track?.kind === "audio" && s.dtmf);
-    if (!sender || !sender.dtmf.canInsertDTMF) {
+    if (!sender) {
       warn("DTMF not negotiated");
       return false;
+    }
+    if (!sender.dtmf.canInsertDTMF || this.#pendingDigits) {
+      // The call is CONNECTED as soon as the far end answers; the browser's DTLS may
+      // still be a moment away, and RTCDTMFSender refuses digits until then. Keep them.
+      if (this.#pc.connectionState === "connected" && !sender.dtmf.canInsertDTMF) {
+        warn("DTMF not negotiated");
+        return false;
+      }
+      this.#pendingDigits += d.toUpperCase();
+      this.#sendPendingDigits(sender);
+      return true;
     }
     // Appending keeps digits sent in quick succession in order.
     sender.dtmf.insertDTMF(sender.dtmf.toneBuffer + d.toUpperCase(), 100, 70);
     return true;
+  }
+
+  /** Hand the kept digits to RTCDTMFSender once it takes them (up to 10 s), in order. */
+  #sendPendingDigits(sender) {
+    if (this.#digitWait) return;
+    const pc = this.#pc;
+    const deadline = Date.now() + 10000;
+    const tick = () => {
+      this.#digitWait = null;
+      if (this.#pc !== pc || this.#state !== CALL_STATES.CONNECTED) {
+        this.#pendingDigits = "";
+        return;
+      }
+      if (sender.dtmf.canInsertDTMF) {
+        const digits = this.#pendingDigits;
+        this.#pendingDigits = "";
+        sender.dtmf.insertDTMF(sender.dtmf.toneBuffer + digits, 100, 70);
+      } else if (Date.now() > deadline || ["failed", "closed"].includes(pc.connectionState)) {
+        warn("DTMF not sent, the media path did not come up:", this.#pendingDigits);
+        this.#pendingDigits = "";
+      } else {
+        this.#digitWait = setTimeout(tick, 50);
+      }
+    };
+    this.#digitWait = setTimeout(tick, 50);
   }
 
   /** Extension: mute or unmute the microphone for this call. */

@@ -343,6 +343,15 @@ class Core:
         if not pbx.per_user_registration or self.ua is None or pbx.uri is None:
             return
         if user is None or not user.password:
+            logger.warning(
+                "%s is not registered at the PBX ([pbx] per_user_registration): %s",
+                reg.number,
+                "no directory user"
+                if user is None
+                else "only HA1 values are stored for it"
+                if user.ha1_only
+                else "the directory has no password for it",
+            )
             return
         host = URI.parse(pbx.uri)
         aor = str(URI(scheme="sip", host=host.host, port=host.port, user=reg.number))

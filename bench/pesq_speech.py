@@ -151,13 +151,13 @@ def resampled(pcm: Pcm, opus: bool) -> Pcm:
     return np.concatenate(out)
 
 
-def opus_8k(pcm: Pcm, bit_rate: int = 32000) -> Pcm:
+def opus_8k(pcm: Pcm, bit_rate: int = 32000, complexity: int = 5) -> Pcm:
     """The gateway's G.711 <-> Opus path since issue 4: u-law, then rtc.opus at 8 kHz
     (as the WebRTC leg encodes and the browser decodes), then u-law again; no resampler."""
     from rtc.g711 import ulaw_decode, ulaw_encode
     from rtc.opus import OpusDecoder, OpusEncoder
 
-    encoder, decoder = OpusEncoder(8000, bit_rate), OpusDecoder(8000)
+    encoder, decoder = OpusEncoder(8000, bit_rate, complexity), OpusDecoder(8000)
     return np.concatenate(
         [
             ulaw_decode(ulaw_encode(decoder.decode(encoder.encode(ulaw_decode(ulaw_encode(f))))))
@@ -242,8 +242,9 @@ def main() -> None:
 
     narrow: list[tuple[str, object]] = [
         ("G.711 u-law once (= pass-through round trip)", g711),
-        ("G.711 -> Opus 8 kHz 32 kb/s -> G.711 (transcoded)", opus_8k),
+        ("G.711 -> Opus 8 kHz 32 kb/s complexity 5 -> G.711", opus_8k),
         ("G.711 -> Opus 8 kHz 64 kb/s -> G.711", lambda r: opus_8k(r, 64000)),
+        ("G.711 -> Opus 8 kHz 32 kb/s complexity 0 -> G.711", lambda r: opus_8k(r, 32000, 0)),
     ]
     if not quick:
         narrow += [

@@ -117,13 +117,13 @@ def resampled(pcm: Pcm, opus: bool) -> Pcm:
     return np.concatenate(out)
 
 
-def opus_8k(pcm: Pcm, bit_rate: int = 32000) -> Pcm:
+def opus_8k(pcm: Pcm, bit_rate: int = 32000, complexity: int = 5) -> Pcm:
     """The gateway's G.711 <-> Opus path since issue 4: u-law, then rtc.opus at 8 kHz
     (as the WebRTC leg encodes and the browser decodes), then u-law again; no resampler."""
     from rtc.g711 import ulaw_decode, ulaw_encode
     from rtc.opus import OpusDecoder, OpusEncoder
 
-    encoder, decoder = OpusEncoder(8000, bit_rate), OpusDecoder(8000)
+    encoder, decoder = OpusEncoder(8000, bit_rate, complexity), OpusDecoder(8000)
     return np.concatenate(
         [
             ulaw_decode(ulaw_encode(decoder.decode(encoder.encode(ulaw_decode(ulaw_encode(f))))))

@@ -124,7 +124,7 @@ RECEIVE_MAX_AGE = 0.1
 PREFERRED_CODECS = ("audio/opus", "audio/PCMU", "audio/PCMA", TELEPHONE_EVENT)
 # our Opus encoder toward the browser (rtc.opus)
 OPUS_BIT_RATE = 32000
-OPUS_COMPLEXITY = 5
+OPUS_COMPLEXITY = 0
 
 # the direct audio path (see WebRtcLeg): codecs whose packets it handles itself
 DIRECT_CODECS = ("audio/opus", "audio/pcmu", "audio/pcma", TELEPHONE_EVENT)

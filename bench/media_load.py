@@ -27,6 +27,7 @@ on both sides. Figures per N:
     .venv/bin/python bench/media_load.py --calls 20,60,100 [--seconds 10]
     .venv/bin/python bench/media_load.py --calls 1 --latency
     .venv/bin/python bench/media_load.py --calls 50,100 --browser-codec pcmu
+    .venv/bin/python bench/media_load.py --calls 16,32 --gateway-uvloop
 
 ``--browser-codec pcmu``: the WebRTC peers send and accept PCMU only, so both
 legs of each call send PCMU and the gateway relays payloads (pass-through);
@@ -261,7 +262,7 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
 
     loop = asyncio.get_running_loop()
     gateway_cmd = [sys.executable, os.path.abspath(__file__), "--role", "gateway"]
-    if args.uvloop:
+    if args.uvloop or args.gateway_uvloop:
         gateway_cmd.append("--uvloop")
     if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
         gateway_cmd = ["taskset", "-c", "0", *gateway_cmd]
@@ -484,6 +485,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--latency", action="store_true", help="also measure added latency")
     parser.add_argument("--uvloop", action="store_true", help="uvloop in both processes")
+    parser.add_argument(
+        "--gateway-uvloop",
+        action="store_true",
+        help="uvloop in the gateway process only (as gateway/cli.py runs it)",
+    )
     parser.add_argument("--json", action="store_true")
     parser.add_argument(
         "--browser-codec",
@@ -493,6 +499,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     loop_name = use_uvloop() if args.uvloop else "asyncio"
+    if args.gateway_uvloop and not args.uvloop:
+        loop_name = "uvloop in the gateway"
     if args.role == "gateway":
         profile = os.environ.get("BENCH_PROFILE")
         if profile:

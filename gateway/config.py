@@ -210,6 +210,8 @@ class MediaConfig:
     public_address: str | None = None  # the c= address when peers reach us through NAT
     codecs: tuple[str, ...] = ("PCMU", "PCMA")  # toward SIP, in order of preference
     srtp: str = "off"  # SDES-SRTP toward SIP: off | optional | mandatory
+    opus_complexity: int = 0  # libopus complexity of the Opus we send to browsers (0..10)
+    opus_bit_rate: int = 32000  # bit rate of the Opus we send to browsers (6000..510000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -819,7 +821,7 @@ def _media(data: Mapping[str, Any], source: str) -> MediaConfig:
         "media",
         (
             "rtp_host", "rtp_port_min", "rtp_port_max", "ringback", "timeout", "ice_servers",
-            "public_address", "codecs", "srtp",
+            "public_address", "codecs", "srtp", "opus_complexity", "opus_bit_rate",
         ),
     )
     rtp_host = t.string("rtp_host", "127.0.0.1")
@@ -860,6 +862,8 @@ def _media(data: Mapping[str, Any], source: str) -> MediaConfig:
     timeout = t.number("timeout", 30.0, -math.inf, 3600.0)
     if timeout < 0:
         raise t.error("timeout", f"must be 0 (never) or more, got {timeout:g}")
+    opus_complexity = t.integer("opus_complexity", 0, 0, 10)
+    opus_bit_rate = t.integer("opus_bit_rate", 32000, 6000, 510000)
     return MediaConfig(
         rtp_host=rtp_host,
         rtp_port_min=low,
@@ -870,6 +874,8 @@ def _media(data: Mapping[str, Any], source: str) -> MediaConfig:
         public_address=public_address,
         codecs=tuple(c.upper() for c in codecs),
         srtp=srtp,
+        opus_complexity=opus_complexity,
+        opus_bit_rate=opus_bit_rate,
     )
 
 

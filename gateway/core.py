@@ -1066,6 +1066,8 @@ class Core:
             on_failed=lambda: self._client_leg_failed(call, leg),
             on_dtmf=lambda digit: self._client_dtmf(call, digit),
             ice_servers=self._ice_servers,
+            opus_bit_rate=self.config.media.opus_bit_rate,
+            opus_complexity=self.config.media.opus_complexity,
         )
         return leg
 

@@ -14,15 +14,17 @@ switches by itself, frame by frame, with no action by the gateway.
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from .ports import (
     FRAME_MS,
     AudioPort,
     EncodedFrame,
+    MediaItem,
     PassThroughPort,
     PortClosed,
+    PushPort,
     RateFollowingPort,
 )
 from .resample import Resampler
@@ -112,6 +114,90 @@ async def _relay_passing(source: PassThroughPort, sink: PassThroughPort) -> None
             source.set_passthrough(None)
 
 
+class PushRelay:
+    """
+    What ``relay()`` does, without a task: installed as the source's listener
+    (rtc.ports.PushPort), each frame the source receives is written to the
+    sink in the call that produced it (the source's datagram callback or
+    playout timer), passed through undecoded where both are PassThroughPorts
+    and the sink sends the codec, else decoded, resampled where the rates
+    differ, written.
+    """
+
+    def __init__(self, source: PushPort, sink: AudioPort) -> None:
+        self.source = source
+        self.sink = sink
+        self._resampler: Resampler | None = None
+        self._passing: bool | None = None  # what the last frame did, to log each change once
+        self._wants: Callable[[str], bool] | None = None
+        if isinstance(source, PassThroughPort) and isinstance(sink, PassThroughPort):
+            passing_sink = sink
+
+            def wants(codec: str) -> bool:
+                return passing_sink.send_codec == codec
+
+            self._wants = wants
+            source.set_passthrough(wants)
+        source.set_listener(self)
+
+    def stop(self) -> None:
+        source = self.source
+        if source.listener is self:
+            source.set_listener(None)
+        # unless a newer relay from this source took over meanwhile
+        if (
+            self._wants is not None
+            and isinstance(source, PassThroughPort)
+            and source.passthrough is self._wants
+        ):
+            source.set_passthrough(None)
+
+    def __call__(self, item: MediaItem) -> None:
+        source, sink = self.source, self.sink
+        try:
+            if isinstance(item, EncodedFrame):
+                if isinstance(sink, PassThroughPort) and sink.send_codec == item.codec:
+                    self._mode(True)
+                    sink.write_encoded(item)
+                    return
+                # the sink's codec changed since the source received it
+                assert isinstance(source, PassThroughPort)
+                frame = source.decode_frame(item)
+            else:
+                frame = item
+            if self._wants is not None:
+                self._mode(False)
+            if source.sample_rate != sink.sample_rate:
+                resampler = self._resampler
+                if (
+                    resampler is None
+                    or resampler.in_rate != source.sample_rate
+                    or resampler.out_rate != sink.sample_rate
+                ):
+                    resampler = self._resampler = Resampler(source.sample_rate, sink.sample_rate)
+                frame = resampler.process(frame)
+            sink.write(frame)
+        except PortClosed:
+            self.stop()
+        except Exception:
+            # in the source's receive path: one bad frame must not stop it
+            logger.exception("relaying a frame failed")
+
+    def _mode(self, now: bool) -> None:
+        if now != self._passing:
+            self._passing = now
+            logger.info(
+                "%s -> %s: %s",
+                type(self.source).__name__,
+                type(self.sink).__name__,
+                (
+                    f"{getattr(self.sink, 'send_codec', None)} payloads relayed undecoded"
+                    if now
+                    else "transcoding"
+                ),
+            )
+
+
 async def play_ringback(client: AudioPort, country: str) -> None:
     generator = RingbackGenerator(country, client.sample_rate)
     loop = asyncio.get_running_loop()
@@ -158,6 +244,14 @@ class MediaBridge:
         self.client = client
         self.far: AudioPort | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # directions relayed without a task (PushPort sources), and drained ports
+        self._relays: list[PushRelay] = []
+        self._drained: list[PushPort] = []
+
+        def discard(item: MediaItem) -> None:
+            pass
+
+        self._discard: Callable[[MediaItem], None] = discard  # this bridge's drain
         self._held = False
         self._video_legs: tuple[WebRtcLeg, WebRtcLeg | RtpVideo] | None = None
         self._video: VideoLink | None = None
@@ -185,7 +279,7 @@ class MediaBridge:
         self._unlink_video()
 
     def _sync_video(self) -> None:
-        relaying = self.far is not None and bool(self._tasks) and not self._held
+        relaying = self.far is not None and self._running and not self._held
         if self._video_legs is None or not relaying:
             self._unlink_video()
         elif self._video is None:
@@ -210,7 +304,8 @@ class MediaBridge:
             return
         self._cancel_tasks()
         self._held = True
-        self._start(drain(self.client), drain(self.far))
+        self._drain(self.client)
+        self._drain(self.far)
         self._sync_video()
 
     def resume(self) -> None:
@@ -220,7 +315,8 @@ class MediaBridge:
         self._cancel_tasks()
         self._held = False
         self._follow_rate(self.far)
-        self._start(relay(self.far, self.client), relay(self.client, self.far))
+        self._relay(self.far, self.client)
+        self._relay(self.client, self.far)
         self._sync_video()
 
     def ringback(self, country: str = "us") -> None:
@@ -230,7 +326,8 @@ class MediaBridge:
         self._cancel_tasks()
         self.far = None
         self._held = False
-        self._start(play_ringback(self.client, country), drain(self.client))
+        self._start(play_ringback(self.client, country))
+        self._drain(self.client)
         self._sync_video()
 
     def connect(self, far: AudioPort) -> None:
@@ -239,7 +336,7 @@ class MediaBridge:
         follow the far port's rate (the WebRTC leg) is set to it first, so
         nothing resamples; otherwise the relays resample where rates differ.
         """
-        if far is self.far and self._tasks and not self._held:
+        if far is self.far and self._running and not self._held:
             return
         self._cancel_tasks()
         self._follow_rate(far)
@@ -247,7 +344,8 @@ class MediaBridge:
             self.disconnect_video()  # another far party: its video is not linked
         self.far = far
         self._held = False
-        self._start(relay(far, self.client), relay(self.client, far))
+        self._relay(far, self.client)
+        self._relay(self.client, far)
         self._sync_video()
 
     def disconnect(self) -> None:
@@ -273,11 +371,36 @@ class MediaBridge:
         self.disconnect_video()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    @property
+    def _running(self) -> bool:
+        return bool(self._tasks or self._relays or self._drained)
+
     def _start(self, *coros: Coroutine[Any, Any, None]) -> None:
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(coro) for coro in coros]
+        self._tasks += [loop.create_task(coro) for coro in coros]
+
+    def _relay(self, source: AudioPort, sink: AudioPort) -> None:
+        """Relay one direction: pushed by the source where it can, else a task."""
+        if isinstance(source, PushPort):
+            self._relays.append(PushRelay(source, sink))
+        else:
+            self._start(relay(source, sink))
+
+    def _drain(self, port: AudioPort) -> None:
+        if isinstance(port, PushPort):
+            port.set_listener(self._discard)
+            self._drained.append(port)
+        else:
+            self._start(drain(port))
 
     def _cancel_tasks(self) -> list[asyncio.Task[None]]:
+        relays, self._relays = self._relays, []
+        for push in relays:
+            push.stop()
+        drained, self._drained = self._drained, []
+        for port in drained:
+            if port.listener is self._discard:
+                port.set_listener(None)
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()

@@ -31,6 +31,7 @@ __all__ = [
     "PassThroughPort",
     "PlayoutQueue",
     "PortClosed",
+    "PushPort",
     "RateFollowingPort",
     "frame_samples",
 ]
@@ -112,6 +113,28 @@ class _ItemQueue(Generic[T]):
         self._max_age = max_age
         self._waiters: list[asyncio.Future[None]] = []
         self._closed = False
+        self._listener: Callable[[T], None] | None = None
+
+    @property
+    def listener(self) -> Callable[[T], None] | None:
+        return self._listener
+
+    def set_listener(self, listener: Callable[[T], None] | None) -> None:
+        """
+        Hand each frame put from now on to ``listener(frame)`` at once, in
+        the producer's call, instead of queueing it for get() (None: queue
+        again). Frames queued before are handed over first, unless older than
+        ``max_age``.
+        """
+        self._listener = listener
+        if listener is None or self._closed:
+            return
+        if self._max_age is not None:
+            oldest = asyncio.get_running_loop().time() - self._max_age
+            while self._frames and self._frames[0][0] < oldest:
+                self._frames.popleft()
+        while self._frames and self._listener is listener:
+            listener(self._frames.popleft()[1])
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -122,6 +145,10 @@ class _ItemQueue(Generic[T]):
 
     def put(self, frame: T) -> None:
         if self._closed:
+            return
+        listener = self._listener
+        if listener is not None:
+            listener(frame)
             return
         now = asyncio.get_running_loop().time() if self._max_age is not None else 0.0
         self._frames.append((now, frame))
@@ -151,6 +178,7 @@ class _ItemQueue(Generic[T]):
 
     def close(self) -> None:
         self._closed = True
+        self._listener = None
         self._frames.clear()
         self._wake()
 
@@ -166,6 +194,23 @@ class FrameQueue(_ItemQueue[Frame]):
 
 class MediaQueue(_ItemQueue[MediaItem]):
     """A FrameQueue that may also hold EncodedFrames (a leg in pass-through)."""
+
+
+@runtime_checkable
+class PushPort(AudioPort, Protocol):
+    """
+    A port that can hand what it receives to a listener as it arrives (in the
+    call that produced it: a datagram callback, a playout timer) instead of
+    queueing it for ``read()``. MediaBridge relays this way, with no task per
+    direction. ``set_listener(listener)``: from now on received frames (and
+    EncodedFrames of pass-through) go to ``listener(item)``; None: queued
+    again for read().
+    """
+
+    @property
+    def listener(self) -> Callable[[MediaItem], None] | None: ...
+
+    def set_listener(self, listener: Callable[[MediaItem], None] | None) -> None: ...
 
 
 @runtime_checkable

@@ -532,6 +532,14 @@ class RtpLeg(AudioPort):
     async def read_any(self) -> MediaItem:
         return await self._queue.get()
 
+    @property
+    def listener(self) -> Callable[[MediaItem], None] | None:
+        return self._queue.listener
+
+    def set_listener(self, listener: Callable[[MediaItem], None] | None) -> None:
+        """Received frames go to ``listener`` as they come (rtc.ports.PushPort)."""
+        self._queue.set_listener(listener)
+
     def decode_frame(self, frame: EncodedFrame) -> npt.NDArray[np.int16]:
         codec = CODECS[frame.codec.upper()]
         decoder = self._frame_decoders.get(frame.codec)

@@ -133,11 +133,24 @@ class TransceiverDtmf:
             for c in self._transceiver._codecs
         ):
             if self._transceiver.receiver._enabled:
-                digit = self._receiver.feed(packet.ssrc, packet.timestamp, packet.payload)
-                if digit is not None and self.on_dtmf is not None:
-                    self.on_dtmf(digit)
+                self.receive_event(packet.ssrc, packet.timestamp, packet.payload)
             return
         await self._handle_rtp(packet, arrival_time_ms)
+
+    def receive_event(self, ssrc: int, timestamp: int, payload: bytes) -> None:
+        """A received telephone-event payload (the leg's direct receive path calls this)."""
+        digit = self._receiver.feed(ssrc, timestamp, payload)
+        if digit is not None and self.on_dtmf is not None:
+            self.on_dtmf(digit)
+
+    @property
+    def sending(self) -> bool:
+        """True while digits are queued: outgoing audio packets go through ``replace()``."""
+        return bool(self._digits)
+
+    def replace(self, data: bytes) -> bytes:
+        """An outgoing RTP packet (plain), replaced by an event packet while digits play."""
+        return self._replace(data) if self._digits else data
 
     # sending
 

@@ -40,12 +40,18 @@ VideoLink forwards one leg's video to another.
 import asyncio
 import fractions
 import logging
+import random
+import struct
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import av
 import numpy as np
 import numpy.typing as npt
+import pylibsrtp
+from aioice.ice import StunProtocol
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
@@ -59,6 +65,8 @@ from aiortc import rtp as aiortc_rtp
 from aiortc.jitterbuffer import JitterBuffer as AiortcJitterBuffer
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
+from aiortc.rtcdtlstransport import State as DtlsState
+from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import RtpPacket as AiortcRtpPacket
 from aiortc.sdp import candidate_from_sdp
 from av import AudioFrame
@@ -116,9 +124,30 @@ RECEIVE_MAX_AGE = 0.1
 PREFERRED_CODECS = ("audio/opus", "audio/PCMU", "audio/PCMA", TELEPHONE_EVENT)
 # our Opus encoder toward the browser (rtc.opus)
 OPUS_BIT_RATE = 32000
-OPUS_COMPLEXITY = 5
+OPUS_COMPLEXITY = 0
+
+# the direct audio path (see WebRtcLeg): codecs whose packets it handles itself
+DIRECT_CODECS = ("audio/opus", "audio/pcmu", "audio/pcma", TELEPHONE_EVENT)
+RTP_HEADER = struct.Struct("!BBHII")
+EXTENSION_HEADER = struct.Struct("!HH")
+NTP_OFFSET = 2208988800  # 1900 -> 1970, seconds
 
 register_telephone_event()
+
+
+class DirectPacket:
+    """The fields of a received RTP packet the direct path needs (no aiortc RtpPacket)."""
+
+    __slots__ = ("payload", "payload_type", "sequence_number", "ssrc", "timestamp")
+
+    def __init__(
+        self, payload_type: int, sequence_number: int, timestamp: int, ssrc: int, payload: bytes
+    ) -> None:
+        self.payload_type = payload_type
+        self.sequence_number = sequence_number
+        self.timestamp = timestamp
+        self.ssrc = ssrc
+        self.payload = payload
 
 
 def audio_level_dbov(frame: AudioFrame) -> int:
@@ -207,6 +236,10 @@ class OutgoingAudioTrack(MediaStreamTrack):
         self.relayed = 0
         self._relaying = False  # the last packet was an EncodedFrame as received
         self._gap = 0  # ticks left empty since
+        self._talkspurt = True  # the next packet starts a talk spurt (RTP marker)
+        # ``direct(payload, pts, marker)``: the leg sends the packet itself
+        # (True), or leaves it to aiortc's sender (False)
+        self.direct: Callable[[bytes, int, bool], bool] | None = None
 
     def set_sample_rate(self, rate: int) -> None:
         """Frames written from now on are at ``rate`` (the encoders start afresh)."""
@@ -225,20 +258,32 @@ class OutgoingAudioTrack(MediaStreamTrack):
             pts = self._pts
             self._pts += PTS_PER_FRAME
             mime = (self._codec() or "").lower()
+            payload: bytes | None = None
             if isinstance(item, EncodedFrame):
                 if mime == f"audio/{item.codec}":
                     self.relayed += 1
                     self._relaying = True
                     self._gap = 0
-                    return self._packet(item.payload, pts)
-                item = None  # the codec changed under the relay: this frame is lost
+                    payload = item.payload
+                else:
+                    item = None  # the codec changed under the relay: this frame is lost
             elif item is None and self._relaying and self._gap < MAX_GAP_TICKS:
                 # pass-through: nothing to relay this tick, a gap as DTX leaves
                 self._gap += 1
+                self._talkspurt = True
                 continue
-            self._gap = 0
-            self._relaying = False
-            return self._encode(item, mime, pts)
+            if payload is None:
+                self._gap = 0
+                self._relaying = False
+                samples = None if isinstance(item, EncodedFrame) else item
+                payload = self._encode_payload(samples, mime)
+                if payload is None:
+                    return self._frame(samples, pts)  # a codec aiortc encodes
+            marker, self._talkspurt = self._talkspurt, False
+            direct = self.direct
+            if direct is not None and direct(payload, pts, marker):
+                continue  # sent (or dropped, sender disabled) by the leg itself
+            return self._packet(payload, pts)
 
     @staticmethod
     def _packet(payload: bytes, pts: int) -> av.Packet:
@@ -247,9 +292,8 @@ class OutgoingAudioTrack(MediaStreamTrack):
         packet.time_base = TIME_BASE
         return packet
 
-    def _encode(
-        self, item: npt.NDArray[np.int16] | None, mime: str, pts: int
-    ) -> AudioFrame | av.Packet:
+    def _encode_payload(self, item: npt.NDArray[np.int16] | None, mime: str) -> bytes | None:
+        """Encode with our own codecs (Opus, G.711); None for a codec aiortc encodes."""
         rate = self.sample_rate
         samples = item
         if samples is None or len(samples) != len(self._silence):
@@ -267,8 +311,13 @@ class OutgoingAudioTrack(MediaStreamTrack):
             payload = G711_CODECS[mime][0](samples)
         if payload is not None:
             self.encoded += 1
-            return self._packet(payload, pts)
+        return payload
 
+    def _frame(self, item: npt.NDArray[np.int16] | None, pts: int) -> AudioFrame:
+        rate = self.sample_rate
+        samples = item
+        if samples is None or len(samples) != len(self._silence):
+            samples = self._silence
         # aiortc's encoders want stereo; letting its resampler up-mix
         # mono would cost 3 dB (centre mix level), so duplicate the channel here
         stereo = np.repeat(samples, 2).reshape(1, -1)
@@ -338,6 +387,17 @@ class WebRtcLeg(AudioPort):
         self._reader: asyncio.Task[None] | None = None
         self._video: WebRtcVideo | None = None
         self._video_listeners: list[Callable[[], None]] = []
+        # the direct audio path (see _hook_direct)
+        self._jitter: ImmediateAudioJitterBuffer | None = None
+        self._hooked: tuple[object, object] | None = None  # (ICE connection, DTLS transport)
+        self._rx_dtls: object | None = None
+        self._direct_pts: tuple[object, dict[int, str]] | None = None
+        self._tx_template: tuple[object, object, int, int, int, bytes] | None = None
+        self._tx_sequence = random.randint(0, 0xFFFF)
+        self._tx_origin = random.randint(0, 0xFFFFFFFF)
+        self.direct_received = 0  # audio/event packets taken by the direct path
+        self.direct_sent = 0  # packets sent by the direct path
+        self._track.direct = self._send_direct
 
         # No ICE servers unless configured: aiortc would otherwise ask a public STUN
         # server, which an on-premises gateway must not do behind its operator's back.
@@ -425,6 +485,14 @@ class WebRtcLeg(AudioPort):
     async def read_any(self) -> MediaItem:
         return await self._queue.get()
 
+    @property
+    def listener(self) -> Callable[[MediaItem], None] | None:
+        return self._queue.listener
+
+    def set_listener(self, listener: Callable[[MediaItem], None] | None) -> None:
+        """Received frames go to ``listener`` as they come (rtc.ports.PushPort)."""
+        self._queue.set_listener(listener)
+
     def decode_frame(self, frame: EncodedFrame) -> npt.NDArray[np.int16]:
         decoder = self._decoder(f"audio/{frame.codec}")
         if decoder is None:
@@ -467,6 +535,7 @@ class WebRtcLeg(AudioPort):
             self._ensure_video()
         await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         await self._pc.setLocalDescription(await self._pc.createAnswer())
+        self._hook_direct()
         self._video_negotiated()
         return self._pc.localDescription.sdp
 
@@ -484,6 +553,7 @@ class WebRtcLeg(AudioPort):
 
     async def accept_answer(self, sdp: str) -> None:
         await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        self._hook_direct()
         self._video_negotiated()
 
     async def add_ice_candidate(
@@ -645,10 +715,9 @@ class WebRtcLeg(AudioPort):
         self._transceiver = self._pc.addTransceiver(self._track, direction="sendrecv")
         # aiortc keeps the receiver's jitter buffer private (name-mangled)
         receiver = self._transceiver.receiver
+        self._jitter = ImmediateAudioJitterBuffer(self._decode_packet)
         if hasattr(receiver, "_RTCRtpReceiver__jitter_buffer"):
-            receiver._RTCRtpReceiver__jitter_buffer = ImmediateAudioJitterBuffer(
-                self._decode_packet
-            )
+            receiver._RTCRtpReceiver__jitter_buffer = self._jitter
         self._dtmf = TransceiverDtmf(self._transceiver, self._packet_received)
         self._dtmf.on_dtmf = self._dtmf_received
         capabilities = RTCRtpSender.getCapabilities("audio").codecs
@@ -659,6 +728,183 @@ class WebRtcLeg(AudioPort):
             if codec.mimeType.lower() == mime.lower()
         ]
         self._transceiver.setCodecPreferences(preferred)
+
+    # the direct audio path
+
+    def _hook_direct(self) -> None:
+        """
+        Take the audio RTP off the ICE connection before aiortc's DTLS
+        transport task does (after each negotiation: the transport may change).
+
+        Received: aioice's ``Connection.data_received`` is shadowed, so that an
+        SRTP packet (not SRTCP) whose clear-text payload type is our audio codec
+        or telephone-event is unprotected with the DTLS transport's SRTP session
+        and handled at once, in the datagram callback: no queue, no task, no
+        aiortc RtpPacket, no router. Everything else (DTLS, STUN answers' data,
+        RTCP, video, other payload types, anything before the DTLS handshake)
+        goes to aiortc's queue untouched. aiortc's receiver statistics (its
+        receiver reports and getStats) are fed the same way its receiver
+        would (StreamStatistics per SSRC), and the DTLS transport's counters
+        too, so stats() and the browser's view of our RR stay right.
+
+        Sent: see ``_send_direct``.
+        """
+        transceiver = self._transceiver
+        if transceiver is None or self._closed:
+            return
+        dtls = transceiver.receiver.transport
+        if dtls is None:
+            return
+        connection = dtls.transport._connection
+        if self._hooked is not None and self._hooked[0] is connection:
+            self._rx_dtls = dtls
+            return
+        original = connection.data_received
+        direct = self._receive_direct
+
+        def data_received(data: bytes, component: int) -> None:
+            if not direct(data):
+                original(data, component)
+
+        connection.data_received = data_received  # type: ignore[method-assign]
+        self._hooked = (connection, dtls)
+        self._rx_dtls = dtls
+
+    def _receive_direct(self, data: bytes) -> bool:
+        """Handle one received datagram here (True) or leave it to aiortc (False)."""
+        if len(data) < 12 or not 127 < data[0] < 192 or 191 < data[1] < 224:
+            return False  # not RTP (DTLS, STUN, RTCP)
+        transceiver = self._transceiver
+        dtls: Any = self._rx_dtls
+        if transceiver is None or dtls is None or self._closed:
+            return False
+        srtp = dtls._rx_srtp
+        if srtp is None:
+            return False
+        codecs = transceiver._codecs
+        pts = self._direct_pts
+        if pts is None or pts[0] is not codecs:
+            pts = self._direct_pts = (
+                codecs,
+                {
+                    c.payloadType: c.mimeType.lower()
+                    for c in codecs
+                    if c.payloadType is not None and c.mimeType.lower() in DIRECT_CODECS
+                },
+            )
+        mime = pts[1].get(data[1] & 0x7F)
+        if mime is None:
+            return False  # video, or a codec aiortc decodes
+        dtls._RTCDtlsTransport__rx_bytes += len(data)
+        dtls._RTCDtlsTransport__rx_packets += 1
+        try:
+            data = srtp.unprotect(data)
+        except pylibsrtp.Error:
+            return True  # aiortc drops these too
+        first, second, sequence_number, timestamp, ssrc = RTP_HEADER.unpack_from(data)
+        start = 12 + 4 * (first & 0x0F)
+        if first & 0x10:
+            if len(data) < start + 4:
+                return True
+            start += 4 + 4 * EXTENSION_HEADER.unpack_from(data, start)[1]
+        end = len(data)
+        if first & 0x20:
+            end -= data[-1]
+        if start > end:
+            return True
+        payload = data[start:end]
+        self.direct_received += 1
+        self.last_received = asyncio.get_running_loop().time()
+        receiver: Any = transceiver.receiver
+        if not receiver._enabled:
+            return True
+        if mime == TELEPHONE_EVENT:
+            if self._dtmf is not None:
+                self._dtmf.receive_event(ssrc, timestamp, payload)
+            return True
+        packet = DirectPacket(second & 0x7F, sequence_number, timestamp, ssrc, payload)
+        streams = receiver._RTCRtpReceiver__remote_streams
+        stream = streams.get(ssrc)
+        if stream is None:
+            clock_rate = next(c.clockRate for c in codecs if c.payloadType == packet.payload_type)
+            stream = streams[ssrc] = StreamStatistics(clock_rate)
+        stream.add(packet)
+        if self._jitter is not None:
+            self._jitter.add(packet)  # type: ignore[arg-type]
+        return True
+
+    def _send_direct(self, payload: bytes, pts: int, marker: bool) -> bool:
+        """
+        Send one audio payload toward the browser ourselves (True), as aiortc's
+        sender would, but synchronously: RTP header (the sender's SSRC, the
+        negotiated payload type, our own sequence number and timestamp, which
+        continue across renegotiations, the marker on a talk spurt's first
+        packet, the mid header extension aiortc sends), RFC 4733 events in
+        place of audio while digits play, SRTP with the DTLS transport's
+        session, and the datagram straight onto the nominated ICE pair's UDP
+        socket. The sender's counters and RTP/NTP timestamps, which its RTCP
+        sender reports carry, and the DTLS transport's are updated.
+
+        False (aiortc's sender then sends the packet) before DTLS is up, and
+        for a pair that is not plain UDP (TURN relays need aioice's async path).
+        """
+        transceiver = self._transceiver
+        if transceiver is None or self._closed:
+            return False
+        sender: Any = transceiver.sender
+        dtls = sender.transport
+        if dtls is None or dtls._state is not DtlsState.CONNECTED or dtls._tx_srtp is None:
+            return False
+        pair = dtls.transport._connection._nominated.get(1)
+        if pair is None or type(pair.protocol) is not StunProtocol:
+            return False
+        if not sender._enabled:
+            return True  # not sending (hold): dropped, as aiortc would
+        codecs = transceiver._codecs
+        template = self._tx_template
+        if template is None or template[0] is not codecs or template[1] is not sender:
+            codec = codecs[0]
+            assert codec.payloadType is not None
+            probe = AiortcRtpPacket(payload_type=codec.payloadType)
+            probe.extensions.mid = sender._RTCRtpSender__mid
+            raw = probe.serialize(sender._RTCRtpSender__rtp_header_extensions_map)
+            template = self._tx_template = (
+                codecs,
+                sender,
+                raw[0],
+                codec.payloadType,
+                codec.clockRate,
+                raw[12:],
+            )
+        _, _, first, payload_type, clock_rate, extension = template
+        timestamp = (self._tx_origin + pts * clock_rate // OPUS_CLOCK_RATE) & 0xFFFFFFFF
+        sequence_number = self._tx_sequence
+        self._tx_sequence = (sequence_number + 1) & 0xFFFF
+        data = (
+            RTP_HEADER.pack(
+                first,
+                payload_type | 0x80 if marker else payload_type,
+                sequence_number,
+                timestamp,
+                sender._ssrc,
+            )
+            + extension
+            + payload
+        )
+        dtmf = self._dtmf
+        if dtmf is not None and dtmf.sending:
+            data = dtmf.replace(data)
+            payload = b"" if len(data) < 4 else data[len(data) - 4 :]
+        protected = dtls._tx_srtp.protect(data)
+        pair.protocol.transport.sendto(protected, pair.remote_addr)
+        dtls._RTCDtlsTransport__tx_bytes += len(protected)
+        dtls._RTCDtlsTransport__tx_packets += 1
+        sender._RTCRtpSender__ntp_timestamp = int((time.time() + NTP_OFFSET) * (1 << 32))
+        sender._RTCRtpSender__rtp_timestamp = timestamp
+        sender._RTCRtpSender__octet_count += len(payload)
+        sender._RTCRtpSender__packet_count += 1
+        self.direct_sent += 1
+        return True
 
     def _decode_packet(self, packet: AiortcRtpPacket) -> bool:
         """Decode an Opus, PCMU or PCMA packet here (True), or leave it to aiortc (False)."""

@@ -151,6 +151,7 @@ def test_example_file_loads_and_documents_every_key() -> None:
         "auth": {"mode", "realm", "jwt"},
         "media": {
             "rtp_host", "rtp_port_min", "rtp_port_max", "ringback", "timeout", "codecs", "srtp",
+            "opus_complexity", "opus_bit_rate",
         },
         "calls": {
             "no_answer_timeout",
@@ -331,6 +332,8 @@ def test_explicitly_empty_directory() -> None:
         ({"sip": {"session_expires": 60}}, "[sip] session_expires", "at least min_se"),
         ({"media": {"codecs": ["silk"]}}, "[media] codecs", "PCMU, PCMA, G722, OPUS"),
         ({"media": {"srtp": "yes"}}, "[media] srtp", "must be one of"),
+        ({"media": {"opus_complexity": 11}}, "[media] opus_complexity", ""),
+        ({"media": {"opus_bit_rate": 1000}}, "[media] opus_bit_rate", ""),
         ({"pbx": {"dtmf": "2833"}}, "[pbx] dtmf",
          'must be one of auto | rfc4733 | info | inband, got "2833"'),
         ({"sip": {"dtmf": "INFO"}}, "[sip] dtmf", "must be one of"),

@@ -50,6 +50,9 @@ async def test_loopback_tone_both_ways() -> None:
             tail = received[-24000:]
             assert len(tail) == 24000
             assert dominant_frequency(tail, 48000) == pytest.approx(freq, abs=5)
+        # the audio went the direct way (no aiortc sender/receiver per packet)
+        for leg in (a, b):
+            assert leg.direct_sent > 50 and leg.direct_received > 50
     finally:
         await a.close()
         await b.close()
@@ -195,6 +198,9 @@ async def test_stats_from_aiortc() -> None:
         assert stats.packets_sent > 10 and stats.bytes_sent > 0
         assert stats.packets_received > 10 and stats.bytes_received > 0
         assert stats.packets_lost == 0
+        # sent and received by the direct path, counted where aiortc counts
+        assert a.direct_sent >= stats.packets_sent - 5
+        assert a.direct_received >= stats.packets_received - 5
         assert stats.rtt_ms is not None and 0 <= stats.rtt_ms < 100
         assert stats.mos is not None and stats.mos > 4.0
     finally:

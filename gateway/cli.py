@@ -25,9 +25,9 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import datetime
-from typing import TextIO
+from typing import Any, TextIO
 
 from gateway.config import (
     DEFAULTS_SOURCE,
@@ -179,6 +179,16 @@ async def _serve(config: Config, run: Callable[[Config], Awaitable[None]]) -> No
             pass
 
 
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """asyncio.run(), on uvloop when it is installed (cheaper per datagram and timer)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)
+
+
 def _cmd_run(config: Config, args: argparse.Namespace) -> int:
     try:
         run = _load_app_run()
@@ -190,7 +200,7 @@ def _cmd_run(config: Config, args: argparse.Namespace) -> int:
     sys.stdout.write(format_banner(config))
     sys.stdout.flush()
     try:
-        asyncio.run(_serve(config, run))
+        _run_loop(_serve(config, run))
     except KeyboardInterrupt:
         log.info("interrupted, stopped")
         return EXIT_OK

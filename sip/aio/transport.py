@@ -14,6 +14,7 @@ import logging
 import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 from ..framing import FramingError, StreamFramer
 from ..peer import Peer
@@ -52,8 +53,8 @@ class _Stream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a stream transport (uvloop's is not a subclass of asyncio.Transport)
+        self.transport = cast(asyncio.Transport, transport)
         if len(self.owner._connections) >= MAX_CONNECTIONS:
             log.warning("too many TCP connections; refusing one")
             self.key = None

@@ -286,7 +286,7 @@ def format_calls_table(records: Sequence[CallRecord]) -> str:
     for r in records:
         local = _party(r.local_number, r.local_display_name)
         remote = _party(r.remote_number, r.remote_display_name)
-        src, dst = (remote, local) if r.direction == "incoming" else (local, remote)
+        src, dst = (remote, local) if r.direction in ("incoming", "sip") else (local, remote)
         rows.append(
             (
                 datetime.fromtimestamp(r.start_time).strftime("%Y-%m-%d %H:%M:%S"),

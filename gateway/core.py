@@ -150,6 +150,8 @@ class Junction:
     rtps: list[RtpLeg]
     bridge: MediaBridge
     ended: bool = False
+    # A phone-to-phone call's record (the calls of a refused transfer have their own).
+    record: CallRecordBuilder | None = None
 
 
 @dataclasses.dataclass(eq=False)
@@ -198,6 +200,7 @@ class PhoneCall:
     code: int = 0  # the best failure status of the branches so far
     ringing_sent: bool = False
     ended: bool = False
+    record: CallRecordBuilder | None = None
 
 
 @dataclasses.dataclass(eq=False)
@@ -1499,6 +1502,14 @@ class Core:
         ):
             return
         junction.ended = True
+        record = junction.record
+        if record is not None:
+            caller, callee = junction.rtps
+            record.codecs(client=caller.codec, far=callee.codec)
+            record.stats(
+                client=dataclasses.asdict(caller.stats()), far=dataclasses.asdict(callee.stats())
+            )
+            record.ended(reason=str(Reason.SUCCESS))
         for session in junction.sessions:
             session.bye()  # a no-op on the side that already ended
         self._spawn(junction.bridge.close())
@@ -1774,12 +1785,23 @@ class Core:
         """Ring the registered contacts of the called number (each through its flow) for
         a SIP caller; the first answer is joined to the caller, the others get CANCEL."""
         call = PhoneCall(invite)
+        if self.records is not None:
+            call.record = CallRecordBuilder(
+                direction="sip",
+                call_id=invite.call_id,
+                local_number=invite.request_user or None,
+                remote_number=invite.caller_user or None,
+                remote_display_name=invite.caller_display or None,
+                sink=self.records.submit,
+            )
+            call.record.sip(call_id=invite.call_id)
         invite.set_event_handler(lambda ev: self._phone_caller_event(call, ev))
         try:
             call.rtp = await self._open_rtp()
         except OSError as exc:
             logger.error("Call-ID %s: no RTP port: %s", invite.call_id, exc)
             invite.reject(503, "Service Unavailable")
+            self._phone_call_record_ended(call, 503)
             return
         try:
             assert invite.sdp is not None
@@ -1787,6 +1809,7 @@ class Core:
         except SdpError as exc:
             logger.info("Call-ID %s: offer refused: %s", invite.call_id, exc)
             invite.reject(488, "Not Acceptable Here")
+            self._phone_call_record_ended(call, 488)
             await call.rtp.close()
             return
         if call.ended:
@@ -1836,6 +1859,8 @@ class Core:
             if not call.ringing_sent:
                 call.ringing_sent = True
                 call.invite.ringing()
+                if call.record is not None:
+                    call.record.ringing()
         elif isinstance(ev, sip_events.Answered):
             self._phone_answered(call, branch, ev.sdp or branch.early_sdp)
         elif isinstance(ev, sip_events.Rejected | sip_events.Terminated):
@@ -1858,7 +1883,11 @@ class Core:
             self._drop_branch(other)
         call.branches = []
         call.ended = True
-        self._join_sip([call.invite, branch.invite], [call.rtp, branch.rtp])
+        junction = self._join_sip([call.invite, branch.invite], [call.rtp, branch.rtp])
+        if call.record is not None:
+            call.record.answered()
+            call.record.sip(code=200)
+            junction.record = call.record
         call.invite.answer(call.answer)
         logger.info("Call-ID %s: %s answered; joined", call.invite.call_id, branch.target)
 
@@ -1890,6 +1919,7 @@ class Core:
             # Busy and global refusals are passed on; anything else: not reachable now.
             code = call.code if call.code in (486, 600, 603) else 480
             call.invite.reject(code)
+            self._phone_call_record_ended(call, code)
             if call.rtp is not None:
                 self._spawn(call.rtp.close())
 
@@ -1901,8 +1931,20 @@ class Core:
         branches, call.branches = call.branches, []
         for branch in branches:
             self._drop_branch(branch)
+        if call.record is not None:
+            # the caller gave up (CANCEL: 487 to it), or its transaction failed
+            cancelled = isinstance(ev, sip_events.Cancelled)
+            call.record.sip(code=487 if cancelled else None)
+            call.record.ended(reason=str(Reason.SUCCESS if cancelled else Reason.ERROR))
         if call.rtp is not None:
             self._spawn(call.rtp.close())
+
+    @staticmethod
+    def _phone_call_record_ended(call: PhoneCall, code: int) -> None:
+        """A phone-to-phone call that nobody answered: its final status and reason."""
+        if call.record is not None:
+            call.record.sip(code=code)
+            call.record.ended(reason=str(reason_from_sip(code, call.ringing_sent)))
 
     async def _answer_sip_locally(self, invite: InboundInvite, echo: bool) -> None:
         """A SIP phone calls a test number: the gateway answers it with an echo or a tone."""

@@ -53,8 +53,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Values of `CallRecord.direction`: the client called out (to the PBX or a SIP phone),
-#: a SIP caller called a web user, or one web user called another.
-DIRECTIONS: Final[tuple[str, ...]] = ("outgoing", "incoming", "web")
+#: a SIP caller called a web user, one web user called another, or a SIP caller called a
+#: number only registered phones have (the gateway joined the two SIP legs; the local
+#: party is the called number).
+DIRECTIONS: Final[tuple[str, ...]] = ("outgoing", "incoming", "web", "sip")
 
 SCHEMA_VERSION: Final[int] = 1
 

@@ -277,6 +277,17 @@ async def test_phone_calls_phone_through_the_gateway_with_messages(gateway):  # 
 
         outbound.bye()
         assert await callee.wait_for(Terminated) == Terminated("bye")
+
+        # the call is in the call records: direction "sip", 1001 -> 1002, answered
+        from tests.e2e.test_login import call_records
+
+        records = [r for r in await call_records(gateway, at_least=1) if r["direction"] == "sip"]
+        assert len(records) == 1, records
+        record = records[0]
+        assert (record["remote_number"], record["local_number"]) == ("1001", "1002"), record
+        assert record["answer_time"] is not None and record["end_time"] is not None, record
+        assert (record["reason"], record["sip_code"]) == ("success", 200), record
+        assert record["client_codec"] and record["far_codec"], record
     finally:
         await caller.close()
         await callee.close()

@@ -323,3 +323,18 @@ def test_cli_missing_and_unreadable_database(tmp_path: Path) -> None:
 
     out = calls(tmp_path, "--since", "soon")
     assert out.returncode == 2 and "--since" in out.stderr
+
+
+def test_cli_table_phone_to_phone(tmp_path: Path) -> None:
+    """direction "sip" (a SIP caller joined to a registered phone): from the caller to the
+    called number, as for incoming calls."""
+    now = time.time()
+    with CallRecordStore(tmp_path / "calls.db") as store:
+        store.write(make(1, now - 60, "sip", local_number="1002", local_display_name=None,
+                         local_username=None, remote_number="1001", reason="success"))
+    out = calls(tmp_path)
+    assert out.returncode == 0, out.stderr
+    row = out.stdout.splitlines()[1]
+    assert "sip" in row and row.index("1001") < row.index("1002"), row
+    out = calls(tmp_path, "--json")
+    assert json.loads(out.stdout)["direction"] == "sip"

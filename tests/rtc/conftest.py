@@ -8,10 +8,16 @@ from rtc.ports import FRAME_MS, AudioPort
 from tests.audio import SineSource
 
 
-async def write_paced(port: AudioPort, source: SineSource, duration: float) -> None:
-    """Write a sine into a port in real time, one frame per 20 ms."""
+async def write_paced(
+    port: AudioPort, source: SineSource, duration: float, lead: int = 0
+) -> None:
+    """Write a sine into a port in real time, one frame per 20 ms, after `lead` frames
+    written at once (a cushion, so a sender whose clock ticks in the writer's phase
+    never finds its queue empty: tests of the receiving side want no sender gaps)."""
     loop = asyncio.get_running_loop()
     samples = port.sample_rate * FRAME_MS // 1000
+    for _ in range(lead):
+        port.write(source.frame(samples))
     start = loop.time()
     for n in range(int(duration * 1000 / FRAME_MS)):
         port.write(source.frame(samples))

@@ -1824,29 +1824,14 @@ class Core:
         )
         call.branches = [SipBranch(b.contact, b.source, [None]) for b in bindings]
         for branch in list(call.branches):
-            self._spawn(self._start_phone_branch(call, branch))
-
-    async def _start_phone_branch(self, call: PhoneCall, branch: SipBranch) -> None:
-        try:
-            branch.rtp = await self._open_rtp()
-        except OSError as exc:
-            logger.error("Call-ID %s: no RTP port for a branch: %s", call.invite.call_id, exc)
-            self._phone_branch_failed(call, branch, 503)
-            return
-        if not branch.pending:
-            await branch.rtp.close()
-            return
-        assert self.ua is not None
-        invite = call.invite
-        branch.invite = self.ua.invite(
-            branch.target,
-            from_user=invite.caller_user or "anonymous",
-            from_display=invite.caller_display,
-            sdp=branch.rtp.create_offer(),
-            on_event=lambda ev: self._phone_branch_event(call, branch, ev),
-            headers=self._passable(invite.x_headers),
-            flow=branch.flow,
-        )
+            self._spawn(
+                self._invite_branch(
+                    call.invite,
+                    branch,
+                    functools.partial(self._phone_branch_event, call, branch),
+                    functools.partial(self._phone_branch_failed, call, branch, 503),
+                )
+            )
 
     def _phone_branch_event(
         self, call: PhoneCall, branch: SipBranch, ev: sip_events.SessionEvent
@@ -2033,7 +2018,14 @@ class Core:
             for binding in self.ua.registrar.bindings(invite.request_user):
                 branch = SipBranch(binding.contact, binding.source, [None])
                 incoming.phones.append(branch)
-                self._spawn(self._ring_phone(incoming, branch))
+                self._spawn(
+                    self._invite_branch(
+                        incoming.invite,
+                        branch,
+                        functools.partial(self._incoming_phone_event, incoming, branch),
+                        functools.partial(self._incoming_phone_failed, incoming, branch),
+                    )
+                )
         if not incoming.forks and not incoming.phones:
             self._sip_in_gone(incoming, 480, "Temporarily Unavailable")
             return
@@ -2041,27 +2033,32 @@ class Core:
             self.config.calls.no_answer_timeout, self._no_answer_sip, incoming
         )
 
-    async def _ring_phone(self, incoming: SipIncoming, branch: SipBranch) -> None:
-        """A registered phone of the number called by a SIP caller, beside its web
-        clients; answering, it is joined to the caller (a Junction)."""
+    async def _invite_branch(
+        self,
+        caller: InboundInvite,
+        branch: SipBranch,
+        on_event: Callable[[sip_events.SessionEvent], None],
+        on_no_port: Callable[[], None],
+    ) -> None:
+        """INVITE one registered contact of the number a SIP caller called (through its
+        flow, as the caller); `on_event` gets the branch's dialog events."""
         try:
             branch.rtp = await self._open_rtp()
         except OSError as exc:
-            logger.error("Call-ID %s: no RTP port for a phone: %s", incoming.invite.call_id, exc)
-            self._incoming_phone_failed(incoming, branch)
+            logger.error("Call-ID %s: no RTP port for a phone: %s", caller.call_id, exc)
+            on_no_port()
             return
         if not branch.pending:
             await branch.rtp.close()
             return
         assert self.ua is not None
-        invite = incoming.invite
         branch.invite = self.ua.invite(
             branch.target,
-            from_user=invite.caller_user or "anonymous",
-            from_display=invite.caller_display,
+            from_user=caller.caller_user or "anonymous",
+            from_display=caller.caller_display,
             sdp=branch.rtp.create_offer(),
-            on_event=lambda ev: self._incoming_phone_event(incoming, branch, ev),
-            headers=self._passable(invite.x_headers),
+            on_event=on_event,
+            headers=self._passable(caller.x_headers),
             flow=branch.flow,
         )
 

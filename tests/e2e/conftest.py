@@ -10,6 +10,7 @@ of the gateway and of every sipp it started are printed (pytest shows them under
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import random
 import shutil
@@ -18,7 +19,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,9 +37,7 @@ USERS = (
     {"username": "bob", "password": "bob-secret", "number": "1002", "display_name": "Bob"},
 )
 
-PORT_MIN, PORT_MAX = 20000, 32768
-# Ports handed out in this pytest process; never handed out twice.
-_used_ports: set[int] = set()
+PORT_MIN, PORT_MAX = 20000, 32768  # free_port hands out ports in [PORT_MIN, PORT_MAX)
 
 
 # --------------------------------------------------------------------------- reports
@@ -85,24 +84,109 @@ def _bindable(port: int, kinds: tuple[int, ...]) -> bool:
             s.close()
 
 
+class PortPool:
+    """Hands out ports in [low, high) that are bindable now and not taken already.
+
+    A port stays taken until released. While a test runs (`begin_test` .. `end_test`,
+    driven by the hooks below) the ports it takes are recorded and released when its
+    teardown is over, so a long run does not use up the range; ports taken outside a
+    test (at import, such as a module constant) or while a fixture of a wider scope than
+    a function is set up (`keep`) are never released. Within one test, no port is handed
+    out twice.
+    """
+
+    RANDOM_TRIES = 64
+
+    def __init__(self, low: int, high: int, *, seed: int | None = None) -> None:
+        self.low, self.high = low, high
+        self.taken: set[int] = set()
+        self._rng = random.Random(seed)
+        self._cursor = low  # where the next sequential search starts; moves past each take
+        self._test: list[int] | None = None
+        self._keep = 0
+
+    def take(self, udp: bool = True, tcp: bool = True, span: int = 1) -> int:
+        """The first of `span` consecutive free ports (free for UDP and/or TCP as asked)."""
+        kinds = tuple(
+            k for k, want in ((socket.SOCK_DGRAM, udp), (socket.SOCK_STREAM, tcp)) if want
+        )
+        count = self.high - self.low - span + 1  # possible first ports
+        if span < 1 or count < 1:
+            raise ValueError(f"span {span} does not fit in {self.low}..{self.high - 1}")
+        # A few random picks first (spread over the range, so pytest processes running
+        # side by side rarely pick the same port before either binds it), then every
+        # first port in turn from the cursor on, wrapping around: finds a free block
+        # whenever there is one.
+        offset = (self._cursor - self.low) % count
+        picks = (self._rng.randrange(count) for _ in range(min(self.RANDOM_TRIES, count)))
+        in_turn = ((offset + i) % count for i in range(count))
+        for i in itertools.chain(picks, in_turn):
+            base = self.low + i
+            ports = range(base, base + span)
+            if any(p in self.taken for p in ports):
+                continue
+            if all(_bindable(p, kinds) for p in ports):
+                self.taken.update(ports)
+                if self._test is not None and not self._keep:
+                    self._test.extend(ports)
+                self._cursor = base + span
+                return base
+        raise RuntimeError(
+            f"no free port found: no {span} free port(s) in a row in {self.low}..{self.high - 1}"
+            f" ({len(self.taken)} taken by this process)"
+        )
+
+    def release(self, ports: Iterable[int]) -> None:
+        self.taken.difference_update(ports)
+
+    def begin_test(self) -> None:
+        self._test = []
+
+    def end_test(self) -> None:
+        if self._test is not None:
+            self.release(self._test)
+        self._test = None
+
+    @contextlib.contextmanager
+    def keep(self) -> Iterator[None]:
+        """Ports taken inside stay taken after the test (a module/session fixture's)."""
+        self._keep += 1
+        try:
+            yield
+        finally:
+            self._keep -= 1
+
+
+PORTS = PortPool(PORT_MIN, PORT_MAX)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):  # noqa: ARG001
+    PORTS.begin_test()
+    try:
+        yield
+    finally:
+        PORTS.end_test()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef[object], request: pytest.FixtureRequest):
+    if fixturedef.scope == "function":
+        yield
+    else:
+        with PORTS.keep():
+            yield
+
+
 def free_port(udp: bool = True, tcp: bool = True, span: int = 1) -> int:
     """A port on 127.0.0.1 free for UDP and TCP (as asked), with `span` free ports in a row.
 
-    Random in 20000..32767, below Linux's default ephemeral range (32768..60999) from
-    which aiortc, sipp and clients get their own ports; never one already handed out
-    by this process.
+    In 20000..32767, below Linux's default ephemeral range (32768..60999) from which
+    aiortc, sipp and clients get their own ports; never one that this process has
+    handed out and not released (a test's ports are released after its teardown: see
+    PortPool).
     """
-    kinds = tuple(k for k, want in ((socket.SOCK_DGRAM, udp), (socket.SOCK_STREAM, tcp)) if want)
-    rng = random.Random()
-    for _ in range(2000):
-        base = rng.randrange(PORT_MIN, PORT_MAX - span)
-        ports = range(base, base + span)
-        if any(p in _used_ports for p in ports):
-            continue
-        if all(_bindable(p, kinds) for p in ports):
-            _used_ports.update(ports)
-            return base
-    raise RuntimeError("no free port found")
+    return PORTS.take(udp=udp, tcp=tcp, span=span)
 
 
 def free_udp_range(count: int) -> tuple[int, int]:

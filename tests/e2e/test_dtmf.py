@@ -391,6 +391,35 @@ async def until(check: Callable[[], bool], timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
+async def hang_up(call: Call, sp: SippProcess) -> None:
+    await call.hangup()
+    await call.wait_state("terminated", timeout=10)
+    await expect_exit(sp)
+
+
+async def browser_sends(
+    gateway: Any,
+    clients: Any,
+    far: FarMedia,
+    sp: SippProcess,
+    digits: str,
+    done: Callable[[], bool],
+    what: str,
+) -> None:
+    """Browser -> SIP: alice calls the far end (sipp `sp` on the [pbx] port, its RTP at
+    `far`), sends `digits` once the gateway's RTP reaches the far end, waits until
+    `done()` holds (`what`: for the failure message) and half a second more for
+    anything extra, then hangs up; sipp must then exit with 0."""
+    alice = await logged_in(clients, gateway)
+    call = await alice.dial(FAR_NUMBER, freq=1000.0)
+    dtmf = await answered(call)
+    await until(lambda: far.gateway is not None, 10, "RTP from the gateway")
+    dtmf.send(digits)
+    await until(done, 20, what)
+    await asyncio.sleep(0.5)
+    await hang_up(call, sp)
+
+
 def far_events_done(far: FarMedia) -> bool:
     """The far end has the end packets of every event pressed."""
     ends = {p.ts for p in far.events() if TelephoneEvent.parse(p.payload).end}
@@ -459,16 +488,15 @@ async def test_rfc4733_browser_to_sip(gateway, sipp, clients, far):
     RFC 4733 event (one timestamp, marker on its first packet, growing durations, three
     end packets), in the audio's sequence and timestamp space, and nothing in-band."""
     sp = uas(sipp, gateway, "uas_dtmf_rfc4733.xml", extra=["-key", "rtp_port", str(far.port)])
-    alice = await logged_in(clients, gateway)
-    call = await alice.dial(FAR_NUMBER, freq=1000.0)
-    dtmf = await answered(call)
-    await until(lambda: far.gateway is not None, 10, "RTP from the gateway")
-    dtmf.send(PRESSED)
-    await until(lambda: far_events_done(far), 20, "every event at the far end")
-    await asyncio.sleep(0.5)
-    await call.hangup()
-    await call.wait_state("terminated", timeout=10)
-    await expect_exit(sp)
+    await browser_sends(
+        gateway,
+        clients,
+        far,
+        sp,
+        PRESSED,
+        lambda: far_events_done(far),
+        "every event at the far end",
+    )
 
     assert_far_rfc4733(far)
     assert goertzel_digits(far.audio()) == [], "digits sent in-band as well"
@@ -479,16 +507,16 @@ async def test_info_browser_to_sip(gateway, sipp, clients, far):
     INFO application/dtmf-relay, Signal= in order (checked by the sipp scenario and in
     its message log), and no tones in the audio."""
     sp = uas(sipp, gateway, "uas_dtmf_info.xml", extra=["-key", "rtp_port", str(far.port)])
-    alice = await logged_in(clients, gateway)
-    call = await alice.dial(FAR_NUMBER, freq=1000.0)
-    dtmf = await answered(call)
-    await until(lambda: far.gateway is not None, 10, "RTP from the gateway")
-    dtmf.send(DIGITS)
-    await until(lambda: len(received_info_signals(sp)) >= len(DIGITS), 20, "16 INFOs at sipp")
-    await asyncio.sleep(0.5)
-    await call.hangup()
-    await call.wait_state("terminated", timeout=10)
-    await expect_exit(sp)  # 16 INFOs in order, then the BYE: anything else fails sipp
+    # sipp's exit 0: 16 INFOs in order, then the BYE (anything else fails sipp)
+    await browser_sends(
+        gateway,
+        clients,
+        far,
+        sp,
+        DIGITS,
+        lambda: len(received_info_signals(sp)) >= len(DIGITS),
+        "16 INFOs at sipp",
+    )
     assert "".join(received_info_signals(sp)) == DIGITS
     assert not far.events()
     assert goertzel_digits(far.audio()) == [], "digits sent in-band as well"
@@ -498,16 +526,10 @@ async def test_inband_browser_to_sip(gateway, sipp, clients, far):
     """A far end with neither telephone-event nor INFO hears the digits as dual tones:
     the gateway's Goertzel detector and an independent FFT check find exactly the 16."""
     sp = uas(sipp, gateway, "uas_dtmf_inband.xml", extra=["-key", "rtp_port", str(far.port)])
-    alice = await logged_in(clients, gateway)
-    call = await alice.dial(FAR_NUMBER, freq=1000.0)
-    dtmf = await answered(call)
-    await until(lambda: far.gateway is not None, 10, "RTP from the gateway")
-    dtmf.send(PRESSED)
-    await until(lambda: far_tones_done(far), 20, "every tone at the far end")
-    await asyncio.sleep(0.5)
-    await call.hangup()
-    await call.wait_state("terminated", timeout=10)
-    await expect_exit(sp)  # an INFO would have failed the scenario
+    # sipp's exit 0: an INFO would have failed the scenario
+    await browser_sends(
+        gateway, clients, far, sp, PRESSED, lambda: far_tones_done(far), "every tone at the far end"
+    )
     assert not far.events()
     audio = far.audio()
     assert_digits(goertzel_digits(audio), "Goertzel detector on the far end's audio")
@@ -548,16 +570,9 @@ def uas_variant(sipp: SippFactory, gw: Any, path: Any, far: FarMedia) -> SippPro
 async def test_pbx_dtmf_inband_overrides_telephone_event(gateway, sipp, clients, far):
     """The far end negotiated telephone-event, but [pbx] dtmf = "inband": tones only."""
     sp = uas(sipp, gateway, "uas_dtmf_rfc4733.xml", extra=["-key", "rtp_port", str(far.port)])
-    alice = await logged_in(clients, gateway)
-    call = await alice.dial(FAR_NUMBER, freq=1000.0)
-    dtmf = await answered(call)
-    await until(lambda: far.gateway is not None, 10, "RTP from the gateway")
-    dtmf.send(PRESSED)
-    await until(lambda: far_tones_done(far), 20, "every tone at the far end")
-    await asyncio.sleep(0.5)
-    await call.hangup()
-    await call.wait_state("terminated", timeout=10)
-    await expect_exit(sp)
+    await browser_sends(
+        gateway, clients, far, sp, PRESSED, lambda: far_tones_done(far), "every tone at the far end"
+    )
     assert not far.events(), "telephone-event sent although [pbx] dtmf = inband"
     assert_digits(goertzel_digits(far.audio()), "Goertzel detector on the far end's audio")
 
@@ -577,16 +592,15 @@ async def test_pbx_dtmf_info_overrides_telephone_event(gateway, sipp, clients, f
         ),
     )
     sp = uas_variant(sipp, gateway, xml, far)
-    alice = await logged_in(clients, gateway)
-    call = await alice.dial(FAR_NUMBER, freq=1000.0)
-    dtmf = await answered(call)
-    await until(lambda: far.gateway is not None, 10, "RTP from the gateway")
-    dtmf.send(DIGITS)
-    await until(lambda: len(received_info_signals(sp)) >= len(DIGITS), 20, "16 INFOs at sipp")
-    await asyncio.sleep(0.5)
-    await call.hangup()
-    await call.wait_state("terminated", timeout=10)
-    await expect_exit(sp)
+    await browser_sends(
+        gateway,
+        clients,
+        far,
+        sp,
+        DIGITS,
+        lambda: len(received_info_signals(sp)) >= len(DIGITS),
+        "16 INFOs at sipp",
+    )
     assert "".join(received_info_signals(sp)) == DIGITS
     assert not far.events(), "telephone-event sent although [pbx] dtmf = info"
     assert goertzel_digits(far.audio()) == [], "digits sent in-band as well"
@@ -605,16 +619,10 @@ async def test_pbx_dtmf_rfc4733_never_sends_info(gateway, sipp, clients, far, e2
         ),
     )
     sp = uas_variant(sipp, gateway, xml, far)
-    alice = await logged_in(clients, gateway)
-    call = await alice.dial(FAR_NUMBER, freq=1000.0)
-    dtmf = await answered(call)
-    await until(lambda: far.gateway is not None, 10, "RTP from the gateway")
-    dtmf.send(PRESSED)
-    await until(lambda: far_tones_done(far), 20, "every tone at the far end")
-    await asyncio.sleep(0.5)
-    await call.hangup()
-    await call.wait_state("terminated", timeout=10)
-    await expect_exit(sp)  # an INFO would have failed the scenario
+    # sipp's exit 0: an INFO would have failed the scenario
+    await browser_sends(
+        gateway, clients, far, sp, PRESSED, lambda: far_tones_done(far), "every tone at the far end"
+    )
     assert not far.events()
     assert_digits(goertzel_digits(far.audio()), "Goertzel detector on the far end's audio")
 
@@ -649,12 +657,6 @@ async def incoming_call(
     m_line = next(line for line in sdp.splitlines() if line.startswith("m=audio"))
     assert m_line.split()[3] == {"opus": "96", "pcmu": "0"}[codec], m_line
     return call, sp
-
-
-async def hang_up(call: Call, sp: SippProcess) -> None:
-    await call.hangup()
-    await call.wait_state("terminated", timeout=10)
-    await expect_exit(sp)
 
 
 async def test_rfc4733_sip_to_browser_and_back(gateway, sipp, clients, far, client_codec):

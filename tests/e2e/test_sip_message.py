@@ -9,6 +9,9 @@ listener is closed once registered, so only the registration connection can reac
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 
@@ -32,6 +35,17 @@ from tests.e2e.test_sip_media import RATE, audio_between, status_time
 from tests.e2e.test_transfer import transfer
 
 pytestmark = pytest.mark.e2e
+
+T = TypeVar("T")
+
+
+async def eventually(check: Callable[[], T], timeout: float = 5.0) -> T:
+    """Poll `check` every 50 ms until it returns something true or `timeout` seconds have
+    passed; its last result (the caller asserts on what it waited for)."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return result
 
 
 def _answer_sdp(port: int) -> bytes:
@@ -63,14 +77,19 @@ class TcpPhone:
             invite.ringing()
         self.changed.set()
 
-    async def wait_invite(self, timeout: float = 15.0) -> InboundInvite:
-        async def wait() -> InboundInvite:
-            while not self.invites:
+    async def _until(self, find: Callable[[], T | None], timeout: float) -> T:
+        """What `find` finds, waiting for invites and events; TimeoutError after `timeout`."""
+
+        async def wait() -> T:
+            while (found := find()) is None:
                 self.changed.clear()
                 await self.changed.wait()
-            return self.invites[-1]
+            return found
 
         return await asyncio.wait_for(wait(), timeout)
+
+    async def wait_invite(self, timeout: float = 15.0) -> InboundInvite:
+        return await self._until(lambda: self.invites[-1] if self.invites else None, timeout)
 
     def _on_event(self, event: SessionEvent) -> None:
         self.events.append(event)
@@ -79,24 +98,15 @@ class TcpPhone:
         self.changed.set()
 
     async def wait_for(self, kind: type, timeout: float = 15.0) -> SessionEvent:
-        async def wait() -> SessionEvent:
-            while True:
-                for event in self.events:
-                    if isinstance(event, kind):
-                        return event
-                self.changed.clear()
-                await self.changed.wait()
-
-        return await asyncio.wait_for(wait(), timeout)
+        return await self._until(
+            lambda: next((e for e in self.events if isinstance(e, kind)), None), timeout
+        )
 
     async def register(self, gateway, number: str, password: str) -> None:  # type: ignore[no-untyped-def]
         await self.ua.start()
         registrar = f"sip:127.0.0.1:{gateway.sip_port};transport=tcp"
         reg = self.ua.register(f"sip:{number}@127.0.0.1", registrar, (number, password))
-        for _ in range(200):
-            if reg.registered:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: reg.registered, 10.0)
         assert reg.registered, (reg.state, reg.code)
         server = self.ua._transport._server
         assert server is not None
@@ -218,10 +228,7 @@ async def test_call_forks_to_phone_and_web_client(gateway, clients):  # type: ig
         phone.events.clear()
         second = await alice.dial("1002", freq=1000.0)
         offered = await bob.wait_incoming(timeout=15)
-        for _ in range(100):
-            if len(phone.invites) == 2:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: len(phone.invites) == 2)
         assert len(phone.invites) == 2
         await offered.accept()
         await offered.answer()
@@ -249,10 +256,7 @@ async def test_phone_calls_phone_through_the_gateway_with_messages(gateway):  # 
             on_event=events.append,
         )
         await callee.wait_for(Confirmed)
-        for _ in range(100):
-            if any(isinstance(e, Answered) for e in events):
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: any(isinstance(e, Answered) for e in events))
         assert any(isinstance(e, Answered) for e in events), events
 
         results: list[int] = []
@@ -261,17 +265,11 @@ async def test_phone_calls_phone_through_the_gateway_with_messages(gateway):  # 
         assert received == MessageReceived(
             "text/plain;charset=utf-8", "Grüße".encode(), received.op  # type: ignore[union-attr]
         )
-        for _ in range(100):
-            if results:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: results)
         assert results == [202]  # the callee's own answer, relayed
 
         callee.invites[-1].message("application/json", b'{"t":"hi"}', on_result=results.append)
-        for _ in range(100):
-            if len(results) == 2:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: len(results) == 2)
         assert results == [202, 200]
         assert MessageReceived("application/json", b'{"t":"hi"}') in events
 
@@ -386,10 +384,7 @@ async def test_sip_call_forks_to_web_client_and_phone(gateway, sipp, clients):  
         phone.events.clear()
         uac = sipp.uac_echo(gateway.sip_target, "1002", port=gateway.pbx_port, duration_ms=2000)
         offered = await bob.wait_incoming(timeout=15)
-        for _ in range(100):
-            if len(phone.invites) == 2:
-                break
-            await asyncio.sleep(0.05)
+        await eventually(lambda: len(phone.invites) == 2)
         assert len(phone.invites) == 2
         await offered.accept()
         await offered.answer()

@@ -10,7 +10,13 @@ import pytest
 from sip.aio.useragent import UAConfig, UserAgent
 from sip.events import Answered, Provisional
 
-from .test_sipp import SIPP, Sipp, free_port, wait_bound
+from .test_sipp import (
+    SIPP,
+    Sipp,
+    free_port,
+    sipp,  # noqa: F401 - the fixture: a Sipp runner in tmp_path, stopped at teardown
+    wait_bound,
+)
 from .test_useragent import OFFER, Recorder
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(SIPP is None, reason="sipp not installed")]
@@ -123,9 +129,11 @@ UAS_PRACK = f"""<?xml version="1.0" encoding="ISO-8859-1" ?>
 """
 
 
-async def test_reliable_183_pracked_and_session_refreshed_with_update(tmp_path: Path):
+async def test_reliable_183_pracked_and_session_refreshed_with_update(
+    sipp: Sipp,  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+):
     (tmp_path / "prack.xml").write_text(UAS_PRACK)
-    sipp = Sipp(tmp_path)
     port = free_port()
     await sipp.start("-sf", str(tmp_path / "prack.xml"), "-p", str(port))
     ua = UserAgent(UAConfig(port=0), lambda invite: invite.reject(603))
@@ -146,5 +154,4 @@ async def test_reliable_183_pracked_and_session_refreshed_with_update(tmp_path: 
         code, output = await sipp.wait()
         assert code == 0, output
     finally:
-        await ua.close()
-        await sipp.stop()
+        await ua.close()  # the sipp fixture stops sipp

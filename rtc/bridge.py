@@ -21,6 +21,7 @@ from .ports import (
     FRAME_MS,
     AudioPort,
     EncodedFrame,
+    Gap,
     MediaItem,
     PassThroughPort,
     PortClosed,
@@ -87,6 +88,9 @@ async def _relay_passing(source: PassThroughPort, sink: PassThroughPort) -> None
         while True:
             try:
                 item = await source.read_any()
+                if isinstance(item, Gap):
+                    sink.write_gap(item.frames)
+                    continue
                 if isinstance(item, EncodedFrame):
                     if sink.send_codec == item.codec:
                         mode(True)
@@ -155,6 +159,10 @@ class PushRelay:
     def __call__(self, item: MediaItem) -> None:
         source, sink = self.source, self.sink
         try:
+            if isinstance(item, Gap):
+                if isinstance(sink, PassThroughPort):
+                    sink.write_gap(item.frames)
+                return
             if isinstance(item, EncodedFrame):
                 if isinstance(sink, PassThroughPort) and sink.send_codec == item.codec:
                     self._mode(True)

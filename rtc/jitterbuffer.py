@@ -1,103 +1,131 @@
 """
-An adaptive jitter buffer for decoded audio (the SIP -> browser direction).
+The jitter buffers of the SIP -> browser direction: ``PlayoutBuffer`` orders
+20 ms items (payloads in pass-through) by RTP timestamp; ``JitterBuffer``
+holds decoded audio and conceals what is missing.
 
-Sans-I/O: packets go in with their arrival time, the playout clock takes one
-20 ms frame out per tick. Playout is driven by RTP timestamps, so reordering
-and duplicates sort themselves out, and by a target delay that starts at the
-minimum (20 ms by default), grows by a frame whenever a packet arrives too
-late to be played (up to the maximum, 200 ms) and shrinks again, a frame at a
-time, after a quiet period. Missing frames are concealed by repeating the last
-one with a fade (then silence); RFC 3389 comfort noise plays white noise at
-the signalled level until speech resumes. A new SSRC, a marker bit (start of a
-talk spurt) or a timestamp jump re-anchors playout.
+Sans-I/O: packets go in with their arrival time (``put(..., now)``) and
+``pop(now)`` returns what is ready to play; the caller calls ``pop`` again at
+``deadline`` when one is set (a timer), and after each ``put``.
+
+Playout rule. A frame is released as soon as it and every frame before it are
+in: a stream that arrives in order passes with no added delay. The buffer only
+holds frames behind a gap (a lost, late or reordered packet), and waits for
+the missing frame until its *delay* past the time it was due (20 ms after the
+frame before it arrived or was due, whichever is earlier); then it gives the
+frame up (None: the audio buffer conceals it) and releases what waited behind
+it. After MAX_MISSING frames given up in a row, the rest of the gap is given
+up at once (the stream paused or a burst was lost: replaying it late as
+concealment would only add delay); the caller passes those on as a gap in
+the timestamps. The delay starts at
+the minimum (20 ms by default), grows by a frame whenever a packet arrives
+after it was given up (up to the maximum, 200 ms) and shrinks again, a frame
+at a time, after a quiet period.
+
+Why not hold every frame for the delay, as a playout device does: the gateway
+is not where the audio is played. What leaves this buffer is sent on at once
+to the browser, whose own adaptive jitter buffer (NetEq) smooths the arrival
+times; holding frames here as well would add the same delay twice. What the
+browser cannot do for a transcoded call (it sees Opus made from our audio) is
+order, deduplicate and conceal the PBX's packets: that is done here, and the
+output is a complete sequence of frames, one per 20 ms of the stream's timeline.
+
+A new SSRC, a marker bit after silence or a timestamp jump re-anchors playout.
+RFC 3389 comfort noise (audio buffer): white noise at the signalled level,
+paced at one frame per 20 ms (``deadline``), until speech resumes.
 """
 
 from collections.abc import Callable
+from typing import Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["JitterBuffer"]
+__all__ = ["JitterBuffer", "PlayoutBuffer"]
 
 Frame = npt.NDArray[np.int16]
+T = TypeVar("T")
 
 CONCEAL_GAINS = (0.9, 0.6, 0.3)  # per consecutive lost frame, then silence
-SHRINK_AFTER = 250  # frames (5 s) without late packets before the target shrinks
-EXCESS_WINDOW = 25  # frames (0.5 s): a backlog standing this long is trimmed
+SHRINK_AFTER = 250  # frames (5 s) without late packets before the delay shrinks
 MAX_JUMP_FRAMES = 50  # a timestamp this far from playout is a new timeline
+# how far (seconds per frame) the expected arrival times follow packets that
+# come later than expected: a sender clock a little slower than ours
+DRIFT = 0.0005
+# given up one by one at their deadlines; beyond, the rest of a gap at once
+MAX_MISSING = len(CONCEAL_GAINS)
 
 
-class JitterBuffer:
+class PlayoutBuffer(Generic[T]):
+    """
+    Orders 20 ms items by RTP timestamp and releases them as described in the
+    module docstring. ``pop(now)`` yields the items in order, None for each
+    frame given up as lost. Counters: ``played``, ``missing`` (given up),
+    ``late`` (arrived after being given up or played), ``duplicates``.
+    """
+
     def __init__(
         self,
-        clock_rate: int = 8000,
+        frame_samples: int,
         frame_ms: int = 20,
         min_delay: float = 0.02,
         max_delay: float = 0.2,
-        noise: Callable[[int], npt.NDArray[np.float64]] | None = None,
     ) -> None:
         if not 0 < min_delay <= max_delay:
             raise ValueError("Need 0 < min_delay <= max_delay")
         self.frame_ms = frame_ms
-        self.frame_samples = clock_rate * frame_ms // 1000
+        self.frame_samples = frame_samples  # timestamp increment of one frame
+        self._period = frame_ms / 1000
         self.min_frames = max(1, round(min_delay * 1000 / frame_ms))
         self.max_frames = max(self.min_frames, round(max_delay * 1000 / frame_ms))
-        self.target = self.min_frames  # frames held before playing
-        self._frames: dict[int, Frame] = {}  # by RTP timestamp
+        self.target = self.min_frames  # frames of delay a missing frame is waited for
+        self._items: dict[int, tuple[T, float]] = {}  # by RTP timestamp: item, arrival
         self._ssrc: int | None = None
-        self._play_ts: int | None = None  # timestamp of the next frame to play
-        self._waiting = True  # filling up to the target before playing
-        self._started = False  # anything played since the last re-anchoring
-        self._last: Frame | None = None
-        self._lost_run = 0
+        self._play_ts: int | None = None  # timestamp of the next frame to release
+        self._due = 0.0  # when the frame at _play_ts was expected to arrive
+        self._started = False  # anything released since the last anchoring
         self._on_time = 0
-        self._ticks = 0
-        self._min_depth = 0
-        self._comfort_level: float | None = None  # dBov, while CN is playing
-        rng = np.random.default_rng()
-        self._noise = noise or (lambda n: rng.standard_normal(n))
+        self._missing_run = 0  # frames given up in a row
+        # the last frames' fate by timestamp (True: played, False: given up), so
+        # that a copy of a played frame counts as a duplicate, not as late
+        self._history: dict[int, bool] = {}
         # counters
         self.late = 0
         self.duplicates = 0
-        self.concealed = 0
+        self.missing = 0
         self.played = 0
 
     @property
     def delay(self) -> float:
-        """Current target delay in seconds."""
-        return self.target * self.frame_ms / 1000
+        """How long past its due time a missing frame is waited for, in seconds."""
+        return self.target * self._period
 
     @property
     def depth(self) -> int:
-        """Frames buffered from the playout point on."""
-        return len(self._frames)
+        """Frames held behind a gap."""
+        return len(self._items)
 
     @property
     def idle(self) -> bool:
-        """
-        Nothing left to play: no frame buffered, no comfort noise and the
-        concealment of the last loss run exhausted (or nothing ever received).
-        A paced reader may stop its clock here and ``reset()``.
-        """
-        return (
-            not self._frames
-            and self._comfort_level is None
-            and (self._play_ts is None or self._lost_run >= len(CONCEAL_GAINS))
-        )
+        """Nothing held: nothing will be released until the next put()."""
+        return not self._items
+
+    @property
+    def deadline(self) -> float | None:
+        """When pop() has something to do without a new put(): the end of the
+        wait for a missing frame; None when nothing waits."""
+        if not self._items:
+            return None
+        return self._due + self.delay
 
     def reset(self) -> None:
         """
-        Forget what is buffered and the playout point (the next packet
-        re-anchors, e.g. after a hold or a long silence); the adapted target
-        delay and the counters stay.
+        Forget what is held and the playout point (the next packet re-anchors,
+        e.g. after a hold); the adapted delay and the counters stay.
         """
-        self._frames.clear()
+        self._items.clear()
+        self._history.clear()
         self._play_ts = None
-        self._waiting = True
         self._started = False
-        self._comfort_level = None
-        self._lost_run = 0
-        self._last = None
 
     def _offset(self, timestamp: int) -> int:
         assert self._play_ts is not None
@@ -106,115 +134,176 @@ class JitterBuffer:
             diff -= 1 << 32
         return diff // self.frame_samples
 
-    def _reset(self, timestamp: int) -> None:
-        self._frames.clear()
+    def _anchor(self, timestamp: int, now: float) -> None:
+        self._items.clear()
+        self._history.clear()
         self._play_ts = timestamp
-        self._waiting = True
+        self._due = now
         self._started = False
 
-    def put(self, ssrc: int, timestamp: int, samples: Frame, marker: bool = False) -> None:
-        """A decoded packet (any multiple of 20 ms)."""
+    def put(self, ssrc: int, timestamp: int, item: T, now: float, marker: bool = False) -> None:
+        """One frame (``frame_samples`` of timestamp) that arrived at ``now``."""
         if ssrc != self._ssrc or self._play_ts is None:
             self._ssrc = ssrc
-            self._reset(timestamp)
+            self._anchor(timestamp, now)
         offset = self._offset(timestamp)
-        if abs(offset) > MAX_JUMP_FRAMES or (marker and not self._frames and offset != 0):
+        if abs(offset) > MAX_JUMP_FRAMES or (marker and not self._items and offset != 0):
             # a new timeline, or a talk spurt after silence: play it from here
-            self._reset(timestamp)
+            self._anchor(timestamp, now)
             offset = 0
         if offset < 0 and not self._started and offset > -self.max_frames:
-            # reordered before playout began: start from the earlier packet
+            # reordered before anything was released: start from the earlier packet
             self._play_ts = timestamp
             offset = 0
         if offset < 0:
+            if self._history.get(timestamp):
+                self.duplicates += 1
+                return
             self.late += 1
             self._grow()
             return
-        self._comfort_level = None
-        for k in range(len(samples) // self.frame_samples):
-            ts = (timestamp + k * self.frame_samples) & 0xFFFFFFFF
-            if ts in self._frames:
-                self.duplicates += 1
-                continue
-            self._frames[ts] = samples[k * self.frame_samples : (k + 1) * self.frame_samples]
-
-    def put_comfort_noise(self, ssrc: int, timestamp: int, payload: bytes) -> None:
-        """RFC 3389 CN: the first byte is the noise level in -dBov."""
-        if ssrc != self._ssrc or self._play_ts is None:
-            self._ssrc = ssrc
-            self._reset(timestamp)
-        self._comfort_level = -float(payload[0] & 0x7F) if payload else -127.0
+        if timestamp in self._items:
+            self.duplicates += 1
+            return
+        self._items[timestamp] = (item, now)
 
     def _grow(self) -> None:
-        # a packet came too late: hold one more frame back from now on
+        # a packet came after it was given up: wait one frame longer from now on
         self._on_time = 0
         if self.target < self.max_frames:
             self.target += 1
-            self._waiting = True
 
-    def get(self) -> Frame | None:
-        """
-        The next 20 ms frame at the playout tick: audio, concealment or comfort
-        noise; None while nothing was ever received (the caller plays silence).
-        """
-        if self._play_ts is None:
-            return None
-        if self._comfort_level is not None and not self._frames:
-            # the timeline goes on under the noise, so speech resumes in step
-            self._play_ts = (self._play_ts + self.frame_samples) & 0xFFFFFFFF
-            return self._comfort_noise(self._comfort_level)
-        if self._waiting:
-            if self._ready():
-                self._waiting = False
+    def pop(self, now: float) -> list[T | None]:
+        """What is ready at ``now``, in order; None for a frame given up as lost."""
+        out: list[T | None] = []
+        items = self._items
+        while items and self._play_ts is not None:
+            entry = items.pop(self._play_ts, None)
+            if entry is not None:
+                out.append(entry[0])
+                # the next frame is due a period after this one arrived, or after
+                # this one was due if it came late: late arrivals move the grid
+                # only slowly (a slower sender clock), early ones at once
+                self._due = min(self._due + self._period + DRIFT, entry[1] + self._period)
+                self._started = True
+                self._missing_run = 0
+                self.played += 1
+                self._on_time += 1
+                if self._on_time >= SHRINK_AFTER and self.target > self.min_frames:
+                    self.target -= 1
+                    self._on_time = 0
+            elif self._missing_run >= MAX_MISSING or now >= self._due + self.delay:
+                out.append(None)
+                self._due += self._period
+                self.missing += 1
+                self._missing_run += 1
             else:
-                return self._conceal(advance=False)
-
-        frame = self._frames.pop(self._play_ts, None)
-        self._play_ts = (self._play_ts + self.frame_samples) & 0xFFFFFFFF
-        # drop whatever fell behind the playout point
-        for ts in [ts for ts in self._frames if self._offset(ts) < 0]:
-            del self._frames[ts]
-        if frame is None:
-            return self._conceal(advance=True)
-
-        self._last = frame
-        self._lost_run = 0
-        self._started = True
-        self.played += 1
-        self._on_time += 1
-        if self._on_time >= SHRINK_AFTER and self.target > self.min_frames:
-            self.target -= 1
-            self._on_time = 0
-        self._trim()
-        return frame
-
-    def _trim(self) -> None:
-        # a backlog beyond the target that bursts cause and drain again is
-        # what the buffer is for; one that stands for EXCESS_WINDOW frames
-        # (after a shrink, or clock drift) is latency: skip a frame
-        depth = len(self._frames)
-        self._min_depth = depth if self._ticks == 0 else min(self._min_depth, depth)
-        self._ticks += 1
-        if self._ticks < EXCESS_WINDOW:
-            return
-        self._ticks = 0
-        if self._min_depth >= self.target and self._play_ts is not None:
-            self._frames.pop(self._play_ts, None)
+                break
+            self._remember(self._play_ts, entry is not None)
             self._play_ts = (self._play_ts + self.frame_samples) & 0xFFFFFFFF
+        return out
 
-    def _ready(self) -> bool:
-        if not self._frames:
-            return False
-        newest = max(self._offset(ts) for ts in self._frames)
-        return newest + 1 >= self.target
+    def _remember(self, timestamp: int, played: bool) -> None:
+        history = self._history
+        history[timestamp] = played
+        if len(history) > 2 * MAX_JUMP_FRAMES:
+            del history[next(iter(history))]
 
-    def _conceal(self, advance: bool) -> Frame:
-        if advance:
-            self.concealed += 1
+
+class JitterBuffer(PlayoutBuffer[Frame]):
+    """
+    Decoded audio (any multiple of 20 ms per packet) with loss concealment:
+    ``pop(now)`` returns frames, the first MAX_MISSING lost ones in a row
+    replaced by the last frame repeated with a fade (``concealed`` counts
+    them), None for each further lost frame (a gap for the caller to skip). RFC 3389 comfort
+    noise via ``put_comfort_noise``.
+    """
+
+    def __init__(
+        self,
+        clock_rate: int = 8000,
+        frame_ms: int = 20,
+        min_delay: float = 0.02,
+        max_delay: float = 0.2,
+        noise: Callable[[int], npt.NDArray[np.float64]] | None = None,
+    ) -> None:
+        super().__init__(clock_rate * frame_ms // 1000, frame_ms, min_delay, max_delay)
+        self._last: Frame | None = None
+        self._lost_run = 0
+        self._comfort_level: float | None = None  # dBov, while CN is playing
+        self._comfort_due = 0.0
+        rng = np.random.default_rng()
+        self._noise = noise or (lambda n: rng.standard_normal(n))
+        self.concealed = 0
+
+    @property
+    def idle(self) -> bool:
+        return not self._items and self._comfort_level is None
+
+    @property
+    def deadline(self) -> float | None:
+        if self._comfort_level is not None and not self._items:
+            return self._comfort_due
+        return super().deadline
+
+    def reset(self) -> None:
+        super().reset()
+        self._comfort_level = None
+        self._lost_run = 0
+        self._last = None
+
+    def put(  # type: ignore[override]
+        self, ssrc: int, timestamp: int, samples: Frame, now: float, marker: bool = False
+    ) -> None:
+        """A decoded packet (any multiple of 20 ms) that arrived at ``now``."""
+        size = self.frame_samples
+        for k in range(len(samples) // size):
+            super().put(
+                ssrc,
+                (timestamp + k * size) & 0xFFFFFFFF,
+                samples[k * size : (k + 1) * size],
+                now,
+                marker and k == 0,
+            )
+        self._comfort_level = None
+
+    def put_comfort_noise(self, ssrc: int, timestamp: int, payload: bytes, now: float) -> None:
+        """RFC 3389 CN: the first byte is the noise level in -dBov."""
+        if ssrc != self._ssrc or self._play_ts is None:
+            self._ssrc = ssrc
+            self._anchor(timestamp, now)
+        if self._comfort_level is None:
+            self._comfort_due = now
+        self._comfort_level = -float(payload[0] & 0x7F) if payload else -127.0
+
+    def pop(self, now: float) -> list[Frame | None]:
+        out: list[Frame | None] = []
+        for frame in super().pop(now):
+            if frame is None:
+                out.append(self._conceal() if self._lost_run < MAX_MISSING else None)
+            else:
+                self._last = frame
+                self._lost_run = 0
+                out.append(frame)
+        level = self._comfort_level
+        if level is not None and not self._items:
+            # the timeline goes on under the noise, so speech resumes in step
+            while now >= self._comfort_due and len(out) < MAX_JUMP_FRAMES:
+                out.append(self._comfort_noise(level))
+                self._comfort_due += self._period
+                if self._play_ts is not None:
+                    self._play_ts = (self._play_ts + self.frame_samples) & 0xFFFFFFFF
+                    self._due = self._comfort_due
+            if now >= self._comfort_due:  # after a stall: no burst of noise
+                self._comfort_due = now + self._period
+        return out
+
+    def _conceal(self) -> Frame:
+        self.concealed += 1
         self._lost_run += 1
-        if self._last is None or self._lost_run > len(CONCEAL_GAINS):
+        if self._last is None:
             return np.zeros(self.frame_samples, dtype=np.int16)
-        gain = CONCEAL_GAINS[self._lost_run - 1]
+        gain = CONCEAL_GAINS[min(self._lost_run, len(CONCEAL_GAINS)) - 1]
         return np.rint(self._last * gain).astype(np.int16)
 
     def _comfort_noise(self, level_dbov: float) -> Frame:

@@ -26,6 +26,7 @@ __all__ = [
     "EncodedFrame",
     "FrameClock",
     "FrameQueue",
+    "Gap",
     "MediaItem",
     "MediaQueue",
     "PassThroughPort",
@@ -60,7 +61,18 @@ class EncodedFrame:
     payload: bytes
 
 
-MediaItem = Frame | EncodedFrame
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """
+    ``frames`` 20 ms frames of a relayed stream that were lost upstream
+    (pass-through cannot conceal them): the sink's RTP timestamps skip them,
+    so the far decoder sees the loss and conceals it itself.
+    """
+
+    frames: int = 1
+
+
+MediaItem = Frame | EncodedFrame | Gap
 T = TypeVar("T")
 
 
@@ -225,7 +237,9 @@ class PassThroughPort(AudioPort, Protocol):
     ``read_any()`` yields frames or EncodedFrames as queued (``read()`` decodes
     an EncodedFrame itself); ``decode_frame()`` decodes one of this leg's
     EncodedFrames to a frame at ``sample_rate``, with the leg's own decoder;
-    ``write_encoded()`` sends an EncodedFrame of ``send_codec`` as it is.
+    ``write_encoded()`` sends an EncodedFrame of ``send_codec`` as it is;
+    ``write_gap(frames)`` tells the leg that frames of what it relays were
+    lost upstream (a Gap), so its timestamps skip them.
     """
 
     @property
@@ -241,6 +255,8 @@ class PassThroughPort(AudioPort, Protocol):
     def decode_frame(self, frame: EncodedFrame) -> Frame: ...
 
     def write_encoded(self, frame: EncodedFrame) -> None: ...
+
+    def write_gap(self, frames: int) -> None: ...
 
 
 class PlayoutQueue:

@@ -23,15 +23,18 @@ connects, so connect after negotiating (as the gateway does). Should a later
 re-INVITE switch to a codec of another rate, the leg resamples internally and
 the port keeps its rate.
 
-The leg keeps its own send clock: once the far end is known it sends a packet
-every 20 ms, with whatever frame is queued or encoded silence, so the PBX sees
+Sending (rtc.sendclock): each frame written is encoded and sent at once, in
+the writer's call (the browser leg's datagram callback), with RTP timestamps
+that follow the frames; when nothing is written for 60 ms the leg sends
+encoded silence (or queued in-band DTMF) every 20 ms itself, so the PBX sees
 a steady stream (and NATs on the way stay open) whatever the browser does.
 
 Hold is a direction (RFC 3264 section 8.4): ``create_offer(direction=...)``
 for our re-INVITEs, ``create_answer(offer)`` for the PBX's. While we may not
-send, the RTP timestamp keeps following the clock but the sequence number
-stands still, so the stream resumes without a gap the far end would count as
-loss (RFC 3550 section 5.1), with the marker bit set on the first packet.
+send, nothing is sent; on resume the RTP timestamp jumps by the time held but
+the sequence number continues, so the stream resumes without a gap the far
+end would count as loss (RFC 3550 section 5.1), with the marker bit set on
+the first packet.
 
 DTMF: ``send_dtmf`` sends RFC 4733 events when the far end negotiated
 telephone-event and generated dual tones in the audio otherwise; ``on_dtmf``
@@ -40,12 +43,13 @@ from a Goertzel detector on the received audio.
 
 Receiving: packets go through an adaptive jitter buffer (rtc.jitterbuffer:
 reordering, duplicates, loss concealment, RFC 3389 comfort noise, SSRC and
-timestamp changes) played out by a 20 ms clock of the leg's own, anchored
-``PLAYOUT_MARGIN`` after the first packet of a stream so that, at the minimum
-delay, a frame waits only that margin; ``read()`` yields those frames. The
-clock stops (and ``read()`` waits) when nothing is left to play, so a
-silent or held stream yields nothing, and restarts with the next packet.
-``jitter_min``/``jitter_max`` (seconds, 0.02..0.2) bound the adaptive delay.
+timestamp changes) that releases each frame as soon as it and those before it
+are in, and waits for a missing one up to its adaptive delay before
+concealing it; ``read()`` (or the bridge's listener) gets the frames in the
+datagram callback that completed them, or from a timer at the end of a wait
+(and every 20 ms during comfort noise). A silent or held stream yields
+nothing. ``jitter_min``/``jitter_max`` (seconds, 0.02..0.2) bound the
+adaptive delay.
 
 SRTP (``srtp`` keyword of ``open``), keyed by SDES (RFC 4568, rtc.sdes):
 "off" offers RTP/AVP, ignores crypto lines in answers and offers and refuses
@@ -63,12 +67,12 @@ could not be told from SRTP). ``srtp_suite`` is the negotiated suite.
 Pass-through (rtc.ports.PassThroughPort; MediaBridge turns it on when the
 browser leg sends the same codec): while ``set_passthrough(wants)`` accepts
 the negotiated codec, each received 20 ms packet of it is queued undecoded
-(an EncodedFrame) through a packet jitter buffer (rtc.packetbuffer:
-reordering, duplicates, adaptive delay; a missing packet is a gap the
-receiving decoder conceals) on the same playout clock, and ``write_encoded``
-frames are sent as they are, with our own sequence numbers and timestamps
-(up to MAX_GAP_TICKS ticks with nothing to relay send nothing, as DTX
-would; then encoded silence keeps the stream going, e.g. on hold). In-band DTMF
+(an EncodedFrame) through the same kind of jitter buffer without concealment
+(rtc.jitterbuffer.PlayoutBuffer; a missing packet is passed on as a Gap, which
+the sending leg's timestamps skip so that the browser's decoder conceals it),
+and ``write_encoded`` frames are sent as they are, with our own sequence
+numbers and timestamps (``write_gap`` skips lost ones; after 60 ms with
+nothing to relay, encoded silence keeps the stream going). In-band DTMF
 detection (no telephone-event negotiated and ``on_dtmf`` set) still decodes
 each packet, for the detector only; RFC 4733 events, in-band DTMF sending,
 statistics and the media timeout are the same in both modes. Packets of
@@ -96,17 +100,15 @@ from .dtmf import DtmfEventReceiver, digit_to_event, event_packets
 from .dtmfdetect import DtmfDetector
 from .g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from .g722 import G722_SAMPLE_RATE, G722Decoder, G722Encoder
-from .jitterbuffer import JitterBuffer
+from .jitterbuffer import JitterBuffer, PlayoutBuffer
 from .opus import OPUS_CLOCK_RATE, OpusDecoder, OpusEncoder, packet_samples
-from .packetbuffer import PacketJitterBuffer
 from .ports import (
     FRAME_MS,
-    MAX_GAP_TICKS,
     AudioPort,
     EncodedFrame,
+    Gap,
     MediaItem,
     MediaQueue,
-    PlayoutQueue,
     frame_samples,
 )
 from .resample import Resampler
@@ -132,6 +134,7 @@ from .sdp import (
     reverse_direction,
     select_codec,
 )
+from .sendclock import SendClock
 from .stats import LegStats
 from .tones import dtmf_tone
 
@@ -151,22 +154,13 @@ TELEPHONE_EVENT_FMTP = "0-16"
 RECEIVE_QUEUE_FRAMES = 50
 # received audio older than this was not wanted when it was fresh
 RECEIVE_MAX_AGE = 0.1
-# (kept for compatibility; reordering is the jitter buffer's job now)
-REORDER_DEPTH = 3
-REORDER_TIMEOUT = 0.06
 # jitter buffer bounds (seconds): adaptive between these, the minimum at first
 JITTER_MIN = 0.02
 JITTER_MAX = 0.2
-# the playout clock ticks this long after the packet that (re)starts a stream: what
-# a packet may be late at the minimum delay (3 ms lost first digits of
-# in-band DTMF on a busy loop at call start)
-PLAYOUT_MARGIN = 0.01
 # RFC 3389 comfort noise, static payload type (RFC 3551)
 CN_PT = 13
 # a sequence jump this large means a new stream, not reordering
 MAX_SEQ_JUMP = 1000
-# after a stall (suspended loop) restart the clock rather than send a burst
-MAX_CLOCK_LAG = 0.1
 # RFC 4733 2.5.1.2: updates of a long event every 50 ms
 DTMF_UPDATE_MS = 50
 DTMF_UPDATE_SAMPLES = RTP_CLOCK * DTMF_UPDATE_MS // 1000
@@ -374,9 +368,8 @@ class RtpLeg(AudioPort):
         # sending, per RFC 3550 5.1: random initial values
         self._ssrc = random.getrandbits(32)
         self._sequence_number = random.getrandbits(16)
-        self._timestamp = random.getrandbits(32)
-        self._marker = True
-        self._playout = PlayoutQueue()
+        self._clock = SendClock(RTP_FRAME, random.getrandbits(32))  # unwrapped timestamps
+        self._fill_timer: asyncio.TimerHandle | None = None
 
         # RTCP
         self.rtcp_interval = RTCP_INTERVAL
@@ -386,22 +379,19 @@ class RtpLeg(AudioPort):
         self._rtcp_latched: tuple[str, int] | None = None
         self._rtcp_task: asyncio.Task[None] | None = None
 
-        self._sender: asyncio.Task[None] | None = None
-
         # pass-through (see the module docstring)
         self._passthrough: Callable[[str], bool] | None = None
         self._passing = False  # received packets go to the packet buffer, undecoded
-        self._relaying = False  # the last packet sent was an EncodedFrame as received
-        self._gap = 0  # ticks left empty since
         self._frame_decoders: dict[str, tuple[Decode, Resampler | None]] = {}
         self.frames_decoded = 0
         self.frames_encoded = 0
         self.frames_passed = 0
         self.frames_relayed = 0
+        self.frames_filled = 0  # sent by the leg itself: nothing was written (silence, DTMF)
 
         # receiving
         self._queue = MediaQueue(RECEIVE_QUEUE_FRAMES, RECEIVE_MAX_AGE)
-        self._packets: PacketJitterBuffer[EncodedFrame] = PacketJitterBuffer(
+        self._packets: PlayoutBuffer[EncodedFrame] = PlayoutBuffer(
             RTP_FRAME, FRAME_MS, jitter_min, jitter_max
         )
         self._jitter_min = jitter_min
@@ -413,7 +403,7 @@ class RtpLeg(AudioPort):
         self._playout_resampler: Resampler | None = None
         self._detect_resampler: Resampler | None = None  # to 8 kHz for DtmfDetector
         self._playout_timer: asyncio.TimerHandle | None = None
-        self._next_playout = 0.0
+        self._playout_at = 0.0
         # a packet that is not a whole number of 20 ms frames (ptime 10, 30):
         # contiguous samples collected until they make whole frames
         self._partial = np.zeros(0, dtype=np.int16)
@@ -491,17 +481,19 @@ class RtpLeg(AudioPort):
     # AudioPort
 
     async def read(self) -> npt.NDArray[np.int16]:
-        item = await self._queue.get()
-        if isinstance(item, EncodedFrame):
-            return self.decode_frame(item)
-        return item
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, EncodedFrame):
+                return self.decode_frame(item)
+            if not isinstance(item, Gap):
+                return item
 
     def write(self, frame: npt.NDArray[np.int16]) -> None:
         if self._closed:
             return
         if len(frame) != frame_samples(self.sample_rate):
             raise ValueError(f"RtpLeg expects {frame_samples(self.sample_rate)}-sample frames")
-        self._playout.put(frame)
+        self._send(frame)
 
     @property
     def jitter_buffer(self) -> JitterBuffer:
@@ -511,7 +503,7 @@ class RtpLeg(AudioPort):
     # pass-through (rtc.ports.PassThroughPort)
 
     @property
-    def packet_buffer(self) -> PacketJitterBuffer[EncodedFrame]:
+    def packet_buffer(self) -> PlayoutBuffer[EncodedFrame]:
         """The receive jitter buffer of pass-through (``late``, ``missing``, ``played``...)."""
         return self._packets
 
@@ -556,7 +548,10 @@ class RtpLeg(AudioPort):
 
     def write_encoded(self, frame: EncodedFrame) -> None:
         if not self._closed:
-            self._playout.put(frame)
+            self._send(frame)
+
+    def write_gap(self, frames: int) -> None:
+        self._clock.skip(frames)
 
     # negotiation
 
@@ -814,8 +809,7 @@ class RtpLeg(AudioPort):
             if spec.sample_rate != self.sample_rate:
                 rate_changed = True
                 self.sample_rate = spec.sample_rate
-                # nothing written or queued at the old rate may go out now
-                self._playout.clear()
+                # nothing queued at the old rate may go out now
                 self._inband.clear()
                 self._queue.clear()
         if spec is not self._codec:
@@ -830,7 +824,8 @@ class RtpLeg(AudioPort):
         self._codec_pt = codec.payload_type
         if self._rtp_frame != frame_samples(spec.clock_rate):
             self._rtp_frame = frame_samples(spec.clock_rate)
-            self._packets = PacketJitterBuffer(
+            self._clock.frame_ticks = self._rtp_frame
+            self._packets = PlayoutBuffer(
                 self._rtp_frame, FRAME_MS, self._jitter_min, self._jitter_max
             )
             self._passing = False
@@ -870,7 +865,7 @@ class RtpLeg(AudioPort):
         sending = direction in ("sendrecv", "sendonly") and remote is not None
         if sending and not self._sending:
             # RFC 3551 4.1: first packet after a silence (hold) carries the marker
-            self._marker = True
+            self._clock.marker = True
         self._sending = sending
         receiving = direction in ("sendrecv", "recvonly")
         if not receiving:
@@ -883,10 +878,11 @@ class RtpLeg(AudioPort):
             self._timeout_fired = False
         self._receiving = receiving
         self._direction = direction
-        if self._sender is None and not self._closed:
-            self._timeout_since = asyncio.get_running_loop().time()
-            self._sender = asyncio.get_running_loop().create_task(self._run_sender())
-            self._rtcp_task = asyncio.get_running_loop().create_task(self._run_rtcp())
+        if self._rtcp_task is None and not self._closed:
+            loop = asyncio.get_running_loop()
+            self._timeout_since = loop.time()
+            self._fill_timer = loop.call_at(self._timeout_since, self._fill_tick)
+            self._rtcp_task = loop.create_task(self._run_rtcp())
 
     # DTMF
 
@@ -946,14 +942,14 @@ class RtpLeg(AudioPort):
                     end_interval=frame_samples(clock),
                 )
                 # the event starts where the next audio packet would have
-                timestamp = self._timestamp
                 start = loop.time()
+                timestamp = self._clock.peek(start) & 0xFFFFFFFF
                 self._dtmf_active = True
                 for i, (offset, event) in enumerate(schedule):
                     await asyncio.sleep(start + offset / clock - loop.time())
                     self._send_event(timestamp, bytes(event), marker=i == 0)
                 self._dtmf_active = False
-                self._marker = True  # audio resumes: a new talk spurt
+                self._clock.marker = True  # audio resumes: a new talk spurt
                 await asyncio.sleep(DTMF_GAP_MS / 1000)
         finally:
             self._dtmf_active = False
@@ -967,7 +963,7 @@ class RtpLeg(AudioPort):
         packet = RtpPacket(
             payload_type=pt,
             sequence_number=self._sequence_number,
-            timestamp=timestamp,
+            timestamp=timestamp & 0xFFFFFFFF,
             ssrc=self._ssrc,
             payload=payload,
             marker=marker,
@@ -984,22 +980,27 @@ class RtpLeg(AudioPort):
 
     # sending
 
-    async def _run_sender(self) -> None:
+    def _fill_tick(self) -> None:
+        """
+        The leg's own timer: filler frames while nothing is written (silence,
+        in-band DTMF), and the media timeout.
+        """
+        self._fill_timer = None
+        if self._closed:
+            return
         loop = asyncio.get_running_loop()
-        next_time = loop.time()
-        while not self._closed:
-            frame: MediaItem | None = self._playout.pop()
-            if self._inband:
-                # in-band DTMF replaces the audio while it plays
-                frame = self._inband.popleft()
-            self._send(frame)
-            self._check_timeout(loop.time())
-            next_time += FRAME_MS / 1000
-            delay = next_time - loop.time()
-            if delay < -MAX_CLOCK_LAG:
-                next_time = loop.time()
-                delay = 0
-            await asyncio.sleep(delay)
+        now = loop.time()
+        self._check_timeout(now)
+        if self._sending:
+            fill, again = self._clock.fill(now)
+            if fill:
+                self.frames_filled += 1
+                self._send(None, now)
+        else:
+            again = now + 0.1  # held: only the media timeout to watch
+        if self._closed:
+            return
+        self._fill_timer = loop.call_at(again, self._fill_tick)
 
     def _check_timeout(self, now: float) -> None:
         if self.media_timeout is None or self._timeout_fired or self.held or not self._receiving:
@@ -1011,32 +1012,31 @@ class RtpLeg(AudioPort):
             if self.on_timeout is not None:
                 self.on_timeout()
 
-    def _send(self, frame: MediaItem | None) -> None:
-        # the RTP clock advances even when on hold, as a real source would;
-        # the sequence number only counts packets actually sent
-        timestamp = self._timestamp
-        self._timestamp = (timestamp + self._rtp_frame) & 0xFFFFFFFF
+    def _send(
+        self, frame: npt.NDArray[np.int16] | EncodedFrame | None, now: float | None = None
+    ) -> None:
+        """Send a frame written to the leg now, or filler (None, from the timer)."""
         addr = self.remote_address
         if self._encode is None or addr is None or not self._sending or self._transport is None:
             return
+        written = frame is not None
+        if now is None:
+            now = asyncio.get_running_loop().time()
+        # written frames count even when they are not sent (RFC 4733 events
+        # replace the audio): the stream's timeline goes on under the events
+        timestamp, marker = self._clock.stamp(now, written)
         if self._dtmf_active:
-            # RFC 4733 2.5.1.1: the events replace the audio
             return
+        if self._inband:
+            # in-band DTMF replaces the audio while it plays
+            frame = self._inband.popleft()
         if isinstance(frame, EncodedFrame):
-            if frame.codec == self.send_codec:
-                payload = frame.payload
-                self._relaying = True
-                self.frames_relayed += 1
-            else:
+            if frame.codec != self.send_codec:
                 # the codec changed under the relay: this frame is lost
-                frame = None
-        elif frame is None and self._relaying and self._gap < MAX_GAP_TICKS:
-            # pass-through: nothing arrived for this tick; a gap, as DTX leaves
-            self._gap += 1
-            return
-        self._gap = 0
-        if not isinstance(frame, EncodedFrame):
-            self._relaying = False
+                return
+            payload = frame.payload
+            self.frames_relayed += 1
+        else:
             if frame is None:
                 frame = np.zeros(frame_samples(self.sample_rate), dtype=np.int16)
             payload = self._encode(
@@ -1048,15 +1048,14 @@ class RtpLeg(AudioPort):
         packet = RtpPacket(
             payload_type=self._codec_pt,
             sequence_number=sequence_number,
-            timestamp=timestamp,
+            timestamp=timestamp & 0xFFFFFFFF,
             ssrc=self._ssrc,
             payload=payload,
-            marker=self._marker,
+            marker=marker,
         )
-        self._marker = False
         self._sendto(bytes(packet), addr)
         self.packets_sent += 1
-        self._rtcp.rtp_sent(len(packet.payload))
+        self._rtcp.rtp_sent(len(payload))
 
     def _sendto(self, data: bytes, addr: tuple[str, int]) -> None:
         assert self._transport is not None
@@ -1099,10 +1098,11 @@ class RtpLeg(AudioPort):
                 # CN counts the audio codec's RTP clock
                 clock = self._codec.clock_rate if self._codec is not None else RTP_CLOCK
                 scale = max(1, self._jitter_rate // clock)
+                now = asyncio.get_running_loop().time()
                 self._jitter.put_comfort_noise(
-                    packet.ssrc, (packet.timestamp * scale) & 0xFFFFFFFF, packet.payload
+                    packet.ssrc, (packet.timestamp * scale) & 0xFFFFFFFF, packet.payload, now
                 )
-                self._start_playout()
+                self._play(now)
             return
         codec = self._receive_codecs.get(packet.payload_type)
         if codec is None:
@@ -1150,11 +1150,12 @@ class RtpLeg(AudioPort):
             samples = self._decoder(packet.payload_type, codec)(packet.payload)
             self.frames_decoded += 1
             self._detect_dtmf(samples)
+        now = asyncio.get_running_loop().time()
         self._packets.put(
-            packet.ssrc, packet.timestamp, EncodedFrame(name, packet.payload), packet.marker
+            packet.ssrc, packet.timestamp, EncodedFrame(name, packet.payload), now, packet.marker
         )
         self.frames_passed += 1
-        self._start_playout()
+        self._play(now)
         return True
 
     def _count_received(self, packet: RtpPacket) -> None:
@@ -1188,8 +1189,9 @@ class RtpLeg(AudioPort):
         addr = self._rtcp_latched or self._rtcp_remote
         if addr is None or self._rtcp_transport is None or self._rtcp_transport.is_closing():
             return
+        now = asyncio.get_running_loop().time()
         data = self._rtcp.build_report(
-            time.time(), asyncio.get_running_loop().time(), self._timestamp, bye=bye
+            time.time(), now, self._clock.timestamp_at(now) & 0xFFFFFFFF, bye=bye
         )
         if self._srtp is not None:
             data = self._srtp.protect_rtcp(data)
@@ -1207,12 +1209,13 @@ class RtpLeg(AudioPort):
         self, ssrc: int, timestamp: int, marker: bool, samples: npt.NDArray[np.int16]
     ) -> None:
         """
-        Into the jitter buffer in whole 20 ms frames; start the playout clock.
+        Into the jitter buffer in whole 20 ms frames, then play what is ready.
         ``timestamp`` is in samples of the buffer's rate.
         """
+        now = asyncio.get_running_loop().time()
         size = self._jitter.frame_samples
         if len(self._partial) == 0 and len(samples) % size == 0:
-            self._jitter.put(ssrc, timestamp, samples, marker)
+            self._jitter.put(ssrc, timestamp, samples, now, marker)
         else:
             # the far end uses another ptime: cut the stream into 20 ms frames
             contiguous = (
@@ -1226,17 +1229,40 @@ class RtpLeg(AudioPort):
             pending = np.concatenate((self._partial, samples))
             whole = len(pending) - len(pending) % size
             if whole:
-                self._jitter.put(ssrc, self._partial_ts, pending[:whole], marker)
+                self._jitter.put(ssrc, self._partial_ts, pending[:whole], now, marker)
             self._partial = pending[whole:]
             self._partial_ts = (self._partial_ts + whole) & 0xFFFFFFFF
-        self._start_playout()
+        self._play(now)
 
-    def _start_playout(self) -> None:
-        if self._playout_timer is not None or self._closed:
+    def _play(self, now: float) -> None:
+        """Deliver what the buffer in use releases at ``now``; a timer for its next deadline."""
+        if self._closed:
             return
-        loop = asyncio.get_running_loop()
-        self._next_playout = loop.time() + PLAYOUT_MARGIN
-        self._playout_timer = loop.call_at(self._next_playout, self._playout_tick)
+        if self._passing:
+            for packet in self._packets.pop(now):
+                self._queue.put(Gap() if packet is None else packet)
+            deadline = self._packets.deadline
+        else:
+            for frame in self._jitter.pop(now):
+                if frame is None:
+                    self._queue.put(Gap())  # lost beyond concealment: skipped
+                else:
+                    self._deliver(frame)
+            deadline = self._jitter.deadline
+        timer = self._playout_timer
+        if deadline is None:
+            if timer is not None:
+                timer.cancel()
+                self._playout_timer = None
+        elif timer is None or self._playout_at != deadline:
+            if timer is not None:
+                timer.cancel()
+            self._playout_at = deadline
+            self._playout_timer = asyncio.get_running_loop().call_at(deadline, self._playout_due)
+
+    def _playout_due(self) -> None:
+        self._playout_timer = None
+        self._play(asyncio.get_running_loop().time())
 
     def _stop_playout(self) -> None:
         if self._playout_timer is not None:
@@ -1246,33 +1272,6 @@ class RtpLeg(AudioPort):
         self._packets.reset()
         self._partial = self._partial[:0]
         self._partial_ssrc = None
-
-    def _playout_tick(self) -> None:
-        self._playout_timer = None
-        if self._closed:
-            return
-        if self._passing:
-            packet = self._packets.get()
-            if packet is not None:
-                self._queue.put(packet)
-            if self._packets.idle:
-                self._packets.reset()
-                return
-        else:
-            frame = self._jitter.get()
-            if frame is not None:
-                self._deliver(frame)
-            if frame is None or self._jitter.idle:
-                # nothing left to play (end of a talk spurt, loss beyond
-                # concealment): the next packet starts the clock afresh
-                self._jitter.reset()
-                return
-        loop = asyncio.get_running_loop()
-        self._next_playout += FRAME_MS / 1000
-        now = loop.time()
-        if self._next_playout < now - MAX_CLOCK_LAG:
-            self._next_playout = now
-        self._playout_timer = loop.call_at(self._next_playout, self._playout_tick)
 
     def _deliver(self, samples: npt.NDArray[np.int16]) -> None:
         """A frame at the jitter buffer's rate: DTMF detection, then to read()."""
@@ -1306,13 +1305,9 @@ class RtpLeg(AudioPort):
         if self._rtcp_task is not None:
             self._rtcp_task.cancel()
             self._send_rtcp(bye=True)
-        if self._sender is not None:
-            self._sender.cancel()
-            try:
-                await self._sender
-            except asyncio.CancelledError:
-                pass
-            self._sender = None
+        if self._fill_timer is not None:
+            self._fill_timer.cancel()
+            self._fill_timer = None
         if self._transport is not None:
             self._transport.close()
         if self._rtcp_transport is not None:

@@ -79,12 +79,14 @@ from .ports import (
     AudioPort,
     EncodedFrame,
     FrameClock,
+    Gap,
     MediaItem,
     MediaQueue,
     PlayoutQueue,
     frame_samples,
 )
 from .resample import Resampler
+from .sendclock import SendClock
 from .stats import LegStats, estimate_mos
 from .webrtcdtmf import TELEPHONE_EVENT, TransceiverDtmf, register_telephone_event
 from .webrtcvideo import WebRtcVideo, offer_has_video
@@ -131,6 +133,9 @@ DIRECT_CODECS = ("audio/opus", "audio/pcmu", "audio/pcma", TELEPHONE_EVENT)
 RTP_HEADER = struct.Struct("!BBHII")
 EXTENSION_HEADER = struct.Struct("!HH")
 NTP_OFFSET = 2208988800  # 1900 -> 1970, seconds
+# while the leg sends by itself, how often aiortc's sender task looks whether
+# it is needed again (TURN pair, new DTLS transport)
+DIRECT_POLL = 0.1
 
 register_telephone_event()
 
@@ -199,16 +204,21 @@ class ImmediateAudioJitterBuffer(AiortcJitterBuffer):
 
 class OutgoingAudioTrack(MediaStreamTrack):
     """
-    The audio we send to the browser. aiortc pulls by calling recv(); the
-    track paces itself to one frame per 20 ms, locked to the arrival phase of
-    the frames written to the leg (FrameClock): a frame relayed from the SIP
-    side goes out as soon as it arrives.
+    The audio we send to the browser, encoded here: Opus from our own libopus
+    encoder (mono, VoIP, fed at the port's rate), PCMU/PCMA from rtc.g711 at
+    8 kHz, or a payload relayed as received (pass-through).
 
-    recv() returns packets encoded here, which aiortc's sender only packs into
-    RTP, on the event loop (RTCRtpSender._next_encoded_frame: anything not a
-    Frame goes to ``encoder.pack``): Opus from our own libopus encoder (mono,
-    VoIP, fed at the port's rate), PCMU/PCMA from rtc.g711 at 8 kHz. Any
-    other codec would get frames for aiortc to encode.
+    Once DTLS is up on a plain UDP pair (the usual case), each frame written
+    to the leg is encoded and sent at once (``send``, through the leg's
+    ``_send_direct``), stamped by ``clock`` (rtc.sendclock), and the leg's
+    filler timer sends silence when nothing is written; aiortc's sender then
+    idles in recv(). Before that, and over TURN, recv() serves aiortc's
+    sender: frames queued in the PlayoutQueue are paced by a FrameClock
+    locked to their arrival phase, and returned as packets which aiortc only
+    packs into RTP, on the event loop (RTCRtpSender._next_encoded_frame:
+    anything not a Frame goes to ``encoder.pack``). Any other codec would get
+    frames for aiortc to encode. Both ways share ``clock``, so timestamps run
+    on across a switch.
     """
 
     kind = "audio"
@@ -230,16 +240,19 @@ class OutgoingAudioTrack(MediaStreamTrack):
         self._encoder: OpusEncoder | None = None
         self._g711_resampler: Resampler | None = None
         self._silence = np.zeros(SAMPLES_PER_FRAME, dtype=np.int16)
-        self._pts = 0
+        # timestamps in Opus' 48 kHz units whatever the codec (pts)
+        self.clock = SendClock(PTS_PER_FRAME, 0)
         # frames encoded, and relayed as received (pass-through)
         self.encoded = 0
         self.relayed = 0
+        self.filled = 0  # silence the leg sent itself: nothing was written
         self._relaying = False  # the last packet was an EncodedFrame as received
-        self._gap = 0  # ticks left empty since
-        self._talkspurt = True  # the next packet starts a talk spurt (RTP marker)
+        self._gap = 0  # ticks left empty since (aiortc's sender)
         # ``direct(payload, pts, marker)``: the leg sends the packet itself
-        # (True), or leaves it to aiortc's sender (False)
+        # (True), or leaves it to aiortc's sender (False); ``direct_ready()``:
+        # whether it would now
         self.direct: Callable[[bytes, int, bool], bool] | None = None
+        self.direct_ready: Callable[[], bool] = lambda: False
 
     def set_sample_rate(self, rate: int) -> None:
         """Frames written from now on are at ``rate`` (the encoders start afresh)."""
@@ -248,38 +261,67 @@ class OutgoingAudioTrack(MediaStreamTrack):
         self._g711_resampler = None
         self._silence = np.zeros(frame_samples(rate), dtype=np.int16)
 
+    def send(
+        self, item: npt.NDArray[np.int16] | EncodedFrame | None, now: float, written: bool = True
+    ) -> bool:
+        """
+        Encode (or relay) and send ``item`` now through the leg's direct path
+        (None: filler silence); False when that path is not available (the
+        caller queues the frame for aiortc's sender).
+        """
+        direct = self.direct
+        if direct is None or not self.direct_ready():
+            return False
+        payload = self._payload(item, (self._codec() or "").lower())
+        if payload is None:
+            return False  # a codec aiortc encodes
+        pts, marker = self.clock.stamp(now, written)
+        return direct(payload, pts, marker)
+
+    def _payload(
+        self, item: npt.NDArray[np.int16] | EncodedFrame | None, mime: str
+    ) -> bytes | None:
+        if isinstance(item, EncodedFrame):
+            if mime == f"audio/{item.codec}":
+                self.relayed += 1
+                return item.payload
+            item = None  # the codec changed under the relay: this frame is lost
+        return self._encode_payload(item, mime)
+
     async def recv(self) -> AudioFrame | av.Packet:
+        loop = asyncio.get_running_loop()
         while True:
             if self.readyState != "live":
                 raise MediaStreamError
+            if self.direct_ready():
+                # the leg sends what is written by itself; look again later
+                # (a TURN pair or a new DTLS transport hands back to us)
+                await asyncio.sleep(DIRECT_POLL)
+                continue
             item = await self._clock.next()
             if self.readyState != "live":
                 raise MediaStreamError
-            pts = self._pts
-            self._pts += PTS_PER_FRAME
+            if isinstance(item, Gap):  # not queued (write_gap); for completeness
+                self.clock.skip(item.frames)
+                continue
             mime = (self._codec() or "").lower()
-            payload: bytes | None = None
-            if isinstance(item, EncodedFrame):
-                if mime == f"audio/{item.codec}":
-                    self.relayed += 1
-                    self._relaying = True
-                    self._gap = 0
-                    payload = item.payload
-                else:
-                    item = None  # the codec changed under the relay: this frame is lost
+            if isinstance(item, EncodedFrame) and mime == f"audio/{item.codec}":
+                self._relaying = True
+                self._gap = 0
             elif item is None and self._relaying and self._gap < MAX_GAP_TICKS:
                 # pass-through: nothing to relay this tick, a gap as DTX leaves
                 self._gap += 1
-                self._talkspurt = True
+                self.clock.skip(1)
                 continue
-            if payload is None:
+            else:
                 self._gap = 0
                 self._relaying = False
-                samples = None if isinstance(item, EncodedFrame) else item
-                payload = self._encode_payload(samples, mime)
-                if payload is None:
-                    return self._frame(samples, pts)  # a codec aiortc encodes
-            marker, self._talkspurt = self._talkspurt, False
+            now = loop.time()
+            payload = self._payload(item, mime)
+            pts, marker = self.clock.stamp(now, item is not None)
+            if payload is None:
+                samples = item if not isinstance(item, EncodedFrame) else None
+                return self._frame(samples, pts)  # a codec aiortc encodes
             direct = self.direct
             if direct is not None and direct(payload, pts, marker):
                 continue  # sent (or dropped, sender disabled) by the leg itself
@@ -398,6 +440,8 @@ class WebRtcLeg(AudioPort):
         self.direct_received = 0  # audio/event packets taken by the direct path
         self.direct_sent = 0  # packets sent by the direct path
         self._track.direct = self._send_direct
+        self._track.direct_ready = self._direct_ready
+        self._fill_timer: asyncio.TimerHandle | None = None
 
         # No ICE servers unless configured: aiortc would otherwise ask a public STUN
         # server, which an on-premises gateway must not do behind its operator's back.
@@ -455,17 +499,20 @@ class WebRtcLeg(AudioPort):
     # AudioPort
 
     async def read(self) -> npt.NDArray[np.int16]:
-        item = await self._queue.get()
-        if isinstance(item, EncodedFrame):
-            return self.decode_frame(item)
-        return item
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, EncodedFrame):
+                return self.decode_frame(item)
+            if not isinstance(item, Gap):
+                return item
 
     def write(self, frame: npt.NDArray[np.int16]) -> None:
         if self._closed:
             return
         if len(frame) != frame_samples(self.sample_rate):
             raise ValueError(f"WebRtcLeg expects {frame_samples(self.sample_rate)}-sample frames")
-        self._playout.put(frame)
+        if not self._track.send(frame, asyncio.get_running_loop().time()):
+            self._playout.put(frame)
 
     # pass-through (rtc.ports.PassThroughPort)
 
@@ -500,8 +547,11 @@ class WebRtcLeg(AudioPort):
         return self._decode(decoder, frame.payload)
 
     def write_encoded(self, frame: EncodedFrame) -> None:
-        if not self._closed:
+        if not self._closed and not self._track.send(frame, asyncio.get_running_loop().time()):
             self._playout.put(frame)
+
+    def write_gap(self, frames: int) -> None:
+        self._track.clock.skip(frames)
 
     def set_sample_rate(self, rate: int) -> None:
         """
@@ -769,6 +819,9 @@ class WebRtcLeg(AudioPort):
         connection.data_received = data_received  # type: ignore[method-assign]
         self._hooked = (connection, dtls)
         self._rx_dtls = dtls
+        if self._fill_timer is None:
+            loop = asyncio.get_running_loop()
+            self._fill_timer = loop.call_at(loop.time(), self._fill_tick)
 
     def _receive_direct(self, data: bytes) -> bool:
         """Handle one received datagram here (True) or leave it to aiortc (False)."""
@@ -833,6 +886,44 @@ class WebRtcLeg(AudioPort):
             self._jitter.add(packet)  # type: ignore[arg-type]
         return True
 
+    def _direct_path(self) -> tuple[Any, Any] | None:
+        """The DTLS transport and the plain UDP ICE pair to send on, if usable."""
+        transceiver = self._transceiver
+        if transceiver is None or self._closed:
+            return None
+        dtls: Any = transceiver.sender.transport
+        if dtls is None or dtls._state is not DtlsState.CONNECTED or dtls._tx_srtp is None:
+            return None
+        pair = dtls.transport._connection._nominated.get(1)
+        if pair is None or type(pair.protocol) is not StunProtocol:
+            return None
+        return dtls, pair
+
+    def _direct_ready(self) -> bool:
+        return self._direct_path() is not None
+
+    def _fill_tick(self) -> None:
+        """While the leg sends by itself: silence when nothing is written."""
+        self._fill_timer = None
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        transceiver = self._transceiver
+        if (
+            transceiver is not None
+            and transceiver.sender._enabled
+            and self._direct_path() is not None
+        ):
+            track = self._track
+            fill, again = track.clock.fill(now)
+            if fill:
+                track.filled += 1
+                track.send(None, now, written=False)
+        else:
+            again = now + DIRECT_POLL  # aiortc's sender fills, or nothing is sent
+        self._fill_timer = loop.call_at(again, self._fill_tick)
+
     def _send_direct(self, payload: bytes, pts: int, marker: bool) -> bool:
         """
         Send one audio payload toward the browser ourselves (True), as aiortc's
@@ -849,15 +940,11 @@ class WebRtcLeg(AudioPort):
         for a pair that is not plain UDP (TURN relays need aioice's async path).
         """
         transceiver = self._transceiver
-        if transceiver is None or self._closed:
+        path = self._direct_path()
+        if path is None or transceiver is None:
             return False
+        dtls, pair = path
         sender: Any = transceiver.sender
-        dtls = sender.transport
-        if dtls is None or dtls._state is not DtlsState.CONNECTED or dtls._tx_srtp is None:
-            return False
-        pair = dtls.transport._connection._nominated.get(1)
-        if pair is None or type(pair.protocol) is not StunProtocol:
-            return False
         if not sender._enabled:
             return True  # not sending (hold): dropped, as aiortc would
         codecs = transceiver._codecs
@@ -1027,6 +1114,9 @@ class WebRtcLeg(AudioPort):
         if self._closed:
             return
         self._closed = True
+        if self._fill_timer is not None:
+            self._fill_timer.cancel()
+            self._fill_timer = None
         if self._video is not None:
             self._video.close()
         self._video_negotiated()

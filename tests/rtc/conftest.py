@@ -8,9 +8,7 @@ from rtc.ports import FRAME_MS, AudioPort
 from tests.audio import SineSource
 
 
-async def write_paced(
-    port: AudioPort, source: SineSource, duration: float, lead: int = 0
-) -> None:
+async def write_paced(port: AudioPort, source: SineSource, duration: float, lead: int = 0) -> None:
     """Write a sine into a port in real time, one frame per 20 ms, after `lead` frames
     written at once (a cushion, so a sender whose clock ticks in the writer's phase
     never finds its queue empty: tests of the receiving side want no sender gaps)."""

@@ -1,13 +1,18 @@
-"""The adaptive jitter buffer under scripted loss, reordering, jitter and stream changes."""
+"""
+The adaptive jitter buffers under scripted loss, reordering, jitter and stream
+changes, on a simulated clock: packets arrive at given times, ``pop`` runs after
+each arrival and at each ``deadline`` (as the leg's timer does).
+"""
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
-from rtc.jitterbuffer import JitterBuffer
+from rtc.jitterbuffer import JitterBuffer, PlayoutBuffer
 from tests.audio import rms
 
 N = 160
+P = 0.02  # seconds per frame
 
 
 def frame(seq: int) -> npt.NDArray[np.int16]:
@@ -22,138 +27,216 @@ def ident(out: npt.NDArray[np.int16] | None) -> int | None:
     return (int(out[0]) - 1000) // 10
 
 
-def run(jb: JitterBuffer, arrivals: dict[int, list[int]], ticks: int, ssrc: int = 1) -> list:
-    """arrivals: tick -> packets (seq) arriving just before that tick's playout."""
-    played = []
-    for tick in range(ticks):
-        for seq in arrivals.get(tick, []):
-            jb.put(ssrc, seq * N, frame(seq))
-        played.append(ident(jb.get()))
-    return played
+Arrivals = list[tuple[float, int]]  # (arrival time, seq)
 
 
-def steady(count: int, start: int = 0) -> dict[int, list[int]]:
-    return {t: [t - start] for t in range(start, start + count)}
+def simulate(
+    jb: JitterBuffer, arrivals: Arrivals, until: float | None = None, ssrc: int = 1
+) -> list[tuple[float, npt.NDArray[np.int16]]]:
+    """Every frame released, with the time it was released."""
+    out: list[tuple[float, npt.NDArray[np.int16]]] = []
+
+    def fire_deadlines(before: float) -> None:
+        while (deadline := jb.deadline) is not None and deadline <= before:
+            out.extend((deadline, f) for f in jb.pop(deadline))
+
+    for time, seq in sorted(arrivals):
+        fire_deadlines(time)
+        jb.put(ssrc, seq * N, frame(seq), time)
+        out.extend((time, f) for f in jb.pop(time))
+    end = until if until is not None else (max(t for t, _ in arrivals) + 1.0)
+    fire_deadlines(end)
+    return out
 
 
-def test_in_order_plays_everything_at_minimum_delay() -> None:
+def steady(count: int, start: int = 0, t0: float = 0.0) -> Arrivals:
+    return [(t0 + k * P, start + k) for k in range(count)]
+
+
+def test_in_order_frames_are_released_on_arrival() -> None:
     jb = JitterBuffer()
-    assert jb.get() is None  # nothing yet
-    played = run(jb, steady(100), 100)
-    assert played == list(range(100))
+    assert jb.pop(0.0) == [] and jb.deadline is None and jb.idle
+    out = simulate(jb, steady(100))
+    assert [ident(f) for _, f in out] == list(range(100))
+    # no frame waits: each leaves at its own arrival time
+    assert [t for t, _ in out] == pytest.approx([k * P for k in range(100)])
     assert jb.delay == pytest.approx(0.02)
-    assert (jb.concealed, jb.late) == (0, 0)
+    assert (jb.concealed, jb.late, jb.missing) == (0, 0, 0)
+    assert jb.deadline is None
 
 
-def test_reordering_and_duplicates_within_the_target() -> None:
+def test_jitter_without_loss_passes_through_unchanged() -> None:
+    # up to 15 ms late each: in order, so nothing waits and nothing is concealed
+    rng = np.random.default_rng(1)
+    arrivals = [(k * P + float(rng.uniform(0, 0.015)), k) for k in range(200)]
+    out = simulate(JitterBuffer(), arrivals)
+    played = [ident(f) for _, f in out]
+    assert None not in played
+    assert played == sorted(played)
+
+
+def test_reordering_and_duplicates_within_the_delay() -> None:
     jb = JitterBuffer(min_delay=0.06)
-    arrivals: dict[int, list[int]] = {}
-    for t in range(0, 60, 2):
-        arrivals[t] = [t + 1, t, t]  # swapped pairs, each duplicated
-    played = run(jb, arrivals, 62)
-    real = [p for p in played if p is not None]
-    assert real == list(range(60))
+    arrivals: Arrivals = []
+    for k in range(0, 60, 2):
+        # swapped pairs, each duplicated: k+1 first, k 5 ms later, then k again
+        arrivals += [(k * P, k + 1), (k * P + 0.005, k), (k * P + 0.006, k)]
+    arrivals[0] = (0.0, 0)  # the stream starts in order
+    arrivals[1] = (0.001, 1)
+    out = simulate(jb, arrivals)
+    assert [ident(f) for _, f in out] == list(range(60))
     assert jb.duplicates == 30
-    assert jb.concealed == 0
+    assert jb.concealed == 0 and jb.late == 0
+    # k+1 waited for k, then both left when k came (5 ms later)
+    released = {ident(f): t for t, f in out}
+    assert released[5] == pytest.approx(4 * P + 0.005)
 
 
-def test_loss_is_concealed_by_fading_repeats() -> None:
+def test_loss_is_concealed_at_the_deadline_by_fading_repeats() -> None:
     jb = JitterBuffer()
-    arrivals = {t: [t] for t in range(40) if t not in (10, 20, 21, 22, 23, 24)}
-    outputs = []
-    for tick in range(40):
-        for seq in arrivals.get(tick, []):
-            jb.put(1, seq * N, frame(seq))
-        outputs.append(jb.get())
-    assert ident(outputs[9]) == 9
-    assert outputs[10] is not None
-    assert int(outputs[10][0]) == round(0.9 * (1000 + 90))  # repeat of 9, faded
-    assert ident(outputs[11]) == 11
-    # a long gap fades to silence
-    assert [int(o[0]) for o in outputs[20:25] if o is not None] == [
+    arrivals = [a for a in steady(40) if a[1] not in (10, 20, 21, 22, 23, 24)]
+    out = simulate(jb, arrivals)
+    frames = [f for _, f in out]
+    times = [t for t, _ in out]
+    assert len(frames) == 40
+    assert ident(frames[9]) == 9
+    assert frames[10] is not None
+    assert int(frames[10][0]) == round(0.9 * (1000 + 90))  # repeat of 9, faded
+    # given up 20 ms (the minimum delay) after it was due: when 11 arrives
+    assert times[10] == pytest.approx(10 * P + 0.02)
+    assert ident(frames[11]) == 11 and times[11] == pytest.approx(11 * P)
+    # a burst of five: three fading repeats, the rest of the gap skipped (None),
+    # all when the next packet shows the loss
+    assert [int(f[0]) for f in frames[20:23] if f is not None] == [
         round(0.9 * 1190),
         round(0.6 * 1190),
         round(0.3 * 1190),
-        0,
-        0,
     ]
-    assert ident(outputs[25]) == 25
-    assert jb.concealed == 6
+    assert frames[23] is None and frames[24] is None
+    assert times[20:26] == pytest.approx([25 * P] * 6)
+    assert ident(frames[25]) == 25
+    assert jb.concealed == 4 and jb.missing == 6
 
 
-def test_bursty_arrival_grows_the_delay_then_plays_without_gaps() -> None:
+def test_missing_frames_are_given_up_one_per_period_while_others_wait() -> None:
+    jb = JitterBuffer(min_delay=0.04)
+    # 10-12 never come; 13.. arrive on time and wait behind the gap
+    arrivals = [a for a in steady(30) if a[1] not in (10, 11, 12)]
+    out = simulate(jb, arrivals)
+    conceal_times = [t for t, f in out if f is not None and ident(f) is None]
+    # nothing shows the loss before 13 arrives (at 0.26): then 10 and 11 are
+    # past their deadline (due + 40 ms), 12 is given up at its own (0.28)
+    assert conceal_times == pytest.approx([13 * P, 13 * P, 12 * P + 0.04])
+    # 13 waited behind the gap and leaves with 12's concealment, then 14 as it comes
+    assert [ident(f) for _, f in out[13:15]] == [13, 14]
+    assert [t for t, _ in out[12:15]] == pytest.approx([0.28] * 3)
+    assert jb.concealed == 3
+
+
+def test_late_packets_grow_the_delay_then_wait_for_them() -> None:
     jb = JitterBuffer(max_delay=0.2)
-    arrivals = steady(40)  # on time at first, then in 80 ms bursts
-    for t in range(40, 300, 4):
-        arrivals[t + 3] = [t, t + 1, t + 2, t + 3]
-    played = run(jb, arrivals, 300)
-    assert jb.late > 0
-    assert 0.06 <= jb.delay <= 0.2
-    tail = played[150:]
-    # once adapted, the stream plays continuously
-    real = [p for p in tail if p is not None]
-    assert real == list(range(real[0], real[0] + len(real)))
-    assert len(real) == len(tail)
+    arrivals = steady(40)
+    # then every fifth packet 50 ms late (overtaken by the next two)
+    for k in range(40, 290):
+        arrivals.append((k * P + (0.05 if k % 5 == 0 else 0.0), k))
+    out = simulate(jb, arrivals)
+    assert jb.late == 2  # 20 ms, then 40 ms were not enough
+    assert jb.delay == pytest.approx(0.06)
+    played = [ident(f) for _, f in out]
+    # once adapted, every frame is played in order, none concealed
+    tail = played[60:]
+    assert tail == list(range(60, 290))
+    assert jb.concealed == 2
 
 
 def test_delay_is_capped_and_shrinks_back() -> None:
     jb = JitterBuffer(max_delay=0.1)
     arrivals = steady(20)
-    for t in range(20, 200, 20):
-        arrivals[t + 19] = list(range(t, t + 20))  # 400 ms bursts: hopeless
-    run(jb, arrivals, 200)
+    for k in range(20, 200):
+        if k % 20 == 0:
+            arrivals.append((k * P + 0.4, k))  # hopelessly late
+        else:
+            arrivals.append((k * P, k))
+    simulate(jb, arrivals, until=200 * P)
     assert jb.delay == pytest.approx(0.1)
-    steady_later = {t: [t - 200 + 1000] for t in range(200, 2000)}
-    played = run(jb, steady_later, 2000)[200:]  # then steady
-    assert None not in played[-1000:]
+    later = steady(1500, start=200, t0=200 * P)
+    out = simulate(jb, later)
+    assert None not in [ident(f) for _, f in out[-500:]]
     assert jb.delay == pytest.approx(0.02)
 
 
 def test_ssrc_change_and_timestamp_jump_reanchor() -> None:
     jb = JitterBuffer()
-    run(jb, steady(20), 20)
+    simulate(jb, steady(20))
     # a new source with unrelated timestamps plays at once
-    played = []
-    for seq in range(5000, 5010):
-        jb.put(2, seq * N, frame(seq))
-        played.append(ident(jb.get()))
-    assert played == [seq % 3000 for seq in range(5000, 5010)]
+    out = simulate(jb, steady(10, start=5000, t0=1.0), ssrc=2)
+    assert [ident(f) for _, f in out] == [seq % 3000 for seq in range(5000, 5010)]
     # a jump on the same source (no marker) too
-    played = []
-    for seq in range(90000, 90010):
-        jb.put(2, seq * N, frame(seq))
-        played.append(ident(jb.get()))
-    assert played == [seq % 3000 for seq in range(90000, 90010)]
+    out = simulate(jb, steady(10, start=90000, t0=2.0), ssrc=2)
+    assert [ident(f) for _, f in out] == [seq % 3000 for seq in range(90000, 90010)]
+    assert jb.concealed == 0
 
 
 def test_marker_after_silence_resyncs_without_stretching() -> None:
     jb = JitterBuffer()
-    run(jb, steady(10), 10)
-    for _ in range(10):  # the sender goes quiet (DTX)
-        jb.get()
-    # the talk spurt resumes 5 frames further on the sender's clock
-    played = []
+    simulate(jb, steady(10))
+    # the sender goes quiet (DTX) for 200 ms; the talk spurt resumes 5 frames
+    # further on its clock (its clock and ours differ)
+    out: list[int | None] = []
     for k, seq in enumerate(range(25, 35)):
-        jb.put(1, seq * N, frame(seq), marker=k == 0)
-        played.append(ident(jb.get()))
-    assert played == list(range(25, 35))
+        now = 0.4 + k * P
+        jb.put(1, seq * N, frame(seq), now, marker=k == 0)
+        out += [ident(f) for f in jb.pop(now)]
+    assert out == list(range(25, 35))
+    assert jb.concealed == 0
 
 
-def test_comfort_noise_at_the_signalled_level() -> None:
+def test_comfort_noise_at_the_signalled_level_paced_by_the_deadline() -> None:
     rng = np.random.default_rng(3)
     jb = JitterBuffer(noise=lambda n: rng.standard_normal(n))
-    run(jb, steady(10), 10)
-    jb.put_comfort_noise(1, 10 * N, bytes([40]))  # -40 dBov
-    noise = np.concatenate([jb.get() for _ in range(50)])  # type: ignore[misc]
-    assert 20 * np.log10(rms(noise)) == pytest.approx(-40, abs=1)
-    # speech resumes in step
-    played = []
-    for seq in range(60, 70):
-        jb.put(1, seq * N, frame(seq), marker=seq == 60)
-        played.append(ident(jb.get()))
-    assert played == list(range(60, 70))
+    simulate(jb, steady(10))
+    jb.put_comfort_noise(1, 10 * N, bytes([40]), 0.2)  # -40 dBov
+    assert not jb.idle
+    noise = []
+    for _ in range(50):
+        deadline = jb.deadline
+        assert deadline is not None
+        noise += jb.pop(deadline)
+    assert len(noise) == 50
+    assert jb.deadline == pytest.approx(0.2 + 50 * P)
+    assert 20 * np.log10(rms(np.concatenate(noise))) == pytest.approx(-40, abs=1)
+    # speech resumes in step, and the noise stops
+    out = simulate(jb, steady(10, start=60, t0=1.2))
+    assert [ident(f) for _, f in out] == list(range(60, 70))
+    assert jb.deadline is None
+
+
+def test_packet_buffer_orders_dedups_and_passes_gaps_on() -> None:
+    jb: PlayoutBuffer[str] = PlayoutBuffer(160, min_delay=0.04, max_delay=0.2)
+    assert jb.pop(0.0) == [] and jb.idle
+    jb.put(1, 320, "b", 0.0)
+    jb.put(1, 160, "a", 0.001)  # reordered before anything was released: starts from it
+    assert jb.pop(0.001) == ["a", "b"]
+    jb.put(1, 320, "b", 0.002)  # a copy of a played one
+    assert jb.duplicates == 1 and jb.late == 0
+    jb.put(1, 640, "d", 0.05)  # 480 is missing
+    assert jb.pop(0.05) == []
+    # 480 was due a period after 320 arrived (at 0.0, the earliest), and is
+    # waited for the delay (40 ms) past that
+    assert jb.deadline == pytest.approx(0.02 + 0.04)
+    jb.put(1, 800, "e", 0.055)
+    assert jb.pop(0.0599) == []
+    assert jb.pop(0.06) == [None, "d", "e"]  # given up: a gap for the far decoder
+    assert jb.missing == 1 and jb.idle and jb.deadline is None
+    jb.put(1, 480, "late", 0.07)
+    assert jb.late == 1 and jb.target == 3  # grew by a frame
+    jb.put(2, 99999, "new ssrc", 0.08)
+    assert jb.pop(0.08) == ["new ssrc"]
+    assert jb.played == 5
 
 
 def test_bad_configuration() -> None:
     with pytest.raises(ValueError):
         JitterBuffer(min_delay=0.1, max_delay=0.05)
+    with pytest.raises(ValueError):
+        PlayoutBuffer(160, min_delay=0.0)

@@ -16,7 +16,6 @@ import pytest
 
 from rtc.bridge import MediaBridge
 from rtc.g711 import ulaw_decode, ulaw_encode
-from rtc.packetbuffer import PacketJitterBuffer
 from rtc.rtp import RtpPacket
 from rtc.rtpleg import RtpLeg
 from rtc.webrtcleg import WebRtcLeg
@@ -360,24 +359,3 @@ async def test_sip_to_browser_reordered_lost_and_duplicated_packets() -> None:
         await browser.close()
         await client.close()
         await far.close()
-
-
-def test_packet_jitter_buffer_orders_dedups_and_counts() -> None:
-    jb: PacketJitterBuffer[str] = PacketJitterBuffer(160, min_delay=0.04, max_delay=0.2)
-    assert jb.get() is None and jb.idle
-    jb.put(1, 320, "b")
-    jb.put(1, 160, "a")  # reordered before playout began: starts from it
-    jb.put(1, 160, "a")  # duplicate
-    assert jb.duplicates == 1
-    assert [jb.get(), jb.get()] == ["a", "b"]
-    jb.put(1, 640, "d")  # 480 lost
-    jb.put(1, 800, "e")
-    assert jb.get() is None  # the missing one: a gap
-    assert jb.missing == 1
-    assert [jb.get(), jb.get()] == ["d", "e"]
-    jb.put(1, 480, "late")
-    assert jb.late == 1 and jb.target == 3  # grew by a frame
-    assert [jb.get() for _ in range(3)] == [None] * 3
-    assert jb.idle
-    jb.put(2, 99999, "new ssrc")
-    assert jb.get() is None  # filling up to the (grown) target

@@ -133,6 +133,8 @@ DIRECT_CODECS = ("audio/opus", "audio/pcmu", "audio/pcma", TELEPHONE_EVENT)
 RTP_HEADER = struct.Struct("!BBHII")
 EXTENSION_HEADER = struct.Struct("!HH")
 NTP_OFFSET = 2208988800  # 1900 -> 1970, seconds
+# lost packets (by sequence number) passed on as a gap; more is a new start
+MAX_SEQUENCE_GAP = 5
 # while the leg sends by itself, how often aiortc's sender task looks whether
 # it is needed again (TURN pair, new DTLS transport)
 DIRECT_POLL = 0.1
@@ -188,6 +190,7 @@ class ImmediateAudioJitterBuffer(AiortcJitterBuffer):
     def __init__(self, decode: Callable[[AiortcRtpPacket], bool] | None = None) -> None:
         super().__init__(capacity=16)
         self._last_seq: int | None = None
+        self.late = 0  # dropped: behind the last packet passed on (reordered, duplicated)
         self._decode = decode
 
     def add(self, packet: AiortcRtpPacket) -> tuple[bool, JitterFrame | None]:
@@ -195,6 +198,7 @@ class ImmediateAudioJitterBuffer(AiortcJitterBuffer):
         if self._last_seq is not None:
             delta = (seq - self._last_seq) & 0xFFFF
             if delta == 0 or delta > 0xFFFF - 100:
+                self.late += 1
                 return False, None  # duplicate or late
         self._last_seq = seq
         if self._decode is not None and self._decode(packet):
@@ -437,6 +441,7 @@ class WebRtcLeg(AudioPort):
         self._tx_template: tuple[object, object, int, int, int, bytes] | None = None
         self._tx_sequence = random.randint(0, 0xFFFF)
         self._tx_origin = random.randint(0, 0xFFFFFFFF)
+        self._rx_last: tuple[int, int] | None = None  # SSRC, sequence number of the last packet
         self.direct_received = 0  # audio/event packets taken by the direct path
         self.direct_sent = 0  # packets sent by the direct path
         self._track.direct = self._send_direct
@@ -1009,6 +1014,7 @@ class WebRtcLeg(AudioPort):
         decoder = self._decoder(mime)
         if decoder is None:
             return False
+        self._note_gap(packet)
         wants = self._passthrough
         if wants is not None and len(self._pending) == 0:
             name = mime.split("/", 1)[1]
@@ -1028,6 +1034,20 @@ class WebRtcLeg(AudioPort):
             return True
         self._put_received(samples)
         return True
+
+    def _note_gap(self, packet: AiortcRtpPacket) -> None:
+        """
+        Up to MAX_SEQUENCE_GAP packets lost before this one are passed on as a
+        Gap, so the far leg's timestamps leave room for them and its peer
+        conceals the loss (packets behind the last one never get here:
+        ImmediateAudioJitterBuffer drops them).
+        """
+        last = self._rx_last
+        self._rx_last = (packet.ssrc, packet.sequence_number)
+        if last is not None and last[0] == packet.ssrc:
+            step = (packet.sequence_number - last[1]) & 0xFFFF
+            if 1 < step <= MAX_SEQUENCE_GAP + 1:
+                self._queue.put(Gap(step - 1))
 
     def _decoder(self, mime: str) -> tuple[Decode, Resampler | None] | None:
         """Our decoder for a codec (to the port's rate), None for codecs aiortc decodes."""

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from av import AudioFrame
 
-from rtc.ports import PortClosed
+from rtc.ports import Gap, PortClosed
 from rtc.webrtcleg import WebRtcLeg, to_mono_s16
 from tests.audio import SineSource, dominant_frequency
 
@@ -203,6 +203,48 @@ async def test_stats_from_aiortc() -> None:
         assert a.direct_received >= stats.packets_received - 5
         assert stats.rtt_ms is not None and 0 <= stats.rtt_ms < 100
         assert stats.mos is not None and stats.mos > 4.0
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_lost_and_reordered_browser_packets_become_gaps_not_glitches() -> None:
+    """Packets lost on the way in are passed on as Gaps (the far leg's timestamps skip
+    them); one that comes behind a later one is dropped rather than played out of order."""
+    a, b = WebRtcLeg(), WebRtcLeg()
+    items: list[object] = []
+    try:
+        original = b._receive_direct
+        seen = 0
+        held: list[bytes] = []
+
+        def impaired(data: bytes) -> bool:
+            nonlocal seen
+            # RTP of the negotiated Opus only (not RTCP, DTLS, events)
+            if len(data) > 12 and 127 < data[0] < 192 and data[1] & 0x7F == 96:
+                seen += 1
+                if seen in (20, 40, 41):
+                    return True  # lost
+                if seen == 60:
+                    held.append(data)  # overtaken by the next one
+                    return True
+                if seen == 61:
+                    handled = original(data)
+                    original(held.pop())
+                    return handled
+            return original(data)
+
+        b._receive_direct = impaired  # type: ignore[method-assign]
+        await connect(a, b)
+        b.set_listener(items.append)
+        await write_paced(a, SineSource(1000, 48000, 0.3), 1.6)
+        await asyncio.sleep(0.1)
+        assert seen > 61
+        gaps = [item for item in items if isinstance(item, Gap)]
+        assert [gap.frames for gap in gaps] == [1, 2, 1]
+        assert b._jitter is not None and b._jitter.late == 1
+        frames = [item for item in items if isinstance(item, np.ndarray)]
+        assert len(frames) >= seen - 5 - 40  # written before the listener came: not counted
     finally:
         await a.close()
         await b.close()

@@ -212,6 +212,10 @@ class MediaConfig:
     srtp: str = "off"  # SDES-SRTP toward SIP: off | optional | mandatory
     opus_complexity: int = 0  # libopus complexity of the Opus we send to browsers (0..10)
     opus_bit_rate: int = 32000  # bit rate of the Opus we send to browsers (6000..510000)
+    # how long the SIP -> browser jitter buffer waits for a missing packet (ms):
+    # adaptive between these, starting at the minimum
+    jitter_min_ms: int = 20
+    jitter_max_ms: int = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -822,6 +826,7 @@ def _media(data: Mapping[str, Any], source: str) -> MediaConfig:
         (
             "rtp_host", "rtp_port_min", "rtp_port_max", "ringback", "timeout", "ice_servers",
             "public_address", "codecs", "srtp", "opus_complexity", "opus_bit_rate",
+            "jitter_min_ms", "jitter_max_ms",
         ),
     )
     rtp_host = t.string("rtp_host", "127.0.0.1")
@@ -864,6 +869,13 @@ def _media(data: Mapping[str, Any], source: str) -> MediaConfig:
         raise t.error("timeout", f"must be 0 (never) or more, got {timeout:g}")
     opus_complexity = t.integer("opus_complexity", 0, 0, 10)
     opus_bit_rate = t.integer("opus_bit_rate", 32000, 6000, 510000)
+    jitter_min_ms = t.integer("jitter_min_ms", 20, 20, 200)
+    jitter_max_ms = t.integer("jitter_max_ms", 200, 20, 200)
+    if jitter_max_ms < jitter_min_ms:
+        raise t.error(
+            "jitter_max_ms",
+            f"must be at least jitter_min_ms ({jitter_min_ms}), got {jitter_max_ms}",
+        )
     return MediaConfig(
         rtp_host=rtp_host,
         rtp_port_min=low,
@@ -876,6 +888,8 @@ def _media(data: Mapping[str, Any], source: str) -> MediaConfig:
         srtp=srtp,
         opus_complexity=opus_complexity,
         opus_bit_rate=opus_bit_rate,
+        jitter_min_ms=jitter_min_ms,
+        jitter_max_ms=jitter_max_ms,
     )
 
 

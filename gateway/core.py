@@ -1061,6 +1061,8 @@ class Core:
             advertised_address=media.public_address,
             codecs=media.codecs,
             srtp=media.srtp,
+            jitter_min=media.jitter_min_ms / 1000,
+            jitter_max=media.jitter_max_ms / 1000,
             **supervision,
         )
 

@@ -151,7 +151,7 @@ def test_example_file_loads_and_documents_every_key() -> None:
         "auth": {"mode", "realm", "jwt"},
         "media": {
             "rtp_host", "rtp_port_min", "rtp_port_max", "ringback", "timeout", "codecs", "srtp",
-            "opus_complexity", "opus_bit_rate",
+            "opus_complexity", "opus_bit_rate", "jitter_min_ms", "jitter_max_ms",
         },
         "calls": {
             "no_answer_timeout",
@@ -334,6 +334,9 @@ def test_explicitly_empty_directory() -> None:
         ({"media": {"srtp": "yes"}}, "[media] srtp", "must be one of"),
         ({"media": {"opus_complexity": 11}}, "[media] opus_complexity", ""),
         ({"media": {"opus_bit_rate": 1000}}, "[media] opus_bit_rate", ""),
+        ({"media": {"jitter_min_ms": 10}}, "[media] jitter_min_ms", "between"),
+        ({"media": {"jitter_min_ms": 100, "jitter_max_ms": 60}}, "[media] jitter_max_ms",
+         "at least jitter_min_ms (100)"),
         ({"pbx": {"dtmf": "2833"}}, "[pbx] dtmf",
          'must be one of auto | rfc4733 | info | inband, got "2833"'),
         ({"sip": {"dtmf": "INFO"}}, "[sip] dtmf", "must be one of"),

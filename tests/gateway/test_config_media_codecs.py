@@ -23,3 +23,17 @@ async def test_configured_names_open_an_rtp_leg_offering_opus() -> None:
         assert b"a=rtpmap:111 opus/48000/2" in leg.create_offer()
     finally:
         await leg.close()
+
+
+async def test_jitter_bounds_reach_the_rtp_legs_the_core_opens() -> None:
+    from gateway.core import Core
+
+    config = parse_config({"media": {"jitter_min_ms": 60, "jitter_max_ms": 120}}, SRC)
+    assert (config.media.jitter_min_ms, config.media.jitter_max_ms) == (60, 120)
+    assert (MediaConfig().jitter_min_ms, MediaConfig().jitter_max_ms) == (20, 200)
+    leg = await Core(config, None)._open_rtp()
+    try:
+        assert leg.jitter_buffer.delay == 0.06
+        assert leg.jitter_buffer.max_frames * 20 == 120
+    finally:
+        await leg.close()

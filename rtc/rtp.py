@@ -4,21 +4,78 @@ RTP packets (RFC 3550 section 5.1) as a plain dataclass with parse / bytes.
 Header extensions are kept opaque (profile + raw value): the plain-RTP SIP
 side has no use for them yet, but they must survive a parse/serialize round
 trip.
+
+The media legs' per-packet paths use the lean forms instead: ``ReceivedRtp``
+(``parse_received``: the fields a receiver needs, CSRCs, extension and
+padding skipped, no validation beyond what finding the payload takes) and
+``RTP_FIXED_HEADER.pack`` for the 12-byte header we send.
 """
 
 from dataclasses import dataclass, field
-from struct import pack, pack_into, unpack_from
+from struct import Struct, pack, pack_into, unpack_from
 
 __all__ = [
+    "RTP_FIXED_HEADER",
     "RTP_HEADER_LENGTH",
+    "ReceivedRtp",
     "RtpPacket",
     "is_rtcp",
+    "parse_received",
     "seq_gt",
     "seq_diff",
 ]
 
 RTP_HEADER_LENGTH = 12
 RTP_VERSION = 2
+# V=2, no padding/extension/CSRC first byte, M+PT, sequence number, timestamp, SSRC
+RTP_FIXED_HEADER = Struct("!BBHII")
+_EXTENSION_HEADER = Struct("!HH")
+
+
+class ReceivedRtp:
+    """The fields of a received RTP packet a receiver needs."""
+
+    __slots__ = ("marker", "payload", "payload_type", "sequence_number", "ssrc", "timestamp")
+
+    def __init__(
+        self,
+        payload_type: int,
+        sequence_number: int,
+        timestamp: int,
+        ssrc: int,
+        payload: bytes,
+        marker: bool = False,
+    ) -> None:
+        self.payload_type = payload_type
+        self.sequence_number = sequence_number
+        self.timestamp = timestamp
+        self.ssrc = ssrc
+        self.payload = payload
+        self.marker = marker
+
+
+def parse_received(data: bytes) -> ReceivedRtp | None:
+    """A received datagram's RTP fields; None when it is not a well-formed RTP packet."""
+    if len(data) < RTP_HEADER_LENGTH:
+        return None
+    first, second, sequence_number, timestamp, ssrc = RTP_FIXED_HEADER.unpack_from(data)
+    if first >> 6 != RTP_VERSION:
+        return None
+    start = RTP_HEADER_LENGTH + 4 * (first & 0x0F)
+    if first & 0x10:
+        if len(data) < start + 4:
+            return None
+        start += 4 + 4 * _EXTENSION_HEADER.unpack_from(data, start)[1]
+    end = len(data)
+    if first & 0x20:
+        end -= data[-1]
+        if data[-1] == 0:
+            return None
+    if start > end:
+        return None
+    return ReceivedRtp(
+        second & 0x7F, sequence_number, timestamp, ssrc, data[start:end], bool(second & 0x80)
+    )
 
 
 def is_rtcp(data: bytes) -> bool:

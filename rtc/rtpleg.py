@@ -113,7 +113,7 @@ from .ports import (
 )
 from .resample import Resampler
 from .rtcpsession import RtcpSession
-from .rtp import RtpPacket, is_rtcp
+from .rtp import RTP_FIXED_HEADER, ReceivedRtp, RtpPacket, is_rtcp, parse_received
 from .sdes import (
     DEFAULT_SUITE,
     CryptoAttribute,
@@ -1045,15 +1045,14 @@ class RtpLeg(AudioPort):
             self.frames_encoded += 1
         sequence_number = self._sequence_number
         self._sequence_number = (sequence_number + 1) & 0xFFFF
-        packet = RtpPacket(
-            payload_type=self._codec_pt,
-            sequence_number=sequence_number,
-            timestamp=timestamp & 0xFFFFFFFF,
-            ssrc=self._ssrc,
-            payload=payload,
-            marker=marker,
+        header = RTP_FIXED_HEADER.pack(
+            0x80,
+            self._codec_pt | 0x80 if marker else self._codec_pt,
+            sequence_number,
+            timestamp & 0xFFFFFFFF,
+            self._ssrc,
         )
-        self._sendto(bytes(packet), addr)
+        self._sendto(header + payload, addr)
         self.packets_sent += 1
         self._rtcp.rtp_sent(len(payload))
 
@@ -1080,9 +1079,8 @@ class RtpLeg(AudioPort):
             except SrtpError:
                 # forged, replayed or plain: nothing to play and nothing to latch onto
                 return
-        try:
-            packet = RtpPacket.parse(data)
-        except ValueError:
+        packet = parse_received(data)
+        if packet is None:
             return
         if self._telephone_event_pt is not None and packet.payload_type == self._telephone_event_pt:
             self._count_received(packet)
@@ -1130,7 +1128,7 @@ class RtpLeg(AudioPort):
         scale = codec.sample_rate // codec.clock_rate
         self._buffer(packet.ssrc, (packet.timestamp * scale) & 0xFFFFFFFF, packet.marker, samples)
 
-    def _pass_through(self, packet: RtpPacket, codec: AudioCodec) -> bool:
+    def _pass_through(self, packet: ReceivedRtp, codec: AudioCodec) -> bool:
         """Queue the packet undecoded (True) when pass-through takes it."""
         wants = self._passthrough
         name = codec.name.lower()
@@ -1158,7 +1156,7 @@ class RtpLeg(AudioPort):
         self._play(now)
         return True
 
-    def _count_received(self, packet: RtpPacket) -> None:
+    def _count_received(self, packet: ReceivedRtp) -> None:
         now = asyncio.get_running_loop().time()
         self.packets_received += 1
         self.last_received = now

@@ -41,7 +41,6 @@ import asyncio
 import fractions
 import logging
 import random
-import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -86,6 +85,7 @@ from .ports import (
     frame_samples,
 )
 from .resample import Resampler
+from .rtp import RTP_FIXED_HEADER, parse_received
 from .sendclock import SendClock
 from .stats import LegStats, estimate_mos
 from .webrtcdtmf import TELEPHONE_EVENT, TransceiverDtmf, register_telephone_event
@@ -130,8 +130,6 @@ OPUS_COMPLEXITY = 0
 
 # the direct audio path (see WebRtcLeg): codecs whose packets it handles itself
 DIRECT_CODECS = ("audio/opus", "audio/pcmu", "audio/pcma", TELEPHONE_EVENT)
-RTP_HEADER = struct.Struct("!BBHII")
-EXTENSION_HEADER = struct.Struct("!HH")
 NTP_OFFSET = 2208988800  # 1900 -> 1970, seconds
 # lost packets (by sequence number) passed on as a gap; more is a new start
 MAX_SEQUENCE_GAP = 5
@@ -140,21 +138,6 @@ MAX_SEQUENCE_GAP = 5
 DIRECT_POLL = 0.1
 
 register_telephone_event()
-
-
-class DirectPacket:
-    """The fields of a received RTP packet the direct path needs (no aiortc RtpPacket)."""
-
-    __slots__ = ("payload", "payload_type", "sequence_number", "ssrc", "timestamp")
-
-    def __init__(
-        self, payload_type: int, sequence_number: int, timestamp: int, ssrc: int, payload: bytes
-    ) -> None:
-        self.payload_type = payload_type
-        self.sequence_number = sequence_number
-        self.timestamp = timestamp
-        self.ssrc = ssrc
-        self.payload = payload
 
 
 def audio_level_dbov(frame: AudioFrame) -> int:
@@ -859,18 +842,9 @@ class WebRtcLeg(AudioPort):
             data = srtp.unprotect(data)
         except pylibsrtp.Error:
             return True  # aiortc drops these too
-        first, second, sequence_number, timestamp, ssrc = RTP_HEADER.unpack_from(data)
-        start = 12 + 4 * (first & 0x0F)
-        if first & 0x10:
-            if len(data) < start + 4:
-                return True
-            start += 4 + 4 * EXTENSION_HEADER.unpack_from(data, start)[1]
-        end = len(data)
-        if first & 0x20:
-            end -= data[-1]
-        if start > end:
+        packet = parse_received(data)
+        if packet is None:
             return True
-        payload = data[start:end]
         self.direct_received += 1
         self.last_received = asyncio.get_running_loop().time()
         receiver: Any = transceiver.receiver
@@ -878,9 +852,9 @@ class WebRtcLeg(AudioPort):
             return True
         if mime == TELEPHONE_EVENT:
             if self._dtmf is not None:
-                self._dtmf.receive_event(ssrc, timestamp, payload)
+                self._dtmf.receive_event(packet.ssrc, packet.timestamp, packet.payload)
             return True
-        packet = DirectPacket(second & 0x7F, sequence_number, timestamp, ssrc, payload)
+        ssrc = packet.ssrc
         streams = receiver._RTCRtpReceiver__remote_streams
         stream = streams.get(ssrc)
         if stream is None:
@@ -973,7 +947,7 @@ class WebRtcLeg(AudioPort):
         sequence_number = self._tx_sequence
         self._tx_sequence = (sequence_number + 1) & 0xFFFF
         data = (
-            RTP_HEADER.pack(
+            RTP_FIXED_HEADER.pack(
                 first,
                 payload_type | 0x80 if marker else payload_type,
                 sequence_number,

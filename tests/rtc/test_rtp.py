@@ -99,3 +99,38 @@ def test_sequence_arithmetic() -> None:
     assert seq_diff(65535, 1) == -2
     assert seq_gt(0, 65535) and not seq_gt(65535, 0)
     assert seq_diff(100, 100) == 0
+
+
+def test_parse_received_agrees_with_the_full_parser() -> None:
+    from rtc.rtp import RTP_FIXED_HEADER, parse_received
+
+    for packet in (
+        RtpPacket(0, 7, 160, 0x1234, payload=b"\x01" * 160),
+        RtpPacket(96, 65535, 0xFFFFFFFF, 1, payload=b"opus", marker=True, csrc=[5, 6]),
+        RtpPacket(8, 1, 2, 3, payload=b"ab", extension_profile=0xBEDE, extension=b"\x10abc"),
+        RtpPacket(8, 1, 2, 3, payload=b"padded", padding_size=3),
+    ):
+        lean = parse_received(bytes(packet))
+        assert lean is not None
+        assert (
+            lean.payload_type,
+            lean.sequence_number,
+            lean.timestamp,
+            lean.ssrc,
+            lean.payload,
+            lean.marker,
+        ) == (
+            packet.payload_type,
+            packet.sequence_number,
+            packet.timestamp,
+            packet.ssrc,
+            packet.payload,
+            packet.marker,
+        )
+    # what we send: the fixed header, marker in the payload type byte
+    assert RTP_FIXED_HEADER.pack(0x80, 0x80 | 0, 7, 160, 9) == bytes(
+        RtpPacket(0, 7, 160, 9, marker=True)
+    )
+    # not RTP, or no room for what the header announces
+    for bad in (b"", b"\x80" * 11, b"\x40" + bytes(11), b"\x90" + bytes(11), b"\xa0" + bytes(11)):
+        assert parse_received(bad) is None

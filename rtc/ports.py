@@ -261,7 +261,8 @@ class PassThroughPort(AudioPort, Protocol):
 
 class PlayoutQueue:
     """
-    Frames waiting for a paced sender (the RTP clock or an aiortc track).
+    Frames waiting for a paced sender (the browser track while aiortc sends it:
+    before DTLS is up and over TURN; see rtc.sendclock for the usual way).
 
     The producer and the sender run on different clocks, so a backlog that
     forms once (a burst, a late start) would otherwise stay as latency forever.
@@ -328,8 +329,8 @@ def _wake(waiter: "asyncio.Future[None]") -> None:
 
 class FrameClock:
     """
-    The 20 ms clock of a paced sender (the RTP leg's sender, the browser
-    track), phase-locked to the frames it relays instead of free-running.
+    The 20 ms clock of a paced sender (the browser track while aiortc sends
+    it), phase-locked to the frames it relays instead of free-running.
 
     ``next()`` returns the next frame to send (None: send silence). When the
     queue is empty the frame is released the moment it arrives and the clock

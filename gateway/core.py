@@ -2297,6 +2297,11 @@ class Core:
             return
         record.codecs(far=far.codec)
         record.stats(far=dataclasses.asdict(far.stats()))
+        video = far.video if isinstance(far, VideoRtpLeg) else None
+        if video is not None and video.last_codec is not None:
+            # The phone's video codec is the call's: relayed as it is to the browser.
+            stats = video.stats()
+            record.video(codec=stats.codec, far=dataclasses.asdict(stats))
 
     async def _finish_record(
         self, call: ClientCall, reason: Reason, ended_at: float | None
@@ -2312,7 +2317,29 @@ class Core:
                 logger.debug("call %s: no client leg statistics: %s", call.call_id, exc)
             else:
                 record.stats(client=dataclasses.asdict(stats))
+            await self._note_client_video(call, client, record)
         record.ended(t=ended_at, reason=str(reason))
+
+    @staticmethod
+    async def _note_client_video(
+        call: ClientCall, client: WebRtcLeg, record: CallRecordBuilder
+    ) -> None:
+        """The browser's video statistics, when its leg had video."""
+        if client.video is None:
+            return
+        try:
+            stats = await asyncio.wait_for(client.video.stats(), RECORD_STATS_TIMEOUT)
+        except Exception as exc:  # as for the audio statistics: the leg may be closing
+            logger.debug("call %s: no client video statistics: %s", call.call_id, exc)
+            return
+        if stats.codec is None or not (
+            client.has_video or stats.packets_sent or stats.packets_received
+        ):
+            return  # video offered but never negotiated
+        # Web-to-web calls have no phone's codec: the browser's is the call's.
+        record.video(
+            codec=None if record.video_codec else stats.codec, client=dataclasses.asdict(stats)
+        )
 
     # -- housekeeping ------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ The pieces, in the order the core uses them:
       b.sip(code=200)                        # the SIP final response (any, also 4xx-6xx)
       b.answered()                           # the call became active
       b.stats(client={...}, far={...})       # media statistics, just before the end
+      b.video(codec="VP8", client={...}, far={...})   # only for calls that had video
       record = b.ended(reason="userTerminated")   # -> CallRecord, passed to `sink` once
 
   Every time argument is an epoch float (`time.time()`) and defaults to "now".
@@ -89,7 +90,10 @@ class CallRecord:
     sip_call_id: str | None = None  # Call-ID of the SIP leg, if any
     client_codec: str | None = None  # codec of the client (WebRTC) leg, e.g. "opus"
     far_codec: str | None = None  # codec of the far leg, e.g. "PCMU"
-    #: media statistics: {"client": {...}, "far": {...}} (any JSON values)
+    #: media statistics: {"client": {...}, "far": {...}} (any JSON values); calls that had
+    #: video add {"video": {"codec": "VP8", "client": {...}, "far": {...}}} (a leg's dict only
+    #: when that leg had video). Inside the JSON column, so the table and its schema
+    #: version stay as they were and older readers see one more key they ignore.
     stats: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -99,10 +103,18 @@ class CallRecord:
             return 0.0
         return max(0.0, self.end_time - self.answer_time)
 
+    @property
+    def video_codec(self) -> str | None:
+        """The video codec of a call that had video ("VP8", "H264"), else None."""
+        video = self.stats.get("video")
+        codec = video.get("codec") if isinstance(video, dict) else None
+        return codec if isinstance(codec, str) else None
+
     def to_json(self) -> dict[str, Any]:
-        """A JSON-serializable dict of every field plus `duration`."""
+        """A JSON-serializable dict of every field plus `duration` and `video_codec`."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["duration"] = round(self.duration, 3)
+        data["video_codec"] = self.video_codec
         return data
 
 
@@ -514,6 +526,32 @@ class CallRecordBuilder:
             self._stats["client"] = dict(client)
         if far is not None:
             self._stats["far"] = dict(far)
+
+    @property
+    def video_codec(self) -> str | None:
+        """The video codec set so far by `video()`, if any."""
+        video = self._stats.get("video")
+        return video.get("codec") if video is not None else None
+
+    def video(
+        self,
+        *,
+        codec: str | None = None,
+        client: dict[str, Any] | None = None,
+        far: dict[str, Any] | None = None,
+    ) -> None:
+        """The call had video: its codec and the video statistics of the client leg and
+        the far leg, stored as `stats["video"]`. A keyword left out keeps what was set
+        before; a leg's statistics replace what an earlier call set for that leg."""
+        if self._result is not None or (codec is None and client is None and far is None):
+            return
+        video = self._stats.setdefault("video", {})
+        if codec is not None:
+            video["codec"] = codec
+        if client is not None:
+            video["client"] = dict(client)
+        if far is not None:
+            video["far"] = dict(far)
 
     def ended(self, t: float | None = None, reason: str | None = None) -> CallRecord:
         """Finish the record with the end time and the json-v1 reason; returns it.

@@ -66,7 +66,7 @@ from .sdp import (
     combine_directions,
     reverse_direction,
 )
-from .stats import LegStats
+from .stats import VideoStats
 from .webrtcvideo import EncodedVideoTrack, OutgoingVideoTrack
 
 __all__ = [
@@ -319,6 +319,8 @@ class RtpVideo:
         self.keyframe_requests_sent = 0
         self.keyframe_requests_received = 0
         self.max_bitrate: int | None = None
+        # the last codec negotiated, kept after video ends: the call record names it
+        self.last_codec: str | None = None
         self._transport: asyncio.DatagramTransport | None = None
         self._rtcp_transport: asyncio.DatagramTransport | None = None
         self._closed = False
@@ -604,6 +606,7 @@ class RtpVideo:
     ) -> None:
         changed = self._codec is None or self._codec.name.upper() != codec.name.upper()
         self._codec = codec
+        self.last_codec = codec.name.upper()
         self._pending_codecs = {}
         self._direction = direction
         feedback = _feedback(media, codec.payload_type)
@@ -848,8 +851,26 @@ class RtpVideo:
                 self._send_rtcp()
             await asyncio.sleep(RTCP_INTERVAL * random.uniform(0.5, 1.5))
 
-    def stats(self) -> LegStats:
-        return self._rtcp.stats(self.codec)
+    def stats(self) -> VideoStats:
+        """What this stream counted (its codec: the last one negotiated, None if never)."""
+        rtcp = self._rtcp.stats(self.last_codec)
+        return VideoStats(
+            codec=self.last_codec,
+            packets_sent=rtcp.packets_sent,
+            bytes_sent=rtcp.bytes_sent,
+            packets_received=rtcp.packets_received,
+            bytes_received=rtcp.bytes_received,
+            frames_sent=self.frames_sent,
+            frames_received=self.frames_received,
+            frames_lost=self._assembler.lost if self._assembler is not None else None,
+            keyframe_requests_sent=self.keyframe_requests_sent,
+            keyframe_requests_received=self.keyframe_requests_received,
+            packets_lost=rtcp.packets_lost if rtcp.packets_received else None,
+            jitter_ms=rtcp.jitter_ms if rtcp.packets_received else None,
+            remote_packets_lost=rtcp.remote_packets_lost,
+            remote_fraction_lost=rtcp.remote_fraction_lost,
+            rtt_ms=rtcp.rtt_ms,
+        )
 
     async def close(self) -> None:
         if self._closed:

@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from .rtcp import RtcpReceptionReport
 from .rtp import seq_diff
 
-__all__ = ["LegStats", "ReceiverStatistics", "mos_from_r", "r_factor", "estimate_mos"]
+__all__ = [
+    "LegStats",
+    "ReceiverStatistics",
+    "VideoStats",
+    "mos_from_r",
+    "r_factor",
+    "estimate_mos",
+]
 
 MAX_DROPOUT = 3000
 MAX_MISORDER = 100
@@ -35,6 +42,32 @@ class LegStats:
     remote_jitter_ms: float | None = None
     rtt_ms: float | None = None
     mos: float | None = None  # estimated from our receive side and the RTT
+
+
+@dataclass
+class VideoStats:
+    """
+    What one leg's video stream counted, for call records. Packets and bytes
+    are RTP (bytes: payload octets, as RTCP counts them); frames are whole
+    encoded frames handed on or received. Loss, jitter and RTT are None
+    where the leg has no measure of them (no RTCP report yet).
+    """
+
+    codec: str | None = None  # "VP8", "H264"
+    packets_sent: int = 0
+    bytes_sent: int = 0
+    packets_received: int = 0
+    bytes_received: int = 0
+    frames_sent: int = 0
+    frames_received: int = 0
+    frames_lost: int | None = None  # received frames given up as incomplete
+    keyframe_requests_sent: int = 0  # PLI (with FIR where negotiated) to the peer
+    keyframe_requests_received: int = 0  # PLI/FIR from the peer
+    packets_lost: int | None = None  # of what we receive
+    jitter_ms: float | None = None  # of what we receive
+    remote_packets_lost: int | None = None  # of what we send, as the peer reports
+    remote_fraction_lost: float | None = None  # 0..1, since its previous report
+    rtt_ms: float | None = None
 
 
 class ReceiverStatistics:

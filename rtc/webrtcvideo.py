@@ -39,6 +39,8 @@ from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci, unpack_remb
 from aiortc.sdp import SessionDescription
 from av.frame import Frame
 
+from .stats import VideoStats
+
 __all__ = [
     "VIDEO_TIME_BASE",
     "EncodedVideoSource",
@@ -225,6 +227,7 @@ class OutgoingVideoTrack(MediaStreamTrack):
         self._changed = asyncio.Event()
         self._offset: int | None = None
         self._last_pts: int | None = None
+        self.frames = 0  # handed to the sender (packetized, or encoded by aiortc)
 
     @property
     def source(self) -> MediaStreamTrack | None:
@@ -272,6 +275,7 @@ class OutgoingVideoTrack(MediaStreamTrack):
                 continue
             if source is not self._source:
                 continue
+            self.frames += 1
             return self._rebase(item)
 
     def _rebase(self, item: Any) -> Any:
@@ -311,6 +315,12 @@ class WebRtcVideo:
         self._ssrc: int | None = None
         self._last_keyframe_request: float | None = None
         self._closed = False
+        # for call records; aiortc counts no inbound bytes or frames, nor PLIs
+        self.packets_received = 0
+        self.bytes_received = 0  # RTP payload, RTX retransmissions excluded
+        self.frames_received = 0
+        self.keyframe_requests_sent = 0
+        self.keyframe_requests_received = 0
 
         receiver = transceiver.receiver
         sender = transceiver.sender
@@ -435,6 +445,7 @@ class WebRtcVideo:
         ):
             return
         self._last_keyframe_request = now
+        self.keyframe_requests_sent += 1
         asyncio.ensure_future(self._send_pli(self._ssrc))
 
     def set_max_bitrate(self, bitrate: int | None) -> None:
@@ -472,6 +483,47 @@ class WebRtcVideo:
         if track in self._subscribers:
             self._subscribers.remove(track)
 
+    # statistics
+
+    async def stats(self) -> VideoStats:
+        """
+        What the video transceiver counted: ours (received packets, bytes
+        and frames, keyframe requests both ways, frames handed to the sender)
+        and aiortc's (packets and bytes sent, the browser's reports of loss
+        and RTT, loss and jitter of what we receive, before retransmission).
+        """
+        mime = self.send_codec
+        stats = VideoStats(
+            codec=mime.split("/")[-1].upper() if mime else None,
+            packets_received=self.packets_received,
+            bytes_received=self.bytes_received,
+            frames_sent=self.outgoing.frames,
+            frames_received=self.frames_received,
+            keyframe_requests_sent=self.keyframe_requests_sent,
+            keyframe_requests_received=self.keyframe_requests_received,
+        )
+        if mime is None:
+            return stats  # never negotiated: aiortc's sender has nothing to tell
+        for item in (await self.transceiver.sender.getStats()).values():
+            if getattr(item, "kind", None) != "video":
+                continue  # the transport's statistics
+            if item.type == "outbound-rtp":
+                stats.packets_sent = item.packetsSent
+                stats.bytes_sent = item.bytesSent
+            elif item.type == "remote-inbound-rtp":
+                stats.remote_packets_lost = item.packetsLost
+                stats.remote_fraction_lost = item.fractionLost / 256  # RTCP's 8-bit fraction
+                if item.roundTripTime is not None:
+                    stats.rtt_ms = item.roundTripTime * 1000
+        # aiortc's receiver statistics per SSRC are private; its getStats() keeps only one
+        # of the media and RTX streams, so the media stream is looked up by its SSRC
+        streams = getattr(self.transceiver.receiver, "_RTCRtpReceiver__remote_streams", {})
+        stream = streams.get(self._ssrc) if self._ssrc is not None else None
+        if stream is not None:
+            stats.packets_lost = max(0, stream.packets_lost)
+            stats.jitter_ms = stream.jitter * 1000 / VIDEO_CLOCK_RATE
+        return stats
+
     # aiortc hooks
 
     async def _rtp_received(self, packet: Any, arrival_time_ms: int) -> None:
@@ -481,6 +533,8 @@ class WebRtcVideo:
         first = self._ssrc is None
         if codec is not None and codec.name.lower() != "rtx":
             self._ssrc = packet.ssrc
+            self.packets_received += 1
+            self.bytes_received += len(packet.payload)
         await self._handle_rtp(packet, arrival_time_ms)
         if first and self._ssrc is not None and self._subscribers:
             self.request_keyframe()
@@ -488,6 +542,7 @@ class WebRtcVideo:
             self.set_max_bitrate(self.max_bitrate)  # the cap, now that the sender is known
 
     def _frame_received(self, codec: Any, frame: JitterFrame) -> None:
+        self.frames_received += 1
         for track in list(self._subscribers):
             track._push(codec.mimeType, frame)
 
@@ -497,9 +552,11 @@ class WebRtcVideo:
         for track in self._subscribers:
             track.waiting_keyframe = True
         self._last_keyframe_request = asyncio.get_running_loop().time()
+        self.keyframe_requests_sent += 1
         await self._send_pli(media_ssrc)
 
     def _keyframe_requested(self) -> None:
+        self.keyframe_requests_received += 1
         self._sender_keyframe()  # for aiortc's encoder, when we send pictures
         self.outgoing.keyframe_requested()
 

@@ -249,6 +249,18 @@ async def test_web_client_calls_phone_with_video(gateway, clients, video_phones,
     await _check_video_both_ways(call, phone)
     await call.hangup()
     await call.wait_state("terminated", timeout=10)
+    # the call record names the video codec and counts video both ways on both legs
+    from tests.e2e.test_login import call_records
+
+    (record,) = await call_records(gateway, at_least=1)
+    assert record["video_codec"] == codec, record
+    video = record["stats"]["video"]
+    assert video["codec"] == codec, video
+    for leg in ("far", "client"):  # baresip's stream, the web client's
+        assert video[leg]["codec"] == codec, video
+        assert video[leg]["packets_sent"] > 0 and video[leg]["packets_received"] > 0, video
+        assert video[leg]["bytes_sent"] > 0 and video[leg]["bytes_received"] > 0, video
+        assert video[leg]["frames_received"] > 0, video
 
 
 async def test_video_resumes_after_hold(gateway, clients, video_phones):

@@ -229,6 +229,43 @@ def test_builder_collects_a_call() -> None:
     assert sunk == [record]
 
 
+def test_builder_video_statistics_are_additive(tmp_path: Path) -> None:
+    """A call that had video: its codec and both legs' video counters under stats["video"],
+    beside the audio statistics; the table and schema version are unchanged, and records
+    without video read as before (video_codec None)."""
+    b = CallRecordBuilder(direction="outgoing", remote_number="1002", start=10.0)
+    b.video()  # nothing given: no video section
+    b.stats(client={"packets_received": 500}, far={"packets_received": 501})
+    assert b.video_codec is None
+    far = {"codec": "VP8", "packets_sent": 900, "packets_received": 800, "bytes_sent": 9e5,
+           "keyframe_requests_sent": 2, "keyframe_requests_received": 1, "frames_sent": 300,
+           "frames_received": 290, "packets_lost": 0, "rtt_ms": 1.5}
+    b.video(codec="VP8", far=far)
+    b.video(client={"codec": "VP8", "packets_sent": 800, "packets_received": 900})
+    b.video(codec=None, far={**far, "packets_sent": 901})  # the latest far counters win
+    assert b.video_codec == "VP8"
+    record = b.ended(20.0, "userTerminated")
+    assert record.stats["client"] == {"packets_received": 500}
+    video = record.stats["video"]
+    assert video["codec"] == "VP8" == record.video_codec
+    assert video["far"]["packets_sent"] == 901 and video["client"]["packets_received"] == 900
+    b.video(codec="H264")  # after ended(): ignored
+    assert record.video_codec == "VP8"
+
+    with CallRecordStore(tmp_path / "c.db") as store:
+        store.write(record)
+        store.write(make(2, 30.0))
+        assert store.schema_version == SCHEMA_VERSION == 1
+        with_video, audio_only = store.query()
+    assert with_video == record and with_video.stats["video"]["far"]["rtt_ms"] == 1.5
+    data = with_video.to_json()
+    assert data["video_codec"] == "VP8" and data["stats"]["video"]["client"]["packets_sent"] == 800
+    json.dumps(data)
+    assert audio_only.video_codec is None and audio_only.to_json()["video_codec"] is None
+    # an odd stats column (written by someone else) does not break the property
+    assert make(3, 1.0, stats={"video": "VP8"}).video_codec is None
+
+
 def test_builder_failed_attempt_and_bad_direction() -> None:
     b = CallRecordBuilder(direction="outgoing", remote_number="555", start=10.0)
     b.sip(code=486)

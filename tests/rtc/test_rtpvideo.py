@@ -377,6 +377,26 @@ async def test_browser_and_phone_video_relayed_both_ways(codec: str) -> None:
             bytes(RtcpPliPacket(0x4321, video._ssrc)), ("127.0.0.1", video.local_port + 1)
         )
         await wait_for(lambda: len(requests) >= 1, 3)
+
+        # statistics for call records: both streams counted both ways, keyframe requests
+        # included (the browser's PLI above reached us; the phone's PLI went to the browser)
+        phone_side = video.stats()
+        assert phone_side.codec == codec
+        assert phone_side.packets_sent >= 20 and phone_side.bytes_sent > 0
+        assert phone_side.packets_received >= 20 and phone_side.bytes_received > 0
+        assert phone_side.frames_sent >= 20 and phone_side.frames_received >= 20
+        assert phone_side.keyframe_requests_sent >= 1
+        assert phone_side.keyframe_requests_received == 1
+        assert phone_side.packets_lost == 0 and phone_side.frames_lost == 0
+        assert leg.video is not None
+        browser_side = await leg.video.stats()
+        assert browser_side.codec == codec
+        assert browser_side.packets_sent >= 20 and browser_side.bytes_sent > 0
+        assert browser_side.packets_received >= 20 and browser_side.bytes_received > 0
+        assert browser_side.frames_sent >= 20 and browser_side.frames_received >= 20
+        assert browser_side.keyframe_requests_received >= 1
+        assert browser_side.keyframe_requests_sent >= 1
+        assert browser_side.packets_lost == 0 and browser_side.jitter_ms is not None
     finally:
         if link is not None:
             link.close()

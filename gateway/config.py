@@ -216,6 +216,9 @@ class MediaConfig:
     # adaptive between these, starting at the minimum
     jitter_min_ms: int = 20
     jitter_max_ms: int = 200
+    # kb/s of video we accept from SIP phones (our b=AS), which also caps what the
+    # browser sends toward them (64..20000)
+    video_bit_rate: int = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -826,7 +829,7 @@ def _media(data: Mapping[str, Any], source: str) -> MediaConfig:
         (
             "rtp_host", "rtp_port_min", "rtp_port_max", "ringback", "timeout", "ice_servers",
             "public_address", "codecs", "srtp", "opus_complexity", "opus_bit_rate",
-            "jitter_min_ms", "jitter_max_ms",
+            "jitter_min_ms", "jitter_max_ms", "video_bit_rate",
         ),
     )
     rtp_host = t.string("rtp_host", "127.0.0.1")
@@ -876,6 +879,7 @@ def _media(data: Mapping[str, Any], source: str) -> MediaConfig:
             "jitter_max_ms",
             f"must be at least jitter_min_ms ({jitter_min_ms}), got {jitter_max_ms}",
         )
+    video_bit_rate = t.integer("video_bit_rate", 2000, 64, 20000)
     return MediaConfig(
         rtp_host=rtp_host,
         rtp_port_min=low,
@@ -890,6 +894,7 @@ def _media(data: Mapping[str, Any], source: str) -> MediaConfig:
         opus_bit_rate=opus_bit_rate,
         jitter_min_ms=jitter_min_ms,
         jitter_max_ms=jitter_max_ms,
+        video_bit_rate=video_bit_rate,
     )
 
 

@@ -1080,7 +1080,9 @@ class Core:
         """Video toward a SIP phone on this RTP leg: m=video in its offers and answers."""
         if isinstance(rtp, VideoRtpLeg):
             try:
-                await rtp.enable_video(codecs or ("VP8", "H264"))
+                await rtp.enable_video(
+                    codecs or ("VP8", "H264"), bitrate_kbps=self.config.media.video_bit_rate
+                )
             except (OSError, ValueError) as exc:
                 logger.warning("no video toward SIP: %s", exc)
 

@@ -22,9 +22,12 @@ requests both ways.
   browser) for a keyframe; a request from the browser side becomes a PLI to
   the phone, plus a FIR when the phone negotiated ``ccm fir``; both are rate
   limited.
-- Bitrate: our m=video carries ``b=AS`` (``bitrate_kbps``); the phone's
-  ``b=AS``/``b=TIAS`` becomes ``max_bitrate`` (bits/s), which VideoLink
-  passes to the browser's sender (REMB) since we do not encode.
+- Bitrate: our m=video carries ``b=AS`` (``bitrate_kbps``, the gateway's
+  ``[media] video_bit_rate``): the most we want from the phone. What we
+  send the phone is the browser's video as it is, so ``max_bitrate``
+  (bits/s) is the lower of the phone's ``b=AS``/``b=TIAS`` and our own,
+  and VideoLink passes it to the browser's sender (REMB) since we do not
+  encode.
 
 H.264 (RFC 6184): only packetization-mode=1 is offered and accepted (the
 packetizer makes FU-A/STAP-A); a profile-level-id is accepted when it is
@@ -318,7 +321,9 @@ class RtpVideo:
         self.frames_sent = 0
         self.keyframe_requests_sent = 0
         self.keyframe_requests_received = 0
+        # what the browser may send us for the phone (bits/s): see the module docstring
         self.max_bitrate: int | None = None
+        self.remote_bitrate: int | None = None  # the phone's b=AS/TIAS (bits/s), if any
         # the last codec negotiated, kept after video ends: the call record names it
         self.last_codec: str | None = None
         self._transport: asyncio.DatagramTransport | None = None
@@ -611,7 +616,11 @@ class RtpVideo:
         self._direction = direction
         feedback = _feedback(media, codec.payload_type)
         self._fir = "ccm fir" in feedback
-        self.max_bitrate = bandwidth_limit(session, media)
+        self.remote_bitrate = bandwidth_limit(session, media)
+        # our own b=AS caps it too: the phone gets what the browser sends, and that is not
+        # to exceed what we ourselves announced we would handle
+        ours = self.bitrate_kbps * 1000
+        self.max_bitrate = ours if self.remote_bitrate is None else min(self.remote_bitrate, ours)
         # SRTP
         self._awaiting_srtp = False
         if crypto is None:

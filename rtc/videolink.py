@@ -3,7 +3,8 @@ Video between two WebRTC legs of one call (web-to-web), or between a WebRTC
 leg and a SIP phone's video stream (rtpvideo.RtpVideo): each end's received
 video becomes the other's outgoing video, once both negotiated video.
 The SIP side is relayed only when both ends share the codec (no transcoding);
-its b=AS/b=TIAS caps the browser's bitrate (REMB).
+its b=AS/b=TIAS, or our own b=AS toward it when lower, caps the browser's
+bitrate (REMB).
 
 When both legs negotiated the same codec (the usual case: VP8 on both) the
 encoded frames are forwarded as they are (no transcoding; keyframe requests
@@ -125,7 +126,8 @@ class VideoLink:
         self._cap_bitrate()
 
     def _cap_bitrate(self) -> None:
-        """A SIP phone's b=AS/TIAS limits what the browser sends us for it (REMB)."""
+        """A SIP phone's b=AS/TIAS (or our b=AS toward it, when lower) limits what the
+        browser sends us for it (REMB)."""
         if not isinstance(self.b, RtpVideo) or self.a.video is None:
             return
         cap = self.b.max_bitrate if self.active else None

@@ -152,6 +152,7 @@ def test_example_file_loads_and_documents_every_key() -> None:
         "media": {
             "rtp_host", "rtp_port_min", "rtp_port_max", "ringback", "timeout", "codecs", "srtp",
             "opus_complexity", "opus_bit_rate", "jitter_min_ms", "jitter_max_ms",
+            "video_bit_rate",
         },
         "calls": {
             "no_answer_timeout",
@@ -335,6 +336,9 @@ def test_explicitly_empty_directory() -> None:
         ({"media": {"opus_complexity": 11}}, "[media] opus_complexity", ""),
         ({"media": {"opus_bit_rate": 1000}}, "[media] opus_bit_rate", ""),
         ({"media": {"jitter_min_ms": 10}}, "[media] jitter_min_ms", "between"),
+        ({"media": {"video_bit_rate": 63}}, "[media] video_bit_rate", "between 64 and 20000"),
+        ({"media": {"video_bit_rate": 20001}}, "[media] video_bit_rate", "between"),
+        ({"media": {"video_bit_rate": "2M"}}, "[media] video_bit_rate", "an integer"),
         ({"media": {"jitter_min_ms": 100, "jitter_max_ms": 60}}, "[media] jitter_max_ms",
          "at least jitter_min_ms (100)"),
         ({"pbx": {"dtmf": "2833"}}, "[pbx] dtmf",

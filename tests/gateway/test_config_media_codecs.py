@@ -1,4 +1,5 @@
-"""[media] codecs: Opus may be listed (any case); the default stays G.711 only."""
+"""[media] codecs: Opus may be listed (any case); the default stays G.711 only. [media]
+jitter bounds and video_bit_rate reach the RTP legs the core opens."""
 
 from gateway.config import MediaConfig, parse_config
 from rtc.rtpleg import RtpLeg
@@ -35,5 +36,28 @@ async def test_jitter_bounds_reach_the_rtp_legs_the_core_opens() -> None:
     try:
         assert leg.jitter_buffer.delay == 0.06
         assert leg.jitter_buffer.max_frames * 20 == 120
+    finally:
+        await leg.close()
+
+
+async def test_video_bit_rate_is_the_b_as_of_the_core_s_video_toward_sip() -> None:
+    from gateway.core import Core
+    from rtc.rtpvideo import VideoRtpLeg
+
+    assert MediaConfig().video_bit_rate == 2000 == parse_config({}, SRC).media.video_bit_rate
+    config = parse_config({"media": {"video_bit_rate": 750}}, SRC)
+    assert config.media.video_bit_rate == 750
+    core = Core(config, None)
+    leg = await core._open_rtp()
+    try:
+        assert isinstance(leg, VideoRtpLeg)
+        await core._enable_sip_video(leg)
+        offer = leg.create_offer().decode()
+        video = offer[offer.index("m=video") :]
+        assert "\r\nb=AS:750\r\n" in video and "AS:2000" not in offer
+        # the phone asks for more than we announced: the browser is capped at ours
+        answer = offer.replace("b=AS:750", "b=AS:4000")
+        leg.apply_answer(answer.encode())
+        assert leg.video is not None and leg.video.max_bitrate == 750_000
     finally:
         await leg.close()

@@ -221,6 +221,32 @@ async def test_offer_answer_and_rejection() -> None:
         await leg.close()
 
 
+async def test_our_bit_rate_is_announced_and_caps_the_browser() -> None:
+    """bitrate_kbps ([media] video_bit_rate) is the b=AS of our offers and answers; the
+    cap on the browser's sending is the lower of it and the phone's b=AS (ours alone
+    when the phone gives none)."""
+    leg = await VideoRtpLeg.open("127.0.0.1", 30000, 30999)
+    try:
+        video = await leg.enable_video(bitrate_kbps=500)
+        offer = SessionDescription.parse(leg.create_offer())
+        assert offer.media[1].bandwidth == ["AS:500"]
+        for phone_as, cap in ((800, 500_000), (300, 300_000), (None, 500_000)):
+            sdp = phone_offer(4000, 4002, bitrate=phone_as or 1).decode()
+            if phone_as is None:
+                sdp = sdp.replace("b=AS:1\n", "")
+            answer = SessionDescription.parse(leg.create_answer(sdp.encode()))
+            assert answer.media[1].bandwidth == ["AS:500"]
+            assert (video.remote_bitrate, video.max_bitrate) == (
+                phone_as and phone_as * 1000, cap
+            ), phone_as
+        # applying an answer to our offer: the same rule
+        leg.create_offer()
+        leg.apply_answer(phone_offer(4000, 4002, "100", bitrate=2000))
+        assert video.max_bitrate == 500_000
+    finally:
+        await leg.close()
+
+
 async def _negotiated_with(
     phone: Phone, codecs: tuple[str, ...] = ("VP8",), bitrate: int = 800
 ) -> RtpVideo:

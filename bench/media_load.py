@@ -278,10 +278,13 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
         await proc.stdin.drain()
         return json.loads(await proc.stdout.readline())  # type: ignore[no-any-return]
 
-    # pre-encoded inputs: one period of Opus packets, one of PCMU payloads
+    # pre-encoded inputs: one period of Opus packets, one of PCMU payloads. Opus as
+    # Chrome sends it by default: mono (the SDP says stereo=0), 32 kb/s, VoIP. The
+    # tone makes libopus choose CELT full band, which costs more to decode than the
+    # SILK or hybrid packets of speech: a conservative load.
     encoder = av.CodecContext.create("libopus", "w")
     encoder.sample_rate = 48000
-    encoder.layout = "stereo"
+    encoder.layout = "mono"
     encoder.format = "s16"
     encoder.bit_rate = 32000
     encoder.options = {"application": "voip"}
@@ -289,7 +292,7 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
     opus_packets: list[bytes] = []
     for k in range(PERIOD_FRAMES):
         mono = pcm48[k * 960 : (k + 1) * 960]
-        frame = av.AudioFrame.from_ndarray(np.repeat(mono, 2).reshape(1, -1), "s16", "stereo")
+        frame = av.AudioFrame.from_ndarray(mono.reshape(1, -1), "s16", "mono")
         frame.sample_rate = 48000
         frame.pts = k * 960
         opus_packets.extend(bytes(p) for p in encoder.encode(frame))

@@ -134,14 +134,18 @@ class PushRelay:
         self._resampler: Resampler | None = None
         self._passing: bool | None = None  # what the last frame did, to log each change once
         self._wants: Callable[[str], bool] | None = None
-        if isinstance(source, PassThroughPort) and isinstance(sink, PassThroughPort):
-            passing_sink = sink
+        # checked once: isinstance() against a runtime-checkable Protocol walks
+        # its members each time (tens of microseconds), too slow per frame
+        self._passing_sink = sink if isinstance(sink, PassThroughPort) else None
+        self._passing_source = source if isinstance(source, PassThroughPort) else None
+        passing_source, passing_sink = self._passing_source, self._passing_sink
+        if passing_source is not None and passing_sink is not None:
 
             def wants(codec: str) -> bool:
                 return passing_sink.send_codec == codec
 
             self._wants = wants
-            source.set_passthrough(wants)
+            passing_source.set_passthrough(wants)
         source.set_listener(self)
 
     def stop(self) -> None:
@@ -149,28 +153,26 @@ class PushRelay:
         if source.listener is self:
             source.set_listener(None)
         # unless a newer relay from this source took over meanwhile
-        if (
-            self._wants is not None
-            and isinstance(source, PassThroughPort)
-            and source.passthrough is self._wants
-        ):
-            source.set_passthrough(None)
+        passing = self._passing_source
+        if self._wants is not None and passing is not None and passing.passthrough is self._wants:
+            passing.set_passthrough(None)
 
     def __call__(self, item: MediaItem) -> None:
         source, sink = self.source, self.sink
         try:
             if isinstance(item, Gap):
-                if isinstance(sink, PassThroughPort):
-                    sink.write_gap(item.frames)
+                if self._passing_sink is not None:
+                    self._passing_sink.write_gap(item.frames)
                 return
             if isinstance(item, EncodedFrame):
-                if isinstance(sink, PassThroughPort) and sink.send_codec == item.codec:
+                passing_sink = self._passing_sink
+                if passing_sink is not None and passing_sink.send_codec == item.codec:
                     self._mode(True)
-                    sink.write_encoded(item)
+                    passing_sink.write_encoded(item)
                     return
                 # the sink's codec changed since the source received it
-                assert isinstance(source, PassThroughPort)
-                frame = source.decode_frame(item)
+                assert self._passing_source is not None
+                frame = self._passing_source.decode_frame(item)
             else:
                 frame = item
             if self._wants is not None:

@@ -189,6 +189,19 @@ class ImmediateAudioJitterBuffer(AiortcJitterBuffer):
         return False, JitterFrame(data=packet.payload, timestamp=packet.timestamp)
 
 
+def _shortcut(
+    original: Callable[[bytes, tuple[Any, ...]], None], direct: Callable[[bytes], bool]
+) -> Callable[[bytes, tuple[Any, ...]], None]:
+    """A StunProtocol.datagram_received that hands RTP to ``direct`` first."""
+
+    def datagram_received(data: bytes, addr: tuple[Any, ...]) -> None:
+        if len(data) > 12 and 127 < data[0] < 192 and not 191 < data[1] < 224 and direct(data):
+            return
+        original(data, addr)
+
+    return datagram_received
+
+
 class OutgoingAudioTrack(MediaStreamTrack):
     """
     The audio we send to the browser, encoded here: Opus from our own libopus
@@ -235,11 +248,11 @@ class OutgoingAudioTrack(MediaStreamTrack):
         self.filled = 0  # silence the leg sent itself: nothing was written
         self._relaying = False  # the last packet was an EncodedFrame as received
         self._gap = 0  # ticks left empty since (aiortc's sender)
-        # ``direct(payload, pts, marker)``: the leg sends the packet itself
-        # (True), or leaves it to aiortc's sender (False); ``direct_ready()``:
-        # whether it would now
-        self.direct: Callable[[bytes, int, bool], bool] | None = None
-        self.direct_ready: Callable[[], bool] = lambda: False
+        # ``direct_path()``: the leg's way to send by itself, None while it
+        # cannot (then aiortc's sender pulls recv()); ``direct(path, payload,
+        # pts, marker)`` sends one packet that way
+        self.direct_path: Callable[[], Any] = lambda: None
+        self.direct: Callable[[Any, bytes, int, bool], None] | None = None
 
     def set_sample_rate(self, rate: int) -> None:
         """Frames written from now on are at ``rate`` (the encoders start afresh)."""
@@ -257,13 +270,15 @@ class OutgoingAudioTrack(MediaStreamTrack):
         caller queues the frame for aiortc's sender).
         """
         direct = self.direct
-        if direct is None or not self.direct_ready():
+        path = self.direct_path()
+        if direct is None or path is None:
             return False
         payload = self._payload(item, (self._codec() or "").lower())
         if payload is None:
             return False  # a codec aiortc encodes
         pts, marker = self.clock.stamp(now, written)
-        return direct(payload, pts, marker)
+        direct(path, payload, pts, marker)
+        return True
 
     def _payload(
         self, item: npt.NDArray[np.int16] | EncodedFrame | None, mime: str
@@ -280,7 +295,7 @@ class OutgoingAudioTrack(MediaStreamTrack):
         while True:
             if self.readyState != "live":
                 raise MediaStreamError
-            if self.direct_ready():
+            if self.direct_path() is not None:
                 # the leg sends what is written by itself; look again later
                 # (a TURN pair or a new DTLS transport hands back to us)
                 await asyncio.sleep(DIRECT_POLL)
@@ -309,9 +324,6 @@ class OutgoingAudioTrack(MediaStreamTrack):
             if payload is None:
                 samples = item if not isinstance(item, EncodedFrame) else None
                 return self._frame(samples, pts)  # a codec aiortc encodes
-            direct = self.direct
-            if direct is not None and direct(payload, pts, marker):
-                continue  # sent (or dropped, sender disabled) by the leg itself
             return self._packet(payload, pts)
 
     @staticmethod
@@ -428,7 +440,7 @@ class WebRtcLeg(AudioPort):
         self.direct_received = 0  # audio/event packets taken by the direct path
         self.direct_sent = 0  # packets sent by the direct path
         self._track.direct = self._send_direct
-        self._track.direct_ready = self._direct_ready
+        self._track.direct_path = self._direct_path
         self._fill_timer: asyncio.TimerHandle | None = None
 
         # No ICE servers unless configured: aiortc would otherwise ask a public STUN
@@ -805,6 +817,15 @@ class WebRtcLeg(AudioPort):
                 original(data, component)
 
         connection.data_received = data_received  # type: ignore[method-assign]
+        # Earlier still, on each UDP socket of the connection: aioice parses
+        # every datagram as STUN first; an RTP header (version 2, a payload type
+        # outside RTCP's range) cannot be STUN (whose first two bits are 0), so
+        # our audio skips that parse. Anything else goes the usual way.
+        for protocol in connection._protocols:
+            if isinstance(protocol, StunProtocol) and "datagram_received" not in vars(protocol):
+                protocol.datagram_received = _shortcut(  # type: ignore[method-assign,assignment]
+                    protocol.datagram_received, direct
+                )
         self._hooked = (connection, dtls)
         self._rx_dtls = dtls
         if self._fill_timer is None:
@@ -878,9 +899,6 @@ class WebRtcLeg(AudioPort):
             return None
         return dtls, pair
 
-    def _direct_ready(self) -> bool:
-        return self._direct_path() is not None
-
     def _fill_tick(self) -> None:
         """While the leg sends by itself: silence when nothing is written."""
         self._fill_timer = None
@@ -903,7 +921,7 @@ class WebRtcLeg(AudioPort):
             again = now + DIRECT_POLL  # aiortc's sender fills, or nothing is sent
         self._fill_timer = loop.call_at(again, self._fill_tick)
 
-    def _send_direct(self, payload: bytes, pts: int, marker: bool) -> bool:
+    def _send_direct(self, path: tuple[Any, Any], payload: bytes, pts: int, marker: bool) -> None:
         """
         Send one audio payload toward the browser ourselves (True), as aiortc's
         sender would, but synchronously: RTP header (the sender's SSRC, the
@@ -915,17 +933,16 @@ class WebRtcLeg(AudioPort):
         socket. The sender's counters and RTP/NTP timestamps, which its RTCP
         sender reports carry, and the DTLS transport's are updated.
 
-        False (aiortc's sender then sends the packet) before DTLS is up, and
-        for a pair that is not plain UDP (TURN relays need aioice's async path).
+        ``path`` is what ``_direct_path()`` returned: there is none before
+        DTLS is up, nor for a pair that is not plain UDP (TURN relays need
+        aioice's async path); aiortc's sender sends then.
         """
         transceiver = self._transceiver
-        path = self._direct_path()
-        if path is None or transceiver is None:
-            return False
+        assert transceiver is not None
         dtls, pair = path
         sender: Any = transceiver.sender
         if not sender._enabled:
-            return True  # not sending (hold): dropped, as aiortc would
+            return  # not sending (hold): dropped, as aiortc would
         codecs = transceiver._codecs
         template = self._tx_template
         if template is None or template[0] is not codecs or template[1] is not sender:
@@ -970,7 +987,6 @@ class WebRtcLeg(AudioPort):
         sender._RTCRtpSender__octet_count += len(payload)
         sender._RTCRtpSender__packet_count += 1
         self.direct_sent += 1
-        return True
 
     def _decode_packet(self, packet: AiortcRtpPacket) -> bool:
         """Decode an Opus, PCMU or PCMA packet here (True), or leave it to aiortc (False)."""

@@ -50,9 +50,13 @@ async def test_loopback_tone_both_ways() -> None:
             tail = received[-24000:]
             assert len(tail) == 24000
             assert dominant_frequency(tail, 48000) == pytest.approx(freq, abs=5)
-        # the audio went the direct way (no aiortc sender/receiver per packet)
+        # the audio went the direct way (no aiortc sender/receiver per packet), taken
+        # off the UDP sockets before aioice's STUN parse
         for leg in (a, b):
             assert leg.direct_sent > 50 and leg.direct_received > 50
+            assert leg._hooked is not None
+            protocols = leg._hooked[0]._protocols  # type: ignore[attr-defined]
+            assert protocols and all("datagram_received" in vars(p) for p in protocols)
     finally:
         await a.close()
         await b.close()

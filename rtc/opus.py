@@ -162,9 +162,11 @@ class OpusEncoder:
     def encode(self, samples: npt.NDArray[np.int16]) -> bytes:
         if self._handle is None:
             raise OpusError("encoder closed")
-        pcm = np.ascontiguousarray(samples, dtype=np.int16)
+        # bytes pass to a void* parameter as they are; ndarray.ctypes would build
+        # an object per call (a few microseconds, per frame)
+        pcm = np.asarray(samples, dtype=np.int16).tobytes()
         size = _check(
-            _opus().opus_encode(self._handle, pcm.ctypes.data, len(pcm), self._buffer, MAX_PACKET)
+            _opus().opus_encode(self._handle, pcm, len(pcm) // 2, self._buffer, MAX_PACKET)
         )
         return self._buffer.raw[:size]
 
@@ -194,6 +196,7 @@ class OpusDecoder:
         self._handle: int | None = handle
         self.sample_rate = sample_rate
         self._out = np.zeros(sample_rate * MAX_FRAME_MS // 1000, dtype=np.int16)
+        self._out_address = self._out.ctypes.data  # the buffer never moves
 
     def decode(self, payload: bytes) -> npt.NDArray[np.int16]:
         return self._run(payload, len(self._out))
@@ -212,7 +215,7 @@ class OpusDecoder:
                 self._handle,
                 payload,
                 len(payload) if payload is not None else 0,
-                self._out.ctypes.data,
+                self._out_address,
                 room,
                 0,
             )

@@ -35,6 +35,7 @@ __all__ = [
     "PushPort",
     "RateFollowingPort",
     "frame_samples",
+    "next_frame",
 ]
 
 FRAME_MS = 20
@@ -198,6 +199,16 @@ class _ItemQueue(Generic[T]):
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+
+async def next_frame(queue: "MediaQueue", decode: Callable[[EncodedFrame], Frame]) -> Frame:
+    """A leg's read(): the next frame received, EncodedFrames decoded, Gaps skipped."""
+    while True:
+        item = await queue.get()
+        if isinstance(item, EncodedFrame):
+            return decode(item)
+        if not isinstance(item, Gap):
+            return item
 
 
 class FrameQueue(_ItemQueue[Frame]):

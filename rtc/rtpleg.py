@@ -110,6 +110,7 @@ from .ports import (
     MediaItem,
     MediaQueue,
     frame_samples,
+    next_frame,
 )
 from .resample import Resampler
 from .rtcpsession import RtcpSession
@@ -481,12 +482,7 @@ class RtpLeg(AudioPort):
     # AudioPort
 
     async def read(self) -> npt.NDArray[np.int16]:
-        while True:
-            item = await self._queue.get()
-            if isinstance(item, EncodedFrame):
-                return self.decode_frame(item)
-            if not isinstance(item, Gap):
-                return item
+        return await next_frame(self._queue, self.decode_frame)
 
     def write(self, frame: npt.NDArray[np.int16]) -> None:
         if self._closed:

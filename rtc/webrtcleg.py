@@ -83,6 +83,7 @@ from .ports import (
     MediaQueue,
     PlayoutQueue,
     frame_samples,
+    next_frame,
 )
 from .resample import Resampler
 from .rtp import RTP_FIXED_HEADER, parse_received
@@ -499,12 +500,7 @@ class WebRtcLeg(AudioPort):
     # AudioPort
 
     async def read(self) -> npt.NDArray[np.int16]:
-        while True:
-            item = await self._queue.get()
-            if isinstance(item, EncodedFrame):
-                return self.decode_frame(item)
-            if not isinstance(item, Gap):
-                return item
+        return await next_frame(self._queue, self.decode_frame)
 
     def write(self, frame: npt.NDArray[np.int16]) -> None:
         if self._closed:

@@ -144,7 +144,8 @@ class Registration:
 @dataclasses.dataclass(eq=False)
 class Junction:
     """Two SIP far legs the gateway bridges itself after the PBX refused the REFER of an
-    attended transfer (DESIGN §3); either side's BYE ends both."""
+    attended transfer (DESIGN §3), or a phone-to-phone call; either side's BYE ends both,
+    and so does [media] timeout without RTP on either leg (reason `media`)."""
 
     sessions: list[OutboundInvite | InboundInvite]
     rtps: list[RtpLeg]
@@ -152,6 +153,12 @@ class Junction:
     ended: bool = False
     # A phone-to-phone call's record (the calls of a refused transfer have their own).
     record: CallRecordBuilder | None = None
+    # [media] timeout (Core._check_junction_media): the loop time silence counts from
+    # (the join, or the first check after a hold ended), whether a leg was held at the
+    # last check, and the next check.
+    quiet_since: float = 0.0
+    held: bool = False
+    media_check: asyncio.TimerHandle | None = None
 
 
 @dataclasses.dataclass(eq=False)
@@ -1450,6 +1457,7 @@ class Core:
                     rtp.create_offer("sendrecv"), functools.partial(self._junction_resumed, rtp)
                 )
         junction.bridge.connect(pairs[1][1])
+        self._supervise_junction(junction)
         logger.info("calls %s and %s joined in the gateway", a.call_id, b.call_id)
         self._end(a, Reason.REDIRECTED, release=False)
         self._end(b, Reason.REDIRECTED, release=False)
@@ -1505,7 +1513,14 @@ class Core:
             ev, sip_events.Terminated | sip_events.Rejected | sip_events.Cancelled
         ):
             return
+        self._end_junction(junction, Reason.SUCCESS)
+
+    def _end_junction(self, junction: Junction, reason: Reason) -> None:
+        """End both joined SIP legs (BYE) and close the record with `reason`."""
         junction.ended = True
+        if junction.media_check is not None:
+            junction.media_check.cancel()
+            junction.media_check = None
         record = junction.record
         if record is not None:
             caller, callee = junction.rtps
@@ -1513,13 +1528,68 @@ class Core:
             record.stats(
                 client=dataclasses.asdict(caller.stats()), far=dataclasses.asdict(callee.stats())
             )
-            record.ended(reason=str(Reason.SUCCESS))
+            record.ended(reason=str(reason))
         for session in junction.sessions:
             session.bye()  # a no-op on the side that already ended
         self._spawn(junction.bridge.close())
         for rtp in junction.rtps:
             self._spawn(rtp.close())
-        logger.info("joined calls ended")
+        logger.info("joined calls ended: %s", reason)
+
+    def _supervise_junction(self, junction: Junction) -> None:
+        """Start the [media] timeout of two joined SIP legs, counted from now (both are
+        answered: a joined call exists only once its second leg answered).
+
+        The core polls the legs' `last_received` and `direction` instead of using their
+        own on_timeout: a SIP caller's leg is negotiated when its INVITE arrives, and
+        RtpLeg counts from its negotiation. Armed from there, a ring longer than the
+        timeout would end the call as it is answered, or fire before (unheeded) and then
+        never again, as RtpLeg waits for a packet before firing once more."""
+        timeout = self.config.media.timeout
+        if not timeout:
+            return
+        loop = asyncio.get_running_loop()
+        junction.quiet_since = loop.time()
+        junction.media_check = loop.call_later(
+            self._junction_check_interval(), self._check_junction_media, junction
+        )
+
+    def _junction_check_interval(self) -> float:
+        # Fine enough that the call ends within a quarter of the timeout after it
+        # expired (at most 1 s late), coarse enough to cost nothing beside the media.
+        return min(1.0, self.config.media.timeout / 4)
+
+    def _check_junction_media(self, junction: Junction) -> None:
+        junction.media_check = None
+        if junction.ended:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        timeout = self.config.media.timeout
+        if any(rtp.direction != "sendrecv" for rtp in junction.rtps):
+            # Held by either side (re-INVITE a=sendonly/inactive, answered per leg) or
+            # one leg not negotiated: the whole call counts as on hold, as a web call
+            # does for either party's hold (the other phone is not told of the hold,
+            # but its user may well stop sending too).
+            junction.held = True
+        elif junction.held:
+            # Resumed: silence counts from now, not from before the hold.
+            junction.held = False
+            junction.quiet_since = now
+        else:
+            for session, rtp in zip(junction.sessions, junction.rtps, strict=True):
+                if now - max(junction.quiet_since, rtp.last_received or 0.0) >= timeout:
+                    logger.info(
+                        "joined calls (Call-ID %s): no RTP from Call-ID %s for %.0f s",
+                        " and ".join(s.call_id for s in junction.sessions),
+                        session.call_id,
+                        timeout,
+                    )
+                    self._end_junction(junction, Reason.MEDIA)
+                    return
+        junction.media_check = loop.call_later(
+            self._junction_check_interval(), self._check_junction_media, junction
+        )
 
     def _finish_transfer(self, a: ClientCall, b: ClientCall) -> None:
         for call in (a, b):
@@ -1893,6 +1963,7 @@ class Core:
                 functools.partial(self._junction_session_event, junction, session)
             )
         junction.bridge.connect(rtps[1])
+        self._supervise_junction(junction)
         return junction
 
     def _phone_branch_failed(self, call: PhoneCall, branch: SipBranch, code: int) -> None:

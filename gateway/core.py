@@ -981,6 +981,8 @@ class Core:
                 self._end(call, Reason.MEDIA)
                 return
             call.answered = True
+            if call.rtp is not None:
+                call.rtp.restart_media_timeout()  # the ring does not count
             if call.record is not None:
                 call.record.sip(code=200)
             self._set_state(call, CallState.ACTIVE)
@@ -1818,6 +1820,7 @@ class Core:
             incoming.invite.set_reoffer_handler(
                 lambda offer: self._far_reoffer(incoming.winner, offer)
             )
+            incoming.rtp.restart_media_timeout()  # the ring does not count
             call.answered = True
             if call.record is not None:
                 call.record.sip(code=200)

@@ -998,6 +998,15 @@ class RtpLeg(AudioPort):
             return
         self._fill_timer = loop.call_at(again, self._fill_tick)
 
+    def restart_media_timeout(self) -> None:
+        """
+        Count the media timeout from now (e.g. when the call is answered: a
+        ring longer than the timeout fired it while nobody cared, and it
+        would otherwise fire again only after a packet arrived).
+        """
+        self._timeout_since = asyncio.get_running_loop().time()
+        self._timeout_fired = False
+
     def _check_timeout(self, now: float) -> None:
         if self.media_timeout is None or self._timeout_fired or self.held or not self._receiving:
             return

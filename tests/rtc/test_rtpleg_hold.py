@@ -182,3 +182,24 @@ async def test_media_timeout_fires_once_and_not_while_held(sink: socket.socket) 
         await wait_for(lambda: len(fired) == 2, 4)  # and again once the packets stop
     finally:
         await leg.close()
+
+
+async def test_media_timeout_restarts_when_asked(sink: socket.socket) -> None:
+    """A timeout that fired while nobody cared (a long ring) counts again from a restart
+    (the answer), with no packet needed."""
+    port = sink.getsockname()[1]
+    fired: list[float] = []
+    leg = await RtpLeg.open(media_timeout=0.3)
+    leg.on_timeout = lambda: fired.append(asyncio.get_running_loop().time())
+    loop = asyncio.get_running_loop()
+    try:
+        leg.create_answer(OFFER % (1, port, b"sendrecv"))
+        await wait_for(lambda: bool(fired), 2)  # fired during the "ring"
+        await asyncio.sleep(0.5)
+        assert len(fired) == 1
+        restart = loop.time()
+        leg.restart_media_timeout()  # answered
+        await wait_for(lambda: len(fired) == 2, 2)
+        assert 0.25 < fired[1] - restart < 1.5
+    finally:
+        await leg.close()

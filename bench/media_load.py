@@ -4,11 +4,21 @@ Load test of the media path: N concurrent calls through gateway-like pipelines
 process pinned to a core, driven by a light load generator pinned to another.
 
 The generator, per call:
-- WebRTC side: an aiortc peer whose track yields pre-encoded Opus packets (no
-  encoding), and whose receiver is replaced by a recorder of arrival times
-  (no jitter buffer, no decoding unless --latency);
+- WebRTC side: an aiortc peer for ICE and DTLS only. Once connected, the
+  generator sends pre-encoded Opus packets (PCMU with --browser-codec pcmu;
+  no encoding) itself from the shared 20 ms timer below: its own RTP header,
+  SRTP with the DTLS transport's session, straight onto the nominated ICE
+  pair's UDP socket (aiortc's sender idles on a track that never yields; its
+  RTCP goes on). What arrives is recorded from the datagram callback of the
+  peer's ICE sockets: the RTP header of SRTP is in the clear, so arrival time
+  and timestamp are read without unprotecting or decoding (with --latency,
+  the one call's packets are unprotected to keep the payload);
 - SIP side: pre-built PCMU RTP packets sent every 20 ms to the call's RtpLeg
-  from one shared timer, and a recorder of what comes back.
+  from the same shared timer, and a recorder of what comes back.
+
+So per packet the generator does about what a lean peer must (a header, SRTP,
+one sendto; one header read per arrival), and the figures at large N measure
+the gateway rather than aiortc's per-packet machinery in the generator.
 
 The audio is a tone burst pattern (400 ms of 1 kHz, 100 ms silence), the same
 on both sides. Figures per N:
@@ -39,9 +49,9 @@ under ``taskset -c 1`` (when the machine has two cores).
 
 import argparse
 import asyncio
-import fractions
 import json
 import os
+import random
 import resource
 import shutil
 import struct
@@ -60,6 +70,8 @@ FRAME = 0.02
 PERIOD_FRAMES = 25  # 500 ms: 20 frames of tone, 5 of silence
 TONE_FRAMES = 20
 TONE_AMPLITUDE = 0.3
+RTP_HEADER = struct.Struct("!BBHII")
+RTP_TIMESTAMP = struct.Struct("!I")
 
 
 def pattern(rate: int) -> np.ndarray:
@@ -254,6 +266,87 @@ class SipSide(asyncio.DatagramProtocol):
         self.stream.add(asyncio.get_running_loop().time(), timestamp, data[12:])
 
 
+class WebSide:
+    """
+    One call's WebRTC audio once DTLS is up, without aiortc's per-packet path:
+    ``send`` builds the RTP header (the negotiated payload type, the aiortc
+    sender's SSRC and mid header extension, sequence numbers and timestamps of
+    our own), protects it with the DTLS transport's SRTP session and sends it
+    on the nominated ICE pair's socket; ``datagram_received`` shadows each of
+    the ICE connection's StunProtocol objects and records the SRTP audio
+    packets from the clear-text header (everything else goes on to aioice).
+    """
+
+    def __init__(self, pc: Any, stream: Stream, step: int) -> None:
+        from aiortc.rtp import RtpPacket
+
+        transceiver = pc.getTransceivers()[0]
+        sender = transceiver.sender
+        self.dtls = sender.transport
+        assert self.dtls._tx_srtp is not None, "DTLS not connected"
+        connection = self.dtls.transport._connection
+        pair = connection._nominated[1]
+        self.socket = pair.protocol.transport
+        self.remote = pair.remote_addr
+        codec = transceiver._codecs[0]
+        self.payload_type: int = codec.payloadType
+        probe = RtpPacket(payload_type=self.payload_type)
+        probe.extensions.mid = sender._RTCRtpSender__mid
+        raw = probe.serialize(sender._RTCRtpSender__rtp_header_extensions_map)
+        self.first = raw[0]  # V=2 and the extension bit
+        self.extension = raw[12:]
+        self.ssrc: int = sender._ssrc
+        self.sequence0 = random.getrandbits(16)
+        self.timestamp0 = random.getrandbits(32)
+        self.step = step  # RTP clock units per 20 ms
+        self.stream = stream
+        self.protect = self.dtls._tx_srtp.protect
+        self.loop = asyncio.get_running_loop()
+        for protocol in connection._protocols:
+            protocol.datagram_received = self._hook(protocol.datagram_received)
+
+    def send(self, n: int, payload: bytes) -> None:
+        header = RTP_HEADER.pack(
+            self.first,
+            self.payload_type | 0x80 if n == 0 else self.payload_type,
+            (self.sequence0 + n) & 0xFFFF,
+            (self.timestamp0 + n * self.step) & 0xFFFFFFFF,
+            self.ssrc,
+        )
+        self.socket.sendto(self.protect(header + self.extension + payload), self.remote)
+
+    def _hook(self, original: Callable[[bytes, Any], None]) -> Callable[[bytes, Any], None]:
+        payload_type = self.payload_type
+        stream = self.stream
+        now = self.loop.time
+        unpack = RTP_TIMESTAMP.unpack_from
+
+        def datagram_received(data: bytes, addr: Any) -> None:
+            # SRTP (version 2) of our audio payload type; RTCP's packet types
+            # (200-204) never match it, with or without the marker bit
+            if len(data) > 12 and 127 < data[0] < 192 and data[1] & 0x7F == payload_type:
+                if stream.keep_payload:
+                    self._keep(data)
+                else:
+                    stream.arrivals.append((now(), unpack(data, 4)[0], b""))
+                return
+            original(data, addr)
+
+        return datagram_received
+
+    def _keep(self, data: bytes) -> None:
+        """--latency: the payload too, unprotected with the DTLS transport's session."""
+        from rtc.rtp import parse_received
+
+        arrival = self.loop.time()
+        try:
+            packet = parse_received(self.dtls._rx_srtp.unprotect(data))
+        except Exception:  # pylibsrtp.Error: dropped, as aiortc would
+            return
+        if packet is not None:
+            self.stream.add(arrival, packet.timestamp, packet.payload)
+
+
 async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]:
     import av
     from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
@@ -304,10 +397,12 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
     pcmu_browser = args.browser_codec == "pcmu"
     browser_packets = pcmu_payloads if pcmu_browser else opus_packets
 
-    web_in_onsets: list[float] = []
-    sip_in_onsets: list[float] = []
+    # both sides' input bursts start together (one timer sends both)
+    in_onsets: list[float] = []
     receivers: dict[int, Stream] = {}
 
+    # what reaches aiortc's receivers before WebSide hooks the ICE sockets
+    # (before the measurement) is recorded here, never decoded
     async def record(self: RTCRtpReceiver, packet: Any, arrival_time_ms: int) -> None:
         stream = receivers.get(id(self))
         if stream is not None and packet.payload_type != 101:
@@ -315,28 +410,14 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
 
     RTCRtpReceiver._handle_rtp_packet = record  # type: ignore[method-assign]
 
-    class PreEncoded(MediaStreamTrack):
+    class Idle(MediaStreamTrack):
+        """aiortc's sender waits on it for ever: WebSide sends the audio."""
+
         kind = "audio"
 
-        def __init__(self, index: int) -> None:
-            super().__init__()
-            self.index = index
-            self.n = 0
-            self.start: float | None = None
-
         async def recv(self) -> av.Packet:
-            if self.start is None:
-                self.start = loop.time()
-            else:
-                await asyncio.sleep(max(0.0, self.start + self.n * FRAME - loop.time()))
-            k = self.n % PERIOD_FRAMES
-            if k == 0 and self.index == 0:
-                web_in_onsets.append(loop.time() - FRAME)
-            packet = av.Packet(browser_packets[k])
-            packet.pts = self.n * 960
-            packet.time_base = fractions.Fraction(1, 48000)
-            self.n += 1
-            return packet
+            await loop.create_future()
+            raise AssertionError("never")
 
     pcs = []
     sip_sides: list[SipSide] = []
@@ -344,7 +425,7 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
     setup_start = time.monotonic()
     for i in range(calls):
         pc = RTCPeerConnection()
-        transceiver = pc.addTransceiver(PreEncoded(i), direction="sendrecv")
+        transceiver = pc.addTransceiver(Idle(), direction="sendrecv")
         codecs = [c for c in transceiver.sender.getCapabilities("audio").codecs]
         if pcmu_browser:
             codecs = [c for c in codecs if c.mimeType.lower() == "audio/pcmu"]
@@ -376,8 +457,12 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
             raise RuntimeError("a WebRTC peer failed to connect")
         await asyncio.sleep(0.1)
     setup = time.monotonic() - setup_start
+    webs = [
+        WebSide(pc, stream, 160 if pcmu_browser else 960)
+        for pc, stream in zip(pcs, web_streams, strict=True)
+    ]
 
-    # SIP side: one timer for every call's packets
+    # both sides: one timer for every call's packets
     ssrc = 0x1234
     header = bytearray(12)
 
@@ -387,12 +472,14 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
         while True:
             k = n % PERIOD_FRAMES
             payload = pcmu_payloads[k]
+            browser_payload = browser_packets[k]
             if k == 0:
-                sip_in_onsets.append(loop.time() - FRAME)
+                in_onsets.append(loop.time() - FRAME)
             for i, side in enumerate(sip_sides):
                 struct.pack_into("!BBHII", header, 0, 0x80, 0, n & 0xFFFF, n * 160, ssrc + i)
                 assert side.transport is not None and side.remote is not None
                 side.transport.sendto(bytes(header) + payload, side.remote)
+                webs[i].send(n, browser_payload)
             n += 1
             await asyncio.sleep(max(0.0, start + n * FRAME - loop.time()))
 
@@ -461,10 +548,10 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
             return np.concatenate(out) if out else np.zeros(960, np.int16)
 
         to_browser = pair_latencies(
-            sip_in_onsets,
+            in_onsets,
             output_onset_times(web_streams[0], ulaw_decode if pcmu_browser else decode_opus),
         )
-        to_sip = pair_latencies(web_in_onsets, output_onset_times(sip_streams[0], ulaw_decode))
+        to_sip = pair_latencies(in_onsets, output_onset_times(sip_streams[0], ulaw_decode))
         for name, values in (("sip_to_browser", to_browser), ("browser_to_sip", to_sip)):
             if values:
                 result[f"latency_{name}_p50_ms"] = 1000 * float(np.percentile(values, 50))

@@ -49,6 +49,7 @@ under ``taskset -c 1`` (when the machine has two cores).
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import random
@@ -111,6 +112,21 @@ async def gateway_main() -> None:
     calls: list[tuple[WebRtcLeg, RtpLeg, MediaBridge]] = []
     mark = (0.0, 0.0, {})
 
+    # as gateway/app.py does once started: what exists now is never collected
+    gc.collect()
+    gc.freeze()
+    # the collector's passes stop every call's media while they run: time them
+    pauses: list[tuple[int, float]] = []  # generation, seconds
+    started = [0.0]
+
+    def gc_pause(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            pauses.append((info["generation"], time.perf_counter() - started[0]))
+
+    gc.callbacks.append(gc_pause)
+
     def counters() -> dict[str, int]:
         total = {"jb_played": 0, "jb_concealed": 0, "jb_late": 0, "webrtc_filled": 0}
         total["rtp_filled"] = 0
@@ -150,6 +166,7 @@ async def gateway_main() -> None:
             reply({"answer": answer, "sip_answer": sip_answer.decode()})
         elif cmd["cmd"] == "mark":
             mark = (loop.time(), cpu_seconds(), counters())
+            pauses.clear()
             reply({})
         elif cmd["cmd"] == "report":
             wall = loop.time() - mark[0]
@@ -160,6 +177,8 @@ async def gateway_main() -> None:
                     "wall": wall,
                     "cpu": cpu,
                     "counters": {k: now[k] - mark[2].get(k, 0) for k in now},
+                    "gc_full_passes": sum(1 for g, _ in pauses if g == 2),
+                    "gc_max_pause_ms": 1000 * max((d for _, d in pauses), default=0.0),
                 }
             )
         elif cmd["cmd"] == "quit":
@@ -466,7 +485,12 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
     ssrc = 0x1234
     header = bytearray(12)
 
+    slots = max(1, min(args.stagger, calls))
+
     async def send_rtp() -> None:
+        # Real calls start at unrelated moments: call i's SIP packets go out in slot
+        # i % slots of each 20 ms period and its browser packets half a period later,
+        # rather than every packet of every call in one burst.
         n = 0
         start = loop.time()
         while True:
@@ -475,13 +499,17 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
             browser_payload = browser_packets[k]
             if k == 0:
                 in_onsets.append(loop.time() - FRAME)
-            for i, side in enumerate(sip_sides):
-                struct.pack_into("!BBHII", header, 0, 0x80, 0, n & 0xFFFF, n * 160, ssrc + i)
-                assert side.transport is not None and side.remote is not None
-                side.transport.sendto(bytes(header) + payload, side.remote)
-                webs[i].send(n, browser_payload)
+            for slot in range(slots):
+                for i in range(slot, len(sip_sides), slots):
+                    side = sip_sides[i]
+                    struct.pack_into("!BBHII", header, 0, 0x80, 0, n & 0xFFFF, n * 160, ssrc + i)
+                    assert side.transport is not None and side.remote is not None
+                    side.transport.sendto(bytes(header) + payload, side.remote)
+                for i in range((slot + slots // 2) % slots, len(webs), slots):
+                    webs[i].send(n, browser_payload)
+                due = start + n * FRAME + (slot + 1) * FRAME / slots
+                await asyncio.sleep(max(0.0, due - loop.time()))
             n += 1
-            await asyncio.sleep(max(0.0, start + n * FRAME - loop.time()))
 
     sender = loop.create_task(send_rtp())
     gen_cpu0 = cpu_seconds()
@@ -522,6 +550,8 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
         "late_sip_p50_ms": 1000 * float(np.percentile(late_sip, 50)),
         "late_sip_p99_ms": 1000 * float(np.percentile(late_sip, 99)),
         "counters": report["counters"],
+        "gc_full_passes": report["gc_full_passes"],
+        "gc_max_pause_ms": report["gc_max_pause_ms"],
     }
     c = report["counters"]
     frames = max(1, calls * expected)
@@ -583,6 +613,13 @@ def main() -> None:
     )
     parser.add_argument("--json", action="store_true")
     parser.add_argument(
+        "--stagger",
+        type=int,
+        default=4,
+        help="spread the calls' packets over this many slots of each 20 ms period "
+        "(1: every packet of every call at once)",
+    )
+    parser.add_argument(
         "--browser-codec",
         choices=("opus", "pcmu"),
         default="opus",
@@ -622,7 +659,9 @@ def main() -> None:
             f"{result['filled_to_sip_pct']:.3f}%\n"
             f"   lateness to browser p50/p99 {result['late_web_p50_ms']:.1f}/"
             f"{result['late_web_p99_ms']:.1f} ms, to SIP {result['late_sip_p50_ms']:.1f}/"
-            f"{result['late_sip_p99_ms']:.1f} ms",
+            f"{result['late_sip_p99_ms']:.1f} ms; gateway GC: "
+            f"{result['gc_full_passes']} full passes, longest pause "
+            f"{result['gc_max_pause_ms']:.1f} ms",
             flush=True,
         )
         c = result["counters"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import logging
 import signal
@@ -138,6 +139,12 @@ class Gateway:
 async def run(config: Config) -> None:
     gateway = Gateway(config)
     await gateway.start()
+    # Everything that exists now (modules, configuration, the directory) lives as
+    # long as the process: keep it out of the collector's full passes, which stop
+    # every call's media while they run (~25 ms fewer per pass measured with 32
+    # calls; bench/README.md).
+    gc.collect()
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

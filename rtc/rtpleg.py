@@ -1029,7 +1029,10 @@ class RtpLeg(AudioPort):
             now = asyncio.get_running_loop().time()
         # written frames count even when they are not sent (RFC 4733 events
         # replace the audio): the stream's timeline goes on under the events
-        timestamp, marker = self._clock.stamp(now, written)
+        stamped = self._clock.stamp(now, written)
+        if stamped is None:
+            return  # late: filler already went out in its place
+        timestamp, marker = stamped
         if self._dtmf_active:
             return
         if self._inband:

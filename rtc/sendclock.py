@@ -13,79 +13,101 @@ proper RTP stream all the same:
 - timestamps advance a frame per frame sent, and by the frames of a gap the
   source reports (``skip``: packets lost upstream in pass-through), so that
   bursts and jitter of the source pass through unchanged and the far end's
-  jitter buffer sees the source's timing;
-- after a pause in the packets sent (hold, a silent source) the next
-  frame's timestamp jumps by the time elapsed, so the far end's playout stays
-  in step with real time;
+  jitter buffer sees the source's timing. A burst after a wait (frames the
+  jitter buffer held behind a late packet, up to its 200 ms maximum) keeps
+  following on;
+- after ``fill_after`` (250 ms: longer than any such wait) with nothing
+  written, the source has stopped (hold, a silent or vanished source): the
+  leg sends filler (silence, in-band DTMF; ``fill(now)`` says when), one
+  frame per period, so the far end never sees the stream stop, and the
+  timeline follows the wall clock (after a pause in the packets sent, too:
+  the next frame's timestamp jumps by the time elapsed);
+- a written frame that would put the timeline more than ``max_lead`` (two
+  frames) ahead of the wall clock is dropped (``stamp`` returns None): frames
+  that come late in a burst after filler covered for them, or a source clock
+  faster than ours. Sending them would put the timeline ahead of real time
+  for good, and the far end's jitter buffer would hold every later packet
+  that much longer; in a steady stream the lead stays near zero;
 - in a continuous stream the timeline never falls more than ``slack`` behind
   the wall clock (a slower source clock, packets lost upstream without a
-  report): past that, a frame's timestamp jumps; a frame that comes within
-  the slack (a late packet the jitter buffer waited for, a burst) does not
-  move it;
-- the marker bit goes on the first packet after a pause of ``pause`` or more
-  (RFC 3551 4.1: the start of a talk spurt) and whenever ``marker`` is set;
+  report): past that, a frame's timestamp jumps;
+- the marker bit goes on the first packet after ``pause`` (60 ms) without
+  any (RFC 3551 4.1: the start of a talk spurt) and whenever ``marker`` is
+  set;
 - timestamps are not wrapped (callers take them modulo 2**32 on the wire),
-  so a leg can convert them between clock rates;
-- ``fill(now)`` says when nothing was written for ``pause``: the leg then
-  sends filler (silence, in-band DTMF) itself, one frame per period, so the
-  far end never sees the stream stop while the other side is silent.
+  so a leg can convert them between clock rates.
 """
 
-__all__ = ["FRAME", "SendClock"]
+__all__ = ["FILL_AFTER", "FRAME", "MAX_LEAD", "PAUSE", "SLACK", "SendClock"]
 
 FRAME = 0.02  # seconds per frame
-# no frame sent (written) for this long: a pause (marker and timestamps in step
-# with the clock on the next, filler meanwhile)
+# no packet sent for this long: the next one starts a talk spurt (marker)
 PAUSE = 0.06
+# nothing written for this long: the source stopped (filler, timeline to the clock)
+FILL_AFTER = 0.25
+# how far ahead of the wall clock a written frame may put the timeline
+MAX_LEAD = 2 * FRAME
 # how far a continuous stream's timeline may lag the wall clock before a
-# frame's timestamp jumps: frames held back upstream longer than PAUSE are
-# preceded by filler, which keeps the timeline going
-SLACK = PAUSE + 2 * FRAME
+# frame's timestamp jumps (a source stopped longer gets filler, which keeps
+# the timeline going)
+SLACK = FILL_AFTER + 2 * FRAME
 
 
 class SendClock:
     def __init__(
-        self, frame_ticks: int, timestamp: int, slack: float = SLACK, pause: float = PAUSE
+        self,
+        frame_ticks: int,
+        timestamp: int,
+        slack: float = SLACK,
+        pause: float = PAUSE,
+        fill_after: float = FILL_AFTER,
+        max_lead: float = MAX_LEAD,
     ) -> None:
         self.frame_ticks = frame_ticks  # RTP timestamp units per frame (codec dependent)
         self.marker = True  # the next frame sent starts a talk spurt
         self._timestamp = timestamp  # the next frame's, when it follows on
         self._slack = slack
         self._pause = pause
+        self._fill_after = fill_after
+        self._max_lead = max_lead
         self._position: float | None = None  # wall time the next frame stands for
         self._sent: float | None = None  # when the last frame (any) was stamped
         self._written: float | None = None  # when the last written frame was
         self._fill_at: float | None = None  # next filler frame, while filling
+        self.dropped = 0  # written frames dropped: the timeline was too far ahead
 
     def _advance(self, now: float) -> int:
         """Frames the timeline moves for a frame sent at ``now`` (0: it follows on)."""
         position = self._position
         if position is None:
             return 0
-        if self._sent is None or now - self._sent >= self._pause:
-            # after a pause: back in step with the clock
-            return max(0, round((now - position) / FRAME))
+        if self._sent is None or now - self._sent >= self._fill_after:
+            # after a pause: back in step with the clock (never ahead of it)
+            return max(0, int((now - position) / FRAME + 1e-6))
         behind = now - self._slack - position
         if behind <= 0:
             return 0
         return int(behind / FRAME) + 1
 
-    def stamp(self, now: float, written: bool = True) -> tuple[int, bool]:
+    def stamp(self, now: float, written: bool = True) -> tuple[int, bool] | None:
         """
         The RTP timestamp and marker of a frame sent at ``now``: one written to
-        the leg, or filler (``written=False``: filling goes on).
+        the leg, or filler (``written=False``: filling goes on). None: drop
+        this written frame (the timeline is ``max_lead`` ahead of the clock).
         """
+        position = self._position
+        if written:
+            if position is not None and position - now > self._max_lead:
+                self.dropped += 1
+                return None
+            self._written = now
         advance = self._advance(now)
         timestamp = self._timestamp + advance * self.frame_ticks
         self._timestamp = timestamp + self.frame_ticks
-        position = now if self._position is None else self._position
-        self._position = position + (advance + 1) * FRAME
-        # a packet after none for a pause starts a talk spurt
+        self._position = (now if position is None else position) + (advance + 1) * FRAME
         marker = self.marker or self._sent is None or now - self._sent >= self._pause
         self.marker = False
         self._sent = now
-        if written:
-            self._written = now
         return timestamp, marker
 
     def peek(self, now: float) -> int:
@@ -109,15 +131,15 @@ class SendClock:
 
     def fill(self, now: float) -> tuple[bool, float]:
         """
-        Whether the leg sends a filler frame now (nothing was written for a
-        pause), and when to ask again.
+        Whether the leg sends a filler frame now (nothing was written for
+        ``fill_after``), and when to ask again.
         """
         written = self._written
-        if written is not None and now - written < self._pause:
+        if written is not None and now - written < self._fill_after:
             self._fill_at = None
-            return False, written + self._pause
+            return False, written + self._fill_after
         fill_at = self._fill_at
-        if fill_at is None or fill_at < now - self._pause:
+        if fill_at is None or fill_at < now - self._fill_after:
             fill_at = now  # filling starts, or restarts after a stall
         if now < fill_at:
             return False, fill_at

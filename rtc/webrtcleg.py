@@ -277,7 +277,10 @@ class OutgoingAudioTrack(MediaStreamTrack):
         payload = self._payload(item, (self._codec() or "").lower())
         if payload is None:
             return False  # a codec aiortc encodes
-        pts, marker = self.clock.stamp(now, written)
+        stamped = self.clock.stamp(now, written)
+        if stamped is None:
+            return True  # late: filler already went out in its place
+        pts, marker = stamped
         direct(path, payload, pts, marker)
         return True
 
@@ -321,7 +324,10 @@ class OutgoingAudioTrack(MediaStreamTrack):
                 self._relaying = False
             now = loop.time()
             payload = self._payload(item, mime)
-            pts, marker = self.clock.stamp(now, item is not None)
+            stamped = self.clock.stamp(now, item is not None)
+            if stamped is None:
+                continue  # late: filler already went out in its place
+            pts, marker = stamped
             if payload is None:
                 samples = item if not isinstance(item, EncodedFrame) else None
                 return self._frame(samples, pts)  # a codec aiortc encodes

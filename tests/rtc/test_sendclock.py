@@ -2,34 +2,49 @@
 
 import pytest
 
-from rtc.sendclock import FRAME, PAUSE, SLACK, SendClock
+from rtc.sendclock import FILL_AFTER, FRAME, MAX_LEAD, PAUSE, SLACK, SendClock
 
 TICKS = 160
 
 
+def stamp(clock: SendClock, now: float, written: bool = True) -> tuple[int, bool]:
+    stamped = clock.stamp(now, written)
+    assert stamped is not None
+    return stamped
+
+
 def test_frames_follow_on_whatever_their_jitter() -> None:
     clock = SendClock(TICKS, 1000)
-    stamps = [clock.stamp(t) for t in (0.0, 0.021, 0.038, 0.065, 0.08, 0.0801)]
+    stamps = [stamp(clock, t) for t in (0.0, 0.021, 0.038, 0.065, 0.08, 0.0801)]
     assert [ts for ts, _ in stamps] == [1000 + k * TICKS for k in range(6)]
     # only the first packet starts a talk spurt
     assert [m for _, m in stamps] == [True] + [False] * 5
 
 
+def test_a_burst_after_a_wait_follows_on_with_a_marker() -> None:
+    # frames held 150 ms behind a late packet (the jitter buffer's wait), then released
+    clock = SendClock(TICKS, 0)
+    stamp(clock, 0.0)
+    burst = [stamp(clock, 0.15) for _ in range(8)]
+    assert [ts for ts, _ in burst] == [k * TICKS for k in range(1, 9)]
+    assert [m for _, m in burst] == [True] + [False] * 7  # 150 ms without a packet
+
+
 def test_after_a_pause_the_timestamp_is_back_in_step_with_the_clock() -> None:
     clock = SendClock(TICKS, 0)
-    clock.stamp(0.0)
-    clock.stamp(0.02)
-    ts, marker = clock.stamp(0.5)  # hold, or a silent source
+    stamp(clock, 0.0)
+    stamp(clock, 0.02)
+    ts, marker = stamp(clock, 0.5)  # hold, or a silent source
     assert marker
     assert ts == round(0.5 / FRAME) * TICKS
-    assert clock.stamp(0.52) == (ts + TICKS, False)
+    assert stamp(clock, 0.52) == (ts + TICKS, False)
 
 
 def test_a_lagging_continuous_stream_jumps_only_past_the_slack() -> None:
     clock = SendClock(TICKS, 0)
     t, stamps = 0.0, []
-    for _ in range(40):
-        stamps.append(clock.stamp(t)[0])
+    for _ in range(100):
+        stamps.append(stamp(clock, t)[0])
         t += FRAME + 0.004  # a source clock 20 % slow, never a pause
     steps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     assert set(steps) <= {TICKS, 2 * TICKS}
@@ -40,60 +55,98 @@ def test_a_lagging_continuous_stream_jumps_only_past_the_slack() -> None:
 
 def test_skip_leaves_room_for_frames_lost_upstream() -> None:
     clock = SendClock(TICKS, 0)
-    clock.stamp(0.0)
+    stamp(clock, 0.0)
     clock.skip(1)
-    assert clock.stamp(0.04) == (2 * TICKS, False)
+    assert stamp(clock, 0.04) == (2 * TICKS, False)
     assert clock.peek(0.06) == 3 * TICKS
-    clock.skip(2)  # then a gap long enough to be a pause: still in step
-    assert clock.stamp(0.10) == (5 * TICKS, True)
+    clock.skip(2)  # then a gap long enough for a marker
+    assert stamp(clock, 0.10) == (5 * TICKS, True)
 
 
 def test_marker_when_asked_and_codec_clock_change() -> None:
     clock = SendClock(TICKS, 0)
-    clock.stamp(0.0)
+    stamp(clock, 0.0)
     clock.marker = True  # e.g. audio resumes after RFC 4733 events
-    assert clock.stamp(0.02) == (TICKS, True)
+    assert stamp(clock, 0.02) == (TICKS, True)
     clock.frame_ticks = 960  # re-INVITE to Opus
-    assert clock.stamp(0.04) == (2 * TICKS, False)
-    assert clock.stamp(0.06) == (2 * TICKS + 960, False)
+    assert stamp(clock, 0.04) == (2 * TICKS, False)
+    assert stamp(clock, 0.06) == (2 * TICKS + 960, False)
 
 
 def test_timestamp_at_follows_the_wall_clock() -> None:
     clock = SendClock(TICKS, 0)
     assert clock.timestamp_at(5.0) == 0
-    clock.stamp(1.0)
+    stamp(clock, 1.0)
     assert clock.timestamp_at(1.0 + FRAME) == TICKS
     assert clock.timestamp_at(2.0) == pytest.approx(50 * TICKS, abs=1)
 
 
-def test_filler_after_a_pause_one_frame_per_period() -> None:
+def test_filler_once_the_source_stopped_one_frame_per_period() -> None:
     clock = SendClock(TICKS, 0)
     # nothing written yet: filler at once
     assert clock.fill(0.0) == (True, pytest.approx(FRAME))
-    clock.stamp(0.0, written=False)
+    stamp(clock, 0.0, written=False)
     assert clock.fill(0.01) == (False, pytest.approx(FRAME))
     assert clock.fill(0.02)[0]
-    clock.stamp(0.02, written=False)
-    # frames written: no filler until they stop for a pause
-    clock.stamp(0.03)
+    stamp(clock, 0.02, written=False)
+    # frames written: no filler, and the next look only when they could have stopped
+    stamp(clock, 0.03)
     fill, again = clock.fill(0.05)
-    assert not fill and again == pytest.approx(0.03 + PAUSE)
-    clock.stamp(0.05)
-    assert clock.fill(0.0899) == (False, pytest.approx(0.05 + PAUSE))
-    fill, again = clock.fill(0.11)
-    assert fill and again == pytest.approx(0.13)
-    ts, marker = clock.stamp(0.11, written=False)
-    assert marker  # the first packet after 60 ms without any
-    assert clock.fill(0.13)[0]
-    assert clock.stamp(0.13, written=False) == (ts + TICKS, False)  # filler goes on
-    # a written frame stops the filler again
-    clock.stamp(0.145)
-    assert not clock.fill(0.15)[0]
+    assert not fill and again == pytest.approx(0.03 + FILL_AFTER)
+    stamp(clock, 0.05)
+    assert clock.fill(0.05 + FILL_AFTER - 0.001) == (False, pytest.approx(0.05 + FILL_AFTER))
+    now = 0.05 + FILL_AFTER
+    fill, again = clock.fill(now)
+    assert fill and again == pytest.approx(now + FRAME)
+    ts, marker = stamp(clock, now, written=False)
+    assert marker  # the first packet after a pause
+    assert ts == round(now / FRAME) * TICKS  # in step with the clock again
+    assert clock.fill(now + FRAME)[0]
+    assert stamp(clock, now + FRAME, written=False) == (ts + TICKS, False)  # filler goes on
+    # a written frame in step stops the filler again
+    assert stamp(clock, now + 2 * FRAME - 0.005) == (ts + 2 * TICKS, False)
+    assert not clock.fill(now + 2 * FRAME)[0]
+
+
+def test_frames_late_behind_filler_are_dropped_beyond_the_lead() -> None:
+    clock = SendClock(TICKS, 0)
+    for k in range(5):
+        stamp(clock, k * FRAME)
+    # the writer stalls for 400 ms: filler from 250 ms after its last frame on
+    t = 4 * FRAME + FILL_AFTER
+    while t < 0.48:
+        assert clock.fill(t)[0]
+        stamp(clock, t, written=False)
+        t += FRAME
+    slot = clock.peek(t)
+    # then its 20 delayed frames arrive at once: the first ones take the next slots,
+    # up to MAX_LEAD ahead of the clock; filler took the others' place
+    now = t + 0.001
+    burst = [clock.stamp(now) for _ in range(20)]
+    sent = [b for b in burst if b is not None]
+    assert [ts for ts, _ in sent] == [slot + k * TICKS for k in range(len(sent))]
+    assert len(sent) == 1 + round(MAX_LEAD / FRAME)
+    assert clock.dropped == 20 - len(sent)
+    # in real time again, it goes on from there (no frame dropped), never further ahead
+    for k in range(1, 10):
+        assert clock.stamp(now + k * FRAME) is not None
+    assert clock.dropped == 20 - len(sent)
+
+
+def test_a_faster_source_clock_loses_a_frame_now_and_then() -> None:
+    clock = SendClock(TICKS, 0)
+    sent = [clock.stamp(k * 0.019) for k in range(200)]  # 5 % fast
+    assert 0 < clock.dropped == sum(1 for s in sent if s is None) <= 12
 
 
 def test_filler_restarts_after_a_stall_instead_of_bursting() -> None:
     clock = SendClock(TICKS, 0)
     assert clock.fill(0.0)[0]
-    clock.stamp(0.0, written=False)
+    stamp(clock, 0.0, written=False)
     fill, again = clock.fill(1.0)  # the loop was suspended for a second
     assert fill and again == pytest.approx(1.0 + FRAME)
+
+
+def test_constants_order() -> None:
+    # a jitter buffer may hold frames up to 200 ms: no filler, no re-sync meanwhile
+    assert PAUSE < 0.2 < FILL_AFTER < SLACK

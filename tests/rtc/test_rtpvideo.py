@@ -237,7 +237,8 @@ async def test_our_bit_rate_is_announced_and_caps_the_browser() -> None:
             answer = SessionDescription.parse(leg.create_answer(sdp.encode()))
             assert answer.media[1].bandwidth == ["AS:500"]
             assert (video.remote_bitrate, video.max_bitrate) == (
-                phone_as and phone_as * 1000, cap
+                phone_as and phone_as * 1000,
+                cap,
             ), phone_as
         # applying an answer to our offer: the same rule
         leg.create_offer()

@@ -945,7 +945,8 @@ class RtpLeg(AudioPort):
                     await asyncio.sleep(start + offset / clock - loop.time())
                     self._send_event(timestamp, bytes(event), marker=i == 0)
                 self._dtmf_active = False
-                self._clock.marker = True  # audio resumes: a new talk spurt
+                # audio resumes after the event's time, as a new talk spurt
+                self._clock.resync()
                 await asyncio.sleep(DTMF_GAP_MS / 1000)
         finally:
             self._dtmf_active = False

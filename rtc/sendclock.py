@@ -74,6 +74,7 @@ class SendClock:
         self._sent: float | None = None  # when the last frame (any) was stamped
         self._written: float | None = None  # when the last written frame was
         self._fill_at: float | None = None  # next filler frame, while filling
+        self._resync = False  # the next frame is in step with the clock, whatever came before
         self.dropped = 0  # written frames dropped: the timeline was too far ahead
 
     def _advance(self, now: float) -> int:
@@ -81,7 +82,7 @@ class SendClock:
         position = self._position
         if position is None:
             return 0
-        if self._sent is None or now - self._sent >= self._fill_after:
+        if self._resync or self._sent is None or now - self._sent >= self._fill_after:
             # after a pause: back in step with the clock (never ahead of it)
             return max(0, int((now - position) / FRAME + 1e-6))
         behind = now - self._slack - position
@@ -107,8 +108,18 @@ class SendClock:
         self._position = (now if position is None else position) + (advance + 1) * FRAME
         marker = self.marker or self._sent is None or now - self._sent >= self._pause
         self.marker = False
+        self._resync = False
         self._sent = now
         return timestamp, marker
+
+    def resync(self) -> None:
+        """
+        The next frame's timestamp follows the clock (never falls behind it),
+        with the marker: something else took the timeline meanwhile (RFC 4733
+        events sent in place of the audio).
+        """
+        self._resync = True
+        self.marker = True
 
     def peek(self, now: float) -> int:
         """The timestamp a frame sent at ``now`` would get (for RFC 4733 events)."""

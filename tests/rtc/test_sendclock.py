@@ -150,3 +150,16 @@ def test_filler_restarts_after_a_stall_instead_of_bursting() -> None:
 def test_constants_order() -> None:
     # a jitter buffer may hold frames up to 200 ms: no filler, no re-sync meanwhile
     assert PAUSE < 0.2 < FILL_AFTER < SLACK
+
+
+def test_after_events_in_place_of_audio_the_audio_resumes_in_step() -> None:
+    clock = SendClock(TICKS, 0)
+    for k in range(5):
+        stamp(clock, k * FRAME)
+    start = clock.peek(0.1)  # an RFC 4733 event starts where the next audio would
+    assert start == 5 * TICKS
+    # 160 ms of event packets, no audio written meanwhile
+    clock.resync()
+    ts, marker = stamp(clock, 0.27)
+    assert marker and ts >= start + int(0.16 * 8000)
+    assert ts == int(0.27 / FRAME) * TICKS  # the slot of the clock, never ahead of it

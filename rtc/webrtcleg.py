@@ -165,13 +165,14 @@ class ImmediateAudioJitterBuffer(AiortcJitterBuffer):
     and packets older than the last one passed. Smoothing happens downstream,
     where the far leg's send clock pulls frames (PlayoutQueue).
 
-    ``decode(packet)``, when given, may take the packet instead (it returns
-    True): the leg decodes Opus itself, synchronously on the event loop,
-    rather than through aiortc's decoder thread (a queue hand-off to the
-    thread and one back to the loop per frame).
+    ``decode(packet, lost)``, when given, may take the packet instead (it
+    returns True; ``lost``: packets missing just before it, up to
+    MAX_SEQUENCE_GAP, else 0): the leg decodes Opus itself, synchronously on
+    the event loop, rather than through aiortc's decoder thread (a queue
+    hand-off to the thread and one back to the loop per frame).
     """
 
-    def __init__(self, decode: Callable[[AiortcRtpPacket], bool] | None = None) -> None:
+    def __init__(self, decode: Callable[[AiortcRtpPacket, int], bool] | None = None) -> None:
         super().__init__(capacity=16)
         self._last_seq: int | None = None
         self.late = 0  # dropped: behind the last packet passed on (reordered, duplicated)
@@ -179,15 +180,26 @@ class ImmediateAudioJitterBuffer(AiortcJitterBuffer):
 
     def add(self, packet: AiortcRtpPacket) -> tuple[bool, JitterFrame | None]:
         seq = packet.sequence_number
+        lost = 0
         if self._last_seq is not None:
             delta = (seq - self._last_seq) & 0xFFFF
             if delta == 0 or delta > 0xFFFF - 100:
                 self.late += 1
                 return False, None  # duplicate or late
+            if delta <= MAX_SEQUENCE_GAP + 1:
+                lost = delta - 1
         self._last_seq = seq
-        if self._decode is not None and self._decode(packet):
+        if self._decode is not None and self._decode(packet, lost):
             return False, None
         return False, JitterFrame(data=packet.payload, timestamp=packet.timestamp)
+
+    def passed(self, seq: int) -> None:
+        """
+        A packet of the stream taken elsewhere (an RFC 4733 event in place of
+        the audio): the audio after it follows on, it is not a loss.
+        """
+        if self._last_seq is None or 0 < (seq - self._last_seq) & 0xFFFF < 0x8000:
+            self._last_seq = seq
 
 
 def _shortcut(
@@ -274,12 +286,15 @@ class OutgoingAudioTrack(MediaStreamTrack):
         path = self.direct_path()
         if direct is None or path is None:
             return False
-        payload = self._payload(item, (self._codec() or "").lower())
-        if payload is None:
+        mime = (self._codec() or "").lower()
+        if mime != "audio/opus" and mime not in G711_CODECS:
             return False  # a codec aiortc encodes
+        # stamped first: a frame the clock drops is not encoded for nothing
         stamped = self.clock.stamp(now, written)
         if stamped is None:
             return True  # late: filler already went out in its place
+        payload = self._payload(item, mime)
+        assert payload is not None
         pts, marker = stamped
         direct(path, payload, pts, marker)
         return True
@@ -443,7 +458,6 @@ class WebRtcLeg(AudioPort):
         self._tx_template: tuple[object, object, int, int, int, bytes] | None = None
         self._tx_sequence = random.randint(0, 0xFFFF)
         self._tx_origin = random.randint(0, 0xFFFFFFFF)
-        self._rx_last: tuple[int, int] | None = None  # SSRC, sequence number of the last packet
         self.direct_received = 0  # audio/event packets taken by the direct path
         self.direct_sent = 0  # packets sent by the direct path
         self._track.direct = self._send_direct
@@ -876,6 +890,8 @@ class WebRtcLeg(AudioPort):
         if mime == TELEPHONE_EVENT:
             if self._dtmf is not None:
                 self._dtmf.receive_event(packet.ssrc, packet.timestamp, packet.payload)
+            if self._jitter is not None:
+                self._jitter.passed(packet.sequence_number)
             return True
         ssrc = packet.ssrc
         streams = receiver._RTCRtpReceiver__remote_streams
@@ -990,7 +1006,7 @@ class WebRtcLeg(AudioPort):
         sender._RTCRtpSender__packet_count += 1
         self.direct_sent += 1
 
-    def _decode_packet(self, packet: AiortcRtpPacket) -> bool:
+    def _decode_packet(self, packet: AiortcRtpPacket, lost: int = 0) -> bool:
         """Decode an Opus, PCMU or PCMA packet here (True), or leave it to aiortc (False)."""
         if self._transceiver is None or self._closed:
             return False
@@ -1006,7 +1022,9 @@ class WebRtcLeg(AudioPort):
         decoder = self._decoder(mime)
         if decoder is None:
             return False
-        self._note_gap(packet)
+        if lost:
+            # the far leg's timestamps leave room for them; its peer conceals the loss
+            self._queue.put(Gap(lost))
         wants = self._passthrough
         if wants is not None and len(self._pending) == 0:
             name = mime.split("/", 1)[1]
@@ -1026,20 +1044,6 @@ class WebRtcLeg(AudioPort):
             return True
         self._put_received(samples)
         return True
-
-    def _note_gap(self, packet: AiortcRtpPacket) -> None:
-        """
-        Up to MAX_SEQUENCE_GAP packets lost before this one are passed on as a
-        Gap, so the far leg's timestamps leave room for them and its peer
-        conceals the loss (packets behind the last one never get here:
-        ImmediateAudioJitterBuffer drops them).
-        """
-        last = self._rx_last
-        self._rx_last = (packet.ssrc, packet.sequence_number)
-        if last is not None and last[0] == packet.ssrc:
-            step = (packet.sequence_number - last[1]) & 0xFFFF
-            if 1 < step <= MAX_SEQUENCE_GAP + 1:
-                self._queue.put(Gap(step - 1))
 
     def _decoder(self, mime: str) -> tuple[Decode, Resampler | None] | None:
         """Our decoder for a codec (to the port's rate), None for codecs aiortc decodes."""

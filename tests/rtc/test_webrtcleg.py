@@ -2,10 +2,11 @@ import asyncio
 
 import numpy as np
 import pytest
+from aiortc.rtp import RtpPacket as AiortcRtpPacket
 from av import AudioFrame
 
 from rtc.ports import Gap, PortClosed
-from rtc.webrtcleg import WebRtcLeg, to_mono_s16
+from rtc.webrtcleg import ImmediateAudioJitterBuffer, WebRtcLeg, to_mono_s16
 from tests.audio import SineSource, dominant_frequency
 
 from .conftest import read_for, wait_for, write_paced
@@ -252,3 +253,25 @@ async def test_lost_and_reordered_browser_packets_become_gaps_not_glitches() -> 
     finally:
         await a.close()
         await b.close()
+
+
+def test_events_in_place_of_audio_are_not_counted_as_lost() -> None:
+    """RFC 4733 packets take the audio's sequence numbers while a digit plays: the audio
+    after them follows on; a real loss after that is still reported."""
+    losses: list[int] = []
+
+    def decode(packet: AiortcRtpPacket, lost: int) -> bool:
+        losses.append(lost)
+        return True
+
+    buffer = ImmediateAudioJitterBuffer(decode)
+    buffer.add(AiortcRtpPacket(sequence_number=65534))
+    buffer.add(AiortcRtpPacket(sequence_number=65535))
+    for seq in (0, 1, 2):
+        buffer.passed(seq)  # a short digit: three event packets
+    buffer.passed(1)  # late: ignored
+    buffer.add(AiortcRtpPacket(sequence_number=3))
+    buffer.add(AiortcRtpPacket(sequence_number=6))
+    buffer.add(AiortcRtpPacket(sequence_number=5))  # behind: dropped
+    assert losses == [0, 0, 0, 2]
+    assert buffer.late == 1

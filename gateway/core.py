@@ -752,7 +752,7 @@ class Core:
         web = call.webrtc
         if web is not None and web.video_codec is not None:
             # The browser sends video: offer the phone its codec (relayed, not transcoded).
-            await self._enable_sip_video(call.rtp, web.video_codec.split("/")[-1])
+            self._enable_sip_video(call.rtp, web.video_codec.split("/")[-1])
         if call.state is CallState.TERMINATED:
             await call.rtp.close()
             return
@@ -801,7 +801,7 @@ class Core:
         web = call.webrtc
         if web is not None and web.video_codec is not None:
             # As in _invite_sip: the browser's video codec is offered to every device.
-            await self._enable_sip_video(branch.rtp, web.video_codec.split("/")[-1])
+            self._enable_sip_video(branch.rtp, web.video_codec.split("/")[-1])
         if not branch.pending:
             await branch.rtp.close()  # the call ended or another device answered meanwhile
             return
@@ -1085,11 +1085,11 @@ class Core:
         )
         return leg
 
-    async def _enable_sip_video(self, rtp: RtpLeg, *codecs: str) -> None:
+    def _enable_sip_video(self, rtp: RtpLeg, *codecs: str) -> None:
         """Video toward a SIP phone on this RTP leg: m=video in its offers and answers."""
         if isinstance(rtp, VideoRtpLeg):
             try:
-                await rtp.enable_video(
+                rtp.enable_video(
                     codecs or ("VP8", "H264"), bitrate_kbps=self.config.media.video_bit_rate
                 )
             except (OSError, ValueError) as exc:
@@ -2056,7 +2056,7 @@ class Core:
             return
         incoming.rtp = rtp
         if invite.sdp is not None and offer_has_video(invite.sdp.decode("utf-8", "replace")):
-            await self._enable_sip_video(rtp)
+            self._enable_sip_video(rtp)
         try:
             # A late-offer INVITE (no SDP): our offer goes in the 200, the answer comes
             # back in the ACK (Confirmed).

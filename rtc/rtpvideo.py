@@ -44,6 +44,7 @@ Without ``enable_video()`` it behaves exactly as an RtpLeg.
 import asyncio
 import logging
 import random
+import socket
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -276,6 +277,30 @@ class FrameAssembler:
         return JitterFrame(data, timestamp)
 
 
+def _bind_pair(host: str, port_min: int, port_max: int) -> tuple[socket.socket, socket.socket]:
+    """UDP sockets bound to an even port in [port_min, port_max] (tried from a random
+    place) and the port above it, for RTP and RTCP."""
+    ports = list(range(port_min + port_min % 2, port_max + 1, 2))
+    if not ports:
+        raise ValueError("Empty RTP port range")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    start = random.randrange(len(ports))
+    for port in ports[start:] + ports[:start]:
+        pair: list[socket.socket] = []
+        try:
+            for p in (port, port + 1):
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                pair.append(sock)
+                sock.setblocking(False)
+                sock.bind((host, p))
+        except OSError:
+            for sock in pair:
+                sock.close()
+            continue
+        return pair[0], pair[1]
+    raise OSError(f"No free RTP port for video on {host} in [{port_min}, {port_max}]")
+
+
 class _Protocol(asyncio.DatagramProtocol):
     def __init__(self, video: "RtpVideo", rtcp: bool) -> None:
         self._video = video
@@ -328,6 +353,7 @@ class RtpVideo:
         self.last_codec: str | None = None
         self._transport: asyncio.DatagramTransport | None = None
         self._rtcp_transport: asyncio.DatagramTransport | None = None
+        self._attaching: asyncio.Future[None] | None = None  # bind(): sockets to the loop
         self._closed = False
 
         # negotiation
@@ -379,31 +405,55 @@ class RtpVideo:
         **options: Any,
     ) -> "RtpVideo":
         """Bind an even RTP port in [port_min, port_max] and the RTCP port above it."""
-        loop = asyncio.get_running_loop()
+        video = cls.bind(host, port_min, port_max, **options)
+        assert video._attaching is not None
+        await video._attaching
+        return video
+
+    @classmethod
+    def bind(
+        cls,
+        host: str = "127.0.0.1",
+        port_min: int = 10000,
+        port_max: int = 20000,
+        **options: Any,
+    ) -> "RtpVideo":
+        """
+        As ``open()``, without waiting: the sockets are bound at once, so
+        ``local_port`` can go into an SDP answer given synchronously (a
+        phone's re-INVITE adding video), and are handed to the event loop in
+        a task; what arrives meanwhile waits in the socket.
+        """
+        rtp, rtcp = _bind_pair(host, port_min, port_max)
         video = cls(host, **options)
-        ports = list(range(port_min + port_min % 2, port_max + 1, 2))
-        if not ports:
-            raise ValueError("Empty RTP port range")
-        start = random.randrange(len(ports))
-        for port in ports[start:] + ports[:start]:
-            try:
-                transport, _ = await loop.create_datagram_endpoint(
-                    lambda: _Protocol(video, False), local_addr=(host, port)
-                )
-            except OSError:
-                continue
-            try:
-                rtcp_transport, _ = await loop.create_datagram_endpoint(
-                    lambda: _Protocol(video, True), local_addr=(host, port + 1)
-                )
-            except OSError:
-                transport.close()
-                continue
-            video._transport = transport
-            video._rtcp_transport = rtcp_transport
-            video.local_port = transport.get_extra_info("sockname")[1]
-            return video
-        raise OSError(f"No free RTP port for video on {host} in [{port_min}, {port_max}]")
+        video.local_port = rtp.getsockname()[1]
+        video._attaching = asyncio.ensure_future(video._attach(rtp, rtcp))
+        return video
+
+    async def _attach(self, rtp: socket.socket, rtcp: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _Protocol(self, False), sock=rtp
+            )
+        except BaseException:
+            rtp.close()
+            rtcp.close()
+            raise
+        try:
+            rtcp_transport, _ = await loop.create_datagram_endpoint(
+                lambda: _Protocol(self, True), sock=rtcp
+            )
+        except BaseException:
+            transport.close()
+            rtcp.close()
+            raise
+        if self._closed:
+            transport.close()
+            rtcp_transport.close()
+            return
+        self._transport = transport
+        self._rtcp_transport = rtcp_transport
 
     # state
 
@@ -901,6 +951,12 @@ class RtpVideo:
                 except asyncio.CancelledError:
                     pass
         self._sender = self._rtcp_task = None
+        attaching = self._attaching
+        if attaching is not None and not attaching.done():
+            try:
+                await attaching  # closes what it attached, since we are closed
+            except (OSError, asyncio.CancelledError):
+                pass
         for transport in (self._transport, self._rtcp_transport):
             if transport is not None:
                 transport.close()
@@ -927,12 +983,15 @@ class VideoRtpLeg(RtpLeg):
         leg._video_ports = (port_min, port_max)
         return leg
 
-    async def enable_video(
+    def enable_video(
         self, codecs: Sequence[str] = VIDEO_CODECS, bitrate_kbps: int = DEFAULT_BITRATE_KBPS
     ) -> RtpVideo:
-        """Open the video stream (once): later offers and answers carry m=video."""
+        """
+        Open the video stream (once): later offers and answers carry m=video.
+        Synchronous (``RtpVideo.bind``), so a re-offer's answer can add it.
+        """
         if self.video is None:
-            self.video = await RtpVideo.open(
+            self.video = RtpVideo.bind(
                 self.host,
                 *self._video_ports,
                 advertised_address=self.advertised_address,

@@ -183,7 +183,7 @@ async def test_offer_answer_and_rejection() -> None:
         answer = SessionDescription.parse(leg.create_answer(phone_offer(4000, 4002)))
         assert [(m.kind, m.port) for m in answer.media] == [("audio", leg.local_port), ("video", 0)]
 
-        video = await leg.enable_video()
+        video = leg.enable_video()
         # the phone prefers VP8
         answer = SessionDescription.parse(leg.create_answer(phone_offer(4000, 4002)))
         media = answer.media[1]
@@ -227,7 +227,7 @@ async def test_our_bit_rate_is_announced_and_caps_the_browser() -> None:
     when the phone gives none)."""
     leg = await VideoRtpLeg.open("127.0.0.1", 30000, 30999)
     try:
-        video = await leg.enable_video(bitrate_kbps=500)
+        video = leg.enable_video(bitrate_kbps=500)
         offer = SessionDescription.parse(leg.create_offer())
         assert offer.media[1].bandwidth == ["AS:500"]
         for phone_as, cap in ((800, 500_000), (300, 300_000), (None, 500_000)):
@@ -460,7 +460,7 @@ async def test_srtp_video_between_two_legs() -> None:
     b = await VideoRtpLeg.open("127.0.0.1", 30000, 30999, srtp="optional")
     strict = await VideoRtpLeg.open("127.0.0.1", 30000, 30999, srtp="mandatory")
     try:
-        video_a, video_b = await a.enable_video(("VP8",)), await b.enable_video()
+        video_a, video_b = a.enable_video(("VP8",)), b.enable_video()
         offer = a.create_offer()
         assert offer.count(b"a=crypto:") == 2  # audio and video, each its own key
         a.apply_answer(b.create_answer(offer))
@@ -475,7 +475,7 @@ async def test_srtp_video_between_two_legs() -> None:
         received.stop()
 
         # audio with crypto, video without: an SRTP-only leg takes the audio only
-        await strict.enable_video()
+        strict.enable_video()
         offer_session = SessionDescription.parse(a.create_offer())
         video_offer = offer_session.media[1]
         video_offer.attributes = [x for x in video_offer.attributes if x[0] != "crypto"]

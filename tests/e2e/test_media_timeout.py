@@ -18,10 +18,10 @@ import time
 import pytest
 
 from tests.e2e.client import Call
+from tests.e2e.sipp_calls import call_from_sipp
 from tests.e2e.test_login import call_records
 from tests.e2e.test_sip_media import (
     FAR_NUMBER,
-    SIPP_TIMEOUT,
     assert_tone,
     expect_exit,
     logged_in,
@@ -120,17 +120,9 @@ async def test_incoming_call_ends_when_caller_sends_no_rtp(gateway, sipp, client
     answers after ~3.5 s; the caller never sends RTP: the call ends `media` about 2 s
     after the answer, and the caller gets the BYE."""
     alice = await logged_in(clients, gateway)
-    caller = sipp.scenario(
-        "uac_media_timeout",
-        "uac_media_timeout.xml",
-        gateway.sip_target,
-        port=gateway.pbx_port,
-        number="1001",
-        timeout=SIPP_TIMEOUT,
+    caller, call = await call_from_sipp(
+        sipp, gateway, alice, "uac_media_timeout.xml", ringing=True, answer=False
     )
-    call = await alice.wait_incoming(timeout=15)
-    await call.accept()
-    await call.wait_state("ringing", timeout=10)
     await asyncio.sleep(RING)
     assert "terminated" not in call.states, call.statuses  # ringing is not a media failure
     await call.answer()

@@ -38,13 +38,13 @@ from tests.e2e.conftest import (
     stop_process,
     write_config,
 )
+from tests.e2e.sipp_calls import SIPP_TIMEOUT, call_from_sipp
 
 pytestmark = pytest.mark.e2e
 
 FAR_NUMBER = "5555"  # not a web user: goes to the [pbx] uri, where sipp listens
 MIN_LEVEL_DBFS = -40.0
 FREQ_TOLERANCE_HZ = 20.0
-SIPP_TIMEOUT = 30  # seconds; every scenario here is much shorter
 
 PBX_USER = "gw-e2e"  # what tests/e2e/scenarios/uas_auth_*.xml expect
 PBX_PASSWORD = "s3cret-e2e"
@@ -154,6 +154,10 @@ class RtpRelay(asyncio.DatagramProtocol):
             self.gateway = addr
             self.to_far.append((pt, payload))
             self.transport.sendto(data, (HOST, self.echo_port))
+
+    def follow(self, sp: SippProcess) -> None:
+        """Relay to this sipp's RTP echo (its media port): call it as soon as sipp runs."""
+        self.echo_port = sp.media_port
 
     def close(self) -> None:
         if self.transport is not None:
@@ -352,21 +356,15 @@ async def test_incoming_pcma_only_offer(gateway, sipp, clients, relay):
     client's tone goes out as A-law and comes back echoed; sipp's BYE ends with success."""
     alice = await logged_in(clients, gateway)
     alice.incoming_freq = 1200.0
-    caller = sipp.scenario(
-        "uac_pcma",
+    caller, call = await call_from_sipp(
+        sipp,
+        gateway,
+        alice,
         "uac_pcma.xml",
-        gateway.sip_target,
-        port=gateway.pbx_port,
-        number="1001",
-        timeout=SIPP_TIMEOUT,
         extra=["-rtp_echo", "-key", "rtp_port", str(relay.port), "-d", "5000"],
+        started=relay.follow,
+        ringing=True,
     )
-    relay.echo_port = caller.media_port
-
-    call = await alice.wait_incoming(timeout=15)
-    await call.accept()
-    await call.wait_state("ringing", timeout=10)
-    await call.answer()
     await wait_active(call)
     await check_echo_after_active(call, 1200.0)
     relay.check_pcma(1200.0)
@@ -457,15 +455,9 @@ async def test_incoming_decline(gateway, sipp, clients, reason, code):
     """The offered client declines with `terminate` reason busy/rejected: the SIP caller
     gets 486/603 (the scenario accepts nothing else)."""
     alice = await logged_in(clients, gateway)
-    caller = sipp.scenario(
-        f"uac{code}",
-        f"uac_expect_{code}.xml",
-        gateway.sip_target,
-        port=gateway.pbx_port,
-        number="1001",
-        timeout=SIPP_TIMEOUT,
+    caller, call = await call_from_sipp(
+        sipp, gateway, alice, f"uac_expect_{code}.xml", accept=False, answer=False
     )
-    call = await alice.wait_incoming(timeout=15)
     await call.hangup(reason)
     await expect_exit(caller)
     assert f"SIP/2.0 {code}" in caller.logs()
@@ -478,17 +470,9 @@ async def test_incoming_caller_cancels(gateway, sipp, clients):
     """The client accepts (180 to the caller), then the caller CANCELs: 200 + 487 to sipp,
     `terminated` `success` to the client."""
     alice = await logged_in(clients, gateway)
-    caller = sipp.scenario(
-        "uac_cancel",
-        "uac_cancel.xml",
-        gateway.sip_target,
-        port=gateway.pbx_port,
-        number="1001",
-        timeout=SIPP_TIMEOUT,
+    caller, call = await call_from_sipp(
+        sipp, gateway, alice, "uac_cancel.xml", ringing=True, answer=False
     )
-    call = await alice.wait_incoming(timeout=15)
-    await call.accept()
-    await call.wait_state("ringing", timeout=10)
     ended = await call.wait_state("terminated", timeout=10)
     assert ended.get("reason") == "success", ended
     await expect_exit(caller)
@@ -525,18 +509,14 @@ async def sipp_call_to_alice(
     """sipp runs `scenario` calling 1001; Alice answers (then `during` runs while the call
     is up); the call runs until sipp's BYE, which ends it with `success`. Returns the
     signaling/start Alice was offered."""
-    caller = sipp.scenario(
-        scenario,
+    caller, incoming = await call_from_sipp(
+        sipp,
+        gateway,
+        alice,
         f"{scenario}.xml",
-        gateway.sip_target,
         port=free_port(),
-        number="1001",
-        timeout=SIPP_TIMEOUT,
         extra=["-rtp_echo", "-d", str(duration_ms)],
     )
-    incoming = await alice.wait_incoming(timeout=15)
-    await incoming.accept()
-    await incoming.answer()
     if during is not None:
         await incoming.wait_state("active", timeout=15)
         await during(incoming)

@@ -15,8 +15,9 @@ import re
 
 import pytest
 
+from tests.e2e.sipp_calls import call_from_sipp
 from tests.e2e.test_calls import check_tone
-from tests.e2e.test_sip_media import FAR_NUMBER, SIPP_TIMEOUT, expect_exit, logged_in, uas
+from tests.e2e.test_sip_media import FAR_NUMBER, expect_exit, logged_in, uas
 
 pytestmark = pytest.mark.e2e
 
@@ -30,18 +31,9 @@ def invite_200s(log: str) -> int:
 
 async def test_late_ack_keeps_the_call(gateway, sipp, clients):
     alice = await logged_in(clients, gateway)
-    caller = sipp.scenario(
-        "uac_late_ack",
-        "uac_late_ack.xml",
-        gateway.sip_target,
-        port=gateway.pbx_port,
-        number="1001",
-        timeout=SIPP_TIMEOUT,
-        extra=["-rtp_echo", "-d", "9000"],
+    caller, call = await call_from_sipp(
+        sipp, gateway, alice, "uac_late_ack.xml", extra=["-rtp_echo", "-d", "9000"]
     )
-    call = await alice.wait_incoming(timeout=15)
-    await call.accept()
-    await call.answer()
     await call.wait_state("active", timeout=20)
     # 2.2 s without an ACK, then audio: the client's tone comes back through sipp's echo
     await check_tone(call, 1000.0, seconds=4.0, what="own tone echoed after the late ACK")
@@ -57,17 +49,7 @@ async def test_late_ack_keeps_the_call(gateway, sipp, clients):
 @pytest.mark.parametrize("gateway", [FAST_T1], indirect=True)
 async def test_missing_ack_ends_the_call_with_bye(gateway, sipp, clients):
     alice = await logged_in(clients, gateway)
-    caller = sipp.scenario(
-        "uac_no_ack",
-        "uac_no_ack.xml",
-        gateway.sip_target,
-        port=gateway.pbx_port,
-        number="1001",
-        timeout=SIPP_TIMEOUT,
-    )
-    call = await alice.wait_incoming(timeout=15)
-    await call.accept()
-    await call.answer()
+    caller, call = await call_from_sipp(sipp, gateway, alice, "uac_no_ack.xml")
     ended = await call.wait_state("terminated", timeout=20)
     assert ended.get("reason") not in (None, "success"), ended
     await expect_exit(caller)  # the scenario ends only after the gateway's BYE

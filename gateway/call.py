@@ -100,9 +100,9 @@ _ALLOWED: dict[CallState, frozenset[str]] = {
     CallState.DIALING: frozenset({"terminate"}),
     CallState.OFFERED: frozenset({"accept", "answer", "terminate"}),
     CallState.RINGING: frozenset({"accept", "answer", "terminate"}),
-    CallState.ACTIVE: frozenset({"terminate", "hold", "transfer"}),
-    CallState.HOLDING: frozenset({"terminate", "hold", "transfer"}),
-    CallState.HELD: frozenset({"terminate", "retrieve", "transfer"}),
+    CallState.ACTIVE: frozenset({"terminate", "hold", "transfer", "renegotiate"}),
+    CallState.HOLDING: frozenset({"terminate", "hold", "transfer", "renegotiate"}),
+    CallState.HELD: frozenset({"terminate", "retrieve", "transfer", "renegotiate"}),
     CallState.TERMINATING: frozenset(),
     CallState.TERMINATED: frozenset(),
 }

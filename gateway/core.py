@@ -222,6 +222,8 @@ class ClientCall:
     webrtc: WebRtcLeg | None = None
     # The gateway offered the client leg and waits for the client's media/answer.
     offer_pending: bool = False
+    # The client's re-offer is being answered.
+    reoffer_pending: bool = False
     bridge: MediaBridge | None = None
     # outgoing to SIP
     invite: OutboundInvite | None = None
@@ -633,8 +635,7 @@ class Core:
 
     async def _client_offer(self, call: ClientCall, sdp: str) -> None:
         if not (call.outgoing and call.state is CallState.DIALING and call.webrtc is None):
-            # Renegotiation from the client is not supported yet.
-            self._refuse(call)
+            await self._client_reoffer(call, sdp)
             return
         leg = call.webrtc = self._new_client_leg(call)
         try:
@@ -648,6 +649,81 @@ class Core:
         call.reg.sink(MediaAnswer(call.call_id, answer))
         await self._route(call)
 
+    async def _client_reoffer(self, call: ClientCall, sdp: str) -> None:
+        """
+        The client renegotiates a connected call (json-v1 §10), typically to add
+        video. Refused, with the call unchanged, while our own offer to it is
+        out (glare: ours wins, the client rolls back) or another is in progress.
+        Video the client adds is offered on to the far end: a re-INVITE to a
+        SIP phone, a re-offer to the other web client.
+        """
+        leg = call.webrtc
+        if leg is None or call.offer_pending or call.reoffer_pending:
+            self._refuse(call)
+            return
+        if not allows(call.state, "renegotiate"):
+            self._refuse(call)
+            return
+        had_video = leg.has_video
+        call.reoffer_pending = True
+        try:
+            answer = await leg.accept_offer(sdp)
+        except Exception as exc:  # aiortc raises several types on bad SDP
+            logger.info("call %s: client re-offer refused: %s", call.call_id, exc)
+            self._refuse(call, Reason.MEDIA)
+            return
+        finally:
+            call.reoffer_pending = False
+        if call.state is CallState.TERMINATED or call.webrtc is not leg:
+            return
+        call.reg.sink(MediaAnswer(call.call_id, answer))
+        if leg.has_video and not had_video:
+            await self._video_to_far_end(call)
+
+    async def _video_to_far_end(self, call: ClientCall) -> None:
+        """The client added video mid-call: offer it to the far end as well."""
+        leg = call.webrtc
+        assert leg is not None
+        peer = self._web_peer(call)
+        sip = self._sip_side(call)
+        if peer is not None and peer.webrtc is not None:
+            if peer.offer_pending or peer.reoffer_pending:
+                logger.info("call %s: video not offered to the far client (busy)", call.call_id)
+                return
+            await self._reoffer_client(peer, leg.video_codec)
+        elif sip is not None and isinstance(sip[1], VideoRtpLeg) and leg.video_codec:
+            session, rtp = sip[0], sip[1]
+            self._enable_sip_video(rtp, leg.video_codec.split("/")[-1])
+            if rtp.video is None:
+                return
+            self._bridge_client_leg(call)  # links the video once the phone accepts it
+
+            def done(code: int, answer: bytes | None) -> None:
+                if answer is None or not 200 <= code < 300:
+                    logger.info("call %s: the phone refused video: %d", call.call_id, code)
+                    return
+                try:
+                    rtp.apply_answer(answer)
+                except SdpError as exc:
+                    logger.info("call %s: unusable answer adding video: %s", call.call_id, exc)
+
+            session.reinvite(rtp.create_offer("sendonly" if call.local_hold else "sendrecv"), done)
+
+    async def _reoffer_client(self, call: ClientCall, video_codec: str | None) -> None:
+        """Our re-offer to a connected client, with video (narrowed to `video_codec`)."""
+        leg = call.webrtc
+        assert leg is not None
+        try:
+            offer = await leg.create_offer(video=True, video_codec=video_codec)
+        except Exception:
+            logger.exception("call %s: could not create a re-offer", call.call_id)
+            return
+        if call.state is CallState.TERMINATED or call.webrtc is not leg:
+            return
+        self._bridge_client_leg(call)
+        call.offer_pending = True
+        call.reg.sink(MediaOffer(call.call_id, offer))
+
     async def _client_answer_sdp(self, call: ClientCall, sdp: str) -> None:
         if not call.offer_pending or call.webrtc is None:
             self._refuse(call)
@@ -658,6 +734,8 @@ class Core:
         except Exception as exc:
             logger.info("call %s: client answer refused: %s", call.call_id, exc)
             self._client_terminate(call, Reason.MEDIA)
+            return
+        self._bridge_client_leg(call)  # video the answer accepted is linked
 
     async def _client_ice(self, call: ClientCall, cmd: Ice) -> None:
         if call.webrtc is None:
@@ -1043,11 +1121,10 @@ class Core:
         """A new WebRTC leg offered by the gateway, bridged to whatever the call has."""
         leg = call.webrtc = self._new_client_leg(call)
         try:
-            offer = await leg.create_offer(video=self._peer_has_video(call))
-            codec = self._sip_in_video_codec(call)
-            if codec is not None and leg.video is not None and leg.video.prefer_codec(codec):
-                # Only the SIP phone's codec: its video is relayed, not transcoded.
-                offer = await leg.create_offer(video=True)
+            # Only the SIP phone's video codec, if any: its video is relayed, not transcoded.
+            offer = await leg.create_offer(
+                video=self._peer_has_video(call), video_codec=self._sip_in_video_codec(call)
+            )
         except Exception:
             logger.exception("call %s: could not create an offer", call.call_id)
             self._end(call, Reason.MEDIA)
@@ -1718,7 +1795,7 @@ class Core:
     def _apply_hold(self, call: ClientCall, hold: bool) -> None:
         call.local_hold = hold
         self._set_state(call, self._steady_state(call))
-        peer = call.winner or (call.caller if call.caller and call.caller.winner is call else None)
+        peer = self._web_peer(call)
         if peer is not None:
             # Web-to-web: the other client sees its far party hold.
             peer.remote_hold = hold
@@ -1739,15 +1816,31 @@ class Core:
         if sip is None or call.state is CallState.TERMINATED:
             return None
         rtp = sip[1]
+        leg = call.webrtc
         try:
             session = SessionDescription.parse(offer)
             direction = session.media_direction(session.audio())
+            adds_video = (
+                isinstance(rtp, VideoRtpLeg)
+                and rtp.video is None
+                and leg is not None
+                and any(m.kind == "video" and m.is_rtp and m.port != 0 for m in session.media)
+            )
+            if adds_video:
+                # The phone turns on video mid-call: accept it, then offer it to the client.
+                self._enable_sip_video(rtp)
             answer = rtp.create_answer(offer, "sendonly" if call.local_hold else "sendrecv")
         except (SdpError, ValueError) as exc:
             logger.info("call %s: re-offer refused: %s", call.call_id, exc)
             return None
         call.remote_hold = direction in ("sendonly", "inactive")
         self._set_state(call, self._steady_state(call))
+        video = rtp.video if isinstance(rtp, VideoRtpLeg) else None
+        if adds_video and video is not None and video.has_video and leg is not None:
+            if call.offer_pending or call.reoffer_pending or leg.has_video:
+                self._bridge_client_leg(call)  # the client's video, if any, is linked
+            else:
+                self._spawn(self._reoffer_client(call, video.video_codec))
         return answer
 
     @staticmethod

@@ -605,15 +605,19 @@ class WebRtcLeg(AudioPort):
         self._video_negotiated()
         return self._pc.localDescription.sdp
 
-    async def create_offer(self, video: bool = False) -> str:
+    async def create_offer(self, video: bool = False, video_codec: str | None = None) -> str:
         """
         Offer to the browser, initial or a re-offer once the previous exchange
         completed; returns the offer with all candidates. ``video=True`` adds
         a sendrecv video m-line (VP8, H.264); video once added stays offered.
+        ``video_codec`` (a MIME type, e.g. a SIP phone's "video/VP8", relayed
+        as it is) narrows the video offer to that codec when aiortc has it.
         """
         self._ensure_transceiver()
         if video:
             self._ensure_video()
+        if video_codec is not None and self._video is not None:
+            self._video.prefer_codec(video_codec)
         await self._pc.setLocalDescription(await self._pc.createOffer())
         return self._pc.localDescription.sdp
 

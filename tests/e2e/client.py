@@ -184,6 +184,8 @@ class Call:
         self.start_message: Message | None = None  # server signaling/start (incoming)
         self.offer: str | None = None  # server media/offer (incoming)
         self.answer_sdp: str | None = None  # server media/answer (outgoing)
+        self.offers: list[str] = []  # every server media/offer, re-offers included
+        self.answers: list[str] = []  # every server media/answer
         self.statuses: list[Message] = []
         self.active_at: float | None = None  # monotonic time of the first `active`
         self._changed = asyncio.Event()
@@ -230,8 +232,10 @@ class Call:
         elif op == "signaling" and action == "start":
             self.start_message = msg
         elif op == "media" and action == "offer" and msg.get("sdp"):
+            self.offers.append(msg["sdp"])
             self.offer = msg["sdp"]
         elif op == "media" and action == "answer" and msg.get("sdp"):
+            self.answers.append(msg["sdp"])
             self.answer_sdp = msg["sdp"]
         self._notify()
 
@@ -331,6 +335,40 @@ class Call:
         await self.pc.setLocalDescription(answer)
         await self.send("answer", operation="media", sdp=self.pc.localDescription.sdp)
         await self.send("answer")
+
+    async def add_video(self, timeout: float = 15.0) -> str:
+        """Connected: renegotiate with a video transceiver added (json-v1 §10); the
+        server's answer, applied."""
+        answered = len(self.answers)
+        self.video = True
+        self._add_video()
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        await self.send("offer", operation="media", sdp=self.pc.localDescription.sdp)
+        sdp = await self._until(
+            lambda: self.answers[answered] if len(self.answers) > answered else None,
+            timeout,
+            "media/answer to the re-offer",
+        )
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        return sdp
+
+    async def accept_reoffer(self, count: int = 2, timeout: float = 15.0) -> str:
+        """Answer the server's `count`-th media offer (a re-offer of a connected call),
+        sending the moving pattern on an offered video m-line; that offer."""
+        sdp = await self._until(
+            lambda: self.offers[count - 1] if len(self.offers) >= count else None,
+            timeout,
+            f"media/offer #{count}",
+        )
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        for transceiver in self.pc.getTransceivers():
+            if transceiver.kind == "video" and transceiver.sender.track is None:
+                transceiver.sender.replaceTrack(PatternTrack())
+                transceiver.direction = "sendrecv"
+                self._prefer_video_codec(transceiver)
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        await self.send("answer", operation="media", sdp=self.pc.localDescription.sdp)
+        return sdp
 
     async def hangup(self, reason: str | None = None) -> None:
         """`terminate` (hang up, decline with reason rejected/busy, or cancel)."""

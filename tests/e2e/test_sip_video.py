@@ -377,3 +377,27 @@ async def test_srtp_video_call_from_phone(gateway, clients, video_phones):
     assert "RTP/SAVP" in video.splitlines()[0] and "a=crypto:" in video, answer[:3000]
     await incoming.hangup()
     await incoming.wait_state("terminated", timeout=10)
+
+
+async def test_web_client_adds_video_to_a_phone_call(gateway, clients, video_phones):
+    """An audio call, then the web client renegotiates with video (json-v1 §10): the
+    gateway answers it, re-INVITEs the phone with m=video, and frames cross both ways."""
+    phone = video_phones(gateway, "1002", "bob-secret", "VP8")
+    phone.start()
+    await phone.wait_log("200 OK")  # registered
+    alice: JsonV1Client = await clients(gateway, name="alice")
+    await alice.login("1001", "Alice")
+    call = await alice.dial("1002", freq=1000.0)
+    assert call.answer_sdp is not None and not offer_has_video(call.answer_sdp)
+    await call.wait_state("active", timeout=20)
+    await call.wait_audio(1.0)
+
+    answer = await call.add_video()
+    assert offer_has_video(answer), answer
+    await _check_video_both_ways(call, phone)
+    assert call.states.count("active") == 1 and call.reason is None, call.states
+    # the phone was re-INVITEd with a video m-line it accepted
+    reinvites = phone.log().split("INVITE sip:")[2:]
+    assert any("m=video" in m for m in reinvites), phone.log()[-4000:]
+    await call.hangup()
+    await call.wait_state("terminated", timeout=10)

@@ -51,7 +51,7 @@ async def test_video_bit_rate_is_the_b_as_of_the_core_s_video_toward_sip() -> No
     leg = await core._open_rtp()
     try:
         assert isinstance(leg, VideoRtpLeg)
-        await core._enable_sip_video(leg)
+        core._enable_sip_video(leg)
         offer = leg.create_offer().decode()
         video = offer[offer.index("m=video") :]
         assert "\r\nb=AS:750\r\n" in video and "AS:2000" not in offer

@@ -1,0 +1,147 @@
+"""Video turned on during a call (json-v1 §10: renegotiation may come from either side).
+
+- A web client adding video to a call with a SIP video phone: see test_sip_video.py.
+- Two web clients: one adds video, the gateway re-offers it to the other; frames both ways.
+- A phone escalates to video by re-INVITE (sipp for the signaling; the test sends and
+  receives that phone's VP8 RTP itself, encoded with aiortc's libvpx encoder): the gateway
+  accepts m=video, re-offers video to the web client, and frames cross both ways.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import re
+import time
+
+import av
+import numpy as np
+import pytest
+from aiortc.codecs.vpx import Vp8Encoder
+from aiortc.rtp import RtpPacket
+
+from rtc.webrtcvideo import offer_has_video
+from tests.e2e.client import JsonV1Client
+from tests.e2e.conftest import HOST, free_port
+from tests.e2e.test_sip_video import MIN_FRAMES
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_web_client_adds_video_to_a_web_call(gateway, clients):
+    alice: JsonV1Client = await clients(gateway, name="alice")
+    bob: JsonV1Client = await clients(gateway, name="bob")
+    await alice.login("1001", "Alice")
+    await bob.login("1002", "Bob")
+    call = await alice.dial("1002", freq=1000.0)
+    incoming = await bob.wait_incoming()
+    await incoming.accept()
+    await incoming.answer()
+    assert incoming.offer is not None and not offer_has_video(incoming.offer)
+    await call.wait_state("active", timeout=20)
+
+    adding = asyncio.create_task(call.add_video())
+    reoffer = await incoming.accept_reoffer(2)  # the gateway passes the video on to Bob
+    assert offer_has_video(reoffer), reoffer
+    assert offer_has_video(await adding)
+    await call.wait_video(MIN_FRAMES, timeout=30)
+    await incoming.wait_video(MIN_FRAMES, timeout=30)
+    # audio still crosses after the renegotiation
+    await call.wait_audio(1.0, since=time.monotonic())
+    await incoming.wait_audio(1.0, since=time.monotonic())
+    await call.hangup()
+    await incoming.wait_state("terminated", timeout=10)
+
+
+class _VideoPhoneMedia(asyncio.DatagramProtocol):
+    """The video side of the sipp phone: receives the gateway's RTP on the port its
+    re-INVITE offered, and sends VP8 RTP from that same port."""
+
+    def __init__(self) -> None:
+        self.packets: list[RtpPacket] = []
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        if len(data) >= 12 and not 192 <= data[1] <= 223:  # RTP, not RTCP
+            self.packets.append(RtpPacket.parse(data))
+
+    async def send_vp8(self, target: tuple[str, int], seconds: float, fps: int = 15) -> int:
+        """A moving bar, VP8-encoded by libvpx, packetized as RTP PT 96; frames sent."""
+        assert self.transport is not None
+        encoder = Vp8Encoder()
+        sequence, frames = 1000, int(seconds * fps)
+        for n in range(frames):
+            image = np.full((240, 320, 3), 60, dtype=np.uint8)
+            x = (n * 8) % 240
+            image[:, x : x + 80] = (230, 230, 40)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = n * 90000 // fps
+            frame.time_base = fractions.Fraction(1, 90000)
+            payloads, timestamp = encoder.encode(frame, force_keyframe=n % fps == 0)
+            for i, payload in enumerate(payloads):
+                packet = RtpPacket(
+                    payload_type=96,
+                    sequence_number=sequence & 0xFFFF,
+                    timestamp=timestamp,
+                    ssrc=0x1234ABCD,
+                    marker=i == len(payloads) - 1,
+                    payload=payload,
+                )
+                sequence += 1
+                self.transport.sendto(packet.serialize(), target)
+            await asyncio.sleep(1 / fps)
+        return frames
+
+
+async def test_phone_adds_video_by_reinvite(gateway, sipp, clients):
+    loop = asyncio.get_running_loop()
+    vport = free_port(tcp=False, span=2) & ~1
+    media = _VideoPhoneMedia()
+    transport, _ = await loop.create_datagram_endpoint(lambda: media, local_addr=(HOST, vport))
+    try:
+        alice: JsonV1Client = await clients(gateway, name="alice")
+        await alice.login("1001", "Alice")
+        caller = sipp.scenario(
+            "uac_add_video",
+            "uac_add_video.xml",
+            gateway.sip_target,
+            port=gateway.pbx_port,
+            number="1001",
+            extra=["-rtp_echo", "-key", "vport", str(vport)],
+        )
+        call = await alice.wait_incoming(timeout=15)
+        await call.accept()
+        await call.answer()
+        assert call.offer is not None and not offer_has_video(call.offer)
+        await call.wait_state("active", timeout=20)
+
+        reoffer = await call.accept_reoffer(2, timeout=15)
+        assert offer_has_video(reoffer) and "VP8/90000" in reoffer, reoffer
+        # the gateway's video port, from its 200 to the re-INVITE (sipp's message log)
+        gateway_port = await call._until(
+            lambda: next(
+                (
+                    int(port)
+                    for port in re.findall(r"m=video (\d+)", caller.logs())
+                    if int(port) not in (0, vport)
+                ),
+                None,
+            ),
+            10.0,
+            "the gateway's m=video port in sipp's log",
+        )
+        sent = await media.send_vp8((HOST, gateway_port), seconds=4.0)
+        await call.wait_video(10, timeout=10)  # the phone's frames, decoded by the client
+        assert call.video_frames <= sent
+        # the client's video reached the phone: VP8 RTP (PT 96 as the phone offered)
+        vp8 = [p for p in media.packets if p.payload_type == 96]
+        assert len(vp8) >= 30 and sum(p.marker for p in vp8) >= 10, len(vp8)
+        assert len({p.ssrc for p in vp8}) == 1
+        assert await caller.wait(30) == 0, caller.logs()[-3000:]
+        ended = await call.wait_state("terminated", timeout=10)
+        assert ended.get("reason") == "success", ended
+    finally:
+        transport.close()

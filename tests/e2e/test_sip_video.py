@@ -401,3 +401,35 @@ async def test_web_client_adds_video_to_a_phone_call(gateway, clients, video_pho
     assert any("m=video" in m for m in reinvites), phone.log()[-4000:]
     await call.hangup()
     await call.wait_state("terminated", timeout=10)
+
+
+async def test_chromium_web_phone_turns_on_video_during_a_call(gateway, e2e_dir, video_phones):
+    """The web phone in Chromium calls baresip audio-only, then presses the call's Video
+    button: Chromium's re-offer (camera added) is answered, the phone is re-INVITEd with
+    m=video, and video plays both ways."""
+    from tests.e2e.webphone_helpers import launch, open_phone, phone_login, wait_call
+
+    phone = video_phones(gateway, "1002", "bob-secret", "VP8")
+    phone.start()
+    await phone.wait_log("200 OK")
+    async with launch(e2e_dir) as browser:
+        page = await browser.page("alice")
+        await open_phone(page, gateway.http_url)
+        await phone_login(page, "1001")
+        await page.locator("#dial-number").fill("1002")
+        await page.get_by_role("button", name="Call", exact=True).click()
+        await wait_call(page, "CONNECTED")
+        assert await page.locator("#video-stage").is_hidden()
+        await page.get_by_role("button", name="Video – call with").click()
+        await page.wait_for_function(
+            """() => { const v = document.querySelector('#remote-video');
+               return v && v.videoWidth > 0 && v.srcObject && !v.paused; }""",
+            timeout=20000,
+        )
+        assert await page.locator(".call-state").first.inner_text() == "Connected · video"
+        assert await page.locator(".act-video").first.is_hidden()
+        png = await phone.snapshot_received()
+        width, height = _png_size(png)
+        assert width >= 160 and height >= 120, (width, height)
+    reinvites = phone.log().split("INVITE sip:")[2:]
+    assert any("m=video" in m for m in reinvites), phone.log()[-4000:]

@@ -1145,6 +1145,7 @@ export class WebRtcCall {
   #digitWait = null;
   #videoActive = false;
   #pendingRequest = null;
+  #videoOffer = null; // our re-offer adding the camera, until answered or refused
   #chain = Promise.resolve();
   #disconnectTimer = null;
   #newLegNeeded = false;
@@ -1477,6 +1478,8 @@ export class WebRtcCall {
       // A refused request: the call stays as it was (json-v1 §9).
       const request = this.#pendingRequest ?? "request";
       this.#pendingRequest = null;
+      const attempt = this.#videoOffer;
+      if (request === "renegotiate" && attempt) this.#queue(() => this.#withdrawVideo(attempt), "withdrawing video");
       warn(`${request} refused:`, message.reason);
       if (state && state !== this.#state) this.#setState(state);
       callHandler(this.#onRequestFailed, this, request, reasonFromWire(message.reason));
@@ -1601,6 +1604,7 @@ export class WebRtcCall {
       return;
     }
     await pc.setRemoteDescription({ type: "answer", sdp });
+    this.#videoOfferSettled();
     this.#checkVideo();
   }
 
@@ -1638,8 +1642,10 @@ export class WebRtcCall {
     }
     const pc = this.#pc;
     if (pc.signalingState === "have-local-offer") {
-      // Glare: the server's offer wins (json-v1 §10).
+      // Glare: the server's offer wins (json-v1 §10); a camera we were adding stays
+      // attached and goes out in our answer if the server's offer has video.
       await pc.setLocalDescription({ type: "rollback" });
+      this.#videoOfferSettled();
     }
     await pc.setRemoteDescription({ type: "offer", sdp });
     if (fresh) this.#addLocalTracks(pc, stream);
@@ -1681,36 +1687,41 @@ export class WebRtcCall {
     this.#pendingRequest = "renegotiate";
     this.#sdpAction = "offer";
     this.#instance[SEND]({ operation: "media", action: "offer", identifier: this.#identifier, sdp: pc.localDescription.sdp });
-    // A server that refuses the re-offer answers with a status carrying a reason; then
-    // the offer is rolled back and the call stays audio-only.
-    const refused = await new Promise((resolve) => {
-      const previous = this.#onRequestFailed;
-      let check = null;
-      let timer = null;
-      const settle = (value) => {
-        clearInterval(check);
-        clearTimeout(timer);
-        if (this.#onRequestFailed === interceptor) this.#onRequestFailed = previous;
-        resolve(value);
-      };
-      const interceptor = (call, request, reason) => {
-        settle(true);
-        callHandler(previous, call, request, reason);
-      };
-      this.#onRequestFailed = interceptor;
-      timer = setTimeout(() => settle(pc.signalingState === "have-local-offer"), OFFER_WAIT);
-      check = setInterval(() => {
-        if (pc.signalingState === "stable" || this.#pc !== pc) settle(false);
-      }, 100);
-    });
+    // Not awaited here: the server's answer is applied by a task queued behind this one.
+    // A server that refuses the re-offer answers with a status carrying a reason, and one
+    // that never answers is given up on after OFFER_WAIT; either way the offer is rolled
+    // back and the call stays audio-only (see #onStatus).
+    const attempt = { pc, sender, track, timer: null };
+    attempt.timer = setTimeout(() => {
+      if (this.#videoOffer === attempt) this.#queue(() => this.#withdrawVideo(attempt), "withdrawing video");
+    }, OFFER_WAIT);
+    this.#videoOffer = attempt;
+  }
+
+  /** Our video re-offer was refused or never answered: back to the audio-only call. */
+  async #withdrawVideo(attempt) {
+    if (this.#videoOffer !== attempt) return;
+    this.#videoOffer = null;
+    clearTimeout(attempt.timer);
+    if (this.#pendingRequest === "renegotiate") this.#pendingRequest = null;
+    const { pc, sender, track } = attempt;
     if (this.#pc !== pc) return;
-    if (refused && pc.signalingState === "have-local-offer") {
+    if (pc.signalingState === "have-local-offer") {
       await pc.setLocalDescription({ type: "rollback" });
-      pc.removeTrack(sender);
-      track.stop();
-      this.#localStream.removeTrack(track);
-      this.#attachLocal();
     }
+    pc.removeTrack(sender);
+    track.stop();
+    this.#localStream?.removeTrack(track);
+    this.#attachLocal();
+  }
+
+  /** Our video re-offer got its answer (or lost a glare): nothing left to withdraw. */
+  #videoOfferSettled() {
+    const attempt = this.#videoOffer;
+    if (!attempt) return;
+    this.#videoOffer = null;
+    clearTimeout(attempt.timer);
+    if (this.#pendingRequest === "renegotiate") this.#pendingRequest = null;
   }
 
   #checkVideo() {

@@ -249,6 +249,12 @@ function addCall(call) {
     call.setMuted(!call.isMuted());
     render(call);
   });
+  // Video during an audio call: the library renegotiates with the camera added.
+  q(".act-video").addEventListener("click", () => {
+    record("add-video", { number: call.getRemoteNumber() });
+    useVideo(call);
+    render(call);
+  });
   q(".act-keypad").addEventListener("click", () => {
     const pad = q(".dtmf");
     pad.hidden = !pad.hidden;
@@ -273,6 +279,12 @@ function addCall(call) {
   call.setRequestFailedHandler((c, request) => {
     notice(`${request[0].toUpperCase()}${request.slice(1)} did not work for the call with ${label(c)}: the gateway refused it.`);
     record("request-failed", { request });
+    if (request === "renegotiate") {
+      // Video refused: the call stays audio-only and the Video button comes back.
+      c.setVideoElements(null, null);
+      if (![...entries.keys()].some((other) => other.getMediaVideoActive())) $("video-stage").hidden = true;
+      render(c);
+    }
   });
   $("calls").prepend(li);
   render(call);
@@ -359,6 +371,7 @@ function render(call) {
   q(".act-mute").setAttribute("aria-pressed", String(call.isMuted()));
   q(".act-mute").textContent = call.isMuted() ? "Unmute" : "Mute";
   q(".act-keypad").hidden = state !== CALL_STATES.CONNECTED;
+  q(".act-video").hidden = state !== CALL_STATES.CONNECTED || call.getMediaVideoActive() || call.hasVideoElements();
   if (state !== CALL_STATES.CONNECTED) q(".dtmf").hidden = true;
   q(".act-hangup").hidden = ended || offered;
   q(".act-hangup").textContent = live ? "Hang up" : "Cancel";

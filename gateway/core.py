@@ -1536,6 +1536,7 @@ class Core:
                     rtp.create_offer("sendrecv"), functools.partial(self._junction_resumed, rtp)
                 )
         junction.bridge.connect(pairs[1][1])
+        self._link_junction_video(junction)
         self._supervise_junction(junction)
         logger.info("calls %s and %s joined in the gateway", a.call_id, b.call_id)
         self._end(a, Reason.REDIRECTED, release=False)
@@ -1975,6 +1976,8 @@ class Core:
             return
         try:
             assert invite.sdp is not None
+            if offer_has_video(invite.sdp.decode("utf-8", "replace")):
+                self._enable_sip_video(call.rtp)  # relayed to the phone that answers
             call.answer = call.rtp.create_answer(invite.sdp)
         except SdpError as exc:
             logger.info("Call-ID %s: offer refused: %s", invite.call_id, exc)
@@ -2000,6 +2003,7 @@ class Core:
                     branch,
                     functools.partial(self._phone_branch_event, call, branch),
                     functools.partial(self._phone_branch_failed, call, branch, 503),
+                    call.rtp,
                 )
             )
 
@@ -2059,8 +2063,16 @@ class Core:
                 functools.partial(self._junction_session_event, junction, session)
             )
         junction.bridge.connect(rtps[1])
+        self._link_junction_video(junction)
         self._supervise_junction(junction)
         return junction
+
+    @staticmethod
+    def _link_junction_video(junction: Junction) -> None:
+        """Phone to phone: their video streams, when both have one, relayed as they are."""
+        videos = [rtp.video for rtp in junction.rtps if isinstance(rtp, VideoRtpLeg)]
+        if len(videos) == 2 and videos[0] is not None and videos[1] is not None:
+            junction.bridge.connect_video(videos[0], videos[1])
 
     def _phone_branch_failed(self, call: PhoneCall, branch: SipBranch, code: int) -> None:
         self._drop_branch(branch)
@@ -2195,6 +2207,7 @@ class Core:
                         branch,
                         functools.partial(self._incoming_phone_event, incoming, branch),
                         functools.partial(self._incoming_phone_failed, incoming, branch),
+                        incoming.rtp,
                     )
                 )
         if not incoming.forks and not incoming.phones:
@@ -2210,9 +2223,11 @@ class Core:
         branch: SipBranch,
         on_event: Callable[[sip_events.SessionEvent], None],
         on_no_port: Callable[[], None],
+        caller_rtp: RtpLeg | None = None,
     ) -> None:
         """INVITE one registered contact of the number a SIP caller called (through its
-        flow, as the caller); `on_event` gets the branch's dialog events."""
+        flow, as the caller); `on_event` gets the branch's dialog events. The caller's
+        video, if `caller_rtp` negotiated any, is offered in its codec (relayed as it is)."""
         try:
             branch.rtp = await self._open_rtp()
         except OSError as exc:
@@ -2222,6 +2237,9 @@ class Core:
         if not branch.pending:
             await branch.rtp.close()
             return
+        video = caller_rtp.video if isinstance(caller_rtp, VideoRtpLeg) else None
+        if video is not None and video.codec is not None:
+            self._enable_sip_video(branch.rtp, video.codec)
         assert self.ua is not None
         branch.invite = self.ua.invite(
             branch.target,

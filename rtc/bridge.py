@@ -263,7 +263,7 @@ class MediaBridge:
 
         self._discard: Callable[[MediaItem], None] = discard  # this bridge's drain
         self._held = False
-        self._video_legs: tuple[WebRtcLeg, WebRtcLeg | RtpVideo] | None = None
+        self._video_legs: tuple[WebRtcLeg | RtpVideo, WebRtcLeg | RtpVideo] | None = None
         self._video: VideoLink | None = None
 
     @property
@@ -271,12 +271,12 @@ class MediaBridge:
         """The live video link, if any."""
         return self._video
 
-    def connect_video(self, a: "WebRtcLeg", b: "WebRtcLeg | RtpVideo") -> None:
+    def connect_video(self, a: "WebRtcLeg | RtpVideo", b: "WebRtcLeg | RtpVideo") -> None:
         """
-        Link the video of two WebRTC legs, or of a WebRTC leg and a SIP
-        phone's video stream, both ways while audio is relayed (idempotent; a
-        no-op as long as either has no video, and it follows later
-        negotiations by itself).
+        Link the video of two WebRTC legs, of a WebRTC leg and a SIP phone's
+        video stream, or of two phones' streams, both ways while audio is
+        relayed (idempotent; a no-op as long as either has no video, and it
+        follows later negotiations by itself).
         """
         if self._video_legs != (a, b):
             self._unlink_video()

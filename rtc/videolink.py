@@ -1,7 +1,8 @@
 """
-Video between two WebRTC legs of one call (web-to-web), or between a WebRTC
-leg and a SIP phone's video stream (rtpvideo.RtpVideo): each end's received
-video becomes the other's outgoing video, once both negotiated video.
+Video between two WebRTC legs of one call (web-to-web), between a WebRTC
+leg and a SIP phone's video stream (rtpvideo.RtpVideo), or between two SIP
+phones' streams (a call the gateway joins between two phones): each end's
+received video becomes the other's outgoing video, once both negotiated video.
 The SIP side is relayed only when both ends share the codec (no transcoding);
 its b=AS/b=TIAS, or our own b=AS toward it when lower, caps the browser's
 bitrate (REMB).
@@ -94,7 +95,7 @@ class VideoLink:
     Without video on either side it does nothing.
     """
 
-    def __init__(self, a: "WebRtcLeg", b: "WebRtcLeg | RtpVideo") -> None:
+    def __init__(self, a: "WebRtcLeg | RtpVideo", b: "WebRtcLeg | RtpVideo") -> None:
         self.a = a
         self.b = b
         self._directions = (_Direction(a, b), _Direction(b, a))
@@ -128,8 +129,8 @@ class VideoLink:
     def _cap_bitrate(self) -> None:
         """A SIP phone's b=AS/TIAS (or our b=AS toward it, when lower) limits what the
         browser sends us for it (REMB)."""
-        if not isinstance(self.b, RtpVideo) or self.a.video is None:
-            return
+        if not isinstance(self.b, RtpVideo) or isinstance(self.a, RtpVideo) or self.a.video is None:
+            return  # phone to phone: no REMB to give; each phone keeps to our b=AS
         cap = self.b.max_bitrate if self.active else None
         if cap != self._cap:
             self._cap = cap
@@ -143,5 +144,5 @@ class VideoLink:
         self.b.remove_video_listener(self.update)
         for direction in self._directions:
             direction.stop()
-        if self._cap is not None and self.a.video is not None:
+        if self._cap is not None and not isinstance(self.a, RtpVideo) and self.a.video is not None:
             self.a.video.set_max_bitrate(None)

@@ -433,3 +433,26 @@ async def test_chromium_web_phone_turns_on_video_during_a_call(gateway, e2e_dir,
         assert width >= 160 and height >= 120, (width, height)
     reinvites = phone.log().split("INVITE sip:")[2:]
     assert any("m=video" in m for m in reinvites), phone.log()[-4000:]
+
+
+async def test_phone_calls_phone_with_video(gateway, video_phones):
+    """Two baresip video phones registered with the gateway: one calls the other, the
+    gateway joins them (phone to phone) and relays video between them as it is; each
+    decodes the other's pictures."""
+    callee = video_phones(gateway, "1002", "bob-secret", "VP8")
+    callee.start()
+    await callee.wait_log("200 OK")
+    caller = video_phones(gateway, "1001", "alice-secret", "VP8")
+    caller.start()
+    await caller.wait_log("200 OK")
+    await caller.command("dial", "1002")
+    for phone in (caller, callee):
+        png = await phone.snapshot_received(timeout=20)
+        assert _png_size(png) == (320, 240), _png_size(png)
+        for _ in range(150):
+            if phone.decoded_fps() >= 5:
+                break
+            await asyncio.sleep(0.1)
+        assert phone.decoded_fps() >= 5, phone.log()[-3000:]
+    log = gateway.log_path.read_text(errors="replace")
+    assert "joined" in log, log[-3000:]

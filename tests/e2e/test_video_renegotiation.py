@@ -96,6 +96,18 @@ class _VideoPhoneMedia(asyncio.DatagramProtocol):
         return frames
 
 
+async def _gateway_video_port(caller, vport: int, timeout: float = 10.0) -> int:
+    """The gateway's video port, from its 200 to the re-INVITE (sipp's message log)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ports = [int(p) for p in re.findall(r"m=video (\d+)", caller.logs())]
+        found = [p for p in ports if p not in (0, vport)]
+        if found:
+            return found[0]
+        assert time.monotonic() < deadline, caller.logs()[-3000:]
+        await asyncio.sleep(0.1)
+
+
 async def test_phone_adds_video_by_reinvite(gateway, sipp, clients):
     loop = asyncio.get_running_loop()
     vport = free_port(tcp=False, span=2) & ~1
@@ -120,19 +132,7 @@ async def test_phone_adds_video_by_reinvite(gateway, sipp, clients):
 
         reoffer = await call.accept_reoffer(2, timeout=15)
         assert offer_has_video(reoffer) and "VP8/90000" in reoffer, reoffer
-        # the gateway's video port, from its 200 to the re-INVITE (sipp's message log)
-        gateway_port = await call._until(
-            lambda: next(
-                (
-                    int(port)
-                    for port in re.findall(r"m=video (\d+)", caller.logs())
-                    if int(port) not in (0, vport)
-                ),
-                None,
-            ),
-            10.0,
-            "the gateway's m=video port in sipp's log",
-        )
+        gateway_port = await _gateway_video_port(caller, vport)
         sent = await media.send_vp8((HOST, gateway_port), seconds=4.0)
         await call.wait_video(10, timeout=10)  # the phone's frames, decoded by the client
         assert call.video_frames <= sent
@@ -143,5 +143,55 @@ async def test_phone_adds_video_by_reinvite(gateway, sipp, clients):
         assert await caller.wait(30) == 0, caller.logs()[-3000:]
         ended = await call.wait_state("terminated", timeout=10)
         assert ended.get("reason") == "success", ended
+    finally:
+        transport.close()
+
+
+async def test_chromium_web_phone_shows_a_phone_s_video_then_sends_its_camera(
+    gateway, sipp, e2e_dir
+):
+    """The web phone in Chromium answers an audio call; the phone escalates to video:
+    the library answers the gateway's re-offer and the phone's pictures play (no camera
+    yet). Pressing the call's Video button sends the camera: its VP8 reaches the phone."""
+    from tests.e2e.webphone_helpers import launch, open_phone, phone_login, wait_call
+
+    loop = asyncio.get_running_loop()
+    vport = free_port(tcp=False, span=2) & ~1
+    media = _VideoPhoneMedia()
+    transport, _ = await loop.create_datagram_endpoint(lambda: media, local_addr=(HOST, vport))
+    try:
+        async with launch(e2e_dir) as browser:
+            page = await browser.page("alice")
+            await open_phone(page, gateway.http_url)
+            await phone_login(page, "1001")
+            caller = sipp.scenario(
+                "uac_add_video",
+                "uac_add_video.xml",
+                gateway.sip_target,
+                port=gateway.pbx_port,
+                number="1001",
+                extra=["-rtp_echo", "-key", "vport", str(vport)],
+            )
+            banner = page.get_by_role("alertdialog", name="Incoming call")
+            await banner.wait_for(timeout=15000)
+            await banner.get_by_role("button", name="Answer", exact=True).click()
+            await wait_call(page, "CONNECTED")
+            gateway_port = await _gateway_video_port(caller, vport)
+            sending = asyncio.create_task(media.send_vp8((HOST, gateway_port), seconds=6.0))
+            await page.wait_for_function(
+                """() => { const v = document.querySelector('#remote-video');
+                   return v && v.videoWidth > 0 && v.srcObject && !v.paused; }""",
+                timeout=15000,
+            )
+            assert await page.locator("#video-stage").is_visible()
+            assert not media.packets, "video sent to the phone before the camera was on"
+            await page.get_by_role("button", name="Video – call with").click()
+            deadline = time.monotonic() + 15
+            while sum(p.marker for p in media.packets if p.payload_type == 96) < 10:
+                assert time.monotonic() < deadline, f"{len(media.packets)} packets from the camera"
+                await asyncio.sleep(0.1)
+            await sending
+            assert await caller.wait(30) == 0, caller.logs()[-3000:]
+            await wait_call(page, "DISCONNECTED", timeout=15000)
     finally:
         transport.close()

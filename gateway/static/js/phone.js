@@ -274,6 +274,11 @@ function addCall(call) {
   call.setCallStateHandler(onCallState);
   call.setMediaStateHandler((c) => {
     record("media", { video: c.getMediaVideoActive() });
+    if (c.getMediaVideoActive() && !c.hasVideoElements()) {
+      // The far end turned its video on: show it; our camera only on the Video button.
+      c.setVideoElements(null, $("remote-video"));
+      $("video-stage").hidden = false;
+    }
     render(c);
   });
   call.setRequestFailedHandler((c, request) => {
@@ -371,7 +376,7 @@ function render(call) {
   q(".act-mute").setAttribute("aria-pressed", String(call.isMuted()));
   q(".act-mute").textContent = call.isMuted() ? "Unmute" : "Mute";
   q(".act-keypad").hidden = state !== CALL_STATES.CONNECTED;
-  q(".act-video").hidden = state !== CALL_STATES.CONNECTED || call.getMediaVideoActive() || call.hasVideoElements();
+  q(".act-video").hidden = state !== CALL_STATES.CONNECTED || call.hasVideoElements();
   if (state !== CALL_STATES.CONNECTED) q(".dtmf").hidden = true;
   q(".act-hangup").hidden = ended || offered;
   q(".act-hangup").textContent = live ? "Hang up" : "Cancel";

@@ -664,6 +664,12 @@ class Core:
         if not allows(call.state, "renegotiate"):
             self._refuse(call)
             return
+        if leg.restarts_ice(sdp):
+            # Refused, the call as it was; a client whose path broke reconnects with a
+            # new leg instead (a restore: json-v1 §7).
+            logger.info("call %s: ICE restart refused (not supported)", call.call_id)
+            self._refuse(call, Reason.MEDIA)
+            return
         had_video = leg.has_video
         call.reoffer_pending = True
         try:

@@ -41,6 +41,7 @@ import asyncio
 import fractions
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -134,6 +135,7 @@ DIRECT_CODECS = ("audio/opus", "audio/pcmu", "audio/pcma", TELEPHONE_EVENT)
 NTP_OFFSET = 2208988800  # 1900 -> 1970, seconds
 # lost packets (by sequence number) passed on as a gap; more is a new start
 MAX_SEQUENCE_GAP = 5
+_ICE_UFRAG = re.compile(r"^a=ice-ufrag:(\S+)", re.MULTILINE)
 # while the leg sends by itself, how often aiortc's sender task looks whether
 # it is needed again (TURN pair, new DTLS transport)
 DIRECT_POLL = 0.1
@@ -179,19 +181,29 @@ class ImmediateAudioJitterBuffer(AiortcJitterBuffer):
         self._decode = decode
 
     def add(self, packet: AiortcRtpPacket) -> tuple[bool, JitterFrame | None]:
-        seq = packet.sequence_number
+        lost = self.admit(packet.sequence_number)
+        if lost is None:
+            return False, None  # duplicate or late
+        if self._decode is not None and self._decode(packet, lost):
+            return False, None
+        return False, JitterFrame(data=packet.payload, timestamp=packet.timestamp)
+
+    def admit(self, seq: int) -> int | None:
+        """
+        The sequence bookkeeping of ``add``: None for a packet to drop (a
+        duplicate, or behind the last one passed on), else the packets lost
+        just before it (up to MAX_SEQUENCE_GAP, else 0).
+        """
         lost = 0
         if self._last_seq is not None:
             delta = (seq - self._last_seq) & 0xFFFF
             if delta == 0 or delta > 0xFFFF - 100:
                 self.late += 1
-                return False, None  # duplicate or late
+                return None
             if delta <= MAX_SEQUENCE_GAP + 1:
                 lost = delta - 1
         self._last_seq = seq
-        if self._decode is not None and self._decode(packet, lost):
-            return False, None
-        return False, JitterFrame(data=packet.payload, timestamp=packet.timestamp)
+        return lost
 
     def passed(self, seq: int) -> None:
         """
@@ -213,6 +225,53 @@ def _shortcut(
         original(data, addr)
 
     return datagram_received
+
+
+class _DirectRoute:
+    """
+    What sending audio the direct way needs (see WebRtcLeg._send_direct),
+    worked out once per negotiated codec list, sender, DTLS transport and
+    nominated ICE pair rather than per packet: the send codec, the RTP header
+    template (first byte, payload type, clock rate, the mid extension aiortc
+    would send), the SRTP session and the socket's sendto with the pair's
+    remote address.
+    """
+
+    __slots__ = (
+        "clock_rate",
+        "codecs",
+        "dtls",
+        "extension",
+        "first",
+        "mime",
+        "pair",
+        "payload_type",
+        "protect",
+        "remote_addr",
+        "sender",
+        "sendto",
+        "srtp",
+    )
+
+    def __init__(self, codecs: list[Any], sender: Any, dtls: Any, pair: Any) -> None:
+        self.codecs = codecs
+        self.sender = sender
+        self.dtls = dtls
+        self.pair = pair
+        codec = codecs[0]
+        assert codec.payloadType is not None
+        self.mime: str = codec.mimeType.lower()
+        probe = AiortcRtpPacket(payload_type=codec.payloadType)
+        probe.extensions.mid = sender._RTCRtpSender__mid
+        raw = probe.serialize(sender._RTCRtpSender__rtp_header_extensions_map)
+        self.first: int = raw[0]
+        self.payload_type: int = codec.payloadType
+        self.clock_rate: int = codec.clockRate
+        self.extension: bytes = raw[12:]
+        self.srtp = dtls._tx_srtp
+        self.protect: Callable[[bytes], bytes] = self.srtp.protect
+        self.sendto: Callable[[bytes, Any], None] = pair.protocol.transport.sendto
+        self.remote_addr: tuple[str, int] = pair.remote_addr
 
 
 class OutgoingAudioTrack(MediaStreamTrack):
@@ -261,9 +320,9 @@ class OutgoingAudioTrack(MediaStreamTrack):
         self.filled = 0  # silence the leg sent itself: nothing was written
         self._relaying = False  # the last packet was an EncodedFrame as received
         self._gap = 0  # ticks left empty since (aiortc's sender)
-        # ``direct_path()``: the leg's way to send by itself, None while it
-        # cannot (then aiortc's sender pulls recv()); ``direct(path, payload,
-        # pts, marker)`` sends one packet that way
+        # ``direct_path()``: the leg's way to send by itself (its ``mime``: the
+        # codec sent), None while it cannot (then aiortc's sender pulls
+        # recv()); ``direct(path, payload, pts, marker)`` sends one packet that way
         self.direct_path: Callable[[], Any] = lambda: None
         self.direct: Callable[[Any, bytes, int, bool], None] | None = None
 
@@ -286,7 +345,7 @@ class OutgoingAudioTrack(MediaStreamTrack):
         path = self.direct_path()
         if direct is None or path is None:
             return False
-        mime = (self._codec() or "").lower()
+        mime = path.mime  # the codec we send, as negotiated
         if mime != "audio/opus" and mime not in G711_CODECS:
             return False  # a codec aiortc encodes
         # stamped first: a frame the clock drops is not encoded for nothing
@@ -455,7 +514,7 @@ class WebRtcLeg(AudioPort):
         self._hooked: tuple[object, object] | None = None  # (ICE connection, DTLS transport)
         self._rx_dtls: object | None = None
         self._direct_pts: tuple[object, dict[int, str]] | None = None
-        self._tx_template: tuple[object, object, int, int, int, bytes] | None = None
+        self._route: _DirectRoute | None = None  # of the last _direct_path()
         self._tx_sequence = random.randint(0, 0xFFFF)
         self._tx_origin = random.randint(0, 0xFFFFFFFF)
         self.direct_received = 0  # audio/event packets taken by the direct path
@@ -588,6 +647,20 @@ class WebRtcLeg(AudioPort):
         self._track.set_sample_rate(rate)
 
     # negotiation
+
+    def restarts_ice(self, sdp: str) -> bool:
+        """
+        Whether a re-offer restarts ICE (new ice-ufrag), which aiortc cannot
+        do: its ICE transport keeps the first credentials, so such an offer
+        would be answered as if nothing changed and the browser's new checks
+        would fail.
+        """
+        current = self._pc.remoteDescription
+        if current is None:
+            return False
+        before = set(_ICE_UFRAG.findall(current.sdp))
+        after = set(_ICE_UFRAG.findall(sdp))
+        return bool(after) and not after <= before
 
     async def accept_offer(self, sdp: str) -> str:
         """
@@ -904,22 +977,48 @@ class WebRtcLeg(AudioPort):
             clock_rate = next(c.clockRate for c in codecs if c.payloadType == packet.payload_type)
             stream = streams[ssrc] = StreamStatistics(clock_rate)
         stream.add(packet)
-        if self._jitter is not None:
-            self._jitter.add(packet)  # type: ignore[arg-type]
+        jitter = self._jitter
+        if jitter is not None:
+            # as jitter.add(packet) would, with the codec already known
+            lost = jitter.admit(packet.sequence_number)
+            if lost is not None:
+                self._decode_packet(packet, lost, mime)  # type: ignore[arg-type]
         return True
 
-    def _direct_path(self) -> tuple[Any, Any] | None:
-        """The DTLS transport and the plain UDP ICE pair to send on, if usable."""
+    def _direct_path(self) -> _DirectRoute | None:
+        """
+        How to send by ourselves (the DTLS transport, the plain UDP ICE pair and
+        what _send_direct needs of them), None when that is not possible now.
+        Asked per packet: the route is worked out again only when the codecs,
+        the DTLS transport, its SRTP session or the nominated pair changed.
+        """
         transceiver = self._transceiver
         if transceiver is None or self._closed:
             return None
-        dtls: Any = transceiver.sender.transport
-        if dtls is None or dtls._state is not DtlsState.CONNECTED or dtls._tx_srtp is None:
+        sender: Any = transceiver.sender
+        dtls: Any = sender.transport
+        if dtls is None or dtls._state is not DtlsState.CONNECTED:
             return None
-        pair = dtls.transport._connection._nominated.get(1)
-        if pair is None or type(pair.protocol) is not StunProtocol:
+        srtp = dtls._tx_srtp
+        if srtp is None:
             return None
-        return dtls, pair
+        pair = dtls._transport._connection._nominated.get(1)
+        if pair is None:
+            return None
+        route = self._route
+        if (
+            route is not None
+            and route.pair is pair
+            and route.dtls is dtls
+            and route.srtp is srtp
+            and route.codecs is transceiver._codecs
+            and route.sender is sender
+        ):
+            return route
+        if type(pair.protocol) is not StunProtocol:
+            return None  # TURN: aioice's async path, through aiortc's sender
+        route = self._route = _DirectRoute(transceiver._codecs, sender, dtls, pair)
+        return route
 
     def _fill_tick(self) -> None:
         """While the leg sends by itself: silence when nothing is written."""
@@ -943,7 +1042,7 @@ class WebRtcLeg(AudioPort):
             again = now + DIRECT_POLL  # aiortc's sender fills, or nothing is sent
         self._fill_timer = loop.call_at(again, self._fill_tick)
 
-    def _send_direct(self, path: tuple[Any, Any], payload: bytes, pts: int, marker: bool) -> None:
+    def _send_direct(self, path: _DirectRoute, payload: bytes, pts: int, marker: bool) -> None:
         """
         Send one audio payload toward the browser ourselves (True), as aiortc's
         sender would, but synchronously: RTP header (the sender's SSRC, the
@@ -959,49 +1058,31 @@ class WebRtcLeg(AudioPort):
         DTLS is up, nor for a pair that is not plain UDP (TURN relays need
         aioice's async path); aiortc's sender sends then.
         """
-        transceiver = self._transceiver
-        assert transceiver is not None
-        dtls, pair = path
-        sender: Any = transceiver.sender
+        sender = path.sender
         if not sender._enabled:
             return  # not sending (hold): dropped, as aiortc would
-        codecs = transceiver._codecs
-        template = self._tx_template
-        if template is None or template[0] is not codecs or template[1] is not sender:
-            codec = codecs[0]
-            assert codec.payloadType is not None
-            probe = AiortcRtpPacket(payload_type=codec.payloadType)
-            probe.extensions.mid = sender._RTCRtpSender__mid
-            raw = probe.serialize(sender._RTCRtpSender__rtp_header_extensions_map)
-            template = self._tx_template = (
-                codecs,
-                sender,
-                raw[0],
-                codec.payloadType,
-                codec.clockRate,
-                raw[12:],
-            )
-        _, _, first, payload_type, clock_rate, extension = template
-        timestamp = (self._tx_origin + pts * clock_rate // OPUS_CLOCK_RATE) & 0xFFFFFFFF
+        timestamp = (self._tx_origin + pts * path.clock_rate // OPUS_CLOCK_RATE) & 0xFFFFFFFF
         sequence_number = self._tx_sequence
         self._tx_sequence = (sequence_number + 1) & 0xFFFF
+        payload_type = path.payload_type
         data = (
             RTP_FIXED_HEADER.pack(
-                first,
+                path.first,
                 payload_type | 0x80 if marker else payload_type,
                 sequence_number,
                 timestamp,
                 sender._ssrc,
             )
-            + extension
+            + path.extension
             + payload
         )
         dtmf = self._dtmf
         if dtmf is not None and dtmf.sending:
             data = dtmf.replace(data)
             payload = b"" if len(data) < 4 else data[len(data) - 4 :]
-        protected = dtls._tx_srtp.protect(data)
-        pair.protocol.transport.sendto(protected, pair.remote_addr)
+        protected = path.protect(data)
+        path.sendto(protected, path.remote_addr)
+        dtls: Any = path.dtls
         dtls._RTCDtlsTransport__tx_bytes += len(protected)
         dtls._RTCDtlsTransport__tx_packets += 1
         sender._RTCRtpSender__ntp_timestamp = int((time.time() + NTP_OFFSET) * (1 << 32))
@@ -1010,19 +1091,29 @@ class WebRtcLeg(AudioPort):
         sender._RTCRtpSender__packet_count += 1
         self.direct_sent += 1
 
-    def _decode_packet(self, packet: AiortcRtpPacket, lost: int = 0) -> bool:
-        """Decode an Opus, PCMU or PCMA packet here (True), or leave it to aiortc (False)."""
+    def _decode_packet(
+        self, packet: AiortcRtpPacket, lost: int = 0, mime: str | None = None
+    ) -> bool:
+        """
+        Decode an Opus, PCMU or PCMA packet here (True), or leave it to aiortc
+        (False). ``mime``: the packet's codec, when the caller knows it.
+        """
         if self._transceiver is None or self._closed:
             return False
-        codecs = self._transceiver._codecs
-        if self._decode_codecs is None or self._decode_codecs[0] is not codecs:
-            self._decode_codecs = (
-                codecs,
-                {c.payloadType: c.mimeType.lower() for c in codecs if c.payloadType is not None},
-            )
-        mime = self._decode_codecs[1].get(packet.payload_type)
         if mime is None:
-            return False
+            codecs = self._transceiver._codecs
+            if self._decode_codecs is None or self._decode_codecs[0] is not codecs:
+                self._decode_codecs = (
+                    codecs,
+                    {
+                        c.payloadType: c.mimeType.lower()
+                        for c in codecs
+                        if c.payloadType is not None
+                    },
+                )
+            mime = self._decode_codecs[1].get(packet.payload_type)
+            if mime is None:
+                return False
         decoder = self._decoder(mime)
         if decoder is None:
             return False

@@ -195,3 +195,30 @@ async def test_chromium_web_phone_shows_a_phone_s_video_then_sends_its_camera(
             await wait_call(page, "DISCONNECTED", timeout=15000)
     finally:
         transport.close()
+
+
+async def test_ice_restart_is_refused_and_the_call_goes_on(gateway, clients):
+    """A re-offer restarting ICE (new ufrag/pwd) cannot be honoured by aiortc: it is
+    refused with the call unchanged (json-v1 §9), audio keeps crossing on the old path, and
+    a later renegotiation (adding video) is answered."""
+    from tests.e2e.test_hold import check_tone_after
+
+    alice: JsonV1Client = await clients(gateway, name="alice")
+    await alice.login("1001", "Alice")
+    call = await alice.dial("9000", freq=1000.0)  # the echo number
+    await call.wait_state("active", timeout=20)
+    assert call.pc.localDescription is not None
+    sdp = call.pc.localDescription.sdp
+    restarted = re.sub(r"a=ice-ufrag:\S+", "a=ice-ufrag:Rstr", sdp)
+    restarted = re.sub(r"a=ice-pwd:\S+", "a=ice-pwd:restartrestartrestart0000", restarted)
+    await call.send("offer", operation="media", sdp=restarted)
+    refusal = await call._until(
+        lambda: next((m for m in call.statuses if m.get("reason")), None), 10.0, "a refusal"
+    )
+    assert refusal["state"] == "active" and refusal["reason"] == "media", refusal
+    assert len(call.answers) == 1  # no answer to the refused offer
+    await check_tone_after(call, 1000.0, "echo after the refused ICE restart")
+    answer = await call.add_video()
+    assert offer_has_video(answer)
+    await call.hangup()
+    await call.wait_state("terminated", timeout=10)

@@ -1693,7 +1693,10 @@ export class WebRtcCall {
     // back and the call stays audio-only (see #onStatus).
     const attempt = { pc, sender, track, timer: null };
     attempt.timer = setTimeout(() => {
-      if (this.#videoOffer === attempt) this.#queue(() => this.#withdrawVideo(attempt), "withdrawing video");
+      if (this.#videoOffer !== attempt) return;
+      warn("renegotiate: no answer from the server");
+      this.#queue(() => this.#withdrawVideo(attempt), "withdrawing video");
+      callHandler(this.#onRequestFailed, this, "renegotiate", DISC_REASON.ERROR);
     }, OFFER_WAIT);
     this.#videoOffer = attempt;
   }

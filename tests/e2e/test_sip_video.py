@@ -11,6 +11,7 @@ decodes from baresip's video.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import shutil
@@ -210,6 +211,34 @@ async def _check_video_both_ways(call, phone: VideoPhone) -> None:
     assert phone.decoded_fps() >= 5, phone.log()[-3000:]
 
 
+@contextlib.asynccontextmanager
+async def _chromium_calls_phone(gateway, e2e_dir: Path, phone: VideoPhone, *, video: bool):
+    """The web phone in headless Chromium, logged in as 1001, calls the (started and
+    registered) phone 1002, in video mode or not; the page once the call is connected."""
+    from tests.e2e.webphone_helpers import launch, open_phone, phone_login, wait_call
+
+    phone.start()
+    await phone.wait_log("200 OK")
+    async with launch(e2e_dir) as browser:
+        page = await browser.page("alice")
+        await open_phone(page, gateway.http_url)
+        await phone_login(page, "1001")
+        if video:
+            await page.get_by_role("checkbox", name="Video").check()
+        await page.locator("#dial-number").fill("1002")
+        await page.get_by_role("button", name="Call", exact=True).click()
+        await wait_call(page, "CONNECTED")
+        yield page
+
+
+async def _remote_video_plays(page, timeout: float = 20000) -> None:
+    await page.wait_for_function(
+        """() => { const v = document.querySelector('#remote-video');
+           return v && v.videoWidth > 0 && v.srcObject && !v.paused; }""",
+        timeout=timeout,
+    )
+
+
 @pytest.mark.parametrize("codec", ["VP8", "H264"])
 async def test_phone_calls_web_client_with_video(gateway, clients, video_phones, codec):
     if codec == "H264" and not (MODULES / "avcodec.so").exists():
@@ -298,24 +327,9 @@ async def test_chromium_web_phone_video_call_to_phone(gateway, e2e_dir, video_ph
     """The web phone in headless Chromium (the real WebRTC stack, fake camera) in video
     mode calls baresip: its remote <video> plays baresip's frames and baresip decodes
     Chromium's (VP8, relayed as it is)."""
-    from tests.e2e.webphone_helpers import launch, open_phone, phone_login, wait_call
-
     phone = video_phones(gateway, "1002", "bob-secret", "VP8")
-    phone.start()
-    await phone.wait_log("200 OK")
-    async with launch(e2e_dir) as browser:
-        page = await browser.page("alice")
-        await open_phone(page, gateway.http_url)
-        await phone_login(page, "1001")
-        await page.get_by_role("checkbox", name="Video").check()
-        await page.locator("#dial-number").fill("1002")
-        await page.get_by_role("button", name="Call", exact=True).click()
-        await wait_call(page, "CONNECTED")
-        await page.wait_for_function(
-            """() => { const v = document.querySelector('#remote-video');
-               return v && v.videoWidth > 0 && v.srcObject && !v.paused; }""",
-            timeout=20000,
-        )
+    async with _chromium_calls_phone(gateway, e2e_dir, phone, video=True) as page:
+        await _remote_video_plays(page)
         frames = await page.evaluate(
             """async () => { const v = document.querySelector('#remote-video');
                const before = v.getVideoPlaybackQuality().totalVideoFrames;
@@ -407,25 +421,11 @@ async def test_chromium_web_phone_turns_on_video_during_a_call(gateway, e2e_dir,
     """The web phone in Chromium calls baresip audio-only, then presses the call's Video
     button: Chromium's re-offer (camera added) is answered, the phone is re-INVITEd with
     m=video, and video plays both ways."""
-    from tests.e2e.webphone_helpers import launch, open_phone, phone_login, wait_call
-
     phone = video_phones(gateway, "1002", "bob-secret", "VP8")
-    phone.start()
-    await phone.wait_log("200 OK")
-    async with launch(e2e_dir) as browser:
-        page = await browser.page("alice")
-        await open_phone(page, gateway.http_url)
-        await phone_login(page, "1001")
-        await page.locator("#dial-number").fill("1002")
-        await page.get_by_role("button", name="Call", exact=True).click()
-        await wait_call(page, "CONNECTED")
+    async with _chromium_calls_phone(gateway, e2e_dir, phone, video=False) as page:
         assert await page.locator("#video-stage").is_hidden()
         await page.get_by_role("button", name="Video – call with").click()
-        await page.wait_for_function(
-            """() => { const v = document.querySelector('#remote-video');
-               return v && v.videoWidth > 0 && v.srcObject && !v.paused; }""",
-            timeout=20000,
-        )
+        await _remote_video_plays(page)
         assert await page.locator(".call-state").first.inner_text() == "Connected · video"
         assert await page.locator(".act-video").first.is_hidden()
         png = await phone.snapshot_received()

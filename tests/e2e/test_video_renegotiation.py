@@ -60,6 +60,7 @@ class _VideoPhoneMedia(asyncio.DatagramProtocol):
     def __init__(self) -> None:
         self.packets: list[RtpPacket] = []
         self.transport: asyncio.DatagramTransport | None = None
+        self.port = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
@@ -96,6 +97,31 @@ class _VideoPhoneMedia(asyncio.DatagramProtocol):
         return frames
 
 
+@pytest.fixture
+async def phone_video():
+    """The sipp phone's video side, bound to a free even port (its `port`)."""
+    media = _VideoPhoneMedia()
+    port = free_port(tcp=False, span=2) & ~1
+    transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: media, local_addr=(HOST, port)
+    )
+    media.port = port
+    yield media
+    transport.close()
+
+
+def _escalating_caller(sipp, gateway, media: _VideoPhoneMedia):
+    """sipp calling 1001 audio-only, then adding video on `media`'s port (uac_add_video)."""
+    return sipp.scenario(
+        "uac_add_video",
+        "uac_add_video.xml",
+        gateway.sip_target,
+        port=gateway.pbx_port,
+        number="1001",
+        extra=["-rtp_echo", "-key", "vport", str(media.port)],
+    )
+
+
 async def _gateway_video_port(caller, vport: int, timeout: float = 10.0) -> int:
     """The gateway's video port, from its 200 to the re-INVITE (sipp's message log)."""
     deadline = time.monotonic() + timeout
@@ -108,93 +134,65 @@ async def _gateway_video_port(caller, vport: int, timeout: float = 10.0) -> int:
         await asyncio.sleep(0.1)
 
 
-async def test_phone_adds_video_by_reinvite(gateway, sipp, clients):
-    loop = asyncio.get_running_loop()
-    vport = free_port(tcp=False, span=2) & ~1
-    media = _VideoPhoneMedia()
-    transport, _ = await loop.create_datagram_endpoint(lambda: media, local_addr=(HOST, vport))
-    try:
-        alice: JsonV1Client = await clients(gateway, name="alice")
-        await alice.login("1001", "Alice")
-        caller = sipp.scenario(
-            "uac_add_video",
-            "uac_add_video.xml",
-            gateway.sip_target,
-            port=gateway.pbx_port,
-            number="1001",
-            extra=["-rtp_echo", "-key", "vport", str(vport)],
-        )
-        call = await alice.wait_incoming(timeout=15)
-        await call.accept()
-        await call.answer()
-        assert call.offer is not None and not offer_has_video(call.offer)
-        await call.wait_state("active", timeout=20)
+async def test_phone_adds_video_by_reinvite(gateway, sipp, clients, phone_video):
+    alice: JsonV1Client = await clients(gateway, name="alice")
+    await alice.login("1001", "Alice")
+    caller = _escalating_caller(sipp, gateway, phone_video)
+    call = await alice.wait_incoming(timeout=15)
+    await call.accept()
+    await call.answer()
+    assert call.offer is not None and not offer_has_video(call.offer)
+    await call.wait_state("active", timeout=20)
 
-        reoffer = await call.accept_reoffer(2, timeout=15)
-        assert offer_has_video(reoffer) and "VP8/90000" in reoffer, reoffer
-        gateway_port = await _gateway_video_port(caller, vport)
-        sent = await media.send_vp8((HOST, gateway_port), seconds=4.0)
-        await call.wait_video(10, timeout=10)  # the phone's frames, decoded by the client
-        assert call.video_frames <= sent
-        # the client's video reached the phone: VP8 RTP (PT 96 as the phone offered)
-        vp8 = [p for p in media.packets if p.payload_type == 96]
-        assert len(vp8) >= 30 and sum(p.marker for p in vp8) >= 10, len(vp8)
-        assert len({p.ssrc for p in vp8}) == 1
-        assert await caller.wait(30) == 0, caller.logs()[-3000:]
-        ended = await call.wait_state("terminated", timeout=10)
-        assert ended.get("reason") == "success", ended
-    finally:
-        transport.close()
+    reoffer = await call.accept_reoffer(2, timeout=15)
+    assert offer_has_video(reoffer) and "VP8/90000" in reoffer, reoffer
+    gateway_port = await _gateway_video_port(caller, phone_video.port)
+    sent = await phone_video.send_vp8((HOST, gateway_port), seconds=4.0)
+    await call.wait_video(10, timeout=10)  # the phone's frames, decoded by the client
+    assert call.video_frames <= sent
+    # the client's video reached the phone: VP8 RTP (PT 96 as the phone offered)
+    vp8 = [p for p in phone_video.packets if p.payload_type == 96]
+    assert len(vp8) >= 30 and sum(p.marker for p in vp8) >= 10, len(vp8)
+    assert len({p.ssrc for p in vp8}) == 1
+    assert await caller.wait(30) == 0, caller.logs()[-3000:]
+    ended = await call.wait_state("terminated", timeout=10)
+    assert ended.get("reason") == "success", ended
 
 
 async def test_chromium_web_phone_shows_a_phone_s_video_then_sends_its_camera(
-    gateway, sipp, e2e_dir
+    gateway, sipp, e2e_dir, phone_video
 ):
     """The web phone in Chromium answers an audio call; the phone escalates to video:
     the library answers the gateway's re-offer and the phone's pictures play (no camera
     yet). Pressing the call's Video button sends the camera: its VP8 reaches the phone."""
     from tests.e2e.webphone_helpers import launch, open_phone, phone_login, wait_call
 
-    loop = asyncio.get_running_loop()
-    vport = free_port(tcp=False, span=2) & ~1
-    media = _VideoPhoneMedia()
-    transport, _ = await loop.create_datagram_endpoint(lambda: media, local_addr=(HOST, vport))
-    try:
-        async with launch(e2e_dir) as browser:
-            page = await browser.page("alice")
-            await open_phone(page, gateway.http_url)
-            await phone_login(page, "1001")
-            caller = sipp.scenario(
-                "uac_add_video",
-                "uac_add_video.xml",
-                gateway.sip_target,
-                port=gateway.pbx_port,
-                number="1001",
-                extra=["-rtp_echo", "-key", "vport", str(vport)],
-            )
-            banner = page.get_by_role("alertdialog", name="Incoming call")
-            await banner.wait_for(timeout=15000)
-            await banner.get_by_role("button", name="Answer", exact=True).click()
-            await wait_call(page, "CONNECTED")
-            gateway_port = await _gateway_video_port(caller, vport)
-            sending = asyncio.create_task(media.send_vp8((HOST, gateway_port), seconds=6.0))
-            await page.wait_for_function(
-                """() => { const v = document.querySelector('#remote-video');
-                   return v && v.videoWidth > 0 && v.srcObject && !v.paused; }""",
-                timeout=15000,
-            )
-            assert await page.locator("#video-stage").is_visible()
-            assert not media.packets, "video sent to the phone before the camera was on"
-            await page.get_by_role("button", name="Video – call with").click()
-            deadline = time.monotonic() + 15
-            while sum(p.marker for p in media.packets if p.payload_type == 96) < 10:
-                assert time.monotonic() < deadline, f"{len(media.packets)} packets from the camera"
-                await asyncio.sleep(0.1)
-            await sending
-            assert await caller.wait(30) == 0, caller.logs()[-3000:]
-            await wait_call(page, "DISCONNECTED", timeout=15000)
-    finally:
-        transport.close()
+    async with launch(e2e_dir) as browser:
+        page = await browser.page("alice")
+        await open_phone(page, gateway.http_url)
+        await phone_login(page, "1001")
+        caller = _escalating_caller(sipp, gateway, phone_video)
+        banner = page.get_by_role("alertdialog", name="Incoming call")
+        await banner.wait_for(timeout=15000)
+        await banner.get_by_role("button", name="Answer", exact=True).click()
+        await wait_call(page, "CONNECTED")
+        gateway_port = await _gateway_video_port(caller, phone_video.port)
+        sending = asyncio.create_task(phone_video.send_vp8((HOST, gateway_port), seconds=6.0))
+        await page.wait_for_function(
+            """() => { const v = document.querySelector('#remote-video');
+               return v && v.videoWidth > 0 && v.srcObject && !v.paused; }""",
+            timeout=15000,
+        )
+        assert await page.locator("#video-stage").is_visible()
+        assert not phone_video.packets, "video sent to the phone before the camera was on"
+        await page.get_by_role("button", name="Video – call with").click()
+        deadline = time.monotonic() + 15
+        while sum(p.marker for p in phone_video.packets if p.payload_type == 96) < 10:
+            assert time.monotonic() < deadline, f"{len(phone_video.packets)} camera packets"
+            await asyncio.sleep(0.1)
+        await sending
+        assert await caller.wait(30) == 0, caller.logs()[-3000:]
+        await wait_call(page, "DISCONNECTED", timeout=15000)
 
 
 async def test_ice_restart_is_refused_and_the_call_goes_on(gateway, clients):

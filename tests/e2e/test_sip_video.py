@@ -196,6 +196,16 @@ def _png_size(path: Path) -> tuple[int, int]:
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
+async def _keeps_decoding(phone: VideoPhone, fps: float = 5.0) -> None:
+    """baresip decodes received video at `fps` or more (its status line gives the rate
+    after a few seconds)."""
+    for _ in range(150):
+        if phone.decoded_fps() >= fps:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"baresip decodes {phone.decoded_fps()} fps:\n{phone.log()[-3000:]}")
+
+
 async def _check_video_both_ways(call, phone: VideoPhone) -> None:
     await call.wait_video(MIN_FRAMES, timeout=30)
     assert call.video_counter.sizes, "no decoded video at the web client"
@@ -204,11 +214,7 @@ async def _check_video_both_ways(call, phone: VideoPhone) -> None:
     assert _png_size(png) == (320, 240), _png_size(png)
     # and keeps decoding them (the web client sends 30 frames/s; baresip's status line
     # gives its decoding rate after a few seconds)
-    for _ in range(150):
-        if phone.decoded_fps() >= 5:
-            break
-        await asyncio.sleep(0.1)
-    assert phone.decoded_fps() >= 5, phone.log()[-3000:]
+    await _keeps_decoding(phone)
 
 
 @contextlib.asynccontextmanager
@@ -341,11 +347,7 @@ async def test_chromium_web_phone_video_call_to_phone(gateway, e2e_dir, video_ph
         png = await phone.snapshot_received()
         width, height = _png_size(png)
         assert width >= 160 and height >= 120, (width, height)
-        for _ in range(150):
-            if phone.decoded_fps() >= 5:
-                break
-            await asyncio.sleep(0.1)
-        assert phone.decoded_fps() >= 5, phone.log()[-3000:]
+        await _keeps_decoding(phone)
     log = gateway.log_path.read_text(errors="replace")
     assert "video VP8 sendrecv" in log, log[-3000:]
 
@@ -449,10 +451,6 @@ async def test_phone_calls_phone_with_video(gateway, video_phones):
     for phone in (caller, callee):
         png = await phone.snapshot_received(timeout=20)
         assert _png_size(png) == (320, 240), _png_size(png)
-        for _ in range(150):
-            if phone.decoded_fps() >= 5:
-                break
-            await asyncio.sleep(0.1)
-        assert phone.decoded_fps() >= 5, phone.log()[-3000:]
+        await _keeps_decoding(phone)
     log = gateway.log_path.read_text(errors="replace")
     assert "joined" in log, log[-3000:]

@@ -699,6 +699,7 @@ class Core:
             await self._reoffer_client(peer, leg.video_codec)
         elif sip is not None and isinstance(sip[1], VideoRtpLeg) and leg.video_codec:
             session, rtp = sip[0], sip[1]
+            first = rtp.video is None  # never offered: withdrawn again if refused
             self._enable_sip_video(rtp, leg.video_codec.split("/")[-1])
             if rtp.video is None:
                 return
@@ -707,6 +708,9 @@ class Core:
             def done(code: int, answer: bytes | None) -> None:
                 if answer is None or not 200 <= code < 300:
                     logger.info("call %s: the phone refused video: %d", call.call_id, code)
+                    if first:
+                        # e.g. 488 for the whole offer: later ones (hold) go without video
+                        self._spawn(rtp.withdraw_video())
                     return
                 try:
                     rtp.apply_answer(answer)

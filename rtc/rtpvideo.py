@@ -1001,6 +1001,17 @@ class VideoRtpLeg(RtpLeg):
             )
         return self.video
 
+    async def withdraw_video(self) -> None:
+        """
+        Close a video stream whose first offer failed (the phone refused the
+        re-INVITE that added it): later offers are audio-only again, as they
+        may be since a failed offer changed nothing (RFC 3264 section 8).
+        """
+        video, self.video = self.video, None
+        self._video_index = None
+        if video is not None:
+            await video.close()
+
     def create_offer(self, direction: str = "sendrecv") -> bytes:
         sdp = super().create_offer(direction)
         video = self.video

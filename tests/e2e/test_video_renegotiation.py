@@ -220,3 +220,27 @@ async def test_ice_restart_is_refused_and_the_call_goes_on(gateway, clients):
     assert offer_has_video(answer)
     await call.hangup()
     await call.wait_state("terminated", timeout=10)
+
+
+async def test_phone_refusing_video_keeps_the_call_audio_only(gateway, sipp, clients):
+    """The web client adds video; the phone refuses the re-INVITE carrying it (488): the
+    call goes on with audio, and the next re-INVITE (hold) offers no video again (sipp
+    checks both offers)."""
+    from tests.e2e.test_hold import check_tone_after, hold
+
+    far = sipp.scenario(
+        "uas_refuse_video", "uas_refuse_video.xml", None, port=gateway.pbx_port,
+        extra=["-rtp_echo"],
+    )  # fmt: skip
+    sipp.wait_bound(far, gateway.pbx_port)
+    alice: JsonV1Client = await clients(gateway, name="alice")
+    await alice.login("1001", "Alice")
+    call = await alice.dial("5555", freq=1000.0)
+    await call.wait_state("active", timeout=20)
+    await call.add_video()
+    await asyncio.sleep(1.0)  # the gateway's re-INVITE with video, refused
+    await check_tone_after(call, 1000.0, "echo after the phone refused video")
+    await hold(call, "hold", "held")
+    await call.hangup()
+    await call.wait_state("terminated", timeout=10)
+    assert await far.wait(15) == 0, far.logs()[-3000:]

@@ -1828,6 +1828,7 @@ class Core:
             return None
         rtp = sip[1]
         leg = call.webrtc
+        adds_video = False
         try:
             session = SessionDescription.parse(offer)
             direction = session.media_direction(session.audio())
@@ -1843,6 +1844,8 @@ class Core:
             answer = rtp.create_answer(offer, "sendonly" if call.local_hold else "sendrecv")
         except (SdpError, ValueError) as exc:
             logger.info("call %s: re-offer refused: %s", call.call_id, exc)
+            if adds_video and isinstance(rtp, VideoRtpLeg):
+                self._spawn(rtp.withdraw_video())  # refused (488): the session is unchanged
             return None
         call.remote_hold = direction in ("sendonly", "inactive")
         self._set_state(call, self._steady_state(call))

@@ -167,7 +167,8 @@ class PushRelay:
             if isinstance(item, EncodedFrame):
                 passing_sink = self._passing_sink
                 if passing_sink is not None and passing_sink.send_codec == item.codec:
-                    self._mode(True)
+                    if self._passing is not True:
+                        self._mode(True)
                     passing_sink.write_encoded(item)
                     return
                 # the sink's codec changed since the source received it
@@ -175,7 +176,7 @@ class PushRelay:
                 frame = self._passing_source.decode_frame(item)
             else:
                 frame = item
-            if self._wants is not None:
+            if self._wants is not None and self._passing is not False:
                 self._mode(False)
             if source.sample_rate != sink.sample_rate:
                 resampler = self._resampler

@@ -257,6 +257,10 @@ class JitterBuffer(PlayoutBuffer[Frame]):
     ) -> None:
         """A decoded packet (any multiple of 20 ms) that arrived at ``now``."""
         size = self.frame_samples
+        if len(samples) == size:  # the usual 20 ms packet: no slicing
+            super().put(ssrc, timestamp, samples, now, marker)
+            self._comfort_level = None
+            return
         for k in range(len(samples) // size):
             super().put(
                 ssrc,

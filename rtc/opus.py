@@ -150,6 +150,7 @@ class OpusEncoder:
             self._ctl(_OPUS_SET_INBAND_FEC, 1)
             self._ctl(_OPUS_SET_PACKET_LOSS_PERC, max(0, min(loss_percent, 100)))
         self._buffer = ctypes.create_string_buffer(MAX_PACKET)
+        self._encode = lib.opus_encode  # looked up once, called per frame
 
     def _ctl(self, request: int, value: int) -> None:
         # opus_encoder_ctl is variadic: declare the argument per call
@@ -165,9 +166,7 @@ class OpusEncoder:
         # bytes pass to a void* parameter as they are; ndarray.ctypes would build
         # an object per call (a few microseconds, per frame)
         pcm = np.asarray(samples, dtype=np.int16).tobytes()
-        size = _check(
-            _opus().opus_encode(self._handle, pcm, len(pcm) // 2, self._buffer, MAX_PACKET)
-        )
+        size = _check(self._encode(self._handle, pcm, len(pcm) // 2, self._buffer, MAX_PACKET))
         return self._buffer.raw[:size]
 
     def close(self) -> None:
@@ -197,6 +196,7 @@ class OpusDecoder:
         self.sample_rate = sample_rate
         self._out = np.zeros(sample_rate * MAX_FRAME_MS // 1000, dtype=np.int16)
         self._out_address = self._out.ctypes.data  # the buffer never moves
+        self._decode = lib.opus_decode  # looked up once, called per frame
 
     def decode(self, payload: bytes) -> npt.NDArray[np.int16]:
         return self._run(payload, len(self._out))
@@ -211,7 +211,7 @@ class OpusDecoder:
         if self._handle is None:
             raise OpusError("decoder closed")
         count = _check(
-            _opus().opus_decode(
+            self._decode(
                 self._handle,
                 payload,
                 len(payload) if payload is not None else 0,

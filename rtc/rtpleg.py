@@ -221,6 +221,8 @@ OPUS = AudioCodec(
     fmtp="stereo=0;sprop-stereo=0",
 )
 CODECS = {c.name.upper(): c for c in (PCMU, PCMA, G722, OPUS)}
+# codec name -> lower case (EncodedFrame.codec, send_codec), looked up per packet
+_LOWER_NAMES = {c.name: c.name.lower() for c in CODECS.values()}
 DEFAULT_CODECS = ("PCMU", "PCMA")
 SRTP_MODES = ("off", "optional", "mandatory")
 SECURE_PROTOS = ("RTP/SAVP", "RTP/SAVPF")
@@ -256,14 +258,10 @@ def _codec_list(codecs: tuple[str, ...] | list[str]) -> tuple[AudioCodec, ...]:
 
 class _RtpProtocol(asyncio.DatagramProtocol):
     def __init__(self, leg: "RtpLeg", rtcp: bool = False) -> None:
-        self._leg = leg
-        self._rtcp = rtcp
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self._rtcp:
-            self._leg._rtcp_received(data, addr)
-        else:
-            self._leg._datagram_received(data, addr)
+        # the leg's handler itself, so that each datagram costs one Python call
+        self.datagram_received = (  # type: ignore[method-assign]
+            leg._rtcp_received if rtcp else leg._datagram_received
+        )
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable while the far end is not listening yet
@@ -505,7 +503,7 @@ class RtpLeg(AudioPort):
 
     @property
     def send_codec(self) -> str | None:
-        return self._codec.name.lower() if self._codec is not None else None
+        return _LOWER_NAMES[self._codec.name] if self._codec is not None else None
 
     @property
     def passthrough(self) -> Callable[[str], bool] | None:
@@ -1022,8 +1020,9 @@ class RtpLeg(AudioPort):
         self, frame: npt.NDArray[np.int16] | EncodedFrame | None, now: float | None = None
     ) -> None:
         """Send a frame written to the leg now, or filler (None, from the timer)."""
-        addr = self.remote_address
-        if self._encode is None or addr is None or not self._sending or self._transport is None:
+        addr = self._latched or self._sdp_remote  # remote_address, without a property call
+        transport = self._transport
+        if self._encode is None or addr is None or not self._sending or transport is None:
             return
         written = frame is not None
         if now is None:
@@ -1040,7 +1039,8 @@ class RtpLeg(AudioPort):
             # in-band DTMF replaces the audio while it plays
             frame = self._inband.popleft()
         if isinstance(frame, EncodedFrame):
-            if frame.codec != self.send_codec:
+            codec = self._codec
+            if codec is None or frame.codec != _LOWER_NAMES[codec.name]:
                 # the codec changed under the relay: this frame is lost
                 return
             payload = frame.payload
@@ -1061,7 +1061,10 @@ class RtpLeg(AudioPort):
             timestamp & 0xFFFFFFFF,
             self._ssrc,
         )
-        self._sendto(header + payload, addr)
+        data = header + payload
+        if self._srtp is not None:
+            data = self._srtp.protect(data)
+        transport.sendto(data, addr)
         self.packets_sent += 1
         self._rtcp.rtp_sent(len(payload))
 
@@ -1091,8 +1094,10 @@ class RtpLeg(AudioPort):
         packet = parse_received(data)
         if packet is None:
             return
+        # one clock reading for everything this packet causes
+        now = asyncio.get_running_loop().time()
         if self._telephone_event_pt is not None and packet.payload_type == self._telephone_event_pt:
-            self._count_received(packet)
+            self._count_received(packet, now)
             if self._receiving:
                 digit = self._dtmf_receiver.feed(packet.ssrc, packet.timestamp, packet.payload)
                 if digit is not None:
@@ -1100,12 +1105,11 @@ class RtpLeg(AudioPort):
             return
         if packet.payload_type == CN_PT:
             # RFC 3389 comfort noise: understood even though we do not offer it
-            self._count_received(packet)
+            self._count_received(packet, now)
             if self._receiving:
                 # CN counts the audio codec's RTP clock
                 clock = self._codec.clock_rate if self._codec is not None else RTP_CLOCK
                 scale = max(1, self._jitter_rate // clock)
-                now = asyncio.get_running_loop().time()
                 self._jitter.put_comfort_noise(
                     packet.ssrc, (packet.timestamp * scale) & 0xFFFFFFFF, packet.payload, now
                 )
@@ -1115,7 +1119,7 @@ class RtpLeg(AudioPort):
         if codec is None:
             # not negotiated
             return
-        self._count_received(packet)
+        self._count_received(packet, now)
         if packet.payload_type == self._codec_pt and self._latched is None:
             # symmetric RTP (RFC 4961): answer to where the far end really is
             self._latched = addr
@@ -1125,7 +1129,7 @@ class RtpLeg(AudioPort):
         if codec.sample_rate != self._jitter_rate:
             # early media in another of the offered codecs than expected
             self._set_jitter_rate(codec.sample_rate)
-        if self._pass_through(packet, codec):
+        if self._pass_through(packet, codec, now):
             return
         if self._passing:
             # back to decoding (pass-through off, or a packet it cannot take)
@@ -1135,13 +1139,17 @@ class RtpLeg(AudioPort):
         self.frames_decoded += 1
         # in the jitter buffer, timestamps count audio samples
         scale = codec.sample_rate // codec.clock_rate
-        self._buffer(packet.ssrc, (packet.timestamp * scale) & 0xFFFFFFFF, packet.marker, samples)
+        self._buffer(
+            packet.ssrc, (packet.timestamp * scale) & 0xFFFFFFFF, packet.marker, samples, now
+        )
 
-    def _pass_through(self, packet: ReceivedRtp, codec: AudioCodec) -> bool:
+    def _pass_through(self, packet: ReceivedRtp, codec: AudioCodec, now: float) -> bool:
         """Queue the packet undecoded (True) when pass-through takes it."""
         wants = self._passthrough
-        name = codec.name.lower()
-        if wants is None or codec is not self._codec or not wants(name):
+        if wants is None or codec is not self._codec:
+            return False
+        name = _LOWER_NAMES[codec.name]
+        if not wants(name):
             return False
         # one 20 ms frame per packet, or it is decoded as usual
         if codec is OPUS:
@@ -1157,7 +1165,6 @@ class RtpLeg(AudioPort):
             samples = self._decoder(packet.payload_type, codec)(packet.payload)
             self.frames_decoded += 1
             self._detect_dtmf(samples)
-        now = asyncio.get_running_loop().time()
         self._packets.put(
             packet.ssrc, packet.timestamp, EncodedFrame(name, packet.payload), now, packet.marker
         )
@@ -1165,8 +1172,7 @@ class RtpLeg(AudioPort):
         self._play(now)
         return True
 
-    def _count_received(self, packet: ReceivedRtp) -> None:
-        now = asyncio.get_running_loop().time()
+    def _count_received(self, packet: ReceivedRtp, now: float) -> None:
         self.packets_received += 1
         self.last_received = now
         self._timeout_fired = False
@@ -1213,13 +1219,12 @@ class RtpLeg(AudioPort):
             await asyncio.sleep(self.rtcp_interval * random.uniform(0.5, 1.5))
 
     def _buffer(
-        self, ssrc: int, timestamp: int, marker: bool, samples: npt.NDArray[np.int16]
+        self, ssrc: int, timestamp: int, marker: bool, samples: npt.NDArray[np.int16], now: float
     ) -> None:
         """
         Into the jitter buffer in whole 20 ms frames, then play what is ready.
-        ``timestamp`` is in samples of the buffer's rate.
+        ``timestamp`` is in samples of the buffer's rate; ``now``: the arrival.
         """
-        now = asyncio.get_running_loop().time()
         size = self._jitter.frame_samples
         if len(self._partial) == 0 and len(samples) % size == 0:
             self._jitter.put(ssrc, timestamp, samples, now, marker)

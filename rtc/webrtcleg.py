@@ -139,6 +139,9 @@ _ICE_UFRAG = re.compile(r"^a=ice-ufrag:(\S+)", re.MULTILINE)
 # while the leg sends by itself, how often aiortc's sender task looks whether
 # it is needed again (TURN pair, new DTLS transport)
 DIRECT_POLL = 0.1
+# ... and how long it waits at most while the leg does (send() and the leg's
+# filler timer wake it as soon as the direct way is gone)
+DIRECT_IDLE = 1.0
 
 register_telephone_event()
 
@@ -325,6 +328,13 @@ class OutgoingAudioTrack(MediaStreamTrack):
         # recv()); ``direct(path, payload, pts, marker)`` sends one packet that way
         self.direct_path: Callable[[], Any] = lambda: None
         self.direct: Callable[[Any, bytes, int, bool], None] | None = None
+        self._idle: asyncio.Future[None] | None = None  # recv() while the leg sends
+
+    def wake(self) -> None:
+        """The leg may not send by itself any more: recv() looks again now."""
+        idle = self._idle
+        if idle is not None and not idle.done():
+            idle.set_result(None)
 
     def set_sample_rate(self, rate: int) -> None:
         """Frames written from now on are at ``rate`` (the encoders start afresh)."""
@@ -344,6 +354,7 @@ class OutgoingAudioTrack(MediaStreamTrack):
         direct = self.direct
         path = self.direct_path()
         if direct is None or path is None:
+            self.wake()  # aiortc's sender takes over (from the queue the caller fills)
             return False
         mime = path.mime  # the codec we send, as negotiated
         if mime != "audio/opus" and mime not in G711_CODECS:
@@ -374,9 +385,17 @@ class OutgoingAudioTrack(MediaStreamTrack):
             if self.readyState != "live":
                 raise MediaStreamError
             if self.direct_path() is not None:
-                # the leg sends what is written by itself; look again later
-                # (a TURN pair or a new DTLS transport hands back to us)
-                await asyncio.sleep(DIRECT_POLL)
+                # the leg sends what is written by itself; look again when it
+                # cannot (a TURN pair or a new DTLS transport hands back to us:
+                # wake()), or after DIRECT_IDLE. A timed poll would cost this
+                # task a wake-up per call every DIRECT_POLL for nothing.
+                idle = self._idle = loop.create_future()
+                timer = loop.call_later(DIRECT_IDLE, self.wake)
+                try:
+                    await idle
+                finally:
+                    timer.cancel()
+                    self._idle = None
                 continue
             item = await self._clock.next()
             if self.readyState != "live":
@@ -1040,6 +1059,8 @@ class WebRtcLeg(AudioPort):
                 track.send(None, now, written=False)
         else:
             again = now + DIRECT_POLL  # aiortc's sender fills, or nothing is sent
+            if transceiver is not None and self._direct_path() is None:
+                self._track.wake()  # so that it does at once
         self._fill_timer = loop.call_at(again, self._fill_tick)
 
     def _send_direct(self, path: _DirectRoute, payload: bytes, pts: int, marker: bool) -> None:

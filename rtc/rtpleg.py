@@ -113,6 +113,7 @@ from .ports import (
     next_frame,
 )
 from .resample import Resampler
+from .rtcplink import Address, RtcpLink, sdp_remote
 from .rtcpsession import RtcpSession
 from .rtp import RTP_FIXED_HEADER, ReceivedRtp, RtpPacket, is_rtcp, parse_received
 from .sdes import (
@@ -374,8 +375,7 @@ class RtpLeg(AudioPort):
         self.rtcp_interval = RTCP_INTERVAL
         self._rtcp = RtcpSession(self._ssrc, RTP_CLOCK, f"{self._ssrc:08x}@{host}")
         self._rtcp_transport: asyncio.DatagramTransport | None = None
-        self._rtcp_remote: tuple[str, int] | None = None  # from SDP (a=rtcp or port + 1)
-        self._rtcp_latched: tuple[str, int] | None = None
+        self._rtcp_link = RtcpLink(self._rtcp)
         self._rtcp_task: asyncio.Task[None] | None = None
 
         # pass-through (see the module docstring)
@@ -651,14 +651,14 @@ class RtpLeg(AudioPort):
         if codec is None:
             raise SdpError(f"Answer has none of {', '.join(self.codecs)}")
         crypto = self._answer_crypto(audio)
-        remote = self._remote_from(session, audio)
+        remote, rtcp_remote = self._remote_from(session, audio)
         direction = combine_directions(
             self._offered_direction, reverse_direction(session.media_direction(audio))
         )
         self._negotiated(codec, _find_event(audio, codec.clock_rate))
         self._proto = self._offered_proto
         self._set_srtp(crypto)
-        self._set_remote(remote, direction)
+        self._set_remote(remote, rtcp_remote, direction)
 
     def _answer_crypto(self, audio: MediaDescription) -> CryptoAttribute | None:
         """The answer's crypto line matching one we offered; SdpError when one is required."""
@@ -714,7 +714,7 @@ class RtpLeg(AudioPort):
         if codec is None:
             raise SdpError(f"Offer has none of {', '.join(self.codecs)}")
         crypto = self._offer_crypto(audio)
-        remote = self._remote_from(session, audio)
+        remote, rtcp_remote = self._remote_from(session, audio)
         event = _find_event(audio, codec.clock_rate)
 
         # RFC 3264 6.1: the answer's transport is the offer's
@@ -742,7 +742,7 @@ class RtpLeg(AudioPort):
         self._proto = audio.proto
         self._offered_crypto = []
         self._set_srtp(crypto)
-        self._set_remote(remote, ours)
+        self._set_remote(remote, rtcp_remote, ours)
         return self._local_sdp(media)
 
     def _local_media(
@@ -770,25 +770,12 @@ class RtpLeg(AudioPort):
 
     def _remote_from(
         self, session: SessionDescription, audio: MediaDescription
-    ) -> tuple[str, int] | None:
+    ) -> tuple[Address | None, Address | None]:
+        """The peer's RTP and RTCP addresses (None, None on an RFC 2543 hold)."""
         address = session.media_connection(audio)
         if address is None:
             raise SdpError("SDP has no connection address")
-        if address in ("0.0.0.0", "::"):
-            # RFC 2543 style hold: nowhere to send
-            self._rtcp_remote = None
-            return None
-        self._rtcp_remote = (address, audio.port + 1)
-        for name, value in audio.attributes:
-            if name == "rtcp" and value:
-                # RFC 3605: a=rtcp:port [IN IP4 address]
-                bits = value.split()
-                try:
-                    rtcp_port = int(bits[0])
-                except ValueError:
-                    continue
-                self._rtcp_remote = (bits[3] if len(bits) >= 4 else address, rtcp_port)
-        return (address, audio.port)
+        return sdp_remote(address, audio)
 
     def _supported(self) -> list[tuple[str, int]]:
         return [(c.name, c.clock_rate) for c in self._codecs]
@@ -851,10 +838,11 @@ class RtpLeg(AudioPort):
             self._decoders[payload_type] = current
         return current[1]
 
-    def _set_remote(self, remote: tuple[str, int] | None, direction: str) -> None:
-        if remote != self._sdp_remote:
+    def _set_remote(
+        self, remote: Address | None, rtcp_remote: Address | None, direction: str
+    ) -> None:
+        if self._rtcp_link.set_remote(remote, rtcp_remote):
             self._latched = None
-            self._rtcp_latched = None
         self._sdp_remote = remote
         sending = direction in ("sendrecv", "sendonly") and remote is not None
         if sending and not self._sending:
@@ -1189,26 +1177,20 @@ class RtpLeg(AudioPort):
     def _rtcp_received(self, data: bytes, addr: tuple[str, int], muxed: bool = False) -> None:
         if self._closed or self._awaiting_srtp:
             return
-        if self._srtp is not None:
-            try:
-                data = self._srtp.unprotect_rtcp(data)
-            except SrtpError:
-                return
-        if not muxed and self._rtcp_latched is None:
-            self._rtcp_latched = addr
-        self._rtcp.handle(data, time.time(), asyncio.get_running_loop().time())
+        self._rtcp_link.receive(
+            data, addr, muxed, self._srtp, time.time(), asyncio.get_running_loop().time()
+        )
 
     def _send_rtcp(self, bye: bool = False) -> None:
-        addr = self._rtcp_latched or self._rtcp_remote
-        if addr is None or self._rtcp_transport is None or self._rtcp_transport.is_closing():
-            return
         now = asyncio.get_running_loop().time()
-        data = self._rtcp.build_report(
-            time.time(), now, self._clock.timestamp_at(now) & 0xFFFFFFFF, bye=bye
+        self._rtcp_link.send(
+            self._rtcp_transport,
+            self._srtp,
+            time.time(),
+            now,
+            self._clock.timestamp_at(now) & 0xFFFFFFFF,
+            bye=bye,
         )
-        if self._srtp is not None:
-            data = self._srtp.protect_rtcp(data)
-        self._rtcp_transport.sendto(data, addr)
 
     async def _run_rtcp(self) -> None:
         # RFC 3550 6.2: the first report after half an interval, then

@@ -57,6 +57,7 @@ from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 
 from .rtcp import RtcpFirPacket, RtcpPliPacket, parse_rtcp
+from .rtcplink import RtcpLink, sdp_remote
 from .rtcpsession import RtcpSession
 from .rtp import RtpPacket, is_rtcp, seq_diff
 from .rtpleg import RtpLeg
@@ -368,8 +369,6 @@ class RtpVideo:
         self._fir_sequence = 0
         self._sdp_remote: tuple[str, int] | None = None
         self._latched: tuple[str, int] | None = None
-        self._rtcp_remote: tuple[str, int] | None = None
-        self._rtcp_latched: tuple[str, int] | None = None
         self._srtp_key = generate_key() if srtp != "off" else b""
         self._srtp: SrtpContext | None = None
         self._offered_crypto: list[CryptoAttribute] = []
@@ -394,6 +393,7 @@ class RtpVideo:
         self._sender: asyncio.Task[None] | None = None
 
         self._rtcp = RtcpSession(self._ssrc, VIDEO_CLOCK, f"{self._ssrc:08x}@{host}")
+        self._rtcp_link = RtcpLink(self._rtcp)
         self._rtcp_task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -685,20 +685,10 @@ class RtpVideo:
         address = session.media_connection(media)
         if address is None:
             raise SdpError("SDP has no connection address for video")
-        remote = None if address in ("0.0.0.0", "::") else (address, media.port)
-        rtcp_remote = None if remote is None else (address, media.port + 1)
-        for name, value in media.attributes:
-            if name == "rtcp" and value and remote is not None:
-                bits = value.split()
-                if bits[0].isdigit():
-                    rtcp_remote = (bits[3] if len(bits) >= 4 else address, int(bits[0]))
-            elif name == "rtcp-mux" and remote is not None:
-                rtcp_remote = remote
-        if remote != self._sdp_remote:
+        remote, rtcp_remote = sdp_remote(address, media, mux=True)
+        if self._rtcp_link.set_remote(remote, rtcp_remote):
             self._latched = None
-            self._rtcp_latched = None
         self._sdp_remote = remote
-        self._rtcp_remote = rtcp_remote
         if changed or self._assembler is None:
             self._assembler = FrameAssembler(codec.name)
             self._packer = Vp8Encoder() if codec.name.upper() == "VP8" else H264Encoder()
@@ -801,17 +791,12 @@ class RtpVideo:
     def _rtcp_received(self, data: bytes, addr: tuple[str, int], muxed: bool = False) -> None:
         if self._closed or self._awaiting_srtp:
             return
-        if self._srtp is not None:
-            try:
-                data = self._srtp.unprotect_rtcp(data)
-            except SrtpError:
-                return
-        if not muxed and self._rtcp_latched is None:
-            self._rtcp_latched = addr
         loop = asyncio.get_running_loop()
-        self._rtcp.handle(data, time.time(), loop.time())
+        plain = self._rtcp_link.receive(data, addr, muxed, self._srtp, time.time(), loop.time())
+        if plain is None:
+            return
         try:
-            packets = parse_rtcp(data)
+            packets = parse_rtcp(plain)
         except (ValueError, IndexError):
             return
         for packet in packets:
@@ -891,17 +876,13 @@ class RtpVideo:
     # RTCP
 
     def _send_rtcp(self, bye: bool = False, extra: bytes = b"") -> None:
-        addr = self._rtcp_latched or self._rtcp_remote
-        if addr is None or self._rtcp_transport is None or self._rtcp_transport.is_closing():
-            return
         now = asyncio.get_running_loop().time()
         rtp_timestamp = self._last_timestamp
         if self._last_sent_at is not None:
             rtp_timestamp += int((now - self._last_sent_at) * VIDEO_CLOCK)
-        data = self._rtcp.build_report(time.time(), now, rtp_timestamp, bye=bye) + extra
-        if self._srtp is not None:
-            data = self._srtp.protect_rtcp(data)
-        self._rtcp_transport.sendto(data, addr)
+        self._rtcp_link.send(
+            self._rtcp_transport, self._srtp, time.time(), now, rtp_timestamp, bye=bye, extra=extra
+        )
 
     async def _run_rtcp(self) -> None:
         await asyncio.sleep(RTCP_INTERVAL * random.uniform(0.25, 0.75))

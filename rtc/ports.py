@@ -219,6 +219,27 @@ class MediaQueue(_ItemQueue[MediaItem]):
     """A FrameQueue that may also hold EncodedFrames (a leg in pass-through)."""
 
 
+class ReceivingPort(AudioPort):
+    """
+    What a leg that queues what it receives in ``_queue`` (a MediaQueue) offers
+    for PushPort and PassThroughPort: ``read_any()``, ``listener`` and
+    ``set_listener()``; RtpLeg and WebRtcLeg share it.
+    """
+
+    _queue: "MediaQueue"
+
+    async def read_any(self) -> MediaItem:
+        return await self._queue.get()
+
+    @property
+    def listener(self) -> Callable[[MediaItem], None] | None:
+        return self._queue.listener
+
+    def set_listener(self, listener: Callable[[MediaItem], None] | None) -> None:
+        """Received frames go to ``listener`` as they come (PushPort)."""
+        self._queue.set_listener(listener)
+
+
 @runtime_checkable
 class PushPort(AudioPort, Protocol):
     """

@@ -104,11 +104,10 @@ from .jitterbuffer import JitterBuffer, PlayoutBuffer
 from .opus import OPUS_CLOCK_RATE, OpusDecoder, OpusEncoder, packet_samples
 from .ports import (
     FRAME_MS,
-    AudioPort,
     EncodedFrame,
     Gap,
-    MediaItem,
     MediaQueue,
+    ReceivingPort,
     frame_samples,
     next_frame,
 )
@@ -123,6 +122,7 @@ from .sdes import (
     SrtpError,
     find_crypto,
     generate_key,
+    negotiated_context,
 )
 from .sdp import (
     DIRECTIONS,
@@ -269,7 +269,7 @@ class _RtpProtocol(asyncio.DatagramProtocol):
         logger.debug("RTP socket error: %s", exc)
 
 
-class RtpLeg(AudioPort):
+class RtpLeg(ReceivingPort):
     """
     Plain RTP toward SIP: PCMU/PCMA (sample_rate 8000) or G.722 (sample_rate
     16000 once negotiated; see the module docstring).
@@ -515,17 +515,6 @@ class RtpLeg(AudioPort):
             self._stop_playout()
             self._passing = False
 
-    async def read_any(self) -> MediaItem:
-        return await self._queue.get()
-
-    @property
-    def listener(self) -> Callable[[MediaItem], None] | None:
-        return self._queue.listener
-
-    def set_listener(self, listener: Callable[[MediaItem], None] | None) -> None:
-        """Received frames go to ``listener`` as they come (rtc.ports.PushPort)."""
-        self._queue.set_listener(listener)
-
     def decode_frame(self, frame: EncodedFrame) -> npt.NDArray[np.int16]:
         codec = CODECS[frame.codec.upper()]
         decoder = self._frame_decoders.get(frame.codec)
@@ -691,12 +680,7 @@ class RtpLeg(AudioPort):
 
     def _set_srtp(self, crypto: CryptoAttribute | None) -> None:
         self._awaiting_srtp = False
-        if crypto is None:
-            self._srtp = None
-        elif self._srtp is None:
-            self._srtp = SrtpContext(crypto.suite, self._srtp_key, crypto.key)
-        else:
-            self._srtp = self._srtp.rekeyed(crypto.suite, crypto.key)
+        self._srtp = negotiated_context(self._srtp, self._srtp_key, crypto)
         if crypto is not None:
             self._crypto_tag = crypto.tag
 

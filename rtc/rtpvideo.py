@@ -61,7 +61,15 @@ from .rtcplink import RtcpLink, sdp_remote
 from .rtcpsession import RtcpSession
 from .rtp import RtpPacket, is_rtcp, seq_diff
 from .rtpleg import RtpLeg
-from .sdes import DEFAULT_SUITE, CryptoAttribute, SrtpContext, SrtpError, find_crypto, generate_key
+from .sdes import (
+    DEFAULT_SUITE,
+    CryptoAttribute,
+    SrtpContext,
+    SrtpError,
+    find_crypto,
+    generate_key,
+    negotiated_context,
+)
 from .sdp import (
     Codec,
     MediaDescription,
@@ -673,12 +681,7 @@ class RtpVideo:
         self.max_bitrate = ours if self.remote_bitrate is None else min(self.remote_bitrate, ours)
         # SRTP
         self._awaiting_srtp = False
-        if crypto is None:
-            self._srtp = None
-        elif self._srtp is None:
-            self._srtp = SrtpContext(crypto.suite, self._srtp_key, crypto.key)
-        else:
-            self._srtp = self._srtp.rekeyed(crypto.suite, crypto.key)
+        self._srtp = negotiated_context(self._srtp, self._srtp_key, crypto)
         if crypto is not None:
             self._crypto_tag = crypto.tag
         # where to

@@ -143,3 +143,17 @@ class SrtpContext:
 
     def unprotect_rtcp(self, packet: bytes) -> bytes:
         return self._rx.unprotect_rtcp(packet)
+
+
+def negotiated_context(
+    current: SrtpContext | None, local_key: bytes, crypto: CryptoAttribute | None
+) -> SrtpContext | None:
+    """
+    A stream's SRTP context once a negotiation chose ``crypto`` (None: plain
+    RTP): a new one, or ``current`` rekeyed (carrying on what did not change).
+    """
+    if crypto is None:
+        return None
+    if current is None:
+        return SrtpContext(crypto.suite, local_key, crypto.key)
+    return current.rekeyed(crypto.suite, crypto.key)

@@ -76,13 +76,12 @@ from .g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from .opus import OPUS_CLOCK_RATE, OpusDecoder, OpusEncoder, packet_samples
 from .ports import (
     MAX_GAP_TICKS,
-    AudioPort,
     EncodedFrame,
     FrameClock,
     Gap,
-    MediaItem,
     MediaQueue,
     PlayoutQueue,
+    ReceivingPort,
     frame_samples,
     next_frame,
 )
@@ -484,7 +483,7 @@ def to_mono_s16(frame: AudioFrame) -> npt.NDArray[np.int16]:
     return np.clip(np.rint(mono), -32768, 32767).astype(np.int16)
 
 
-class WebRtcLeg(AudioPort):
+class WebRtcLeg(ReceivingPort):
     """
     aiortc RTCPeerConnection with one audio transceiver; sample_rate 48000
     until ``set_sample_rate()``.
@@ -622,17 +621,6 @@ class WebRtcLeg(AudioPort):
 
     def set_passthrough(self, wants: Callable[[str], bool] | None) -> None:
         self._passthrough = wants
-
-    async def read_any(self) -> MediaItem:
-        return await self._queue.get()
-
-    @property
-    def listener(self) -> Callable[[MediaItem], None] | None:
-        return self._queue.listener
-
-    def set_listener(self, listener: Callable[[MediaItem], None] | None) -> None:
-        """Received frames go to ``listener`` as they come (rtc.ports.PushPort)."""
-        self._queue.set_listener(listener)
 
     def decode_frame(self, frame: EncodedFrame) -> npt.NDArray[np.int16]:
         decoder = self._decoder(f"audio/{frame.codec}")

@@ -35,7 +35,6 @@ __all__ = [
     "PushPort",
     "RateFollowingPort",
     "frame_samples",
-    "next_frame",
 ]
 
 FRAME_MS = 20
@@ -201,16 +200,6 @@ class _ItemQueue(Generic[T]):
                 waiter.set_result(None)
 
 
-async def next_frame(queue: "MediaQueue", decode: Callable[[EncodedFrame], Frame]) -> Frame:
-    """A leg's read(): the next frame received, EncodedFrames decoded, Gaps skipped."""
-    while True:
-        item = await queue.get()
-        if isinstance(item, EncodedFrame):
-            return decode(item)
-        if not isinstance(item, Gap):
-            return item
-
-
 class FrameQueue(_ItemQueue[Frame]):
     __doc__ = _ItemQueue.__doc__
 
@@ -221,12 +210,25 @@ class MediaQueue(_ItemQueue[MediaItem]):
 
 class ReceivingPort(AudioPort):
     """
-    What a leg that queues what it receives in ``_queue`` (a MediaQueue) offers
-    for PushPort and PassThroughPort: ``read_any()``, ``listener`` and
-    ``set_listener()``; RtpLeg and WebRtcLeg share it.
+    What a leg that queues what it receives in ``_queue`` (a MediaQueue) offers:
+    ``read()`` (EncodedFrames decoded with the leg's ``decode_frame()``),
+    ``read_any()``, ``listener`` and ``set_listener()`` (PushPort,
+    PassThroughPort); RtpLeg and WebRtcLeg share it.
     """
 
     _queue: "MediaQueue"
+
+    async def read(self) -> Frame:
+        """The next frame received, EncodedFrames decoded, Gaps skipped."""
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, EncodedFrame):
+                return self.decode_frame(item)
+            if not isinstance(item, Gap):
+                return item
+
+    def decode_frame(self, frame: EncodedFrame) -> Frame:
+        raise NotImplementedError
 
     async def read_any(self) -> MediaItem:
         return await self._queue.get()

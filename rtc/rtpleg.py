@@ -109,7 +109,6 @@ from .ports import (
     MediaQueue,
     ReceivingPort,
     frame_samples,
-    next_frame,
 )
 from .resample import Resampler
 from .rtcplink import Address, RtcpLink, sdp_remote
@@ -478,9 +477,6 @@ class RtpLeg(ReceivingPort):
         raise OSError(f"No free RTP port on {host} in [{port_min}, {port_max}]")
 
     # AudioPort
-
-    async def read(self) -> npt.NDArray[np.int16]:
-        return await next_frame(self._queue, self.decode_frame)
 
     def write(self, frame: npt.NDArray[np.int16]) -> None:
         if self._closed:

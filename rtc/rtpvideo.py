@@ -80,7 +80,7 @@ from .sdp import (
     reverse_direction,
 )
 from .stats import VideoStats
-from .webrtcvideo import EncodedVideoTrack, OutgoingVideoTrack
+from .webrtcvideo import EncodedVideoPublisher, OutgoingVideoTrack
 
 __all__ = [
     "VIDEO_CODECS",
@@ -325,7 +325,7 @@ class _Protocol(asyncio.DatagramProtocol):
         logger.debug("video RTP socket error: %s", exc)
 
 
-class RtpVideo:
+class RtpVideo(EncodedVideoPublisher):
     """
     One video RTP stream toward a SIP phone (see the module docstring). The
     VideoLink side of it: ``has_video``, ``video_codec``, ``subscribe_encoded()``,
@@ -343,6 +343,7 @@ class RtpVideo:
         wanted = [c.upper() for c in codecs if c.upper() in VIDEO_CODECS]
         if not wanted:
             raise ValueError(f"No video codec among {codecs!r} (supported: {VIDEO_CODECS})")
+        super().__init__()
         self.host = host
         self.advertised_address = advertised_address or host
         self.srtp = srtp
@@ -387,7 +388,6 @@ class RtpVideo:
         # receiving
         self._assembler: FrameAssembler | None = None
         self._remote_ssrc: int | None = None
-        self._subscribers: list[EncodedVideoTrack] = []
         self._last_keyframe_request: float | None = None
 
         # sending
@@ -717,23 +717,9 @@ class RtpVideo:
 
     # received video
 
-    def subscribe_encoded(self) -> EncodedVideoTrack:
-        """A new track of the phone's video as encoded frames (starts at a keyframe)."""
-        track = EncodedVideoTrack(self)
-        if self._closed:
-            track.stop()
-        else:
-            self._subscribers.append(track)
-            self.request_keyframe()
-        return track
-
     def subscribe_decoded(self) -> MediaStreamTrack | None:
         """No decoding here (the gateway relays video without transcoding)."""
         return None
-
-    def _unsubscribe(self, track: EncodedVideoTrack) -> None:
-        if track in self._subscribers:
-            self._subscribers.remove(track)
 
     def request_keyframe(self) -> None:
         """PLI (and FIR when negotiated) to the phone, at most one per interval."""
@@ -921,9 +907,7 @@ class RtpVideo:
         if self.has_video:
             self._send_rtcp(bye=True)
         self._closed = True
-        for track in list(self._subscribers):
-            track._end()
-        self._subscribers.clear()
+        self._end_subscribers()
         self.outgoing.stop()
         for task in (self._sender, self._rtcp_task):
             if task is not None:

@@ -83,7 +83,6 @@ from .ports import (
     PlayoutQueue,
     ReceivingPort,
     frame_samples,
-    next_frame,
 )
 from .resample import Resampler
 from .rtp import RTP_FIXED_HEADER, parse_received
@@ -595,9 +594,6 @@ class WebRtcLeg(ReceivingPort):
         return self._transceiver._codecs[0].mimeType
 
     # AudioPort
-
-    async def read(self) -> npt.NDArray[np.int16]:
-        return await next_frame(self._queue, self.decode_frame)
 
     def write(self, frame: npt.NDArray[np.int16]) -> None:
         if self._closed:

@@ -299,7 +299,47 @@ class OutgoingVideoTrack(MediaStreamTrack):
         self._changed.set()
 
 
-class WebRtcVideo:
+class EncodedVideoPublisher:
+    """
+    The EncodedVideoTracks subscribed to a source of encoded video (WebRtcVideo,
+    rtpvideo.RtpVideo): ``subscribe_encoded()`` adds one (and asks for a
+    keyframe, where a subscriber starts), ``_unsubscribe()`` drops one,
+    ``_end_subscribers()`` ends them all when the source closes.
+    """
+
+    _closed: bool
+
+    def __init__(self) -> None:
+        self._subscribers: list[EncodedVideoTrack] = []
+
+    @property
+    def receive_codec(self) -> str | None:
+        raise NotImplementedError
+
+    def request_keyframe(self) -> None:
+        raise NotImplementedError
+
+    def subscribe_encoded(self) -> EncodedVideoTrack:
+        """A new track of the received video as encoded frames (starts at a keyframe)."""
+        track = EncodedVideoTrack(self)
+        if self._closed:
+            track.stop()
+        else:
+            self._subscribers.append(track)
+            self.request_keyframe()
+        return track
+
+    def _unsubscribe(self, track: EncodedVideoTrack) -> None:
+        if track in self._subscribers:
+            self._subscribers.remove(track)
+
+    def _end_subscribers(self) -> None:
+        for track in list(self._subscribers):
+            track._end()
+        self._subscribers.clear()
+
+
+class WebRtcVideo(EncodedVideoPublisher):
     """
     The video transceiver of one RTCPeerConnection, with taps on aiortc's
     receiver (encoded frames, decoding on demand, keyframe requests) and
@@ -307,9 +347,9 @@ class WebRtcVideo:
     """
 
     def __init__(self, transceiver: RTCRtpTransceiver) -> None:
+        super().__init__()
         self.transceiver = transceiver
         self.outgoing = OutgoingVideoTrack()
-        self._subscribers: list[EncodedVideoTrack] = []
         self._relay: MediaRelay | None = None
         self._decoded: MediaStreamTrack | None = None
         self._ssrc: int | None = None
@@ -400,16 +440,6 @@ class WebRtcVideo:
 
     # received video
 
-    def subscribe_encoded(self) -> EncodedVideoTrack:
-        """A new track of the received video as encoded frames (no decoding)."""
-        track = EncodedVideoTrack(self)
-        if self._closed:
-            track.stop()
-        else:
-            self._subscribers.append(track)
-            self.request_keyframe()
-        return track
-
     def decoded_track(self) -> MediaStreamTrack | None:
         """
         The received video decoded (one shared track, unbuffered: a slow
@@ -478,10 +508,6 @@ class WebRtcVideo:
                 if bitrate > cap:
                     packet.fci = pack_remb_fci(cap, ssrcs)
         await self._send_receiver_rtcp(packet)
-
-    def _unsubscribe(self, track: EncodedVideoTrack) -> None:
-        if track in self._subscribers:
-            self._subscribers.remove(track)
 
     # statistics
 
@@ -564,9 +590,7 @@ class WebRtcVideo:
         if self._closed:
             return
         self._closed = True
-        for track in list(self._subscribers):
-            track._end()
-        self._subscribers.clear()
+        self._end_subscribers()
         if self._decoded is not None:
             self._decoded.stop()
         self.outgoing.stop()

@@ -664,10 +664,12 @@ class Core:
         if not allows(call.state, "renegotiate"):
             self._refuse(call)
             return
-        if leg.restarts_ice(sdp):
-            # Refused, the call as it was; a client whose path broke reconnects with a
-            # new leg instead (a restore: json-v1 §7).
-            logger.info("call %s: ICE restart refused (not supported)", call.call_id)
+        try:
+            # ICE restarts among them: a client whose path broke reconnects with a new
+            # leg instead (a restore: json-v1 §7)
+            leg.check_offer(sdp)
+        except ValueError as exc:
+            logger.info("call %s: client re-offer refused: %s", call.call_id, exc)
             self._refuse(call, Reason.MEDIA)
             return
         had_video = leg.has_video
@@ -2155,8 +2157,7 @@ class Core:
 
         invite.set_event_handler(on_event)
         invite.answer(answer)
-        logger.info("Call-ID %s: %s answered by the gateway", invite.call_id,
-                    invite.request_user)
+        logger.info("Call-ID %s: %s answered by the gateway", invite.call_id, invite.request_user)
 
     async def _offer_sip_call(self, incoming: SipIncoming, regs: list[Registration]) -> None:
         media = self.config.media
@@ -2294,8 +2295,7 @@ class Core:
                 raise SdpError("2xx without SDP")
             branch.rtp.apply_answer(sdp)
         except SdpError as exc:
-            logger.info("Call-ID %s: unusable answer of a phone: %s",
-                        incoming.invite.call_id, exc)
+            logger.info("Call-ID %s: unusable answer of a phone: %s", incoming.invite.call_id, exc)
             self._incoming_phone_failed(incoming, branch)
             return
         branch.pending = False
@@ -2349,8 +2349,9 @@ class Core:
                 try:
                     incoming.rtp.apply_answer(ev.sdp)
                 except SdpError as exc:
-                    logger.info("Call-ID %s: unusable answer in the ACK: %s",
-                                incoming.invite.call_id, exc)
+                    logger.info(
+                        "Call-ID %s: unusable answer in the ACK: %s", incoming.invite.call_id, exc
+                    )
                     self._client_terminate(incoming.winner, Reason.MEDIA)
             return
         if isinstance(ev, sip_events.InfoReceived) and incoming.winner is not None:

@@ -41,7 +41,6 @@ import asyncio
 import fractions
 import logging
 import random
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -86,6 +85,7 @@ from .ports import (
 )
 from .resample import Resampler
 from .rtp import RTP_FIXED_HEADER, parse_received
+from .sdp import SdpError, SessionDescription
 from .sendclock import SendClock
 from .stats import LegStats, estimate_mos
 from .webrtcdtmf import TELEPHONE_EVENT, TransceiverDtmf, register_telephone_event
@@ -133,7 +133,6 @@ DIRECT_CODECS = ("audio/opus", "audio/pcmu", "audio/pcma", TELEPHONE_EVENT)
 NTP_OFFSET = 2208988800  # 1900 -> 1970, seconds
 # lost packets (by sequence number) passed on as a gap; more is a new start
 MAX_SEQUENCE_GAP = 5
-_ICE_UFRAG = re.compile(r"^a=ice-ufrag:(\S+)", re.MULTILINE)
 # while the leg sends by itself, how often aiortc's sender task looks whether
 # it is needed again (TURN pair, new DTLS transport)
 DIRECT_POLL = 0.1
@@ -158,6 +157,12 @@ def audio_level_dbov(frame: AudioFrame) -> int:
 
 
 aiortc_rtp.compute_audio_level_dbov = audio_level_dbov
+
+
+def _attribute_values(session: SessionDescription, name: str) -> set[str]:
+    """The values of an attribute at session level and in every m-line."""
+    pairs = list(session.attributes) + [a for m in session.media for a in m.attributes]
+    return {value.strip() for key, value in pairs if key == name and value}
 
 
 class ImmediateAudioJitterBuffer(AiortcJitterBuffer):
@@ -651,25 +656,39 @@ class WebRtcLeg(ReceivingPort):
 
     # negotiation
 
-    def restarts_ice(self, sdp: str) -> bool:
+    def check_offer(self, sdp: str) -> None:
         """
-        Whether a re-offer restarts ICE (new ice-ufrag), which aiortc cannot
-        do: its ICE transport keeps the first credentials, so such an offer
-        would be answered as if nothing changed and the browser's new checks
-        would fail.
+        Raise ValueError, before aiortc sees it, for an offer this leg cannot
+        take: not SDP or without audio (aiortc would answer one with no media
+        at all and then fail connecting); a re-offer that removes or reorders
+        m-lines (RFC 3264 section 8), or that restarts ICE (new ice-ufrag) or
+        DTLS (new fingerprint), which aiortc cannot do: its transports keep
+        their first credentials, so the browser's new checks would fail.
         """
+        try:
+            offered = SessionDescription.parse(sdp)
+        except SdpError as exc:
+            raise ValueError(f"unusable SDP: {exc}") from exc
+        if not any(m.kind == "audio" and m.port != 0 for m in offered.media):
+            raise ValueError("no audio in the offer")
         current = self._pc.remoteDescription
         if current is None:
-            return False
-        before = set(_ICE_UFRAG.findall(current.sdp))
-        after = set(_ICE_UFRAG.findall(sdp))
-        return bool(after) and not after <= before
+            return
+        before = SessionDescription.parse(current.sdp)
+        kinds = [m.kind for m in offered.media]
+        if kinds[: len(before.media)] != [m.kind for m in before.media]:
+            raise ValueError(f"m-lines removed or reordered: {kinds}")
+        for name, what in (("ice-ufrag", "ICE"), ("fingerprint", "DTLS")):
+            old, new = _attribute_values(before, name), _attribute_values(offered, name)
+            if new and not new <= old:
+                raise ValueError(f"{what} restart (not supported)")
 
     async def accept_offer(self, sdp: str) -> str:
         """
         Answer the browser's offer (initial or re-offer); returns our answer
         with all candidates.
         """
+        self.check_offer(sdp)
         # the transceiver must exist before the offer is applied, since aiortc
         # applies codec preferences while setting the remote description
         self._ensure_transceiver()

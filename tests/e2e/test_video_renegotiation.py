@@ -244,3 +244,33 @@ async def test_phone_refusing_video_keeps_the_call_audio_only(gateway, sipp, cli
     await call.hangup()
     await call.wait_state("terminated", timeout=10)
     assert await far.wait(15) == 0, far.logs()[-3000:]
+
+
+async def test_bad_re_offers_are_refused_and_the_call_goes_on(gateway, clients):
+    """Broken re-offers mid-call (not SDP, no media, the audio m-line gone, a wrong
+    fingerprint) are each refused with the call unchanged; audio keeps crossing."""
+    from tests.e2e.test_hold import check_tone_after
+
+    alice: JsonV1Client = await clients(gateway, name="alice")
+    await alice.login("1001", "Alice")
+    call = await alice.dial("9000", freq=1000.0)  # the echo number
+    await call.wait_state("active", timeout=20)
+    assert call.pc.localDescription is not None
+    sdp = call.pc.localDescription.sdp
+    no_audio = sdp[: sdp.index("m=audio")]
+    bad_fingerprint = re.sub(r"a=fingerprint:sha-256 \S+", "a=fingerprint:sha-256 00:11", sdp)
+    for bad in ("hello", "v=0\r\n", no_audio, bad_fingerprint):
+        before = len([m for m in call.statuses if m.get("reason")])
+        await call.send("offer", operation="media", sdp=bad)
+        refusal = await call._until(
+            lambda n=before: (
+                [m for m in call.statuses if m.get("reason")][n:] or [None]  # noqa: B023
+            )[0],
+            10.0,
+            "a refusal",
+        )
+        assert refusal["state"] == "active", (bad[:40], refusal)
+    assert len(call.answers) == 1
+    await check_tone_after(call, 1000.0, "echo after the refused re-offers")
+    await call.hangup()
+    await call.wait_state("terminated", timeout=10)

@@ -745,7 +745,7 @@ class Core:
             await call.webrtc.accept_answer(sdp)
         except Exception as exc:
             logger.info("call %s: client answer refused: %s", call.call_id, exc)
-            self._client_terminate(call, Reason.MEDIA)
+            self._end(call, Reason.MEDIA)  # a media failure, not a decline
             return
         self._bridge_client_leg(call)  # video the answer accepted is linked
 

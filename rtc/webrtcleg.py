@@ -717,6 +717,19 @@ class WebRtcLeg(ReceivingPort):
         return self._pc.localDescription.sdp
 
     async def accept_answer(self, sdp: str) -> None:
+        """
+        Apply the browser's answer to our offer; ValueError, before aiortc sees
+        it, for one that is not SDP or does not answer each m-line of the offer
+        in order (aiortc would take it and fail connecting).
+        """
+        try:
+            answered = SessionDescription.parse(sdp)
+        except SdpError as exc:
+            raise ValueError(f"unusable SDP: {exc}") from exc
+        offer = self._pc.localDescription
+        kinds = [m.kind for m in answered.media]
+        if offer is None or kinds != [m.kind for m in SessionDescription.parse(offer.sdp).media]:
+            raise ValueError(f"the answer's m-lines do not match the offer: {kinds}")
         await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         self._hook_direct()
         self._video_negotiated()

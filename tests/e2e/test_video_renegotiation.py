@@ -274,3 +274,25 @@ async def test_bad_re_offers_are_refused_and_the_call_goes_on(gateway, clients):
     await check_tone_after(call, 1000.0, "echo after the refused re-offers")
     await call.hangup()
     await call.wait_state("terminated", timeout=10)
+
+
+async def test_bad_answer_to_the_server_offer_ends_only_that_call(gateway, clients):
+    """A client answering the gateway's offer with something that is not an answer to it
+    gets the call ended with reason media (not a crash 10 s later); the gateway and the
+    client's next call are unaffected."""
+    alice: JsonV1Client = await clients(gateway, name="alice")
+    bob: JsonV1Client = await clients(gateway, name="bob")
+    await alice.login("1001", "Alice")
+    await bob.login("1002", "Bob")
+    call = await alice.dial("1002", freq=1000.0)
+    incoming = await bob.wait_incoming()
+    await incoming.accept()
+    await incoming._until(lambda: incoming.offer, 15.0, "media/offer")
+    await incoming.send("answer", operation="media", sdp="hello")
+    ended = await incoming.wait_state("terminated", timeout=5)
+    assert ended.get("reason") == "media", ended
+    await call.wait_state("terminated", timeout=10)
+    again = await alice.dial("9000", freq=1000.0)
+    await again.wait_state("active", timeout=20)
+    await again.wait_audio(1.0)
+    await again.hangup()

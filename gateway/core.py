@@ -2057,6 +2057,7 @@ class Core:
             self._drop_branch(other)
         call.branches = []
         call.ended = True
+        call.answer = self._caller_answer(call.rtp, call.invite.sdp, call.answer, branch.rtp)
         junction = self._join_sip([call.invite, branch.invite], [call.rtp, branch.rtp])
         if call.record is not None:
             call.record.answered()
@@ -2064,6 +2065,28 @@ class Core:
             junction.record = call.record
         call.invite.answer(call.answer)
         logger.info("Call-ID %s: %s answered; joined", call.invite.call_id, branch.target)
+
+    def _caller_answer(
+        self, rtp: RtpLeg, offer: bytes | None, answer: bytes, phone: RtpLeg
+    ) -> bytes:
+        """
+        The answer for a SIP caller once a phone answered its call: video the
+        phone did not take is rejected (port 0) instead of accepted with nothing
+        to relay (the answer was made before any phone answered).
+        """
+        phone_video = phone.video if isinstance(phone, VideoRtpLeg) else None
+        if (
+            not isinstance(rtp, VideoRtpLeg)
+            or rtp.video is None
+            or offer is None
+            or (phone_video is not None and phone_video.has_video)
+        ):
+            return answer
+        self._spawn(rtp.withdraw_video())
+        try:
+            return rtp.create_answer(offer)
+        except SdpError:
+            return answer
 
     def _join_sip(
         self, sessions: list[OutboundInvite | InboundInvite], rtps: list[RtpLeg]
@@ -2307,6 +2330,9 @@ class Core:
         forks, incoming.forks = incoming.forks, []
         for fork in forks:
             self._end(fork, Reason.NOT_SELECTED, release=False)
+        incoming.rtp_answer = self._caller_answer(
+            incoming.rtp, incoming.invite.sdp, incoming.rtp_answer, branch.rtp
+        )
         incoming.junction = self._join_sip(
             [incoming.invite, branch.invite], [incoming.rtp, branch.rtp]
         )

@@ -46,7 +46,7 @@ import logging
 import random
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import av
@@ -932,6 +932,11 @@ class RtpVideo(EncodedVideoPublisher):
         self._listeners.clear()
 
 
+async def _close(video: RtpVideo | None) -> None:
+    if video is not None:
+        await video.close()
+
+
 class VideoRtpLeg(RtpLeg):
     """
     An RtpLeg whose SDP also carries a video stream once ``enable_video()``
@@ -969,16 +974,16 @@ class VideoRtpLeg(RtpLeg):
             )
         return self.video
 
-    async def withdraw_video(self) -> None:
+    def withdraw_video(self) -> Coroutine[Any, Any, None]:
         """
-        Close a video stream whose first offer failed (the phone refused the
-        re-INVITE that added it): later offers are audio-only again, as they
-        may be since a failed offer changed nothing (RFC 3264 section 8).
+        Drop the video stream at once, before it was ever negotiated (a first
+        offer the phone refused: later offers are audio-only again, as they
+        may be since a failed offer changed nothing, RFC 3264 section 8; or an
+        answer not yet sent); await the result to close its sockets.
         """
         video, self.video = self.video, None
         self._video_index = None
-        if video is not None:
-            await video.close()
+        return _close(video)
 
     def create_offer(self, direction: str = "sendrecv") -> bytes:
         sdp = super().create_offer(direction)

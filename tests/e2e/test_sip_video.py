@@ -454,3 +454,29 @@ async def test_phone_calls_phone_with_video(gateway, video_phones):
         await _keeps_decoding(phone)
     log = gateway.log_path.read_text(errors="replace")
     assert "joined" in log, log[-3000:]
+
+
+async def test_video_phone_calls_audio_only_phone(gateway, e2e_dir, video_phones):
+    """A video phone calls a phone without video through the gateway: the call is joined
+    with audio, and the caller's video is rejected (m=video port 0 in the 200), not
+    accepted with nothing to relay."""
+    from tests.e2e.test_sip_phone import Phone
+
+    callee = Phone(e2e_dir, gateway.sip_port, "1002", "bob-secret")
+    try:
+        callee.start()
+        await callee.wait_log("200 OK")
+        caller = video_phones(gateway, "1001", "alice-secret", "VP8")
+        caller.start()
+        await caller.wait_log("200 OK")
+        await caller.command("dial", "1002")
+        deadline = asyncio.get_running_loop().time() + 15
+        while "Call established" not in caller.log():
+            assert asyncio.get_running_loop().time() < deadline, caller.log()[-3000:]
+            await asyncio.sleep(0.1)
+        answer = [m for m in caller.log().split("SIP/2.0 200 OK") if "m=audio" in m][-1]
+        assert re.search(r"m=audio [1-9]", answer) and "m=video 0 " in answer, answer[:3000]
+        log = gateway.log_path.read_text(errors="replace")
+        assert "joined" in log, log[-3000:]
+    finally:
+        callee.stop()

@@ -437,17 +437,23 @@ async def test_chromium_web_phone_turns_on_video_during_a_call(gateway, e2e_dir,
     assert any("m=video" in m for m in reinvites), phone.log()[-4000:]
 
 
-async def test_phone_calls_phone_with_video(gateway, video_phones):
-    """Two baresip video phones registered with the gateway: one calls the other, the
-    gateway joins them (phone to phone) and relays video between them as it is; each
-    decodes the other's pictures."""
-    callee = video_phones(gateway, "1002", "bob-secret", "VP8")
+async def _phone_dials(gateway, video_phones, callee) -> VideoPhone:
+    """Starts the (baresip) phone 1002 given and a video phone 1001, which dials 1002."""
     callee.start()
     await callee.wait_log("200 OK")
     caller = video_phones(gateway, "1001", "alice-secret", "VP8")
     caller.start()
     await caller.wait_log("200 OK")
     await caller.command("dial", "1002")
+    return caller
+
+
+async def test_phone_calls_phone_with_video(gateway, video_phones):
+    """Two baresip video phones registered with the gateway: one calls the other, the
+    gateway joins them (phone to phone) and relays video between them as it is; each
+    decodes the other's pictures."""
+    callee = video_phones(gateway, "1002", "bob-secret", "VP8")
+    caller = await _phone_dials(gateway, video_phones, callee)
     for phone in (caller, callee):
         png = await phone.snapshot_received(timeout=20)
         assert _png_size(png) == (320, 240), _png_size(png)
@@ -464,12 +470,7 @@ async def test_video_phone_calls_audio_only_phone(gateway, e2e_dir, video_phones
 
     callee = Phone(e2e_dir, gateway.sip_port, "1002", "bob-secret")
     try:
-        callee.start()
-        await callee.wait_log("200 OK")
-        caller = video_phones(gateway, "1001", "alice-secret", "VP8")
-        caller.start()
-        await caller.wait_log("200 OK")
-        await caller.command("dial", "1002")
+        caller = await _phone_dials(gateway, video_phones, callee)
         deadline = asyncio.get_running_loop().time() + 15
         while "Call established" not in caller.log():
             assert asyncio.get_running_loop().time() < deadline, caller.log()[-3000:]

@@ -29,7 +29,8 @@ from tests.e2e.test_sip_video import MIN_FRAMES
 pytestmark = pytest.mark.e2e
 
 
-async def test_web_client_adds_video_to_a_web_call(gateway, clients):
+async def _alice_calls_bob(gateway, clients):
+    """Web client alice (1001) calls web client bob (1002), who accepts (ringing)."""
     alice: JsonV1Client = await clients(gateway, name="alice")
     bob: JsonV1Client = await clients(gateway, name="bob")
     await alice.login("1001", "Alice")
@@ -37,6 +38,11 @@ async def test_web_client_adds_video_to_a_web_call(gateway, clients):
     call = await alice.dial("1002", freq=1000.0)
     incoming = await bob.wait_incoming()
     await incoming.accept()
+    return call, incoming
+
+
+async def test_web_client_adds_video_to_a_web_call(gateway, clients):
+    call, incoming = await _alice_calls_bob(gateway, clients)
     await incoming.answer()
     assert incoming.offer is not None and not offer_has_video(incoming.offer)
     await call.wait_state("active", timeout=20)
@@ -284,19 +290,13 @@ async def test_bad_answer_to_the_server_offer_ends_only_that_call(gateway, clien
     """A client answering the gateway's offer with something that is not an answer to it
     gets the call ended with reason media (not a crash 10 s later); the gateway and the
     client's next call are unaffected."""
-    alice: JsonV1Client = await clients(gateway, name="alice")
-    bob: JsonV1Client = await clients(gateway, name="bob")
-    await alice.login("1001", "Alice")
-    await bob.login("1002", "Bob")
-    call = await alice.dial("1002", freq=1000.0)
-    incoming = await bob.wait_incoming()
-    await incoming.accept()
+    call, incoming = await _alice_calls_bob(gateway, clients)
     await incoming._until(lambda: incoming.offer, 15.0, "media/offer")
     await incoming.send("answer", operation="media", sdp="hello")
     ended = await incoming.wait_state("terminated", timeout=5)
     assert ended.get("reason") == "media", ended
     await call.wait_state("terminated", timeout=10)
-    again = await alice.dial("9000", freq=1000.0)
+    again = await call.client.dial("9000", freq=1000.0)
     await again.wait_state("active", timeout=20)
     await again.wait_audio(1.0)
     await again.hangup()

@@ -658,25 +658,17 @@ class Core:
         SIP phone, a re-offer to the other web client.
         """
         leg = call.webrtc
-        if leg is None or call.offer_pending or call.reoffer_pending:
+        busy = call.offer_pending or call.reoffer_pending
+        if leg is None or busy or not allows(call.state, "renegotiate"):
             self._refuse(call)
-            return
-        if not allows(call.state, "renegotiate"):
-            self._refuse(call)
-            return
-        try:
-            # ICE restarts among them: a client whose path broke reconnects with a new
-            # leg instead (a restore: json-v1 §7)
-            leg.check_offer(sdp)
-        except ValueError as exc:
-            logger.info("call %s: client re-offer refused: %s", call.call_id, exc)
-            self._refuse(call, Reason.MEDIA)
             return
         had_video = leg.has_video
         call.reoffer_pending = True
         try:
             answer = await leg.accept_offer(sdp)
-        except Exception as exc:  # aiortc raises several types on bad SDP
+        except Exception as exc:
+            # WebRtcLeg.check_offer's ValueError (an ICE restart among them: a client
+            # whose path broke reconnects with a new leg, json-v1 §7) or aiortc's
             logger.info("call %s: client re-offer refused: %s", call.call_id, exc)
             self._refuse(call, Reason.MEDIA)
             return
@@ -1838,7 +1830,7 @@ class Core:
                 isinstance(rtp, VideoRtpLeg)
                 and rtp.video is None
                 and leg is not None
-                and any(m.kind == "video" and m.is_rtp and m.port != 0 for m in session.media)
+                and offer_has_video(offer.decode("utf-8", "replace"))
             )
             if adds_video:
                 # The phone turns on video mid-call: accept it, then offer it to the client.

@@ -159,6 +159,19 @@ def audio_level_dbov(frame: AudioFrame) -> int:
 aiortc_rtp.compute_audio_level_dbov = audio_level_dbov
 
 
+def _parse_sdp(sdp: str) -> SessionDescription:
+    """An offer or answer of the browser's, checked before aiortc sees it (ValueError)."""
+    try:
+        return SessionDescription.parse(sdp)
+    except SdpError as exc:
+        raise ValueError(f"unusable SDP: {exc}") from exc
+
+
+def _kinds(session: SessionDescription) -> list[str]:
+    """The m-lines' media kinds, in order (RFC 3264: kept by every later offer)."""
+    return [m.kind for m in session.media]
+
+
 def _attribute_values(session: SessionDescription, name: str) -> set[str]:
     """The values of an attribute at session level and in every m-line."""
     pairs = list(session.attributes) + [a for m in session.media for a in m.attributes]
@@ -526,7 +539,8 @@ class WebRtcLeg(ReceivingPort):
         self._decoders: dict[str, tuple[Decode, Resampler | None]] = {}
         self.decoded = 0  # packets decoded (for tests and statistics)
         self._pending = np.zeros(0, dtype=np.int16)
-        self._decode_codecs: tuple[object, dict[int, str]] | None = None
+        # payload type -> lower-case MIME type, per negotiated codec list (_mimes)
+        self._pt_mimes: tuple[object, dict[int, str]] | None = None
         self._transceiver: RTCRtpTransceiver | None = None
         self._reader: asyncio.Task[None] | None = None
         self._video: WebRtcVideo | None = None
@@ -535,7 +549,6 @@ class WebRtcLeg(ReceivingPort):
         self._jitter: ImmediateAudioJitterBuffer | None = None
         self._hooked: tuple[object, object] | None = None  # (ICE connection, DTLS transport)
         self._rx_dtls: object | None = None
-        self._direct_pts: tuple[object, dict[int, str]] | None = None
         self._route: _DirectRoute | None = None  # of the last _direct_path()
         self._tx_sequence = random.randint(0, 0xFFFF)
         self._tx_origin = random.randint(0, 0xFFFFFFFF)
@@ -665,18 +678,15 @@ class WebRtcLeg(ReceivingPort):
         DTLS (new fingerprint), which aiortc cannot do: its transports keep
         their first credentials, so the browser's new checks would fail.
         """
-        try:
-            offered = SessionDescription.parse(sdp)
-        except SdpError as exc:
-            raise ValueError(f"unusable SDP: {exc}") from exc
+        offered = _parse_sdp(sdp)
         if not any(m.kind == "audio" and m.port != 0 for m in offered.media):
             raise ValueError("no audio in the offer")
         current = self._pc.remoteDescription
         if current is None:
             return
-        before = SessionDescription.parse(current.sdp)
-        kinds = [m.kind for m in offered.media]
-        if kinds[: len(before.media)] != [m.kind for m in before.media]:
+        before = _parse_sdp(current.sdp)
+        kinds = _kinds(offered)
+        if kinds[: len(before.media)] != _kinds(before):
             raise ValueError(f"m-lines removed or reordered: {kinds}")
         for name, what in (("ice-ufrag", "ICE"), ("fingerprint", "DTLS")):
             old, new = _attribute_values(before, name), _attribute_values(offered, name)
@@ -722,13 +732,9 @@ class WebRtcLeg(ReceivingPort):
         it, for one that is not SDP or does not answer each m-line of the offer
         in order (aiortc would take it and fail connecting).
         """
-        try:
-            answered = SessionDescription.parse(sdp)
-        except SdpError as exc:
-            raise ValueError(f"unusable SDP: {exc}") from exc
+        kinds = _kinds(_parse_sdp(sdp))
         offer = self._pc.localDescription
-        kinds = [m.kind for m in answered.media]
-        if offer is None or kinds != [m.kind for m in SessionDescription.parse(offer.sdp).media]:
+        if offer is None or kinds != _kinds(_parse_sdp(offer.sdp)):
             raise ValueError(f"the answer's m-lines do not match the offer: {kinds}")
         await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         self._hook_direct()
@@ -972,18 +978,8 @@ class WebRtcLeg(ReceivingPort):
         if srtp is None:
             return False
         codecs = transceiver._codecs
-        pts = self._direct_pts
-        if pts is None or pts[0] is not codecs:
-            pts = self._direct_pts = (
-                codecs,
-                {
-                    c.payloadType: c.mimeType.lower()
-                    for c in codecs
-                    if c.payloadType is not None and c.mimeType.lower() in DIRECT_CODECS
-                },
-            )
-        mime = pts[1].get(data[1] & 0x7F)
-        if mime is None:
+        mime = self._mimes(codecs).get(data[1] & 0x7F)
+        if mime not in DIRECT_CODECS:
             return False  # video, or a codec aiortc decodes
         dtls._RTCDtlsTransport__rx_bytes += len(data)
         dtls._RTCDtlsTransport__rx_packets += 1
@@ -1063,11 +1059,8 @@ class WebRtcLeg(ReceivingPort):
         loop = asyncio.get_running_loop()
         now = loop.time()
         transceiver = self._transceiver
-        if (
-            transceiver is not None
-            and transceiver.sender._enabled
-            and self._direct_path() is not None
-        ):
+        direct = transceiver is not None and self._direct_path() is not None
+        if direct and transceiver is not None and transceiver.sender._enabled:
             track = self._track
             fill, again = track.clock.fill(now)
             if fill:
@@ -1075,7 +1068,7 @@ class WebRtcLeg(ReceivingPort):
                 track.send(None, now, written=False)
         else:
             again = now + DIRECT_POLL  # aiortc's sender fills, or nothing is sent
-            if transceiver is not None and self._direct_path() is None:
+            if transceiver is not None and not direct:
                 self._track.wake()  # so that it does at once
         self._fill_timer = loop.call_at(again, self._fill_tick)
 
@@ -1138,17 +1131,7 @@ class WebRtcLeg(ReceivingPort):
         if self._transceiver is None or self._closed:
             return False
         if mime is None:
-            codecs = self._transceiver._codecs
-            if self._decode_codecs is None or self._decode_codecs[0] is not codecs:
-                self._decode_codecs = (
-                    codecs,
-                    {
-                        c.payloadType: c.mimeType.lower()
-                        for c in codecs
-                        if c.payloadType is not None
-                    },
-                )
-            mime = self._decode_codecs[1].get(packet.payload_type)
+            mime = self._mimes(self._transceiver._codecs).get(packet.payload_type)
             if mime is None:
                 return False
         decoder = self._decoder(mime)
@@ -1176,6 +1159,16 @@ class WebRtcLeg(ReceivingPort):
             return True
         self._put_received(samples)
         return True
+
+    def _mimes(self, codecs: list[Any]) -> dict[int, str]:
+        """Payload type -> lower-case MIME type of the negotiated ``codecs``."""
+        cached = self._pt_mimes
+        if cached is None or cached[0] is not codecs:
+            cached = self._pt_mimes = (
+                codecs,
+                {c.payloadType: c.mimeType.lower() for c in codecs if c.payloadType is not None},
+            )
+        return cached[1]
 
     def _decoder(self, mime: str) -> tuple[Decode, Resampler | None] | None:
         """Our decoder for a codec (to the port's rate), None for codecs aiortc decodes."""

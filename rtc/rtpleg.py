@@ -88,6 +88,7 @@ the peer does so): a compound SR/RR + SDES about every 5 s, BYE on close.
 import asyncio
 import logging
 import random
+import socket
 import time
 from collections import deque
 from collections.abc import Callable
@@ -139,7 +140,7 @@ from .sendclock import SendClock
 from .stats import LegStats
 from .tones import dtmf_tone
 
-__all__ = ["RtpLeg"]
+__all__ = ["RtpLeg", "bind_rtp_pair"]
 
 logger = logging.getLogger(__name__)
 
@@ -266,6 +267,33 @@ class _RtpProtocol(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable while the far end is not listening yet
         logger.debug("RTP socket error: %s", exc)
+
+
+def bind_rtp_pair(host: str, port_min: int, port_max: int) -> tuple[socket.socket, socket.socket]:
+    """
+    Non-blocking UDP sockets bound to an even port in [port_min, port_max] and
+    the port above it (which may be port_max + 1), for RTP and RTCP; tried from
+    a random place so that concurrent legs don't race for the same ports.
+    """
+    ports = list(range(port_min + port_min % 2, port_max + 1, 2))
+    if not ports:
+        raise ValueError("Empty RTP port range")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    start = random.randrange(len(ports))
+    for port in ports[start:] + ports[:start]:
+        pair: list[socket.socket] = []
+        try:
+            for p in (port, port + 1):
+                sock = socket.socket(family, socket.SOCK_DGRAM)
+                pair.append(sock)
+                sock.setblocking(False)
+                sock.bind((host, p))
+        except OSError:
+            for sock in pair:
+                sock.close()
+            continue
+        return pair[0], pair[1]
+    raise OSError(f"No free RTP port on {host} in [{port_min}, {port_max}]")
 
 
 class RtpLeg(ReceivingPort):
@@ -451,30 +479,25 @@ class RtpLeg(ReceivingPort):
             codecs=codecs,
             srtp=srtp,
         )
-        ports = list(range(port_min + port_min % 2, port_max + 1, 2))
-        if not ports:
-            raise ValueError("Empty RTP port range")
-        # start at a random place so concurrent legs don't race for the same ports
-        start = random.randrange(len(ports))
-        for port in ports[start:] + ports[:start]:
-            try:
-                transport, _ = await loop.create_datagram_endpoint(
-                    lambda: _RtpProtocol(leg), local_addr=(host, port)
-                )
-            except OSError:
-                continue
-            try:
-                rtcp_transport, _ = await loop.create_datagram_endpoint(
-                    lambda: _RtpProtocol(leg, rtcp=True), local_addr=(host, port + 1)
-                )
-            except OSError:
-                transport.close()
-                continue
-            leg._transport = transport
-            leg._rtcp_transport = rtcp_transport
-            leg.local_port = transport.get_extra_info("sockname")[1]
-            return leg
-        raise OSError(f"No free RTP port on {host} in [{port_min}, {port_max}]")
+        rtp, rtcp = bind_rtp_pair(host, port_min, port_max)
+        try:
+            transport, _ = await loop.create_datagram_endpoint(lambda: _RtpProtocol(leg), sock=rtp)
+        except BaseException:
+            rtp.close()
+            rtcp.close()
+            raise
+        try:
+            rtcp_transport, _ = await loop.create_datagram_endpoint(
+                lambda: _RtpProtocol(leg, rtcp=True), sock=rtcp
+            )
+        except BaseException:
+            transport.close()
+            rtcp.close()
+            raise
+        leg._transport = transport
+        leg._rtcp_transport = rtcp_transport
+        leg.local_port = transport.get_extra_info("sockname")[1]
+        return leg
 
     # AudioPort
 

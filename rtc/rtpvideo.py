@@ -60,7 +60,7 @@ from .rtcp import RtcpFirPacket, RtcpPliPacket, parse_rtcp
 from .rtcplink import RtcpLink, sdp_remote
 from .rtcpsession import RtcpSession
 from .rtp import RtpPacket, is_rtcp, seq_diff
-from .rtpleg import RtpLeg
+from .rtpleg import RtpLeg, bind_rtp_pair
 from .sdes import (
     DEFAULT_SUITE,
     CryptoAttribute,
@@ -286,30 +286,6 @@ class FrameAssembler:
         return JitterFrame(data, timestamp)
 
 
-def _bind_pair(host: str, port_min: int, port_max: int) -> tuple[socket.socket, socket.socket]:
-    """UDP sockets bound to an even port in [port_min, port_max] (tried from a random
-    place) and the port above it, for RTP and RTCP."""
-    ports = list(range(port_min + port_min % 2, port_max + 1, 2))
-    if not ports:
-        raise ValueError("Empty RTP port range")
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    start = random.randrange(len(ports))
-    for port in ports[start:] + ports[:start]:
-        pair: list[socket.socket] = []
-        try:
-            for p in (port, port + 1):
-                sock = socket.socket(family, socket.SOCK_DGRAM)
-                pair.append(sock)
-                sock.setblocking(False)
-                sock.bind((host, p))
-        except OSError:
-            for sock in pair:
-                sock.close()
-            continue
-        return pair[0], pair[1]
-    raise OSError(f"No free RTP port for video on {host} in [{port_min}, {port_max}]")
-
-
 class _Protocol(asyncio.DatagramProtocol):
     def __init__(self, video: "RtpVideo", rtcp: bool) -> None:
         self._video = video
@@ -432,7 +408,7 @@ class RtpVideo(EncodedVideoPublisher):
         phone's re-INVITE adding video), and are handed to the event loop in
         a task; what arrives meanwhile waits in the socket.
         """
-        rtp, rtcp = _bind_pair(host, port_min, port_max)
+        rtp, rtcp = bind_rtp_pair(host, port_min, port_max)
         video = cls(host, **options)
         video.local_port = rtp.getsockname()[1]
         video._attaching = asyncio.ensure_future(video._attach(rtp, rtcp))

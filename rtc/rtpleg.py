@@ -140,7 +140,7 @@ from .sendclock import SendClock
 from .stats import LegStats
 from .tones import dtmf_tone
 
-__all__ = ["RtpLeg", "bind_rtp_pair"]
+__all__ = ["RtpLeg", "attach_rtp_pair", "bind_rtp_pair"]
 
 logger = logging.getLogger(__name__)
 
@@ -294,6 +294,29 @@ def bind_rtp_pair(host: str, port_min: int, port_max: int) -> tuple[socket.socke
             continue
         return pair[0], pair[1]
     raise OSError(f"No free RTP port on {host} in [{port_min}, {port_max}]")
+
+
+async def attach_rtp_pair(
+    sockets: tuple[socket.socket, socket.socket],
+    rtp: asyncio.DatagramProtocol,
+    rtcp: asyncio.DatagramProtocol,
+) -> tuple[asyncio.DatagramTransport, asyncio.DatagramTransport]:
+    """The event loop's transports for bind_rtp_pair's sockets (closed on failure)."""
+    loop = asyncio.get_running_loop()
+    rtp_socket, rtcp_socket = sockets
+    try:
+        transport, _ = await loop.create_datagram_endpoint(lambda: rtp, sock=rtp_socket)
+    except BaseException:
+        rtp_socket.close()
+        rtcp_socket.close()
+        raise
+    try:
+        rtcp_transport, _ = await loop.create_datagram_endpoint(lambda: rtcp, sock=rtcp_socket)
+    except BaseException:
+        transport.close()
+        rtcp_socket.close()
+        raise
+    return transport, rtcp_transport
 
 
 class RtpLeg(ReceivingPort):
@@ -467,7 +490,6 @@ class RtpLeg(ReceivingPort):
 
         ``srtp``: "off", "optional" or "mandatory" (see the module docstring).
         """
-        loop = asyncio.get_running_loop()
         leg = cls(
             host,
             media_timeout=media_timeout,
@@ -479,21 +501,11 @@ class RtpLeg(ReceivingPort):
             codecs=codecs,
             srtp=srtp,
         )
-        rtp, rtcp = bind_rtp_pair(host, port_min, port_max)
-        try:
-            transport, _ = await loop.create_datagram_endpoint(lambda: _RtpProtocol(leg), sock=rtp)
-        except BaseException:
-            rtp.close()
-            rtcp.close()
-            raise
-        try:
-            rtcp_transport, _ = await loop.create_datagram_endpoint(
-                lambda: _RtpProtocol(leg, rtcp=True), sock=rtcp
-            )
-        except BaseException:
-            transport.close()
-            rtcp.close()
-            raise
+        transport, rtcp_transport = await attach_rtp_pair(
+            bind_rtp_pair(host, port_min, port_max),
+            _RtpProtocol(leg),
+            _RtpProtocol(leg, rtcp=True),
+        )
         leg._transport = transport
         leg._rtcp_transport = rtcp_transport
         leg.local_port = transport.get_extra_info("sockname")[1]

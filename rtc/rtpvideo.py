@@ -60,7 +60,7 @@ from .rtcp import RtcpFirPacket, RtcpPliPacket, parse_rtcp
 from .rtcplink import RtcpLink, sdp_remote
 from .rtcpsession import RtcpSession
 from .rtp import RtpPacket, is_rtcp, seq_diff
-from .rtpleg import RtpLeg, bind_rtp_pair
+from .rtpleg import RtpLeg, attach_rtp_pair, bind_rtp_pair
 from .sdes import (
     DEFAULT_SUITE,
     CryptoAttribute,
@@ -408,30 +408,16 @@ class RtpVideo(EncodedVideoPublisher):
         phone's re-INVITE adding video), and are handed to the event loop in
         a task; what arrives meanwhile waits in the socket.
         """
-        rtp, rtcp = bind_rtp_pair(host, port_min, port_max)
+        sockets = bind_rtp_pair(host, port_min, port_max)
         video = cls(host, **options)
-        video.local_port = rtp.getsockname()[1]
-        video._attaching = asyncio.ensure_future(video._attach(rtp, rtcp))
+        video.local_port = sockets[0].getsockname()[1]
+        video._attaching = asyncio.ensure_future(video._attach(sockets))
         return video
 
-    async def _attach(self, rtp: socket.socket, rtcp: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            transport, _ = await loop.create_datagram_endpoint(
-                lambda: _Protocol(self, False), sock=rtp
-            )
-        except BaseException:
-            rtp.close()
-            rtcp.close()
-            raise
-        try:
-            rtcp_transport, _ = await loop.create_datagram_endpoint(
-                lambda: _Protocol(self, True), sock=rtcp
-            )
-        except BaseException:
-            transport.close()
-            rtcp.close()
-            raise
+    async def _attach(self, sockets: tuple[socket.socket, socket.socket]) -> None:
+        transport, rtcp_transport = await attach_rtp_pair(
+            sockets, _Protocol(self, False), _Protocol(self, True)
+        )
         if self._closed:
             transport.close()
             rtcp_transport.close()

@@ -192,29 +192,15 @@ async def setup_call(browser_payload: bytes, step: int, pcmu_browser: bool, pack
 
 def browser_input(pcmu_browser: bool) -> tuple[bytes, int]:
     """One browser payload (PCMU, or Opus of a 1 kHz tone) and its timestamp step."""
-    import av
-
     from rtc.g711 import ulaw_encode
 
     if pcmu_browser:
         pcm = (np.sin(2 * np.pi * 1000 * np.arange(160) / 8000) * 8000).astype(np.int16)
         return ulaw_encode(pcm), 160
-    encoder = av.CodecContext.create("libopus", "w")
-    encoder.sample_rate = 48000
-    encoder.layout = "mono"
-    encoder.format = "s16"
-    encoder.bit_rate = 32000
-    encoder.options = {"application": "voip"}
+    from media_load import browser_opus
+
     pcm48 = (np.sin(2 * np.pi * 1000 * np.arange(960 * 8) / 48000) * 8000).astype(np.int16)
-    packets: list[bytes] = []
-    for k in range(8):
-        frame = av.AudioFrame.from_ndarray(
-            pcm48[k * 960 : (k + 1) * 960].reshape(1, -1), "s16", "mono"
-        )
-        frame.sample_rate = 48000
-        frame.pts = k * 960
-        packets.extend(bytes(p) for p in encoder.encode(frame))
-    return packets[-1], 960
+    return browser_opus(pcm48)[-1], 960
 
 
 async def run(args: argparse.Namespace) -> dict[str, float]:

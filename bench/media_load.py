@@ -84,6 +84,32 @@ def pattern(rate: int) -> np.ndarray:
     return np.rint(y * 32767).astype(np.int16)
 
 
+def browser_opus(pcm48: np.ndarray) -> list[bytes]:
+    """
+    ``pcm48`` (int16 at 48 kHz, whole 20 ms frames) as Opus packets, one per frame, as
+    Chrome sends by default: mono (the SDP says stereo=0), 32 kb/s, VoIP.
+    """
+    import av
+
+    encoder = av.CodecContext.create("libopus", "w")
+    encoder.sample_rate = 48000
+    encoder.layout = "mono"
+    encoder.format = "s16"
+    encoder.bit_rate = 32000
+    encoder.options = {"application": "voip"}
+    frames = len(pcm48) // 960
+    packets: list[bytes] = []
+    for k in range(frames):
+        mono = pcm48[k * 960 : (k + 1) * 960]
+        frame = av.AudioFrame.from_ndarray(mono.reshape(1, -1), "s16", "mono")
+        frame.sample_rate = 48000
+        frame.pts = k * 960
+        packets.extend(bytes(p) for p in encoder.encode(frame))
+    while len(packets) < frames:
+        packets.extend(bytes(p) for p in encoder.encode(None))
+    return packets[:frames]
+
+
 def use_uvloop() -> str:
     try:
         import uvloop
@@ -450,27 +476,10 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
         await proc.stdin.drain()
         return json.loads(await proc.stdout.readline())  # type: ignore[no-any-return]
 
-    # pre-encoded inputs: one period of Opus packets, one of PCMU payloads. Opus as
-    # Chrome sends it by default: mono (the SDP says stereo=0), 32 kb/s, VoIP. The
-    # tone makes libopus choose CELT full band, which costs more to decode than the
-    # SILK or hybrid packets of speech: a conservative load.
-    encoder = av.CodecContext.create("libopus", "w")
-    encoder.sample_rate = 48000
-    encoder.layout = "mono"
-    encoder.format = "s16"
-    encoder.bit_rate = 32000
-    encoder.options = {"application": "voip"}
-    pcm48 = pattern(48000)
-    opus_packets: list[bytes] = []
-    for k in range(PERIOD_FRAMES):
-        mono = pcm48[k * 960 : (k + 1) * 960]
-        frame = av.AudioFrame.from_ndarray(mono.reshape(1, -1), "s16", "mono")
-        frame.sample_rate = 48000
-        frame.pts = k * 960
-        opus_packets.extend(bytes(p) for p in encoder.encode(frame))
-    while len(opus_packets) < PERIOD_FRAMES:
-        opus_packets.extend(bytes(p) for p in encoder.encode(None))
-    opus_packets = opus_packets[:PERIOD_FRAMES]
+    # pre-encoded inputs: one period of Opus packets, one of PCMU payloads. The tone
+    # makes libopus choose CELT full band, which costs more to decode than the SILK or
+    # hybrid packets of speech: a conservative load.
+    opus_packets = browser_opus(pattern(48000))
     pcm8 = pattern(8000)
     pcmu_payloads = [ulaw_encode(pcm8[k * 160 : (k + 1) * 160]) for k in range(PERIOD_FRAMES)]
     pcmu_browser = args.browser_codec == "pcmu"

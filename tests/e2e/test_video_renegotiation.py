@@ -205,24 +205,39 @@ async def test_chromium_web_phone_shows_a_phone_s_video_then_sends_its_camera(
         assert await caller.wait(15) == 0, caller.logs()[-3000:]
 
 
+async def _echo_call(gateway, clients):
+    """Web client alice (1001) in an active call with the echo number (9000)."""
+    alice: JsonV1Client = await clients(gateway, name="alice")
+    await alice.login("1001", "Alice")
+    call = await alice.dial("9000", freq=1000.0)
+    await call.wait_state("active", timeout=20)
+    assert call.pc.localDescription is not None
+    return call
+
+
+async def _refused(call, sdp: str):
+    """Send `sdp` as a re-offer of `call`; the status refusing it (one with a reason)."""
+    refusals = len([m for m in call.statuses if m.get("reason")])
+    await call.send("offer", operation="media", sdp=sdp)
+
+    def refusal():
+        found = [m for m in call.statuses if m.get("reason")]
+        return found[refusals] if len(found) > refusals else None
+
+    return await call._until(refusal, 10.0, "a refusal")
+
+
 async def test_ice_restart_is_refused_and_the_call_goes_on(gateway, clients):
     """A re-offer restarting ICE (new ufrag/pwd) cannot be honoured by aiortc: it is
     refused with the call unchanged (json-v1 §9), audio keeps crossing on the old path, and
     a later renegotiation (adding video) is answered."""
     from tests.e2e.test_hold import check_tone_after
 
-    alice: JsonV1Client = await clients(gateway, name="alice")
-    await alice.login("1001", "Alice")
-    call = await alice.dial("9000", freq=1000.0)  # the echo number
-    await call.wait_state("active", timeout=20)
-    assert call.pc.localDescription is not None
+    call = await _echo_call(gateway, clients)
     sdp = call.pc.localDescription.sdp
     restarted = re.sub(r"a=ice-ufrag:\S+", "a=ice-ufrag:Rstr", sdp)
     restarted = re.sub(r"a=ice-pwd:\S+", "a=ice-pwd:restartrestartrestart0000", restarted)
-    await call.send("offer", operation="media", sdp=restarted)
-    refusal = await call._until(
-        lambda: next((m for m in call.statuses if m.get("reason")), None), 10.0, "a refusal"
-    )
+    refusal = await _refused(call, restarted)
     assert refusal["state"] == "active" and refusal["reason"] == "media", refusal
     assert len(call.answers) == 1  # no answer to the refused offer
     await check_tone_after(call, 1000.0, "echo after the refused ICE restart")
@@ -261,24 +276,12 @@ async def test_bad_re_offers_are_refused_and_the_call_goes_on(gateway, clients):
     fingerprint) are each refused with the call unchanged; audio keeps crossing."""
     from tests.e2e.test_hold import check_tone_after
 
-    alice: JsonV1Client = await clients(gateway, name="alice")
-    await alice.login("1001", "Alice")
-    call = await alice.dial("9000", freq=1000.0)  # the echo number
-    await call.wait_state("active", timeout=20)
-    assert call.pc.localDescription is not None
+    call = await _echo_call(gateway, clients)
     sdp = call.pc.localDescription.sdp
     no_audio = sdp[: sdp.index("m=audio")]
     bad_fingerprint = re.sub(r"a=fingerprint:sha-256 \S+", "a=fingerprint:sha-256 00:11", sdp)
     for bad in ("hello", "v=0\r\n", no_audio, bad_fingerprint):
-        before = len([m for m in call.statuses if m.get("reason")])
-        await call.send("offer", operation="media", sdp=bad)
-        refusal = await call._until(
-            lambda n=before: (
-                [m for m in call.statuses if m.get("reason")][n:] or [None]  # noqa: B023
-            )[0],
-            10.0,
-            "a refusal",
-        )
+        refusal = await _refused(call, bad)
         assert refusal["state"] == "active", (bad[:40], refusal)
     assert len(call.answers) == 1
     await check_tone_after(call, 1000.0, "echo after the refused re-offers")

@@ -1704,9 +1704,7 @@ export class WebRtcCall {
   /** Our video re-offer was refused or never answered: back to the audio-only call. */
   async #withdrawVideo(attempt) {
     if (this.#videoOffer !== attempt) return;
-    this.#videoOffer = null;
-    clearTimeout(attempt.timer);
-    if (this.#pendingRequest === "renegotiate") this.#pendingRequest = null;
+    this.#videoOfferSettled();
     const { pc, sender, track } = attempt;
     if (this.#pc !== pc) return;
     if (pc.signalingState === "have-local-offer") {
@@ -1718,7 +1716,7 @@ export class WebRtcCall {
     this.#attachLocal();
   }
 
-  /** Our video re-offer got its answer (or lost a glare): nothing left to withdraw. */
+  /** Our video re-offer got its answer, lost a glare or is being withdrawn: forget it. */
   #videoOfferSettled() {
     const attempt = this.#videoOffer;
     if (!attempt) return;

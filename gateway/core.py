@@ -651,8 +651,10 @@ class Core:
 
     async def _client_reoffer(self, call: ClientCall, sdp: str) -> None:
         """
-        The client renegotiates a connected call (json-v1 §10), typically to add
-        video. Refused, with the call unchanged, while our own offer to it is
+        The client renegotiates a connected call (json-v1 §10): to add video, or
+        to restart ICE after its path broke (the leg answers with new
+        credentials and checks again; the SIP side sees nothing of it). Refused,
+        with the call unchanged, while our own offer to it is
         out (glare: ours wins, the client rolls back) or another is in progress.
         Video the client adds is offered on to the far end: a re-INVITE to a
         SIP phone, a re-offer to the other web client.
@@ -667,8 +669,7 @@ class Core:
         try:
             answer = await leg.accept_offer(sdp)
         except Exception as exc:
-            # WebRtcLeg.check_offer's ValueError (an ICE restart among them: a client
-            # whose path broke reconnects with a new leg, json-v1 §7) or aiortc's
+            # WebRtcLeg.check_offer's ValueError (e.g. a DTLS restart) or aiortc's
             logger.info("call %s: client re-offer refused: %s", call.call_id, exc)
             self._refuse(call, Reason.MEDIA)
             return

@@ -54,7 +54,9 @@ from aioice.ice import StunProtocol
 from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
+    RTCIceParameters,
     RTCIceServer,
+    RTCIceTransport,
     RTCPeerConnection,
     RTCRtpSender,
     RTCRtpTransceiver,
@@ -72,6 +74,7 @@ from av import AudioFrame
 
 from .dtmf import digit_to_event
 from .g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
+from .icerestart import IceRestart
 from .opus import OPUS_CLOCK_RATE, OpusDecoder, OpusEncoder, packet_samples
 from .ports import (
     MAX_GAP_TICKS,
@@ -557,6 +560,8 @@ class WebRtcLeg(ReceivingPort):
         self._track.direct = self._send_direct
         self._track.direct_path = self._direct_path
         self._fill_timer: asyncio.TimerHandle | None = None
+        self._restarts: list[IceRestart] = []  # of the ICE restart in progress
+        self._restart_task: asyncio.Task[None] | None = None
 
         # No ICE servers unless configured: aiortc would otherwise ask a public STUN
         # server, which an on-premises gateway must not do behind its operator's back.
@@ -669,55 +674,81 @@ class WebRtcLeg(ReceivingPort):
 
     # negotiation
 
-    def check_offer(self, sdp: str) -> None:
+    def check_offer(self, sdp: str) -> bool:
         """
         Raise ValueError, before aiortc sees it, for an offer this leg cannot
         take: not SDP or without audio (aiortc would answer one with no media
         at all and then fail connecting); a re-offer that removes or reorders
-        m-lines (RFC 3264 section 8), or that restarts ICE (new ice-ufrag) or
-        DTLS (new fingerprint), which aiortc cannot do: its transports keep
-        their first credentials, so the browser's new checks would fail.
+        m-lines (RFC 3264 section 8), or that restarts DTLS (new fingerprint),
+        which aiortc cannot do: its DTLS transport keeps its first session.
+        Returns True for a re-offer that restarts ICE (new ice-ufrag), which
+        ``accept_offer`` does (rtc.icerestart).
         """
         offered = _parse_sdp(sdp)
         if not any(m.kind == "audio" and m.port != 0 for m in offered.media):
             raise ValueError("no audio in the offer")
         current = self._pc.remoteDescription
         if current is None:
-            return
+            return False
         before = _parse_sdp(current.sdp)
         kinds = _kinds(offered)
         if kinds[: len(before.media)] != _kinds(before):
             raise ValueError(f"m-lines removed or reordered: {kinds}")
-        for name, what in (("ice-ufrag", "ICE"), ("fingerprint", "DTLS")):
-            old, new = _attribute_values(before, name), _attribute_values(offered, name)
-            if new and not new <= old:
-                raise ValueError(f"{what} restart (not supported)")
+
+        def changed(name: str) -> bool:
+            new = _attribute_values(offered, name)
+            return bool(new) and not new <= _attribute_values(before, name)
+
+        if changed("fingerprint"):
+            raise ValueError("DTLS restart (not supported)")
+        if not changed("ice-ufrag"):
+            return False
+        self._check_restartable()
+        return True
 
     async def accept_offer(self, sdp: str) -> str:
         """
         Answer the browser's offer (initial or re-offer); returns our answer
         with all candidates.
         """
-        self.check_offer(sdp)
+        restart = self.check_offer(sdp)
         # the transceiver must exist before the offer is applied, since aiortc
         # applies codec preferences while setting the remote description
         self._ensure_transceiver()
         if offer_has_video(sdp):
             self._ensure_video()
-        await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-        await self._pc.setLocalDescription(await self._pc.createAnswer())
+        if restart:
+            # new local credentials before aiortc writes them into the answer, and
+            # the old remote candidates gone before it adds the offer's
+            self._begin_ice_restart()
+        try:
+            await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            await self._pc.setLocalDescription(await self._pc.createAnswer())
+        except BaseException:
+            self._abandon_ice_restart()
+            raise
         self._hook_direct()
         self._video_negotiated()
+        if restart:
+            self._run_ice_restart()
         return self._pc.localDescription.sdp
 
-    async def create_offer(self, video: bool = False, video_codec: str | None = None) -> str:
+    async def create_offer(
+        self, video: bool = False, video_codec: str | None = None, ice_restart: bool = False
+    ) -> str:
         """
         Offer to the browser, initial or a re-offer once the previous exchange
         completed; returns the offer with all candidates. ``video=True`` adds
         a sendrecv video m-line (VP8, H.264); video once added stays offered.
         ``video_codec`` (a MIME type, e.g. a SIP phone's "video/VP8", relayed
         as it is) narrows the video offer to that codec when aiortc has it.
+        ``ice_restart=True`` offers new ICE credentials (RFC 8445 section 9);
+        the checks run once the answer is applied, and media keeps flowing on
+        the current pair until then. ValueError unless ICE has completed.
         """
+        if ice_restart:
+            self._check_restartable()
+            self._begin_ice_restart()
         self._ensure_transceiver()
         if video:
             self._ensure_video()
@@ -739,6 +770,8 @@ class WebRtcLeg(ReceivingPort):
         await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         self._hook_direct()
         self._video_negotiated()
+        if self._restarts and not any(r.started for r in self._restarts):
+            self._run_ice_restart()
 
     async def add_ice_candidate(
         self, candidate: str, sdp_mid: str | None, sdp_mline_index: int | None
@@ -758,6 +791,59 @@ class WebRtcLeg(ReceivingPort):
         ice_candidate.sdpMid = sdp_mid
         ice_candidate.sdpMLineIndex = sdp_mline_index
         await self._pc.addIceCandidate(ice_candidate)
+
+    # ICE restart (rtc.icerestart)
+
+    def _ice_transports(self) -> list[RTCIceTransport]:
+        """The distinct ICE transports of the transceivers (one when bundled)."""
+        transports: list[RTCIceTransport] = []
+        for transceiver in self._pc.getTransceivers():
+            dtls = transceiver.receiver.transport
+            if dtls is not None and dtls.transport not in transports:
+                transports.append(dtls.transport)
+        return transports
+
+    def _check_restartable(self) -> None:
+        """ValueError unless ICE has completed and no restart is in progress."""
+        if self._restarts:
+            raise ValueError("ICE restart while another is in progress")
+        states = {t.state for t in self._ice_transports()}
+        if states != {"completed"}:
+            raise ValueError(f"ICE restart while ICE is {'/'.join(sorted(states)) or 'new'}")
+
+    def _begin_ice_restart(self) -> None:
+        self._restarts = [IceRestart(t) for t in self._ice_transports()]
+
+    def _abandon_ice_restart(self) -> None:
+        """A restart begun whose checks will not run: back to the previous pair."""
+        for restart in self._restarts:
+            restart.abandon()
+        self._restarts = [r for r in self._restarts if r.started]
+
+    def _run_ice_restart(self) -> None:
+        """The checks of the restart begun, with the far end's credentials (aiortc's parse)."""
+        remote: dict[Any, RTCIceParameters] = self._pc._RTCPeerConnection__remoteIce  # type: ignore[attr-defined]
+        params = {
+            t.receiver.transport.transport: ice
+            for t, ice in remote.items()
+            if isinstance(t, RTCRtpTransceiver)
+        }
+        restarts = self._restarts
+
+        async def run() -> None:
+            try:
+                await asyncio.gather(
+                    *(r.run(params[r.transport]) for r in restarts if r.transport in params)
+                )
+            finally:
+                for restart in restarts:
+                    restart.cancel()
+                if self._restarts is restarts:
+                    self._restarts = []
+
+        for restart in restarts:
+            restart.started = True
+        self._restart_task = asyncio.get_running_loop().create_task(run())
 
     # video
 
@@ -1035,7 +1121,10 @@ class WebRtcLeg(ReceivingPort):
             return None
         pair = dtls._transport._connection._nominated.get(1)
         if pair is None:
-            return None
+            # an ICE restart in progress: the previous pair carries media until then
+            pair = next((r.pair() for r in self._restarts if r.transport is dtls._transport), None)
+            if pair is None:
+                return None
         route = self._route
         if (
             route is not None
@@ -1264,6 +1353,10 @@ class WebRtcLeg(ReceivingPort):
         self._video_listeners.clear()
         self._queue.close()
         self._track.stop()
+        if self._restart_task is not None:
+            self._restart_task.cancel()
+        for restart in self._restarts:
+            restart.cancel()
         if self._reader is not None:
             self._reader.cancel()
             try:

@@ -352,6 +352,28 @@ class Call:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         return sdp
 
+    async def restart_ice(self, timeout: float = 15.0) -> str:
+        """Connected: re-offer with new ICE credentials and check the path again, as a
+        browser's restartIce() does (json-v1 §10); the server's answer, applied."""
+        from rtc.icerestart import IceRestart
+
+        answered = len(self.answers)
+        transceiver = self.pc.getTransceivers()[0]
+        transport = transceiver.receiver.transport.transport
+        await self._until(lambda: transport.state == "completed", timeout, "ICE completed")
+        restart = IceRestart(transport)
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        await self.send("offer", operation="media", sdp=self.pc.localDescription.sdp)
+        sdp = await self._until(
+            lambda: self.answers[answered] if len(self.answers) > answered else None,
+            timeout,
+            "media/answer to the ICE restart",
+        )
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        remote = self.pc._RTCPeerConnection__remoteIce[transceiver]  # type: ignore[attr-defined]
+        assert await restart.run(remote), "the client's ICE restart failed"
+        return sdp
+
     async def accept_reoffer(self, count: int = 2, timeout: float = 15.0) -> str:
         """Answer the server's `count`-th media offer (a re-offer of a connected call),
         sending the moving pattern on an offered video m-line; that offer."""

@@ -206,11 +206,13 @@ async def test_chromium_web_phone_shows_a_phone_s_video_then_sends_its_camera(
 
 
 async def _echo_call(gateway, clients):
-    """Web client alice (1001) in an active call with the echo number (9000)."""
+    """Web client alice (1001) in an active call with the echo number (9000), its echo
+    heard (so ICE has completed on both sides)."""
     alice: JsonV1Client = await clients(gateway, name="alice")
     await alice.login("1001", "Alice")
     call = await alice.dial("9000", freq=1000.0)
     await call.wait_state("active", timeout=20)
+    await call.wait_audio(0.5, since=time.monotonic())
     assert call.pc.localDescription is not None
     return call
 
@@ -227,24 +229,38 @@ async def _refused(call, sdp: str):
     return await call._until(refusal, 10.0, "a refusal")
 
 
-async def test_ice_restart_is_refused_and_the_call_goes_on(gateway, clients):
-    """A re-offer restarting ICE (new ufrag/pwd) cannot be honoured by aiortc: it is
-    refused with the call unchanged (json-v1 §9), audio keeps crossing on the old path, and
-    a later renegotiation (adding video) is answered."""
+async def test_ice_restart_by_the_client_keeps_the_call(gateway, clients):
+    """The client restarts ICE (new ufrag/pwd, as after a network change): the gateway
+    answers with new credentials of its own, the new checks nominate a pair, audio keeps
+    crossing, and a later renegotiation (adding video) is answered."""
     from tests.e2e.test_hold import check_tone_after
 
     call = await _echo_call(gateway, clients)
-    sdp = call.pc.localDescription.sdp
-    restarted = re.sub(r"a=ice-ufrag:\S+", "a=ice-ufrag:Rstr", sdp)
-    restarted = re.sub(r"a=ice-pwd:\S+", "a=ice-pwd:restartrestartrestart0000", restarted)
-    refusal = await _refused(call, restarted)
-    assert refusal["state"] == "active" and refusal["reason"] == "media", refusal
-    assert len(call.answers) == 1  # no answer to the refused offer
-    await check_tone_after(call, 1000.0, "echo after the refused ICE restart")
+    first = re.search(r"a=ice-ufrag:(\S+)", call.answers[0])
+    answer = await call.restart_ice()
+    again = re.search(r"a=ice-ufrag:(\S+)", answer)
+    assert first and again and first.group(1) != again.group(1), answer
+    await check_tone_after(call, 1000.0, "echo after the ICE restart")
     answer = await call.add_video()
     assert offer_has_video(answer)
     await call.hangup()
     await call.wait_state("terminated", timeout=10)
+
+
+async def test_ice_restart_that_is_not_one_ends_only_that_call(gateway, clients):
+    """A re-offer with new ICE credentials from a client that does not check with them
+    (its ICE agent kept the old ones) gets an answer, but the gateway's new checks fail:
+    the call ends with reason media, as a lost path does; the client's next call works."""
+    call = await _echo_call(gateway, clients)
+    sdp = call.pc.localDescription.sdp
+    restarted = re.sub(r"a=ice-ufrag:\S+", "a=ice-ufrag:Rstr", sdp)
+    restarted = re.sub(r"a=ice-pwd:\S+", "a=ice-pwd:restartrestartrestart0000", restarted)
+    await call.send("offer", operation="media", sdp=restarted)
+    ended = await call.wait_state("terminated", timeout=45)
+    assert ended.get("reason") == "media", ended
+    assert len(call.answers) == 2  # the re-offer was answered
+    again = await _echo_call(gateway, clients)
+    await again.hangup()
 
 
 async def test_phone_refusing_video_keeps_the_call_audio_only(gateway, sipp, clients):

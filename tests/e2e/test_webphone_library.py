@@ -157,6 +157,65 @@ async def test_library_reconnects_after_network_drop(gateway, e2e_dir):
         await assert_no_problems(page)
 
 
+ICE_UFRAGS_JS = """(pc) => [pc.localDescription, pc.remoteDescription].map(
+    (d) => (d && /a=ice-ufrag:(\\S+)/.exec(d.sdp) || [])[1])"""
+
+
+async def test_library_restarts_ice_when_the_path_breaks(gateway, e2e_dir):
+    """Chromium reports ICE failed (as after a network change): the library restarts ICE
+    (json-v1 §10) with a re-offer carrying new credentials, the gateway answers with new
+    ones of its own, the new checks succeed, and the echo is heard again on the same
+    peer connection; the call never leaves CONNECTED and nothing is reported failed."""
+    async with launch(e2e_dir) as browser:
+        page = await browser.page("bench")
+        await open_bench(page, gateway.http_url)
+        await bench_login(page, "a", "1001")
+        await wait_bench(page, login_js("SUCCESS", "a"))
+        echo = await bench_dial(page, "a", "9000")
+        await wait_bench(page, call_state_js("CONNECTED", echo))
+        assert_audio(await measure_audio(page, f"#audio-{echo}", 2000), what="echo")
+        pcs = await page.evaluate("() => window.__pcs.length")
+        before = await page.evaluate(f"() => ({ICE_UFRAGS_JS})(window.__pcs.at(-1))")
+        assert all(before), before
+
+        # What Chromium does when consent is lost: iceConnectionState "failed" (read once
+        # as such; the restart itself is Chromium's own).
+        await page.evaluate(
+            """() => {
+                const pc = window.__pcs.at(-1);
+                Object.defineProperty(pc, "iceConnectionState", {
+                    configurable: true,
+                    get() { delete pc.iceConnectionState; return "failed"; },
+                });
+                pc.dispatchEvent(new Event("iceconnectionstatechange"));
+            }"""
+        )
+        await page.wait_for_function(
+            f"""(before) => {{ const pc = window.__pcs.at(-1);
+                const now = ({ICE_UFRAGS_JS})(pc);
+                return pc.signalingState === "stable" && now[1] && now[1] !== before[1]; }}""",
+            arg=before,
+            timeout=15000,
+        )
+        after = await page.evaluate(f"() => ({ICE_UFRAGS_JS})(window.__pcs.at(-1))")
+        assert after[0] != before[0] and after[1] != before[1], (before, after)
+        await page.wait_for_function(
+            "() => ['connected', 'completed'].includes(window.__pcs.at(-1).iceConnectionState)",
+            timeout=15000,
+        )
+        await asyncio.sleep(1.0)  # the new pair nominated on both sides
+        assert_audio(await measure_audio(page, f"#audio-{echo}", 2000), what="echo after restart")
+        assert await page.evaluate("() => window.__pcs.length") == pcs  # same connection
+        events = await bench_events(page)
+        assert not [e for e in events if e["type"] == "request-failed"], events
+        assert states_of(events, echo) == ["DIALING", "CONNECTED"]
+        await page.evaluate(f"() => window.bench.calls[{echo}].disconnect()")
+        await wait_bench(page, call_state_js("DISCONNECTED", echo))
+        await assert_no_problems(page)
+    log = gateway.log()
+    assert "ICE restart completed" in log and "client re-offer refused" not in log
+
+
 async def test_library_login_failures(gateway, e2e_dir):
     """SERVER_ACCESS when the upgrade fails (wrong path: 404; nothing listening), or the
     number is refused; DIAL_STRING_MISSING without a number; LOGIN_RESTORE_FAILED for an

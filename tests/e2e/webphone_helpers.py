@@ -47,6 +47,12 @@ INSTRUMENT = r"""
   window.WebSocket = class extends NativeWebSocket {
     constructor(...args) { super(...args); window.__sockets.push(this); }
   };
+  // Every RTCPeerConnection, so a test can look at its descriptions and ICE state.
+  const NativePeerConnection = window.RTCPeerConnection;
+  window.__pcs = [];
+  window.RTCPeerConnection = class extends NativePeerConnection {
+    constructor(...args) { super(...args); window.__pcs.push(this); }
+  };
   if (typeof ReportingObserver === "function") {
     const observer = new ReportingObserver((reports) => {
       for (const r of reports) problems.push(r.type + ": " + JSON.stringify(r.body));

@@ -96,6 +96,7 @@ const RECONNECT_FIRST = 1000;
 const RECONNECT_MAX = 30000;
 const DISCONNECT_CONFIRM_WAIT = 5000; // disconnect() ends the call locally if the server is silent
 const OFFER_WAIT = 15000; // answer() waits this long for the server's media offer
+const ICE_RECOVER_WAIT = 3000; // ICE disconnected this long (no consent, e.g. a new network): restart it
 // WebSocket close codes after which reconnecting would only repeat the failure.
 const FATAL_CLOSE_CODES = new Set([1002, 1003, 1007, 1008, 1009]);
 const IDENTIFIER_RE = /^[A-Za-z0-9_-]{1,128}$/;
@@ -1145,7 +1146,8 @@ export class WebRtcCall {
   #digitWait = null;
   #videoActive = false;
   #pendingRequest = null;
-  #videoOffer = null; // our re-offer adding the camera, until answered or refused
+  #reoffer = null; // our re-offer (adding the camera, restarting ICE), until answered or refused
+  #iceTimer = null; // ICE disconnected: restart it unless it recovers by itself
   #chain = Promise.resolve();
   #disconnectTimer = null;
   #newLegNeeded = false;
@@ -1478,8 +1480,8 @@ export class WebRtcCall {
       // A refused request: the call stays as it was (json-v1 §9).
       const request = this.#pendingRequest ?? "request";
       this.#pendingRequest = null;
-      const attempt = this.#videoOffer;
-      if (request === "renegotiate" && attempt) this.#queue(() => this.#withdrawVideo(attempt), "withdrawing video");
+      const attempt = this.#reoffer;
+      if (request === "renegotiate" && attempt) this.#queue(() => this.#withdrawReoffer(attempt), "withdrawing the re-offer");
       warn(`${request} refused:`, message.reason);
       if (state && state !== this.#state) this.#setState(state);
       callHandler(this.#onRequestFailed, this, request, reasonFromWire(message.reason));
@@ -1552,6 +1554,18 @@ export class WebRtcCall {
       if (this.#pc !== pc) return;
       log("call", this.#identifier, "connection", pc.connectionState);
     });
+    pc.addEventListener("iceconnectionstatechange", () => {
+      if (this.#pc !== pc) return;
+      const state = pc.iceConnectionState;
+      clearTimeout(this.#iceTimer);
+      this.#iceTimer = null;
+      // The path broke (the network changed, a NAT binding expired): new ICE
+      // credentials and candidates, with the DTLS session kept (json-v1 §10).
+      if (state === "failed") this.#queue(() => this.#restartIce(pc), "restarting ICE");
+      else if (state === "disconnected") {
+        this.#iceTimer = setTimeout(() => this.#queue(() => this.#restartIce(pc), "restarting ICE"), ICE_RECOVER_WAIT);
+      }
+    });
     this.#pc = pc;
     this.#sdpSent = false;
     return pc;
@@ -1604,7 +1618,7 @@ export class WebRtcCall {
       return;
     }
     await pc.setRemoteDescription({ type: "answer", sdp });
-    this.#videoOfferSettled();
+    this.#reofferSettled();
     this.#checkVideo();
   }
 
@@ -1645,7 +1659,7 @@ export class WebRtcCall {
       // Glare: the server's offer wins (json-v1 §10); a camera we were adding stays
       // attached and goes out in our answer if the server's offer has video.
       await pc.setLocalDescription({ type: "rollback" });
-      this.#videoOfferSettled();
+      this.#reofferSettled();
     }
     await pc.setRemoteDescription({ type: "offer", sdp });
     if (fresh) this.#addLocalTracks(pc, stream);
@@ -1662,6 +1676,36 @@ export class WebRtcCall {
     const fresh = this.#newLegNeeded || !this.#pc;
     this.#newLegNeeded = false;
     await this.#answerOffer(sdp, fresh);
+  }
+
+  async #restartIce(pc) {
+    const live = [CALL_STATES.CONNECTED, CALL_STATES.HOLDING, CALL_STATES.HELD].includes(this.#state);
+    if (this.#pc !== pc || !live || this.#reoffer || pc.signalingState !== "stable") return;
+    log("call", this.#identifier, "restarting ICE");
+    pc.restartIce();
+    await pc.setLocalDescription();
+    await waitIceGathering(pc, ICE_GATHER_WAIT);
+    if (this.#pc !== pc || this.#state === CALL_STATES.DISCONNECTED) return;
+    this.#sendReoffer({ pc, sender: null, track: null, timer: null, what: "ICE restart" });
+  }
+
+  /**
+   * Send our re-offer (pc's local description). Not awaited: the server's answer is
+   * applied by a task queued behind this one. A server that refuses the re-offer
+   * answers with a status carrying a reason, and one that never answers is given up
+   * on after OFFER_WAIT; either way the offer is rolled back (see #onStatus).
+   */
+  #sendReoffer(attempt) {
+    this.#pendingRequest = "renegotiate";
+    this.#sdpAction = "offer";
+    this.#instance[SEND]({ operation: "media", action: "offer", identifier: this.#identifier, sdp: attempt.pc.localDescription.sdp });
+    attempt.timer = setTimeout(() => {
+      if (this.#reoffer !== attempt) return;
+      warn(`${attempt.what}: no answer from the server`);
+      this.#queue(() => this.#withdrawReoffer(attempt), "withdrawing the re-offer");
+      if (attempt.track) callHandler(this.#onRequestFailed, this, "renegotiate", DISC_REASON.ERROR);
+    }, OFFER_WAIT);
+    this.#reoffer = attempt;
   }
 
   async #addVideo() {
@@ -1684,43 +1728,31 @@ export class WebRtcCall {
     this.#attachLocal();
     await pc.setLocalDescription();
     await waitIceGathering(pc, ICE_GATHER_WAIT);
-    this.#pendingRequest = "renegotiate";
-    this.#sdpAction = "offer";
-    this.#instance[SEND]({ operation: "media", action: "offer", identifier: this.#identifier, sdp: pc.localDescription.sdp });
-    // Not awaited here: the server's answer is applied by a task queued behind this one.
-    // A server that refuses the re-offer answers with a status carrying a reason, and one
-    // that never answers is given up on after OFFER_WAIT; either way the offer is rolled
-    // back and the call stays audio-only (see #onStatus).
-    const attempt = { pc, sender, track, timer: null };
-    attempt.timer = setTimeout(() => {
-      if (this.#videoOffer !== attempt) return;
-      warn("renegotiate: no answer from the server");
-      this.#queue(() => this.#withdrawVideo(attempt), "withdrawing video");
-      callHandler(this.#onRequestFailed, this, "renegotiate", DISC_REASON.ERROR);
-    }, OFFER_WAIT);
-    this.#videoOffer = attempt;
+    // refused or unanswered, the call stays audio-only (#withdrawReoffer)
+    this.#sendReoffer({ pc, sender, track, timer: null, what: "renegotiate" });
   }
 
-  /** Our video re-offer was refused or never answered: back to the audio-only call. */
-  async #withdrawVideo(attempt) {
-    if (this.#videoOffer !== attempt) return;
-    this.#videoOfferSettled();
+  /** Our re-offer was refused or never answered: back to the call as it was. */
+  async #withdrawReoffer(attempt) {
+    if (this.#reoffer !== attempt) return;
+    this.#reofferSettled();
     const { pc, sender, track } = attempt;
     if (this.#pc !== pc) return;
     if (pc.signalingState === "have-local-offer") {
       await pc.setLocalDescription({ type: "rollback" });
     }
+    if (!track) return;
     pc.removeTrack(sender);
     track.stop();
     this.#localStream?.removeTrack(track);
     this.#attachLocal();
   }
 
-  /** Our video re-offer got its answer, lost a glare or is being withdrawn: forget it. */
-  #videoOfferSettled() {
-    const attempt = this.#videoOffer;
+  /** Our re-offer got its answer, lost a glare or is being withdrawn: forget it. */
+  #reofferSettled() {
+    const attempt = this.#reoffer;
     if (!attempt) return;
-    this.#videoOffer = null;
+    this.#reoffer = null;
     clearTimeout(attempt.timer);
     if (this.#pendingRequest === "renegotiate") this.#pendingRequest = null;
   }
@@ -1837,6 +1869,7 @@ export class WebRtcCall {
   [FINISH](reason) {
     if (this.#state === CALL_STATES.DISCONNECTED) return;
     clearTimeout(this.#disconnectTimer);
+    clearTimeout(this.#iceTimer);
     this.#reason = reason;
     this.#pendingOffer = null;
     for (const resolve of this.#offerWaiters.splice(0)) resolve();

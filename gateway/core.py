@@ -58,7 +58,7 @@ from gateway.records import CallRecordBuilder, RecordWriter
 from rtc.bridge import MediaBridge
 from rtc.ports import AudioPort
 from rtc.rtpleg import RtpLeg
-from rtc.rtpvideo import VideoRtpLeg
+from rtc.rtpvideo import RtpVideo, VideoRtpLeg
 from rtc.sdp import SdpError, SessionDescription
 from rtc.sources import EchoPort, TonePort
 from rtc.webrtcleg import IceServer, WebRtcLeg
@@ -1850,7 +1850,25 @@ class Core:
                 self._bridge_client_leg(call)  # the client's video, if any, is linked
             else:
                 self._spawn(self._reoffer_client(call, video.video_codec))
+        elif video is not None and leg is not None and leg.has_video:
+            self._follow_far_video(call, leg, video)
         return answer
+
+    def _follow_far_video(self, call: ClientCall, leg: WebRtcLeg, video: RtpVideo) -> None:
+        """
+        The phone turned its video off (m=video port 0 or inactive) or on again:
+        re-offer the client its video inactive or back on, so that it does not
+        keep showing the last picture (or shows the new ones). An offer already
+        out carries the change in the next negotiation.
+        """
+        on = video.has_video and video.direction != "inactive"
+        allowed = "sendrecv" if on else "inactive"
+        if allowed == leg.video_direction:
+            return
+        logger.info("call %s: the phone turned video %s", call.call_id, "on" if on else "off")
+        leg.set_video_direction(allowed)
+        if not (call.offer_pending or call.reoffer_pending):
+            self._spawn(self._reoffer_client(call, video.video_codec))
 
     @staticmethod
     def _far_port(call: ClientCall) -> AudioPort | None:

@@ -88,7 +88,7 @@ from .ports import (
 )
 from .resample import Resampler
 from .rtp import RTP_FIXED_HEADER, parse_received
-from .sdp import SdpError, SessionDescription
+from .sdp import SdpError, SessionDescription, combine_directions
 from .sendclock import SendClock
 from .stats import LegStats, estimate_mos
 from .webrtcdtmf import TELEPHONE_EVENT, TransceiverDtmf, register_telephone_event
@@ -560,6 +560,7 @@ class WebRtcLeg(ReceivingPort):
         self._track.direct = self._send_direct
         self._track.direct_path = self._direct_path
         self._fill_timer: asyncio.TimerHandle | None = None
+        self._video_allowed = "sendrecv"  # set_video_direction
         self._restarts: list[IceRestart] = []  # of the ICE restart in progress
         self._restart_task: asyncio.Task[None] | None = None
 
@@ -606,8 +607,29 @@ class WebRtcLeg(ReceivingPort):
         self._ensure_transceiver()
         assert self._transceiver is not None
         self._transceiver.direction = direction
-        if self._video is not None:
-            self._video.transceiver.direction = direction
+        self._apply_video_direction()
+
+    def set_video_direction(self, direction: str) -> None:
+        """
+        What the far end allows of the video (its m=video turned off or
+        inactive: "inactive"; on again: "sendrecv"), combined with the call's
+        direction (``set_direction``) from the next negotiation on, so that the
+        browser stops showing a picture that no longer comes.
+        """
+        if direction not in ("sendrecv", "sendonly", "recvonly", "inactive"):
+            raise ValueError(f"Invalid direction {direction!r}")
+        self._video_allowed = direction
+        self._apply_video_direction()
+
+    @property
+    def video_direction(self) -> str:
+        """What ``set_video_direction`` last allowed ("sendrecv" at first)."""
+        return self._video_allowed
+
+    def _apply_video_direction(self) -> None:
+        if self._video is not None and self._transceiver is not None:
+            wanted = combine_directions(self._transceiver.direction, self._video_allowed)
+            self._video.transceiver.direction = wanted
 
     @property
     def codec(self) -> str | None:
@@ -901,9 +923,8 @@ class WebRtcLeg(ReceivingPort):
         if self._video is None and not self._closed:
             self._ensure_transceiver()  # audio first: its m-line leads the BUNDLE group
             transceiver = self._pc.addTransceiver("video", direction="sendrecv")
-            if self._transceiver is not None:
-                transceiver.direction = self._transceiver.direction
             self._video = WebRtcVideo(transceiver)
+            self._apply_video_direction()
 
     def _video_negotiated(self) -> None:
         if self._video is not None:

@@ -166,6 +166,104 @@ async def test_phone_adds_video_by_reinvite(gateway, sipp, clients, phone_video)
     assert await caller.wait(15) == 0, caller.logs()[-3000:]
 
 
+def _video_direction(sdp: str) -> str:
+    video = sdp[sdp.index("m=video") :]
+    found = re.search(r"a=(sendrecv|sendonly|recvonly|inactive)", video)
+    assert found is not None, video
+    return found.group(1)
+
+
+async def test_phone_turns_video_off_and_on_again(gateway, sipp, clients, phone_video):
+    """The phone escalates to video, then re-INVITEs with m=video port 0 (video off): the
+    gateway re-offers the client its video inactive, so it stops showing the last picture;
+    when the phone turns video on again the client gets a sendrecv re-offer and the
+    phone's frames play again. Audio crosses throughout (sipp checks each 200)."""
+    alice: JsonV1Client = await clients(gateway, name="alice")
+    await alice.login("1001", "Alice")
+    caller = sipp.scenario(
+        "uac_video_on_off", "uac_video_on_off.xml", gateway.sip_target, port=gateway.pbx_port,
+        number="1001", extra=["-rtp_echo", "-key", "vport", str(phone_video.port)],
+    )  # fmt: skip
+    call = await alice.wait_incoming(timeout=15)
+    await call.accept()
+    await call.answer()
+    await call.wait_state("active", timeout=20)
+
+    on = await call.accept_reoffer(2, timeout=15)
+    assert _video_direction(on) == "sendrecv", on
+    gateway_port = await _gateway_video_port(caller, phone_video.port)
+    await phone_video.send_vp8((HOST, gateway_port), seconds=1.5)
+    await call.wait_video(5, timeout=10)
+
+    off = await call.accept_reoffer(3, timeout=15)
+    assert offer_has_video(off) and _video_direction(off) == "inactive", off
+    video = next(t for t in call.pc.getTransceivers() if t.kind == "video")
+    assert video.currentDirection == "inactive"
+    await call.wait_audio(1.0, since=time.monotonic())
+
+    again = await call.accept_reoffer(4, timeout=15)
+    assert _video_direction(again) == "sendrecv" and "VP8/90000" in again, again
+    assert video.currentDirection == "sendrecv"
+    frames = call.video_frames
+    await phone_video.send_vp8((HOST, gateway_port), seconds=2.0)
+    await call.wait_video(frames + 5, timeout=10)
+    await call.wait_audio(1.0, since=time.monotonic())
+    await call.hangup()
+    await call.wait_state("terminated", timeout=10)
+    assert await caller.wait(15) == 0, caller.logs()[-3000:]
+
+
+async def test_chromium_web_phone_hides_the_video_the_phone_turns_off(
+    gateway, sipp, e2e_dir, phone_video
+):
+    """The web phone in Chromium: the phone's video shows when it escalates, the video
+    stage hides when the phone turns video off (no frozen last picture), and shows the
+    phone's pictures again when it turns video back on."""
+    from tests.e2e.webphone_helpers import (
+        assert_no_problems,
+        launch,
+        open_phone,
+        phone_login,
+        wait_call,
+    )
+
+    playing = """() => { const v = document.querySelector('#remote-video');
+        return !document.querySelector('#video-stage').hidden && v && v.videoWidth > 0; }"""
+    async with launch(e2e_dir) as browser:
+        page = await browser.page("alice")
+        await open_phone(page, gateway.http_url)
+        await phone_login(page, "1001")
+        caller = sipp.scenario(
+            "uac_video_on_off", "uac_video_on_off.xml", gateway.sip_target,
+            port=gateway.pbx_port, number="1001",
+            extra=["-rtp_echo", "-key", "vport", str(phone_video.port)],
+        )  # fmt: skip
+        banner = page.get_by_role("alertdialog", name="Incoming call")
+        await banner.wait_for(timeout=15000)
+        await banner.get_by_role("button", name="Answer", exact=True).click()
+        await wait_call(page, "CONNECTED")
+        gateway_port = await _gateway_video_port(caller, phone_video.port)
+        sending = asyncio.create_task(phone_video.send_vp8((HOST, gateway_port), seconds=14.0))
+        try:
+            await page.wait_for_function(playing, timeout=15000)
+            await page.wait_for_function(
+                "() => document.querySelector('#video-stage').hidden", timeout=15000
+            )
+            await page.wait_for_function(playing, timeout=15000)
+        finally:
+            sending.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sending
+        media = await page.evaluate(
+            "() => window.phoneEvents.filter(e => e.type === 'media').map(e => e.video)"
+        )
+        assert media[-3:] == [True, False, True], media
+        await page.get_by_role("button", name="Hang up – call with").click()
+        await wait_call(page, "DISCONNECTED", timeout=15000)
+        await assert_no_problems(page)
+        assert await caller.wait(15) == 0, caller.logs()[-3000:]
+
+
 async def test_chromium_web_phone_shows_a_phone_s_video_then_sends_its_camera(
     gateway, sipp, e2e_dir, phone_video
 ):

@@ -65,3 +65,32 @@ async def test_direction_none_before_negotiation() -> None:
     finally:
         await leg.close()
         await wait_for(lambda: True)
+
+
+def _video_line_direction(sdp: str) -> str:
+    video = sdp[sdp.index("m=video") :]
+    return next(
+        d for d in ("sendrecv", "sendonly", "recvonly", "inactive") if f"a={d}" in video
+    )
+
+
+async def test_video_direction_follows_the_far_end_and_hold() -> None:
+    """set_video_direction (the far end's video off/on) combines with the call's direction
+    (hold) in every later offer; audio keeps its own direction."""
+    leg = WebRtcLeg()
+    try:
+        assert leg.video_direction == "sendrecv"
+        leg.set_video_direction("inactive")  # before video exists: kept for when it does
+        offer = await leg.create_offer(video=True)
+        assert _video_line_direction(offer) == "inactive"
+        assert "a=sendrecv" in offer[: offer.index("m=video")]  # the audio
+        leg.set_direction("sendonly")
+        leg.set_video_direction("sendrecv")
+        assert leg._video is not None
+        assert leg._video.transceiver.direction == "sendonly"  # hold wins
+        leg.set_direction("sendrecv")
+        assert leg._video.transceiver.direction == "sendrecv"
+        with pytest.raises(ValueError):
+            leg.set_video_direction("off")
+    finally:
+        await leg.close()

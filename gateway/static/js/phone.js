@@ -274,10 +274,13 @@ function addCall(call) {
   call.setCallStateHandler(onCallState);
   call.setMediaStateHandler((c) => {
     record("media", { video: c.getMediaVideoActive() });
-    if (c.getMediaVideoActive() && !c.hasVideoElements()) {
+    if (c.getMediaVideoActive()) {
       // The far end turned its video on: show it; our camera only on the Video button.
-      c.setVideoElements(null, $("remote-video"));
+      if (!c.hasVideoElements()) c.setVideoElements(null, $("remote-video"));
       $("video-stage").hidden = false;
+    } else if (![...entries.keys()].some((other) => other.getMediaVideoActive())) {
+      // ... or off: no frozen last picture.
+      $("video-stage").hidden = true;
     }
     render(c);
   });

@@ -31,6 +31,18 @@ logger = logging.getLogger(__name__)
 RESTART_TIMEOUT = 30.0
 
 
+# The Connection attributes a restart replaces (and abandon() restores).
+_RESTARTED = (
+    "_local_username",
+    "_local_password",
+    "remote_username",
+    "remote_password",
+    "_remote_candidates",
+    "_remote_candidates_end",
+    "_check_list",
+)
+
+
 class IceRestart:
     """
     One restart of one ICE transport, from new local credentials (at once, so
@@ -48,16 +60,9 @@ class IceRestart:
         self.previous: dict[int, CandidatePair] = dict(connection._nominated)
         self.started = False  # run() called
         self.done = False
-        self._saved = (
-            connection._local_username,
-            connection._local_password,
-            connection.remote_username,
-            connection.remote_password,
-            connection._remote_candidates,
-            connection._remote_candidates_end,
-            transport.iceGatherer._remote_candidates_end,
-            connection._check_list,
-        )
+        # what abandon() puts back
+        self._saved = {name: getattr(connection, name) for name in _RESTARTED}
+        self._saved_end = transport.iceGatherer._remote_candidates_end
         consent = connection._query_consent_task
         if consent is not None:
             consent.cancel()  # the old pair's consent; connect() starts the new one's
@@ -135,16 +140,9 @@ class IceRestart:
         if self.started or self.done:
             return
         connection: Any = self.connection
-        (
-            connection._local_username,
-            connection._local_password,
-            connection.remote_username,
-            connection.remote_password,
-            connection._remote_candidates,
-            connection._remote_candidates_end,
-            self.transport.iceGatherer._remote_candidates_end,
-            connection._check_list,
-        ) = self._saved
+        for name, value in self._saved.items():
+            setattr(connection, name, value)
+        self.transport.iceGatherer._remote_candidates_end = self._saved_end
         connection._check_list_done = True
         connection._early_checks.clear()
         connection._early_checks_done = True

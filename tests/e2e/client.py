@@ -339,15 +339,19 @@ class Call:
     async def add_video(self, timeout: float = 15.0) -> str:
         """Connected: renegotiate with a video transceiver added (json-v1 §10); the
         server's answer, applied."""
-        answered = len(self.answers)
         self.video = True
         self._add_video()
+        return await self._reoffer(timeout, "media/answer to the re-offer")
+
+    async def _reoffer(self, timeout: float, what: str) -> str:
+        """Send a new local offer as a re-offer; the server's answer, applied."""
+        answered = len(self.answers)
         await self.pc.setLocalDescription(await self.pc.createOffer())
         await self.send("offer", operation="media", sdp=self.pc.localDescription.sdp)
         sdp = await self._until(
             lambda: self.answers[answered] if len(self.answers) > answered else None,
             timeout,
-            "media/answer to the re-offer",
+            what,
         )
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
         return sdp
@@ -357,19 +361,11 @@ class Call:
         browser's restartIce() does (json-v1 §10); the server's answer, applied."""
         from rtc.icerestart import IceRestart
 
-        answered = len(self.answers)
         transceiver = self.pc.getTransceivers()[0]
         transport = transceiver.receiver.transport.transport
         await self._until(lambda: transport.state == "completed", timeout, "ICE completed")
         restart = IceRestart(transport)
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        await self.send("offer", operation="media", sdp=self.pc.localDescription.sdp)
-        sdp = await self._until(
-            lambda: self.answers[answered] if len(self.answers) > answered else None,
-            timeout,
-            "media/answer to the ICE restart",
-        )
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="answer"))
+        sdp = await self._reoffer(timeout, "media/answer to the ICE restart")
         remote = self.pc._RTCPeerConnection__remoteIce[transceiver]  # type: ignore[attr-defined]
         assert await restart.run(remote), "the client's ICE restart failed"
         return sdp

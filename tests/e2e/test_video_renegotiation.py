@@ -117,16 +117,27 @@ async def phone_video():
     transport.close()
 
 
-def _escalating_caller(sipp, gateway, media: _VideoPhoneMedia):
-    """sipp calling 1001 audio-only, then adding video on `media`'s port (uac_add_video)."""
+def _escalating_caller(sipp, gateway, media: _VideoPhoneMedia, scenario: str = "uac_add_video"):
+    """sipp calling 1001 audio-only, then adding video on `media`'s port (uac_add_video;
+    uac_video_on_off then turns it off and on again)."""
     return sipp.scenario(
-        "uac_add_video",
-        "uac_add_video.xml",
+        scenario,
+        f"{scenario}.xml",
         gateway.sip_target,
         port=gateway.pbx_port,
         number="1001",
         extra=["-rtp_echo", "-key", "vport", str(media.port)],
     )
+
+
+async def _web_phone_answers(page) -> None:
+    """The web phone answers the incoming call from its banner; CONNECTED."""
+    from tests.e2e.webphone_helpers import wait_call
+
+    banner = page.get_by_role("alertdialog", name="Incoming call")
+    await banner.wait_for(timeout=15000)
+    await banner.get_by_role("button", name="Answer", exact=True).click()
+    await wait_call(page, "CONNECTED")
 
 
 async def _gateway_video_port(caller, vport: int, timeout: float = 10.0) -> int:
@@ -180,10 +191,7 @@ async def test_phone_turns_video_off_and_on_again(gateway, sipp, clients, phone_
     phone's frames play again. Audio crosses throughout (sipp checks each 200)."""
     alice: JsonV1Client = await clients(gateway, name="alice")
     await alice.login("1001", "Alice")
-    caller = sipp.scenario(
-        "uac_video_on_off", "uac_video_on_off.xml", gateway.sip_target, port=gateway.pbx_port,
-        number="1001", extra=["-rtp_echo", "-key", "vport", str(phone_video.port)],
-    )  # fmt: skip
+    caller = _escalating_caller(sipp, gateway, phone_video, "uac_video_on_off")
     call = await alice.wait_incoming(timeout=15)
     await call.accept()
     await call.answer()
@@ -233,15 +241,8 @@ async def test_chromium_web_phone_hides_the_video_the_phone_turns_off(
         page = await browser.page("alice")
         await open_phone(page, gateway.http_url)
         await phone_login(page, "1001")
-        caller = sipp.scenario(
-            "uac_video_on_off", "uac_video_on_off.xml", gateway.sip_target,
-            port=gateway.pbx_port, number="1001",
-            extra=["-rtp_echo", "-key", "vport", str(phone_video.port)],
-        )  # fmt: skip
-        banner = page.get_by_role("alertdialog", name="Incoming call")
-        await banner.wait_for(timeout=15000)
-        await banner.get_by_role("button", name="Answer", exact=True).click()
-        await wait_call(page, "CONNECTED")
+        caller = _escalating_caller(sipp, gateway, phone_video, "uac_video_on_off")
+        await _web_phone_answers(page)
         gateway_port = await _gateway_video_port(caller, phone_video.port)
         sending = asyncio.create_task(phone_video.send_vp8((HOST, gateway_port), seconds=14.0))
         try:
@@ -277,10 +278,7 @@ async def test_chromium_web_phone_shows_a_phone_s_video_then_sends_its_camera(
         await open_phone(page, gateway.http_url)
         await phone_login(page, "1001")
         caller = _escalating_caller(sipp, gateway, phone_video)
-        banner = page.get_by_role("alertdialog", name="Incoming call")
-        await banner.wait_for(timeout=15000)
-        await banner.get_by_role("button", name="Answer", exact=True).click()
-        await wait_call(page, "CONNECTED")
+        await _web_phone_answers(page)
         gateway_port = await _gateway_video_port(caller, phone_video.port)
         sending = asyncio.create_task(phone_video.send_vp8((HOST, gateway_port), seconds=6.0))
         await page.wait_for_function(

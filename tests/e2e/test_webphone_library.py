@@ -55,6 +55,13 @@ async def bench_login(
     )
 
 
+async def bench_logged_in(page, base_url: str) -> None:
+    """The bench page open and instance `a` logged in as 1001 (SUCCESS)."""
+    await open_bench(page, base_url)
+    await bench_login(page, "a", "1001")
+    await wait_bench(page, login_js("SUCCESS", "a"))
+
+
 async def bench_dial(page, who: str, number: str) -> int:
     """Dial `number` from instance `who`; returns the bench's call index."""
     return await page.evaluate(
@@ -76,9 +83,7 @@ async def test_library_echo_number_dtmf_and_two_calls(gateway, e2e_dir):
     disconnect() -> DISCONNECTED with USERTERMINATED; logout -> LOGGED_OUT_EXPLICIT."""
     async with launch(e2e_dir) as browser:
         page = await browser.page("bench")
-        await open_bench(page, gateway.http_url)
-        await bench_login(page, "a", "1001")
-        await wait_bench(page, login_js("SUCCESS", "a"))
+        await bench_logged_in(page, gateway.http_url)
         assert await page.evaluate("() => a.getLocalDialString()") == "1001"
         assert await page.evaluate("() => a.getLocalDisplayName()") == "Alice"
         assert re.fullmatch(
@@ -133,9 +138,7 @@ async def test_library_reconnects_after_network_drop(gateway, e2e_dir):
     identifier, the call stays CONNECTED and is heard again on a new WebRTC leg."""
     async with launch(e2e_dir) as browser:
         page = await browser.page("bench")
-        await open_bench(page, gateway.http_url)
-        await bench_login(page, "a", "1001")
-        await wait_bench(page, login_js("SUCCESS", "a"))
+        await bench_logged_in(page, gateway.http_url)
         identifier = await page.evaluate("() => a.getLoginIdentifier()")
         echo = await bench_dial(page, "a", "9000")
         await wait_bench(page, call_state_js("CONNECTED", echo))
@@ -168,9 +171,7 @@ async def test_library_restarts_ice_when_the_path_breaks(gateway, e2e_dir):
     peer connection; the call never leaves CONNECTED and nothing is reported failed."""
     async with launch(e2e_dir) as browser:
         page = await browser.page("bench")
-        await open_bench(page, gateway.http_url)
-        await bench_login(page, "a", "1001")
-        await wait_bench(page, login_js("SUCCESS", "a"))
+        await bench_logged_in(page, gateway.http_url)
         echo = await bench_dial(page, "a", "9000")
         await wait_bench(page, call_state_js("CONNECTED", echo))
         assert_audio(await measure_audio(page, f"#audio-{echo}", 2000), what="echo")
@@ -297,9 +298,7 @@ async def test_hold_retrieve_switches_microphone(gateway, e2e_dir):
     retrieve() -> CONNECTED and it is heard again."""
     async with launch(e2e_dir) as browser:
         page = await browser.page("bench")
-        await open_bench(page, gateway.http_url)
-        await bench_login(page, "a", "1001")
-        await wait_bench(page, login_js("SUCCESS", "a"))
+        await bench_logged_in(page, gateway.http_url)
         first = await bench_dial(page, "a", "9000")
         await wait_bench(page, call_state_js("CONNECTED", first))
         await page.evaluate(f"() => window.bench.calls[{first}].hold()")

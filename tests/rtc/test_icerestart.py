@@ -1,7 +1,9 @@
 """ICE restart on WebRtcLeg (rtc.icerestart): new credentials, new checks, same DTLS."""
 
 import asyncio
+import contextlib
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -13,6 +15,18 @@ from tests.audio import dominant_frequency
 from .conftest import wait_for
 from .test_webrtcleg import connect
 from .test_webrtcleg_hold import exchange
+
+
+@contextlib.asynccontextmanager
+async def connected_legs(**b_options: Any) -> AsyncIterator[tuple[WebRtcLeg, WebRtcLeg]]:
+    """Two WebRtcLegs connected to each other (a offered first), closed afterwards."""
+    a, b = WebRtcLeg(), WebRtcLeg(**b_options)
+    try:
+        await connect(a, b)
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
 
 
 def _ufrag(sdp: str) -> str:
@@ -53,9 +67,7 @@ async def _both_ways(a: WebRtcLeg, b: WebRtcLeg) -> None:
 
 
 async def test_ice_restart_from_either_side_keeps_audio_both_ways() -> None:
-    a, b = WebRtcLeg(), WebRtcLeg()
-    try:
-        await connect(a, b)
+    async with connected_legs() as (a, b):
         await _both_ways(a, b)
         await _restart(a, b)  # the side that offered first restarts
         await _both_ways(a, b)
@@ -64,25 +76,17 @@ async def test_ice_restart_from_either_side_keeps_audio_both_ways() -> None:
         sent = a.direct_sent
         await asyncio.sleep(0.3)
         assert a.direct_sent > sent  # still the direct path, on the new pair
-    finally:
-        await a.close()
-        await b.close()
 
 
 async def test_audio_keeps_flowing_while_the_restart_checks_run() -> None:
     """Between the restart offer and its answer the previous pair carries the audio."""
-    a, b = WebRtcLeg(), WebRtcLeg()
-    try:
-        await connect(a, b)
+    async with connected_legs() as (a, b):
         offer = await a.create_offer(ice_restart=True)
         assert a._restarts and _connection(a)._nominated == {}
         await _both_ways(a, b)  # only the previous pair can carry it
         await a.accept_answer(await b.accept_offer(offer))
         await wait_for(lambda: not a._restarts and not b._restarts, 10)
         await _both_ways(a, b)
-    finally:
-        await a.close()
-        await b.close()
 
 
 async def test_restart_whose_checks_fail_fails_the_leg(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -90,15 +94,10 @@ async def test_restart_whose_checks_fail_fails_the_leg(monkeypatch: pytest.Monke
     no nomination, and when they time out the leg reports failure (as a lost consent)."""
     monkeypatch.setattr(icerestart, "RESTART_TIMEOUT", 1.0)
     failed: list[bool] = []
-    a, b = WebRtcLeg(), WebRtcLeg(on_failed=lambda: failed.append(True))
-    try:
-        await connect(a, b)
+    async with connected_legs(on_failed=lambda: failed.append(True)) as (a, b):
         await b.accept_offer(await a.create_offer(ice_restart=True))
         await wait_for(lambda: bool(failed), 10)
         assert b.connection_state in ("failed", "closed")
-    finally:
-        await a.close()
-        await b.close()
 
 
 async def test_restart_refused_before_ice_completes_and_while_one_runs() -> None:
@@ -119,9 +118,7 @@ async def test_restart_refused_before_ice_completes_and_while_one_runs() -> None
 
 
 async def test_dtls_restart_is_still_refused_and_nothing_changes() -> None:
-    a, b = WebRtcLeg(), WebRtcLeg()
-    try:
-        await connect(a, b)
+    async with connected_legs() as (a, b):
         offer = await a.create_offer()
         restarted = re.sub(r"a=fingerprint:sha-256 \S+", "a=fingerprint:sha-256 00:11", offer)
         restarted = re.sub(r"a=ice-ufrag:\S+", "a=ice-ufrag:Rstr", restarted)
@@ -129,6 +126,24 @@ async def test_dtls_restart_is_still_refused_and_nothing_changes() -> None:
             await b.accept_offer(restarted)
         assert not b._restarts
         await _both_ways(a, b)
-    finally:
-        await a.close()
-        await b.close()
+
+
+async def test_an_abandoned_restart_goes_back_to_the_previous_path() -> None:
+    """A restart begun whose description is never applied (accept_offer failing after
+    the new credentials were made): the old credentials, candidates and pair are back,
+    with consent checks, and a later restart works."""
+    async with connected_legs() as (a, b):
+        connection = _connection(b)
+        before = (connection.local_username, connection.remote_username)
+        pair = connection._nominated[1]
+        b._begin_ice_restart()
+        assert connection.local_username != before[0] and connection._nominated == {}
+        b._abandon_ice_restart()
+        assert not b._restarts
+        assert (connection.local_username, connection.remote_username) == before
+        assert connection._nominated == {1: pair}
+        assert "recvfrom" not in vars(connection) and "sendto" not in vars(connection)
+        assert connection._query_consent_task is not None
+        await _both_ways(a, b)
+        await _restart(a, b)
+        await _both_ways(a, b)

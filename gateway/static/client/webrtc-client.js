@@ -1562,9 +1562,7 @@ export class WebRtcCall {
       // The path broke (the network changed, a NAT binding expired): new ICE
       // credentials and candidates, with the DTLS session kept (json-v1 §10).
       if (state === "failed") this.#queue(() => this.#restartIce(pc), "restarting ICE");
-      else if (state === "disconnected") {
-        this.#iceTimer = setTimeout(() => this.#queue(() => this.#restartIce(pc), "restarting ICE"), ICE_RECOVER_WAIT);
-      }
+      else if (state === "disconnected") this.#iceRestartLater(pc);
     });
     this.#pc = pc;
     this.#sdpSent = false;
@@ -1658,8 +1656,10 @@ export class WebRtcCall {
     if (pc.signalingState === "have-local-offer") {
       // Glare: the server's offer wins (json-v1 §10); a camera we were adding stays
       // attached and goes out in our answer if the server's offer has video.
+      const lost = this.#reoffer;
       await pc.setLocalDescription({ type: "rollback" });
       this.#reofferSettled();
+      this.#iceRestartAgain(lost);
     }
     await pc.setRemoteDescription({ type: "offer", sdp });
     if (fresh) this.#addLocalTracks(pc, stream);
@@ -1680,13 +1680,34 @@ export class WebRtcCall {
 
   async #restartIce(pc) {
     const live = [CALL_STATES.CONNECTED, CALL_STATES.HOLDING, CALL_STATES.HELD].includes(this.#state);
-    if (this.#pc !== pc || !live || this.#reoffer || pc.signalingState !== "stable") return;
+    if (this.#pc !== pc || !live) return;
+    if (this.#reoffer || pc.signalingState !== "stable") {
+      this.#iceRestartLater(pc); // after the negotiation under way
+      return;
+    }
     log("call", this.#identifier, "restarting ICE");
     pc.restartIce();
     await pc.setLocalDescription();
     await waitIceGathering(pc, ICE_GATHER_WAIT);
     if (this.#pc !== pc || this.#state === CALL_STATES.DISCONNECTED) return;
     this.#sendReoffer({ pc, sender: null, track: null, timer: null, what: "ICE restart" });
+  }
+
+  /** Restart ICE after ICE_RECOVER_WAIT unless the path recovers meanwhile. */
+  #iceRestartLater(pc) {
+    clearTimeout(this.#iceTimer);
+    this.#iceTimer = setTimeout(() => {
+      if (this.#pc === pc && ["failed", "disconnected"].includes(pc.iceConnectionState)) {
+        this.#queue(() => this.#restartIce(pc), "restarting ICE");
+      }
+    }, ICE_RECOVER_WAIT);
+  }
+
+  /** Our ICE restart was refused or lost a glare: try again while the path is still broken. */
+  #iceRestartAgain(attempt) {
+    const pc = attempt?.pc;
+    if (!attempt || attempt.track || this.#pc !== pc) return;
+    if (["failed", "disconnected"].includes(pc.iceConnectionState)) this.#iceRestartLater(pc);
   }
 
   /**
@@ -1741,7 +1762,10 @@ export class WebRtcCall {
     if (pc.signalingState === "have-local-offer") {
       await pc.setLocalDescription({ type: "rollback" });
     }
-    if (!track) return;
+    if (!track) {
+      this.#iceRestartAgain(attempt);
+      return;
+    }
     pc.removeTrack(sender);
     track.stop();
     this.#localStream?.removeTrack(track);

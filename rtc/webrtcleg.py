@@ -734,16 +734,17 @@ class WebRtcLeg(ReceivingPort):
         with all candidates.
         """
         restart = self.check_offer(sdp)
-        # the transceiver must exist before the offer is applied, since aiortc
-        # applies codec preferences while setting the remote description
-        self._ensure_transceiver()
-        if offer_has_video(sdp):
-            self._ensure_video()
         if restart:
             # new local credentials before aiortc writes them into the answer, and
-            # the old remote candidates gone before it adds the offer's
+            # the old remote candidates gone before it adds the offer's (on the
+            # transports that exist: video added by this offer is bundled with them)
             self._begin_ice_restart()
         try:
+            # the transceiver must exist before the offer is applied, since aiortc
+            # applies codec preferences while setting the remote description
+            self._ensure_transceiver()
+            if offer_has_video(sdp):
+                self._ensure_video()
             await self._pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
             await self._pc.setLocalDescription(await self._pc.createAnswer())
         except BaseException:
@@ -771,12 +772,16 @@ class WebRtcLeg(ReceivingPort):
         if ice_restart:
             self._check_restartable()
             self._begin_ice_restart()
-        self._ensure_transceiver()
-        if video:
-            self._ensure_video()
-        if video_codec is not None and self._video is not None:
-            self._video.prefer_codec(video_codec)
-        await self._pc.setLocalDescription(await self._pc.createOffer())
+        try:
+            self._ensure_transceiver()
+            if video:
+                self._ensure_video()
+            if video_codec is not None and self._video is not None:
+                self._video.prefer_codec(video_codec)
+            await self._pc.setLocalDescription(await self._pc.createOffer())
+        except BaseException:
+            self._abandon_ice_restart()
+            raise
         return self._pc.localDescription.sdp
 
     async def accept_answer(self, sdp: str) -> None:

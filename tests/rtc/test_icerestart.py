@@ -147,3 +147,16 @@ async def test_an_abandoned_restart_goes_back_to_the_previous_path() -> None:
         await _both_ways(a, b)
         await _restart(a, b)
         await _both_ways(a, b)
+
+
+async def test_restart_and_video_added_in_the_same_offer() -> None:
+    """One re-offer restarting ICE and adding video (as a browser may send after a
+    network change with the camera turned on meanwhile): both are done."""
+    async with connected_legs() as (a, b):
+        offer = await a.create_offer(video=True, ice_restart=True)
+        await a.accept_answer(await b.accept_offer(offer))
+        await wait_for(lambda: not a._restarts and not b._restarts, 10)
+        await wait_for(lambda: a.has_video and b.has_video, 10)
+        for leg in (a, b):
+            assert all(t.state == "completed" for t in leg._ice_transports())
+        await _both_ways(a, b)

@@ -245,6 +245,62 @@ async def test_library_restarts_ice_when_the_path_breaks(gateway, e2e_dir):
     assert log.count("ICE restart completed") == 2 and "client re-offer refused" not in log
 
 
+async def test_library_tries_an_unanswered_ice_restart_again(gateway, e2e_dir):
+    """The library's ICE restart offer is lost on the way (the page drops it): after 15 s
+    without an answer it is rolled back, and as the path is still reported failed the
+    library restarts again 3 s later; that one is answered and the echo is heard."""
+    async with launch(e2e_dir) as browser:
+        page = await browser.page("bench")
+        await bench_logged_in(page, gateway.http_url)
+        echo = await bench_dial(page, "a", "9000")
+        await wait_bench(page, call_state_js("CONNECTED", echo))
+        before = await page.evaluate(f"() => ({ICE_UFRAGS_JS})(window.__pcs.at(-1))")
+        await page.evaluate(
+            """() => {
+                const socket = window.__sockets.at(-1);
+                const send = socket.send.bind(socket);
+                window.__dropped = [];
+                socket.send = (data) => {
+                    const m = JSON.parse(data);
+                    if (!window.__dropped.length && m.action === "offer" && m.sdp) {
+                        window.__dropped.push(m);
+                        return;
+                    }
+                    send(data);
+                };
+                const pc = window.__pcs.at(-1);
+                Object.defineProperty(pc, "iceConnectionState", {
+                    configurable: true, get() { return "failed"; } });
+                pc.dispatchEvent(new Event("iceconnectionstatechange"));
+            }"""
+        )
+        await page.wait_for_function("() => window.__dropped.length === 1", timeout=10000)
+        await asyncio.sleep(12.0)
+        pc_state = "() => window.__pcs.at(-1).signalingState"
+        assert await page.evaluate(pc_state) == "have-local-offer"  # still waiting
+        await page.wait_for_function(
+            f"""(before) => {{ const pc = window.__pcs.at(-1);
+                const now = ({ICE_UFRAGS_JS})(pc);
+                return pc.signalingState === "stable" && now[1] && now[1] !== before[1]; }}""",
+            arg=before,
+            timeout=20000,
+        )
+        await page.evaluate("() => { delete window.__pcs.at(-1).iceConnectionState; }")
+        await page.wait_for_function(
+            "() => ['connected', 'completed'].includes(window.__pcs.at(-1).iceConnectionState)",
+            timeout=15000,
+        )
+        await asyncio.sleep(1.0)
+        assert_audio(await measure_audio(page, f"#audio-{echo}", 2000), what="echo after retry")
+        events = await bench_events(page)
+        assert not [e for e in events if e["type"] == "request-failed"], events
+        assert states_of(events, echo) == ["DIALING", "CONNECTED"]
+        await page.evaluate(f"() => window.bench.calls[{echo}].disconnect()")
+        await wait_bench(page, call_state_js("DISCONNECTED", echo))
+        await assert_no_problems(page)
+    assert gateway.log().count("ICE restart completed") == 1
+
+
 async def test_library_login_failures(gateway, e2e_dir):
     """SERVER_ACCESS when the upgrade fails (wrong path: 404; nothing listening), or the
     number is refused; DIAL_STRING_MISSING without a number; LOGIN_RESTORE_FAILED for an

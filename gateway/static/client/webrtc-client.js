@@ -1211,7 +1211,8 @@ export class WebRtcCall {
 
   /**
    * Extension: the handler called as fn(call, request, reason) when the server refuses a
-   * request ("hold", "retrieve", "transfer", "renegotiate") and the call stays as it was.
+   * request ("hold", "retrieve", "transfer", "renegotiate", or "restartIce" for the
+   * library's own ICE restart) and the call stays as it was.
    */
   setRequestFailedHandler(handler) {
     this.#onRequestFailed = typeof handler === "function" ? handler : null;
@@ -1481,7 +1482,7 @@ export class WebRtcCall {
       const request = this.#pendingRequest ?? "request";
       this.#pendingRequest = null;
       const attempt = this.#reoffer;
-      if (request === "renegotiate" && attempt) this.#queue(() => this.#withdrawReoffer(attempt), "withdrawing the re-offer");
+      if (attempt && request === attempt.what) this.#queue(() => this.#withdrawReoffer(attempt), "withdrawing the re-offer");
       warn(`${request} refused:`, message.reason);
       if (state && state !== this.#state) this.#setState(state);
       callHandler(this.#onRequestFailed, this, request, reasonFromWire(message.reason));
@@ -1690,7 +1691,7 @@ export class WebRtcCall {
     await pc.setLocalDescription();
     await waitIceGathering(pc, ICE_GATHER_WAIT);
     if (this.#pc !== pc || this.#state === CALL_STATES.DISCONNECTED) return;
-    this.#sendReoffer({ pc, sender: null, track: null, timer: null, what: "ICE restart" });
+    this.#sendReoffer({ pc, sender: null, track: null, timer: null, what: "restartIce" });
   }
 
   /** Restart ICE after ICE_RECOVER_WAIT unless the path recovers meanwhile. */
@@ -1717,14 +1718,14 @@ export class WebRtcCall {
    * on after OFFER_WAIT; either way the offer is rolled back (see #onStatus).
    */
   #sendReoffer(attempt) {
-    this.#pendingRequest = "renegotiate";
+    this.#pendingRequest = attempt.what;
     this.#sdpAction = "offer";
     this.#instance[SEND]({ operation: "media", action: "offer", identifier: this.#identifier, sdp: attempt.pc.localDescription.sdp });
     attempt.timer = setTimeout(() => {
       if (this.#reoffer !== attempt) return;
       warn(`${attempt.what}: no answer from the server`);
       this.#queue(() => this.#withdrawReoffer(attempt), "withdrawing the re-offer");
-      if (attempt.track) callHandler(this.#onRequestFailed, this, "renegotiate", DISC_REASON.ERROR);
+      if (attempt.track) callHandler(this.#onRequestFailed, this, attempt.what, DISC_REASON.ERROR);
     }, OFFER_WAIT);
     this.#reoffer = attempt;
   }
@@ -1778,7 +1779,7 @@ export class WebRtcCall {
     if (!attempt) return;
     this.#reoffer = null;
     clearTimeout(attempt.timer);
-    if (this.#pendingRequest === "renegotiate") this.#pendingRequest = null;
+    if (this.#pendingRequest === attempt.what) this.#pendingRequest = null;
   }
 
   #checkVideo() {

@@ -285,6 +285,10 @@ function addCall(call) {
     render(c);
   });
   call.setRequestFailedHandler((c, request) => {
+    if (request === "restartIce") {
+      record("request-failed", { request }); // the library tries again by itself
+      return;
+    }
     notice(`${request[0].toUpperCase()}${request.slice(1)} did not work for the call with ${label(c)}: the gateway refused it.`);
     record("request-failed", { request });
     if (request === "renegotiate") {

@@ -21,6 +21,7 @@ from tests.e2e.webphone_helpers import (
     assert_no_problems,
     bench_events,
     call_state_js,
+    call_states,
     launch,
     login_js,
     measure_audio,
@@ -164,6 +165,38 @@ ICE_UFRAGS_JS = """(pc) => [pc.localDescription, pc.remoteDescription].map(
     (d) => (d && /a=ice-ufrag:(\\S+)/.exec(d.sdp) || [])[1])"""
 
 
+async def _ice_fails_once(page, before: list[str]) -> list[str]:
+    """Make the page's last peer connection report ICE "failed" once, as Chromium does
+    when consent is lost (the restart that follows is Chromium's own); wait until the
+    library's restart is answered and ICE connected again; the new [local, remote]
+    ufrags, both changed."""
+    await page.evaluate(
+        """() => {
+            const pc = window.__pcs.at(-1);
+            Object.defineProperty(pc, "iceConnectionState", {
+                configurable: true,
+                get() { delete pc.iceConnectionState; return "failed"; },
+            });
+            pc.dispatchEvent(new Event("iceconnectionstatechange"));
+        }"""
+    )
+    await page.wait_for_function(
+        f"""(before) => {{ const pc = window.__pcs.at(-1);
+            const now = ({ICE_UFRAGS_JS})(pc);
+            return pc.signalingState === "stable" && now[1] && now[1] !== before[1]; }}""",
+        arg=before,
+        timeout=15000,
+    )
+    after = await page.evaluate(f"() => ({ICE_UFRAGS_JS})(window.__pcs.at(-1))")
+    assert after[0] != before[0] and after[1] != before[1], (before, after)
+    await page.wait_for_function(
+        "() => ['connected', 'completed'].includes(window.__pcs.at(-1).iceConnectionState)",
+        timeout=15000,
+    )
+    await asyncio.sleep(1.0)  # the new pair nominated on both sides
+    return after
+
+
 async def test_library_restarts_ice_when_the_path_breaks(gateway, e2e_dir):
     """Chromium reports ICE failed (as after a network change): the library restarts ICE
     (json-v1 §10) with a re-offer carrying new credentials, the gateway answers with new
@@ -179,32 +212,7 @@ async def test_library_restarts_ice_when_the_path_breaks(gateway, e2e_dir):
         before = await page.evaluate(f"() => ({ICE_UFRAGS_JS})(window.__pcs.at(-1))")
         assert all(before), before
 
-        # What Chromium does when consent is lost: iceConnectionState "failed" (read once
-        # as such; the restart itself is Chromium's own).
-        await page.evaluate(
-            """() => {
-                const pc = window.__pcs.at(-1);
-                Object.defineProperty(pc, "iceConnectionState", {
-                    configurable: true,
-                    get() { delete pc.iceConnectionState; return "failed"; },
-                });
-                pc.dispatchEvent(new Event("iceconnectionstatechange"));
-            }"""
-        )
-        await page.wait_for_function(
-            f"""(before) => {{ const pc = window.__pcs.at(-1);
-                const now = ({ICE_UFRAGS_JS})(pc);
-                return pc.signalingState === "stable" && now[1] && now[1] !== before[1]; }}""",
-            arg=before,
-            timeout=15000,
-        )
-        after = await page.evaluate(f"() => ({ICE_UFRAGS_JS})(window.__pcs.at(-1))")
-        assert after[0] != before[0] and after[1] != before[1], (before, after)
-        await page.wait_for_function(
-            "() => ['connected', 'completed'].includes(window.__pcs.at(-1).iceConnectionState)",
-            timeout=15000,
-        )
-        await asyncio.sleep(1.0)  # the new pair nominated on both sides
+        after = await _ice_fails_once(page, before)
         assert_audio(await measure_audio(page, f"#audio-{echo}", 2000), what="echo after restart")
         assert await page.evaluate("() => window.__pcs.length") == pcs  # same connection
 
@@ -243,6 +251,37 @@ async def test_library_restarts_ice_when_the_path_breaks(gateway, e2e_dir):
         await assert_no_problems(page)
     log = gateway.log()
     assert log.count("ICE restart completed") == 2 and "client re-offer refused" not in log
+
+
+async def test_called_browser_restarts_ice_in_a_web_call(gateway, e2e_dir):
+    """Web phone to web phone: the called browser (which answered the gateway's offer, so
+    the gateway is the controlling ICE agent toward it) restarts ICE; the gateway answers,
+    roles sort themselves out, and both still hear each other's microphone."""
+    async with launch(e2e_dir) as browser:
+        alice = await browser.page("alice")
+        bob = await browser.page("bob")
+        for page, number in ((alice, "1001"), (bob, "1002")):
+            await open_phone(page, gateway.http_url)
+            await phone_login(page, number)
+        await alice.locator("#dial-number").fill("1002")
+        await alice.get_by_role("button", name="Call", exact=True).click()
+        await bob.get_by_role("alertdialog").wait_for(timeout=15000)
+        await bob.get_by_role("button", name="Answer", exact=True).click()
+        for page in (alice, bob):
+            await wait_call(page, "CONNECTED")
+        audio = "#calls > li.call audio"
+        assert_audio(await measure_audio(bob, audio, 2000), what="alice at bob")
+        before = await bob.evaluate(f"() => ({ICE_UFRAGS_JS})(window.__pcs.at(-1))")
+        await _ice_fails_once(bob, before)
+        heard = await asyncio.gather(
+            measure_audio(bob, audio, 2000), measure_audio(alice, audio, 2000)
+        )
+        assert_audio(heard[0], what="alice at bob after bob's ICE restart")
+        assert_audio(heard[1], what="bob at alice after bob's ICE restart")
+        for page in (alice, bob):
+            assert (await call_states(page))[-1] == "CONNECTED"
+            await assert_no_problems(page)
+    assert "ICE restart completed" in gateway.log()
 
 
 async def test_library_tries_an_unanswered_ice_restart_again(gateway, e2e_dir):

@@ -165,6 +165,42 @@ ICE_UFRAGS_JS = """(pc) => [pc.localDescription, pc.remoteDescription].map(
     (d) => (d && /a=ice-ufrag:(\\S+)/.exec(d.sdp) || [])[1])"""
 
 
+async def _restart_answered(page, before: list[str], timeout: float) -> None:
+    """Until the page's last peer connection has applied an answer with a remote ufrag
+    other than before[1] (an ICE restart answered)."""
+    await page.wait_for_function(
+        f"""(before) => {{ const pc = window.__pcs.at(-1);
+            const now = ({ICE_UFRAGS_JS})(pc);
+            return pc.signalingState === "stable" && now[1] && now[1] !== before[1]; }}""",
+        arg=before,
+        timeout=timeout,
+    )
+
+
+async def _echo_call_ends_unharmed(page, echo: int) -> None:
+    """Bench call `echo` went DIALING -> CONNECTED only, no request failed; hang up."""
+    events = await bench_events(page)
+    assert not [e for e in events if e["type"] == "request-failed"], events
+    assert states_of(events, echo) == ["DIALING", "CONNECTED"]
+    await page.evaluate(f"() => window.bench.calls[{echo}].disconnect()")
+    await wait_bench(page, call_state_js("DISCONNECTED", echo))
+    await assert_no_problems(page)
+
+
+async def _alice_calls_bob(browser, base_url: str):
+    """Web phones alice (1001) and bob (1002); alice calls bob, who answers (audio)."""
+    alice = await browser.page("alice")
+    bob = await browser.page("bob")
+    for page, number in ((alice, "1001"), (bob, "1002")):
+        await open_phone(page, base_url)
+        await phone_login(page, number)
+    await alice.locator("#dial-number").fill("1002")
+    await alice.get_by_role("button", name="Call", exact=True).click()
+    await bob.get_by_role("alertdialog").wait_for(timeout=15000)
+    await bob.get_by_role("button", name="Answer", exact=True).click()
+    return alice, bob
+
+
 async def _ice_fails_once(page, before: list[str]) -> list[str]:
     """Make the page's last peer connection report ICE "failed" once, as Chromium does
     when consent is lost (the restart that follows is Chromium's own); wait until the
@@ -180,13 +216,7 @@ async def _ice_fails_once(page, before: list[str]) -> list[str]:
             pc.dispatchEvent(new Event("iceconnectionstatechange"));
         }"""
     )
-    await page.wait_for_function(
-        f"""(before) => {{ const pc = window.__pcs.at(-1);
-            const now = ({ICE_UFRAGS_JS})(pc);
-            return pc.signalingState === "stable" && now[1] && now[1] !== before[1]; }}""",
-        arg=before,
-        timeout=15000,
-    )
+    await _restart_answered(page, before, 15000)
     after = await page.evaluate(f"() => ({ICE_UFRAGS_JS})(window.__pcs.at(-1))")
     assert after[0] != before[0] and after[1] != before[1], (before, after)
     await page.wait_for_function(
@@ -229,13 +259,7 @@ async def test_library_restarts_ice_when_the_path_breaks(gateway, e2e_dir):
         )
         await asyncio.sleep(2.0)
         assert await page.evaluate(f"() => ({ICE_UFRAGS_JS})(window.__pcs.at(-1))") == after
-        await page.wait_for_function(
-            f"""(before) => {{ const pc = window.__pcs.at(-1);
-                const now = ({ICE_UFRAGS_JS})(pc);
-                return pc.signalingState === "stable" && now[1] && now[1] !== before[1]; }}""",
-            arg=after,
-            timeout=15000,
-        )
+        await _restart_answered(page, after, 15000)
         third = await page.evaluate(
             f"""() => {{ const pc = window.__pcs.at(-1); delete pc.iceConnectionState;
                 return ({ICE_UFRAGS_JS})(pc); }}"""
@@ -243,12 +267,7 @@ async def test_library_restarts_ice_when_the_path_breaks(gateway, e2e_dir):
         await asyncio.sleep(4.0)
         assert await page.evaluate(f"() => ({ICE_UFRAGS_JS})(window.__pcs.at(-1))") == third
         assert_audio(await measure_audio(page, f"#audio-{echo}", 2000), what="echo, 2nd restart")
-        events = await bench_events(page)
-        assert not [e for e in events if e["type"] == "request-failed"], events
-        assert states_of(events, echo) == ["DIALING", "CONNECTED"]
-        await page.evaluate(f"() => window.bench.calls[{echo}].disconnect()")
-        await wait_bench(page, call_state_js("DISCONNECTED", echo))
-        await assert_no_problems(page)
+        await _echo_call_ends_unharmed(page, echo)
     log = gateway.log()
     assert log.count("ICE restart completed") == 2 and "client re-offer refused" not in log
 
@@ -258,15 +277,7 @@ async def test_called_browser_restarts_ice_in_a_web_call(gateway, e2e_dir):
     the gateway is the controlling ICE agent toward it) restarts ICE; the gateway answers,
     roles sort themselves out, and both still hear each other's microphone."""
     async with launch(e2e_dir) as browser:
-        alice = await browser.page("alice")
-        bob = await browser.page("bob")
-        for page, number in ((alice, "1001"), (bob, "1002")):
-            await open_phone(page, gateway.http_url)
-            await phone_login(page, number)
-        await alice.locator("#dial-number").fill("1002")
-        await alice.get_by_role("button", name="Call", exact=True).click()
-        await bob.get_by_role("alertdialog").wait_for(timeout=15000)
-        await bob.get_by_role("button", name="Answer", exact=True).click()
+        alice, bob = await _alice_calls_bob(browser, gateway.http_url)
         for page in (alice, bob):
             await wait_call(page, "CONNECTED")
         audio = "#calls > li.call audio"
@@ -317,13 +328,7 @@ async def test_library_tries_an_unanswered_ice_restart_again(gateway, e2e_dir):
         await asyncio.sleep(12.0)
         pc_state = "() => window.__pcs.at(-1).signalingState"
         assert await page.evaluate(pc_state) == "have-local-offer"  # still waiting
-        await page.wait_for_function(
-            f"""(before) => {{ const pc = window.__pcs.at(-1);
-                const now = ({ICE_UFRAGS_JS})(pc);
-                return pc.signalingState === "stable" && now[1] && now[1] !== before[1]; }}""",
-            arg=before,
-            timeout=20000,
-        )
+        await _restart_answered(page, before, 20000)
         await page.evaluate("() => { delete window.__pcs.at(-1).iceConnectionState; }")
         await page.wait_for_function(
             "() => ['connected', 'completed'].includes(window.__pcs.at(-1).iceConnectionState)",
@@ -331,12 +336,7 @@ async def test_library_tries_an_unanswered_ice_restart_again(gateway, e2e_dir):
         )
         await asyncio.sleep(1.0)
         assert_audio(await measure_audio(page, f"#audio-{echo}", 2000), what="echo after retry")
-        events = await bench_events(page)
-        assert not [e for e in events if e["type"] == "request-failed"], events
-        assert states_of(events, echo) == ["DIALING", "CONNECTED"]
-        await page.evaluate(f"() => window.bench.calls[{echo}].disconnect()")
-        await wait_bench(page, call_state_js("DISCONNECTED", echo))
-        await assert_no_problems(page)
+        await _echo_call_ends_unharmed(page, echo)
     assert gateway.log().count("ICE restart completed") == 1
 
 
@@ -450,15 +450,7 @@ async def test_transfer_two_calls(gateway, sipp, e2e_dir):
     her calls end REDIRECTED, Bob stays CONNECTED and now hears the SIP echo of himself."""
     uas = sipp.uas_echo(gateway.pbx_port)
     async with launch(e2e_dir) as browser:
-        alice = await browser.page("alice")
-        bob = await browser.page("bob")
-        for page, number in ((alice, "1001"), (bob, "1002")):
-            await open_phone(page, gateway.http_url)
-            await phone_login(page, number)
-        await alice.locator("#dial-number").fill("1002")
-        await alice.get_by_role("button", name="Call", exact=True).click()
-        await bob.get_by_role("alertdialog").wait_for(timeout=15000)
-        await bob.get_by_role("button", name="Answer", exact=True).click()
+        alice, bob = await _alice_calls_bob(browser, gateway.http_url)
         await wait_call(alice, "CONNECTED")
         await alice.locator("#dial-number").fill("5555")
         await alice.get_by_role("button", name="Call", exact=True).click()  # holds Bob first

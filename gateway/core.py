@@ -1861,7 +1861,7 @@ class Core:
         keep showing the last picture (or shows the new ones). An offer already
         out carries the change in the next negotiation.
         """
-        on = video.has_video and video.direction != "inactive"
+        on = video.sending or video.receiving
         allowed = "sendrecv" if on else "inactive"
         if allowed == leg.video_direction:
             return

@@ -121,16 +121,12 @@ class IceRestart:
             await asyncio.wait_for(connection.connect(), timeout or RESTART_TIMEOUT)
         except (TimeoutError, ConnectionError) as exc:
             logger.info("ICE restart failed: %s", str(exc) or "timeout")
-            self._finish()
+            self.cancel()
             await connection.close()
             return False
-        self._finish()
+        self.cancel()
         logger.info("ICE restart completed: %s", connection._nominated.get(1))
         return True
-
-    def cancel(self) -> None:
-        """Stop using the restart's fall-back (the transport is closing)."""
-        self._finish()
 
     def abandon(self) -> None:
         """
@@ -146,15 +142,19 @@ class IceRestart:
         connection._check_list_done = True
         connection._early_checks.clear()
         connection._early_checks_done = True
-        self._finish()
+        self.cancel()
         if connection.remote_password is not None:
             connection._query_consent_task = asyncio.create_task(connection.query_consent())
 
-    def _finish(self) -> None:
+    def cancel(self) -> None:
+        """
+        Done with the restart's fall-back (checks over, restart abandoned or the
+        transport closing): Connection's own methods again, which see the
+        nominated pairs, the previous ones if none was nominated.
+        """
         if self.done:
             return
         self.done = True
-        # back to Connection's own methods, which see the nominated pairs
         vars(self.connection).pop("recvfrom", None)
         vars(self.connection).pop("sendto", None)
         if not self.connection._nominated:

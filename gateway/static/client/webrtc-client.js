@@ -1704,11 +1704,9 @@ export class WebRtcCall {
     }, ICE_RECOVER_WAIT);
   }
 
-  /** Our ICE restart was refused or lost a glare: try again while the path is still broken. */
+  /** Our ICE restart was refused or lost a glare: try again if the path is still broken then. */
   #iceRestartAgain(attempt) {
-    const pc = attempt?.pc;
-    if (!attempt || attempt.track || this.#pc !== pc) return;
-    if (["failed", "disconnected"].includes(pc.iceConnectionState)) this.#iceRestartLater(pc);
+    if (attempt && !attempt.track && this.#pc === attempt.pc) this.#iceRestartLater(attempt.pc);
   }
 
   /**

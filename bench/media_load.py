@@ -53,6 +53,7 @@ import gc
 import json
 import os
 import random
+import re
 import resource
 import shutil
 import struct
@@ -84,10 +85,12 @@ def pattern(rate: int) -> np.ndarray:
     return np.rint(y * 32767).astype(np.int16)
 
 
-def browser_opus(pcm48: np.ndarray) -> list[bytes]:
+def browser_opus(pcm48: np.ndarray, max_playback_rate: int | None = None) -> list[bytes]:
     """
     ``pcm48`` (int16 at 48 kHz, whole 20 ms frames) as Opus packets, one per frame, as
-    Chrome sends by default: mono (the SDP says stereo=0), 32 kb/s, VoIP.
+    Chrome sends by default: mono (the SDP says stereo=0), 32 kb/s, VoIP; band-limited
+    as Chrome does when the answer gives ``maxplaybackrate`` (RFC 7587; Chromium's
+    behaviour is shown by bench/browser_opus_band.py).
     """
     import av
 
@@ -97,6 +100,20 @@ def browser_opus(pcm48: np.ndarray) -> list[bytes]:
     encoder.format = "s16"
     encoder.bit_rate = 32000
     encoder.options = {"application": "voip"}
+    if max_playback_rate is not None:
+        # libopus' encoder bandwidth as libwebrtc chooses it from maxplaybackrate
+        cutoff = next(
+            c
+            for rate, c in (
+                (8000, 4000),
+                (12000, 6000),
+                (16000, 8000),
+                (24000, 12000),
+                (48000, 20000),
+            )
+            if max_playback_rate <= rate
+        )
+        encoder.options = {**encoder.options, "cutoff": str(cutoff)}
     frames = len(pcm48) // 960
     packets: list[bytes] = []
     for k in range(frames):
@@ -238,7 +255,8 @@ async def gateway_main() -> None:
             break
         cmd = json.loads(line)
         if cmd["cmd"] == "call":
-            web = WebRtcLeg()
+            # as the gateway's core makes it for a call to a G.711 SIP peer
+            web = WebRtcLeg(playback_rate=8000)
             answer = await web.accept_offer(cmd["offer"])
             rtp = await RtpLeg.open("127.0.0.1", 20000, 40000)
             sip_answer = rtp.create_answer(cmd["sip_offer"].encode())
@@ -476,14 +494,11 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
         await proc.stdin.drain()
         return json.loads(await proc.stdout.readline())  # type: ignore[no-any-return]
 
-    # pre-encoded inputs: one period of Opus packets, one of PCMU payloads. The tone
-    # makes libopus choose CELT full band, which costs more to decode than the SILK or
-    # hybrid packets of speech: a conservative load.
-    opus_packets = browser_opus(pattern(48000))
+    # pre-encoded inputs: one period of PCMU payloads, and one of Opus packets once the
+    # gateway's answer tells their band
     pcm8 = pattern(8000)
     pcmu_payloads = [ulaw_encode(pcm8[k * 160 : (k + 1) * 160]) for k in range(PERIOD_FRAMES)]
     pcmu_browser = args.browser_codec == "pcmu"
-    browser_packets = pcmu_payloads if pcmu_browser else opus_packets
 
     # both sides' input bursts start together (one timer sends both)
     in_onsets: list[float] = []
@@ -536,6 +551,7 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
             {"cmd": "call", "offer": pc.localDescription.sdp, "sip_offer": sip_offer}
         )
         await pc.setRemoteDescription(RTCSessionDescription(reply["answer"], "answer"))
+        playback_rate = re.search(r"maxplaybackrate=(\d+)", reply["answer"])
         sip_port = int(reply["sip_answer"].split("m=audio ")[1].split()[0])
         side.remote = ("127.0.0.1", sip_port)
         pcs.append(pc)
@@ -545,6 +561,10 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
             raise RuntimeError("a WebRTC peer failed to connect")
         await asyncio.sleep(0.1)
     setup = time.monotonic() - setup_start
+    # The tone bursts come out of libopus as speech would: hybrid full band, or SILK
+    # narrowband once the answer's maxplaybackrate limits the band (as Chrome does).
+    opus_packets = browser_opus(pattern(48000), int(playback_rate[1]) if playback_rate else None)
+    browser_packets = pcmu_payloads if pcmu_browser else opus_packets
     webs = [
         WebSide(pc, stream, 160 if pcmu_browser else 960)
         for pc, stream in zip(pcs, web_streams, strict=True)

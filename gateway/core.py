@@ -1164,8 +1164,31 @@ class Core:
             ice_servers=self._ice_servers,
             opus_bit_rate=self.config.media.opus_bit_rate,
             opus_complexity=self.config.media.opus_complexity,
+            playback_rate=self._sip_audio_rate(call),
         )
         return leg
+
+    def _sip_audio_rate(self, call: ClientCall) -> int | None:
+        """
+        The sample rate of the SIP leg a new client leg will be bridged to, when
+        it is known to be G.711's or G.722's: the browser's Opus need not carry
+        more (WebRtcLeg.playback_rate). None for calls to web users, to the echo
+        and tone numbers, and where the SIP side may choose Opus.
+        """
+        if call.sip_in is not None:
+            rtp = call.sip_in.rtp
+            return rtp.sample_rate if rtp is not None and rtp.codec is not None else None
+        if not call.outgoing:
+            return None  # a web user's call to this one
+        number = call.remote.dial_string
+        if number in (self.config.numbers.echo, self.config.numbers.tone) or any(
+            r is not call.reg for r in self.logged_in(number) + self.sleeping(number)
+        ):
+            return None
+        codecs = self.config.media.codecs
+        if "OPUS" in codecs:
+            return None
+        return 16000 if "G722" in codecs else 8000
 
     def _enable_sip_video(self, rtp: RtpLeg, *codecs: str) -> None:
         """Video toward a SIP phone on this RTP leg: m=video in its offers and answers."""

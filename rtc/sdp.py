@@ -351,3 +351,40 @@ def find_codec(media: MediaDescription, name: str, clock_rate: int) -> Codec | N
         if codec.matches(name, clock_rate):
             return codec
     return None
+
+
+def with_opus_parameter(sdp: str, name: str, value: int) -> str:
+    """
+    ``sdp`` with ``name=value`` in the fmtp of each audio m-line's Opus
+    payload type (added to its fmtp line, or on a new one after its rtpmap);
+    a parameter already there is left as it is. Text in, text out, every
+    other line unchanged: for descriptions another stack wrote.
+    """
+    eol = "\r\n" if "\r\n" in sdp else "\n"
+    lines = sdp.split(eol)
+    starts = [i for i, line in enumerate(lines) if line.startswith("m=")]
+    # from the last m-line back, so that inserting keeps the earlier indices
+    for start, end in reversed(list(zip(starts, [*starts[1:], len(lines)], strict=True))):
+        if not lines[start].startswith("m=audio "):
+            continue
+        section = range(start + 1, end)
+        rtpmap = next(
+            (
+                i
+                for i in section
+                if lines[i].startswith("a=rtpmap:")
+                and lines[i].partition(" ")[2].lower().startswith("opus/")
+            ),
+            None,
+        )
+        if rtpmap is None:
+            continue
+        payload_type = lines[rtpmap][len("a=rtpmap:") :].partition(" ")[0]
+        fmtp = next((i for i in section if lines[i].startswith(f"a=fmtp:{payload_type} ")), None)
+        if fmtp is None:
+            lines.insert(rtpmap + 1, f"a=fmtp:{payload_type} {name}={value}")
+            continue
+        present = lines[fmtp].partition(" ")[2].split(";")
+        if all(p.partition("=")[0].strip().lower() != name for p in present):
+            lines[fmtp] = f"{lines[fmtp]};{name}={value}"
+    return eol.join(lines)

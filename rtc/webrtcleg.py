@@ -11,6 +11,12 @@ Both legs' codecs are coded here, on the event loop: the track hands aiortc
 encoded ``av.Packet``s (aiortc only packs them) and the receive hook decodes
 packets before aiortc's decoder thread would see them.
 
+Playback rate: ``playback_rate`` (8000 or 16000; None by default) is the far
+leg's audio band when the leg is made for a G.711 or G.722 SIP call. Our SDP
+then tells the browser ``maxplaybackrate`` for Opus (RFC 7587 section 7): it
+encodes narrowband (or wideband) instead of full band, which the SIP leg would
+throw away; its uplink is smaller and decoding here costs less than half.
+
 Pass-through (rtc.ports.PassThroughPort, turned on by MediaBridge when the
 SIP leg sends the same codec): received 20 ms packets of a codec the far leg
 wants are queued undecoded (EncodedFrame), and ``write_encoded`` frames become
@@ -88,7 +94,7 @@ from .ports import (
 )
 from .resample import Resampler
 from .rtp import RTP_FIXED_HEADER, parse_received
-from .sdp import SdpError, SessionDescription, combine_directions
+from .sdp import SdpError, SessionDescription, combine_directions, with_opus_parameter
 from .sendclock import SendClock
 from .stats import LegStats, estimate_mos
 from .webrtcdtmf import TELEPHONE_EVENT, TransceiverDtmf, register_telephone_event
@@ -521,9 +527,13 @@ class WebRtcLeg(ReceivingPort):
         ice_servers: Sequence[IceServer] = (),
         opus_bit_rate: int = OPUS_BIT_RATE,
         opus_complexity: int = OPUS_COMPLEXITY,
+        playback_rate: int | None = None,
     ) -> None:
         if not 0 <= opus_complexity <= 10:
             raise ValueError("opus_complexity must be 0..10")
+        if playback_rate not in (None, *PORT_RATES):
+            raise ValueError(f"playback_rate must be one of {PORT_RATES} or None")
+        self.playback_rate = playback_rate
         self.on_dtmf = on_dtmf
         self.last_received: float | None = None
         self._dtmf: TransceiverDtmf | None = None
@@ -754,7 +764,7 @@ class WebRtcLeg(ReceivingPort):
         self._video_negotiated()
         if restart:
             self._run_ice_restart()
-        return self._pc.localDescription.sdp
+        return self._local_sdp()
 
     async def create_offer(
         self, video: bool = False, video_codec: str | None = None, ice_restart: bool = False
@@ -782,7 +792,14 @@ class WebRtcLeg(ReceivingPort):
         except BaseException:
             self._abandon_ice_restart()
             raise
-        return self._pc.localDescription.sdp
+        return self._local_sdp()
+
+    def _local_sdp(self) -> str:
+        """Our description as the browser gets it: aiortc's, with ``playback_rate``."""
+        sdp: str = self._pc.localDescription.sdp
+        if self.playback_rate is None or self.playback_rate >= OPUS_CLOCK_RATE:
+            return sdp
+        return with_opus_parameter(sdp, "maxplaybackrate", self.playback_rate)
 
     async def accept_answer(self, sdp: str) -> None:
         """

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import fractions
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -37,6 +38,14 @@ from tests.audio import SineSource
 RATE = 48000
 FRAME = 960  # 20 ms at 48 kHz
 Message = dict[str, Any]
+
+
+def max_playback_rate(sdp: str | None) -> int | None:
+    """The maxplaybackrate the gateway's SDP gives for Opus (RFC 7587), None without."""
+    opus = re.search(r"^a=rtpmap:(\d+) opus/", sdp or "", re.M | re.I)
+    fmtp = opus and re.search(rf"^a=fmtp:{opus[1]} (.*)$", sdp or "", re.M)
+    rate = fmtp and re.search(r"maxplaybackrate=(\d+)", fmtp[1])
+    return int(rate[1]) if rate else None
 
 
 class ToneTrack(MediaStreamTrack):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.audio import dominant_frequency, rms_dbfs
-from tests.e2e.client import RATE, Call, JsonV1Client
+from tests.e2e.client import RATE, Call, JsonV1Client, max_playback_rate
 
 pytestmark = pytest.mark.e2e
 
@@ -61,6 +61,8 @@ async def test_outgoing_call_to_sip_echo(gateway, sipp, clients):
     call = await alice.dial(ECHO_NUMBER, freq=1000.0)
     await call.wait_state("active", timeout=20)
     assert_ringing_then_active(call)
+    # the PBX speaks G.711 ([media] codecs): the browser need not send more than 8 kHz
+    assert max_playback_rate(call.answer_sdp) == 8000, call.answer_sdp
 
     await check_tone(call, 1000.0, what="echo from sipp")
 
@@ -90,6 +92,7 @@ async def test_incoming_call_from_sip(gateway, sipp, clients):
     await call.wait_state("ringing", timeout=10)
     await call.answer()
     await call.wait_state("active", timeout=20)
+    assert max_playback_rate(call.offer) == 8000, call.offer  # sipp's INVITE: PCMU
 
     await check_tone(call, 1000.0, what="own tone echoed by sipp UAC")
 
@@ -127,6 +130,9 @@ async def test_web_to_web_call(gateway, clients):
         check_tone(call_a, 1500.0, what="alice hears bob"),
         check_tone(call_b, 600.0, what="bob hears alice"),
     )
+    # full-band Opus between browsers
+    assert max_playback_rate(call_a.answer_sdp) is None, call_a.answer_sdp
+    assert max_playback_rate(call_b.offer) is None, call_b.offer
 
     await call_a.hangup()
     ended_a = await call_a.wait_state("terminated", timeout=10)

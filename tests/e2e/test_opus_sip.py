@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from tests.audio import dominant_frequency, rms_dbfs
-from tests.e2e.client import JsonV1Client
+from tests.e2e.client import JsonV1Client, max_playback_rate
 from tests.e2e.test_calls import check_tone
 from tests.e2e.test_passthrough import pcmu_only_clients  # noqa: F401 - fixture
 from tests.e2e.test_sip_media import check_echo_after_active, logged_in, uas, wait_active
@@ -26,6 +26,7 @@ async def test_opus_far_end_echoes_wideband_audio(gateway, sipp, clients):
     alice = await logged_in(clients, gateway)
     call = await alice.dial("5555", freq=9000.0)
     await wait_active(call)
+    assert max_playback_rate(call.answer_sdp) is None, call.answer_sdp  # Opus may go through
     await check_echo_after_active(call, 9000.0)
     await call.hangup()
     await call.wait_state("terminated", timeout=10)

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from tests.audio import band_energy_ratio, dominant_frequency, rms_dbfs
-from tests.e2e.client import RATE, Call, JsonV1Client
+from tests.e2e.client import RATE, Call, JsonV1Client, max_playback_rate
 from tests.e2e.conftest import (
     HOST,
     Gateway,
@@ -492,6 +492,7 @@ async def test_g722_carries_wideband_audio(gateway, sipp, clients):
     alice = await logged_in(clients, gateway)
     call = await alice.dial("5555", freq=5000.0)
     await wait_active(call)
+    assert max_playback_rate(call.answer_sdp) == 16000, call.answer_sdp
     await check_echo_after_active(call, 5000.0)
     await call.hangup()
     await call.wait_state("terminated", timeout=10)

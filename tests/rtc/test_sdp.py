@@ -9,6 +9,7 @@ from rtc.sdp import (
     answer_direction,
     find_codec,
     select_codec,
+    with_opus_parameter,
 )
 
 ASTERISK_OFFER = (
@@ -174,3 +175,25 @@ def test_size_and_media_limits() -> None:
 
 def test_sdp_error_is_a_value_error() -> None:
     assert issubclass(SdpError, ValueError)
+
+
+def test_with_opus_parameter() -> None:
+    """Added to the Opus fmtp of each audio m-line (wherever that line is), or on a new
+    line after its rtpmap; not twice; other m-lines and line endings untouched."""
+    sdp = (
+        "v=0\r\nm=audio 9 RTP/SAVPF 111 0\r\na=fmtp:111 minptime=10;useinbandfec=1\r\n"
+        "a=rtpmap:111 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\n"
+        "m=audio 9 RTP/AVP 98 0\r\na=rtpmap:98 OPUS/48000/2\r\na=rtpmap:0 PCMU/8000\r\n"
+        "m=video 9 RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n"
+    )
+    out = with_opus_parameter(sdp, "maxplaybackrate", 8000)
+    assert out == (
+        "v=0\r\nm=audio 9 RTP/SAVPF 111 0\r\n"
+        "a=fmtp:111 minptime=10;useinbandfec=1;maxplaybackrate=8000\r\n"
+        "a=rtpmap:111 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\n"
+        "m=audio 9 RTP/AVP 98 0\r\na=rtpmap:98 OPUS/48000/2\r\na=fmtp:98 maxplaybackrate=8000\r\n"
+        "a=rtpmap:0 PCMU/8000\r\nm=video 9 RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n"
+    )
+    assert with_opus_parameter(out, "maxplaybackrate", 16000) == out
+    g711 = "v=0\nm=audio 9 RTP/AVP 0\na=rtpmap:0 PCMU/8000\n"
+    assert with_opus_parameter(g711, "maxplaybackrate", 8000) == g711

@@ -275,3 +275,24 @@ def test_events_in_place_of_audio_are_not_counted_as_lost() -> None:
     buffer.add(AiortcRtpPacket(sequence_number=5))  # behind: dropped
     assert losses == [0, 0, 0, 2]
     assert buffer.late == 1
+
+
+async def test_playback_rate_tells_the_browser_opus_need_not_be_full_band() -> None:
+    """RFC 7587 maxplaybackrate for Opus in our offer and answer; none by default
+    (web-to-web)."""
+    narrow, wide, browser = (
+        WebRtcLeg(playback_rate=8000),
+        WebRtcLeg(playback_rate=16000),
+        WebRtcLeg(),
+    )
+    try:
+        offer = await narrow.create_offer()
+        assert "a=rtpmap:96 opus/48000/2\r\na=fmtp:96 maxplaybackrate=8000\r\n" in offer
+        browser_offer = await browser.create_offer()
+        assert "maxplaybackrate" not in browser_offer
+        assert "a=fmtp:96 maxplaybackrate=16000" in await wide.accept_offer(browser_offer)
+    finally:
+        for leg in (narrow, wide, browser):
+            await leg.close()
+    with pytest.raises(ValueError):
+        WebRtcLeg(playback_rate=11025)

@@ -554,6 +554,7 @@ class WebRtcLeg(ReceivingPort):
         self._pending = np.zeros(0, dtype=np.int16)
         # payload type -> lower-case MIME type, per negotiated codec list (_mimes)
         self._pt_mimes: tuple[object, dict[int, str]] | None = None
+        self._send_codec: tuple[object, str | None] | None = None  # (codec list, name)
         self._transceiver: RTCRtpTransceiver | None = None
         self._reader: asyncio.Task[None] | None = None
         self._video: WebRtcVideo | None = None
@@ -663,8 +664,14 @@ class WebRtcLeg(ReceivingPort):
     @property
     def send_codec(self) -> str | None:
         """Lower-case name of the codec we send ("opus", "pcmu", "pcma"), once negotiated."""
-        codec = self.codec
-        return codec.split("/", 1)[-1].lower() if codec else None
+        # asked per packet (the bridge's pass-through checks): worked out once per
+        # negotiated codec list, which aiortc replaces, never changes, on renegotiation
+        codecs = self._transceiver._codecs if self._transceiver is not None else None
+        cached = self._send_codec
+        if cached is None or cached[0] is not codecs:
+            codec = self.codec
+            cached = self._send_codec = (codecs, codec.split("/", 1)[-1].lower() if codec else None)
+        return cached[1]
 
     @property
     def passthrough(self) -> Callable[[str], bool] | None:

@@ -271,6 +271,29 @@ def main() -> None:
                 original.append(score(rate, ref, degraded))
                 as_sent.append(score(rate, sent_by(ref), degraded))
             print(f"{label:52s} {_summary(original):>22s} {_summary(as_sent):>22s}")
+    browser_to_sip()
+
+
+def browser_to_sip() -> None:
+    """
+    Browser -> SIP: the speech at 48 kHz as Chrome encodes it (media_load.browser_opus:
+    Opus 32 kb/s VoIP, full band, or band-limited as with the gateway's
+    maxplaybackrate=8000), decoded to 8 kHz by the gateway, then G.711; PESQ-NB against
+    the original at 8 kHz.
+    """
+    from media_load import browser_opus
+
+    from rtc.opus import OpusDecoder
+
+    pairs = list(zip(speech_samples(48000), speech_samples(8000), strict=True))
+    print(f"\nPESQ-NB, browser -> SIP, samples at 48 kHz: {', '.join(n for (n, _), _ in pairs)}")
+    for label, rate in (("full band", None), ("maxplaybackrate=8000", 8000)):
+        scores = []
+        for (_, speech48), (_, ref) in pairs:
+            decoder = OpusDecoder(8000)
+            out = np.concatenate([decoder.decode(p) for p in browser_opus(speech48, rate)])
+            scores.append(score(8000, ref, g711(out)))
+        print(f"{'browser Opus 32 kb/s, ' + label + ' -> G.711':52s} {_summary(scores):>22s}")
 
 
 def _summary(values: list[float]) -> str:

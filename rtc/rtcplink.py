@@ -91,17 +91,18 @@ class RtcpLink:
     ) -> bytes | None:
         """
         The peer's RTCP from ``addr`` (``muxed``: it came on the RTP port):
-        SRTCP removed, the source latched, the session fed. Returns the plain
-        compound packet, or None when SRTCP rejected it.
+        SRTCP removed, the session fed, the source latched if it was RTCP.
+        Returns the plain compound packet, or None when SRTCP rejected it.
         """
         if srtp is not None:
             try:
                 data = srtp.unprotect_rtcp(data)
             except SrtpError:
                 return None
-        if not muxed and self.latched is None:
+        # only RTCP latches: a stray datagram on our RTCP port before the
+        # peer's first report would otherwise take its reports away from it
+        if self.session.handle(data, wall_time, monotonic) and not muxed and self.latched is None:
             self.latched = addr
-        self.session.handle(data, wall_time, monotonic)
         return data
 
     def send(

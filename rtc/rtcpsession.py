@@ -93,13 +93,13 @@ class RtcpSession:
             data += bytes(RtcpByePacket([self.ssrc]))
         return data
 
-    def handle(self, data: bytes, wall_time: float, monotonic: float) -> None:
-        """Read the peer's RTCP; malformed packets are ignored."""
+    def handle(self, data: bytes, wall_time: float, monotonic: float) -> bool:
+        """Read the peer's RTCP; False (and ignored) when it is not well-formed RTCP."""
         try:
             packets = parse_rtcp(data)
         except (ValueError, IndexError) as exc:
             logger.debug("Bad RTCP packet: %s", exc)
-            return
+            return False
         for packet in packets:
             if isinstance(packet, RtcpSrPacket):
                 self._last_sr = ntp_middle(packet.ntp_timestamp)
@@ -110,6 +110,7 @@ class RtcpSession:
                         self._remote_report(report, wall_time)
             elif isinstance(packet, RtcpByePacket) and packet.sources:
                 self.remote_bye = True
+        return bool(data)
 
     def _remote_report(self, report: RtcpReceptionReport, wall_time: float) -> None:
         self.remote_report = report

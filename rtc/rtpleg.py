@@ -49,7 +49,13 @@ concealing it; ``read()`` (or the bridge's listener) gets the frames in the
 datagram callback that completed them, or from a timer at the end of a wait
 (and every 20 ms during comfort noise). A silent or held stream yields
 nothing. ``jitter_min``/``jitter_max`` (seconds, 0.02..0.2) bound the
-adaptive delay.
+adaptive delay. A packet the codec cannot decode (a corrupt Opus packet) is
+dropped as lost.
+
+Latching (symmetric RTP, RFC 4961): the first packet of the negotiated codec
+fixes where we send (until a negotiation moves the SDP's address), and from
+then on RTP from any other source is dropped: a stranger who finds the port
+mid-call can neither be heard in the call nor disturb its jitter buffer.
 
 SRTP (``srtp`` keyword of ``open``), keyed by SDES (RFC 4568, rtc.sdes):
 "off" offers RTP/AVP, ignores crypto lines in answers and offers and refuses
@@ -102,7 +108,7 @@ from .dtmfdetect import DtmfDetector
 from .g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from .g722 import G722_SAMPLE_RATE, G722Decoder, G722Encoder
 from .jitterbuffer import JitterBuffer, PlayoutBuffer
-from .opus import OPUS_CLOCK_RATE, OpusDecoder, OpusEncoder, packet_samples
+from .opus import OPUS_CLOCK_RATE, OpusDecoder, OpusEncoder, OpusError, packet_samples
 from .ports import (
     FRAME_MS,
     EncodedFrame,
@@ -1088,6 +1094,10 @@ class RtpLeg(ReceivingPort):
             return
         if self._awaiting_srtp:
             return
+        latched = self._latched
+        if latched is not None and addr != latched:
+            # not our peer (see Latching in the module docstring)
+            return
         if self._srtp is not None:
             try:
                 data = self._srtp.unprotect(data)
@@ -1138,7 +1148,12 @@ class RtpLeg(ReceivingPort):
             # back to decoding (pass-through off, or a packet it cannot take)
             self._stop_playout()
             self._passing = False
-        samples = self._decoder(packet.payload_type, codec)(packet.payload)
+        try:
+            samples = self._decoder(packet.payload_type, codec)(packet.payload)
+        except (OpusError, ValueError) as exc:
+            # corrupt (libopus refuses it): lost, as if it had not arrived
+            logger.debug("%s packet not decoded: %s", codec.name, exc)
+            return
         self.frames_decoded += 1
         # in the jitter buffer, timestamps count audio samples
         scale = codec.sample_rate // codec.clock_rate
@@ -1165,9 +1180,14 @@ class RtpLeg(ReceivingPort):
             self._passing = True
         if self._telephone_event_pt is None and self.on_dtmf is not None:
             # in-band DTMF: decoded for the detector only
-            samples = self._decoder(packet.payload_type, codec)(packet.payload)
-            self.frames_decoded += 1
-            self._detect_dtmf(samples)
+            try:
+                samples = self._decoder(packet.payload_type, codec)(packet.payload)
+            except (OpusError, ValueError) as exc:
+                # corrupt: nothing to detect; the far end's decoder conceals it
+                logger.debug("%s packet not decoded: %s", codec.name, exc)
+            else:
+                self.frames_decoded += 1
+                self._detect_dtmf(samples)
         self._packets.put(
             packet.ssrc, packet.timestamp, EncodedFrame(name, packet.payload), now, packet.marker
         )

@@ -30,6 +30,8 @@ __all__ = [
 ]
 
 KEY_LENGTH = 30  # 128-bit master key || 112-bit master salt
+# the longest packet pylibsrtp unprotects (the size of its buffer)
+MAX_PACKET = 1500
 DEFAULT_SUITE = "AES_CM_128_HMAC_SHA1_80"
 SUITES = {
     "AES_CM_128_HMAC_SHA1_80": Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
@@ -104,7 +106,8 @@ class SrtpContext:
     """
     The SRTP/SRTCP state of one leg: ``suite``, our ``local_key`` for what we
     send, the peer's ``remote_key`` for what we receive. The unprotect methods
-    raise SrtpError for packets that fail authentication or replay checks.
+    raise SrtpError for packets that fail authentication or replay checks
+    (and for datagrams too long to be SRTP, MAX_PACKET).
     """
 
     def __init__(
@@ -136,13 +139,25 @@ class SrtpContext:
         return self._tx.protect(packet)
 
     def unprotect(self, packet: bytes) -> bytes:
-        return self._rx.unprotect(packet)
+        try:
+            return self._rx.unprotect(packet)
+        except ValueError as exc:
+            raise _too_long(exc) from None
 
     def protect_rtcp(self, packet: bytes) -> bytes:
         return self._tx.protect_rtcp(packet)
 
     def unprotect_rtcp(self, packet: bytes) -> bytes:
-        return self._rx.unprotect_rtcp(packet)
+        try:
+            return self._rx.unprotect_rtcp(packet)
+        except ValueError as exc:
+            raise _too_long(exc) from None
+
+
+def _too_long(exc: ValueError) -> SrtpError:
+    # pylibsrtp unprotects in a buffer of MAX_PACKET bytes and raises ValueError, not
+    # its Error, for a longer datagram: one that cannot be ours, dropped like a forgery
+    return SrtpError(f"{exc} (more than {MAX_PACKET} bytes)")
 
 
 def negotiated_context(

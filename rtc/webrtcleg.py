@@ -47,6 +47,7 @@ import asyncio
 import fractions
 import logging
 import random
+import struct
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -148,6 +149,9 @@ DIRECT_POLL = 0.1
 # ... and how long it waits at most while the leg does (send() and the leg's
 # filler timer wake it as soon as the direct way is gone)
 DIRECT_IDLE = 1.0
+# pylibsrtp unprotects in a buffer of this many bytes and raises ValueError, not
+# pylibsrtp.Error, for a longer packet
+SRTP_MAX_PACKET = 1500
 
 register_telephone_event()
 
@@ -242,6 +246,16 @@ class ImmediateAudioJitterBuffer(AiortcJitterBuffer):
             self._last_seq = seq
 
 
+def _fatal_to_aiortc(data: bytes) -> bool:
+    """
+    A datagram that would end aiortc's DTLS transport task, and with it the
+    call's media both ways: an empty one (it reads the first byte unchecked),
+    or one in SRTP's range (RFC 7983) too long for pylibsrtp (whose ValueError
+    it does not catch). No peer of ours sends either; anyone can.
+    """
+    return not data or (len(data) > SRTP_MAX_PACKET and 127 < data[0] < 192)
+
+
 def _shortcut(
     original: Callable[[bytes, tuple[Any, ...]], None], direct: Callable[[bytes], bool]
 ) -> Callable[[bytes, tuple[Any, ...]], None]:
@@ -250,7 +264,12 @@ def _shortcut(
     def datagram_received(data: bytes, addr: tuple[Any, ...]) -> None:
         if len(data) > 12 and 127 < data[0] < 192 and not 191 < data[1] < 224 and direct(data):
             return
-        original(data, addr)
+        try:
+            original(data, addr)
+        except struct.error as exc:
+            # aioice's STUN parser raises it, not ValueError, for an attribute
+            # of the wrong size: neither STUN to answer nor media, so dropped
+            logger.debug("malformed STUN from %s dropped: %s", addr, exc)
 
     return datagram_received
 
@@ -1062,10 +1081,13 @@ class WebRtcLeg(ReceivingPort):
         and handled at once, in the datagram callback: no queue, no task, no
         aiortc RtpPacket, no router. Everything else (DTLS, STUN answers' data,
         RTCP, video, other payload types, anything before the DTLS handshake)
-        goes to aiortc's queue untouched. aiortc's receiver statistics (its
-        receiver reports and getStats) are fed the same way its receiver
-        would (StreamStatistics per SSRC), and the DTLS transport's counters
-        too, so stats() and the browser's view of our RR stay right.
+        goes to aiortc's queue untouched, except datagrams that would end its
+        DTLS transport (``_fatal_to_aiortc``), which are dropped. aiortc's
+        receiver statistics (its receiver reports and getStats) are fed the
+        same way its receiver would (StreamStatistics per SSRC), and the DTLS
+        transport's counters too, so stats() and the browser's view of our RR
+        stay right. Malformed STUN that aioice's parser raises on is dropped
+        (``_shortcut``).
 
         Sent: see ``_send_direct``.
         """
@@ -1083,7 +1105,7 @@ class WebRtcLeg(ReceivingPort):
         direct = self._receive_direct
 
         def data_received(data: bytes, component: int) -> None:
-            if not direct(data):
+            if not direct(data) and not _fatal_to_aiortc(data):
                 original(data, component)
 
         connection.data_received = data_received  # type: ignore[method-assign]
@@ -1104,8 +1126,8 @@ class WebRtcLeg(ReceivingPort):
 
     def _receive_direct(self, data: bytes) -> bool:
         """Handle one received datagram here (True) or leave it to aiortc (False)."""
-        if len(data) < 12 or not 127 < data[0] < 192 or 191 < data[1] < 224:
-            return False  # not RTP (DTLS, STUN, RTCP)
+        if not 12 <= len(data) <= SRTP_MAX_PACKET or not 127 < data[0] < 192 or 191 < data[1] < 224:
+            return False  # not RTP (DTLS, STUN, RTCP), or too long to be ours
         transceiver = self._transceiver
         dtls: Any = self._rx_dtls
         if transceiver is None or dtls is None or self._closed:

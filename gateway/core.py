@@ -766,7 +766,7 @@ class Core:
     async def _route(self, call: ClientCall) -> None:
         number = call.remote.dial_string
         numbers = self.config.numbers
-        callees = [r for r in self.logged_in(number) + self.sleeping(number) if r is not call.reg]
+        callees = self._web_callees(call)
         bindings = self.ua.registrar.bindings(number) if self.ua is not None else []
         if callees and call.record is not None:
             call.record.routed("web")
@@ -807,6 +807,11 @@ class Core:
             )
         else:
             self._end(call, Reason.DIAL_STRING)
+
+    def _web_callees(self, call: ClientCall) -> list[Registration]:
+        """The web clients (logged in or asleep) an outgoing call's number rings."""
+        number = call.remote.dial_string
+        return [r for r in self.logged_in(number) + self.sleeping(number) if r is not call.reg]
 
     async def _invite_sip(
         self,
@@ -1180,10 +1185,10 @@ class Core:
             return rtp.sample_rate if rtp is not None and rtp.codec is not None else None
         if not call.outgoing:
             return None  # a web user's call to this one
-        number = call.remote.dial_string
-        if number in (self.config.numbers.echo, self.config.numbers.tone) or any(
-            r is not call.reg for r in self.logged_in(number) + self.sleeping(number)
-        ):
+        if call.remote.dial_string in (
+            self.config.numbers.echo,
+            self.config.numbers.tone,
+        ) or self._web_callees(call):
             return None
         codecs = self.config.media.codecs
         if "OPUS" in codecs:

@@ -1148,13 +1148,9 @@ class RtpLeg(ReceivingPort):
             # back to decoding (pass-through off, or a packet it cannot take)
             self._stop_playout()
             self._passing = False
-        try:
-            samples = self._decoder(packet.payload_type, codec)(packet.payload)
-        except (OpusError, ValueError) as exc:
-            # corrupt (libopus refuses it): lost, as if it had not arrived
-            logger.debug("%s packet not decoded: %s", codec.name, exc)
-            return
-        self.frames_decoded += 1
+        samples = self._decode_packet(packet, codec)
+        if samples is None:
+            return  # lost, as if it had not arrived
         # in the jitter buffer, timestamps count audio samples
         scale = codec.sample_rate // codec.clock_rate
         self._buffer(
@@ -1179,14 +1175,10 @@ class RtpLeg(ReceivingPort):
             self._stop_playout()
             self._passing = True
         if self._telephone_event_pt is None and self.on_dtmf is not None:
-            # in-band DTMF: decoded for the detector only
-            try:
-                samples = self._decoder(packet.payload_type, codec)(packet.payload)
-            except (OpusError, ValueError) as exc:
-                # corrupt: nothing to detect; the far end's decoder conceals it
-                logger.debug("%s packet not decoded: %s", codec.name, exc)
-            else:
-                self.frames_decoded += 1
+            # in-band DTMF: decoded for the detector only (a corrupt packet has
+            # nothing to detect; the far end's decoder conceals it)
+            samples = self._decode_packet(packet, codec)
+            if samples is not None:
                 self._detect_dtmf(samples)
         self._packets.put(
             packet.ssrc, packet.timestamp, EncodedFrame(name, packet.payload), now, packet.marker
@@ -1194,6 +1186,18 @@ class RtpLeg(ReceivingPort):
         self.frames_passed += 1
         self._play(now)
         return True
+
+    def _decode_packet(
+        self, packet: ReceivedRtp, codec: AudioCodec
+    ) -> npt.NDArray[np.int16] | None:
+        """The packet's audio, counted; None for a corrupt one (libopus refuses it)."""
+        try:
+            samples = self._decoder(packet.payload_type, codec)(packet.payload)
+        except (OpusError, ValueError) as exc:
+            logger.debug("%s packet not decoded: %s", codec.name, exc)
+            return None
+        self.frames_decoded += 1
+        return samples
 
     def _count_received(self, packet: ReceivedRtp, now: float) -> None:
         self.packets_received += 1

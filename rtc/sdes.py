@@ -22,6 +22,7 @@ from pylibsrtp import Policy, Session
 __all__ = [
     "DEFAULT_SUITE",
     "KEY_LENGTH",
+    "SRTP_MAX_PACKET",
     "SUITES",
     "CryptoAttribute",
     "SrtpContext",
@@ -31,7 +32,7 @@ __all__ = [
 
 KEY_LENGTH = 30  # 128-bit master key || 112-bit master salt
 # the longest packet pylibsrtp unprotects (the size of its buffer)
-MAX_PACKET = 1500
+SRTP_MAX_PACKET = 1500
 DEFAULT_SUITE = "AES_CM_128_HMAC_SHA1_80"
 SUITES = {
     "AES_CM_128_HMAC_SHA1_80": Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
@@ -107,7 +108,7 @@ class SrtpContext:
     The SRTP/SRTCP state of one leg: ``suite``, our ``local_key`` for what we
     send, the peer's ``remote_key`` for what we receive. The unprotect methods
     raise SrtpError for packets that fail authentication or replay checks
-    (and for datagrams too long to be SRTP, MAX_PACKET).
+    (and for datagrams too long to be SRTP, SRTP_MAX_PACKET).
     """
 
     def __init__(
@@ -155,9 +156,9 @@ class SrtpContext:
 
 
 def _too_long(exc: ValueError) -> SrtpError:
-    # pylibsrtp unprotects in a buffer of MAX_PACKET bytes and raises ValueError, not
+    # pylibsrtp unprotects in a buffer of SRTP_MAX_PACKET bytes and raises ValueError, not
     # its Error, for a longer datagram: one that cannot be ours, dropped like a forgery
-    return SrtpError(f"{exc} (more than {MAX_PACKET} bytes)")
+    return SrtpError(f"{exc} (more than {SRTP_MAX_PACKET} bytes)")
 
 
 def negotiated_context(

@@ -95,6 +95,7 @@ from .ports import (
 )
 from .resample import Resampler
 from .rtp import RTP_FIXED_HEADER, parse_received
+from .sdes import SRTP_MAX_PACKET
 from .sdp import SdpError, SessionDescription, combine_directions, with_opus_parameter
 from .sendclock import SendClock
 from .stats import LegStats, estimate_mos
@@ -149,9 +150,6 @@ DIRECT_POLL = 0.1
 # ... and how long it waits at most while the leg does (send() and the leg's
 # filler timer wake it as soon as the direct way is gone)
 DIRECT_IDLE = 1.0
-# pylibsrtp unprotects in a buffer of this many bytes and raises ValueError, not
-# pylibsrtp.Error, for a longer packet
-SRTP_MAX_PACKET = 1500
 
 register_telephone_event()
 

@@ -239,3 +239,21 @@ def huge_datagrams(payload_type: int = 0) -> list[bytes]:
     payload type, DTLS and STUN."""
     firsts = [(0x80, payload_type), (0x80, 0xC8), (0x80, 0x7F), (0x16, 0xFE), (0x00, 0x01)]
     return [huge(first, second) for first, second in firsts]
+
+
+def corpus(
+    payload_type: int, event_type: int | None = None, *, seed: int, random_count: int = 1500
+) -> list[bytes]:
+    """Every kind above, for a media port whose stream has `payload_type` (and RFC 4733
+    events on `event_type`): RTP, RTCP, SRTP, STUN- and DTLS-looking, `random_count`
+    random datagrams and huge ones."""
+    rng = random.Random(seed)
+    return (
+        malformed_rtp(payload_type, event_type)
+        + malformed_rtcp()
+        + malformed_srtp(payload_type)
+        + stun_like(rng)
+        + dtls_like(rng)
+        + random_datagrams(seed, random_count)
+        + huge_datagrams(payload_type)
+    )

@@ -80,6 +80,18 @@ class RtcpLink:
         self.remote = rtcp_remote
         return moved
 
+    def rtp_latched(self, source: Address, moved: bool) -> None:
+        """
+        The peer's RTP source latched (``moved``: away from an earlier latch, a
+        NAT rebinding). RTCP muxed on the RTP port comes from there too, so the
+        reports go there; otherwise a moved RTP source means a moved RTCP
+        source, learnt again from the peer's next report.
+        """
+        if self.remote is not None and self.remote == self._rtp_remote:
+            self.latched = source
+        elif moved:
+            self.latched = None
+
     def receive(
         self,
         data: bytes,

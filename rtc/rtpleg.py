@@ -55,7 +55,10 @@ dropped as lost.
 Latching (symmetric RTP, RFC 4961): the first packet of the negotiated codec
 fixes where we send (until a negotiation moves the SDP's address), and from
 then on RTP from any other source is dropped: a stranger who finds the port
-mid-call can neither be heard in the call nor disturb its jitter buffer.
+mid-call can neither be heard in the call nor disturb its jitter buffer. The
+peer's own stream moving to a new address (a NAT rebinding: same SSRC, next
+sequence numbers, authenticated under SRTP) takes the latch with it after a
+short probation (rtc.rebinding).
 
 SRTP (``srtp`` keyword of ``open``), keyed by SDES (RFC 4568, rtc.sdes):
 "off" offers RTP/AVP, ignores crypto lines in answers and offers and refuses
@@ -117,6 +120,7 @@ from .ports import (
     ReceivingPort,
     frame_samples,
 )
+from .rebinding import Rebinding
 from .resample import Resampler
 from .rtcplink import Address, RtcpLink, sdp_remote
 from .rtcpsession import RtcpSession
@@ -432,6 +436,7 @@ class RtpLeg(ReceivingPort):
         self._rtcp = RtcpSession(self._ssrc, RTP_CLOCK, f"{self._ssrc:08x}@{host}")
         self._rtcp_transport: asyncio.DatagramTransport | None = None
         self._rtcp_link = RtcpLink(self._rtcp)
+        self._rebinding = Rebinding(self._rtcp.receiver)
         self._rtcp_task: asyncio.Task[None] | None = None
 
         # pass-through (see the module docstring)
@@ -864,6 +869,7 @@ class RtpLeg(ReceivingPort):
     ) -> None:
         if self._rtcp_link.set_remote(remote, rtcp_remote):
             self._latched = None
+            self._rebinding.reset()
         self._sdp_remote = remote
         sending = direction in ("sendrecv", "sendonly") and remote is not None
         if sending and not self._sending:
@@ -1095,7 +1101,8 @@ class RtpLeg(ReceivingPort):
         if self._awaiting_srtp:
             return
         latched = self._latched
-        if latched is not None and addr != latched:
+        stranger = latched is not None and addr != latched
+        if stranger and not self._rebinding.may_continue(data):
             # not our peer (see Latching in the module docstring)
             return
         if self._srtp is not None:
@@ -1107,6 +1114,10 @@ class RtpLeg(ReceivingPort):
         packet = parse_received(data)
         if packet is None:
             return
+        if stranger:
+            if not self._rebinding.moved(addr, packet.sequence_number):
+                return
+            self._latch(addr, moved=True)
         # one clock reading for everything this packet causes
         now = asyncio.get_running_loop().time()
         if self._telephone_event_pt is not None and packet.payload_type == self._telephone_event_pt:
@@ -1135,7 +1146,7 @@ class RtpLeg(ReceivingPort):
         self._count_received(packet, now)
         if packet.payload_type == self._codec_pt and self._latched is None:
             # symmetric RTP (RFC 4961): answer to where the far end really is
-            self._latched = addr
+            self._latch(addr, moved=False)
         if not self._receiving:
             # we are sendonly/inactive: the far end's audio is not wanted
             return
@@ -1156,6 +1167,12 @@ class RtpLeg(ReceivingPort):
         self._buffer(
             packet.ssrc, (packet.timestamp * scale) & 0xFFFFFFFF, packet.marker, samples, now
         )
+
+    def _latch(self, addr: tuple[str, int], moved: bool) -> None:
+        if moved:
+            logger.info("RTP source moved from %s to %s (NAT rebinding)", self._latched, addr)
+        self._latched = addr
+        self._rtcp_link.rtp_latched(addr, moved)
 
     def _pass_through(self, packet: ReceivedRtp, codec: AudioCodec, now: float) -> bool:
         """Queue the packet undecoded (True) when pass-through takes it."""

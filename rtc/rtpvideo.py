@@ -4,7 +4,8 @@ packetization mode 1) on its own UDP socket pair, relayed without
 transcoding to and from a WebRtcLeg's video (VideoLink links them).
 
 ``RtpVideo`` is the stream: its SDP m=video line (offer, answer, applying an
-answer), symmetric RTP latching, SRTP by SDES when the audio of the call
+answer), symmetric RTP latching (strict, following a NAT rebinding as
+RtpLeg does), SRTP by SDES when the audio of the call
 uses it, RTCP (SR/RR + SDES every few seconds, BYE on close) and keyframe
 requests both ways.
 
@@ -56,6 +57,7 @@ from aiortc.codecs.vpx import Vp8Encoder, vp8_depayload
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 
+from .rebinding import Rebinding
 from .rtcp import RtcpFirPacket, RtcpPliPacket, parse_rtcp
 from .rtcplink import RtcpLink, sdp_remote
 from .rtcpsession import RtcpSession
@@ -378,6 +380,7 @@ class RtpVideo(EncodedVideoPublisher):
 
         self._rtcp = RtcpSession(self._ssrc, VIDEO_CLOCK, f"{self._ssrc:08x}@{host}")
         self._rtcp_link = RtcpLink(self._rtcp)
+        self._rebinding = Rebinding(self._rtcp.receiver)
         self._rtcp_task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -653,6 +656,7 @@ class RtpVideo(EncodedVideoPublisher):
         remote, rtcp_remote = sdp_remote(address, media, mux=True)
         if self._rtcp_link.set_remote(remote, rtcp_remote):
             self._latched = None
+            self._rebinding.reset()
         self._sdp_remote = remote
         if changed or self._assembler is None:
             self._assembler = FrameAssembler(codec.name)
@@ -704,6 +708,10 @@ class RtpVideo(EncodedVideoPublisher):
     def _rtp_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if self._closed or self._codec is None or self._awaiting_srtp:
             return
+        latched = self._latched
+        stranger = latched is not None and addr != latched
+        if stranger and not self._rebinding.may_continue(data):
+            return  # not our peer: strict once latched, as RtpLeg
         if self._srtp is not None:
             try:
                 data = self._srtp.unprotect(data)
@@ -715,8 +723,13 @@ class RtpVideo(EncodedVideoPublisher):
             return
         if packet.payload_type != self._codec.payload_type:
             return
-        if self._latched is None:
+        if stranger:
+            if not self._rebinding.moved(addr, packet.sequence_number):
+                return
+            logger.info("video RTP source moved from %s to %s (NAT rebinding)", latched, addr)
+        if latched is None or stranger:
             self._latched = addr  # symmetric RTP (RFC 4961)
+            self._rtcp_link.rtp_latched(addr, moved=stranger)
         self.packets_received += 1
         first = self._remote_ssrc is None
         self._remote_ssrc = packet.ssrc

@@ -120,6 +120,11 @@ class ReceiverStatistics:
         self._transit = transit
 
     @property
+    def max_seq(self) -> int:
+        """The highest sequence number received (without its cycles)."""
+        return self._max_seq
+
+    @property
     def extended_max(self) -> int:
         return self._cycles + self._max_seq
 

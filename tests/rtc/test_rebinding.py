@@ -1,0 +1,272 @@
+"""NAT rebinding: a latched RTP stream that goes on from a new address takes the latch
+with it (rtc.rebinding), while a stranger still cannot. Pure tests of the probation, then
+RtpLeg through a scripted NAT that changes its public port mid-call (plain RTP and SRTP,
+audio checked both ways before and after), then RtpVideo."""
+
+import asyncio
+import logging
+import re
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from rtc.g711 import ulaw_encode
+from rtc.rebinding import PROBATION, Rebinding
+from rtc.rtcplink import RtcpLink
+from rtc.rtcpsession import RtcpSession
+from rtc.rtp import RtpPacket
+from rtc.rtpleg import RtpLeg
+from rtc.rtpvideo import VideoRtpLeg
+from rtc.stats import ReceiverStatistics
+from tests.audio import SineSource, dominant_frequency
+
+from .conftest import read_for, wait_for, write_paced
+from .test_rtpvideo import phone_offer, vp8_packets, vp8_payload
+
+SSRC = 0x5EED1234
+OLD, NEW, OTHER = ("192.0.2.1", 4000), ("192.0.2.1", 61000), ("198.51.100.9", 5000)
+
+
+def header(seq: int, ssrc: int = SSRC) -> bytes:
+    return bytes(RtpPacket(0, seq & 0xFFFF, seq * 160, ssrc, payload=b"\xff" * 160))
+
+
+def latched_stream(last_seq: int) -> tuple[ReceiverStatistics, Rebinding]:
+    receiver = ReceiverStatistics(8000)
+    for seq in range(last_seq - 9, last_seq + 1):
+        receiver.add(SSRC, seq & 0xFFFF, seq * 160, seq * 0.02, 160)
+    return receiver, Rebinding(receiver)
+
+
+# --------------------------------------------------------------------------- probation
+
+
+def test_the_stream_going_on_from_a_new_address_moves_after_probation() -> None:
+    receiver, rebinding = latched_stream(1000)
+    assert PROBATION == 2
+    # the NAT's new port: the next packets of the same stream (one lost in the switch)
+    assert rebinding.may_continue(header(1002))
+    assert not rebinding.moved(NEW, 1002)  # dropped: on probation
+    assert rebinding.may_continue(header(1003))
+    assert rebinding.moved(NEW, 1003)  # the second in sequence: the latch moves
+    # across the 16-bit wrap, too
+    _, rebinding = latched_stream(0xFFFF)
+    assert rebinding.may_continue(header(0x10000))
+    assert not rebinding.moved(NEW, 0)
+    assert rebinding.moved(NEW, 1)
+
+
+def test_what_does_not_continue_the_stream_never_moves_it() -> None:
+    receiver, rebinding = latched_stream(1000)
+    assert not rebinding.may_continue(header(1001, ssrc=SSRC ^ 1))  # another stream
+    assert not rebinding.may_continue(header(1000))  # a duplicate of the last one
+    assert not rebinding.may_continue(header(990))  # replayed, behind the stream
+    assert not rebinding.may_continue(header(1000 + 3000))  # too far ahead
+    assert not rebinding.may_continue(header(1001)[:11])  # not even an RTP header
+    assert not Rebinding(ReceiverStatistics(8000)).may_continue(header(1))  # nothing latched
+
+
+def test_probation_restarts_on_another_address_or_out_of_sequence() -> None:
+    _, rebinding = latched_stream(1000)
+    assert not rebinding.moved(NEW, 1001)
+    assert not rebinding.moved(OTHER, 1002)  # another address: starts over
+    assert not rebinding.moved(NEW, 1003)
+    assert not rebinding.moved(NEW, 1003)  # the same number again: starts over
+    assert not rebinding.moved(NEW, 1003 + 200)  # a jump: starts over
+    assert rebinding.moved(NEW, 1003 + 201)
+    # a negotiation that moves the SDP address forgets a candidate
+    assert not rebinding.moved(OTHER, 1300)
+    rebinding.reset()
+    assert not rebinding.moved(OTHER, 1301)
+
+
+def test_rtcp_follows_a_muxed_rtp_latch_and_is_relearnt_when_rtp_moves() -> None:
+    link = RtcpLink(RtcpSession(1, 8000, "x@y"))
+    # RTCP on its own port: a first RTP latch leaves a learnt RTCP source alone
+    link.set_remote(("192.0.2.1", 4000), ("192.0.2.1", 4001))
+    link.latched = ("192.0.2.1", 4001)
+    link.rtp_latched(OLD, moved=False)
+    assert link.latched == ("192.0.2.1", 4001)
+    # ...and a moved RTP source means a moved RTCP source: learnt from the next report
+    link.rtp_latched(NEW, moved=True)
+    assert link.latched is None
+    # RTCP muxed on the RTP port (a=rtcp pointing at it): the reports follow the RTP latch
+    link.set_remote(("192.0.2.1", 4000), ("192.0.2.1", 4000))
+    link.rtp_latched(OLD, moved=False)
+    assert link.latched == OLD
+    link.rtp_latched(NEW, moved=True)
+    assert link.latched == NEW
+
+
+# --------------------------------------------------------------------------- RtpLeg
+
+
+class Nat:
+    """
+    A NAT in front of a phone, on loopback: the phone sends to ``inside``; the NAT sends
+    that on from its current public port to the gateway, and what reaches the public
+    port back to the phone. ``rebind()`` gives the mapping a new public port, as a NAT
+    does when a mapping times out or the router restarts.
+    """
+
+    def __init__(self) -> None:
+        self.gateway: tuple[str, int] | None = None
+        self.phone: tuple[str, int] | None = None
+        self.inside: asyncio.DatagramTransport | None = None
+        self.public: asyncio.DatagramTransport | None = None
+
+    @classmethod
+    async def open(cls) -> "Nat":
+        nat = cls()
+        loop = asyncio.get_running_loop()
+        nat.inside, _ = await loop.create_datagram_endpoint(
+            lambda: _Relay(nat.from_phone), local_addr=("127.0.0.1", 0)
+        )
+        await nat.rebind()
+        return nat
+
+    @property
+    def inside_port(self) -> int:
+        assert self.inside is not None
+        return int(self.inside.get_extra_info("sockname")[1])
+
+    @property
+    def public_address(self) -> tuple[str, int]:
+        assert self.public is not None
+        host, port = self.public.get_extra_info("sockname")[:2]
+        return (host, port)
+
+    async def rebind(self) -> None:
+        old = self.public
+        self.public, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            lambda: _Relay(self.from_gateway), local_addr=("127.0.0.1", 0)
+        )
+        if old is not None:
+            old.close()  # what the gateway still sends there is lost
+
+    def from_phone(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.phone = addr
+        if self.public is not None and self.gateway is not None:
+            self.public.sendto(data, self.gateway)
+
+    def from_gateway(self, data: bytes, addr: tuple[str, int]) -> None:
+        if self.inside is not None and self.phone is not None:
+            self.inside.sendto(data, self.phone)
+
+    def close(self) -> None:
+        for transport in (self.inside, self.public):
+            if transport is not None:
+                transport.close()
+
+
+class _Relay(asyncio.DatagramProtocol):
+    def __init__(self, on_data) -> None:  # type: ignore[no-untyped-def]
+        self._on_data = on_data
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self._on_data(data, addr)
+
+
+def through_nat(offer: bytes, nat: Nat) -> bytes:
+    """The gateway's offer as the phone uses it: its audio sent to the NAT's inside port."""
+    return re.sub(rb"m=audio \d+", b"m=audio %d" % nat.inside_port, offer)
+
+
+def assert_tone(audio: npt.NDArray[np.int16], rate: int, freq: int) -> None:
+    tail = audio[-rate * 2 // 5 :]  # the last 0.4 s
+    assert len(tail) == rate * 2 // 5, f"{len(audio)} samples"
+    assert dominant_frequency(tail, rate) == pytest.approx(freq, abs=10)
+
+
+@pytest.mark.parametrize("srtp", ["off", "mandatory"])
+async def test_audio_follows_the_phone_when_its_nat_rebinds(
+    srtp: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The gateway's leg latches onto the NAT's public port; the NAT then gives the
+    phone's stream a new public port mid-call, with no new SDP. The gateway follows the
+    stream there (same SSRC, next sequence numbers; authenticated under SRTP), and both
+    sides hear each other's tone again: the call does not go one-way."""
+    caplog.set_level(logging.INFO, logger="rtc.rtpleg")
+    gateway = await RtpLeg.open("127.0.0.1", srtp=srtp)
+    phone = await RtpLeg.open("0.0.0.0", advertised_address="203.0.113.7", srtp=srtp)
+    nat = await Nat.open()
+    nat.gateway = ("127.0.0.1", gateway.local_port)
+    writers = asyncio.gather(
+        write_paced(gateway, SineSource(1000, 8000, 0.3), 3.0),
+        write_paced(phone, SineSource(600, 8000, 0.3), 3.0),
+    )
+    try:
+        gateway.apply_answer(phone.create_answer(through_nat(gateway.create_offer(), nat)))
+        at_gateway, at_phone = await asyncio.gather(read_for(gateway, 1.0), read_for(phone, 1.0))
+        assert gateway.remote_address == nat.public_address
+        assert_tone(at_gateway, 8000, 600)
+        assert_tone(at_phone, 8000, 1000)
+
+        await nat.rebind()
+        at_gateway, at_phone = await asyncio.gather(read_for(gateway, 1.0), read_for(phone, 1.0))
+        assert gateway.remote_address == nat.public_address, "still sending to the old port"
+        assert_tone(at_gateway, 8000, 600)
+        assert_tone(at_phone, 8000, 1000)
+        assert "NAT rebinding" in caplog.text
+    finally:
+        writers.cancel()
+        await asyncio.gather(writers, return_exceptions=True)
+        nat.close()
+        await gateway.close()
+        await phone.close()
+
+
+async def test_a_stranger_cannot_take_an_srtp_latch_even_knowing_the_stream() -> None:
+    """Under SRTP the SSRC and sequence numbers are in the clear, so a stranger who sees
+    them can forge a packet that continues the stream; it fails authentication and moves
+    nothing. Plain packets replayed from a new address are behind the stream and fail
+    too."""
+    a = await RtpLeg.open("127.0.0.1", srtp="mandatory")
+    b = await RtpLeg.open("127.0.0.1", srtp="mandatory")
+    writer = asyncio.ensure_future(write_paced(a, SineSource(1000, 8000, 0.3), 0.6))
+    try:
+        b.apply_answer(a.create_answer(b.create_offer()))
+        peer = ("127.0.0.1", a.local_port)
+        await wait_for(lambda: b.remote_address == peer and b.packets_received > 5)
+        receiver = b._rtcp.receiver
+        assert receiver.ssrc is not None
+        received = b.packets_received
+        for n in range(1, 20):
+            seq = receiver.max_seq + n
+            forged = RtpPacket(0, seq & 0xFFFF, seq * 160, receiver.ssrc, ulaw_encode([0] * 160))
+            b._datagram_received(bytes(forged) + b"\x00" * 10, ("127.0.0.1", 9))
+        assert b.remote_address == peer
+        assert b.packets_received - received <= 3  # a's own packets meanwhile, at most
+    finally:
+        await writer
+        await a.close()
+        await b.close()
+
+
+# --------------------------------------------------------------------------- RtpVideo
+
+
+async def test_video_is_strict_once_latched_and_follows_a_rebinding() -> None:
+    leg = await VideoRtpLeg.open("127.0.0.1", 30000, 30999)
+    try:
+        video = leg.enable_video()
+        leg.create_answer(phone_offer(4000, 4002))
+        frame = [vp8_payload(b"\x00" * 50, True)]
+        packets = [bytes(p) for n in range(8) for p in vp8_packets(frame, 100 + n, n * 3000)]
+        video._rtp_received(packets[0], OLD)
+        assert video.remote_address == OLD and video.packets_received == 1
+        # a stranger's stream (another SSRC) is not taken, nor counted
+        for data in vp8_packets(frame * 3, 7, 0, ssrc=0x999):
+            video._rtp_received(bytes(data), OTHER)
+        assert video.remote_address == OLD and video.packets_received == 1
+        # the phone's own stream from a new port: dropped on probation, then followed
+        video._rtp_received(packets[1], NEW)
+        assert video.remote_address == OLD and video.packets_received == 1
+        video._rtp_received(packets[2], NEW)
+        assert video.remote_address == NEW and video.packets_received == 2
+        # and the old port is now the stranger: its late packets are behind the stream
+        video._rtp_received(packets[1], OLD)
+        assert video.remote_address == NEW and video.packets_received == 2
+    finally:
+        await leg.close()

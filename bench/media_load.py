@@ -49,6 +49,7 @@ under ``taskset -c 1`` (when the machine has two cores).
 
 import argparse
 import asyncio
+import fcntl
 import gc
 import json
 import os
@@ -304,9 +305,36 @@ class Stream:
     clock: int
     arrivals: list[tuple[float, int, bytes]] = field(default_factory=list)
     keep_payload: bool = False
+    # how long after the kernel's arrival stamp the generator's loop handled each packet
+    handling: list[float] = field(default_factory=list)
 
     def add(self, arrival: float, timestamp: int, payload: bytes) -> None:
         self.arrivals.append((arrival, timestamp, payload if self.keep_payload else b""))
+
+
+SIOCGSTAMPNS = 0x8907  # Linux: when the kernel received a socket's last datagram
+
+
+class KernelClock:
+    """
+    Arrival times as the kernel stamped them (SIOCGSTAMPNS, read right after the
+    loop's recvfrom handed the datagram over), on the loop's clock. The generator
+    handles as many packets as the gateway; the moments its own loop was busy
+    elsewhere must not count as the gateway's lateness.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.offset = time.time() - loop.time()  # CLOCK_REALTIME -> the loop's clock
+        self._now = loop.time
+        self._buffer = bytearray(16)
+
+    def arrival(self, fd: int, handling: list[float]) -> float:
+        """The kernel's arrival time; the delay until now is appended to ``handling``."""
+        fcntl.ioctl(fd, SIOCGSTAMPNS, self._buffer, True)
+        seconds, nanoseconds = struct.unpack_from("qq", self._buffer)
+        arrival = seconds + nanoseconds * 1e-9 - self.offset
+        handling.append(self._now() - arrival)
+        return arrival
 
 
 def unwrap(timestamps: list[int]) -> np.ndarray:
@@ -374,19 +402,22 @@ def pair_latencies(inputs: list[float], outputs: list[float]) -> list[float]:
 
 
 class SipSide(asyncio.DatagramProtocol):
-    def __init__(self, stream: Stream) -> None:
+    def __init__(self, stream: Stream, clock: KernelClock) -> None:
         self.stream = stream
+        self.clock = clock
         self.transport: asyncio.DatagramTransport | None = None
         self.remote: tuple[str, int] | None = None
+        self.fd = -1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.fd = transport.get_extra_info("socket").fileno()
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if len(data) < 12 or data[1] & 0x7F != 0:
             return
         timestamp = struct.unpack_from("!I", data, 4)[0]
-        self.stream.add(asyncio.get_running_loop().time(), timestamp, data[12:])
+        self.stream.add(self.clock.arrival(self.fd, self.stream.handling), timestamp, data[12:])
 
 
 class WebSide:
@@ -400,7 +431,7 @@ class WebSide:
     packets from the clear-text header (everything else goes on to aioice).
     """
 
-    def __init__(self, pc: Any, stream: Stream, step: int) -> None:
+    def __init__(self, pc: Any, stream: Stream, step: int, clock: KernelClock) -> None:
         from aiortc.rtp import RtpPacket
 
         transceiver = pc.getTransceivers()[0]
@@ -424,9 +455,10 @@ class WebSide:
         self.step = step  # RTP clock units per 20 ms
         self.stream = stream
         self.protect = self.dtls._tx_srtp.protect
-        self.loop = asyncio.get_running_loop()
+        self.clock = clock
         for protocol in connection._protocols:
-            protocol.datagram_received = self._hook(protocol.datagram_received)
+            fd = protocol.transport.get_extra_info("socket").fileno()
+            protocol.datagram_received = self._hook(protocol.datagram_received, fd)
 
     def send(self, n: int, payload: bytes) -> None:
         header = RTP_HEADER.pack(
@@ -438,10 +470,13 @@ class WebSide:
         )
         self.socket.sendto(self.protect(header + self.extension + payload), self.remote)
 
-    def _hook(self, original: Callable[[bytes, Any], None]) -> Callable[[bytes, Any], None]:
+    def _hook(
+        self, original: Callable[[bytes, Any], None], fd: int
+    ) -> Callable[[bytes, Any], None]:
         payload_type = self.payload_type
         stream = self.stream
-        now = self.loop.time
+        arrival = self.clock.arrival
+        handling = stream.handling
         unpack = RTP_TIMESTAMP.unpack_from
 
         def datagram_received(data: bytes, addr: Any) -> None:
@@ -449,19 +484,18 @@ class WebSide:
             # (200-204) never match it, with or without the marker bit
             if len(data) > 12 and 127 < data[0] < 192 and data[1] & 0x7F == payload_type:
                 if stream.keep_payload:
-                    self._keep(data)
+                    self._keep(data, arrival(fd, handling))
                 else:
-                    stream.arrivals.append((now(), unpack(data, 4)[0], b""))
+                    stream.arrivals.append((arrival(fd, handling), unpack(data, 4)[0], b""))
                 return
             original(data, addr)
 
         return datagram_received
 
-    def _keep(self, data: bytes) -> None:
+    def _keep(self, data: bytes, arrival: float) -> None:
         """--latency: the payload too, unprotected with the DTLS transport's session."""
         from rtc.rtp import parse_received
 
-        arrival = self.loop.time()
         try:
             packet = parse_received(self.dtls._rx_srtp.unprotect(data))
         except Exception:  # pylibsrtp.Error: dropped, as aiortc would
@@ -478,6 +512,7 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
     from rtc.g711 import ulaw_decode, ulaw_encode
 
     loop = asyncio.get_running_loop()
+    clock = KernelClock(loop)
     gateway_cmd = [sys.executable, os.path.abspath(__file__), "--role", "gateway"]
     if args.uvloop or args.gateway_uvloop:
         gateway_cmd.append("--uvloop")
@@ -539,7 +574,7 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
         web_streams.append(web_stream)
         await pc.setLocalDescription(await pc.createOffer())
         sip_stream = Stream(8000, keep_payload=args.latency and i == 0)
-        side = SipSide(sip_stream)
+        side = SipSide(sip_stream, clock)
         await loop.create_datagram_endpoint(lambda side=side: side, local_addr=("127.0.0.1", 0))
         assert side.transport is not None
         port = side.transport.get_extra_info("sockname")[1]
@@ -566,7 +601,7 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
     opus_packets = browser_opus(pattern(48000), int(playback_rate[1]) if playback_rate else None)
     browser_packets = pcmu_payloads if pcmu_browser else opus_packets
     webs = [
-        WebSide(pc, stream, 160 if pcmu_browser else 960)
+        WebSide(pc, stream, 160 if pcmu_browser else 960, clock)
         for pc, stream in zip(pcs, web_streams, strict=True)
     ]
 
@@ -575,6 +610,7 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
     header = bytearray(12)
 
     slots = max(1, min(args.stagger, calls))
+    send_late: list[tuple[float, float]] = []  # (when, how late the generator sent a slot)
 
     async def send_rtp() -> None:
         # Real calls start at unrelated moments: call i's SIP packets go out in slot
@@ -589,6 +625,8 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
             if k == 0:
                 in_onsets.append(loop.time() - FRAME)
             for slot in range(slots):
+                now = loop.time()
+                send_late.append((now, now - (start + n * FRAME + slot * FRAME / slots)))
                 for i in range(slot, len(sip_sides), slots):
                     side = sip_sides[i]
                     struct.pack_into("!BBHII", header, 0, 0x80, 0, n & 0xFFFF, n * 160, ssrc + i)
@@ -645,6 +683,10 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
         "late_web_p99_ms": 1000 * float(np.percentile(late_web, 99)),
         "late_sip_p50_ms": 1000 * float(np.percentile(late_sip, 50)),
         "late_sip_p99_ms": 1000 * float(np.percentile(late_sip, 99)),
+        "generator_send_late_p99_ms": 1000
+        * float(np.percentile([late for when, late in send_late if t0 <= when < t1], 99)),
+        "generator_handling_p99_ms": 1000
+        * float(np.percentile(np.concatenate([s.handling for s in web_streams + sip_streams]), 99)),
         "counters": report["counters"],
         "gc_full_passes": report["gc_full_passes"],
         "gc_max_pause_ms": report["gc_max_pause_ms"],
@@ -755,7 +797,9 @@ def main() -> None:
             f"{result['filled_to_sip_pct']:.3f}%\n"
             f"   lateness to browser p50/p99 {result['late_web_p50_ms']:.1f}/"
             f"{result['late_web_p99_ms']:.1f} ms, to SIP {result['late_sip_p50_ms']:.1f}/"
-            f"{result['late_sip_p99_ms']:.1f} ms; gateway GC: "
+            f"{result['late_sip_p99_ms']:.1f} ms (kernel arrival stamps); generator late "
+            f"sending p99 {result['generator_send_late_p99_ms']:.1f} ms, handling "
+            f"arrivals p99 {result['generator_handling_p99_ms']:.1f} ms; gateway GC: "
             f"{result['gc_full_passes']} full passes, longest pause "
             f"{result['gc_max_pause_ms']:.1f} ms",
             flush=True,

@@ -5,7 +5,6 @@ audio checked both ways before and after), then RtpVideo."""
 
 import asyncio
 import logging
-import re
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +19,7 @@ from rtc.rtpleg import RtpLeg
 from rtc.rtpvideo import VideoRtpLeg
 from rtc.stats import ReceiverStatistics
 from tests.audio import SineSource, dominant_frequency
+from tests.nat import Nat, through_nat
 
 from .conftest import read_for, wait_for, write_paced
 from .test_rtpvideo import phone_offer, vp8_packets, vp8_payload
@@ -100,77 +100,6 @@ def test_rtcp_follows_a_muxed_rtp_latch_and_is_relearnt_when_rtp_moves() -> None
 
 
 # --------------------------------------------------------------------------- RtpLeg
-
-
-class Nat:
-    """
-    A NAT in front of a phone, on loopback: the phone sends to ``inside``; the NAT sends
-    that on from its current public port to the gateway, and what reaches the public
-    port back to the phone. ``rebind()`` gives the mapping a new public port, as a NAT
-    does when a mapping times out or the router restarts.
-    """
-
-    def __init__(self) -> None:
-        self.gateway: tuple[str, int] | None = None
-        self.phone: tuple[str, int] | None = None
-        self.inside: asyncio.DatagramTransport | None = None
-        self.public: asyncio.DatagramTransport | None = None
-
-    @classmethod
-    async def open(cls) -> "Nat":
-        nat = cls()
-        loop = asyncio.get_running_loop()
-        nat.inside, _ = await loop.create_datagram_endpoint(
-            lambda: _Relay(nat.from_phone), local_addr=("127.0.0.1", 0)
-        )
-        await nat.rebind()
-        return nat
-
-    @property
-    def inside_port(self) -> int:
-        assert self.inside is not None
-        return int(self.inside.get_extra_info("sockname")[1])
-
-    @property
-    def public_address(self) -> tuple[str, int]:
-        assert self.public is not None
-        host, port = self.public.get_extra_info("sockname")[:2]
-        return (host, port)
-
-    async def rebind(self) -> None:
-        old = self.public
-        self.public, _ = await asyncio.get_running_loop().create_datagram_endpoint(
-            lambda: _Relay(self.from_gateway), local_addr=("127.0.0.1", 0)
-        )
-        if old is not None:
-            old.close()  # what the gateway still sends there is lost
-
-    def from_phone(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.phone = addr
-        if self.public is not None and self.gateway is not None:
-            self.public.sendto(data, self.gateway)
-
-    def from_gateway(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self.inside is not None and self.phone is not None:
-            self.inside.sendto(data, self.phone)
-
-    def close(self) -> None:
-        for transport in (self.inside, self.public):
-            if transport is not None:
-                transport.close()
-
-
-class _Relay(asyncio.DatagramProtocol):
-    def __init__(self, on_data) -> None:  # type: ignore[no-untyped-def]
-        self._on_data = on_data
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self._on_data(data, addr)
-
-
-def through_nat(offer: bytes, nat: Nat) -> bytes:
-    """The gateway's offer as the phone uses it: its audio sent to the NAT's inside port."""
-    return re.sub(rb"m=audio \d+", b"m=audio %d" % nat.inside_port, offer)
 
 
 def assert_tone(audio: npt.NDArray[np.int16], rate: int, freq: int) -> None:

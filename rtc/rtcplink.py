@@ -58,13 +58,16 @@ class RtcpLink:
     The RTCP addressing of one RTP session around its RtcpSession: ``remote``
     from SDP, ``latched`` from the first RTCP the peer sent to our RTCP port
     (forgotten when the SDP's RTP address moves); reports go to the latched
-    address, else to the SDP's.
+    address, else to the one guessed from the peer's latched RTP source when
+    that is not the SDP's (a NAT: the SDP's RTCP address is then as private
+    as its RTP one), else to the SDP's.
     """
 
     def __init__(self, session: RtcpSession) -> None:
         self.session = session
         self.remote: Address | None = None  # from SDP (a=rtcp, rtcp-mux or port + 1)
         self.latched: Address | None = None
+        self.guessed: Address | None = None  # from the RTP latch, until RTCP arrives
         self._rtp_remote: Address | None = None  # the SDP's RTP address, to see it move
 
     def set_remote(self, remote: Address | None, rtcp_remote: Address | None) -> bool:
@@ -76,6 +79,7 @@ class RtcpLink:
         moved = remote != self._rtp_remote
         if moved:
             self.latched = None
+            self.guessed = None
         self._rtp_remote = remote
         self.remote = rtcp_remote
         return moved
@@ -85,12 +89,20 @@ class RtcpLink:
         The peer's RTP source latched (``moved``: away from an earlier latch, a
         NAT rebinding). RTCP muxed on the RTP port comes from there too, so the
         reports go there; otherwise a moved RTP source means a moved RTCP
-        source, learnt again from the peer's next report.
+        source, learnt again from the peer's next report. Until the peer's
+        RTCP arrives, a source that is not the SDP's address (a NAT) gives the
+        guessed RTCP address.
         """
         if self.remote is not None and self.remote == self._rtp_remote:
             self.latched = source
-        elif moved:
+            return
+        if moved:
             self.latched = None
+        if self.remote is not None and self._rtp_remote is not None and source != self._rtp_remote:
+            # behind a NAT: its RTCP mapping is most likely beside the RTP one, at
+            # the SDP's distance between the two ports (usually the next port)
+            port = source[1] + self.remote[1] - self._rtp_remote[1]
+            self.guessed = (source[0], port) if 0 < port < 65536 else None
 
     def receive(
         self,
@@ -129,10 +141,10 @@ class RtcpLink:
     ) -> bool:
         """
         Our report (``RtcpSession.build_report``), then ``extra`` (feedback
-        such as PLI), SRTCP-protected when ``srtp`` is set, to the latched or
-        the SDP's address. False when there is nowhere or nothing to send it.
+        such as PLI), SRTCP-protected when ``srtp`` is set, to the latched, the
+        guessed or the SDP's address. False when there is nowhere or nothing to send it.
         """
-        addr = self.latched or self.remote
+        addr = self.latched or self.guessed or self.remote
         if addr is None or transport is None or transport.is_closing():
             return False
         data = self.session.build_report(wall_time, monotonic, rtp_timestamp, bye=bye) + extra

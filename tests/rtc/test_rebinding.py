@@ -99,6 +99,49 @@ def test_rtcp_follows_a_muxed_rtp_latch_and_is_relearnt_when_rtp_moves() -> None
     assert link.latched == NEW
 
 
+class Sink:
+    """Where RtcpLink.send sends: the addresses, recorded."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int]] = []
+
+    def is_closing(self) -> bool:
+        return False
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.sent.append(addr)
+
+
+def test_reports_to_a_nated_peer_go_beside_its_rtp_until_its_rtcp_arrives() -> None:
+    """The SDP of a phone behind NAT gives private addresses, unreachable from here. Once
+    its RTP latched from elsewhere, our reports (and the SR that its RTT to us needs) go
+    to the RTCP port beside the latched RTP one, at the SDP's distance between the two;
+    the phone's own RTCP, when it comes, settles it."""
+    link = RtcpLink(RtcpSession(1, 8000, "x@y"))
+    sink = Sink()
+
+    def destination() -> tuple[str, int]:
+        assert link.send(sink, None, 1.0, 1.0, 0)
+        return sink.sent[-1]
+
+    link.set_remote(("10.0.0.5", 4000), ("10.0.0.5", 4001))
+    assert destination() == ("10.0.0.5", 4001)
+    link.rtp_latched(("203.0.113.9", 61000), moved=False)
+    assert destination() == ("203.0.113.9", 61001)
+    link.rtp_latched(("203.0.113.9", 62000), moved=True)  # rebinding: the guess follows
+    assert destination() == ("203.0.113.9", 62001)
+    report = RtcpSession(2, 8000, "p@q").build_report(1.0, 1.0, 0)
+    link.receive(report, ("203.0.113.9", 62007), False, None, 1.0, 1.0)
+    assert destination() == ("203.0.113.9", 62007)
+    # a=rtcp at another distance; a peer not behind NAT keeps the SDP's address
+    link.set_remote(("198.51.100.1", 5000), ("198.51.100.1", 5010))
+    link.rtp_latched(("203.0.113.9", 61000), moved=False)
+    assert destination() == ("203.0.113.9", 61010)
+    link.set_remote(("198.51.100.2", 5000), ("198.51.100.2", 5001))
+    link.rtp_latched(("198.51.100.2", 5000), moved=False)
+    assert destination() == ("198.51.100.2", 5001)
+
+
 # --------------------------------------------------------------------------- RtpLeg
 
 

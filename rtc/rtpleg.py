@@ -58,7 +58,7 @@ then on RTP from any other source is dropped: a stranger who finds the port
 mid-call can neither be heard in the call nor disturb its jitter buffer. The
 peer's own stream moving to a new address (a NAT rebinding: same SSRC, next
 sequence numbers, authenticated under SRTP) takes the latch with it after a
-short probation (rtc.rebinding).
+short probation (rtc.latch).
 
 SRTP (``srtp`` keyword of ``open``), keyed by SDES (RFC 4568, rtc.sdes):
 "off" offers RTP/AVP, ignores crypto lines in answers and offers and refuses
@@ -111,6 +111,7 @@ from .dtmfdetect import DtmfDetector
 from .g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from .g722 import G722_SAMPLE_RATE, G722Decoder, G722Encoder
 from .jitterbuffer import JitterBuffer, PlayoutBuffer
+from .latch import SourceLatch
 from .opus import OPUS_CLOCK_RATE, OpusDecoder, OpusEncoder, OpusError, packet_samples
 from .ports import (
     FRAME_MS,
@@ -120,7 +121,6 @@ from .ports import (
     ReceivingPort,
     frame_samples,
 )
-from .rebinding import Rebinding
 from .resample import Resampler
 from .rtcplink import Address, RtcpLink, sdp_remote
 from .rtcpsession import RtcpSession
@@ -423,7 +423,6 @@ class RtpLeg(ReceivingPort):
         self._direction: str | None = None  # negotiated, from our side
         self._offered_direction = "sendrecv"
         self._sdp_remote: tuple[str, int] | None = None
-        self._latched: tuple[str, int] | None = None
 
         # sending, per RFC 3550 5.1: random initial values
         self._ssrc = random.getrandbits(32)
@@ -436,7 +435,7 @@ class RtpLeg(ReceivingPort):
         self._rtcp = RtcpSession(self._ssrc, RTP_CLOCK, f"{self._ssrc:08x}@{host}")
         self._rtcp_transport: asyncio.DatagramTransport | None = None
         self._rtcp_link = RtcpLink(self._rtcp)
-        self._rebinding = Rebinding(self._rtcp.receiver)
+        self._source = SourceLatch(self._rtcp.receiver, self._rtcp_link)
         self._rtcp_task: asyncio.Task[None] | None = None
 
         # pass-through (see the module docstring)
@@ -598,11 +597,11 @@ class RtpLeg(ReceivingPort):
     @property
     def remote_address(self) -> tuple[str, int] | None:
         """Where packets are sent: the latched source, else the SDP address."""
-        return self._latched or self._sdp_remote
+        return self._source.address or self._sdp_remote
 
     @property
     def latched(self) -> bool:
-        return self._latched is not None
+        return self._source.address is not None
 
     @property
     def direction(self) -> str | None:
@@ -868,8 +867,7 @@ class RtpLeg(ReceivingPort):
         self, remote: Address | None, rtcp_remote: Address | None, direction: str
     ) -> None:
         if self._rtcp_link.set_remote(remote, rtcp_remote):
-            self._latched = None
-            self._rebinding.reset()
+            self._source.reset()
         self._sdp_remote = remote
         sending = direction in ("sendrecv", "sendonly") and remote is not None
         if sending and not self._sending:
@@ -1035,7 +1033,7 @@ class RtpLeg(ReceivingPort):
         self, frame: npt.NDArray[np.int16] | EncodedFrame | None, now: float | None = None
     ) -> None:
         """Send a frame written to the leg now, or filler (None, from the timer)."""
-        addr = self._latched or self._sdp_remote  # remote_address, without a property call
+        addr = self._source.address or self._sdp_remote  # remote_address, without a property call
         transport = self._transport
         if self._encode is None or addr is None or not self._sending or transport is None:
             return
@@ -1100,9 +1098,10 @@ class RtpLeg(ReceivingPort):
             return
         if self._awaiting_srtp:
             return
-        latched = self._latched
+        source = self._source
+        latched = source.address
         stranger = latched is not None and addr != latched
-        if stranger and not self._rebinding.may_continue(data):
+        if stranger and not source.may_continue(data):
             # not our peer (see Latching in the module docstring)
             return
         if self._srtp is not None:
@@ -1115,9 +1114,9 @@ class RtpLeg(ReceivingPort):
         if packet is None:
             return
         if stranger:
-            if not self._rebinding.moved(addr, packet.sequence_number):
+            if not source.moved(addr, packet.sequence_number):
                 return
-            self._latch(addr, moved=True)
+            logger.info("RTP source moved from %s to %s (NAT rebinding)", latched, addr)
         # one clock reading for everything this packet causes
         now = asyncio.get_running_loop().time()
         if self._telephone_event_pt is not None and packet.payload_type == self._telephone_event_pt:
@@ -1144,9 +1143,9 @@ class RtpLeg(ReceivingPort):
             # not negotiated
             return
         self._count_received(packet, now)
-        if packet.payload_type == self._codec_pt and self._latched is None:
+        if packet.payload_type == self._codec_pt and source.address is None:
             # symmetric RTP (RFC 4961): answer to where the far end really is
-            self._latch(addr, moved=False)
+            source.latch(addr)
         if not self._receiving:
             # we are sendonly/inactive: the far end's audio is not wanted
             return
@@ -1167,12 +1166,6 @@ class RtpLeg(ReceivingPort):
         self._buffer(
             packet.ssrc, (packet.timestamp * scale) & 0xFFFFFFFF, packet.marker, samples, now
         )
-
-    def _latch(self, addr: tuple[str, int], moved: bool) -> None:
-        if moved:
-            logger.info("RTP source moved from %s to %s (NAT rebinding)", self._latched, addr)
-        self._latched = addr
-        self._rtcp_link.rtp_latched(addr, moved)
 
     def _pass_through(self, packet: ReceivedRtp, codec: AudioCodec, now: float) -> bool:
         """Queue the packet undecoded (True) when pass-through takes it."""

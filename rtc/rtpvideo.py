@@ -57,7 +57,7 @@ from aiortc.codecs.vpx import Vp8Encoder, vp8_depayload
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamError
 
-from .rebinding import Rebinding
+from .latch import SourceLatch
 from .rtcp import RtcpFirPacket, RtcpPliPacket, parse_rtcp
 from .rtcplink import RtcpLink, sdp_remote
 from .rtcpsession import RtcpSession
@@ -355,7 +355,6 @@ class RtpVideo(EncodedVideoPublisher):
         self._fir = False
         self._fir_sequence = 0
         self._sdp_remote: tuple[str, int] | None = None
-        self._latched: tuple[str, int] | None = None
         self._srtp_key = generate_key() if srtp != "off" else b""
         self._srtp: SrtpContext | None = None
         self._offered_crypto: list[CryptoAttribute] = []
@@ -380,7 +379,7 @@ class RtpVideo(EncodedVideoPublisher):
 
         self._rtcp = RtcpSession(self._ssrc, VIDEO_CLOCK, f"{self._ssrc:08x}@{host}")
         self._rtcp_link = RtcpLink(self._rtcp)
-        self._rebinding = Rebinding(self._rtcp.receiver)
+        self._source = SourceLatch(self._rtcp.receiver, self._rtcp_link)
         self._rtcp_task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -458,7 +457,7 @@ class RtpVideo(EncodedVideoPublisher):
 
     @property
     def remote_address(self) -> tuple[str, int] | None:
-        return self._latched or self._sdp_remote
+        return self._source.address or self._sdp_remote
 
     @property
     def srtp_suite(self) -> str | None:
@@ -655,8 +654,7 @@ class RtpVideo(EncodedVideoPublisher):
             raise SdpError("SDP has no connection address for video")
         remote, rtcp_remote = sdp_remote(address, media, mux=True)
         if self._rtcp_link.set_remote(remote, rtcp_remote):
-            self._latched = None
-            self._rebinding.reset()
+            self._source.reset()
         self._sdp_remote = remote
         if changed or self._assembler is None:
             self._assembler = FrameAssembler(codec.name)
@@ -708,9 +706,10 @@ class RtpVideo(EncodedVideoPublisher):
     def _rtp_received(self, data: bytes, addr: tuple[str, int]) -> None:
         if self._closed or self._codec is None or self._awaiting_srtp:
             return
-        latched = self._latched
+        source = self._source
+        latched = source.address
         stranger = latched is not None and addr != latched
-        if stranger and not self._rebinding.may_continue(data):
+        if stranger and not source.may_continue(data):
             return  # not our peer: strict once latched, as RtpLeg
         if self._srtp is not None:
             try:
@@ -724,12 +723,11 @@ class RtpVideo(EncodedVideoPublisher):
         if packet.payload_type != self._codec.payload_type:
             return
         if stranger:
-            if not self._rebinding.moved(addr, packet.sequence_number):
+            if not source.moved(addr, packet.sequence_number):
                 return
             logger.info("video RTP source moved from %s to %s (NAT rebinding)", latched, addr)
-        if latched is None or stranger:
-            self._latched = addr  # symmetric RTP (RFC 4961)
-            self._rtcp_link.rtp_latched(addr, moved=stranger)
+        elif latched is None:
+            source.latch(addr)  # symmetric RTP (RFC 4961)
         self.packets_received += 1
         first = self._remote_ssrc is None
         self._remote_ssrc = packet.ssrc

@@ -1,5 +1,5 @@
 """A NAT in front of a phone, on loopback, for tests of symmetric RTP and its rebinding
-(rtc.rebinding): in-process in tests/rtc/test_rebinding.py, in front of a real SIP peer
+(rtc.latch): in-process in tests/rtc/test_latch.py, in front of a real SIP peer
 in tests/e2e/test_nat_rebinding.py.
 
 The phone sends its RTP to the NAT's ``inside`` port (``through_nat`` points an SDP's

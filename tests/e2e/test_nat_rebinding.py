@@ -1,4 +1,4 @@
-"""A SIP peer behind a NAT whose mapping changes mid-call (rtc.rebinding), seen from
+"""A SIP peer behind a NAT whose mapping changes mid-call (rtc.latch), seen from
 outside: a web client calls a sipp UAS through the running gateway; sipp's RTP crosses
 a NAT in this process (tests/nat.py), whose public port the gateway latches onto. Mid-call
 the NAT gives the mapping a new public port, with no re-INVITE: the gateway must follow

@@ -151,3 +151,54 @@ def test_srtcp_round_trip() -> None:
     assert b.receive(protected, ("127.0.0.1", 5001), False, srtp_b, 1e9, 10.2) is None
     assert b.receive(plain, ("127.0.0.1", 5001), False, srtp_b, 1e9, 10.2) is None
     assert b.latched is None
+
+
+RTP_OLD, RTP_NEW = ("192.0.2.1", 4000), ("192.0.2.1", 61000)  # a NAT rebinding
+
+
+def test_rtcp_follows_a_muxed_rtp_latch_and_is_relearnt_when_rtp_moves() -> None:
+    ours = link()
+    # RTCP on its own port: a first RTP latch leaves a learnt RTCP source alone
+    ours.set_remote(("192.0.2.1", 4000), ("192.0.2.1", 4001))
+    ours.latched = ("192.0.2.1", 4001)
+    ours.rtp_latched(RTP_OLD, moved=False)
+    assert ours.latched == ("192.0.2.1", 4001)
+    # ...and a moved RTP source means a moved RTCP source: learnt from the next report
+    ours.rtp_latched(RTP_NEW, moved=True)
+    assert ours.latched is None
+    # RTCP muxed on the RTP port (a=rtcp pointing at it): the reports follow the RTP latch
+    ours.set_remote(("192.0.2.1", 4000), ("192.0.2.1", 4000))
+    ours.rtp_latched(RTP_OLD, moved=False)
+    assert ours.latched == RTP_OLD
+    ours.rtp_latched(RTP_NEW, moved=True)
+    assert ours.latched == RTP_NEW
+
+
+def test_reports_to_a_nated_peer_go_beside_its_rtp_until_its_rtcp_arrives() -> None:
+    """The SDP of a phone behind NAT gives private addresses, unreachable from here. Once
+    its RTP latched from elsewhere, our reports (and the SR that its RTT to us needs) go
+    to the RTCP port beside the latched RTP one, at the SDP's distance between the two;
+    the phone's own RTCP, when it comes, settles it."""
+    ours = link()
+    sink = Sink()
+
+    def destination() -> tuple[str, int]:
+        assert ours.send(sink, None, 1.0, 1.0, 0)
+        return sink.sent[-1][1]
+
+    ours.set_remote(("10.0.0.5", 4000), ("10.0.0.5", 4001))
+    assert destination() == ("10.0.0.5", 4001)
+    ours.rtp_latched(("203.0.113.9", 61000), moved=False)
+    assert destination() == ("203.0.113.9", 61001)
+    ours.rtp_latched(("203.0.113.9", 62000), moved=True)  # rebinding: the guess follows
+    assert destination() == ("203.0.113.9", 62001)
+    report = RtcpSession(2, 8000, "p@q").build_report(1.0, 1.0, 0)
+    ours.receive(report, ("203.0.113.9", 62007), False, None, 1.0, 1.0)
+    assert destination() == ("203.0.113.9", 62007)
+    # a=rtcp at another distance; a peer not behind NAT keeps the SDP's address
+    ours.set_remote(("198.51.100.1", 5000), ("198.51.100.1", 5010))
+    ours.rtp_latched(("203.0.113.9", 61000), moved=False)
+    assert destination() == ("203.0.113.9", 61010)
+    ours.set_remote(("198.51.100.2", 5000), ("198.51.100.2", 5001))
+    ours.rtp_latched(("198.51.100.2", 5000), moved=False)
+    assert destination() == ("198.51.100.2", 5001)

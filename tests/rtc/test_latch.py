@@ -1,5 +1,5 @@
 """NAT rebinding: a latched RTP stream that goes on from a new address takes the latch
-with it (rtc.rebinding), while a stranger still cannot. Pure tests of the probation, then
+with it (rtc.latch), while a stranger still cannot. Pure tests of the probation, then
 RtpLeg through a scripted NAT that changes its public port mid-call (plain RTP and SRTP,
 audio checked both ways before and after), then RtpVideo."""
 
@@ -11,7 +11,7 @@ import numpy.typing as npt
 import pytest
 
 from rtc.g711 import ulaw_encode
-from rtc.rebinding import PROBATION, Rebinding
+from rtc.latch import PROBATION, SourceLatch
 from rtc.rtcplink import RtcpLink
 from rtc.rtcpsession import RtcpSession
 from rtc.rtp import RtpPacket
@@ -32,114 +32,59 @@ def header(seq: int, ssrc: int = SSRC) -> bytes:
     return bytes(RtpPacket(0, seq & 0xFFFF, seq * 160, ssrc, payload=b"\xff" * 160))
 
 
-def latched_stream(last_seq: int) -> tuple[ReceiverStatistics, Rebinding]:
+def new_latch(receiver: ReceiverStatistics) -> SourceLatch:
+    return SourceLatch(receiver, RtcpLink(RtcpSession(1, 8000, "x@y")))
+
+
+def latched_stream(last_seq: int) -> tuple[ReceiverStatistics, SourceLatch]:
     receiver = ReceiverStatistics(8000)
     for seq in range(last_seq - 9, last_seq + 1):
         receiver.add(SSRC, seq & 0xFFFF, seq * 160, seq * 0.02, 160)
-    return receiver, Rebinding(receiver)
+    latch = new_latch(receiver)
+    latch.latch(OLD)
+    return receiver, latch
 
 
 # --------------------------------------------------------------------------- probation
 
 
 def test_the_stream_going_on_from_a_new_address_moves_after_probation() -> None:
-    receiver, rebinding = latched_stream(1000)
+    receiver, latch = latched_stream(1000)
     assert PROBATION == 2
     # the NAT's new port: the next packets of the same stream (one lost in the switch)
-    assert rebinding.may_continue(header(1002))
-    assert not rebinding.moved(NEW, 1002)  # dropped: on probation
-    assert rebinding.may_continue(header(1003))
-    assert rebinding.moved(NEW, 1003)  # the second in sequence: the latch moves
+    assert latch.may_continue(header(1002))
+    assert not latch.moved(NEW, 1002)  # dropped: on probation
+    assert latch.may_continue(header(1003))
+    assert latch.moved(NEW, 1003)  # the second in sequence: the latch moves
     # across the 16-bit wrap, too
-    _, rebinding = latched_stream(0xFFFF)
-    assert rebinding.may_continue(header(0x10000))
-    assert not rebinding.moved(NEW, 0)
-    assert rebinding.moved(NEW, 1)
+    _, latch = latched_stream(0xFFFF)
+    assert latch.may_continue(header(0x10000))
+    assert not latch.moved(NEW, 0)
+    assert latch.moved(NEW, 1)
 
 
 def test_what_does_not_continue_the_stream_never_moves_it() -> None:
-    receiver, rebinding = latched_stream(1000)
-    assert not rebinding.may_continue(header(1001, ssrc=SSRC ^ 1))  # another stream
-    assert not rebinding.may_continue(header(1000))  # a duplicate of the last one
-    assert not rebinding.may_continue(header(990))  # replayed, behind the stream
-    assert not rebinding.may_continue(header(1000 + 3000))  # too far ahead
-    assert not rebinding.may_continue(header(1001)[:11])  # not even an RTP header
-    assert not Rebinding(ReceiverStatistics(8000)).may_continue(header(1))  # nothing latched
+    receiver, latch = latched_stream(1000)
+    assert not latch.may_continue(header(1001, ssrc=SSRC ^ 1))  # another stream
+    assert not latch.may_continue(header(1000))  # a duplicate of the last one
+    assert not latch.may_continue(header(990))  # replayed, behind the stream
+    assert not latch.may_continue(header(1000 + 3000))  # too far ahead
+    assert not latch.may_continue(header(1001)[:11])  # not even an RTP header
+    assert not new_latch(ReceiverStatistics(8000)).may_continue(header(1))  # nothing latched
 
 
 def test_probation_restarts_on_another_address_or_out_of_sequence() -> None:
-    _, rebinding = latched_stream(1000)
-    assert not rebinding.moved(NEW, 1001)
-    assert not rebinding.moved(OTHER, 1002)  # another address: starts over
-    assert not rebinding.moved(NEW, 1003)
-    assert not rebinding.moved(NEW, 1003)  # the same number again: starts over
-    assert not rebinding.moved(NEW, 1003 + 200)  # a jump: starts over
-    assert rebinding.moved(NEW, 1003 + 201)
+    _, latch = latched_stream(1000)
+    assert not latch.moved(NEW, 1001)
+    assert not latch.moved(OTHER, 1002)  # another address: starts over
+    assert not latch.moved(NEW, 1003)
+    assert not latch.moved(NEW, 1003)  # the same number again: starts over
+    assert not latch.moved(NEW, 1003 + 200)  # a jump: starts over
+    assert latch.moved(NEW, 1003 + 201)
     # a negotiation that moves the SDP address forgets a candidate
-    assert not rebinding.moved(OTHER, 1300)
-    rebinding.reset()
-    assert not rebinding.moved(OTHER, 1301)
-
-
-def test_rtcp_follows_a_muxed_rtp_latch_and_is_relearnt_when_rtp_moves() -> None:
-    link = RtcpLink(RtcpSession(1, 8000, "x@y"))
-    # RTCP on its own port: a first RTP latch leaves a learnt RTCP source alone
-    link.set_remote(("192.0.2.1", 4000), ("192.0.2.1", 4001))
-    link.latched = ("192.0.2.1", 4001)
-    link.rtp_latched(OLD, moved=False)
-    assert link.latched == ("192.0.2.1", 4001)
-    # ...and a moved RTP source means a moved RTCP source: learnt from the next report
-    link.rtp_latched(NEW, moved=True)
-    assert link.latched is None
-    # RTCP muxed on the RTP port (a=rtcp pointing at it): the reports follow the RTP latch
-    link.set_remote(("192.0.2.1", 4000), ("192.0.2.1", 4000))
-    link.rtp_latched(OLD, moved=False)
-    assert link.latched == OLD
-    link.rtp_latched(NEW, moved=True)
-    assert link.latched == NEW
-
-
-class Sink:
-    """Where RtcpLink.send sends: the addresses, recorded."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, int]] = []
-
-    def is_closing(self) -> bool:
-        return False
-
-    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.sent.append(addr)
-
-
-def test_reports_to_a_nated_peer_go_beside_its_rtp_until_its_rtcp_arrives() -> None:
-    """The SDP of a phone behind NAT gives private addresses, unreachable from here. Once
-    its RTP latched from elsewhere, our reports (and the SR that its RTT to us needs) go
-    to the RTCP port beside the latched RTP one, at the SDP's distance between the two;
-    the phone's own RTCP, when it comes, settles it."""
-    link = RtcpLink(RtcpSession(1, 8000, "x@y"))
-    sink = Sink()
-
-    def destination() -> tuple[str, int]:
-        assert link.send(sink, None, 1.0, 1.0, 0)
-        return sink.sent[-1]
-
-    link.set_remote(("10.0.0.5", 4000), ("10.0.0.5", 4001))
-    assert destination() == ("10.0.0.5", 4001)
-    link.rtp_latched(("203.0.113.9", 61000), moved=False)
-    assert destination() == ("203.0.113.9", 61001)
-    link.rtp_latched(("203.0.113.9", 62000), moved=True)  # rebinding: the guess follows
-    assert destination() == ("203.0.113.9", 62001)
-    report = RtcpSession(2, 8000, "p@q").build_report(1.0, 1.0, 0)
-    link.receive(report, ("203.0.113.9", 62007), False, None, 1.0, 1.0)
-    assert destination() == ("203.0.113.9", 62007)
-    # a=rtcp at another distance; a peer not behind NAT keeps the SDP's address
-    link.set_remote(("198.51.100.1", 5000), ("198.51.100.1", 5010))
-    link.rtp_latched(("203.0.113.9", 61000), moved=False)
-    assert destination() == ("203.0.113.9", 61010)
-    link.set_remote(("198.51.100.2", 5000), ("198.51.100.2", 5001))
-    link.rtp_latched(("198.51.100.2", 5000), moved=False)
-    assert destination() == ("198.51.100.2", 5001)
+    assert not latch.moved(OTHER, 1300)
+    latch.reset()
+    assert not latch.moved(OTHER, 1301)
 
 
 # --------------------------------------------------------------------------- RtpLeg
@@ -206,7 +151,9 @@ async def test_a_stranger_cannot_take_an_srtp_latch_even_knowing_the_stream() ->
         received = b.packets_received
         for n in range(1, 20):
             seq = receiver.max_seq + n
-            forged = RtpPacket(0, seq & 0xFFFF, seq * 160, receiver.ssrc, ulaw_encode([0] * 160))
+            forged = RtpPacket(
+                0, seq & 0xFFFF, seq * 160, receiver.ssrc, ulaw_encode(np.zeros(160, np.int16))
+            )
             b._datagram_received(bytes(forged) + b"\x00" * 10, ("127.0.0.1", 9))
         assert b.remote_address == peer
         assert b.packets_received - received <= 3  # a's own packets meanwhile, at most

@@ -1,9 +1,12 @@
 """
-NAT rebinding of a latched RTP source.
+Symmetric RTP's latch (RFC 4961) for one RTP session, strict, and following
+the peer's stream through a NAT rebinding. One implementation for RtpLeg's
+audio and RtpVideo.
 
-Once a leg has latched onto its peer's RTP source (symmetric RTP, RFC 4961),
-RTP from any other address is dropped: a stranger who finds the port can be
-neither heard nor take the call's audio away. But a NAT in front of the peer
+The first packet of the peer's stream fixes where we send (``address``),
+until a negotiation moves the SDP's address (``reset``). From then on RTP
+from any other address is dropped: a stranger who finds the port can be
+neither heard nor take the call's media away. But a NAT in front of the peer
 may give its stream a new public port mid-call (a mapping that timed out, a
 router restart, a mobile handover) without any new SDP. Such a stream is
 still recognisable: it keeps its SSRC (32 random bits that a stranger off the
@@ -11,33 +14,41 @@ path cannot know) and goes on from the sequence numbers already received.
 
 So a packet from a new address is a candidate when its SSRC is the latched
 stream's and its sequence number is ahead of the highest received by less
-than RFC 3550's MAX_DROPOUT; when the leg uses SRTP it must also
-authenticate. ``PROBATION`` such packets in sequence from the same address
-move the latch there; until then they are dropped. A stale duplicate path
-cannot take the latch back either: its packets are not ahead of the stream.
+than RFC 3550's MAX_DROPOUT (``may_continue``, from the header alone); when
+the leg uses SRTP it must also authenticate. ``PROBATION`` such packets in
+sequence from the same address move the latch there (``moved``); until then
+they are dropped. A stale duplicate path cannot take the latch back either:
+its packets are not ahead of the stream. The session's RtcpLink is told of
+each latch (``RtcpLink.rtp_latched``).
 
 Sans-I/O: the leg hands in datagrams, addresses and sequence numbers.
 """
 
+from .rtcplink import Address, RtcpLink
 from .rtp import RTP_FIXED_HEADER, RTP_HEADER_LENGTH, seq_diff
 from .stats import MAX_DROPOUT, MAX_MISORDER, ReceiverStatistics
 
-__all__ = ["PROBATION", "Rebinding"]
-
-Address = tuple[str, int]
+__all__ = ["PROBATION", "SourceLatch"]
 
 # in-sequence packets from the new address before the latch moves there
 PROBATION = 2
 
 
-class Rebinding:
-    """The probation of one RTP session's stream seen arriving from a new address."""
+class SourceLatch:
+    """Where one RTP session's peer really sends from (see the module docstring)."""
 
-    def __init__(self, receiver: ReceiverStatistics) -> None:
-        self._receiver = receiver
+    def __init__(self, receiver: ReceiverStatistics, rtcp: RtcpLink) -> None:
+        self.address: Address | None = None
+        self._receiver = receiver  # the latched stream's SSRC and sequence numbers
+        self._rtcp = rtcp
         self._candidate: Address | None = None
         self._last = 0  # the candidate's last sequence number
         self._count = 0
+
+    def latch(self, addr: Address) -> None:
+        """The first packet of the peer's stream came from ``addr``."""
+        self.address = addr
+        self._rtcp.rtp_latched(addr, moved=False)
 
     def may_continue(self, data: bytes) -> bool:
         """
@@ -55,7 +66,7 @@ class Rebinding:
     def moved(self, addr: Address, sequence_number: int) -> bool:
         """
         A packet that ``may_continue`` (and, with SRTP, authenticated) came from
-        ``addr``. True when it completes the probation: the latch moves to
+        ``addr``. True when it completes the probation: the latch has moved to
         ``addr`` and the packet is the first one heard from there. False: drop it.
         """
         delta = seq_diff(sequence_number, self._last)
@@ -67,10 +78,16 @@ class Rebinding:
         self._last = sequence_number
         if self._count < PROBATION:
             return False
-        self.reset()
+        self._forget_candidate()
+        self.address = addr
+        self._rtcp.rtp_latched(addr, moved=True)
         return True
 
     def reset(self) -> None:
-        """Forget a candidate (the latch moved or was reset by a negotiation)."""
+        """A negotiation moved the SDP's address: latch onto the next first packet."""
+        self.address = None
+        self._forget_candidate()
+
+    def _forget_candidate(self) -> None:
         self._candidate = None
         self._count = 0

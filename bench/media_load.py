@@ -483,10 +483,11 @@ class WebSide:
             # SRTP (version 2) of our audio payload type; RTCP's packet types
             # (200-204) never match it, with or without the marker bit
             if len(data) > 12 and 127 < data[0] < 192 and data[1] & 0x7F == payload_type:
+                when = arrival(fd, handling)
                 if stream.keep_payload:
-                    self._keep(data, arrival(fd, handling))
+                    self._keep(data, when)
                 else:
-                    stream.arrivals.append((arrival(fd, handling), unpack(data, 4)[0], b""))
+                    stream.arrivals.append((when, unpack(data, 4)[0], b""))
                 return
             original(data, addr)
 

@@ -157,6 +157,14 @@ async def until(check: Callable[[], bool], what: Callable[[], str], timeout: flo
         await asyncio.sleep(0.05)
 
 
+async def until_flowing(
+    call: Call, mapping: Mapping, since: float, state: Callable[[], str]
+) -> None:
+    """Until the gateway has sent 100 packets to a public port of the NAT and the client
+    has had 3 s of audio since `since`; `state` describes what was seen if never."""
+    await until(lambda: len(mapping.received) >= 100 and received_since(call, since) >= 3.0, state)
+
+
 def received_since(call: Call, start: float) -> float:
     """Seconds of audio the client received since monotonic `start`."""
     return call.recorder.audio(since=start).size / RATE
@@ -212,8 +220,10 @@ async def test_audio_goes_on_both_ways_when_the_peer_nat_rebinds(
         first = nat.public
 
         # ---- before: the gateway latched onto the NAT's first public port
-        await until(
-            lambda: len(first.received) >= 100 and received_since(call, active_at) >= 3.0,
+        await until_flowing(
+            call,
+            first,
+            active_at,
             lambda: (
                 f"{len(first.received)} packets from the gateway at the NAT's public port "
                 f"({first.sent} of sipp's sent from there, {private[0].count} to the private "
@@ -244,8 +254,10 @@ async def test_audio_goes_on_both_ways_when_the_peer_nat_rebinds(
         # ---- the NAT's mapping changes: a new public port, no new SDP
         rebound_at = time.monotonic()
         second = await nat.rebind()
-        await until(
-            lambda: len(second.received) >= 100 and received_since(call, rebound_at) >= 3.0,
+        await until_flowing(
+            call,
+            second,
+            rebound_at,
             lambda: (
                 f"{len(second.received)} packets from the gateway at the new public port, "
                 f"{sum(t >= rebound_at for t, _ in first.received)} at the old one since the "

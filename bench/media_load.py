@@ -536,8 +536,10 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
     pcmu_payloads = [ulaw_encode(pcm8[k * 160 : (k + 1) * 160]) for k in range(PERIOD_FRAMES)]
     pcmu_browser = args.browser_codec == "pcmu"
 
-    # both sides' input bursts start together (one timer sends both)
-    in_onsets: list[float] = []
+    # --latency: when each input burst of call 0 began, per side (its SIP packets go out
+    # in slot 0, its browser packets half a period later: see send_rtp)
+    sip_onsets: list[float] = []
+    web_onsets: list[float] = []
     receivers: dict[int, Stream] = {}
 
     # what reaches aiortc's receivers before WebSide hooks the ICE sockets
@@ -623,11 +625,13 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
             k = n % PERIOD_FRAMES
             payload = pcmu_payloads[k]
             browser_payload = browser_packets[k]
-            if k == 0:
-                in_onsets.append(loop.time() - FRAME)
             for slot in range(slots):
                 now = loop.time()
                 send_late.append((now, now - (start + n * FRAME + slot * FRAME / slots)))
+                if k == 0 and slot == 0:
+                    sip_onsets.append(now - FRAME)
+                if k == 0 and slot == (slots - slots // 2) % slots:
+                    web_onsets.append(now - FRAME)
                 for i in range(slot, len(sip_sides), slots):
                     side = sip_sides[i]
                     struct.pack_into("!BBHII", header, 0, 0x80, 0, n & 0xFFFF, n * 160, ssrc + i)
@@ -717,10 +721,10 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
             return np.concatenate(out) if out else np.zeros(960, np.int16)
 
         to_browser = pair_latencies(
-            in_onsets,
+            sip_onsets,
             output_onset_times(web_streams[0], ulaw_decode if pcmu_browser else decode_opus),
         )
-        to_sip = pair_latencies(in_onsets, output_onset_times(sip_streams[0], ulaw_decode))
+        to_sip = pair_latencies(web_onsets, output_onset_times(sip_streams[0], ulaw_decode))
         for name, values in (("sip_to_browser", to_browser), ("browser_to_sip", to_sip)):
             if values:
                 result[f"latency_{name}_p50_ms"] = 1000 * float(np.percentile(values, 50))

@@ -11,6 +11,10 @@ transcoded call cannot avoid:
     SIP -> browser: RTP header, u-law decode, Opus encode (8 kHz in, complexity C),
                     RTP header, SRTP protect, sendto
 
+With ``--passthrough`` both sides send PCMU and the call relays payloads undecoded:
+browser -> SIP is SRTP unprotect, a new RTP header, sendto; SIP -> browser a new RTP
+header, SRTP protect, sendto. That is the floor of a pass-through call.
+
 N such calls run in a child process pinned to core 0 (`taskset -c 0`), each with two UDP
 sockets on loopback; the generator on core 1 sends every call pre-encrypted Opus (as a
 browser would) and PCMU (as a SIP peer would) every 20 ms and counts what comes back. It
@@ -21,7 +25,10 @@ machinery; the gap between this and the 100-calls target (DESIGN.md §8) is what
 restructuring can remove.
 
     .venv/bin/python bench/lean_path.py --calls 25,50,100 [--seconds 5] [--complexity 0]
-                                        [--uvloop] [--json]
+                                        [--uvloop] [--passthrough] [--stagger K] [--json]
+
+``--stagger K`` sends call c's packets in slot c % K of each 20 ms period instead of all
+at once (media_load.py's default is 4).
 """
 
 from __future__ import annotations
@@ -83,9 +90,18 @@ class LeanCall:
     """Both directions of one transcoded call, one datagram at a time."""
 
     def __init__(
-        self, complexity: int, browser: tuple[str, int], sip: tuple[str, int], ssrc: int
+        self,
+        complexity: int,
+        browser: tuple[str, int],
+        sip: tuple[str, int],
+        ssrc: int,
+        passthrough: bool = False,
     ) -> None:
         self.ssrc = ssrc
+        if passthrough:
+            # PCMU both ways: the payload crosses undecoded, only the headers change
+            self.from_browser = self.pass_from_browser  # type: ignore[method-assign]
+            self.from_sip = self.pass_from_sip  # type: ignore[method-assign]
         self.decoder = av.CodecContext.create("libopus", "r")
         self.decoder.sample_rate = 8000
         self.decoder.layout = "mono"
@@ -121,6 +137,21 @@ class LeanCall:
             assert self.sip_sock is not None
             self.sip_sock.sendto(header + ulaw_encode(pcm), self.sip_addr)
 
+    def pass_from_browser(self, data: bytes) -> None:
+        plain = self.rx.unprotect(data)
+        self.seq_to_sip = (self.seq_to_sip + 1) & 0xFFFF
+        self.ts_to_sip = (self.ts_to_sip + 160) & 0xFFFFFFFF
+        header = HEADER.pack(0x80, PCMU_PT, self.seq_to_sip, self.ts_to_sip, self.ssrc)
+        assert self.sip_sock is not None
+        self.sip_sock.sendto(header + plain[12:], self.sip_addr)
+
+    def pass_from_sip(self, data: bytes) -> None:
+        self.seq_to_browser = (self.seq_to_browser + 1) & 0xFFFF
+        self.ts_to_browser = (self.ts_to_browser + 160) & 0xFFFFFFFF
+        header = HEADER.pack(0x80, PCMU_PT, self.seq_to_browser, self.ts_to_browser, self.ssrc)
+        assert self.browser_sock is not None
+        self.browser_sock.sendto(self.tx.protect(header + data[12:]), self.browser_addr)
+
     def from_sip(self, data: bytes) -> None:
         pcm = ulaw_decode(np.frombuffer(data, np.uint8, offset=12))
         frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
@@ -143,7 +174,7 @@ class Receiver(asyncio.DatagramProtocol):
         self.handler(data)
 
 
-async def gateway_main(complexity: int) -> None:
+async def gateway_main(complexity: int, passthrough: bool) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -158,7 +189,11 @@ async def gateway_main(complexity: int) -> None:
         cmd = json.loads(line)
         if cmd["cmd"] == "call":
             call = LeanCall(
-                complexity, tuple(cmd["browser"]), tuple(cmd["sip"]), 0x6000 + len(calls)
+                complexity,
+                tuple(cmd["browser"]),
+                tuple(cmd["sip"]),
+                0x6000 + len(calls),
+                passthrough,
             )
             call.browser_sock, _ = await loop.create_datagram_endpoint(
                 functools.partial(Receiver, call.from_browser), local_addr=("127.0.0.1", 0)
@@ -207,10 +242,12 @@ def opus_packets(count: int) -> list[bytes]:
 
 
 class Child:
-    def __init__(self, complexity: int, use_uvloop: bool) -> None:
+    def __init__(self, complexity: int, use_uvloop: bool, passthrough: bool) -> None:
         args = [sys.executable, __file__, "--role", "gateway", "--complexity", str(complexity)]
         if use_uvloop:
             args.append("--uvloop")
+        if passthrough:
+            args.append("--passthrough")
         self.proc = subprocess.Popen(
             ["taskset", "-c", "0", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE
         )
@@ -226,10 +263,18 @@ class Child:
         self.proc.wait(10)
 
 
-def run(calls: int, seconds: float, complexity: int, use_uvloop: bool) -> dict[str, Any]:
-    child = Child(complexity, use_uvloop)
-    opus = opus_packets(50)
+def run(
+    calls: int,
+    seconds: float,
+    complexity: int,
+    use_uvloop: bool,
+    passthrough: bool,
+    slots: int = 1,
+) -> dict[str, Any]:
+    child = Child(complexity, use_uvloop, passthrough)
     pcmu = [ulaw_encode(p) for p in tone(8000, 50).reshape(50, 160)]
+    browser_pt, browser_step = (PCMU_PT, 160) if passthrough else (OPUS_PT, 960)
+    opus = pcmu if passthrough else opus_packets(50)
     tx = srtp_session(KEY_TO_GATEWAY, inbound=False)
     rx = srtp_session(KEY_FROM_GATEWAY, inbound=True)
     browsers: list[socket.socket] = []
@@ -279,16 +324,18 @@ def run(calls: int, seconds: float, complexity: int, use_uvloop: bool) -> dict[s
             child.ask(cmd="mark")
             marked = True
             sent = 0
-        for c, (b, s) in enumerate(zip(browsers, sips, strict=True)):
-            header = HEADER.pack(0x80, OPUS_PT, i & 0xFFFF, i * 960, 0x1000 + c)
-            b.sendto(tx.protect(header + opus[i % 50]), targets[c][0])
-            header = HEADER.pack(0x80, PCMU_PT, i & 0xFFFF, i * 160, 0x2000 + c)
-            s.sendto(header + pcmu[i % 50], targets[c][1])
+        for slot in range(slots):
+            # call c's packets go out in slot c % slots of each 20 ms period
+            for c in range(slot, calls, slots):
+                header = HEADER.pack(0x80, browser_pt, i & 0xFFFF, i * browser_step, 0x1000 + c)
+                browsers[c].sendto(tx.protect(header + opus[i % 50]), targets[c][0])
+                header = HEADER.pack(0x80, PCMU_PT, i & 0xFFFF, i * 160, 0x2000 + c)
+                sips[c].sendto(header + pcmu[i % 50], targets[c][1])
+            drain()
+            delay = start + i * 0.02 + (slot + 1) * 0.02 / slots - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
         sent += 1
-        drain()
-        delay = start + (i + 1) * 0.02 - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
     assert marked
     time.sleep(0.1)
     drain()
@@ -301,6 +348,7 @@ def run(calls: int, seconds: float, complexity: int, use_uvloop: bool) -> dict[s
         "calls": calls,
         "loop": "uvloop" if use_uvloop else "asyncio",
         "complexity": complexity,
+        "path": "pass-through" if passthrough else "transcoded",
         "cpu_percent": 100 * report["cpu"] / report["wall"],
         "ms_per_call_second": 1000 * report["cpu"] / report["wall"] / calls,
         "loss_to_sip_percent": 100 * max(0, expected - received["to_sip"]) / expected,
@@ -315,6 +363,15 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--complexity", type=int, default=0)
     parser.add_argument("--uvloop", action="store_true")
+    parser.add_argument(
+        "--stagger",
+        type=int,
+        default=1,
+        help="spread the calls' packets over this many slots of each 20 ms period",
+    )
+    parser.add_argument(
+        "--passthrough", action="store_true", help="PCMU both ways, relayed undecoded"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if args.uvloop:
@@ -322,15 +379,16 @@ def main() -> int:
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     if args.role == "gateway":
-        asyncio.run(gateway_main(args.complexity))
+        asyncio.run(gateway_main(args.complexity, args.passthrough))
         return 0
     for n in (int(x) for x in args.calls.split(",")):
-        result = run(n, args.seconds, args.complexity, args.uvloop)
+        result = run(n, args.seconds, args.complexity, args.uvloop, args.passthrough, args.stagger)
         if args.json:
             print(json.dumps(result))
         else:
             print(
-                f"N={n:4d} [{result['loop']}, complexity {args.complexity}] gateway CPU "
+                f"N={n:4d} [{result['loop']}, {result['path']}, complexity {args.complexity}]"
+                f" gateway CPU "
                 f"{result['cpu_percent']:5.1f}% ({result['ms_per_call_second']:.2f} ms/s per call)"
                 f", loss to SIP {result['loss_to_sip_percent']:.3f}%"
                 f" to browser {result['loss_to_browser_percent']:.3f}%"

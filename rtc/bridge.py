@@ -160,11 +160,7 @@ class PushRelay:
     def __call__(self, item: MediaItem) -> None:
         source, sink = self.source, self.sink
         try:
-            if isinstance(item, Gap):
-                if self._passing_sink is not None:
-                    self._passing_sink.write_gap(item.frames)
-                return
-            if isinstance(item, EncodedFrame):
+            if isinstance(item, EncodedFrame):  # first: pass-through's every packet
                 passing_sink = self._passing_sink
                 if passing_sink is not None and passing_sink.send_codec == item.codec:
                     if self._passing is not True:
@@ -174,6 +170,10 @@ class PushRelay:
                 # the sink's codec changed since the source received it
                 assert self._passing_source is not None
                 frame = self._passing_source.decode_frame(item)
+            elif isinstance(item, Gap):
+                if self._passing_sink is not None:
+                    self._passing_sink.write_gap(item.frames)
+                return
             else:
                 frame = item
             if self._wants is not None and self._passing is not False:

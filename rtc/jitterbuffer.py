@@ -167,6 +167,33 @@ class PlayoutBuffer(Generic[T]):
             return
         self._items[timestamp] = (item, now)
 
+    def take(self, ssrc: int, timestamp: int, now: float) -> bool:
+        """
+        ``put`` then ``pop`` at once of the frame that plays next, arriving at
+        ``now`` with nothing held (a stream in order, the usual case): True when
+        it is released (the caller plays it), False when that is not the case
+        and nothing was done (the caller puts it).
+        """
+        if self._items or timestamp != self._play_ts or ssrc != self._ssrc:
+            return False
+        self._release(now)
+        self._remember(timestamp, True)
+        self._play_ts = (timestamp + self.frame_samples) & 0xFFFFFFFF
+        return True
+
+    def _release(self, arrival: float) -> None:
+        # the next frame is due a period after this one arrived, or after this
+        # one was due if it came late: late arrivals move the grid only slowly
+        # (a slower sender clock), early ones at once
+        self._due = min(self._due + self._period + DRIFT, arrival + self._period)
+        self._started = True
+        self._missing_run = 0
+        self.played += 1
+        self._on_time += 1
+        if self._on_time >= SHRINK_AFTER and self.target > self.min_frames:
+            self.target -= 1
+            self._on_time = 0
+
     def _grow(self) -> None:
         # a packet came after it was given up: wait one frame longer from now on
         self._on_time = 0
@@ -181,17 +208,7 @@ class PlayoutBuffer(Generic[T]):
             entry = items.pop(self._play_ts, None)
             if entry is not None:
                 out.append(entry[0])
-                # the next frame is due a period after this one arrived, or after
-                # this one was due if it came late: late arrivals move the grid
-                # only slowly (a slower sender clock), early ones at once
-                self._due = min(self._due + self._period + DRIFT, entry[1] + self._period)
-                self._started = True
-                self._missing_run = 0
-                self.played += 1
-                self._on_time += 1
-                if self._on_time >= SHRINK_AFTER and self.target > self.min_frames:
-                    self.target -= 1
-                    self._on_time = 0
+                self._release(entry[1])
             elif self._missing_run >= MAX_MISSING or now >= self._due + self.delay:
                 out.append(None)
                 self._due += self._period

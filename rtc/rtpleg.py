@@ -1190,10 +1190,15 @@ class RtpLeg(ReceivingPort):
             samples = self._decode_packet(packet, codec)
             if samples is not None:
                 self._detect_dtmf(samples)
+        self.frames_passed += 1
+        if self._playout_timer is None and self._packets.take(packet.ssrc, packet.timestamp, now):
+            # the next in order with nothing held: played now (what _play would do)
+            if not self._closed:
+                self._queue.put(EncodedFrame(name, packet.payload))
+            return True
         self._packets.put(
             packet.ssrc, packet.timestamp, EncodedFrame(name, packet.payload), now, packet.marker
         )
-        self.frames_passed += 1
         self._play(now)
         return True
 

@@ -131,6 +131,7 @@ G711_CODECS = {
     "audio/pcmu": (ulaw_encode, ulaw_decode),
     "audio/pcma": (alaw_encode, alaw_decode),
 }
+G711_FRAME = frame_samples(G711_RATE)  # bytes of a 20 ms G.711 payload
 RECEIVE_QUEUE_FRAMES = 50
 # received audio older than this was not wanted when it was fresh
 RECEIVE_MAX_AGE = 0.1
@@ -284,8 +285,10 @@ class _DirectRoute:
 
     __slots__ = (
         "clock_rate",
+        "codec",
         "codecs",
         "dtls",
+        "encoded_here",
         "extension",
         "first",
         "mime",
@@ -306,6 +309,9 @@ class _DirectRoute:
         codec = codecs[0]
         assert codec.payloadType is not None
         self.mime: str = codec.mimeType.lower()
+        self.codec: str = self.mime.split("/", 1)[-1]  # as EncodedFrame names it
+        # a codec we encode (and send) ourselves, not one aiortc encodes
+        self.encoded_here = self.mime == "audio/opus" or self.mime in G711_CODECS
         probe = AiortcRtpPacket(payload_type=codec.payloadType)
         probe.extensions.mid = sender._RTCRtpSender__mid
         raw = probe.serialize(sender._RTCRtpSender__rtp_header_extensions_map)
@@ -398,15 +404,19 @@ class OutgoingAudioTrack(MediaStreamTrack):
         if direct is None or path is None:
             self.wake()  # aiortc's sender takes over (from the queue the caller fills)
             return False
-        mime = path.mime  # the codec we send, as negotiated
-        if mime != "audio/opus" and mime not in G711_CODECS:
+        if not path.encoded_here:
             return False  # a codec aiortc encodes
         # stamped first: a frame the clock drops is not encoded for nothing
         stamped = self.clock.stamp(now, written)
         if stamped is None:
             return True  # late: filler already went out in its place
-        payload = self._payload(item, mime)
-        assert payload is not None
+        payload: bytes | None
+        if isinstance(item, EncodedFrame) and item.codec == path.codec:
+            self.relayed += 1
+            payload = item.payload
+        else:
+            payload = self._payload(item, path.mime)
+            assert payload is not None
         pts, marker = stamped
         direct(path, payload, pts, marker)
         return True
@@ -1301,12 +1311,12 @@ class WebRtcLeg(ReceivingPort):
             self._queue.put(Gap(lost))
         wants = self._passthrough
         if wants is not None and len(self._pending) == 0:
-            name = mime.split("/", 1)[1]
+            name = mime[6:]  # "audio/..."
             # one 20 ms frame per packet, or it is decoded as usual
             if wants(name) and (
                 packet_samples(packet.payload) == PTS_PER_FRAME
                 if name == "opus"
-                else len(packet.payload) == frame_samples(G711_RATE)
+                else len(packet.payload) == G711_FRAME
             ):
                 self.frames_passed += 1
                 self._queue.put(EncodedFrame(name, packet.payload))

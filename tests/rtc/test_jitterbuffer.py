@@ -235,6 +235,49 @@ def test_packet_buffer_orders_dedups_and_passes_gaps_on() -> None:
     assert jb.played == 5
 
 
+def test_take_is_put_then_pop_of_the_frame_that_plays_next() -> None:
+    """
+    The in-order shortcut (pass-through's usual packet) leaves the buffer
+    exactly as put() then pop() would, through loss, reordering, duplicates,
+    late packets (the delay grows, then shrinks), jitter and an SSRC change.
+    """
+    rng = np.random.default_rng(7)
+    arrivals: list[tuple[float, int, int]] = []  # (time, ssrc, seq)
+    for k in range(700):
+        if k in (40, 41, 300):
+            continue  # lost
+        when = k * P + float(rng.uniform(0, 0.015))
+        if k in (100, 101):
+            when += 0.07  # reordered behind later packets, then late
+        ssrc = 1 if k < 500 else 2
+        arrivals.append((when, ssrc, k))
+        if k % 97 == 0:
+            arrivals.append((when + 0.001, ssrc, k))  # duplicate
+    arrivals.sort()
+    plain: PlayoutBuffer[int] = PlayoutBuffer(N)
+    quick: PlayoutBuffer[int] = PlayoutBuffer(N)
+    taken = 0
+
+    def state(jb: PlayoutBuffer[int]) -> tuple[object, ...]:
+        return (jb.played, jb.missing, jb.late, jb.duplicates, jb.target, jb.deadline, jb.depth)
+
+    for when, ssrc, seq in arrivals:
+        for jb in (plain, quick):
+            while (deadline := jb.deadline) is not None and deadline <= when:
+                jb.pop(deadline)
+        plain.put(ssrc, seq * N, seq, when)
+        expected = plain.pop(when)
+        if quick.take(ssrc, seq * N, when):
+            taken += 1
+            got: list[int | None] = [seq]
+        else:
+            quick.put(ssrc, seq * N, seq, when)
+            got = quick.pop(when)
+        assert got == expected, (when, seq)
+        assert state(quick) == state(plain), (when, seq)
+    assert taken > 600 and plain.late > 0 and plain.missing > 0 and plain.duplicates > 0
+
+
 def test_bad_configuration() -> None:
     with pytest.raises(ValueError):
         JitterBuffer(min_delay=0.1, max_delay=0.05)

@@ -148,6 +148,7 @@ from .sdp import (
 )
 from .sendclock import SendClock
 from .stats import LegStats
+from .timers import timer_time
 from .tones import dtmf_tone
 
 __all__ = ["RtpLeg", "attach_rtp_pair", "bind_rtp_pair"]
@@ -429,6 +430,7 @@ class RtpLeg(ReceivingPort):
         self._sequence_number = random.getrandbits(16)
         self._clock = SendClock(RTP_FRAME, random.getrandbits(32))  # unwrapped timestamps
         self._fill_timer: asyncio.TimerHandle | None = None
+        self._fill_at = 0.0  # when _fill_timer is due
 
         # RTCP
         self.rtcp_interval = RTCP_INTERVAL
@@ -887,8 +889,8 @@ class RtpLeg(ReceivingPort):
         self._direction = direction
         if self._rtcp_task is None and not self._closed:
             loop = asyncio.get_running_loop()
-            self._timeout_since = loop.time()
-            self._fill_timer = loop.call_at(self._timeout_since, self._fill_tick)
+            self._timeout_since = self._fill_at = loop.time()
+            self._fill_timer = loop.call_at(self._fill_at, self._fill_tick)
             self._rtcp_task = loop.create_task(self._run_rtcp())
 
     # DTMF
@@ -997,7 +999,7 @@ class RtpLeg(ReceivingPort):
         if self._closed:
             return
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = timer_time(loop, self._fill_at)
         self._check_timeout(now)
         if self._sending:
             fill, again = self._clock.fill(now)
@@ -1008,6 +1010,7 @@ class RtpLeg(ReceivingPort):
             again = now + 0.1  # held: only the media timeout to watch
         if self._closed:
             return
+        self._fill_at = again
         self._fill_timer = loop.call_at(again, self._fill_tick)
 
     def restart_media_timeout(self) -> None:
@@ -1310,7 +1313,7 @@ class RtpLeg(ReceivingPort):
 
     def _playout_due(self) -> None:
         self._playout_timer = None
-        self._play(asyncio.get_running_loop().time())
+        self._play(timer_time(asyncio.get_running_loop(), self._playout_at))
 
     def _stop_playout(self) -> None:
         if self._playout_timer is not None:

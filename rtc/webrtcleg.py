@@ -99,6 +99,7 @@ from .sdes import SRTP_MAX_PACKET
 from .sdp import SdpError, SessionDescription, combine_directions, with_opus_parameter
 from .sendclock import SendClock
 from .stats import LegStats, estimate_mos
+from .timers import timer_time
 from .webrtcdtmf import TELEPHONE_EVENT, TransceiverDtmf, register_telephone_event
 from .webrtcvideo import WebRtcVideo, offer_has_video
 
@@ -598,6 +599,7 @@ class WebRtcLeg(ReceivingPort):
         self._track.direct = self._send_direct
         self._track.direct_path = self._direct_path
         self._fill_timer: asyncio.TimerHandle | None = None
+        self._fill_at = 0.0  # when _fill_timer is due
         self._video_allowed = "sendrecv"  # set_video_direction
         self._restarts: list[IceRestart] = []  # of the ICE restart in progress
         self._restart_task: asyncio.Task[None] | None = None
@@ -1130,7 +1132,8 @@ class WebRtcLeg(ReceivingPort):
         self._rx_dtls = dtls
         if self._fill_timer is None:
             loop = asyncio.get_running_loop()
-            self._fill_timer = loop.call_at(loop.time(), self._fill_tick)
+            self._fill_at = loop.time()
+            self._fill_timer = loop.call_at(self._fill_at, self._fill_tick)
 
     def _receive_direct(self, data: bytes) -> bool:
         """Handle one received datagram here (True) or leave it to aiortc (False)."""
@@ -1226,7 +1229,7 @@ class WebRtcLeg(ReceivingPort):
         if self._closed:
             return
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = timer_time(loop, self._fill_at)
         transceiver = self._transceiver
         direct = transceiver is not None and self._direct_path() is not None
         if direct and transceiver is not None and transceiver.sender._enabled:
@@ -1239,6 +1242,7 @@ class WebRtcLeg(ReceivingPort):
             again = now + DIRECT_POLL  # aiortc's sender fills, or nothing is sent
             if transceiver is not None and not direct:
                 self._track.wake()  # so that it does at once
+        self._fill_at = again
         self._fill_timer = loop.call_at(again, self._fill_tick)
 
     def _send_direct(self, path: _DirectRoute, payload: bytes, pts: int, marker: bool) -> None:

@@ -39,6 +39,10 @@ on both sides. Figures per N:
     .venv/bin/python bench/media_load.py --calls 50,100 --browser-codec pcmu
     .venv/bin/python bench/media_load.py --calls 16,32 --gateway-uvloop
 
+``--idle``: the generator sends nothing once the calls are up, so each leg sends
+filler (silence) on its own timer; the figures are then the cost of idle calls (the
+loss and lateness are of the filler).
+
 ``--browser-codec pcmu``: the WebRTC peers send and accept PCMU only, so both
 legs of each call send PCMU and the gateway relays payloads (pass-through);
 the counters then show frames decoded/encoded (should stay ~0) and relayed.
@@ -696,12 +700,14 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
                     sip_onsets.append(now - FRAME)
                 if k == 0 and slot == (slots - slots // 2) % slots:
                     web_onsets.append(now - FRAME)
-                for i in range(slot, len(sip_sides), slots):
+                for i in range(slot, len(sip_sides) if not args.idle else 0, slots):
                     side = sip_sides[i]
                     struct.pack_into("!BBHII", header, 0, 0x80, 0, n & 0xFFFF, n * 160, ssrc + i)
                     assert side.transport is not None and side.remote is not None
                     side.transport.sendto(bytes(header) + payload, side.remote)
-                for i in range((slot + slots // 2) % slots, len(webs), slots):
+                for i in range(
+                    (slot + slots // 2) % slots, len(webs) if not args.idle else 0, slots
+                ):
                     webs[i].send(n, browser_payload)
                 due = start + n * FRAME + (slot + 1) * FRAME / slots
                 await asyncio.sleep(max(0.0, due - loop.time()))
@@ -827,6 +833,12 @@ def main() -> None:
         default=4,
         help="spread the calls' packets over this many slots of each 20 ms period "
         "(1: every packet of every call at once)",
+    )
+    parser.add_argument(
+        "--idle",
+        action="store_true",
+        help="set the calls up but send no media: what the gateway's legs cost by "
+        "themselves (filler both ways, timers)",
     )
     parser.add_argument(
         "--poll",

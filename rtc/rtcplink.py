@@ -9,11 +9,12 @@ share one implementation of these rules. Sans-I/O apart from ``sendto`` on
 the transport handed in: callers pass the SRTP context and the clocks.
 """
 
+import ipaddress
 from typing import Protocol
 
 from .rtcpsession import RtcpSession
 from .sdes import SrtpContext, SrtpError
-from .sdp import MediaDescription
+from .sdp import MediaDescription, SdpError
 
 __all__ = ["Address", "DatagramSink", "RtcpLink", "sdp_remote"]
 
@@ -29,7 +30,7 @@ class DatagramSink(Protocol):
 
 
 def sdp_remote(
-    address: str, media: MediaDescription, mux: bool = False
+    address: str, media: MediaDescription, mux: bool = False, ipv6: bool = False
 ) -> tuple[Address | None, Address | None]:
     """
     The peer's RTP and RTCP addresses for an m= line whose connection
@@ -37,20 +38,40 @@ def sdp_remote(
     RTCP: the RTP port + 1, or RFC 3605 ``a=rtcp:port [IN IP4 address]``;
     with ``mux``, ``a=rtcp-mux`` (RFC 5761) sends it to the RTP address.
     The last of these attributes wins.
+
+    ``ipv6``: whether the caller's sockets are IPv6 ones. The address must be
+    an IP address of that family (SdpError otherwise): a host name would need
+    a DNS lookup per datagram, and uvloop's ``sendto`` refuses both outright.
+    An RFC 3605 address that is not is ignored (the RTP address is used).
     """
     if address in ("0.0.0.0", "::"):
         # RFC 2543 style hold: nowhere to send
         return None, None
+    problem = _unusable(address, ipv6)
+    if problem is not None:
+        raise SdpError(f"Connection address {address!r} {problem}")
     remote = (address, media.port)
     rtcp = (address, media.port + 1)
     for name, value in media.attributes:
         if name == "rtcp" and value:
             bits = value.split()
             if bits and bits[0].isdecimal():
-                rtcp = (bits[3] if len(bits) >= 4 else address, int(bits[0]))
+                other = bits[3] if len(bits) >= 4 else address
+                rtcp = (other if _unusable(other, ipv6) is None else address, int(bits[0]))
         elif name == "rtcp-mux" and mux:
             rtcp = remote
     return remote, rtcp
+
+
+def _unusable(address: str, ipv6: bool) -> str | None:
+    """Why datagrams cannot be sent to ``address`` from a socket of that family."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return "is not an IP address (host names are not supported)"
+    if (ip.version == 6) != ipv6:
+        return f"is IPv{ip.version}, the media sockets are IPv{6 if ipv6 else 4}"
+    return None
 
 
 class RtcpLink:

@@ -802,7 +802,7 @@ class RtpLeg(ReceivingPort):
         address = session.media_connection(audio)
         if address is None:
             raise SdpError("SDP has no connection address")
-        return sdp_remote(address, audio)
+        return sdp_remote(address, audio, ipv6=":" in self.host)
 
     def _supported(self) -> list[tuple[str, int]]:
         return [(c.name, c.clock_rate) for c in self._codecs]

@@ -652,7 +652,7 @@ class RtpVideo(EncodedVideoPublisher):
         address = session.media_connection(media)
         if address is None:
             raise SdpError("SDP has no connection address for video")
-        remote, rtcp_remote = sdp_remote(address, media, mux=True)
+        remote, rtcp_remote = sdp_remote(address, media, mux=True, ipv6=":" in self.host)
         if self._rtcp_link.set_remote(remote, rtcp_remote):
             self._source.reset()
         self._sdp_remote = remote

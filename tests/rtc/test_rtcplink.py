@@ -6,7 +6,7 @@ from rtc.rtcp import RtcpPliPacket, RtcpRrPacket, RtcpSrPacket, parse_rtcp
 from rtc.rtcplink import Address, RtcpLink, sdp_remote
 from rtc.rtcpsession import RtcpSession
 from rtc.sdes import DEFAULT_SUITE, SrtpContext, generate_key
-from rtc.sdp import MediaDescription, SessionDescription
+from rtc.sdp import MediaDescription, SdpError, SessionDescription
 
 
 class Sink:
@@ -65,6 +65,35 @@ def test_sdp_remote_from_parsed_sdp() -> None:
         ("192.0.2.1", 4000),
         ("198.51.100.9", 5005),
     )
+
+
+@pytest.mark.parametrize(
+    ("address", "ipv6", "problem"),
+    [
+        ("pbx.example.com", False, "not an IP address"),
+        ("2001:db8::1", False, "is IPv6, the media sockets are IPv4"),
+        ("192.0.2.1", True, "is IPv4, the media sockets are IPv6"),
+        ("192.0.2.300", False, "not an IP address"),
+    ],
+)
+def test_sdp_remote_refuses_what_no_socket_can_send_to(
+    address: str, ipv6: bool, problem: str
+) -> None:
+    with pytest.raises(SdpError, match=problem):
+        sdp_remote(address, media(), ipv6=ipv6)
+
+
+def test_sdp_remote_ipv6_and_unusable_rtcp_address() -> None:
+    assert sdp_remote("2001:db8::1", media(), ipv6=True) == (
+        ("2001:db8::1", 4000),
+        ("2001:db8::1", 4001),
+    )
+    # an RFC 3605 address nobody could send to: RTCP goes beside the RTP address
+    for rtcp in ("5005 IN IP4 rtcp.example.com", "5005 IN IP6 2001:db8::2"):
+        assert sdp_remote("192.0.2.1", media(("rtcp", rtcp))) == (
+            ("192.0.2.1", 4000),
+            ("192.0.2.1", 5005),
+        )
 
 
 @pytest.mark.parametrize("address", ["0.0.0.0", "::"])

@@ -51,6 +51,27 @@ async def test_offer_content() -> None:
         await leg.close()
 
 
+@pytest.mark.parametrize(
+    "connection", [b"IN IP4 pbx.example.com", b"IN IP6 2001:db8::1", b"IN IP4 999.1.1.1"]
+)
+async def test_offer_to_an_address_no_socket_can_send_to_is_refused(connection: bytes) -> None:
+    """A host name (a DNS lookup per datagram; uvloop's sendto refuses it and raised
+    out of the leg's send path) or an address of the other family: SdpError, which
+    the core answers with 488, and the leg sends nothing."""
+    leg = await RtpLeg.open()
+    try:
+        with pytest.raises(SdpError, match="Connection address"):
+            leg.create_answer(
+                b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=" + connection + b"\r\n"
+                b"t=0 0\r\nm=audio 40000 RTP/AVP 0\r\n"
+            )
+        leg.write(np.zeros(160, np.int16))
+        await asyncio.sleep(0.1)
+        assert leg.packets_sent == 0 and leg.remote_address is None
+    finally:
+        await leg.close()
+
+
 OFFER = (
     b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
     b"m=audio 40000 RTP/AVP %s\r\na=rtpmap:101 telephone-event/8000\r\n"

@@ -37,6 +37,7 @@ from .test_webrtcleg import connect
 
 SEED = 20261124
 STRANGER = ("127.0.0.1", 9)  # nobody's address: no leg sends there
+STRANGER6 = ("::1", 9, 0, 0)
 
 
 async def stop(writers: asyncio.Future[Any]) -> None:
@@ -235,9 +236,16 @@ async def test_webrtc_leg_survives_malformed_datagrams() -> None:
         assert opus.payloadType is not None
         garbage = corpus(opus.payloadType, 110, seed=SEED)
         received_before = b.direct_received
+        # as from a stranger of each socket's own family (an IPv4 address on an
+        # IPv6 socket cannot come from the network; uvloop's sendto of aioice's
+        # STUN error response to one raises)
+        strangers = [
+            STRANGER6 if protocol.transport.get_extra_info("sockname")[0].count(":") else STRANGER
+            for protocol in protocols
+        ]
         for data in garbage:
-            for protocol in protocols:
-                protocol.datagram_received(data, STRANGER)
+            for protocol, stranger in zip(protocols, strangers, strict=True):
+                protocol.datagram_received(data, stranger)
         # the forgeries did not authenticate, so none of them counted as audio
         assert b.direct_received == received_before
         await asyncio.sleep(0.2)

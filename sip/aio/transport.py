@@ -284,7 +284,9 @@ class Transport:
                 return
             try:
                 self._udp.sendto(data, peer.address)
-            except OSError:
+            except (OSError, ValueError):
+                # uvloop raises ValueError for an address of the other family or
+                # a host name (asyncio's loop: OSError, or a DNS lookup per send)
                 log.info("UDP send to %s failed", peer)
                 self._fail(peer)
             return

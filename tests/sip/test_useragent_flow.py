@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import cast
 
 from sipmessage import Request, Response
 
@@ -138,8 +139,7 @@ class _UdpPhone(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)  # uvloop's is no subclass
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.received.put_nowait((data, addr))
@@ -157,9 +157,7 @@ async def test_call_reaches_a_udp_phone_at_its_registration_source():
     await ua.start()
     dead = _dead_port(socket.SOCK_DGRAM)
     loop = asyncio.get_running_loop()
-    transport, phone = await loop.create_datagram_endpoint(
-        _UdpPhone, local_addr=("127.0.0.1", 0)
-    )
+    transport, phone = await loop.create_datagram_endpoint(_UdpPhone, local_addr=("127.0.0.1", 0))
     server = ("127.0.0.1", ua.port)
     try:
         local = transport.get_extra_info("sockname")[:2]
@@ -197,9 +195,7 @@ async def test_a_new_remote_target_is_followed_instead_of_the_flow():
     ua = _ua()
     await ua.start()
     loop = asyncio.get_running_loop()
-    transport, phone = await loop.create_datagram_endpoint(
-        _UdpPhone, local_addr=("127.0.0.1", 0)
-    )
+    transport, phone = await loop.create_datagram_endpoint(_UdpPhone, local_addr=("127.0.0.1", 0))
     other_transport, other = await loop.create_datagram_endpoint(
         _UdpPhone, local_addr=("127.0.0.1", 0)
     )
@@ -288,9 +284,7 @@ async def test_bye_to_a_registered_udp_phone_that_called_goes_to_its_source():
     await ua.start()
     dead = _dead_port(socket.SOCK_DGRAM)
     loop = asyncio.get_running_loop()
-    transport, phone = await loop.create_datagram_endpoint(
-        _UdpPhone, local_addr=("127.0.0.1", 0)
-    )
+    transport, phone = await loop.create_datagram_endpoint(_UdpPhone, local_addr=("127.0.0.1", 0))
     server = ("127.0.0.1", ua.port)
     try:
         local = transport.get_extra_info("sockname")[:2]

@@ -12,12 +12,15 @@ import uvloop
 
 from rtc.rtp import RtpPacket
 from rtc.rtpleg import RtpLeg
+from rtc.webrtcleg import WebRtcLeg
+
+from .test_webrtcleg import connect
 
 SECONDS = 0.6
 FRAMES = SECONDS / 0.02  # one filler frame or comfort-noise frame per 20 ms
 
 
-def count_calls(leg: RtpLeg, name: str) -> list[int]:
+def count_calls(leg: RtpLeg | WebRtcLeg, name: str) -> list[int]:
     """Count the callbacks of the leg's timer method ``name`` (re-armed by attribute)."""
     calls = [0]
     original: Callable[[], None] = getattr(leg, name)
@@ -79,3 +82,26 @@ def test_filler_and_playout_timers_tick_once_per_frame_on_uvloop() -> None:
     # ...with about one callback per frame (a busy loop: hundreds per frame)
     assert fill <= 2 * FRAMES
     assert playout <= 2 * FRAMES
+
+
+async def webrtc_filler() -> tuple[int, int]:
+    """Two connected WebRtcLegs with nothing written: each sends filler on its own
+    timer. Callbacks of one leg's timer, and the filler frames it sent."""
+    a, b = WebRtcLeg(), WebRtcLeg()
+    try:
+        await connect(a, b)
+        await asyncio.sleep(0.3)  # past the first written-nothing wait: filling
+        fill = count_calls(a, "_fill_tick")
+        before = a._track.filled
+        await asyncio.sleep(SECONDS)
+        return fill[0], a._track.filled - before
+    finally:
+        await a.close()
+        await b.close()
+
+
+def test_webrtc_leg_filler_timer_ticks_once_per_frame_on_uvloop() -> None:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        fill, filled = runner.run(webrtc_filler())
+    assert filled >= FRAMES - 5
+    assert fill <= 2 * FRAMES

@@ -952,14 +952,15 @@ class RtpLeg(ReceivingPort):
                 )
                 # the event starts where the next audio packet would have
                 start = loop.time()
-                timestamp = self._clock.peek(start) & 0xFFFFFFFF
+                event_start = self._clock.peek(start)
+                timestamp = event_start & 0xFFFFFFFF
                 self._dtmf_active = True
                 for i, (offset, event) in enumerate(schedule):
                     await asyncio.sleep(start + offset / clock - loop.time())
                     self._send_event(timestamp, bytes(event), marker=i == 0)
                 self._dtmf_active = False
                 # audio resumes after the event's time, as a new talk spurt
-                self._clock.resync()
+                self._clock.resync(event_start + self._clock.frame_ticks * duration_ms // FRAME_MS)
                 await asyncio.sleep(DTMF_GAP_MS / 1000)
         finally:
             self._dtmf_active = False

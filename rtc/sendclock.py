@@ -75,10 +75,22 @@ class SendClock:
         self._written: float | None = None  # when the last written frame was
         self._fill_at: float | None = None  # next filler frame, while filling
         self._resync = False  # the next frame is in step with the clock, whatever came before
+        self._not_before: int | None = None  # after resync(): the next frame's earliest timestamp
         self.dropped = 0  # written frames dropped: the timeline was too far ahead
 
     def _advance(self, now: float) -> int:
         """Frames the timeline moves for a frame sent at ``now`` (0: it follows on)."""
+        advance = self._in_step(now)
+        not_before = self._not_before
+        if not_before is not None:
+            # the timeline the events took: the audio resumes after it
+            short = not_before - (self._timestamp + advance * self.frame_ticks)
+            if short > 0:
+                advance += -(-short // self.frame_ticks)
+        return advance
+
+    def _in_step(self, now: float) -> int:
+        """``_advance`` by the clock alone."""
         position = self._position
         if position is None:
             return 0
@@ -109,16 +121,20 @@ class SendClock:
         marker = self.marker or self._sent is None or now - self._sent >= self._pause
         self.marker = False
         self._resync = False
+        self._not_before = None
         self._sent = now
         return timestamp, marker
 
-    def resync(self) -> None:
+    def resync(self, not_before: int | None = None) -> None:
         """
         The next frame's timestamp follows the clock (never falls behind it),
         with the marker: something else took the timeline meanwhile (RFC 4733
-        events sent in place of the audio).
+        events sent in place of the audio). ``not_before``: where that ended
+        (an event's timestamp plus its duration): the next frame's timestamp
+        is no earlier, however the frames around the events arrived.
         """
         self._resync = True
+        self._not_before = not_before
         self.marker = True
 
     def peek(self, now: float) -> int:

@@ -163,3 +163,16 @@ def test_after_events_in_place_of_audio_the_audio_resumes_in_step() -> None:
     ts, marker = stamp(clock, 0.27)
     assert marker and ts >= start + int(0.16 * 8000)
     assert ts == int(0.27 / FRAME) * TICKS  # the slot of the clock, never ahead of it
+
+
+def test_audio_after_an_event_never_overlaps_it() -> None:
+    """resync(not_before): whatever the clock reading of the next frame (one taken
+    before the event's end, e.g. a loop's clock read at the start of a busy
+    iteration), the audio resumes no earlier than the event's timestamp + duration."""
+    clock = SendClock(TICKS, 0)
+    stamp(clock, 0.0)
+    start = clock.peek(0.5)  # after a pause: in step with the clock
+    clock.resync(start + 5 * TICKS)  # a 100 ms event
+    ts, marker = stamp(clock, 0.56)  # only 60 ms on by this reading
+    assert marker and ts == start + 5 * TICKS
+    assert clock.peek(0.58) == ts + TICKS  # and it follows on from there

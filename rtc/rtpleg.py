@@ -148,7 +148,7 @@ from .sdp import (
 )
 from .sendclock import SendClock
 from .stats import LegStats
-from .timers import timer_time
+from .timers import DeadlineTimer
 from .tones import dtmf_tone
 
 __all__ = ["RtpLeg", "attach_rtp_pair", "bind_rtp_pair"]
@@ -429,8 +429,7 @@ class RtpLeg(ReceivingPort):
         self._ssrc = random.getrandbits(32)
         self._sequence_number = random.getrandbits(16)
         self._clock = SendClock(RTP_FRAME, random.getrandbits(32))  # unwrapped timestamps
-        self._fill_timer: asyncio.TimerHandle | None = None
-        self._fill_at = 0.0  # when _fill_timer is due
+        self._fill_timer = DeadlineTimer(self._fill_tick)
 
         # RTCP
         self.rtcp_interval = RTCP_INTERVAL
@@ -463,8 +462,7 @@ class RtpLeg(ReceivingPort):
         self._jitter = JitterBuffer(SAMPLE_RATE, FRAME_MS, jitter_min, jitter_max)
         self._playout_resampler: Resampler | None = None
         self._detect_resampler: Resampler | None = None  # to 8 kHz for DtmfDetector
-        self._playout_timer: asyncio.TimerHandle | None = None
-        self._playout_at = 0.0
+        self._playout_timer = DeadlineTimer(self._play)
         # a packet that is not a whole number of 20 ms frames (ptime 10, 30):
         # contiguous samples collected until they make whole frames
         self._partial = np.zeros(0, dtype=np.int16)
@@ -889,8 +887,8 @@ class RtpLeg(ReceivingPort):
         self._direction = direction
         if self._rtcp_task is None and not self._closed:
             loop = asyncio.get_running_loop()
-            self._timeout_since = self._fill_at = loop.time()
-            self._fill_timer = loop.call_at(self._fill_at, self._fill_tick)
+            self._timeout_since = loop.time()
+            self._fill_timer.at(self._timeout_since)
             self._rtcp_task = loop.create_task(self._run_rtcp())
 
     # DTMF
@@ -991,16 +989,13 @@ class RtpLeg(ReceivingPort):
 
     # sending
 
-    def _fill_tick(self) -> None:
+    def _fill_tick(self, now: float) -> None:
         """
         The leg's own timer: filler frames while nothing is written (silence,
         in-band DTMF), and the media timeout.
         """
-        self._fill_timer = None
         if self._closed:
             return
-        loop = asyncio.get_running_loop()
-        now = timer_time(loop, self._fill_at)
         self._check_timeout(now)
         if self._sending:
             fill, again = self._clock.fill(now)
@@ -1011,8 +1006,7 @@ class RtpLeg(ReceivingPort):
             again = now + 0.1  # held: only the media timeout to watch
         if self._closed:
             return
-        self._fill_at = again
-        self._fill_timer = loop.call_at(again, self._fill_tick)
+        self._fill_timer.at(again)
 
     def restart_media_timeout(self) -> None:
         """
@@ -1195,10 +1189,9 @@ class RtpLeg(ReceivingPort):
             if samples is not None:
                 self._detect_dtmf(samples)
         self.frames_passed += 1
-        if self._playout_timer is None and self._packets.take(packet.ssrc, packet.timestamp, now):
+        if not self._playout_timer.armed and self._packets.take(packet.ssrc, packet.timestamp, now):
             # the next in order with nothing held: played now (what _play would do)
-            if not self._closed:
-                self._queue.put(EncodedFrame(name, packet.payload))
+            self._queue.put(EncodedFrame(name, packet.payload))
             return True
         self._packets.put(
             packet.ssrc, packet.timestamp, EncodedFrame(name, packet.payload), now, packet.marker
@@ -1301,25 +1294,13 @@ class RtpLeg(ReceivingPort):
                 else:
                     self._deliver(frame)
             deadline = self._jitter.deadline
-        timer = self._playout_timer
         if deadline is None:
-            if timer is not None:
-                timer.cancel()
-                self._playout_timer = None
-        elif timer is None or self._playout_at != deadline:
-            if timer is not None:
-                timer.cancel()
-            self._playout_at = deadline
-            self._playout_timer = asyncio.get_running_loop().call_at(deadline, self._playout_due)
-
-    def _playout_due(self) -> None:
-        self._playout_timer = None
-        self._play(timer_time(asyncio.get_running_loop(), self._playout_at))
+            self._playout_timer.cancel()
+        elif self._playout_timer.when != deadline:
+            self._playout_timer.at(deadline)
 
     def _stop_playout(self) -> None:
-        if self._playout_timer is not None:
-            self._playout_timer.cancel()
-            self._playout_timer = None
+        self._playout_timer.cancel()
         self._jitter.reset()
         self._packets.reset()
         self._partial = self._partial[:0]
@@ -1349,17 +1330,13 @@ class RtpLeg(ReceivingPort):
             return
         self._closed = True
         self._queue.close()
-        if self._playout_timer is not None:
-            self._playout_timer.cancel()
-            self._playout_timer = None
+        self._playout_timer.cancel()
         if self._dtmf_task is not None:
             self._dtmf_task.cancel()
         if self._rtcp_task is not None:
             self._rtcp_task.cancel()
             self._send_rtcp(bye=True)
-        if self._fill_timer is not None:
-            self._fill_timer.cancel()
-            self._fill_timer = None
+        self._fill_timer.cancel()
         if self._transport is not None:
             self._transport.close()
         if self._rtcp_transport is not None:

@@ -1,5 +1,5 @@
 """
-The time a timer callback runs at, as the legs' sans-I/O cores must see it.
+The legs' deadline timers, and the time their callbacks run at.
 
 uvloop's ``loop.time()`` counts whole milliseconds, read once per loop
 iteration, and its timers fire on that clock. A callback scheduled with
@@ -12,13 +12,46 @@ millisecond per tick. With every call's legs sending filler or waiting on a
 playout deadline, that was a whole core for 64 calls that carried no media.
 asyncio's own loop reads a nanosecond clock and fires timers up to its clock
 resolution early, so it re-arms once at most.
+
+So a ``DeadlineTimer`` hands its callback the time it fired at, never before
+its deadline (uvloop's handles do not keep the exact deadline: ``when()`` is
+rounded to the millisecond).
 """
 
 import asyncio
+from collections.abc import Callable
 
-__all__ = ["timer_time"]
+__all__ = ["DeadlineTimer"]
 
 
-def timer_time(loop: asyncio.AbstractEventLoop, when: float) -> float:
-    """The time of a callback of the timer due at ``when``: never before it."""
-    return max(loop.time(), when)
+class DeadlineTimer:
+    """A one-shot timer, re-armed by ``at``; ``callback(now)`` when it fires."""
+
+    def __init__(self, callback: Callable[[float], None]) -> None:
+        self.callback = callback
+        self.when: float | None = None  # the deadline while armed
+        self._handle: asyncio.TimerHandle | None = None
+
+    @property
+    def armed(self) -> bool:
+        return self._handle is not None
+
+    def at(self, when: float) -> None:
+        """Fire at ``when`` (instead of any earlier deadline)."""
+        if self._handle is not None:
+            self._handle.cancel()
+        self.when = when
+        self._handle = asyncio.get_running_loop().call_at(when, self._fire)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self.when = None
+
+    def _fire(self) -> None:
+        when = self.when
+        assert when is not None
+        self._handle = None
+        self.when = None
+        self.callback(max(asyncio.get_running_loop().time(), when))

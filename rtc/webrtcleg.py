@@ -99,7 +99,7 @@ from .sdes import SRTP_MAX_PACKET
 from .sdp import SdpError, SessionDescription, combine_directions, with_opus_parameter
 from .sendclock import SendClock
 from .stats import LegStats, estimate_mos
-from .timers import timer_time
+from .timers import DeadlineTimer
 from .webrtcdtmf import TELEPHONE_EVENT, TransceiverDtmf, register_telephone_event
 from .webrtcvideo import WebRtcVideo, offer_has_video
 
@@ -286,7 +286,6 @@ class _DirectRoute:
 
     __slots__ = (
         "clock_rate",
-        "codec",
         "codecs",
         "dtls",
         "encoded_here",
@@ -310,7 +309,6 @@ class _DirectRoute:
         codec = codecs[0]
         assert codec.payloadType is not None
         self.mime: str = codec.mimeType.lower()
-        self.codec: str = self.mime.split("/", 1)[-1]  # as EncodedFrame names it
         # a codec we encode (and send) ourselves, not one aiortc encodes
         self.encoded_here = self.mime == "audio/opus" or self.mime in G711_CODECS
         probe = AiortcRtpPacket(payload_type=codec.payloadType)
@@ -411,13 +409,8 @@ class OutgoingAudioTrack(MediaStreamTrack):
         stamped = self.clock.stamp(now, written)
         if stamped is None:
             return True  # late: filler already went out in its place
-        payload: bytes | None
-        if isinstance(item, EncodedFrame) and item.codec == path.codec:
-            self.relayed += 1
-            payload = item.payload
-        else:
-            payload = self._payload(item, path.mime)
-            assert payload is not None
+        payload = self._payload(item, path.mime)
+        assert payload is not None
         pts, marker = stamped
         direct(path, payload, pts, marker)
         return True
@@ -598,8 +591,7 @@ class WebRtcLeg(ReceivingPort):
         self.direct_sent = 0  # packets sent by the direct path
         self._track.direct = self._send_direct
         self._track.direct_path = self._direct_path
-        self._fill_timer: asyncio.TimerHandle | None = None
-        self._fill_at = 0.0  # when _fill_timer is due
+        self._fill_timer = DeadlineTimer(self._fill_tick)
         self._video_allowed = "sendrecv"  # set_video_direction
         self._restarts: list[IceRestart] = []  # of the ICE restart in progress
         self._restart_task: asyncio.Task[None] | None = None
@@ -1130,10 +1122,8 @@ class WebRtcLeg(ReceivingPort):
                 )
         self._hooked = (connection, dtls)
         self._rx_dtls = dtls
-        if self._fill_timer is None:
-            loop = asyncio.get_running_loop()
-            self._fill_at = loop.time()
-            self._fill_timer = loop.call_at(self._fill_at, self._fill_tick)
+        if not self._fill_timer.armed:
+            self._fill_timer.at(asyncio.get_running_loop().time())
 
     def _receive_direct(self, data: bytes) -> bool:
         """Handle one received datagram here (True) or leave it to aiortc (False)."""
@@ -1223,13 +1213,10 @@ class WebRtcLeg(ReceivingPort):
         route = self._route = _DirectRoute(transceiver._codecs, sender, dtls, pair)
         return route
 
-    def _fill_tick(self) -> None:
+    def _fill_tick(self, now: float) -> None:
         """While the leg sends by itself: silence when nothing is written."""
-        self._fill_timer = None
         if self._closed:
             return
-        loop = asyncio.get_running_loop()
-        now = timer_time(loop, self._fill_at)
         transceiver = self._transceiver
         direct = transceiver is not None and self._direct_path() is not None
         if direct and transceiver is not None and transceiver.sender._enabled:
@@ -1242,8 +1229,7 @@ class WebRtcLeg(ReceivingPort):
             again = now + DIRECT_POLL  # aiortc's sender fills, or nothing is sent
             if transceiver is not None and not direct:
                 self._track.wake()  # so that it does at once
-        self._fill_at = again
-        self._fill_timer = loop.call_at(again, self._fill_tick)
+        self._fill_timer.at(again)
 
     def _send_direct(self, path: _DirectRoute, payload: bytes, pts: int, marker: bool) -> None:
         """
@@ -1428,9 +1414,7 @@ class WebRtcLeg(ReceivingPort):
         if self._closed:
             return
         self._closed = True
-        if self._fill_timer is not None:
-            self._fill_timer.cancel()
-            self._fill_timer = None
+        self._fill_timer.cancel()
         if self._video is not None:
             self._video.close()
         self._video_negotiated()

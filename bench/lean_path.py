@@ -274,7 +274,7 @@ def run(
     child = Child(complexity, use_uvloop, passthrough)
     pcmu = [ulaw_encode(p) for p in tone(8000, 50).reshape(50, 160)]
     browser_pt, browser_step = (PCMU_PT, 160) if passthrough else (OPUS_PT, 960)
-    opus = pcmu if passthrough else opus_packets(50)
+    browser_payloads = pcmu if passthrough else opus_packets(50)
     tx = srtp_session(KEY_TO_GATEWAY, inbound=False)
     rx = srtp_session(KEY_FROM_GATEWAY, inbound=True)
     browsers: list[socket.socket] = []
@@ -328,7 +328,7 @@ def run(
             # call c's packets go out in slot c % slots of each 20 ms period
             for c in range(slot, calls, slots):
                 header = HEADER.pack(0x80, browser_pt, i & 0xFFFF, i * browser_step, 0x1000 + c)
-                browsers[c].sendto(tx.protect(header + opus[i % 50]), targets[c][0])
+                browsers[c].sendto(tx.protect(header + browser_payloads[i % 50]), targets[c][0])
                 header = HEADER.pack(0x80, PCMU_PT, i & 0xFFFF, i * 160, 0x2000 + c)
                 sips[c].sendto(header + pcmu[i % 50], targets[c][1])
             drain()

@@ -62,6 +62,7 @@ import re
 import resource
 import select
 import shutil
+import socket
 import struct
 import subprocess
 import sys
@@ -528,27 +529,26 @@ class Poller:
 
     def __init__(self, endpoints: list[tuple[Any, Any]]) -> None:
         self._epoll = select.epoll()
-        self._endpoints: dict[int, tuple[Any, Any]] = {}
+        # by file descriptor: the transport, our socket on it, the protocol
+        self._endpoints: dict[int, tuple[Any, socket.socket, Any]] = {}
         for transport, protocol in endpoints:
             self.add(transport, protocol)
 
     def add(self, transport: Any, protocol: Any) -> None:
         """Stop the loop reading ``transport``; ``poll`` hands its datagrams to ``protocol``."""
-        import socket
-
         transport.pause_reading()
         fd = transport.get_extra_info("socket").fileno()
         # a socket object of our own on the same kernel socket (the transport's
         # wrapper has no recvfrom)
         own = socket.socket(fileno=os.dup(fd))
         own.setblocking(False)
-        self._endpoints[fd] = (transport, own, protocol)  # type: ignore[assignment]
+        self._endpoints[fd] = (transport, own, protocol)
         self._epoll.register(fd, select.EPOLLIN)
 
     def poll(self) -> None:
         # nobody sleeps on this epoll: arrivals wake no one
         for fd, _ in self._epoll.poll(0):
-            _, own, protocol = self._endpoints[fd]  # type: ignore[misc]
+            _, own, protocol = self._endpoints[fd]
             while True:
                 try:
                     data, addr = own.recvfrom(4096)
@@ -558,7 +558,7 @@ class Poller:
 
     def close(self) -> None:
         """The loop reads the sockets again (for DTLS's goodbye and the like)."""
-        for transport, own, _ in self._endpoints.values():  # type: ignore[misc]
+        for transport, own, _ in self._endpoints.values():
             if not transport.is_closing():
                 transport.resume_reading()
             own.close()
@@ -681,6 +681,10 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
     slots = max(1, min(args.stagger, calls))
     send_late: list[tuple[float, float]] = []  # (when, how late the generator sent a slot)
 
+    # --idle: the calls are up and nobody sends
+    sip_senders = [] if args.idle else sip_sides
+    web_senders = [] if args.idle else webs
+
     async def send_rtp() -> None:
         # Real calls start at unrelated moments: call i's SIP packets go out in slot
         # i % slots of each 20 ms period and its browser packets half a period later,
@@ -700,15 +704,13 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
                     sip_onsets.append(now - FRAME)
                 if k == 0 and slot == (slots - slots // 2) % slots:
                     web_onsets.append(now - FRAME)
-                for i in range(slot, len(sip_sides) if not args.idle else 0, slots):
-                    side = sip_sides[i]
+                for i in range(slot, len(sip_senders), slots):
+                    side = sip_senders[i]
                     struct.pack_into("!BBHII", header, 0, 0x80, 0, n & 0xFFFF, n * 160, ssrc + i)
                     assert side.transport is not None and side.remote is not None
                     side.transport.sendto(bytes(header) + payload, side.remote)
-                for i in range(
-                    (slot + slots // 2) % slots, len(webs) if not args.idle else 0, slots
-                ):
-                    webs[i].send(n, browser_payload)
+                for i in range((slot + slots // 2) % slots, len(web_senders), slots):
+                    web_senders[i].send(n, browser_payload)
                 due = start + n * FRAME + (slot + 1) * FRAME / slots
                 await asyncio.sleep(max(0.0, due - loop.time()))
             n += 1

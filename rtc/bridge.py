@@ -126,6 +126,10 @@ class PushRelay:
     playout timer), passed through undecoded where both are PassThroughPorts
     and the sink sends the codec, else decoded, resampled where the rates
     differ, written.
+
+    Between two PassThroughPorts the relayed packets of a steady stream
+    skip even that: the source hands them to ``passed`` (its express way,
+    rtc.ports.PassThroughPort) straight from its receive path.
     """
 
     def __init__(self, source: PushPort, sink: AudioPort) -> None:
@@ -134,6 +138,7 @@ class PushRelay:
         self._resampler: Resampler | None = None
         self._passing: bool | None = None  # what the last frame did, to log each change once
         self._wants: Callable[[str], bool] | None = None
+        self._express: Callable[[str, bytes, float], bool] | None = None
         # checked once: isinstance() against a runtime-checkable Protocol walks
         # its members each time (tens of microseconds), too slow per frame
         self._passing_sink = sink if isinstance(sink, PassThroughPort) else None
@@ -146,6 +151,9 @@ class PushRelay:
 
             self._wants = wants
             passing_source.set_passthrough(wants)
+            # one bound method, so that stop() can tell whether it is still ours
+            self._express = self.passed
+            passing_source.set_express(self._express)
         source.set_listener(self)
 
     def stop(self) -> None:
@@ -156,6 +164,28 @@ class PushRelay:
         passing = self._passing_source
         if self._wants is not None and passing is not None and passing.passthrough is self._wants:
             passing.set_passthrough(None)
+        if self._express is not None and passing is not None and passing.express is self._express:
+            passing.set_express(None)
+
+    def passed(self, codec: str, payload: bytes, now: float) -> bool:
+        """
+        A payload the source relays undecoded, sent by the sink at once (True),
+        or False when the sink does not send ``codec`` that way now: the
+        source then queues it for ``__call__`` (which transcodes it, or has
+        the sink queue it for its paced sender).
+        """
+        sink = self._passing_sink
+        assert sink is not None
+        try:
+            if not sink.send_passed(codec, payload, now):
+                return False
+        except Exception:
+            # in the source's receive path: one bad frame must not stop it
+            logger.exception("relaying a frame failed")
+            return True
+        if self._passing is not True:
+            self._mode(True)
+        return True
 
     def __call__(self, item: MediaItem) -> None:
         source, sink = self.source, self.sink

@@ -274,6 +274,17 @@ class PassThroughPort(AudioPort, Protocol):
     ``write_encoded()`` sends an EncodedFrame of ``send_codec`` as it is;
     ``write_gap(frames)`` tells the leg that frames of what it relays were
     lost upstream (a Gap), so its timestamps skip them.
+
+    The express way, for the steady state of a relayed stream (MediaBridge
+    sets it up): ``set_express(send)``: from now on, each packet that
+    pass-through takes and that plays at once (in order, nothing held) goes
+    to ``send(codec, payload, now)`` in the receiving call, with no
+    EncodedFrame, queue or listener in between; when ``send`` returns False
+    it is queued as usual (None: always queued). ``send_passed(codec,
+    payload, now)`` is a sink's side of it: send a payload received at
+    ``now`` as it is (True, also when it was dropped as ``write_encoded``
+    would drop it), or False, having done nothing, when the leg does not
+    send ``codec`` that way now (its caller then queues an EncodedFrame).
     """
 
     @property
@@ -291,6 +302,13 @@ class PassThroughPort(AudioPort, Protocol):
     def write_encoded(self, frame: EncodedFrame) -> None: ...
 
     def write_gap(self, frames: int) -> None: ...
+
+    def set_express(self, send: Callable[[str, bytes, float], bool] | None) -> None: ...
+
+    @property
+    def express(self) -> Callable[[str, bytes, float], bool] | None: ...
+
+    def send_passed(self, codec: str, payload: bytes, now: float) -> bool: ...
 
 
 class PlayoutQueue:

@@ -81,7 +81,10 @@ the negotiated codec, each received 20 ms packet of it is queued undecoded
 the sending leg's timestamps skip so that the browser's decoder conceals it),
 and ``write_encoded`` frames are sent as they are, with our own sequence
 numbers and timestamps (``write_gap`` skips lost ones; after 60 ms with
-nothing to relay, encoded silence keeps the stream going). In-band DTMF
+nothing to relay, encoded silence keeps the stream going). A packet that
+plays at once (in order, nothing held: a steady stream) skips the queue and
+the bridge's listener: it goes to the ``set_express`` sender in the
+datagram callback; ``send_passed`` is this leg's side of that. In-band DTMF
 detection (no telephone-event negotiated and ``on_dtmf`` set) still decodes
 each packet, for the detector only; RFC 4733 events, in-band DTMF sending,
 statistics and the media timeout are the same in both modes. Packets of
@@ -441,6 +444,7 @@ class RtpLeg(ReceivingPort):
 
         # pass-through (see the module docstring)
         self._passthrough: Callable[[str], bool] | None = None
+        self._express: Callable[[str, bytes, float], bool] | None = None
         self._passing = False  # received packets go to the packet buffer, undecoded
         self._frame_decoders: dict[str, tuple[Decode, Resampler | None]] = {}
         self.frames_decoded = 0
@@ -573,6 +577,21 @@ class RtpLeg(ReceivingPort):
     def write_encoded(self, frame: EncodedFrame) -> None:
         if not self._closed:
             self._send(frame)
+
+    @property
+    def express(self) -> Callable[[str, bytes, float], bool] | None:
+        return self._express
+
+    def set_express(self, send: Callable[[str, bytes, float], bool] | None) -> None:
+        self._express = send
+
+    def send_passed(self, codec: str, payload: bytes, now: float) -> bool:
+        current = self._codec
+        if current is None or _LOWER_NAMES[current.name] != codec:
+            return False
+        if not self._closed:
+            self._send(payload, now)
+        return True
 
     def write_gap(self, frames: int) -> None:
         self._clock.skip(frames)
@@ -1028,9 +1047,14 @@ class RtpLeg(ReceivingPort):
                 self.on_timeout()
 
     def _send(
-        self, frame: npt.NDArray[np.int16] | EncodedFrame | None, now: float | None = None
+        self,
+        frame: npt.NDArray[np.int16] | EncodedFrame | bytes | None,
+        now: float | None = None,
     ) -> None:
-        """Send a frame written to the leg now, or filler (None, from the timer)."""
+        """
+        Send a frame written to the leg now, or filler (None, from the timer);
+        bytes: a payload of the negotiated codec to relay (``send_passed``).
+        """
         addr = self._source.address or self._sdp_remote  # remote_address, without a property call
         transport = self._transport
         if self._encode is None or addr is None or not self._sending or transport is None:
@@ -1049,7 +1073,10 @@ class RtpLeg(ReceivingPort):
         if self._inband:
             # in-band DTMF replaces the audio while it plays
             frame = self._inband.popleft()
-        if isinstance(frame, EncodedFrame):
+        if isinstance(frame, bytes):
+            payload = frame
+            self.frames_relayed += 1
+        elif isinstance(frame, EncodedFrame):
             codec = self._codec
             if codec is None or frame.codec != _LOWER_NAMES[codec.name]:
                 # the codec changed under the relay: this frame is lost
@@ -1191,7 +1218,9 @@ class RtpLeg(ReceivingPort):
         self.frames_passed += 1
         if not self._playout_timer.armed and self._packets.take(packet.ssrc, packet.timestamp, now):
             # the next in order with nothing held: played now (what _play would do)
-            self._queue.put(EncodedFrame(name, packet.payload))
+            express = self._express
+            if express is None or not express(name, packet.payload, now):
+                self._queue.put(EncodedFrame(name, packet.payload))
             return True
         self._packets.put(
             packet.ssrc, packet.timestamp, EncodedFrame(name, packet.payload), now, packet.marker

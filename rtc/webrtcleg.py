@@ -22,7 +22,10 @@ SIP leg sends the same codec): received 20 ms packets of a codec the far leg
 wants are queued undecoded (EncodedFrame), and ``write_encoded`` frames become
 the track's packets as they are, timestamped by the track's own 20 ms clock
 (up to MAX_GAP_TICKS ticks with nothing to relay send nothing, the browser
-conceals the gap; then encoded silence, e.g. on hold).
+conceals the gap; then encoded silence, e.g. on hold). Once the direct
+path is up, the received packets go to the ``set_express`` sender in the
+datagram callback instead of the queue, and ``send_passed`` sends a payload
+straight out (the bridge's express way, rtc.ports.PassThroughPort).
 Ringback, hold and DTMF work as before: whatever is written as audio is
 encoded, and RFC 4733 events go their own way.
 
@@ -292,6 +295,7 @@ class _DirectRoute:
         "extension",
         "first",
         "mime",
+        "name",
         "pair",
         "payload_type",
         "protect",
@@ -309,6 +313,7 @@ class _DirectRoute:
         codec = codecs[0]
         assert codec.payloadType is not None
         self.mime: str = codec.mimeType.lower()
+        self.name = self.mime[6:]  # "audio/...": EncodedFrame.codec
         # a codec we encode (and send) ourselves, not one aiortc encodes
         self.encoded_here = self.mime == "audio/opus" or self.mime in G711_CODECS
         probe = AiortcRtpPacket(payload_type=codec.payloadType)
@@ -564,6 +569,7 @@ class WebRtcLeg(ReceivingPort):
         self._playout = PlayoutQueue()
         self._queue = MediaQueue(RECEIVE_QUEUE_FRAMES, RECEIVE_MAX_AGE)
         self._passthrough: Callable[[str], bool] | None = None
+        self._express: Callable[[str, bytes, float], bool] | None = None
         self.frames_passed = 0  # received packets queued undecoded (pass-through)
         self._track = OutgoingAudioTrack(
             self._playout, lambda: self.codec, opus_bit_rate, opus_complexity
@@ -713,6 +719,27 @@ class WebRtcLeg(ReceivingPort):
 
     def write_gap(self, frames: int) -> None:
         self._track.clock.skip(frames)
+
+    @property
+    def express(self) -> Callable[[str, bytes, float], bool] | None:
+        return self._express
+
+    def set_express(self, send: Callable[[str, bytes, float], bool] | None) -> None:
+        self._express = send
+
+    def send_passed(self, codec: str, payload: bytes, now: float) -> bool:
+        if self._closed:
+            return True
+        track = self._track
+        direct = track.direct
+        path = self._direct_path()
+        if direct is None or path is None or path.name != codec or not path.encoded_here:
+            return False  # write_encoded: queued for aiortc's sender, or transcoded
+        stamped = track.clock.stamp(now)
+        if stamped is not None:  # else late: filler already went out in its place
+            track.relayed += 1
+            direct(path, payload, *stamped)
+        return True
 
     def set_sample_rate(self, rate: int) -> None:
         """
@@ -1150,7 +1177,7 @@ class WebRtcLeg(ReceivingPort):
         if packet is None:
             return True
         self.direct_received += 1
-        self.last_received = asyncio.get_running_loop().time()
+        self.last_received = now = asyncio.get_running_loop().time()
         receiver: Any = transceiver.receiver
         if not receiver._enabled:
             return True
@@ -1172,7 +1199,7 @@ class WebRtcLeg(ReceivingPort):
             # as jitter.add(packet) would, with the codec already known
             lost = jitter.admit(packet.sequence_number)
             if lost is not None:
-                self._decode_packet(packet, lost, mime)  # type: ignore[arg-type]
+                self._decode_packet(packet, lost, mime, now)  # type: ignore[arg-type]
         return True
 
     def _direct_path(self) -> _DirectRoute | None:
@@ -1281,11 +1308,16 @@ class WebRtcLeg(ReceivingPort):
         self.direct_sent += 1
 
     def _decode_packet(
-        self, packet: AiortcRtpPacket, lost: int = 0, mime: str | None = None
+        self,
+        packet: AiortcRtpPacket,
+        lost: int = 0,
+        mime: str | None = None,
+        now: float | None = None,
     ) -> bool:
         """
         Decode an Opus, PCMU or PCMA packet here (True), or leave it to aiortc
-        (False). ``mime``: the packet's codec, when the caller knows it.
+        (False). ``mime``: the packet's codec, ``now``: its arrival, when the
+        caller knows them.
         """
         if self._transceiver is None or self._closed:
             return False
@@ -1309,7 +1341,13 @@ class WebRtcLeg(ReceivingPort):
                 else len(packet.payload) == G711_FRAME
             ):
                 self.frames_passed += 1
-                self._queue.put(EncodedFrame(name, packet.payload))
+                express = self._express
+                if express is None or not express(
+                    name,
+                    packet.payload,
+                    asyncio.get_running_loop().time() if now is None else now,
+                ):
+                    self._queue.put(EncodedFrame(name, packet.payload))
                 return True
         try:
             samples = self._decode(decoder, packet.payload)

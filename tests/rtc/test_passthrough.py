@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from rtc.bridge import MediaBridge
+from rtc.bridge import MediaBridge, PushRelay
 from rtc.g711 import ulaw_decode, ulaw_encode
+from rtc.ports import EncodedFrame, MediaItem
 from rtc.rtp import RtpPacket
 from rtc.rtpleg import RtpLeg
 from rtc.webrtcleg import WebRtcLeg
@@ -136,16 +137,28 @@ async def pcmu_call() -> AsyncIterator[Call]:
     [("0", "PCMU", 8000), ("8", "PCMA", 8000), (None, "opus", 48000)],
 )
 async def test_same_codec_both_legs_relays_payloads(
-    browser_pt: str | None, codec: str, rate: int
+    browser_pt: str | None, codec: str, rate: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # what reaches the bridge's listener as an EncodedFrame, rather than the express way
+    queued: list[EncodedFrame] = []
+    listener = PushRelay.__call__
+
+    def counting(relay: PushRelay, item: MediaItem) -> None:
+        if isinstance(item, EncodedFrame):
+            queued.append(item)
+        listener(relay, item)
+
+    monkeypatch.setattr(PushRelay, "__call__", counting)
     call = Call(browser_pt, (codec,))
     await call.setup()
     try:
         assert call.client.send_codec == call.far.send_codec == codec.lower()
         call.bridge.connect(call.far)
         assert call.client.sample_rate == rate
+        assert call.far.express is not None and call.client.express is not None
         await call.exchange(0.6)  # pass-through settles in
         before = work(call.client, call.far)
+        queued.clear()
         at_phone, at_browser = await call.exchange(1.2)
         done = delta(work(call.client, call.far), before)
         call.check(at_phone, at_browser, 1000, 700)
@@ -153,6 +166,9 @@ async def test_same_codec_both_legs_relays_payloads(
         assert done.decoded == 0, done
         assert done.encoded == 0, done
         assert done.passed >= 80 and done.relayed >= 80, done
+        # in order on loopback: nearly all of it the express way (only packets the
+        # SIP side's buffer held behind a late one go through the queue)
+        assert len(queued) <= done.relayed // 10, (len(queued), done)
     finally:
         await call.close()
 
@@ -240,12 +256,14 @@ async def test_ringback_then_pass_through_then_hold(pcmu_call: Call) -> None:
     call.bridge.hold()
     await asyncio.sleep(0.1)
     assert call.far.passthrough is None and call.client.passthrough is None
+    assert call.far.express is None and call.client.express is None
     at_phone, at_browser = await call.exchange(0.8)
     # the senders fill the gap with silence: nothing crosses
     assert rms_dbfs(at_browser[-9600:]) < -60
     assert rms_dbfs(at_phone[-1600:]) < -60
 
     call.bridge.resume()
+    assert call.far.express is not None and call.client.express is not None
     at_phone, at_browser = await call.exchange(1.2, 800, 600)
     call.check(at_phone, at_browser, 800, 600)
 
@@ -359,3 +377,18 @@ async def test_sip_to_browser_reordered_lost_and_duplicated_packets() -> None:
         await browser.close()
         await client.close()
         await far.close()
+
+
+async def test_send_passed_takes_only_the_codec_the_leg_sends(pcmu_call: Call) -> None:
+    """The sinks' express entry: another codec is left to the caller (False, nothing sent)."""
+    call = pcmu_call
+    now = asyncio.get_running_loop().time()
+    far_sent, client_sent = call.far.packets_sent, call.client.direct_sent
+    assert not call.far.send_passed("pcma", bytes(160), now)
+    assert not call.client.send_passed("pcma", bytes(160), now)
+    assert not call.client.send_passed("opus", b"\x78", now)
+    assert (call.far.packets_sent, call.client.direct_sent) == (far_sent, client_sent)
+    assert call.far.send_passed("pcmu", bytes(160), now)
+    assert call.client.send_passed("pcmu", bytes(160), now)
+    assert (call.far.packets_sent, call.client.direct_sent) == (far_sent + 1, client_sent + 1)
+    assert call.far.frames_relayed == 1 and call.client._track.relayed == 1

@@ -132,7 +132,8 @@ class PlayoutBuffer(Generic[T]):
         diff = (timestamp - self._play_ts) & 0xFFFFFFFF
         if diff >= 0x80000000:
             diff -= 1 << 32
-        return diff // self.frame_samples
+        # to the nearest frame: see put()
+        return (diff + self.frame_samples // 2) // self.frame_samples
 
     def _anchor(self, timestamp: int, now: float) -> None:
         self._items.clear()
@@ -151,6 +152,14 @@ class PlayoutBuffer(Generic[T]):
             # a new timeline, or a talk spurt after silence: play it from here
             self._anchor(timestamp, now)
             offset = 0
+        # Frames are held and released on the grid of frame_samples from the
+        # playout point. A timestamp off that grid (a sender whose packets are
+        # not a whole frame of its clock apart, a jump by an odd amount) takes
+        # the nearest frame's place: kept as it is, playout would step past it
+        # for ever, never finding it.
+        play_ts = self._play_ts
+        assert play_ts is not None  # anchored above
+        timestamp = (play_ts + offset * self.frame_samples) & 0xFFFFFFFF
         if offset < 0 and not self._started and offset > -self.max_frames:
             # reordered before anything was released: start from the earlier packet
             self._play_ts = timestamp

@@ -82,6 +82,12 @@ def malformed_rtp(payload_type: int, event_type: int | None = None) -> list[byte
         rtp(payload_type, bytes(161), seq=4),
         rtp(payload_type, bytes(1200), seq=5),
     ]
+    # timestamps off the 20 ms grid: 164 apart, then an odd jump (a jitter buffer that
+    # steps 160 at a time must not look for them for ever)
+    cases += [
+        rtp(payload_type, audio, seq=30 + i, timestamp=1000 + 164 * i + (37 if i > 4 else 0))
+        for i in range(10)
+    ]
     # RFC 3389 comfort noise: empty, noise level only, absurd spectral parameters
     cases += [rtp(13, payload, seq=10 + i) for i, payload in enumerate([b"", b"\x7f", bytes(300)])]
     # RFC 4733 events: too short, odd lengths, unknown event codes, reserved bits

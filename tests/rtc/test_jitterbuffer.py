@@ -235,6 +235,40 @@ def test_packet_buffer_orders_dedups_and_passes_gaps_on() -> None:
     assert jb.played == 5
 
 
+@pytest.mark.timeout(10)
+def test_timestamps_off_the_frame_grid_take_the_nearest_frame() -> None:
+    """
+    A sender whose packets are not a whole frame of its clock apart (164
+    units for 20 ms of 160), or whose timeline jumps by an odd amount:
+    playout steps 160 at a time and would step past such a packet for ever
+    (pop() never returned), so each takes the nearest frame's place.
+    """
+    jb: PlayoutBuffer[int] = PlayoutBuffer(160, min_delay=0.02, max_delay=0.2)
+    played: list[int | None] = []
+    for k in range(100):
+        now = k * P
+        while (deadline := jb.deadline) is not None and deadline <= now:
+            played += jb.pop(deadline)
+        jb.put(1, k * 164, k, now)
+        played += jb.pop(now)
+    played += jb.pop(100 * P + 1.0)
+    assert [p for p in played if p is not None] == list(range(100))
+    # 100 * 164 units are 102.5 frames of the clock: the extra time is gaps
+    assert 1 <= played.count(None) <= 3 and jb.missing == played.count(None)
+
+    # an odd jump with a frame held behind a missing one
+    jb = PlayoutBuffer(160, min_delay=0.02, max_delay=0.2)
+    jb.put(1, 0, 0, 0.0)
+    jb.put(1, 330, 2, 0.021)  # 160 is missing; 330 is nearest to 320
+    assert jb.pop(0.021) == [0]
+    jb.put(1, 495, 3, 0.03)  # nearest to 480
+    assert jb.pop(0.03) == []
+    jb.put(1, 170, 1, 0.035)  # the missing one (waited for until 0.04), a little off too
+    assert jb.pop(0.035) == [1, 2, 3] and jb.idle
+    jb.put(1, 330, 2, 0.05)  # a copy of a played one
+    assert jb.duplicates == 1 and jb.late == 0
+
+
 def test_take_is_put_then_pop_of_the_frame_that_plays_next() -> None:
     """
     The in-order shortcut (pass-through's usual packet) leaves the buffer

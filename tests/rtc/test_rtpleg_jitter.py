@@ -252,3 +252,42 @@ async def test_comfort_noise_plays_then_speech_resumes() -> None:
     finally:
         sender.close()
         await leg.close()
+
+
+@pytest.mark.timeout(30)
+async def test_timestamps_off_the_frame_grid_still_play() -> None:
+    """
+    A phone whose 20 ms packets are 164 units of its clock apart, then jump by
+    an odd amount: the leg's jitter buffer once stepped past such packets for
+    ever (pop() never returned, and the event loop with every call on it hung).
+    They play, at the right frequency, with a gap where the timeline says so.
+    """
+    leg = await RtpLeg.open()
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.bind(("127.0.0.1", 0))
+    loop = asyncio.get_running_loop()
+    try:
+        leg.create_answer(
+            b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            b"m=audio %d RTP/AVP 0\r\n" % sender.getsockname()[1]
+        )
+        addr = ("127.0.0.1", leg.local_port)
+        tone = SineSource(FREQ, 8000, 0.3)
+
+        async def send() -> None:
+            start = loop.time()
+            for seq in range(40):
+                timestamp = 164 * seq + (37 if seq >= 20 else 0)
+                payload = ulaw_encode(tone.frame(160))
+                sender.sendto(bytes(RtpPacket(0, seq, timestamp, 5, payload=payload)), addr)
+                await asyncio.sleep(max(0.0, start + (seq + 1) * 0.02 - loop.time()))
+
+        reads, _ = await asyncio.gather(timed_reads(leg, 1.0), send())
+        assert leg.packets_received == 40
+        assert len(reads) >= 38
+        audio = np.concatenate([f for _, f in reads[-12:-1]])
+        assert dominant_frequency(audio, 8000) == pytest.approx(FREQ, abs=15)
+        assert leg.jitter_buffer.played >= 38
+    finally:
+        sender.close()
+        await leg.close()

@@ -1244,8 +1244,15 @@ class RtpLeg(ReceivingPort):
         self.packets_received += 1
         self.last_received = now
         self._timeout_fired = False
+        # RFC 3550 jitter wants the arrival to a fraction of a timestamp unit:
+        # uvloop's loop.time() (``now``) counts whole milliseconds, read once
+        # per loop iteration (8 units of the 8 kHz clock)
         self._rtcp.rtp_received(
-            packet.ssrc, packet.sequence_number, packet.timestamp, now, len(packet.payload)
+            packet.ssrc,
+            packet.sequence_number,
+            packet.timestamp,
+            time.monotonic(),
+            len(packet.payload),
         )
 
     # RTCP

@@ -731,9 +731,13 @@ class RtpVideo(EncodedVideoPublisher):
         self.packets_received += 1
         first = self._remote_ssrc is None
         self._remote_ssrc = packet.ssrc
-        loop = asyncio.get_running_loop()
+        # not loop.time(): whole milliseconds on uvloop, too coarse for RFC 3550 jitter
         self._rtcp.rtp_received(
-            packet.ssrc, packet.sequence_number, packet.timestamp, loop.time(), len(packet.payload)
+            packet.ssrc,
+            packet.sequence_number,
+            packet.timestamp,
+            time.monotonic(),
+            len(packet.payload),
         )
         if not self.receiving or self._assembler is None:
             return

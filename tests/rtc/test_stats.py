@@ -2,8 +2,10 @@
 
 import asyncio
 import socket
+import time
 
 import pytest
+import uvloop
 
 from rtc.rtcp import RtcpRrPacket, RtcpSdesPacket, RtcpSrPacket, parse_rtcp
 from rtc.rtcpsession import RtcpSession, ntp_time
@@ -170,3 +172,41 @@ async def test_leg_reports_loss_to_the_sender_and_sends_bye() -> None:
         rtp.close()
         rtcp.close()
         await leg.close()
+
+
+def test_jitter_of_a_stream_on_time_is_near_zero_on_uvloop() -> None:
+    """
+    Packets handed to the leg exactly when their timestamps say, every 20.5 ms
+    (164 units of the 8 kHz clock), have no interarrival jitter. On uvloop,
+    whose loop.time() counts whole milliseconds once per loop iteration, an
+    arrival read from it alternates between 20 and 21 ms apart: a jitter of
+    ~0.5 ms that was never there.
+    """
+    spacing, units = 0.0205, 164
+
+    async def run() -> float:
+        leg = await RtpLeg.open()
+        try:
+            leg.create_answer(
+                b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+                b"m=audio 40000 RTP/AVP 0\r\n"
+            )
+            start = time.monotonic() + 0.03
+            for k in range(80):
+                due = start + k * spacing
+                # asleep until just before, then to the microsecond (the loop's
+                # own clock is not what is being tested)
+                await asyncio.sleep(max(0.0, due - time.monotonic() - 0.004))
+                while time.monotonic() < due:
+                    pass
+                packet = RtpPacket(0, k, k * units, 0x1234, payload=bytes(160))
+                leg._datagram_received(bytes(packet), ("127.0.0.1", 40000))
+            stats = leg.stats()
+            assert stats.packets_received == 80
+            return stats.jitter_ms
+        finally:
+            await leg.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        jitter_ms = runner.run(run())
+    assert jitter_ms < 0.15

@@ -594,7 +594,7 @@ class RtpLeg(ReceivingPort):
         return True
 
     def write_gap(self, frames: int) -> None:
-        self._clock.skip(frames)
+        self._clock.skip(frames, asyncio.get_running_loop().time())
 
     # negotiation
 

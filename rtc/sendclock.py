@@ -11,7 +11,8 @@ timer wake-up per call every 20 ms even when frames arrive on time.
 proper RTP stream all the same:
 
 - timestamps advance a frame per frame sent, and by the frames of a gap the
-  source reports (``skip``: packets lost upstream in pass-through), so that
+  source reports (``skip``: packets lost upstream in pass-through, as far as
+  the time that passed allows: filler may have taken it), so that
   bursts and jitter of the source pass through unchanged and the far end's
   jitter buffer sees the source's timing. A burst after a wait (frames the
   jitter buffer held behind a late packet, up to its 200 ms maximum) keeps
@@ -110,10 +111,12 @@ class SendClock:
         """
         position = self._position
         if written:
+            # the source is writing, dropped or not: no filler meanwhile (filler
+            # would keep the timeline ahead, and every written frame dropped)
+            self._written = now
             if position is not None and position - now > self._max_lead:
                 self.dropped += 1
                 return None
-            self._written = now
         advance = self._advance(now)
         timestamp = self._timestamp + advance * self.frame_ticks
         self._timestamp = timestamp + self.frame_ticks
@@ -141,13 +144,23 @@ class SendClock:
         """The timestamp a frame sent at ``now`` would get (for RFC 4733 events)."""
         return self._timestamp + self._advance(now) * self.frame_ticks
 
-    def skip(self, frames: int) -> None:
-        """``frames`` of the source's stream were lost before the next frame."""
+    def skip(self, frames: int, now: float) -> None:
+        """
+        ``frames`` of the source's stream were lost before the next frame, which
+        goes out at about ``now``. The timeline leaves room for them, but never
+        so much that the next frame would stand for more than a frame and a
+        half past ``now``: where the leg sent filler meanwhile (the source
+        paused longer than ``fill_after``), the filler already took that time,
+        and counting it twice would put every later frame beyond ``max_lead``.
+        """
+        position = self._position
+        if position is not None:
+            frames = min(frames, int((now - position) / FRAME + 1.5))
         if frames <= 0:
             return
         self._timestamp += frames * self.frame_ticks
-        if self._position is not None:
-            self._position += frames * FRAME
+        if position is not None:
+            self._position = position + frames * FRAME
 
     def timestamp_at(self, now: float) -> int:
         """The RTP timestamp of the wall-clock instant ``now`` (RTCP sender reports)."""
@@ -162,7 +175,9 @@ class SendClock:
         ``fill_after``), and when to ask again.
         """
         written = self._written
-        if written is not None and now - written < self._fill_after:
+        # compared as the deadline it returns: at ``now - written < fill_after``
+        # float rounding could call that deadline not due yet, for ever
+        if written is not None and now < written + self._fill_after:
             self._fill_at = None
             return False, written + self._fill_after
         fill_at = self._fill_at

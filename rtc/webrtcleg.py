@@ -452,7 +452,7 @@ class OutgoingAudioTrack(MediaStreamTrack):
             if self.readyState != "live":
                 raise MediaStreamError
             if isinstance(item, Gap):  # not queued (write_gap); for completeness
-                self.clock.skip(item.frames)
+                self.clock.skip(item.frames, loop.time())
                 continue
             mime = (self._codec() or "").lower()
             if isinstance(item, EncodedFrame) and mime == f"audio/{item.codec}":
@@ -461,7 +461,7 @@ class OutgoingAudioTrack(MediaStreamTrack):
             elif item is None and self._relaying and self._gap < MAX_GAP_TICKS:
                 # pass-through: nothing to relay this tick, a gap as DTX leaves
                 self._gap += 1
-                self.clock.skip(1)
+                self.clock.skip(1, loop.time())
                 continue
             else:
                 self._gap = 0
@@ -718,7 +718,7 @@ class WebRtcLeg(ReceivingPort):
             self._playout.put(frame)
 
     def write_gap(self, frames: int) -> None:
-        self._track.clock.skip(frames)
+        self._track.clock.skip(frames, asyncio.get_running_loop().time())
 
     @property
     def express(self) -> Callable[[str, bytes, float], bool] | None:

@@ -392,3 +392,62 @@ async def test_send_passed_takes_only_the_codec_the_leg_sends(pcmu_call: Call) -
     assert call.client.send_passed("pcmu", bytes(160), now)
     assert (call.far.packets_sent, call.client.direct_sent) == (far_sent + 1, client_sent + 1)
     assert call.far.frames_relayed == 1 and call.client._track.relayed == 1
+
+
+async def test_audio_resumes_after_an_outage_upstream() -> None:
+    """
+    The PBX's stream stops for 400 ms (20 packets lost, no marker when it comes
+    back). Meanwhile the sending leg keeps the far end's stream going with
+    filler; the gap reported afterwards must not push its timeline ahead, or
+    every relayed frame after the outage would be dropped (filler for the rest
+    of the call).
+    """
+    loop = asyncio.get_running_loop()
+    pbx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for sock in (pbx, peer):
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+    a = await RtpLeg.open(codecs=("PCMU",))
+    b = await RtpLeg.open(codecs=("PCMU",))
+    bridge = MediaBridge(b)
+    speech = b"\x55" * 160
+    received: list[tuple[float, bool]] = []  # arrival, speech (not filler)
+
+    def receive() -> None:
+        while True:
+            try:
+                data = peer.recv(2000)
+            except BlockingIOError:
+                return
+            if len(data) > 12 and data[1] & 0x7F == 0:
+                received.append((loop.time(), data[12:] == speech))
+
+    loop.add_reader(peer.fileno(), receive)
+    try:
+        for leg, sock in ((a, pbx), (b, peer)):
+            leg.create_answer(
+                b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+                b"m=audio %d RTP/AVP 0\r\n" % sock.getsockname()[1]
+            )
+        bridge.connect(a)
+        start = loop.time()
+        resumed = 0.0
+        for seq in [*range(30), *range(50, 110)]:
+            if seq == 50:
+                await asyncio.sleep(max(0.0, start + seq * 0.02 - loop.time()))
+                resumed = loop.time()
+            packet = RtpPacket(0, seq, seq * 160, 0x1234, payload=speech)
+            pbx.sendto(bytes(packet), ("127.0.0.1", a.local_port))
+            await asyncio.sleep(max(0.0, start + (seq + 1) * 0.02 - loop.time()))
+        await asyncio.sleep(0.1)
+        after = [is_speech for t, is_speech in received if t >= resumed]
+        assert sum(after) >= 55, (sum(after), b._clock.dropped, b.frames_filled)
+        assert b.frames_filled >= 5  # the outage was filled
+    finally:
+        loop.remove_reader(peer.fileno())
+        await bridge.close()
+        await a.close()
+        await b.close()
+        pbx.close()
+        peer.close()

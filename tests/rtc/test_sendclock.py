@@ -56,11 +56,50 @@ def test_a_lagging_continuous_stream_jumps_only_past_the_slack() -> None:
 def test_skip_leaves_room_for_frames_lost_upstream() -> None:
     clock = SendClock(TICKS, 0)
     stamp(clock, 0.0)
-    clock.skip(1)
+    clock.skip(1, 0.04)
     assert stamp(clock, 0.04) == (2 * TICKS, False)
     assert clock.peek(0.06) == 3 * TICKS
-    clock.skip(2)  # then a gap long enough for a marker
+    clock.skip(2, 0.10)  # then a gap long enough for a marker
     assert stamp(clock, 0.10) == (5 * TICKS, True)
+    clock.skip(3, 0.12)  # more than the time that passed: a frame, no further
+    assert stamp(clock, 0.12) == (7 * TICKS, False)
+
+
+def test_a_gap_after_filler_is_not_counted_twice() -> None:
+    """
+    The source paused longer than FILL_AFTER (an outage upstream: 20 packets
+    lost, no marker when it resumes): the leg sent filler, which kept the
+    timeline with the clock. The gap reported when the source resumes must not
+    move the timeline on by those 20 frames again: every written frame after it
+    would be beyond MAX_LEAD, dropped, and the far end would hear filler for
+    the rest of the call.
+    """
+    clock = SendClock(TICKS, 0)
+    t = 0.0
+    for _ in range(50):
+        stamp(clock, t)
+        t += FRAME
+    resume = t + 20 * FRAME
+    while t < resume:
+        fill, again = clock.fill(t)
+        if fill:
+            stamp(clock, t, written=False)
+        t = max(again, t)
+    clock.skip(20, t)
+    sent = [clock.stamp(t + k * FRAME) for k in range(100)]
+    assert clock.dropped == 0 and None not in sent
+    # and the stream goes on in step with the clock
+    assert abs(clock.peek(t + 100 * FRAME) - clock.timestamp_at(t + 100 * FRAME)) <= TICKS
+
+
+def test_frames_written_while_too_far_ahead_stop_the_filler() -> None:
+    """Dropped frames are still the source writing: no filler in between."""
+    clock = SendClock(TICKS, 0)
+    stamp(clock, 0.0)
+    clock._position = 1.0  # however it came there, far ahead of the clock
+    for k in range(20):
+        assert clock.stamp(0.02 + k * FRAME) is None
+        assert not clock.fill(0.02 + k * FRAME)[0]
 
 
 def test_marker_when_asked_and_codec_clock_change() -> None:

@@ -2527,14 +2527,22 @@ class Core:
     ) -> None:
         if call.record is not None and reason is not None:
             await self._finish_record(call, reason, ended_at)
-        if call.bridge is not None:
-            await call.bridge.close()
-        if call.webrtc is not None:
-            await call.webrtc.close()
-        if call.rtp is not None:
-            await call.rtp.close()
-        if call.local is not None:
-            call.local.close()
+        # each closes whatever the one before it raised: a leg left open keeps
+        # its ports and goes on sending
+        try:
+            if call.bridge is not None:
+                await call.bridge.close()
+        finally:
+            try:
+                if call.webrtc is not None:
+                    await call.webrtc.close()
+            finally:
+                try:
+                    if call.rtp is not None:
+                        await call.rtp.close()
+                finally:
+                    if call.local is not None:
+                        call.local.close()
 
     # -- call records ------------------------------------------------------------------
 

@@ -155,6 +155,11 @@ DIRECT_POLL = 0.1
 # ... and how long it waits at most while the leg does (send() and the leg's
 # filler timer wake it as soon as the direct way is gone)
 DIRECT_IDLE = 1.0
+# SSRCs of the browser's audio kept statistics for: aiortc reports on each one
+# (a receiver report block each, at most 31 fit) and never forgets any
+MAX_REMOTE_STREAMS = 4
+# how long close() waits for aiortc's peer connection to wind down
+CLOSE_TIMEOUT = 5.0
 
 register_telephone_event()
 
@@ -1191,6 +1196,10 @@ class WebRtcLeg(ReceivingPort):
         streams = receiver._RTCRtpReceiver__remote_streams
         stream = streams.get(ssrc)
         if stream is None:
+            # a peer changing SSRC all the time must not grow the reports for ever:
+            # past 31 aiortc's receiver report overflows, and its RTCP task dies
+            while len(streams) >= MAX_REMOTE_STREAMS:
+                del streams[next(iter(streams))]
             clock_rate = next(c.clockRate for c in codecs if c.payloadType == packet.payload_type)
             stream = streams[ssrc] = StreamStatistics(clock_rate)
         stream.add(packet)
@@ -1469,4 +1478,9 @@ class WebRtcLeg(ReceivingPort):
                 await self._reader
             except asyncio.CancelledError:
                 pass
-        await self._pc.close()
+        try:
+            await asyncio.wait_for(self._pc.close(), CLOSE_TIMEOUT)
+        except TimeoutError:
+            # e.g. a receiver whose RTCP task died waits for it for ever: the
+            # call's other resources must still be released
+            logger.warning("WebRTC peer connection not closed after %.0f s", CLOSE_TIMEOUT)

@@ -1,4 +1,6 @@
 import asyncio
+import random
+from typing import Any
 
 import numpy as np
 import pytest
@@ -6,7 +8,13 @@ from aiortc.rtp import RtpPacket as AiortcRtpPacket
 from av import AudioFrame
 
 from rtc.ports import Gap, PortClosed
-from rtc.webrtcleg import ImmediateAudioJitterBuffer, WebRtcLeg, to_mono_s16
+from rtc.rtp import RTP_FIXED_HEADER
+from rtc.webrtcleg import (
+    MAX_REMOTE_STREAMS,
+    ImmediateAudioJitterBuffer,
+    WebRtcLeg,
+    to_mono_s16,
+)
 from tests.audio import SineSource, dominant_frequency
 
 from .conftest import read_for, wait_for, write_paced
@@ -296,3 +304,48 @@ async def test_playback_rate_tells_the_browser_opus_need_not_be_full_band() -> N
             await leg.close()
     with pytest.raises(ValueError):
         WebRtcLeg(playback_rate=11025)
+
+
+async def test_a_browser_changing_ssrc_all_the_time_keeps_rtcp_and_close_working() -> None:
+    """
+    Audio with a new SSRC in every packet (only the call's own, authenticated
+    browser can send it): the statistics aiortc reports on stay a few streams,
+    its receiver's RTCP task lives on (past 31 streams its receiver report
+    overflowed, past 255 the task died and close() then waited for it for ever).
+    """
+    a, b = WebRtcLeg(), WebRtcLeg()
+    try:
+        await connect(a, b)
+        await wait_for(lambda: a._direct_path() is not None and b._rx_dtls is not None, 10)
+        path = a._direct_path()
+        assert path is not None
+        receiver: Any = b._transceiver.receiver  # type: ignore[union-attr]
+        streams = receiver._RTCRtpReceiver__remote_streams
+        rtcp_task = receiver._RTCRtpReceiver__rtcp_task
+        rng = random.Random(1)
+        for seq in range(400):
+            plain = RTP_FIXED_HEADER.pack(
+                0x80, path.payload_type, seq, seq * 960, rng.getrandbits(32)
+            ) + bytes([0xF8, 0xFF, 0xFE])
+            path.sendto(path.protect(plain), path.remote_addr)
+            if seq % 50 == 49:
+                await asyncio.sleep(0.02)
+        await wait_for(lambda: b.direct_received >= 380, 5)
+        assert len(streams) <= MAX_REMOTE_STREAMS
+        await asyncio.sleep(1.6)  # aiortc's receiver reports: every 0.5-1.5 s
+        assert not rtcp_task.done()
+    finally:
+        await asyncio.wait_for(b.close(), 10)
+        await a.close()
+
+
+async def test_close_does_not_wait_for_ever_on_aiortc(monkeypatch: pytest.MonkeyPatch) -> None:
+    leg = WebRtcLeg()
+    await leg.create_offer()
+
+    async def never() -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(leg._pc, "close", never)
+    monkeypatch.setattr("rtc.webrtcleg.CLOSE_TIMEOUT", 0.2)
+    await asyncio.wait_for(leg.close(), 5)

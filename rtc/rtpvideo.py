@@ -105,6 +105,12 @@ DEFAULT_BITRATE_KBPS = 2000
 SECURE_PROTOS = ("RTP/SAVP", "RTP/SAVPF")
 # frames waiting for missing packets before the oldest is given up as lost
 MAX_PENDING_FRAMES = 3
+# most one frame may hold while it waits (packets, payload bytes), beyond which it is given
+# up as lost: a peer never closing a frame (no marker) would otherwise grow it for ever, and
+# every packet costs more the more are held. A 1080p H.264 keyframe is a few hundred packets
+# of ~1200 bytes; these leave several times that.
+MAX_FRAME_PACKETS = 1000
+MAX_FRAME_BYTES = 2_000_000
 # at most one keyframe request to the phone per this many seconds
 KEYFRAME_REQUEST_INTERVAL = 0.3
 # RTCP reports on the video stream (randomised 0.5..1.5 times this)
@@ -202,13 +208,38 @@ def _is_frame_start(name: str, payload: bytes) -> bool:
     return 1 <= nal_type <= 24
 
 
+class _PendingFrame:
+    """The packets of one timestamp so far, with what ``FrameAssembler`` asks of them kept
+    up to date as they arrive (no scan of them all per packet)."""
+
+    __slots__ = ("first", "marker", "packets", "size")
+
+    def __init__(self, first: int) -> None:
+        self.packets: dict[int, RtpPacket] = {}
+        self.first = first  # earliest sequence number held
+        self.size = 0  # payload bytes held
+        self.marker = False  # whether a packet with the marker bit came (it may close the frame)
+
+    def add(self, packet: RtpPacket) -> None:
+        seq = packet.sequence_number
+        if seq_diff(seq, self.first) < 0:
+            self.first = seq
+        duplicate = self.packets.get(seq)
+        if duplicate is not None:
+            self.size -= len(duplicate.payload)
+        self.packets[seq] = packet
+        self.size += len(packet.payload)
+        self.marker = self.marker or packet.marker
+
+
 class FrameAssembler:
     """
     RTP packets of one video stream -> whole encoded frames, in order. A frame
     is complete when the packets from its first to the one with the marker bit
     are all there and it follows the previous frame without a gap; a frame
-    still incomplete when ``MAX_PENDING_FRAMES`` newer ones are waiting is
-    lost (``add`` reports it) and the stream resumes at the next frame start.
+    still incomplete when ``MAX_PENDING_FRAMES`` newer ones are waiting, or
+    holding more than ``MAX_FRAME_PACKETS``/``MAX_FRAME_BYTES``, is lost
+    (``add`` reports it) and the stream resumes at the next frame start.
     """
 
     def __init__(self, name: str) -> None:
@@ -216,7 +247,7 @@ class FrameAssembler:
         self._depayload: Callable[[bytes], bytes] = (
             vp8_depayload if self.name == "VP8" else h264_depayload
         )
-        self._pending: dict[int, dict[int, RtpPacket]] = {}
+        self._pending: dict[int, _PendingFrame] = {}
         self._next_seq: int | None = None
         self._ssrc: int | None = None
         self.frames = 0
@@ -230,12 +261,29 @@ class FrameAssembler:
             self._ssrc = packet.ssrc
         if self._next_seq is not None and seq_diff(packet.sequence_number, self._next_seq) < 0:
             return [], False  # late or duplicate: its frame is gone already
-        self._pending.setdefault(packet.timestamp, {})[packet.sequence_number] = packet
+        pending = self._pending.get(packet.timestamp)
+        if pending is None:
+            pending = self._pending[packet.timestamp] = _PendingFrame(packet.sequence_number)
+        pending.add(packet)
         frames: list[JitterFrame] = []
         lost = False
+        if len(pending.packets) > MAX_FRAME_PACKETS or pending.size > MAX_FRAME_BYTES:
+            # no real frame is that big: lost, as one missing a packet (the leg asks for a keyframe)
+            logger.debug(
+                "%s frame given up at %d packets, %d bytes",
+                self.name,
+                len(pending.packets),
+                pending.size,
+            )
+            del self._pending[packet.timestamp]
+            self._next_seq = None
+            self.lost += 1
+            lost = True
         reference = packet.sequence_number
         while self._pending:
-            timestamp = min(self._pending, key=lambda ts: self._first_seq(ts, reference)[1])
+            timestamp = min(
+                self._pending, key=lambda ts: seq_diff(self._pending[ts].first, reference)
+            )
             frame = self._complete(timestamp)
             if frame is not None:
                 frames.append(frame)
@@ -252,13 +300,11 @@ class FrameAssembler:
             break
         return frames, lost
 
-    def _first_seq(self, timestamp: int, reference: int) -> tuple[int, int]:
-        seq = min(self._pending[timestamp], key=lambda s: seq_diff(s, reference))
-        return seq, seq_diff(seq, reference)
-
     def _complete(self, timestamp: int) -> JitterFrame | None:
-        packets = self._pending[timestamp]
-        first = min(packets, key=lambda s: seq_diff(s, next(iter(packets))))
+        pending = self._pending[timestamp]
+        if not pending.marker:
+            return None  # nothing can close it yet: no walk through its packets
+        packets, first = pending.packets, pending.first
         if self._next_seq is None:
             if not _is_frame_start(self.name, packets[first].payload):
                 return None

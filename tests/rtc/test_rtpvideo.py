@@ -16,6 +16,8 @@ from av import VideoFrame
 from rtc.rtcp import RtcpFirPacket, RtcpPliPacket, RtcpSrPacket, parse_rtcp
 from rtc.rtp import RtpPacket
 from rtc.rtpvideo import (
+    MAX_FRAME_BYTES,
+    MAX_FRAME_PACKETS,
     FrameAssembler,
     RtpVideo,
     VideoRtpLeg,
@@ -172,6 +174,38 @@ def test_frames_are_assembled_in_order_and_losses_reported() -> None:
     assert any(losses)
     assert assembler.lost == 1
     assert [f.timestamp for f in delivered] == [10000 + n * 3000 for n in range(4)]
+
+
+def test_a_frame_never_closed_is_bounded_and_given_up() -> None:
+    """Packets of one timestamp that never carry the marker bit: the frame is given up as
+    lost past MAX_FRAME_PACKETS (or MAX_FRAME_BYTES) instead of growing without bound,
+    and well-formed frames after it are still assembled."""
+    assembler = FrameAssembler("VP8")
+    losses = 0
+    for seq in range(5000):
+        packet = RtpPacket(100, seq, 1000, 0x1234, vp8_payload(bytes([seq & 0xFF]) * 1199, True))
+        frames, lost = assembler.add(packet)
+        assert frames == []
+        losses += lost
+        assert sum(len(p.packets) for p in assembler._pending.values()) <= MAX_FRAME_PACKETS
+    assert losses == assembler.lost == 5000 // (MAX_FRAME_PACKETS + 1)
+    # big packets: the byte cap
+    big = FrameAssembler("H264")
+    for seq in range(MAX_FRAME_BYTES // 60000 + 2):
+        big.add(RtpPacket(101, seq, 1000, 0x1234, b"\x7c\x05" + bytes(60000)))
+        assert sum(p.size for p in big._pending.values()) <= MAX_FRAME_BYTES
+    assert big.lost == 1
+    # a stream of good frames after it: the rest of the unclosed frame is given up once
+    # MAX_PENDING_FRAMES newer ones wait, as for a frame missing a packet
+    delivered = []
+    for n in range(4):
+        packet = vp8_packets([vp8_payload(b"\x00key", True)], 5000 + n, 4000 + n * 3000)[0]
+        frames, _ = assembler.add(packet)
+        delivered += frames
+    assert [(f.data, f.timestamp) for f in delivered] == [
+        (b"\x00key", 4000 + n * 3000) for n in range(4)
+    ]
+    assert not assembler._pending
 
 
 async def test_offer_answer_and_rejection() -> None:

@@ -213,10 +213,12 @@ class ReceivingPort(AudioPort):
     What a leg that queues what it receives in ``_queue`` (a MediaQueue) offers:
     ``read()`` (EncodedFrames decoded with the leg's ``decode_frame()``),
     ``read_any()``, ``listener`` and ``set_listener()`` (PushPort,
-    PassThroughPort); RtpLeg and WebRtcLeg share it.
+    PassThroughPort), ``express`` and ``set_express()`` (PassThroughPort: the
+    leg's receive path calls ``_express``); RtpLeg and WebRtcLeg share it.
     """
 
     _queue: "MediaQueue"
+    _express: Callable[[str, bytes, float], bool] | None = None
 
     async def read(self) -> Frame:
         """The next frame received, EncodedFrames decoded, Gaps skipped."""
@@ -240,6 +242,13 @@ class ReceivingPort(AudioPort):
     def set_listener(self, listener: Callable[[MediaItem], None] | None) -> None:
         """Received frames go to ``listener`` as they come (PushPort)."""
         self._queue.set_listener(listener)
+
+    @property
+    def express(self) -> Callable[[str, bytes, float], bool] | None:
+        return self._express
+
+    def set_express(self, send: Callable[[str, bytes, float], bool] | None) -> None:
+        self._express = send
 
 
 @runtime_checkable

@@ -578,13 +578,6 @@ class RtpLeg(ReceivingPort):
         if not self._closed:
             self._send(frame)
 
-    @property
-    def express(self) -> Callable[[str, bytes, float], bool] | None:
-        return self._express
-
-    def set_express(self, send: Callable[[str, bytes, float], bool] | None) -> None:
-        self._express = send
-
     def send_passed(self, codec: str, payload: bytes, now: float) -> bool:
         current = self._codec
         if current is None or _LOWER_NAMES[current.name] != codec:

@@ -725,13 +725,6 @@ class WebRtcLeg(ReceivingPort):
     def write_gap(self, frames: int) -> None:
         self._track.clock.skip(frames, asyncio.get_running_loop().time())
 
-    @property
-    def express(self) -> Callable[[str, bytes, float], bool] | None:
-        return self._express
-
-    def set_express(self, send: Callable[[str, bytes, float], bool] | None) -> None:
-        self._express = send
-
     def send_passed(self, codec: str, payload: bytes, now: float) -> bool:
         if self._closed:
             return True

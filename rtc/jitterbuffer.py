@@ -148,8 +148,9 @@ class PlayoutBuffer(Generic[T]):
             self._ssrc = ssrc
             self._anchor(timestamp, now)
         offset = self._offset(timestamp)
-        if abs(offset) > MAX_JUMP_FRAMES or (marker and not self._items and offset != 0):
-            # a new timeline, or a talk spurt after silence: play it from here
+        if abs(offset) > MAX_JUMP_FRAMES or (marker and not self._items and offset > 0):
+            # a new timeline, or a talk spurt after silence: play it from here (a
+            # marked packet behind playout is a copy or a late one, as any other)
             self._anchor(timestamp, now)
             offset = 0
         # Frames are held and released on the grid of frame_samples from the

@@ -147,8 +147,12 @@ OPUS_COMPLEXITY = 0
 # the direct audio path (see WebRtcLeg): codecs whose packets it handles itself
 DIRECT_CODECS = ("audio/opus", "audio/pcmu", "audio/pcma", TELEPHONE_EVENT)
 NTP_OFFSET = 2208988800  # 1900 -> 1970, seconds
-# lost packets (by sequence number) passed on as a gap; more is a new start
-MAX_SEQUENCE_GAP = 5
+# lost packets (by sequence number) passed on as a gap; more is a new start.
+# The far leg's send clock takes no more of a gap than the time that passed
+# (rtc.sendclock), so this only bounds what a sequence jump may claim; a
+# smaller bound left the timeline toward SIP 120-290 ms behind its packets for
+# good after a burst of 6-11 lost packets.
+MAX_SEQUENCE_GAP = 50
 # while the leg sends by itself, how often aiortc's sender task looks whether
 # it is needed again (TURN pair, new DTLS transport)
 DIRECT_POLL = 0.1
@@ -217,24 +221,30 @@ class ImmediateAudioJitterBuffer(AiortcJitterBuffer):
     def __init__(self, decode: Callable[[AiortcRtpPacket, int], bool] | None = None) -> None:
         super().__init__(capacity=16)
         self._last_seq: int | None = None
+        self._ssrc: int | None = None  # whose sequence numbers _last_seq counts
         self.late = 0  # dropped: behind the last packet passed on (reordered, duplicated)
         self._decode = decode
 
     def add(self, packet: AiortcRtpPacket) -> tuple[bool, JitterFrame | None]:
-        lost = self.admit(packet.sequence_number)
+        lost = self.admit(packet.sequence_number, packet.ssrc)
         if lost is None:
             return False, None  # duplicate or late
         if self._decode is not None and self._decode(packet, lost):
             return False, None
         return False, JitterFrame(data=packet.payload, timestamp=packet.timestamp)
 
-    def admit(self, seq: int) -> int | None:
+    def admit(self, seq: int, ssrc: int) -> int | None:
         """
         The sequence bookkeeping of ``add``: None for a packet to drop (a
         duplicate, or behind the last one passed on), else the packets lost
-        just before it (up to MAX_SEQUENCE_GAP, else 0).
+        just before it (up to MAX_SEQUENCE_GAP, else 0). A new SSRC starts
+        afresh: its random first sequence number may be just behind the old
+        stream's last one.
         """
         lost = 0
+        if ssrc != self._ssrc:
+            self._ssrc = ssrc
+            self._last_seq = None
         if self._last_seq is not None:
             delta = (seq - self._last_seq) & 0xFFFF
             if delta == 0 or delta > 0xFFFF - 100:
@@ -1199,7 +1209,7 @@ class WebRtcLeg(ReceivingPort):
         jitter = self._jitter
         if jitter is not None:
             # as jitter.add(packet) would, with the codec already known
-            lost = jitter.admit(packet.sequence_number)
+            lost = jitter.admit(packet.sequence_number, ssrc)
             if lost is not None:
                 self._decode_packet(packet, lost, mime, now)  # type: ignore[arg-type]
         return True

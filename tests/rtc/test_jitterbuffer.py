@@ -269,6 +269,39 @@ def test_timestamps_off_the_frame_grid_take_the_nearest_frame() -> None:
     assert jb.duplicates == 1 and jb.late == 0
 
 
+def test_a_copy_or_late_talk_spurt_start_is_not_played_again() -> None:
+    """
+    The marker bit re-anchors playout on a talk spurt's first packet, but only
+    ahead of it: a copy of that packet coming later, or the marked packet
+    arriving after the one behind it, is a duplicate or late like any other
+    (re-anchoring on it replayed the audio, then gave up the frames after it).
+    """
+    jb: PlayoutBuffer[int] = PlayoutBuffer(160, min_delay=0.02, max_delay=0.2)
+    jb.put(1, 0, 0, 0.0)
+    assert jb.pop(0.0) == [0]
+    jb.put(1, 160 * 50, 100, 1.0, marker=True)  # a talk spurt after a pause
+    played = jb.pop(1.0)
+    for k in range(1, 6):
+        jb.put(1, 160 * (50 + k), 100 + k, 1.0 + k * P)
+        played += jb.pop(1.0 + k * P)
+    jb.put(1, 160 * 50, 100, 1.1, marker=True)  # the start again, 100 ms late
+    played += jb.pop(1.1)
+    for k in range(6, 10):
+        jb.put(1, 160 * (50 + k), 100 + k, 1.0 + k * P)
+        played += jb.pop(1.0 + k * P)
+    assert played == list(range(100, 110))
+    assert jb.duplicates == 1 and jb.missing == 0
+
+    # the start arriving just after the packet behind it: both play, in order
+    jb = PlayoutBuffer(160, min_delay=0.02, max_delay=0.2)
+    jb.put(1, 0, 0, 0.0)
+    assert jb.pop(0.0) == [0]
+    jb.put(1, 160 * 51, 101, 1.0)
+    jb.put(1, 160 * 50, 100, 1.001, marker=True)
+    out = jb.pop(1.001)  # the frames of the pause given up (a gap), then both
+    assert [x for x in out if x is not None] == [100, 101] and out[-2:] == [100, 101]
+
+
 def test_take_is_put_then_pop_of_the_frame_that_plays_next() -> None:
     """
     The in-order shortcut (pass-through's usual packet) leaves the buffer

@@ -2527,22 +2527,15 @@ class Core:
     ) -> None:
         if call.record is not None and reason is not None:
             await self._finish_record(call, reason, ended_at)
-        # each closes whatever the one before it raised: a leg left open keeps
-        # its ports and goes on sending
-        try:
-            if call.bridge is not None:
-                await call.bridge.close()
-        finally:
-            try:
-                if call.webrtc is not None:
-                    await call.webrtc.close()
-            finally:
-                try:
-                    if call.rtp is not None:
-                        await call.rtp.close()
-                finally:
-                    if call.local is not None:
-                        call.local.close()
+        # bridge, WebRTC leg, RTP leg, local port, each closed whatever the one
+        # before it raised (a leg left open keeps its ports and goes on sending);
+        # the stack unwinds the last pushed first
+        async with contextlib.AsyncExitStack() as closing:
+            if call.local is not None:
+                closing.callback(call.local.close)
+            for part in (call.rtp, call.webrtc, call.bridge):
+                if part is not None:
+                    closing.push_async_callback(part.close)
 
     # -- call records ------------------------------------------------------------------
 

@@ -444,7 +444,6 @@ class RtpLeg(ReceivingPort):
 
         # pass-through (see the module docstring)
         self._passthrough: Callable[[str], bool] | None = None
-        self._express: Callable[[str, bytes, float], bool] | None = None
         self._passing = False  # received packets go to the packet buffer, undecoded
         self._frame_decoders: dict[str, tuple[Decode, Resampler | None]] = {}
         self.frames_decoded = 0

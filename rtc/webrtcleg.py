@@ -418,22 +418,44 @@ class OutgoingAudioTrack(MediaStreamTrack):
         (None: filler silence); False when that path is not available (the
         caller queues the frame for aiortc's sender).
         """
-        direct = self.direct
-        path = self.direct_path()
-        if direct is None or path is None:
-            self.wake()  # aiortc's sender takes over (from the queue the caller fills)
+        path = self._route()
+        if path is None:
             return False
-        if not path.encoded_here:
-            return False  # a codec aiortc encodes
         # stamped first: a frame the clock drops is not encoded for nothing
         stamped = self.clock.stamp(now, written)
-        if stamped is None:
-            return True  # late: filler already went out in its place
-        payload = self._payload(item, path.mime)
-        assert payload is not None
-        pts, marker = stamped
-        direct(path, payload, pts, marker)
+        if stamped is not None:  # else late: filler already went out in its place
+            payload = self._payload(item, path.mime)
+            assert payload is not None and self.direct is not None
+            self.direct(path, payload, *stamped)
         return True
+
+    def relay(self, codec: str, payload: bytes, now: float) -> bool:
+        """
+        Send a payload of ``codec`` received at ``now`` as it is, through the
+        leg's direct path (the bridge's express way); False, with nothing done,
+        when the track does not send ``codec`` that way now.
+        """
+        path = self._route()
+        if path is None or path.name != codec:
+            return False
+        stamped = self.clock.stamp(now)
+        if stamped is not None:  # else late: filler already went out in its place
+            self.relayed += 1
+            assert self.direct is not None
+            self.direct(path, payload, *stamped)
+        return True
+
+    def _route(self) -> Any:
+        """
+        The leg's direct path when frames go out that way now, else None: no
+        path (aiortc's sender takes over, woken here, from the queue the
+        caller fills) or a codec aiortc encodes.
+        """
+        path = self.direct_path() if self.direct is not None else None
+        if path is None:
+            self.wake()
+            return None
+        return path if path.encoded_here else None
 
     def _payload(
         self, item: npt.NDArray[np.int16] | EncodedFrame | None, mime: str
@@ -584,7 +606,6 @@ class WebRtcLeg(ReceivingPort):
         self._playout = PlayoutQueue()
         self._queue = MediaQueue(RECEIVE_QUEUE_FRAMES, RECEIVE_MAX_AGE)
         self._passthrough: Callable[[str], bool] | None = None
-        self._express: Callable[[str, bytes, float], bool] | None = None
         self.frames_passed = 0  # received packets queued undecoded (pass-through)
         self._track = OutgoingAudioTrack(
             self._playout, lambda: self.codec, opus_bit_rate, opus_complexity
@@ -736,18 +757,7 @@ class WebRtcLeg(ReceivingPort):
         self._track.clock.skip(frames, asyncio.get_running_loop().time())
 
     def send_passed(self, codec: str, payload: bytes, now: float) -> bool:
-        if self._closed:
-            return True
-        track = self._track
-        direct = track.direct
-        path = self._direct_path()
-        if direct is None or path is None or path.name != codec or not path.encoded_here:
-            return False  # write_encoded: queued for aiortc's sender, or transcoded
-        stamped = track.clock.stamp(now)
-        if stamped is not None:  # else late: filler already went out in its place
-            track.relayed += 1
-            direct(path, payload, *stamped)
-        return True
+        return self._closed or self._track.relay(codec, payload, now)
 
     def set_sample_rate(self, rate: int) -> None:
         """

@@ -96,6 +96,7 @@ from .ports import (
     ReceivingPort,
     frame_samples,
 )
+from .reorder import ReorderBuffer
 from .resample import Resampler
 from .rtp import RTP_FIXED_HEADER, parse_received
 from .sdes import SRTP_MAX_PACKET
@@ -147,12 +148,6 @@ OPUS_COMPLEXITY = 0
 # the direct audio path (see WebRtcLeg): codecs whose packets it handles itself
 DIRECT_CODECS = ("audio/opus", "audio/pcmu", "audio/pcma", TELEPHONE_EVENT)
 NTP_OFFSET = 2208988800  # 1900 -> 1970, seconds
-# lost packets (by sequence number) passed on as a gap; more is a new start.
-# The far leg's send clock takes no more of a gap than the time that passed
-# (rtc.sendclock), so this only bounds what a sequence jump may claim; a
-# smaller bound left the timeline toward SIP 120-290 ms behind its packets for
-# good after a burst of 6-11 lost packets.
-MAX_SEQUENCE_GAP = 50
 # while the leg sends by itself, how often aiortc's sender task looks whether
 # it is needed again (TURN pair, new DTLS transport)
 DIRECT_POLL = 0.1
@@ -203,65 +198,44 @@ def _attribute_values(session: SessionDescription, name: str) -> set[str]:
     return {value.strip() for key, value in pairs if key == name and value}
 
 
-class ImmediateAudioJitterBuffer(AiortcJitterBuffer):
+class ImmediateAudioJitterBuffer(AiortcJitterBuffer, ReorderBuffer[AiortcRtpPacket]):
     """
     Replaces aiortc's audio receive buffer (prefetch of 4 packets, i.e. 80 ms,
     and a stall until 16 packets pile up whenever one is lost): every audio
-    packet is a whole frame, so pass each one on at once and drop duplicates
-    and packets older than the last one passed. Smoothing happens downstream,
-    where the far leg's send clock pulls frames (PlayoutQueue).
+    packet is a whole frame, so pass each one on as soon as it is in order
+    (rtc.reorder: at once in a steady stream, after a wait behind a gap only
+    once the path has shown reordering) and drop duplicates and packets older
+    than the last one passed. Smoothing happens downstream, where the far
+    leg's send clock pulls frames (PlayoutQueue).
 
     ``decode(packet, lost)``, when given, may take the packet instead (it
     returns True; ``lost``: packets missing just before it, up to
     MAX_SEQUENCE_GAP, else 0): the leg decodes Opus itself, synchronously on
     the event loop, rather than through aiortc's decoder thread (a queue
-    hand-off to the thread and one back to the loop per frame).
+    hand-off to the thread and one back to the loop per frame). Packets that
+    come through aiortc's receiver (``add``: over TURN, before the direct path
+    is up) are not waited for: there is no timer on that path.
     """
 
     def __init__(self, decode: Callable[[AiortcRtpPacket, int], bool] | None = None) -> None:
-        super().__init__(capacity=16)
-        self._last_seq: int | None = None
-        self._ssrc: int | None = None  # whose sequence numbers _last_seq counts
-        self.late = 0  # dropped: behind the last packet passed on (reordered, duplicated)
+        AiortcJitterBuffer.__init__(self, capacity=16)
+        ReorderBuffer.__init__(self)
         self._decode = decode
 
     def add(self, packet: AiortcRtpPacket) -> tuple[bool, JitterFrame | None]:
-        lost = self.admit(packet.sequence_number, packet.ssrc)
+        lost = self.admit(packet.sequence_number, packet.ssrc, packet, None)
+        decode = self._decode
+        if self.ready:
+            # what waited behind a gap of the direct path, then this one
+            ready, self.ready = self.ready, []
+            for held, held_lost in ready:
+                if decode is not None:
+                    decode(held, held_lost)
         if lost is None:
-            return False, None  # duplicate or late
-        if self._decode is not None and self._decode(packet, lost):
+            return False, None  # duplicate, late or decoded above
+        if decode is not None and decode(packet, lost):
             return False, None
         return False, JitterFrame(data=packet.payload, timestamp=packet.timestamp)
-
-    def admit(self, seq: int, ssrc: int) -> int | None:
-        """
-        The sequence bookkeeping of ``add``: None for a packet to drop (a
-        duplicate, or behind the last one passed on), else the packets lost
-        just before it (up to MAX_SEQUENCE_GAP, else 0). A new SSRC starts
-        afresh: its random first sequence number may be just behind the old
-        stream's last one.
-        """
-        lost = 0
-        if ssrc != self._ssrc:
-            self._ssrc = ssrc
-            self._last_seq = None
-        if self._last_seq is not None:
-            delta = (seq - self._last_seq) & 0xFFFF
-            if delta == 0 or delta > 0xFFFF - 100:
-                self.late += 1
-                return None
-            if delta <= MAX_SEQUENCE_GAP + 1:
-                lost = delta - 1
-        self._last_seq = seq
-        return lost
-
-    def passed(self, seq: int) -> None:
-        """
-        A packet of the stream taken elsewhere (an RFC 4733 event in place of
-        the audio): the audio after it follows on, it is not a loss.
-        """
-        if self._last_seq is None or 0 < (seq - self._last_seq) & 0xFFFF < 0x8000:
-            self._last_seq = seq
 
 
 def _fatal_to_aiortc(data: bytes) -> bool:
@@ -634,6 +608,7 @@ class WebRtcLeg(ReceivingPort):
         self._track.direct = self._send_direct
         self._track.direct_path = self._direct_path
         self._fill_timer = DeadlineTimer(self._fill_tick)
+        self._reorder_timer = DeadlineTimer(self._reorder_tick)
         self._video_allowed = "sendrecv"  # set_video_direction
         self._restarts: list[IceRestart] = []  # of the ICE restart in progress
         self._restart_task: asyncio.Task[None] | None = None
@@ -1218,11 +1193,29 @@ class WebRtcLeg(ReceivingPort):
         stream.add(packet)
         jitter = self._jitter
         if jitter is not None:
-            # as jitter.add(packet) would, with the codec already known
-            lost = jitter.admit(packet.sequence_number, ssrc)
+            # as jitter.add(packet) would, with the codec already known, and
+            # with a timer to wait behind a gap (rtc.reorder)
+            lost = jitter.admit(packet.sequence_number, ssrc, packet, now)  # type: ignore[arg-type]
             if lost is not None:
                 self._decode_packet(packet, lost, mime, now)  # type: ignore[arg-type]
+            elif jitter.ready or jitter.deadline != self._reorder_timer.when:
+                self._reorder_tick(now)
         return True
+
+    def _reorder_tick(self, now: float) -> None:
+        """Pass on what the reorder buffer released; a timer for its deadline."""
+        jitter = self._jitter
+        if jitter is None or self._closed:
+            return
+        jitter.expire(now)
+        ready, jitter.ready = jitter.ready, []
+        for packet, lost in ready:
+            self._decode_packet(packet, lost, now=now)
+        deadline = jitter.deadline
+        if deadline is None:
+            self._reorder_timer.cancel()
+        elif deadline != self._reorder_timer.when:
+            self._reorder_timer.at(deadline)
 
     def _direct_path(self) -> _DirectRoute | None:
         """
@@ -1475,6 +1468,7 @@ class WebRtcLeg(ReceivingPort):
             return
         self._closed = True
         self._fill_timer.cancel()
+        self._reorder_timer.cancel()
         if self._video is not None:
             self._video.close()
         self._video_negotiated()

@@ -105,6 +105,11 @@ class RtcpLink:
         self.remote = rtcp_remote
         return moved
 
+    @property
+    def sdp_address(self) -> Address | None:
+        """The RTP address the last negotiation named."""
+        return self._rtp_remote
+
     def rtp_latched(self, source: Address, moved: bool) -> None:
         """
         The peer's RTP source latched (``moved``: away from an earlier latch, a

@@ -5,13 +5,14 @@ audio checked both ways before and after), then RtpVideo."""
 
 import asyncio
 import logging
+import socket
 
 import numpy as np
 import numpy.typing as npt
 import pytest
 
 from rtc.g711 import ulaw_encode
-from rtc.latch import PROBATION, SourceLatch
+from rtc.latch import PROBATION, TAKEOVER, SourceLatch
 from rtc.rtcplink import RtcpLink
 from rtc.rtcpsession import RtcpSession
 from rtc.rtp import RtpPacket
@@ -73,18 +74,80 @@ def test_what_does_not_continue_the_stream_never_moves_it() -> None:
     assert not new_latch(ReceiverStatistics(8000)).may_continue(header(1))  # nothing latched
 
 
+def offered(latch: SourceLatch, addr: tuple[str, int], seq: int) -> bool:
+    """A stranger's packet as the leg hands it over: header first, then the probation."""
+    return latch.may_continue(header(seq)) and latch.moved(addr, seq)
+
+
 def test_probation_restarts_on_another_address_or_out_of_sequence() -> None:
     _, latch = latched_stream(1000)
-    assert not latch.moved(NEW, 1001)
-    assert not latch.moved(OTHER, 1002)  # another address: starts over
-    assert not latch.moved(NEW, 1003)
+    assert not offered(latch, NEW, 1001)
+    assert not offered(latch, OTHER, 1002)  # another address: starts over
+    assert not offered(latch, NEW, 1003)
     assert not latch.moved(NEW, 1003)  # the same number again: starts over
-    assert not latch.moved(NEW, 1003 + 200)  # a jump: starts over
-    assert latch.moved(NEW, 1003 + 201)
+    assert not offered(latch, NEW, 1003 + 200)  # a jump: starts over
+    assert offered(latch, NEW, 1003 + 201)
     # a negotiation that moves the SDP address forgets a candidate
-    assert not latch.moved(OTHER, 1300)
+    assert not offered(latch, OTHER, 1300)
     latch.reset()
     assert not latch.moved(OTHER, 1301)
+
+
+def test_after_a_negotiation_the_new_source_takes_over_from_stragglers() -> None:
+    """
+    A re-INVITE moves the media (relay -> phone, music on hold -> phone): a straggler
+    of the old source latches first. The new stream, with its own SSRC, takes the latch
+    over: at once when it comes from the SDP's address, else (a NAT) when the stale
+    source has gone quiet while the latch is tentative. A stranger cannot do either
+    once the latch is on the SDP's address, nor after the stale latch has settled.
+    """
+    new_ssrc = 0xB0B
+    rtcp = RtcpLink(RtcpSession(1, 8000, "x@y"))
+    receiver = ReceiverStatistics(8000)
+    latch = SourceLatch(receiver, rtcp)
+
+    def arrive(addr: tuple[str, int], seq: int, ssrc: int) -> bool:
+        """Accepted (from the latch, or moving it); counted as the leg counts."""
+        if latch.address is None:
+            latch.latch(addr)
+        elif addr != latch.address:
+            if not (latch.may_continue(header(seq, ssrc)) and latch.moved(addr, seq)):
+                return False
+        receiver.add(ssrc, seq & 0xFFFF, seq * 160, seq * 0.02, 160)
+        return True
+
+    rtcp.set_remote(OLD, None)
+    for seq in range(100, 110):
+        assert arrive(OLD, seq, SSRC)
+    # the re-INVITE names NEW; one straggler of OLD latches first
+    rtcp.set_remote(NEW, None)
+    latch.reset()
+    assert arrive(OLD, 110, SSRC) and latch.address == OLD
+    accepted = [arrive(NEW, seq, new_ssrc) for seq in range(5000, 5005)]
+    assert accepted == [False, False, True, True, True] and latch.address == NEW
+    # now a stranger (or OLD again) cannot take it: the latch is on the SDP's address
+    assert not any(arrive(OTHER, seq, 0x666) for seq in range(1, 10))
+    assert not any(arrive(OLD, seq, SSRC) for seq in range(111, 120))
+    assert latch.address == NEW
+
+    # behind a NAT: the SDP names an address the packets never come from
+    rtcp.set_remote(("10.0.0.5", 4000), None)
+    latch.reset()
+    assert arrive(NEW, 5005, new_ssrc)  # a straggler of the stale source
+    assert [arrive(OTHER, seq, 0x777) for seq in range(10, 13)] == [False, False, True]
+    assert latch.address == OTHER
+    # the same, but the stale source keeps sending: no takeover
+    rtcp.set_remote(("10.0.0.6", 4000), None)
+    latch.reset()
+    for seq in range(13, 16):
+        assert arrive(OTHER, seq, 0x777)  # stale source latched again, still sending
+        assert not arrive(NEW, 6000 + seq, 0x888)
+    assert latch.address == OTHER
+    # and once the stale latch settled, nothing takes it over
+    for seq in range(16, 30):
+        arrive(OTHER, seq, 0x777)
+    assert not any(arrive(NEW, seq, 0x888) for seq in range(7000, 7010))
+    assert latch.address == OTHER
 
 
 # --------------------------------------------------------------------------- RtpLeg
@@ -94,6 +157,45 @@ def assert_tone(audio: npt.NDArray[np.int16], rate: int, freq: int) -> None:
     tail = audio[-rate * 2 // 5 :]  # the last 0.4 s
     assert len(tail) == rate * 2 // 5, f"{len(audio)} samples"
     assert dominant_frequency(tail, rate) == pytest.approx(freq, abs=10)
+
+
+async def test_a_reinvite_moving_the_media_is_followed_despite_a_straggler() -> None:
+    """
+    A re-INVITE moves the PBX's media from its relay (A) to the phone (B, its own
+    SSRC); a packet of A still in flight arrives after our answer and latches. B's
+    stream takes the latch over within its first packets, and we send to B, not A.
+    """
+    leg = await RtpLeg.open("127.0.0.1")
+    a, b = (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM),
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM),
+    )
+    try:
+        for sock in (a, b):
+            sock.bind(("127.0.0.1", 0))
+            sock.setblocking(False)
+        offer = (
+            b"v=0\r\no=pbx 1 %d IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
+            b"m=audio %d RTP/AVP 0\r\na=sendrecv\r\n"
+        )
+        here = ("127.0.0.1", leg.local_port)
+        leg.create_answer(offer % (1, a.getsockname()[1]))
+        for seq in range(5):
+            a.sendto(header(seq, 0xAAAA), here)
+            await asyncio.sleep(0.02)
+        leg.create_answer(offer % (2, b.getsockname()[1]))
+        a.sendto(header(5, 0xAAAA), here)  # in flight from the old path
+        await wait_for(lambda: leg.remote_address == a.getsockname(), 1)
+        before = leg.packets_received
+        for seq in range(7000, 7025):
+            b.sendto(header(seq, 0xBBBB), here)
+            await asyncio.sleep(0.02)
+        assert leg.remote_address == b.getsockname()
+        assert leg.packets_received - before >= 25 - TAKEOVER + 1
+    finally:
+        await leg.close()
+        a.close()
+        b.close()
 
 
 @pytest.mark.parametrize("srtp", ["off", "mandatory"])

@@ -621,8 +621,13 @@ class RtpLeg(ReceivingPort):
 
     @property
     def held(self) -> bool:
-        """True when either side put the stream on hold (negotiated direction not sendrecv)."""
-        return self._direction is not None and self._direction != "sendrecv"
+        """
+        True when either side put the stream on hold: the negotiated direction
+        is not sendrecv, or the peer's SDP gives no address to send to (RFC
+        2543's hold, c=0.0.0.0, which RFC 3264 8.4 still has answerers honour).
+        """
+        direction = self._direction
+        return direction is not None and (direction != "sendrecv" or self._sdp_remote is None)
 
     def create_offer(self, direction: str = "sendrecv") -> bytes:
         """

@@ -184,6 +184,31 @@ async def test_media_timeout_fires_once_and_not_while_held(sink: socket.socket) 
         await leg.close()
 
 
+async def test_an_old_style_hold_is_a_hold_for_the_media_timeout(sink: socket.socket) -> None:
+    """
+    RFC 2543's hold, c=0.0.0.0 with sendrecv (RFC 3264 8.4: still to be understood):
+    the PBX sends nothing while it holds, and the leg sends nothing to it. That is a
+    hold, not a dead call: no media timeout until it resumes.
+    """
+    port = sink.getsockname()[1]
+    fired: list[float] = []
+    leg = await RtpLeg.open(media_timeout=0.3)
+    leg.on_timeout = lambda: fired.append(asyncio.get_running_loop().time())
+    try:
+        leg.create_answer(OFFER % (1, port, b"sendrecv"))
+        assert not leg.held
+        zero = (OFFER % (2, port, b"sendrecv")).replace(b"c=IN IP4 127.0.0.1", b"c=IN IP4 0.0.0.0")
+        leg.create_answer(zero)
+        assert leg.held and leg.direction == "sendrecv"
+        await asyncio.sleep(0.8)
+        assert fired == []
+        leg.create_answer(OFFER % (3, port, b"sendrecv"))  # resumed: silence counts again
+        assert not leg.held
+        await wait_for(lambda: bool(fired), 2)
+    finally:
+        await leg.close()
+
+
 async def test_media_timeout_restarts_when_asked(sink: socket.socket) -> None:
     """A timeout that fired while nobody cared (a long ring) counts again from a restart
     (the answer), with no packet needed."""

@@ -419,7 +419,8 @@ class RtpLeg(ReceivingPort):
         self._send_resampler: Resampler | None = None
         self._receive_codecs: dict[int, AudioCodec] = {}
         self._decoders: dict[int, tuple[AudioCodec, Decode]] = {}
-        self._telephone_event_pt: int | None = None
+        self._telephone_event_pt: int | None = None  # what we send events on
+        self._event_pts: frozenset[int] = frozenset()  # what we take events on
         self._event_clock = RTP_CLOCK  # of the negotiated telephone-event
         self._rtp_frame = RTP_FRAME  # timestamp increment of a 20 ms packet
         self._sending = True
@@ -702,6 +703,11 @@ class RtpLeg(ReceivingPort):
             self._offered_direction, reverse_direction(session.media_direction(audio))
         )
         self._negotiated(codec, _find_event(audio, codec.clock_rate))
+        # RFC 3264 6.1: the answerer may send any payload type its answer kept,
+        # e.g. telephone-event at 8000 as well as at the codec's 48000
+        self._event_pts = frozenset(
+            c.payload_type for c in audio.codecs if c.name.lower() == "telephone-event"
+        )
         self._proto = self._offered_proto
         self._set_srtp(crypto)
         self._set_remote(remote, rtcp_remote, direction)
@@ -857,6 +863,8 @@ class RtpLeg(ReceivingPort):
             self._rtcp.receiver.clock_rate = spec.clock_rate
         self._receive_codecs = {codec.payload_type: spec}
         self._telephone_event_pt = event.payload_type if event else None
+        # what the peer may send events on (apply_answer widens it)
+        self._event_pts = frozenset() if event is None else frozenset((event.payload_type,))
         self._event_clock = event.clock_rate if event else spec.clock_rate
         if rate_changed or spec.sample_rate != self._jitter_rate:
             self._set_jitter_rate(spec.sample_rate)
@@ -1141,7 +1149,7 @@ class RtpLeg(ReceivingPort):
             logger.info("RTP source moved from %s to %s (NAT rebinding)", latched, addr)
         # one clock reading for everything this packet causes
         now = asyncio.get_running_loop().time()
-        if self._telephone_event_pt is not None and packet.payload_type == self._telephone_event_pt:
+        if packet.payload_type in self._event_pts:
             self._count_received(packet, now)
             if self._receiving:
                 digit = self._dtmf_receiver.feed(packet.ssrc, packet.timestamp, packet.payload)
@@ -1206,15 +1214,11 @@ class RtpLeg(ReceivingPort):
         if not self._passing:
             self._stop_playout()
             self._passing = True
-        if self._telephone_event_pt is None and self.on_dtmf is not None:
-            # in-band DTMF: decoded for the detector only (a corrupt packet has
-            # nothing to detect; the far end's decoder conceals it)
-            samples = self._decode_packet(packet, codec)
-            if samples is not None:
-                self._detect_dtmf(samples)
         self.frames_passed += 1
         if not self._playout_timer.armed and self._packets.take(packet.ssrc, packet.timestamp, now):
             # the next in order with nothing held: played now (what _play would do)
+            if self._telephone_event_pt is None and self.on_dtmf is not None:
+                self._detect_passed(packet.payload)
             express = self._express
             if express is None or not express(name, packet.payload, now):
                 self._queue.put(EncodedFrame(name, packet.payload))
@@ -1317,8 +1321,14 @@ class RtpLeg(ReceivingPort):
         if self._closed:
             return
         if self._passing:
+            detect = self._telephone_event_pt is None and self.on_dtmf is not None
             for packet in self._packets.pop(now):
-                self._queue.put(Gap() if packet is None else packet)
+                if packet is None:
+                    self._queue.put(Gap())
+                    continue
+                if detect:
+                    self._detect_passed(packet.payload)
+                self._queue.put(packet)
             deadline = self._packets.deadline
         else:
             for frame in self._jitter.pop(now):
@@ -1345,6 +1355,24 @@ class RtpLeg(ReceivingPort):
         if self._playout_resampler is not None:
             samples = self._playout_resampler.process(samples)
         self._queue.put(samples)
+
+    def _detect_passed(self, payload: bytes) -> None:
+        """
+        In-band DTMF in a frame relayed undecoded: decoded for the detector only,
+        in playout order (as released by the playout buffer: a reordered or
+        duplicated packet fed as it arrived broke a tone in two). A corrupt
+        packet has nothing to detect; the far end's decoder conceals it.
+        """
+        codec = self._codec
+        if codec is None:
+            return
+        try:
+            samples = self._decoder(self._codec_pt, codec)(payload)
+        except (OpusError, ValueError) as exc:
+            logger.debug("%s packet not decoded: %s", codec.name, exc)
+            return
+        self.frames_decoded += 1
+        self._detect_dtmf(samples)
 
     def _detect_dtmf(self, samples: npt.NDArray[np.int16]) -> None:
         """In-band DTMF in received audio at the jitter buffer's rate, without telephone-event."""

@@ -121,9 +121,12 @@ class RtcpSession:
                 self.rtt = rtt / 65536
 
     def stats(self, codec: str | None) -> LegStats:
+        # the session's totals, not the current source's: a PBX switching
+        # streams (early media to answer, a transfer, music on hold) must not
+        # drop what came before from the call's counts
         receiver = self.receiver
-        expected = receiver.expected
-        lost = max(0, receiver.lost)
+        expected = receiver.total_expected
+        lost = max(0, receiver.total_lost)
         fraction = lost / expected if expected > 0 else 0.0
         jitter_ms = receiver.jitter * 1000
         rtt_ms = self.rtt * 1000 if self.rtt is not None else None
@@ -131,8 +134,8 @@ class RtcpSession:
             codec=codec,
             packets_sent=self.packets_sent,
             bytes_sent=self.octets_sent,
-            packets_received=receiver.packets_received,
-            bytes_received=receiver.bytes_received,
+            packets_received=receiver.total_packets_received,
+            bytes_received=receiver.total_bytes_received,
             packets_lost=lost,
             fraction_lost=fraction,
             jitter_ms=jitter_ms,

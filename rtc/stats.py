@@ -71,40 +71,86 @@ class VideoStats:
 
 
 class ReceiverStatistics:
-    """The RTP receiver state of RFC 3550 appendix A.1, A.3 and A.8 for one source."""
+    """
+    The RTP receiver state of RFC 3550 appendix A.1, A.3 and A.8 for the
+    current source (what a report block says, and what ``ssrc`` and
+    ``max_seq`` name), and totals over every source the session received
+    from (``total_*``, what the leg's statistics count: an SSRC change
+    starts the per-source state over but loses nothing that was received).
+    """
 
     def __init__(self, clock_rate: int) -> None:
         self.clock_rate = clock_rate
         self.ssrc: int | None = None
-        self._reset(0)
+        # what the sources before the current one received and expected
+        self._earlier_packets = 0
+        self._earlier_bytes = 0
+        self._earlier_expected = 0
+        self._new_source(0)
 
-    def _reset(self, sequence_number: int) -> None:
+    def _new_source(self, sequence_number: int) -> None:
         self.packets_received = 0
         self.bytes_received = 0
-        self._base_seq = self._max_seq = sequence_number
-        self._cycles = 0
         self._jitter = 0.0  # in timestamp units
-        self._transit: float | None = None
+        self._last_timestamp: int | None = None
         self._expected_prior = 0
         self._received_prior = 0
+        # the expected count of this source's sequences before a resync
+        self._expected_before = 0
+        self._bad_seq: int | None = None  # A.1: the stray's sequence number + 1
+        self._bad_size = 0
+        self._resync(sequence_number)
+
+    def _resync(self, sequence_number: int) -> None:
+        """A.1's init_seq: the source's sequence numbers start over here."""
+        self._base_seq = self._max_seq = sequence_number
+        self._cycles = 0
+        self._transit: float | None = None  # a restarted sender's timing is not the old one's
+
+    def _advance(self, sequence_number: int) -> None:
+        """A packet ahead of ``max_seq`` (by less than MAX_DROPOUT)."""
+        if sequence_number < self._max_seq:
+            self._cycles += 1 << 16
+        self._max_seq = sequence_number
 
     def add(
         self, ssrc: int, sequence_number: int, timestamp: int, arrival: float, size: int
     ) -> None:
         """Account for a packet; ``arrival`` in seconds on any steady clock."""
         if ssrc != self.ssrc:
-            # a new source (e.g. the PBX switched streams): start over
+            # a new source (e.g. the PBX switched streams): its own report
+            # block from scratch, the session's totals carried on
+            if self.ssrc is not None:
+                self._earlier_packets += self.packets_received
+                self._earlier_bytes += self.bytes_received
+                self._earlier_expected += self.expected
             self.ssrc = ssrc
-            self._reset(sequence_number)
+            self._new_source(sequence_number)
         else:
+            # only the packet right after a stray can confirm it (as
+            # libwebrtc does): a stray late packet must not leave a trap for
+            # a second one
+            bad_seq, self._bad_seq = self._bad_seq, None
             delta = seq_diff(sequence_number, self._max_seq)
             if 0 < delta < MAX_DROPOUT:
-                if sequence_number < self._max_seq:
-                    self._cycles += 1 << 16
-                self._max_seq = sequence_number
+                self._advance(sequence_number)
             elif delta <= -MAX_MISORDER or delta >= MAX_DROPOUT:
-                # a big jump: resynchronise rather than count it all as loss
-                self._reset(sequence_number)
+                if sequence_number != bad_seq:
+                    # A.1: one packet far off is probably a stray (a very late
+                    # one, a corrupt header): not counted, and nothing reset
+                    # that a single packet could wipe out
+                    self._bad_seq = (sequence_number + 1) & 0xFFFF
+                    self._bad_size = size
+                    return
+                # two in sequence: the sender restarted its sequence numbers.
+                # Resync from the stray, counted now as its first packet; what
+                # was received and expected so far stays, so the jump is
+                # counted as neither loss nor gain.
+                self._expected_before = self.expected
+                self._resync((sequence_number - 1) & 0xFFFF)
+                self._advance(sequence_number)
+                self.packets_received += 1
+                self.bytes_received += self._bad_size
             elif delta == 0:
                 return  # duplicate
         self.packets_received += 1
@@ -112,6 +158,14 @@ class ReceiverStatistics:
 
         # A.8: jitter from the change in relative transit time
         transit = arrival * self.clock_rate - timestamp
+        if timestamp == self._last_timestamp and self._transit is not None:
+            # packets sharing a timestamp (an RFC 4733 event's, all stamped
+            # with its start; a video frame's) were not sampled apart: each
+            # would add the whole gap since the first as jitter (libwebrtc
+            # skips them too). The first one's transit is kept, so that the
+            # packet after them is measured against when the timestamp began.
+            return
+        self._last_timestamp = timestamp
         if self._transit is not None:
             d = abs(transit - self._transit)
             # a timestamp jump (new talk spurt after a gap is fine, a jump is not)
@@ -130,11 +184,32 @@ class ReceiverStatistics:
 
     @property
     def expected(self) -> int:
-        return self.extended_max - self._base_seq + 1 if self.ssrc is not None else 0
+        """Packets the current source sent, by its sequence numbers (over resyncs)."""
+        if self.ssrc is None:
+            return 0
+        return self._expected_before + self.extended_max - self._base_seq + 1
 
     @property
     def lost(self) -> int:
         return self.expected - self.packets_received
+
+    @property
+    def total_packets_received(self) -> int:
+        """Packets received from every source of the session."""
+        return self._earlier_packets + self.packets_received
+
+    @property
+    def total_bytes_received(self) -> int:
+        return self._earlier_bytes + self.bytes_received
+
+    @property
+    def total_expected(self) -> int:
+        return self._earlier_expected + self.expected
+
+    @property
+    def total_lost(self) -> int:
+        """Packets lost from every source of the session (negative with duplicates)."""
+        return self.total_expected - self.total_packets_received
 
     @property
     def jitter(self) -> float:

@@ -1030,7 +1030,7 @@ class WebRtcLeg(ReceivingPort):
                 stats.bytes_sent += item.bytesSent
             elif item.type == "remote-inbound-rtp":
                 stats.remote_packets_lost = item.packetsLost
-                stats.remote_fraction_lost = item.fractionLost
+                stats.remote_fraction_lost = item.fractionLost / 256  # aiortc: RTCP's 0-255
                 stats.remote_jitter_ms = item.jitter * 1000 / clock_rate
                 if item.roundTripTime is not None:
                     # None until a report echoes one of our SRs

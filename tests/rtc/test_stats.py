@@ -47,14 +47,110 @@ def test_jitter_converges_to_the_transit_variation() -> None:
     assert steady.jitter == pytest.approx(0.0, abs=1e-6)
 
 
-def test_new_ssrc_and_big_jump_restart_counting() -> None:
+def test_new_ssrc_restarts_the_report_block_and_keeps_the_totals() -> None:
     stats = ReceiverStatistics(8000)
     for seq in range(10):
-        stats.add(1, seq, seq * 160, seq * 0.02, 160)
-    stats.add(2, 5000, 0, 1.0, 160)
-    assert (stats.ssrc, stats.expected, stats.lost) == (2, 1, 0)
-    stats.add(2, 30000, 160, 1.02, 160)
-    assert stats.lost == 0
+        if seq != 4:  # one lost
+            stats.add(1, seq, seq * 160, seq * 0.02, 160)
+    stats.add(2, 5000, 0, 1.0, 100)
+    # the report block is the new source's alone
+    assert (stats.ssrc, stats.max_seq, stats.expected, stats.lost) == (2, 5000, 1, 0)
+    assert (stats.packets_received, stats.bytes_received) == (1, 100)
+    report = stats.report()
+    assert report is not None and (report.ssrc, report.packets_lost) == (2, 0)
+    # the session's totals keep the first source's packets and its loss
+    assert (stats.total_packets_received, stats.total_bytes_received) == (10, 9 * 160 + 100)
+    assert (stats.total_expected, stats.total_lost) == (11, 1)
+
+
+def _stream(stats: ReceiverStatistics, seqs: range, lose_every: int = 0) -> None:
+    """Packets 20 ms apart on an 8 kHz clock, one in ``lose_every`` lost (not the first)."""
+    for seq in seqs:
+        if lose_every and seq % lose_every == lose_every // 2:
+            continue
+        stats.add(7, seq & 0xFFFF, seq * 160, seq * 0.02, 160)
+
+
+@pytest.mark.parametrize("stray", [499 - 150, 499 + 5000], ids=["150-late", "5000-ahead"])
+def test_one_stray_packet_neither_resets_nor_counts(stray: int) -> None:
+    """RFC 3550 A.1: a packet far off the sequence is probably a stray."""
+    stats = ReceiverStatistics(8000)
+    _stream(stats, range(500), lose_every=10)
+    before = (stats.packets_received, stats.bytes_received, stats.lost, stats.max_seq)
+    assert before == (450, 72000, 50, 499)
+    stats.add(7, stray, 0, 10.0, 160)
+    assert (stats.packets_received, stats.bytes_received, stats.lost, stats.max_seq) == before
+    _stream(stats, range(500, 505))
+    assert (stats.packets_received, stats.lost, stats.max_seq) == (455, 50, 504)
+    report = stats.report()
+    assert report is not None
+    assert (report.highest_sequence, report.packets_lost) == (504, 50)
+    assert stats.jitter == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_second_stray_after_the_next_packet_does_not_resync() -> None:
+    stats = ReceiverStatistics(8000)
+    _stream(stats, range(500))
+    stats.add(7, 300, 0, 10.0, 160)  # stray: a resync would need 301 next
+    _stream(stats, range(500, 502))
+    stats.add(7, 301, 0, 10.1, 160)  # not right after 300: another stray
+    _stream(stats, range(502, 504))
+    assert (stats.packets_received, stats.lost, stats.max_seq) == (504, 0, 503)
+
+
+def test_a_restarted_sequence_resyncs_without_counting_the_jump() -> None:
+    """Two packets in sequence far off: the sender restarted; nothing counted lost."""
+    stats = ReceiverStatistics(8000)
+    _stream(stats, range(500), lose_every=10)
+    # the sender restarts its sequence numbers near the wrap, keeping its SSRC
+    for n, seq in enumerate(range(65530, 65546)):
+        if seq != 65540:  # one lost after the restart
+            stats.add(7, seq & 0xFFFF, 0, 20.0 + n * 0.02, 100)
+    assert stats.max_seq == 65545 & 0xFFFF
+    # the packet that looked like a stray is counted once the next confirms it
+    assert stats.packets_received == 450 + 15
+    assert stats.bytes_received == 450 * 160 + 15 * 100
+    assert (stats.expected, stats.lost) == (500 + 16, 50 + 1)
+    report = stats.report()
+    assert report is not None and report.packets_lost == 51
+    assert report.highest_sequence == stats.extended_max == (1 << 16) + 9
+
+
+def test_session_totals_survive_ssrc_changes() -> None:
+    """What an RtpLeg or RtpVideo reports: every source of the call."""
+    session = RtcpSession(ssrc=1, clock_rate=8000, cname="x")
+    for seq in range(300):  # early media from one source, 10 % lost
+        if seq % 10 != 5:
+            session.rtp_received(0xAAAA, seq, seq * 160, seq * 0.02, 160)
+    for n, seq in enumerate(range(9000, 9100)):  # the answer: another source, none lost
+        session.rtp_received(0xBBBB, seq, n * 160, 6.0 + n * 0.02, 160)
+    stats = session.stats("PCMU")
+    assert (stats.packets_received, stats.bytes_received) == (370, 370 * 160)
+    assert stats.packets_lost == 30
+    assert stats.fraction_lost == pytest.approx(30 / 400)
+    # the report block is about the current source alone
+    report = session.receiver.report()
+    assert report is not None
+    assert (report.ssrc, report.packets_lost, report.highest_sequence) == (0xBBBB, 0, 9099)
+
+
+def test_rfc4733_events_sharing_a_timestamp_add_no_jitter() -> None:
+    """Every packet of an event carries its start; a 1 s key press is not 35 ms jitter."""
+    stats = ReceiverStatistics(8000)
+    seq, t = 0, 100.0
+    for _ in range(100):
+        stats.add(1, seq, seq * 160, t, 160)
+        seq, t = seq + 1, t + 0.02
+    start = (seq - 1) * 160 + 160
+    for _ in range(20):  # an event packet every 50 ms, all with the event's timestamp
+        stats.add(1, seq, start, t, 4)
+        seq, t = seq + 1, t + 0.05
+    assert stats.jitter == pytest.approx(0.0, abs=1e-6)
+    # the audio after it goes on from when the event began, 1 s later
+    for n in range(10):
+        stats.add(1, seq, start + 8000 + n * 160, t + n * 0.02, 160)
+        seq += 1
+    assert stats.jitter == pytest.approx(0.0, abs=1e-6)
 
 
 def test_e_model() -> None:

@@ -1,10 +1,14 @@
 import asyncio
 import random
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
+from aiortc.rtcrtpsender import RTCRtpSender
+from aiortc.rtp import RtcpReceiverInfo, RtcpRrPacket
 from aiortc.rtp import RtpPacket as AiortcRtpPacket
+from aiortc.stats import RTCStatsReport
 from av import AudioFrame
 
 from rtc.ports import Gap, PortClosed
@@ -219,6 +223,41 @@ async def test_stats_from_aiortc() -> None:
     finally:
         await a.close()
         await b.close()
+
+
+async def test_remote_fraction_lost_is_a_fraction() -> None:
+    """aiortc passes on the browser's RTCP fraction lost (0-255); LegStats says 0..1."""
+    transport = SimpleNamespace(
+        state="new", _stats_id="transport_1", _get_stats=lambda: RTCStatsReport()
+    )
+    sender = RTCRtpSender("audio", transport)  # type: ignore[arg-type]
+    # the browser's RR about our stream: a quarter lost in its interval
+    info = RtcpReceiverInfo(
+        ssrc=sender._ssrc,
+        fraction_lost=64,
+        packets_lost=100,
+        highest_sequence=1000,
+        jitter=480,
+        lsr=0,
+        dlsr=0,
+    )
+    await sender._handle_rtcp_packet(RtcpRrPacket(ssrc=1234, reports=[info]))
+    report = await sender.getStats()
+
+    async def get_stats() -> RTCStatsReport:
+        return report
+
+    # only what stats() reads of the leg: a real one needs a browser to get a report
+    leg = SimpleNamespace(
+        codec="opus",
+        _closed=False,
+        _pc=SimpleNamespace(getStats=get_stats),
+        _transceiver=SimpleNamespace(_codecs=[SimpleNamespace(clockRate=48000)]),
+    )
+    stats = await WebRtcLeg.stats(leg)  # type: ignore[arg-type]
+    assert stats.remote_fraction_lost == 0.25
+    assert stats.remote_packets_lost == 100
+    assert stats.remote_jitter_ms == 10.0
 
 
 async def test_lost_and_reordered_browser_packets_become_gaps_not_glitches() -> None:

@@ -77,14 +77,14 @@ class SourceLatch:
         """The first packet of the peer's stream came from ``addr``."""
         self.address = addr
         if addr == self._stale:
-            self._settles_at = self._receiver.packets_received + SETTLE
+            self._settles_at = self._receiver.total_packets_received + SETTLE
         self._rtcp.rtp_latched(addr, moved=False)
 
     def _tentative(self) -> bool:
         settles_at = self._settles_at
         if settles_at is None:
             return False
-        if self._receiver.packets_received >= settles_at:
+        if self._receiver.total_packets_received >= settles_at:
             self._settles_at = None
             return False
         return True
@@ -117,7 +117,7 @@ class SourceLatch:
         ``addr`` and the packet is the first one heard from there. False: drop it.
         """
         delta = seq_diff(sequence_number, self._last)
-        heard = self._receiver.packets_received
+        heard = self._receiver.total_packets_received
         if addr == self._candidate and 0 < delta <= MAX_MISORDER:
             self._count += 1
         else:

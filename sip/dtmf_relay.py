@@ -34,5 +34,7 @@ def parse_dtmf_relay(body: bytes) -> DtmfRelay | None:
     if signal not in SIGNALS or len(signal) != 1:
         return None
     duration_text = fields.get("duration", "")
-    duration = int(duration_text) if duration_text.isdigit() else 160
+    # isdigit() alone also accepts Latin-1 superscripts ("\xb2"), which int() rejects:
+    # a bad Duration must cost the default, never the digit
+    duration = int(duration_text) if duration_text.isascii() and duration_text.isdigit() else 160
     return DtmfRelay(signal, min(max(duration, 1), 10000))

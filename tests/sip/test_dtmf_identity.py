@@ -17,6 +17,9 @@ from sip.messages import parse
         (b"Signal=a\r\n", DtmfRelay("A", 160)),
         (b"Signal=10\r\nDuration=x\r\n", DtmfRelay("*", 160)),
         (b"Signal=11\r\nDuration=99999999\r\n", DtmfRelay("#", 10000)),
+        # str.isdigit() is true for Latin-1 superscript digits; int() is not
+        (b"Signal=5\r\nDuration=\xb2\r\n", DtmfRelay("5", 160)),
+        (b"Signal=7\r\nDuration=1\xb9\xb3\r\n", DtmfRelay("7", 160)),
         (b"Signal=55\r\n", None),
         (b"Duration=100\r\n", None),
         (b"\xff\x00garbage", None),

@@ -24,7 +24,7 @@ from typing import Any
 from aiortc import RTCRtpCodecParameters, RTCRtpTransceiver
 from aiortc.codecs import CODECS
 
-from .dtmf import DtmfEventReceiver, TelephoneEvent, digit_to_event
+from .dtmf import MAX_DURATION, DtmfEventReceiver, TelephoneEvent, digit_to_event
 from .rtp import RtpPacket, is_rtcp
 
 __all__ = ["TELEPHONE_EVENT", "TransceiverDtmf", "register_telephone_event"]
@@ -71,6 +71,7 @@ class _Digit:
     event: int
     duration_ms: int
     start: int | None = None  # RTP timestamp of the event
+    segment: int = 0  # start of the current segment (RFC 4733 2.5.1.3), from ``start``
     ends_sent: int = 0
 
 
@@ -188,16 +189,24 @@ class TransceiverDtmf:
         # this packet's audio is the tone's continuation: it covers up to the
         # next packet, one frame (20 ms) further
         frame = audio.clockRate * 20 // 1000
-        target = min(0xFFFF, audio.clockRate * digit.duration_ms // 1000)
-        elapsed = ((packet.timestamp - digit.start) & 0xFFFFFFFF) + frame
+        target = audio.clockRate * digit.duration_ms // 1000
+        elapsed = min(target, ((packet.timestamp - digit.start) & 0xFFFFFFFF) + frame)
+        packet.payload_type = event_codec.payloadType
+        reported = elapsed - digit.segment
+        if reported > MAX_DURATION or (reported == MAX_DURATION and elapsed < target):
+            # past the 16-bit duration (1.365 s at 48 kHz): this packet reports
+            # the segment's full 0xFFFF without the E bit, and the next ones a
+            # new segment timestamped 0xFFFF later, counting from there
+            packet.timestamp = (digit.start + digit.segment) & 0xFFFFFFFF
+            packet.payload = bytes(TelephoneEvent(digit.event, duration=MAX_DURATION))
+            digit.segment += MAX_DURATION
+            return bytes(packet)
         end = elapsed >= target
         if end:
             digit.ends_sent += 1
-        packet.payload_type = event_codec.payloadType
-        packet.timestamp = digit.start
-        packet.payload = bytes(
-            TelephoneEvent(digit.event, end, duration=target if end else elapsed)
-        )
+        packet.timestamp = (digit.start + digit.segment) & 0xFFFFFFFF
+        # (never negative, should the audio timestamps ever step back)
+        packet.payload = bytes(TelephoneEvent(digit.event, end, duration=max(0, reported)))
         if digit.ends_sent >= END_REPEATS:
             self._digits.popleft()
             self._gap_left = GAP_PACKETS

@@ -6,10 +6,13 @@ import pytest
 
 from rtc.dtmf import (
     DIGITS,
+    MAX_DURATION,
     DtmfEventReceiver,
+    EventPacket,
     TelephoneEvent,
     digit_to_event,
     event_packets,
+    event_schedule,
     event_to_digit,
 )
 from rtc.dtmfdetect import DtmfDetector
@@ -81,6 +84,147 @@ def test_receiver_reports_each_event_once() -> None:
     end = bytes(TelephoneEvent(9, True, 10, 800))
     assert [receiver.feed(42, 5000, end) for _ in range(3)] == ["9", None, None]
     assert receiver.feed(42, 6000, b"\x01") is None  # garbage
+
+
+def test_schedule_segments_events_longer_than_the_duration_field() -> None:
+    """
+    RFC 4733 2.5.1.3: 2 s at 48 kHz (96000 samples) is past 0xFFFF: the first
+    segment reports 0xFFFF without E, the second is timestamped 0xFFFF later
+    and counts from there, and only it ends; together they last the 2 s.
+    """
+    schedule = event_schedule("5", 96000, update_interval=2400, end_interval=960)
+    offsets = [p.offset for p in schedule]
+    assert offsets == sorted(offsets)
+    assert [p.marker for p in schedule] == [True] + [False] * (len(schedule) - 1)
+    first = [p for p in schedule if p.timestamp == 0]
+    second = [p for p in schedule if p.timestamp == MAX_DURATION]
+    assert len(first) + len(second) == len(schedule)
+    assert first[-1] == EventPacket(
+        MAX_DURATION, 0, TelephoneEvent(5, False, 10, MAX_DURATION), False
+    )
+    assert not any(p.event.end for p in first)
+    assert [p.event.duration for p in first[:2]] == [2400, 4800]
+    # the next update (at 67200 samples) reports the new segment's own duration
+    assert second[0] == EventPacket(67200, MAX_DURATION, TelephoneEvent(5, False, 10, 1665), False)
+    assert second[-3:] == [
+        EventPacket(96000 + i * 960, MAX_DURATION, TelephoneEvent(5, True, 10, 30465), False)
+        for i in range(3)
+    ]
+    assert sum(p.event.end for p in schedule) == 3
+    # 5 s (RtpLeg's longest): four segments, 0xFFFF apart
+    five = event_schedule("5", 240000, 2400, 960)
+    assert sorted({p.timestamp for p in five}) == [0, 65535, 131070, 196605]
+    assert five[-1].event == TelephoneEvent(5, True, 10, 240000 - 196605)
+    # exactly 0xFFFF is still one segment, ended by its 0xFFFF reports
+    exact = event_schedule("5", MAX_DURATION, 2400, 960)
+    assert {p.timestamp for p in exact} == {0}
+    assert exact[-1].event == TelephoneEvent(5, True, 10, MAX_DURATION)
+    # up to 0xFFFF the schedule is the single-timestamp one of event_packets
+    short = event_schedule("7", 800, 400, 160)
+    assert [(p.offset, p.event) for p in short] == event_packets("7", 800, 400, 160)
+    assert {p.timestamp for p in short} == {0}
+
+
+def libwebrtc_press(
+    receiver: DtmfEventReceiver,
+    start: int,
+    length: int,
+    interval: int = 2400,
+    lost: frozenset[int] = frozenset(),
+) -> list[str]:
+    """
+    A key press as libwebrtc's rtp_sender_audio.cc sends it: a report every
+    ``interval``; past 0xFFFF one report of 0xFFFF on the old segment (with
+    the E bit if the press ends in that packet), then the new segment starts
+    at this packet's timestamp; end reports three times. ``lost``: numbers
+    of packets that never arrive.
+    """
+    digits: list[str] = []
+    sent = 0
+
+    def send(timestamp: int, event: TelephoneEvent) -> None:
+        nonlocal sent
+        if sent not in lost and (digit := receiver.feed(7, timestamp & 0xFFFFFFFF, bytes(event))):
+            digits.append(digit)
+        sent += 1
+
+    segment, now = start, start
+    while True:
+        now += interval
+        duration = now - segment
+        ended = length <= now - start
+        if duration > MAX_DURATION:
+            send(segment, TelephoneEvent(5, ended, 10, MAX_DURATION))
+            segment, duration = now, duration - MAX_DURATION
+        for _ in range(3 if ended else 1):
+            send(segment, TelephoneEvent(5, ended, 10, duration))
+        if ended:
+            return digits
+
+
+@pytest.mark.parametrize(
+    ("length", "interval", "lost"),
+    [
+        (96000, 2400, frozenset()),  # 2 s at 48 kHz, updates every 50 ms
+        (96000, 960, frozenset()),  # every 20 ms, as the browser's proof script
+        (288000, 2400, frozenset()),  # 6 s (RTCDTMFSender's longest): 5 segments
+        (96000, 2400, frozenset({27})),  # the 0xFFFF report lost
+        (96000, 2400, frozenset({26, 27})),  # and the report before it
+        (65535 + 1000, 2400, frozenset()),  # ends in the packet that crosses 0xFFFF
+        (96000, 2400, frozenset(range(28))),  # the first segment lost altogether
+    ],
+)
+def test_receiver_one_digit_for_a_long_press_in_segments(
+    length: int, interval: int, lost: frozenset[int]
+) -> None:
+    """RFC 4733 2.5.2.3: a segment continuing a long press is not a second digit."""
+    receiver = DtmfEventReceiver()
+    assert libwebrtc_press(receiver, 0xFFFF0000, length, interval, lost) == ["5"]  # wraps
+    # the next press of the same key, after a pause, is a digit again
+    assert libwebrtc_press(receiver, 0xFFFF0000 + length + 4800, 4800, interval) == ["5"]
+
+
+def test_receiver_one_digit_per_segmented_schedule() -> None:
+    receiver = DtmfEventReceiver()
+    digits = []
+    for start, digit, duration in (
+        (1000, "5", 96000),
+        (100_000, "5", 4800),
+        (200_000, "5", 240000),
+    ):
+        for packet in event_schedule(digit, duration, 2400, 960):
+            digits.append(receiver.feed(3, start + packet.timestamp, bytes(packet.event)))
+    assert [d for d in digits if d] == ["5", "5", "5"]
+
+
+def test_receiver_segments_and_new_presses_told_apart() -> None:
+    receiver = DtmfEventReceiver()
+    report = bytes(TelephoneEvent(5, False, 10, MAX_DURATION))
+    assert receiver.feed(1, 0, report) == "5"
+    # another key at the next segment's timestamp is a new digit
+    assert receiver.feed(1, MAX_DURATION, bytes(TelephoneEvent(6, False, 10, 960))) == "6"
+    # a press that ended short of 0xFFFF has no next segment
+    assert receiver.feed(1, 500_000, bytes(TelephoneEvent(5, True, 10, 4800))) == "5"
+    assert receiver.feed(1, 500_000 + MAX_DURATION, bytes(TelephoneEvent(5, False, 10, 960))) == "5"
+    # segments continue one SSRC's press, not another's
+    assert receiver.feed(2, MAX_DURATION, bytes(TelephoneEvent(5, False, 10, 960))) == "5"
+    # a new segment too far from 0xFFFF after the last is a new press
+    assert receiver.feed(1, 700_000, report) == "5"
+    assert receiver.feed(1, 700_000 + MAX_DURATION + 20000, report) == "5"
+
+
+def test_receiver_digits_sharing_a_timestamp() -> None:
+    """A peer that does not advance the timestamp between digits still sends two."""
+    receiver = DtmfEventReceiver()
+    digits = [
+        receiver.feed(1, 5000, bytes(TelephoneEvent(event, end, 10, 800)))
+        for event in (1, 2)
+        for end in (False, True, True, True)
+    ]
+    assert [d for d in digits if d] == ["1", "2"]
+    # late packets of either are still ignored
+    assert receiver.feed(1, 5000, bytes(TelephoneEvent(1, True, 10, 800))) is None
+    assert receiver.feed(1, 5000, bytes(TelephoneEvent(2, True, 10, 800))) is None
 
 
 def run_detector(signal: npt.NDArray[np.int16], frame: int = 160) -> list[str]:

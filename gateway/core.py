@@ -102,6 +102,20 @@ LEG_FAILURE_GRACE = 2.0
 RECORD_STATS_TIMEOUT = 1.0
 
 
+def _far_holds(session: SessionDescription) -> bool:
+    """The far party's SDP puts its audio on hold: a=sendonly/inactive, or the RFC 2543
+    way, c= 0.0.0.0 (or ::) whatever the direction, which RFC 3264 §8.4 says an answerer
+    must still take as hold. SdpError without an active audio stream."""
+    audio = session.audio()
+    if session.media_direction(audio) in ("sendonly", "inactive"):
+        return True
+    address = session.media_connection(audio)
+    try:
+        return address is not None and ipaddress.ip_address(address).is_unspecified
+    except ValueError:
+        return False  # a host name: a real address
+
+
 def new_identifier() -> str:
     # 128 bits, URL-safe: fits the json-v1 identifier alphabet.
     return secrets.token_urlsafe(16)
@@ -159,6 +173,9 @@ class Junction:
     quiet_since: float = 0.0
     held: bool = False
     media_check: asyncio.TimerHandle | None = None
+    # Per leg: its far party holds the RFC 2543 way (c= 0.0.0.0), which the leg's
+    # negotiated direction does not show.
+    far_held: list[bool] = dataclasses.field(default_factory=lambda: [False, False])
 
 
 @dataclasses.dataclass(eq=False)
@@ -1087,6 +1104,8 @@ class Core:
             self._far_info(call, ev)
         elif isinstance(ev, sip_events.MessageReceived):
             self._far_message(call, ev)
+        elif isinstance(ev, sip_events.RemoteAnswer):
+            self._far_late_answer(call, ev.sdp)
 
     def _apply_far_sdp(self, call: ClientCall, sdp: bytes) -> bool:
         assert call.rtp is not None
@@ -1548,6 +1567,9 @@ class Core:
             return
         pairs = [side for side in sides if side is not None]
         junction = Junction([s for s, _ in pairs], [r for _, r in pairs], MediaBridge(pairs[0][1]))
+        # A far party holding the RFC 2543 way still does once joined (its leg's
+        # direction shows any other hold).
+        junction.far_held = [a.remote_hold, b.remote_hold]
         for call, (session, rtp) in zip((a, b), pairs, strict=True):
             if call.bridge is not None:
                 call.bridge.disconnect()  # the client's bridge must stop reading this leg
@@ -1558,7 +1580,7 @@ class Core:
             elif call.sip_in is not None:
                 incoming, call.sip_in = call.sip_in, None
                 incoming.winner, incoming.forks, incoming.junction = None, [], junction
-            session.set_reoffer_handler(functools.partial(self._junction_reoffer, rtp))
+            session.set_reoffer_handler(functools.partial(self._junction_reoffer, junction, rtp))
             # MESSAGEs are relayed to the other side and answered with its response.
             session.defer_messages()
             session.set_event_handler(
@@ -1576,11 +1598,36 @@ class Core:
         self._end(b, Reason.REDIRECTED, release=False)
 
     @staticmethod
-    def _junction_reoffer(rtp: RtpLeg, offer: bytes) -> bytes | None:
+    def _junction_reoffer(junction: Junction, rtp: RtpLeg, offer: bytes | None) -> bytes | None:
+        """A re-offer of one joined SIP party, answered by its own leg; a re-INVITE
+        without SDP (None) gets our offer, answered in its ACK (_junction_late_answer)."""
+        if offer is None:
+            return rtp.create_offer("sendrecv")
         try:
-            return rtp.create_answer(offer)
+            holds = _far_holds(SessionDescription.parse(offer))
+            answer = rtp.create_answer(offer)
         except SdpError:
             return None
+        junction.far_held[junction.rtps.index(rtp)] = holds
+        return answer
+
+    def _junction_late_answer(
+        self, junction: Junction, session: OutboundInvite | InboundInvite, sdp: bytes
+    ) -> None:
+        """A joined SIP party's answer, in its ACK, to _junction_reoffer's offer."""
+        if junction.ended or session not in junction.sessions:
+            return
+        index = junction.sessions.index(session)
+        try:
+            holds = _far_holds(SessionDescription.parse(sdp))
+            junction.rtps[index].apply_answer(sdp)
+        except SdpError as exc:
+            logger.info(
+                "joined calls: unusable answer in the ACK from Call-ID %s: %s", session.call_id, exc
+            )
+            self._end_junction(junction, Reason.MEDIA)
+            return
+        junction.far_held[index] = holds
 
     @staticmethod
     def _junction_resumed(rtp: RtpLeg, code: int, sdp: bytes | None) -> None:
@@ -1596,6 +1643,8 @@ class Core:
     ) -> None:
         if isinstance(ev, sip_events.MessageReceived):
             self._junction_message(junction, session, ev)
+        elif isinstance(ev, sip_events.RemoteAnswer):
+            self._junction_late_answer(junction, session, ev.sdp)
         else:
             self._junction_event(junction, ev)
 
@@ -1679,11 +1728,11 @@ class Core:
         loop = asyncio.get_running_loop()
         now = loop.time()
         timeout = self.config.media.timeout
-        if any(rtp.direction != "sendrecv" for rtp in junction.rtps):
-            # Held by either side (re-INVITE a=sendonly/inactive, answered per leg) or
-            # one leg not negotiated: the whole call counts as on hold, as a web call
-            # does for either party's hold (the other phone is not told of the hold,
-            # but its user may well stop sending too).
+        if any(rtp.direction != "sendrecv" for rtp in junction.rtps) or any(junction.far_held):
+            # Held by either side (re-INVITE a=sendonly/inactive or c= 0.0.0.0, answered
+            # per leg) or one leg not negotiated: the whole call counts as on hold, as a
+            # web call does for either party's hold (the other phone is not told of the
+            # hold, but its user may well stop sending too).
             junction.held = True
         elif junction.held:
             # Resumed: silence counts from now, not from before the hold.
@@ -1842,19 +1891,23 @@ class Core:
             return CallState.HELD
         return CallState.HOLDING if call.remote_hold else CallState.ACTIVE
 
-    def _far_reoffer(self, call: ClientCall | Junction | None, offer: bytes) -> bytes | None:
-        """A re-INVITE/UPDATE from the SIP side: answer it and follow its hold state."""
+    def _far_reoffer(self, call: ClientCall | Junction | None, offer: bytes | None) -> bytes | None:
+        """A re-INVITE/UPDATE from the SIP side: answer it and follow its hold state. A
+        re-INVITE without SDP (`offer` None) gets our offer of what we want now; its
+        answer comes in the ACK (_far_late_answer)."""
         if not isinstance(call, ClientCall):
             return None  # a junction answers through its own handler (_junction)
         sip = self._sip_side(call)
         if sip is None or call.state is CallState.TERMINATED:
             return None
         rtp = sip[1]
+        if offer is None:
+            return rtp.create_offer("sendonly" if call.local_hold else "sendrecv")
         leg = call.webrtc
         adds_video = False
         try:
             session = SessionDescription.parse(offer)
-            direction = session.media_direction(session.audio())
+            holds = _far_holds(session)
             adds_video = (
                 isinstance(rtp, VideoRtpLeg)
                 and rtp.video is None
@@ -1870,8 +1923,7 @@ class Core:
             if adds_video and isinstance(rtp, VideoRtpLeg):
                 self._spawn(rtp.withdraw_video())  # refused (488): the session is unchanged
             return None
-        call.remote_hold = direction in ("sendonly", "inactive")
-        self._set_state(call, self._steady_state(call))
+        self._follow_far_hold(call, rtp, holds)
         video = rtp.video if isinstance(rtp, VideoRtpLeg) else None
         if adds_video and video is not None and video.has_video and leg is not None:
             if call.offer_pending or call.reoffer_pending or leg.has_video:
@@ -1881,6 +1933,37 @@ class Core:
         elif video is not None and leg is not None and leg.has_video:
             self._follow_far_video(call, leg, video)
         return answer
+
+    def _follow_far_hold(self, call: ClientCall, rtp: RtpLeg, holds: bool) -> None:
+        if call.remote_hold and not holds:
+            # Silence counts from the resume: during a hold its direction did not show
+            # (c= 0.0.0.0) the leg may have timed out unheeded, and would then wait for
+            # a packet before timing out again.
+            rtp.restart_media_timeout()
+        call.remote_hold = holds
+        self._set_state(call, self._steady_state(call))
+
+    def _far_late_answer(self, call: ClientCall, sdp: bytes) -> None:
+        """The SIP side's answer, in its ACK, to the offer _far_reoffer made for its
+        re-INVITE without SDP: the leg takes it, the call follows its hold state."""
+        sip = self._sip_side(call)
+        if sip is None or call.state is CallState.TERMINATED:
+            return
+        rtp = sip[1]
+        try:
+            holds = _far_holds(SessionDescription.parse(sdp))
+            rtp.apply_answer(sdp)
+        except SdpError as exc:
+            # An ACK cannot be refused and the exchange it ends failed: hang up, as RFC
+            # 3261 §13.2.2.4 has a UAC do with an unusable answer in a 2xx.
+            logger.info("call %s: unusable answer in the ACK: %s", call.call_id, exc)
+            self._end(call, Reason.MEDIA)
+            return
+        self._follow_far_hold(call, rtp, holds)
+        leg = call.webrtc
+        video = rtp.video if isinstance(rtp, VideoRtpLeg) else None
+        if video is not None and leg is not None and leg.has_video:
+            self._follow_far_video(call, leg, video)
 
     def _follow_far_video(self, call: ClientCall, leg: WebRtcLeg, video: RtpVideo) -> None:
         """
@@ -2134,7 +2217,7 @@ class Core:
         re-offers answered per leg, MESSAGE relayed, either BYE ends both."""
         junction = Junction(sessions, rtps, MediaBridge(rtps[0]))
         for session, rtp in zip(sessions, rtps, strict=True):
-            session.set_reoffer_handler(functools.partial(self._junction_reoffer, rtp))
+            session.set_reoffer_handler(functools.partial(self._junction_reoffer, junction, rtp))
             session.defer_messages()
             session.set_event_handler(
                 functools.partial(self._junction_session_event, junction, session)
@@ -2428,8 +2511,11 @@ class Core:
         if isinstance(ev, sip_events.Referred) and incoming.winner is not None:
             self._spawn(self._referred(incoming.winner, ev))
             return
+        if isinstance(ev, sip_events.RemoteAnswer) and incoming.winner is not None:
+            self._far_late_answer(incoming.winner, ev.sdp)
+            return
         if incoming.junction is not None:
-            self._junction_event(incoming.junction, ev)
+            self._junction_session_event(incoming.junction, incoming.invite, ev)
             return
         if isinstance(ev, sip_events.Cancelled | sip_events.Terminated):
             reason = Reason.SUCCESS

@@ -91,7 +91,8 @@ class Referred:
 @dataclass(frozen=True)
 class RemoteAnswer:
     """The SDP answer carried by the ACK of an offer-less (late offer) re-INVITE: our
-    2xx carried our current SDP as the offer, this is the peer's answer to it."""
+    2xx carried the offer (the owner's, see OfferWanted, else our current SDP); this
+    is the peer's answer to it."""
 
     sdp: bytes
 

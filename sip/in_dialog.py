@@ -4,7 +4,8 @@
   one INVITE transaction at a time per dialog (later ones are queued);
 - incoming re-INVITE/UPDATE (RFC 3311) offers: answered with our current SDP, or by
   the owner (`delegate_offers` -> `OfferReceived` -> `answer_offer`); late-offer
-  re-INVITE (no SDP): our current SDP goes in the 2xx, the answer comes in the ACK;
+  re-INVITE (no SDP): the owner's offer (`OfferWanted` -> `answer_offer`; without an
+  owner our current SDP) goes in the 2xx, the answer comes in the ACK (`RemoteAnswer`);
 - INFO (RFC 6086) both ways, MESSAGE (RFC 3428) and OPTIONS answered 200;
 - REFER (RFC 3515) as transferor with NOTIFY message/sipfrag progress, Replaces
   (RFC 3891) embedded in Refer-To; incoming REFER answered 202 + NOTIFY progress;
@@ -55,6 +56,7 @@ from .ua_effects import (
     Effect,
     MessageDone,
     OfferReceived,
+    OfferWanted,
     ReferProgress,
     ReinviteDone,
     SessionUpdate,
@@ -178,7 +180,8 @@ class InDialogOperations:
         return self._start_next_reinvite(s)
 
     def answer_offer(self, sid: str, sdp: bytes | None) -> list[Effect]:
-        """Answer the pending remote offer (after OfferReceived); None rejects it (488)."""
+        """Answer the pending remote offer (after OfferReceived), or give the offer for a
+        re-INVITE without one (after OfferWanted); None rejects it (488)."""
         s = self.sessions.get(sid)
         if s is None or s.usage.remote_offer is None:
             return []
@@ -190,8 +193,10 @@ class InDialogOperations:
                 s.usage.remote_invite_pending = False
                 effects += self._start_next_reinvite(s)
             return effects
-        s.usage.remote_sdp = request.body
         s.local_sdp = sdp
+        if request.method == "INVITE" and not request.body:
+            return self._accept_reinvite(s, pending.key, request, sdp, offered=True)
+        s.usage.remote_sdp = request.body
         if request.method == "INVITE":
             return self._accept_reinvite(s, pending.key, request, sdp, offered=False)
         return self._respond_in_dialog(s, pending.key, request, 200, sdp, SDP) + (
@@ -748,12 +753,17 @@ class InDialogOperations:
             effects += [CancelTimer(("dlg", s.id, "2xx")), CancelTimer(("dlg", s.id, "ack"))]
         self._refresh_target(s, request)
         local = s.local_sdp or b""
-        if not request.body:
-            return effects + self._accept_reinvite(s, key, request, local, offered=True)
         if s.usage.delegate_offers:
             s.usage.remote_invite_pending = True
             s.usage.remote_offer = PendingOffer(key, request)
+            if not request.body:
+                # RFC 3264 §8: the offer says what the owner wants now. Our last SDP may
+                # be an answer (a=recvonly to the peer's hold) that a resume cannot
+                # undo, as the answer in the ACK may only narrow it.
+                return effects + [OfferWanted(s.id)]
             return effects + [OfferReceived(s.id, request.body)]
+        if not request.body:
+            return effects + self._accept_reinvite(s, key, request, local, offered=True)
         s.usage.remote_sdp = request.body
         return effects + self._accept_reinvite(s, key, request, local, offered=False)
 

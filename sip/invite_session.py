@@ -51,7 +51,8 @@ class OwnReinvite:
 
 @dataclass(eq=False)
 class PendingOffer:
-    """A remote re-INVITE/UPDATE offer waiting for the owner's answer_offer()."""
+    """A remote re-INVITE/UPDATE offer (or a re-INVITE without one: OfferWanted) waiting
+    for the owner's answer_offer()."""
 
     key: TransactionKey
     request: Request
@@ -122,7 +123,7 @@ class DialogUsage:
     """In-dialog operations of an established session: offers, INFO, REFER/NOTIFY."""
 
     next_op: int = 1
-    delegate_offers: bool = False  # the owner answers re-offers (OfferReceived effects)
+    delegate_offers: bool = False  # the owner answers (OfferReceived, OfferWanted)
     queued: deque[tuple[int, bytes]] = field(default_factory=deque)  # (op, offer)
     own_reinvite: OwnReinvite | None = None
     remote_offer: PendingOffer | None = None

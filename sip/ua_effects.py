@@ -43,6 +43,16 @@ class OfferReceived:
 
 
 @dataclass(frozen=True)
+class OfferWanted:
+    """A re-INVITE came without SDP (late offer, RFC 3261 §14.2) and the owner answers
+    offers itself (`delegate_offers`): call `answer_offer(session_id, offer)` with an offer
+    of what the session should be now (None rejects the re-INVITE with 488). The offer
+    goes in our 2xx; the peer's answer arrives in the ACK as a RemoteAnswer event."""
+
+    session_id: str
+
+
+@dataclass(frozen=True)
 class ReinviteDone:
     """Our re-INVITE number `op` of the session finished.
 
@@ -109,6 +119,7 @@ Effect = (
     | InviteReceived
     | SessionForgotten
     | OfferReceived
+    | OfferWanted
     | ReinviteDone
     | MessageDone
     | ReferProgress

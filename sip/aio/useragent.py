@@ -26,6 +26,7 @@ from ..core import (
     InviteReceived,
     MessageDone,
     OfferReceived,
+    OfferWanted,
     OptionsResult,
     ReferProgress,
     ReinviteDone,
@@ -53,7 +54,8 @@ EventHandler = Callable[[SessionEvent], None]
 ReinviteResult = Callable[[int, bytes | None], None]
 ReferHandler = Callable[[int], None]
 MessageResult = Callable[[int], None]
-ReofferHandler = Callable[[bytes], bytes | None]
+# (offer) -> answer; (None) -> our offer for a re-INVITE without SDP.
+ReofferHandler = Callable[[bytes | None], bytes | None]
 RegistrationHandler = Callable[[RegistrationUpdate], None]
 UNREGISTER_WAIT = 2.0  # close(): how long to wait for the unregistrations to be answered
 
@@ -191,8 +193,9 @@ class _DialogOperations:
 
         `fn` runs synchronously; returning None (or raising) rejects the offer with 488.
         Without a handler offers are answered with our current SDP. A re-INVITE without
-        SDP (late offer) never reaches `fn`: our current SDP goes out as the offer in the
-        2xx and the peer's answer arrives as a RemoteAnswer event.
+        SDP (late offer) calls `fn(None)` for our offer, which goes out in the 2xx; the
+        peer's answer arrives in the ACK as a RemoteAnswer event. (Without a handler our
+        current SDP is the offer.)
         """
         self._reoffer_handler = fn
         self._ua._core.delegate_offers(self._session_id, fn is not None)
@@ -268,7 +271,7 @@ class _DialogOperations:
         if handler is not None:
             handler(code)
 
-    def _answer_offer(self, sdp: bytes) -> bytes | None:
+    def _answer_offer(self, sdp: bytes | None) -> bytes | None:
         if self._reoffer_handler is None:
             return None
         return self._reoffer_handler(sdp)
@@ -709,6 +712,8 @@ class UserAgent:
                 task.add_done_callback(self._tasks.discard)
             case OfferReceived(session_id, sdp):
                 self._answer_offer(session_id, sdp)
+            case OfferWanted(session_id):
+                self._answer_offer(session_id, None)
             case ReinviteDone(session_id, op, code, sdp):
                 session = self._sessions.get(session_id)
                 if session is not None:
@@ -752,7 +757,7 @@ class UserAgent:
         if self._core_instance is not None:
             self._execute(self._core.targets_resolved(session_id, targets))
 
-    def _answer_offer(self, session_id: str, offer: bytes) -> None:
+    def _answer_offer(self, session_id: str, offer: bytes | None) -> None:
         session = self._sessions.get(session_id)
         answer: bytes | None = None
         if session is not None:

@@ -8,7 +8,7 @@ from typing import Any
 from sipmessage import Request, Response
 
 from sip import events
-from sip.core import OfferReceived, ReferProgress, ReinviteDone
+from sip.core import OfferReceived, OfferWanted, ReferProgress, ReinviteDone
 from sip.refer import parse_refer_to, refer_to_value, replaces_value, sipfrag_status
 
 from .test_core import INVITE, PHONE, SDP, CoreHarness, respond_to, start_call
@@ -24,7 +24,7 @@ class Harness(CoreHarness):
         super().__init__()
         self.done: list[ReinviteDone] = []
         self.progress: list[ReferProgress] = []
-        self.offers: list[OfferReceived] = []
+        self.offers: list[OfferReceived | OfferWanted] = []
 
     def apply(self, effects: list[Any]) -> None:
         super().apply(effects)
@@ -33,7 +33,7 @@ class Harness(CoreHarness):
                 self.done.append(effect)
             elif isinstance(effect, ReferProgress):
                 self.progress.append(effect)
-            elif isinstance(effect, OfferReceived):
+            elif isinstance(effect, OfferReceived | OfferWanted):
                 self.offers.append(effect)
 
     def requests(self, method: str) -> list[Request]:
@@ -116,7 +116,9 @@ def test_reinvite_offer_answered_by_owner_and_2xx_retransmitted_until_ack():
     sent = len(h.sent)
     h.advance(60)
     assert len(h.sent) == sent  # no more retransmissions, no BYE
-    # Our answer became the current SDP: a late-offer re-INVITE gets it as the offer.
+    # Our answer became the current SDP: without an owner to make the offer, a
+    # late-offer re-INVITE gets it as the offer.
+    h.core.delegate_offers(t.sid, False)
     t.send("INVITE")
     assert h.last().code == 200 and h.last().body == ANSWER
     assert h.events() == [events.Confirmed()]
@@ -129,6 +131,7 @@ def test_reinvite_offer_refused_by_owner_gets_488():
     t.send("INVITE", body=NEW_SDP)
     h.apply(h.core.answer_offer(t.sid, None))
     assert h.last().code == 488
+    h.core.delegate_offers(t.sid, False)
     t.send("INVITE")  # the session goes on
     assert h.last().code == 200 and h.last().body == SDP
 
@@ -148,6 +151,46 @@ def test_late_offer_reinvite_takes_the_answer_from_the_ack():
     assert ok.code == 200 and ok.body == SDP  # our current SDP as the offer
     t.send("ACK", cseq=11, body=ANSWER)
     assert h.events()[-1] == events.RemoteAnswer(ANSWER)
+
+
+def test_late_offer_reinvite_gets_the_owners_offer_not_our_last_answer():
+    """The peer held us (our answer a=recvonly) and resumes with a re-INVITE without SDP:
+    the 2xx carries the owner's offer, not that answer (RFC 3264 §8)."""
+    t = Inbound()
+    h = t.h
+    h.core.delegate_offers(t.sid)
+    held = ANSWER + b"a=recvonly\r\n"
+    t.send("INVITE", body=NEW_SDP)
+    h.apply(h.core.answer_offer(t.sid, held))
+    t.send("ACK", cseq=t.cseq)
+    answered = len(h.responses())
+    t.send("INVITE")
+    assert h.offers == [OfferReceived(t.sid, NEW_SDP), OfferWanted(t.sid)]
+    assert all(r.code < 200 for r in h.responses()[answered:])  # waits for the offer
+    t.send("UPDATE", body=NEW_SDP)  # another offer while ours is being made: 500
+    assert h.last().code == 500 and h.last().cseq.method == "UPDATE"
+    offer = SDP.replace(b"4000", b"4300") + b"a=sendrecv\r\n"
+    h.apply(h.core.answer_offer(t.sid, offer))
+    ok = h.last()
+    assert ok.code == 200 and ok.cseq.method == "INVITE" and ok.body == offer
+    t.send("ACK", cseq=t.cseq - 1, body=ANSWER)
+    assert h.events()[-1] == events.RemoteAnswer(ANSWER)
+    # Our offer is the current SDP now (what a refresh re-INVITE would carry).
+    h.core.delegate_offers(t.sid, False)
+    t.send("INVITE")
+    assert h.last().code == 200 and h.last().body == offer
+
+
+def test_late_offer_reinvite_refused_by_owner_gets_488():
+    t = Inbound()
+    h = t.h
+    h.core.delegate_offers(t.sid)
+    t.send("INVITE")
+    assert h.offers == [OfferWanted(t.sid)]
+    h.apply(h.core.answer_offer(t.sid, None))
+    assert h.last().code == 488
+    t.send("INVITE", body=NEW_SDP)  # the session goes on
+    assert h.offers[-1] == OfferReceived(t.sid, NEW_SDP)
 
 
 def test_late_offer_initial_invite_answer_in_ack_is_confirmed_with_sdp():

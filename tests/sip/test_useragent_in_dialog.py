@@ -85,6 +85,27 @@ async def test_hold_and_resume_both_ways(call):  # type: ignore[no-untyped-def]
     assert await callee.recorder.wait_for(Terminated) == Terminated("bye")
 
 
+async def test_late_offer_reinvite_asks_the_handler_for_our_offer(call):  # type: ignore[no-untyped-def]
+    """A re-INVITE without SDP reaches the re-offer handler as None; what it returns is
+    the offer in the 2xx (here the callee's own, not the last answer it gave)."""
+    outbound, caller, inbound, callee = call
+    offers: list[bytes | None] = []
+
+    def answer(offer: bytes | None) -> bytes:
+        offers.append(offer)
+        return HOLD if offer is None else HELD
+
+    inbound.set_reoffer_handler(answer)
+    results = Results()
+    outbound.reinvite(HOLD, results.add)
+    assert await results.wait_len(1) == [(200, HELD)]
+    outbound.reinvite(b"", results.add)  # no SDP: asks the callee for an offer
+    assert (await results.wait_len(2))[1] == (200, HOLD)
+    assert offers == [HOLD, None]
+    outbound.bye()
+    assert await callee.recorder.wait_for(Terminated) == Terminated("bye")
+
+
 async def test_glare_both_sides_succeed(call):  # type: ignore[no-untyped-def]
     outbound, caller, inbound, callee = call
     results = Results()

@@ -17,7 +17,6 @@ __all__ = [
     "EventPacket",
     "TelephoneEvent",
     "digit_to_event",
-    "event_packets",
     "event_schedule",
     "event_to_digit",
     "segment_of",
@@ -144,26 +143,6 @@ def event_schedule(
     ]
     schedule[0] = schedule[0]._replace(marker=True)
     return schedule
-
-
-def event_packets(
-    digit: str,
-    duration: int,
-    update_interval: int,
-    end_interval: int,
-    volume: int = DEFAULT_VOLUME,
-) -> list[tuple[int, TelephoneEvent]]:
-    """
-    ``event_schedule`` for callers that send every packet with the event
-    start's timestamp: it has a single segment, so ``duration`` is clamped
-    to 0xFFFF. Kept until RtpLeg sends the segments of ``event_schedule``.
-    """
-    return [
-        (packet.offset, packet.event)
-        for packet in event_schedule(
-            digit, min(duration, MAX_DURATION), update_interval, end_interval, volume
-        )
-    ]
 
 
 def _signed(difference: int) -> int:

@@ -109,7 +109,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from .dtmf import DtmfEventReceiver, digit_to_event, event_packets
+from .dtmf import DtmfEventReceiver, digit_to_event, event_schedule
 from .dtmfdetect import DtmfDetector
 from .g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from .g722 import G722_SAMPLE_RATE, G722Decoder, G722Encoder
@@ -966,7 +966,8 @@ class RtpLeg(ReceivingPort):
             while self._dtmf_queue and not self._closed:
                 digit, duration_ms = self._dtmf_queue.popleft()
                 clock = self._event_clock
-                schedule = event_packets(
+                # segmented past 0xFFFF of the event clock (RFC 4733 2.5.1.3)
+                schedule = event_schedule(
                     digit,
                     clock * duration_ms // 1000,
                     update_interval=clock * DTMF_UPDATE_MS // 1000,
@@ -977,9 +978,11 @@ class RtpLeg(ReceivingPort):
                 event_start = self._clock.peek(start)
                 timestamp = event_start & 0xFFFFFFFF
                 self._dtmf_active = True
-                for i, (offset, event) in enumerate(schedule):
-                    await asyncio.sleep(start + offset / clock - loop.time())
-                    self._send_event(timestamp, bytes(event), marker=i == 0)
+                for packet in schedule:
+                    await asyncio.sleep(start + packet.offset / clock - loop.time())
+                    self._send_event(
+                        timestamp + packet.timestamp, bytes(packet.event), marker=packet.marker
+                    )
                 self._dtmf_active = False
                 # audio resumes after the event's time, as a new talk spurt
                 self._clock.resync(event_start + self._clock.frame_ticks * duration_ms // FRAME_MS)

@@ -111,6 +111,10 @@ MAX_PENDING_FRAMES = 3
 # of ~1200 bytes; these leave several times that.
 MAX_FRAME_PACKETS = 1000
 MAX_FRAME_BYTES = 2_000_000
+# sequence numbers of padding-only packets remembered ahead of the next one expected (a
+# burst of bandwidth probes arriving before the packets they follow); beyond this the
+# oldest are forgotten, at worst costing a frame as a loss would
+MAX_PADDING_SEQS = 256
 # at most one keyframe request to the phone per this many seconds
 KEYFRAME_REQUEST_INTERVAL = 0.3
 # RTCP reports on the video stream (randomised 0.5..1.5 times this)
@@ -240,6 +244,11 @@ class FrameAssembler:
     still incomplete when ``MAX_PENDING_FRAMES`` newer ones are waiting, or
     holding more than ``MAX_FRAME_PACKETS``/``MAX_FRAME_BYTES``, is lost
     (``add`` reports it) and the stream resumes at the next frame start.
+
+    A packet with no payload (padding only, RFC 3550 5.1: libwebrtc-based
+    senders probe bandwidth with them, between frames) belongs to no frame:
+    it only fills its place in the sequence numbers, so that the frame after
+    it still follows without a gap, whichever of the two arrives first.
     """
 
     def __init__(self, name: str) -> None:
@@ -249,6 +258,8 @@ class FrameAssembler:
         )
         self._pending: dict[int, _PendingFrame] = {}
         self._next_seq: int | None = None
+        # padding-only packets not yet reached by _next_seq (they came ahead of a gap)
+        self._padding: set[int] = set()
         self._ssrc: int | None = None
         self.frames = 0
         self.lost = 0
@@ -257,10 +268,17 @@ class FrameAssembler:
         """Returns the frames completed by ``packet`` and whether a frame was lost."""
         if packet.ssrc != self._ssrc:
             self._pending.clear()
+            self._padding.clear()
             self._next_seq = None
             self._ssrc = packet.ssrc
         if self._next_seq is not None and seq_diff(packet.sequence_number, self._next_seq) < 0:
             return [], False  # late or duplicate: its frame is gone already
+        if not packet.payload:
+            # padding only: no frame of its own (one would never complete, hold up every
+            # frame after it and be given up as lost, costing a keyframe request and the
+            # frames behind it); it only takes its sequence number out of the way
+            self._add_padding(packet.sequence_number)
+            return self._drain(packet.sequence_number, [], False)
         pending = self._pending.get(packet.timestamp)
         if pending is None:
             pending = self._pending[packet.timestamp] = _PendingFrame(packet.sequence_number)
@@ -279,7 +297,13 @@ class FrameAssembler:
             self._next_seq = None
             self.lost += 1
             lost = True
-        reference = packet.sequence_number
+        return self._drain(packet.sequence_number, frames, lost)
+
+    def _drain(
+        self, reference: int, frames: list[JitterFrame], lost: bool
+    ) -> tuple[list[JitterFrame], bool]:
+        """Hand out the frames now complete, oldest first (their age taken relative to the
+        sequence number ``reference``), giving up the oldest while too many wait."""
         while self._pending:
             timestamp = min(
                 self._pending, key=lambda ts: seq_diff(self._pending[ts].first, reference)
@@ -312,17 +336,17 @@ class FrameAssembler:
             return None
         ordered = []
         seq = first
-        while seq in packets:
-            ordered.append(packets[seq])
-            if packets[seq].marker:
-                break
+        while True:
+            packet = packets.get(seq)
+            if packet is not None:
+                ordered.append(packet)
+                if packet.marker:
+                    break
+            elif seq not in self._padding:  # padding inside a frame is only skipped
+                return None
             seq = (seq + 1) & 0xFFFF
-        else:
-            return None
-        if not ordered[-1].marker:
-            return None
         del self._pending[timestamp]
-        self._next_seq = (seq + 1) & 0xFFFF
+        self._advance((seq + 1) & 0xFFFF)
         try:
             data = b"".join(self._depayload(p.payload) for p in ordered)
         except ValueError as exc:
@@ -332,6 +356,29 @@ class FrameAssembler:
             return None
         self.frames += 1
         return JitterFrame(data, timestamp)
+
+    def _add_padding(self, seq: int) -> None:
+        if seq == self._next_seq:
+            self._advance((seq + 1) & 0xFFFF)
+            return
+        # ahead of a gap (or while resuming after a loss): skipped once the stream gets there
+        self._padding.add(seq)
+        if len(self._padding) > MAX_PADDING_SEQS:
+            # forget the oldest (farthest behind this one): a burst of probes is recent
+            oldest = sorted(self._padding, key=lambda s: seq_diff(s, seq))
+            self._padding.difference_update(oldest[: len(oldest) - MAX_PADDING_SEQS // 2])
+
+    def _advance(self, next_seq: int) -> None:
+        """The stream goes on at ``next_seq``, past any padding already there."""
+        padding = self._padding
+        while next_seq in padding:
+            padding.discard(next_seq)
+            next_seq = (next_seq + 1) & 0xFFFF
+        self._next_seq = next_seq
+        if padding:
+            # those now behind (of a frame given up, or from before a resume) go: kept, one
+            # would pass for a missing packet once the sequence numbers wrap around
+            self._padding = {s for s in padding if seq_diff(s, next_seq) > 0}
 
 
 class _Protocol(asyncio.DatagramProtocol):

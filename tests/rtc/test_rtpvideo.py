@@ -208,6 +208,77 @@ def test_a_frame_never_closed_is_bounded_and_given_up() -> None:
     assert not assembler._pending
 
 
+def test_padding_only_packets_take_no_frame() -> None:
+    """Padding-only packets (RFC 3550 5.1, an empty payload: libwebrtc's bandwidth probes)
+    only fill their sequence numbers: every frame around them comes out, in order, nothing is
+    lost, wherever they fall (after a frame, behind the frame after it, several reordered,
+    inside a frame), and none is left waiting. Before, one became a frame that never
+    completed: the frames behind it stalled, then it was given up as lost (a PLI, and the
+    stalled frames thrown away while waiting for the keyframe)."""
+
+    def padding(seq: int, ts: int) -> RtpPacket:
+        # as a sender puts it on the wire: P bit, nothing left once the padding is removed
+        return RtpPacket.parse(bytes(RtpPacket(100, seq, ts, 0x1234, b"", padding_size=200)))
+
+    def frame(seq: int, ts: int, key: bool = False) -> list[RtpPacket]:
+        first = b"\x00key" if key else b"\x01delta"
+        return vp8_packets([vp8_payload(first, True), vp8_payload(b"more", False)], seq, ts)
+
+    assembler = FrameAssembler("VP8")
+    # sequence numbers: a 10-11, padding 12, b 13-14, padding 15, c 16-17, padding 18-20,
+    # d 21-22, padding 23, e 24 + padding 25 + 26, f 27-28
+    a, b, c, d, f = (
+        frame(10, 0, True),
+        frame(13, 3000),
+        frame(16, 6000),
+        frame(21, 9000),
+        frame(27, 15000),
+    )
+    e_end = RtpPacket(100, 26, 12000, 0x1234, vp8_payload(b"end", False), marker=True)
+    arrivals = [
+        *a,
+        padding(12, 0),  # after a frame, with its timestamp
+        *c,  # overtakes b and the padding behind it
+        padding(15, 3000),
+        *b,  # c now follows b without a gap
+        padding(20, 6000),  # reordered among themselves
+        padding(19, 6000),
+        padding(18, 6000),
+        d[0],
+        padding(23, 9000),  # ahead of the end of d
+        d[1],
+        RtpPacket(100, 24, 12000, 0x1234, vp8_payload(b"\x01delta", True)),
+        padding(25, 12000),  # inside a frame: skipped
+        e_end,
+        *f,
+    ]
+    delivered = []
+    for packet in arrivals:
+        frames, lost = assembler.add(packet)
+        assert not lost, packet
+        delivered += frames
+    assert [(f.timestamp, f.data) for f in delivered] == [
+        (0, b"\x00keymore"),
+        (3000, b"\x01deltamore"),
+        (6000, b"\x01deltamore"),
+        (9000, b"\x01deltamore"),
+        (12000, b"\x01deltaend"),
+        (15000, b"\x01deltamore"),
+    ]
+    assert assembler.lost == 0 and not assembler._pending and not assembler._padding
+    assert assembler.add(padding(12, 0)) == ([], False)  # a late duplicate changes nothing
+
+    # resuming at a keyframe after a loss: padding seen meanwhile, now behind, is forgotten
+    # (kept, it would pass for a missing packet once the sequence numbers wrap around)
+    resumed = FrameAssembler("VP8")
+    resumed.add(padding(5, 0))
+    key = frame(100, 3000, True)
+    resumed.add(key[0])
+    frames, lost = resumed.add(key[1])
+    assert [f.timestamp for f in frames] == [3000] and not lost
+    assert not resumed._padding
+
+
 async def test_offer_answer_and_rejection() -> None:
     leg = await VideoRtpLeg.open("127.0.0.1", 30000, 30999)
     try:

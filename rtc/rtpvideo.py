@@ -20,9 +20,13 @@ requests both ways.
   aiortc's VP8/H.264 packetizers (``pack``), marker on the last packet of a
   frame, under our SSRC, sequence numbers and timestamps.
 - Keyframe requests: a PLI or FIR from the phone asks the source (the
-  browser) for a keyframe; a request from the browser side becomes a PLI to
-  the phone, plus a FIR when the phone negotiated ``ccm fir``; both are rate
-  limited.
+  browser) for a keyframe, once per RTCP compound packet, a FIR repeated with
+  the same sequence number (RFC 5104 4.3.1.2) not again. Toward the phone,
+  picture loss (ours, or the browser's forwarded) is a PLI; a new receiver
+  of its video (a subscriber, the browser switched to it as its source) also
+  gets a FIR when the phone negotiated ``ccm fir``: RFC 5104 4.3.1.2 keeps
+  FIR for a decoder refresh without which the video would be unusable, never
+  for loss. Requests to the phone are rate limited.
 - Bitrate: our m=video carries ``b=AS`` (``bitrate_kbps``, the gateway's
   ``[media] video_bit_rate``): the most we want from the phone. What we
   send the phone is the browser's video as it is, so ``max_bitrate``
@@ -117,6 +121,9 @@ MAX_FRAME_BYTES = 2_000_000
 MAX_PADDING_SEQS = 256
 # at most one keyframe request to the phone per this many seconds
 KEYFRAME_REQUEST_INTERVAL = 0.3
+# senders of FIR whose last command sequence number is remembered (RTCP from anywhere may
+# name a new one: the oldest is forgotten)
+MAX_FIR_SENDERS = 16
 # RTCP reports on the video stream (randomised 0.5..1.5 times this)
 RTCP_INTERVAL = 2.0
 
@@ -459,6 +466,8 @@ class RtpVideo(EncodedVideoPublisher):
         self._assembler: FrameAssembler | None = None
         self._remote_ssrc: int | None = None
         self._last_keyframe_request: float | None = None
+        # the last FIR command sequence number per sender SSRC: a repetition is no new request
+        self._fir_received: dict[int, int] = {}
 
         # sending
         self._ssrc = random.getrandbits(32)
@@ -778,8 +787,13 @@ class RtpVideo(EncodedVideoPublisher):
         """No decoding here (the gateway relays video without transcoding)."""
         return None
 
-    def request_keyframe(self) -> None:
-        """PLI (and FIR when negotiated) to the phone, at most one per interval."""
+    def request_keyframe(self, refresh: bool = False) -> None:
+        """
+        A PLI to the phone, at most one request per interval. ``refresh``: a
+        new receiver needs a decoder refresh point (RFC 5104 3.5.1), so a FIR
+        too when the phone negotiated ``ccm fir``; never for picture loss,
+        which RFC 5104 4.3.1.2 leaves to PLI.
+        """
         if not self.has_video or self._remote_ssrc is None:
             return
         now = asyncio.get_running_loop().time()
@@ -790,7 +804,7 @@ class RtpVideo(EncodedVideoPublisher):
             return
         self._last_keyframe_request = now
         feedback = bytes(RtcpPliPacket(self._ssrc, self._remote_ssrc))
-        if self._fir:
+        if refresh and self._fir:
             self._fir_sequence = (self._fir_sequence + 1) & 0xFF
             feedback += bytes(RtcpFirPacket(self._ssrc, [(self._remote_ssrc, self._fir_sequence)]))
         self.keyframe_requests_sent += 1
@@ -835,7 +849,9 @@ class RtpVideo(EncodedVideoPublisher):
         if not self.receiving or self._assembler is None:
             return
         if first and self._subscribers:
-            self.request_keyframe()
+            # the subscribers' own requests came before the phone's SSRC was known: new
+            # receivers, a decoder refresh
+            self.request_keyframe(refresh=True)
         frames, lost = self._assembler.add(packet)
         if lost:
             for track in self._subscribers:
@@ -858,13 +874,29 @@ class RtpVideo(EncodedVideoPublisher):
             packets = parse_rtcp(plain)
         except (ValueError, IndexError):
             return
+        # one request per compound packet: a PLI and a FIR together (as we send them, and
+        # many phones) ask for one keyframe
+        wanted = False
         for packet in packets:
             if isinstance(packet, RtcpPliPacket) and packet.media_ssrc in (self._ssrc, 0):
-                self._keyframe_wanted()
-            elif isinstance(packet, RtcpFirPacket) and any(
-                ssrc == self._ssrc for ssrc, _ in packet.entries
-            ):
-                self._keyframe_wanted()
+                wanted = True
+            elif isinstance(packet, RtcpFirPacket):
+                for ssrc, sequence in packet.entries:
+                    if ssrc == self._ssrc and self._new_fir(packet.ssrc, sequence):
+                        wanted = True
+        if wanted:
+            self._keyframe_wanted()
+
+    def _new_fir(self, sender: int, sequence: int) -> bool:
+        """Whether a FIR for us is a new command: a sender repeats one, until the keyframe
+        comes, with the same sequence number (RFC 5104 4.3.1.2)."""
+        if self._fir_received.get(sender) == sequence:
+            return False
+        self._fir_received.pop(sender, None)
+        if len(self._fir_received) >= MAX_FIR_SENDERS:
+            del self._fir_received[next(iter(self._fir_received))]
+        self._fir_received[sender] = sequence
+        return True
 
     def _keyframe_wanted(self) -> None:
         """The phone lost picture: ask whoever makes our video (the browser) for a keyframe."""

@@ -143,7 +143,7 @@ class EncodedVideoSource(Protocol):
     @property
     def receive_codec(self) -> str | None: ...
 
-    def request_keyframe(self) -> None: ...
+    def request_keyframe(self, refresh: bool = False) -> None: ...
 
     def _unsubscribe(self, track: "EncodedVideoTrack") -> None: ...
 
@@ -168,9 +168,13 @@ class EncodedVideoTrack(MediaStreamTrack):
     def mime_type(self) -> str | None:
         return self._video.receive_codec
 
-    def request_keyframe(self) -> None:
-        """Ask the sending browser for a keyframe (rate limited)."""
-        self._video.request_keyframe()
+    def request_keyframe(self, refresh: bool = False) -> None:
+        """
+        Ask the sender for a keyframe (rate limited). ``refresh``: for a new
+        receiver of the stream, not a picture loss (a SIP phone may then get a
+        FIR, which RFC 5104 4.3.1.2 keeps for that, besides the PLI).
+        """
+        self._video.request_keyframe(refresh=refresh)
 
     def _push(self, mime_type: str, frame: JitterFrame) -> None:
         if self.readyState != "live":
@@ -240,10 +244,14 @@ class OutgoingVideoTrack(MediaStreamTrack):
         self._offset = None
         self._changed.set()
         if isinstance(track, EncodedVideoTrack):
-            track.request_keyframe()
+            # our receiver gets another stream: its decoder needs a refresh point
+            track.request_keyframe(refresh=True)
 
     def keyframe_requested(self) -> None:
-        """The receiving browser asked for a keyframe (PLI/FIR)."""
+        """
+        The receiving browser asked for a keyframe (PLI/FIR: aiortc does not
+        tell which): passed on as for picture loss, what browsers ask for.
+        """
         source = self._source
         if isinstance(source, EncodedVideoTrack):
             source.request_keyframe()
@@ -316,7 +324,7 @@ class EncodedVideoPublisher:
     def receive_codec(self) -> str | None:
         raise NotImplementedError
 
-    def request_keyframe(self) -> None:
+    def request_keyframe(self, refresh: bool = False) -> None:
         raise NotImplementedError
 
     def subscribe_encoded(self) -> EncodedVideoTrack:
@@ -326,7 +334,7 @@ class EncodedVideoPublisher:
             track.stop()
         else:
             self._subscribers.append(track)
-            self.request_keyframe()
+            self.request_keyframe(refresh=True)  # a new receiver: a decoder refresh
         return track
 
     def _unsubscribe(self, track: EncodedVideoTrack) -> None:
@@ -464,8 +472,12 @@ class WebRtcVideo(EncodedVideoPublisher):
         remote = self.transceiver.receiver.track
         return self._relay.subscribe(remote, buffered=False)
 
-    def request_keyframe(self) -> None:
-        """Send a PLI to the browser (at most one per KEYFRAME_REQUEST_INTERVAL)."""
+    def request_keyframe(self, refresh: bool = False) -> None:
+        """
+        Send a PLI to the browser (at most one per KEYFRAME_REQUEST_INTERVAL),
+        for a ``refresh`` too: aiortc's receiver sends no FIR, and a browser
+        answers a PLI with a keyframe all the same.
+        """
         if self._ssrc is None or self._closed:
             return
         now = asyncio.get_running_loop().time()

@@ -13,8 +13,8 @@ from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from av import VideoFrame
 
-from rtc.rtcp import RtcpFirPacket, RtcpPliPacket, RtcpSrPacket, parse_rtcp
-from rtc.rtp import RtpPacket
+from rtc.rtcp import RtcpFirPacket, RtcpPliPacket, RtcpRrPacket, RtcpSrPacket, parse_rtcp
+from rtc.rtp import RtpPacket, is_rtcp
 from rtc.rtpvideo import (
     MAX_FRAME_BYTES,
     MAX_FRAME_PACKETS,
@@ -27,7 +27,7 @@ from rtc.rtpvideo import (
 from rtc.sdp import SessionDescription
 from rtc.videolink import VideoLink
 from rtc.webrtcleg import WebRtcLeg
-from rtc.webrtcvideo import EncodedVideoTrack
+from rtc.webrtcvideo import EncodedVideoTrack, OutgoingVideoTrack
 
 from .conftest import wait_for
 from .test_webrtcvideo import Browser, dominant_channel, lit_frames
@@ -370,7 +370,7 @@ class Recorder:
     def __init__(self) -> None:
         self.requests = 0
 
-    def request_keyframe(self) -> None:
+    def request_keyframe(self, refresh: bool = False) -> None:
         self.requests += 1
 
     def _unsubscribe(self, track: EncodedVideoTrack) -> None:
@@ -399,7 +399,7 @@ async def test_keyframe_requests_are_forwarded_both_ways() -> None:
         assert browser.requests == requests_before + 2
         assert video.keyframe_requests_received == 2
 
-        # a keyframe request from the browser side -> PLI and FIR (negotiated) to the phone
+        # a new receiver on the browser side -> PLI and FIR (negotiated) to the phone
         track = video.subscribe_encoded()
         assert phone.feedback() == []  # the phone's SSRC is not known yet
         packet = vp8_packets([vp8_payload(b"\x00" * 10, True)], 1, 1000)[0]
@@ -411,12 +411,158 @@ async def test_keyframe_requests_are_forwarded_both_ways() -> None:
         assert pli.media_ssrc == 0x1234
         await asyncio.sleep(0.35)  # rate limit
         count = len(phone.feedback())
-        track.request_keyframe()
+        track.request_keyframe()  # picture loss on the browser side: a PLI alone
         await wait_for(lambda: len(phone.feedback()) > count, 3)
+        assert [type(p) for p in phone.feedback()[count:]] == [RtcpPliPacket]
         track.stop()
     finally:
         await video.close()
         phone.close()
+
+
+class _Wire:
+    """Stands in for RtpVideo's sockets: keeps what it sends."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def is_closing(self) -> bool:
+        return False
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.sent.append(data)
+
+    def close(self) -> None:
+        pass
+
+    def feedback(self) -> list[str]:
+        """The keyframe requests sent, one string per RTCP packet: 'PLI', 'FIR <seq nr>'."""
+        kinds = []
+        for data in self.sent:
+            if not is_rtcp(data):
+                continue
+            for packet in parse_rtcp(data):
+                if isinstance(packet, RtcpPliPacket):
+                    kinds.append("PLI")
+                elif isinstance(packet, RtcpFirPacket):
+                    kinds += [f"FIR {seq}" for _, seq in packet.entries]
+        self.sent.clear()
+        return kinds
+
+
+def _video_on_wire(fir: bool = True) -> tuple[RtpVideo, _Wire]:
+    """An RtpVideo negotiated with a phone (``ccm fir`` or not), its sockets a _Wire."""
+    video = RtpVideo("127.0.0.1")
+    sdp = phone_offer(4000, 40000).decode()
+    if not fir:
+        sdp = sdp.replace("a=rtcp-fb:* ccm fir\n", "")
+    offer = SessionDescription.parse(sdp.encode())
+    assert video.answer_media(offer, offer.media[1]) is not None
+    wire = _Wire()
+    video._transport = video._rtcp_transport = wire  # type: ignore[assignment]
+    return video, wire
+
+
+async def test_fir_only_for_a_decoder_refresh() -> None:
+    """RFC 5104 4.3.1.2: FIR is not sent for picture loss (PLI is); it is for a decoder
+    refresh without which the video is unusable (3.5.1: a new receiver, a switched source).
+    So a new subscriber of the phone's video and the browser's sender switched to it get
+    PLI + FIR (ccm fir negotiated; PLI only otherwise), while a lost packet and a PLI the
+    browser sends (forwarded) get a PLI only. Before, every request carried a FIR."""
+    video, wire = _video_on_wire()
+    phone = ("127.0.0.1", 40000)
+
+    def packet(seq: int, ts: int, start: bool, marker: bool) -> bytes:
+        data = vp8_payload(b"\x00key" if start else b"more", start)
+        return bytes(RtpPacket(100, seq, ts, 0x1234, data, marker=marker))
+
+    def after_rate_limit() -> None:
+        video._last_keyframe_request = None
+
+    try:
+        # a receiver subscribes before the phone's SSRC is known: asked for on its first packet
+        track = video.subscribe_encoded()
+        assert wire.feedback() == []
+        video._rtp_received(packet(1, 0, True, False), phone)
+        assert wire.feedback() == ["PLI", "FIR 1"]
+        video._rtp_received(packet(2, 0, False, True), phone)
+        # a packet lost: the frame is given up once MAX_PENDING_FRAMES newer ones wait
+        after_rate_limit()
+        for n in range(5):
+            seq = 4 + 2 * n  # 3 lost
+            video._rtp_received(packet(seq, 3000 * (n + 1), True, False), phone)
+            video._rtp_received(packet(seq + 1, 3000 * (n + 1), False, True), phone)
+        assert video._assembler is not None and video._assembler.lost == 1
+        assert wire.feedback() == ["PLI"]
+        # the browser's sender switched to the phone's video: its decoder needs a refresh
+        after_rate_limit()
+        outgoing = OutgoingVideoTrack()
+        outgoing.set_source(track)
+        assert wire.feedback() == ["PLI", "FIR 2"]
+        # the browser lost picture and asks (forwarded): loss, a PLI
+        after_rate_limit()
+        outgoing.keyframe_requested()
+        assert wire.feedback() == ["PLI"]
+        # a second subscriber: a new receiver again
+        after_rate_limit()
+        second = video.subscribe_encoded()
+        assert wire.feedback() == ["PLI", "FIR 3"]
+        second.stop()
+        track.stop()
+        outgoing.stop()
+    finally:
+        await video.close()
+
+    # without ccm fir negotiated: PLI only, refresh or not
+    video, wire = _video_on_wire(fir=False)
+    try:
+        video._rtp_received(packet(1, 0, True, True), phone)
+        video.subscribe_encoded()
+        assert wire.feedback() == ["PLI"]
+    finally:
+        await video.close()
+
+
+async def test_keyframe_requests_from_the_phone_counted_once() -> None:
+    """A phone's PLI and FIR in one compound packet (as we send them, as many phones do) are
+    one request: the browser is asked once. A FIR repeated with the same sequence number is
+    the same request still waiting for its keyframe (RFC 5104 4.3.1.2), not a new one. Before,
+    each RTCP message counted and was forwarded."""
+    video = RtpVideo("127.0.0.1")
+    forwarded: list[bool] = []
+    video.outgoing.keyframe_requested = lambda: forwarded.append(True)  # type: ignore[method-assign]
+    phone, other = 0x1234, 0x5678
+    addr = ("127.0.0.1", 40001)
+
+    def receive(*packets: object) -> int:
+        video._rtcp_received(b"".join(bytes(p) for p in packets), addr)  # type: ignore[call-overload]
+        return video.keyframe_requests_received
+
+    try:
+        assert receive(RtcpRrPacket(phone), RtcpPliPacket(phone, video._ssrc),
+                       RtcpFirPacket(phone, [(video._ssrc, 1)])) == 1  # fmt: skip
+        for _ in range(3):  # repetitions of FIR 1
+            assert receive(RtcpRrPacket(phone), RtcpFirPacket(phone, [(video._ssrc, 1)])) == 1
+        assert receive(RtcpRrPacket(phone), RtcpFirPacket(phone, [(video._ssrc, 2)])) == 2
+        # the same sequence number from another sender is its own request
+        assert receive(RtcpRrPacket(other), RtcpFirPacket(other, [(video._ssrc, 2)])) == 3
+        # a FIR for another stream, in the same message as one for us: not ours to count
+        assert receive(RtcpFirPacket(phone, [(0x999, 3)])) == 3
+        # a PLI: no sequence number, each is a request
+        assert receive(RtcpRrPacket(phone), RtcpPliPacket(phone, video._ssrc)) == 4
+        assert receive(RtcpRrPacket(phone), RtcpPliPacket(phone, video._ssrc)) == 5
+        # along with a repeated FIR, a PLI still asks (once)
+        assert (
+            receive(RtcpPliPacket(phone, video._ssrc), RtcpFirPacket(phone, [(video._ssrc, 2)]))
+            == 6
+        )
+        assert len(forwarded) == 6
+        # RTCP naming ever new senders cannot grow what is remembered without bound
+        for n in range(100):
+            receive(RtcpFirPacket(0x10000 + n, [(video._ssrc, 1)]))
+        assert len(video._fir_received) <= 16
+    finally:
+        await video.close()
 
 
 @pytest.mark.parametrize("codec", ["VP8", "H264"])

@@ -890,6 +890,7 @@ class RtpLeg(ReceivingPort):
     def _set_remote(
         self, remote: Address | None, rtcp_remote: Address | None, direction: str
     ) -> None:
+        was_held = self.held
         if self._rtcp_link.set_remote(remote, rtcp_remote):
             self._source.reset()
         self._sdp_remote = remote
@@ -903,7 +904,9 @@ class RtpLeg(ReceivingPort):
             # what arrived before the hold is not to be played after it
             self._queue.clear()
             self._stop_playout()
-        if receiving and (not self._receiving or self._direction != direction):
+        if receiving and (
+            not self._receiving or self._direction != direction or (was_held and remote is not None)
+        ):
             # the media timeout counts from the moment we expect media again
             self._timeout_since = asyncio.get_running_loop().time()
             self._timeout_fired = False

@@ -869,7 +869,10 @@ class WebRtcLeg(ReceivingPort):
         self, candidate: str, sdp_mid: str | None, sdp_mline_index: int | None
     ) -> None:
         if not candidate.strip():
-            # end of candidates: aiortc gathers and checks without needing it
+            # end of candidates: aioice declares ICE failed only after it (RFC
+            # 8838 4), so without it a browser whose candidates are all
+            # unreachable left the call connecting for ever, with no audio
+            await self._pc.addIceCandidate(None)
             return
         if candidate.startswith("a="):
             candidate = candidate[2:]
@@ -1174,12 +1177,6 @@ class WebRtcLeg(ReceivingPort):
         receiver: Any = transceiver.receiver
         if not receiver._enabled:
             return True
-        if mime == TELEPHONE_EVENT:
-            if self._dtmf is not None:
-                self._dtmf.receive_event(packet.ssrc, packet.timestamp, packet.payload)
-            if self._jitter is not None:
-                self._jitter.passed(packet.sequence_number)
-            return True
         ssrc = packet.ssrc
         streams = receiver._RTCRtpReceiver__remote_streams
         stream = streams.get(ssrc)
@@ -1190,7 +1187,15 @@ class WebRtcLeg(ReceivingPort):
                 del streams[next(iter(streams))]
             clock_rate = next(c.clockRate for c in codecs if c.payloadType == packet.payload_type)
             stream = streams[ssrc] = StreamStatistics(clock_rate)
+        # RFC 4733 events count too: they take the audio's sequence numbers, and
+        # left out they were reported as lost (stats, and our receiver reports)
         stream.add(packet)
+        if mime == TELEPHONE_EVENT:
+            if self._dtmf is not None:
+                self._dtmf.receive_event(packet.ssrc, packet.timestamp, packet.payload)
+            if self._jitter is not None:
+                self._jitter.passed(packet.sequence_number)
+            return True
         jitter = self._jitter
         if jitter is not None:
             # as jitter.add(packet) would, with the codec already known, and

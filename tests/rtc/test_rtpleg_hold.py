@@ -202,9 +202,12 @@ async def test_an_old_style_hold_is_a_hold_for_the_media_timeout(sink: socket.so
         assert leg.held and leg.direction == "sendrecv"
         await asyncio.sleep(0.8)
         assert fired == []
-        leg.create_answer(OFFER % (3, port, b"sendrecv"))  # resumed: silence counts again
+        # resumed: silence counts again, from the resumption (not from before the hold)
+        resumed = asyncio.get_running_loop().time()
+        leg.create_answer(OFFER % (3, port, b"sendrecv"))
         assert not leg.held
         await wait_for(lambda: bool(fired), 2)
+        assert fired[0] - resumed > 0.25
     finally:
         await leg.close()
 

@@ -344,6 +344,38 @@ async def test_browser_packets_overtaken_on_the_way_are_waited_for() -> None:
         await b.close()
 
 
+async def test_end_of_candidates_lets_ice_fail(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    A browser that trickles its candidates, none reachable, then ends them
+    (json-v1: an empty candidate): aioice declares ICE failed only after
+    end-of-candidates, so the leg must pass it on; before, the call stayed
+    "connecting" for ever with no audio and on_failed never came.
+    """
+    import aioice.stun
+
+    monkeypatch.setattr(aioice.stun, "RETRY_MAX", 2)  # ~3.5 s per check instead of ~31
+    failed: list[bool] = []
+    leg = WebRtcLeg(on_failed=lambda: failed.append(True))
+    browser = WebRtcLeg()
+    try:
+        offer = await browser.create_offer()
+        trickled = "\r\n".join(
+            line
+            for line in offer.split("\r\n")
+            if not line.startswith("a=candidate") and line != "a=end-of-candidates"
+        )
+        await leg.accept_offer(trickled)
+        await leg.add_ice_candidate(
+            "candidate:1 1 udp 2122260223 203.0.113.7 40000 typ host", "0", 0
+        )
+        await leg.add_ice_candidate("", None, None)
+        await wait_for(lambda: bool(failed), 15)
+        assert leg.connection_state == "failed"
+    finally:
+        await leg.close()
+        await browser.close()
+
+
 def test_events_in_place_of_audio_are_not_counted_as_lost() -> None:
     """RFC 4733 packets take the audio's sequence numbers while a digit plays: the audio
     after them follows on; a real loss after that is still reported."""

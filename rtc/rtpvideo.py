@@ -453,6 +453,7 @@ class RtpVideo(EncodedVideoPublisher):
         self._proto = "RTP/AVP"
         self._offered_proto = "RTP/AVP"
         self._fir = False
+        self._fir_only = False
         self._fir_sequence = 0
         self._sdp_remote: tuple[str, int] | None = None
         self._srtp_key = generate_key() if srtp != "off" else b""
@@ -740,6 +741,10 @@ class RtpVideo(EncodedVideoPublisher):
         self._direction = direction
         feedback = _feedback(media, codec.payload_type)
         self._fir = "ccm fir" in feedback
+        # a phone that negotiated FIR but not PLI only recovers by FIR: it gets
+        # one for picture loss too (libwebrtc's fallback); otherwise RFC 5104
+        # 4.3.1.2 leaves loss to PLI
+        self._fir_only = self._fir and "nack pli" not in feedback
         self.remote_bitrate = bandwidth_limit(session, media)
         # our own b=AS caps it too: the phone gets what the browser sends, and that is not
         # to exceed what we ourselves announced we would handle
@@ -791,8 +796,9 @@ class RtpVideo(EncodedVideoPublisher):
         """
         A PLI to the phone, at most one request per interval. ``refresh``: a
         new receiver needs a decoder refresh point (RFC 5104 3.5.1), so a FIR
-        too when the phone negotiated ``ccm fir``; never for picture loss,
-        which RFC 5104 4.3.1.2 leaves to PLI.
+        too when the phone negotiated ``ccm fir``; not for picture loss,
+        which RFC 5104 4.3.1.2 leaves to PLI, unless the phone negotiated
+        FIR but not PLI (then a FIR is its only way to recover).
         """
         if not self.has_video or self._remote_ssrc is None:
             return
@@ -804,7 +810,7 @@ class RtpVideo(EncodedVideoPublisher):
             return
         self._last_keyframe_request = now
         feedback = bytes(RtcpPliPacket(self._ssrc, self._remote_ssrc))
-        if refresh and self._fir:
+        if self._fir and (refresh or self._fir_only):
             self._fir_sequence = (self._fir_sequence + 1) & 0xFF
             feedback += bytes(RtcpFirPacket(self._ssrc, [(self._remote_ssrc, self._fir_sequence)]))
         self.keyframe_requests_sent += 1

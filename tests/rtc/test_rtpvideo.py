@@ -450,12 +450,16 @@ class _Wire:
         return kinds
 
 
-def _video_on_wire(fir: bool = True) -> tuple[RtpVideo, _Wire]:
-    """An RtpVideo negotiated with a phone (``ccm fir`` or not), its sockets a _Wire."""
+def _video_on_wire(fir: bool = True, pli: bool = True) -> tuple[RtpVideo, _Wire]:
+    """An RtpVideo negotiated with a phone (``ccm fir``, ``nack pli`` or not), its
+    sockets a _Wire."""
     video = RtpVideo("127.0.0.1")
     sdp = phone_offer(4000, 40000).decode()
     if not fir:
         sdp = sdp.replace("a=rtcp-fb:* ccm fir\n", "")
+    if not pli:
+        assert "a=rtcp-fb:* nack pli\n" in sdp
+        sdp = sdp.replace("a=rtcp-fb:* nack pli\n", "")
     offer = SessionDescription.parse(sdp.encode())
     assert video.answer_media(offer, offer.media[1]) is not None
     wire = _Wire()
@@ -519,6 +523,15 @@ async def test_fir_only_for_a_decoder_refresh() -> None:
         video._rtp_received(packet(1, 0, True, True), phone)
         video.subscribe_encoded()
         assert wire.feedback() == ["PLI"]
+    finally:
+        await video.close()
+
+    # ccm fir without nack pli: a FIR is the phone's only way to recover, loss too
+    video, wire = _video_on_wire(pli=False)
+    try:
+        video._rtp_received(packet(1, 0, True, True), phone)
+        video.request_keyframe()
+        assert wire.feedback() == ["PLI", "FIR 1"]
     finally:
         await video.close()
 

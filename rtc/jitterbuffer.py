@@ -31,16 +31,25 @@ output is a complete sequence of frames, one per 20 ms of the stream's timeline.
 
 A new SSRC, a marker bit after silence or a timestamp jump re-anchors playout.
 RFC 3389 comfort noise (audio buffer): white noise at the signalled level,
-paced at one frame per 20 ms (``deadline``), until speech resumes.
+paced at one frame per 20 ms (``deadline``), until speech resumes; the noise
+runs on our clock, not the sender's, so speech resuming re-anchors playout
+(the noise may already have played its first frame's place, and the packet
+would be taken for a late one and dropped).
+
+Packets of another size than a whole number of frames (a PBX's ptime 10 or
+30 ms) are cut into frames by ``FrameAssembler``: on a grid anchored at the
+stream's timestamps, filled in any order, so that a reordered packet neither
+loses the frame being assembled nor shifts the stream off the grid.
 """
 
+import math
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["JitterBuffer", "PlayoutBuffer"]
+__all__ = ["FrameAssembler", "JitterBuffer", "PlayoutBuffer"]
 
 Frame = npt.NDArray[np.int16]
 T = TypeVar("T")
@@ -53,6 +62,121 @@ MAX_JUMP_FRAMES = 50  # a timestamp this far from playout is a new timeline
 DRIFT = 0.0005
 # given up one by one at their deadlines; beyond, the rest of a gap at once
 MAX_MISSING = len(CONCEAL_GAINS)
+
+
+def _signed(diff: int) -> int:
+    """A difference of two 32-bit RTP timestamps, as the shorter way round."""
+    diff &= 0xFFFFFFFF
+    return diff - (1 << 32) if diff >= 0x80000000 else diff
+
+
+class FrameAssembler:
+    """
+    Cuts audio in packets of any size into frames of ``frame_samples`` on a
+    grid of the stream's timestamps, anchored at its first piece (again after
+    a new SSRC, a jump or ``marker``). Pieces fill the frames in any arrival
+    order; ``add`` returns the frames it completed. A frame that never
+    completes (a piece lost) is dropped by ``discard_before`` once playout has
+    passed it, or once the stream is MAX_JUMP_FRAMES past it.
+
+    Why a grid, not cutting the stream as it comes: a packet out of order
+    broke the run, and cutting restarted at the next piece, off the grid by
+    half a frame for ptime 10 or 30 -- the jitter buffer put those frames in
+    the nearest place, a 10 ms splice in the audio for the rest of the call.
+    """
+
+    def __init__(self, frame_samples: int) -> None:
+        self.frame_samples = frame_samples
+        self._ssrc: int | None = None
+        # the start of the newest frame touched: offsets are counted from it,
+        # which keeps them small through a long stream's timestamp wrap
+        self._ref: int | None = None
+        self._end = 0  # where the newest piece ends, in samples past _ref
+        # frames being filled, by timestamp: samples, which are in, marker
+        self._frames: dict[int, tuple[Frame, npt.NDArray[np.bool_], bool]] = {}
+
+    @property
+    def pending(self) -> bool:
+        """A frame is partly filled."""
+        return bool(self._frames)
+
+    @property
+    def depth(self) -> int:
+        """Frames partly filled."""
+        return len(self._frames)
+
+    def reset(self) -> None:
+        """Forget everything: the next piece anchors the grid."""
+        self._frames.clear()
+        self._ssrc = None
+        self._ref = None
+        self._end = 0
+
+    def anchor(self, ssrc: int, timestamp: int) -> None:
+        """The grid passes through ``timestamp`` from now on; what is held is dropped."""
+        self._frames.clear()
+        self._ssrc = ssrc
+        self._ref = timestamp & 0xFFFFFFFF
+        self._end = 0
+
+    def discard_before(self, timestamp: int) -> None:
+        """Drop the frames that start before ``timestamp`` (playout passed them)."""
+        for start in [t for t in self._frames if _signed(t - timestamp) < 0]:
+            del self._frames[start]
+
+    def add(
+        self, ssrc: int, timestamp: int, samples: Frame, marker: bool = False
+    ) -> list[tuple[int, Frame, int, bool]]:
+        """
+        A piece of audio starting at ``timestamp``; ``marker``: a talk spurt
+        starts here, the grid restarts at it unless it is behind what was
+        seen (a reordered packet). Returns the frames it completed, in order:
+        (timestamp, samples, lead, marker), ``lead`` the frame's start in
+        samples after the piece's (negative when it began in an earlier one),
+        ``marker`` on the frame where the grid restarted for a talk spurt.
+        """
+        size = self.frame_samples
+        count = len(samples)
+        if count == 0:
+            return []
+        if ssrc != self._ssrc or self._ref is None:
+            self.anchor(ssrc, timestamp)
+        assert self._ref is not None
+        offset = _signed(timestamp - self._ref)
+        # a talk spurt's start ahead of all seen (not a reordered packet)
+        marker = marker and offset >= self._end
+        if abs(offset) > MAX_JUMP_FRAMES * size or marker:
+            self.anchor(ssrc, timestamp)
+            offset = 0
+        ref = self._ref
+        done: list[tuple[int, Frame, int, bool]] = []
+        first = offset // size
+        last = (offset + count - 1) // size
+        for k in range(first, last + 1):
+            start = k * size
+            key = (ref + start) & 0xFFFFFFFF
+            entry = self._frames.get(key)
+            if entry is None:
+                entry = (np.zeros(size, np.int16), np.zeros(size, np.bool_), False)
+            frame, filled, marked = entry
+            lo = max(offset, start)
+            hi = min(offset + count, start + size)
+            frame[lo - start : hi - start] = samples[lo - offset : hi - offset]
+            filled[lo - start : hi - start] = True
+            marked = marked or (marker and k == first)
+            if filled.all():
+                self._frames.pop(key, None)
+                done.append((key, frame, start - offset, marked))
+            else:
+                self._frames[key] = (frame, filled, marked)
+        self._end = max(self._end, offset + count)
+        if last > 0:
+            # count from the newest frame; frames the stream has left far
+            # behind will never be played (bounded memory)
+            self._ref = (ref + last * size) & 0xFFFFFFFF
+            self._end -= last * size
+            self.discard_before((self._ref - MAX_JUMP_FRAMES * size) & 0xFFFFFFFF)
+        return done
 
 
 class PlayoutBuffer(Generic[T]):
@@ -75,8 +199,12 @@ class PlayoutBuffer(Generic[T]):
         self.frame_ms = frame_ms
         self.frame_samples = frame_samples  # timestamp increment of one frame
         self._period = frame_ms / 1000
-        self.min_frames = max(1, round(min_delay * 1000 / frame_ms))
-        self.max_frames = max(self.min_frames, round(max_delay * 1000 / frame_ms))
+        # bounds between two frames: the minimum up and the maximum down, to
+        # stay inside what was configured (round() made 50 ms 40, below the
+        # minimum); where no frame is inside (min 50, max 50) the minimum wins.
+        # round(, 6): 0.06 * 1000 / 20 is 3.0000000000000004, 3 frames
+        self.min_frames = max(1, math.ceil(round(min_delay * 1000 / frame_ms, 6)))
+        self.max_frames = max(self.min_frames, math.floor(round(max_delay * 1000 / frame_ms, 6)))
         self.target = self.min_frames  # frames of delay a missing frame is waited for
         self._items: dict[int, tuple[T, float]] = {}  # by RTP timestamp: item, arrival
         self._ssrc: int | None = None
@@ -239,7 +367,7 @@ class PlayoutBuffer(Generic[T]):
 
 class JitterBuffer(PlayoutBuffer[Frame]):
     """
-    Decoded audio (any multiple of 20 ms per packet) with loss concealment:
+    Decoded audio (packets of any size: see FrameAssembler) with loss concealment:
     ``pop(now)`` returns frames, the first MAX_MISSING lost ones in a row
     replaced by the last frame repeated with a fade (``concealed`` counts
     them), None for each further lost frame (a gap for the caller to skip). RFC 3389 comfort
@@ -259,6 +387,8 @@ class JitterBuffer(PlayoutBuffer[Frame]):
         self._lost_run = 0
         self._comfort_level: float | None = None  # dBov, while CN is playing
         self._comfort_due = 0.0
+        self._comfort_ts = 0  # the timestamp of the CN packet that started the noise
+        self._assembler = FrameAssembler(self.frame_samples)
         rng = np.random.default_rng()
         self._noise = noise or (lambda n: rng.standard_normal(n))
         self.concealed = 0
@@ -278,25 +408,89 @@ class JitterBuffer(PlayoutBuffer[Frame]):
         self._comfort_level = None
         self._lost_run = 0
         self._last = None
+        self._assembler.reset()
 
     def put(  # type: ignore[override]
         self, ssrc: int, timestamp: int, samples: Frame, now: float, marker: bool = False
     ) -> None:
-        """A decoded packet (any multiple of 20 ms) that arrived at ``now``."""
+        """A decoded packet (any size, in samples of the buffer's rate) that arrived at ``now``."""
         size = self.frame_samples
-        if len(samples) == size:  # the usual 20 ms packet: no slicing
-            super().put(ssrc, timestamp, samples, now, marker)
-            self._comfort_level = None
+        if len(samples) == size and self._comfort_level is None and not self._assembler.pending:
+            super().put(ssrc, timestamp, samples, now, marker)  # the usual 20 ms packet
             return
-        for k in range(len(samples) // size):
-            super().put(
-                ssrc,
-                (timestamp + k * size) & 0xFFFFFFFF,
-                samples[k * size : (k + 1) * size],
-                now,
-                marker and k == 0,
-            )
-        self._comfort_level = None
+        assembler = self._assembler
+        if self._comfort_level is not None and not self._items:
+            if not self._straggler(ssrc, timestamp):
+                # speech after comfort noise: the noise went on on our clock,
+                # maybe past this packet's place already; play it from here
+                self._play_ts = None
+                assembler.anchor(ssrc, timestamp)
+                marker = True
+                self._comfort_level = None
+        else:
+            self._comfort_level = None
+        if self._started and self._play_ts is not None:
+            assembler.discard_before(self._play_ts)  # too late to complete
+        if len(samples) % size == 0 and not assembler.pending:
+            # whole frames (ptime 20, 40, 60): each in the nearest frame's place
+            frames = [
+                (
+                    (timestamp + k * size) & 0xFFFFFFFF,
+                    samples[k * size : (k + 1) * size],
+                    k * size,
+                    marker and k == 0,
+                )
+                for k in range(len(samples) // size)
+            ]
+        else:
+            frames = self._assemble(ssrc, timestamp, samples, marker)
+        # When the frame after each is expected (its arrival + a period; a
+        # missing one is waited for the delay past that): frames arrive as from
+        # a 20 ms sender, ``lead`` after the packet -- with one arrival for all,
+        # a frame missing after a 60 ms packet was given up 40 ms before it
+        # could come. Packets of another size complete a frame up to ``wait``
+        # after that line (for ptime 10 or 30, the second 10 ms of a frame
+        # comes 10 ms after its first), so frames are expected that much later.
+        wait = size - math.gcd(size, len(samples))
+        for frame_ts, frame, lead, marked in frames:
+            super().put(ssrc, frame_ts, frame, now + (lead + wait) * self._period / size, marked)
+
+    def _straggler(self, ssrc: int, timestamp: int) -> bool:
+        """Audio from before the comfort noise started (reordered behind the
+        CN packet): late, as before, and the noise goes on."""
+        behind = -_signed(timestamp - self._comfort_ts)
+        size = self.frame_samples
+        return ssrc == self._ssrc and size // 2 <= behind <= MAX_JUMP_FRAMES * size
+
+    def _assemble(
+        self, ssrc: int, timestamp: int, samples: Frame, marker: bool
+    ) -> list[tuple[int, Frame, int, bool]]:
+        """Pieces of another size than whole frames, through the assembler."""
+        size = self.frame_samples
+        assembler = self._assembler
+        play_ts = self._play_ts
+        cut = 0  # samples cut off the piece's start
+        if play_ts is not None and ssrc == self._ssrc:
+            offset = _signed(timestamp - play_ts)
+            if self._started and -MAX_JUMP_FRAMES * size <= offset < 0:
+                # (partly) behind playout: its frame was played (a copy) or
+                # given up (late: the delay grows), as a whole frame's would be
+                if self._history.get((play_ts + offset // size * size) & 0xFFFFFFFF):
+                    self.duplicates += 1
+                else:
+                    self.late += 1
+                    self._grow()
+                cut = -offset
+                if len(samples) <= cut:
+                    return []
+                samples = samples[cut:]
+                timestamp = play_ts
+            if not assembler.pending:
+                # the frames already played set the grid (whole-frame packets
+                # before, or a marker that re-anchored playout)
+                assembler.anchor(ssrc, play_ts)
+        frames = assembler.add(ssrc, timestamp, samples, marker and not self._items)
+        return [(ts, frame, lead + cut, marked) for ts, frame, lead, marked in frames]
 
     def put_comfort_noise(self, ssrc: int, timestamp: int, payload: bytes, now: float) -> None:
         """RFC 3389 CN: the first byte is the noise level in -dBov."""
@@ -305,6 +499,7 @@ class JitterBuffer(PlayoutBuffer[Frame]):
             self._anchor(timestamp, now)
         if self._comfort_level is None:
             self._comfort_due = now
+            self._comfort_ts = timestamp
         self._comfort_level = -float(payload[0] & 0x7F) if payload else -127.0
 
     def pop(self, now: float) -> list[Frame | None]:

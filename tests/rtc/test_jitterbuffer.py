@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from rtc.jitterbuffer import JitterBuffer, PlayoutBuffer
+from rtc.jitterbuffer import FrameAssembler, JitterBuffer, PlayoutBuffer
 from tests.audio import rms
 
 N = 160
@@ -205,10 +205,61 @@ def test_comfort_noise_at_the_signalled_level_paced_by_the_deadline() -> None:
     assert len(noise) == 50
     assert jb.deadline == pytest.approx(0.2 + 50 * P)
     assert 20 * np.log10(rms(np.concatenate(noise))) == pytest.approx(-40, abs=1)
-    # speech resumes in step, and the noise stops
-    out = simulate(jb, steady(10, start=60, t0=1.2))
-    assert [ident(f) for _, f in out] == list(range(60, 70))
-    assert jb.deadline is None
+    # speech resumes 5 ms after its place on the noise's timeline (the noise
+    # has played that place: the test once passed only because its deadline,
+    # 1.2000000000000004, came after the packet), and the noise stops
+    out = simulate(jb, steady(10, start=60, t0=1.2 + 0.005))
+    assert [ident(f) for _, f in out if ident(f) is not None] == list(range(60, 70))
+    assert jb.late == 0 and jb.deadline is None
+
+
+@pytest.mark.parametrize("marker", [True, False])
+@pytest.mark.parametrize("onset", [-0.001, 0.001, 0.005, 0.015])
+def test_speech_after_comfort_noise_is_never_late(onset: float, marker: bool) -> None:
+    """
+    Talk spurts with RFC 3389 CN between them, each resuming ``onset`` after
+    its place: the noise runs on our clock, so a talk spurt a little behind it
+    found its first frame already played as noise, and was dropped as late
+    (the delay grew by a frame at every talk spurt, toward the maximum).
+    """
+    jb = JitterBuffer(noise=lambda n: np.zeros(n))
+    out: list[npt.NDArray[np.int16] | None] = []
+
+    def run_until(time: float) -> None:
+        while (deadline := jb.deadline) is not None and deadline <= time:
+            out.extend(jb.pop(deadline))
+
+    seq = 0
+    for spurt in range(5):
+        for k in range(10):
+            time = seq * P + (onset if k == 0 and spurt else 0.0)
+            run_until(time)
+            jb.put(1, seq * N, frame(seq), time, marker=marker and k == 0)
+            out.extend(jb.pop(time))
+            seq += 1
+        run_until(seq * P)
+        jb.put_comfort_noise(1, seq * N, bytes([60]), seq * P)
+        out.extend(jb.pop(seq * P))
+        seq += 10  # silence
+    run_until(seq * P + 1.0)
+    played = [ident(f) for f in out if ident(f) is not None]
+    assert played == [s * 20 + k for s in range(5) for k in range(10)]
+    assert jb.late == 0 and jb.delay == pytest.approx(0.02)
+
+
+def test_a_straggler_from_before_comfort_noise_is_late_and_the_noise_goes_on() -> None:
+    """Speech reordered behind the CN packet is from before the silence: it
+    does not end the noise (it did: any audio stopped it)."""
+    jb = JitterBuffer(noise=lambda n: np.ones(n))
+    simulate(jb, [a for a in steady(10) if a[1] != 9])
+    jb.put_comfort_noise(1, 10 * N, bytes([40]), 0.2)
+    noise = jb.pop(0.2)
+    jb.put(1, 9 * N, frame(9), 0.21)  # the last frame of the talk spurt
+    assert jb.pop(0.21) == []
+    for k in range(1, 5):
+        noise += jb.pop(0.2 + k * P)
+    assert len(noise) == 5 and all(f is not None and ident(f) is None for f in noise)
+    assert jb.late == 1 and not jb.idle
 
 
 def test_packet_buffer_orders_dedups_and_passes_gaps_on() -> None:
@@ -345,8 +396,227 @@ def test_take_is_put_then_pop_of_the_frame_that_plays_next() -> None:
     assert taken > 600 and plain.late > 0 and plain.missing > 0 and plain.duplicates > 0
 
 
+@pytest.mark.parametrize(
+    ("low", "high", "frames"),
+    [
+        (0.05, 0.05, (3, 3)),  # no multiple of 20 in between: the minimum wins
+        (0.03, 0.2, (2, 10)),
+        (0.07, 0.07, (4, 4)),
+        (0.09, 0.11, (5, 5)),
+        (0.02, 0.05, (1, 2)),
+        (0.06, 0.1, (3, 5)),  # 0.06 * 1000 / 20 is 3.0000000000000004
+        (0.04, 0.18, (2, 9)),
+    ],
+)
+def test_delay_bounds_between_frames_stay_within_the_configuration(
+    low: float, high: float, frames: tuple[int, int]
+) -> None:
+    """The minimum rounds up and the maximum down (round() made 50 ms 40,
+    below the configured minimum, and 110 ms 120, above the maximum)."""
+    jb: PlayoutBuffer[int] = PlayoutBuffer(N, min_delay=low, max_delay=high)
+    assert (jb.min_frames, jb.max_frames) == frames
+    assert jb.delay == pytest.approx(frames[0] * P)
+
+
 def test_bad_configuration() -> None:
     with pytest.raises(ValueError):
         JitterBuffer(min_delay=0.1, max_delay=0.05)
     with pytest.raises(ValueError):
         PlayoutBuffer(160, min_delay=0.0)
+
+
+# Packets of another ptime than 20 ms: sample-exact audio in, frames out.
+
+# 4320 samples (27 frames, 18 packets of 30 ms), each sample known
+AUDIO = np.arange(-6480, 6480, 3, dtype=np.int16)
+Frame = npt.NDArray[np.int16]
+
+Packets = list[tuple[float, int, npt.NDArray[np.int16]]]  # (arrival, timestamp, samples)
+
+
+def packets(ptime_ms: int, base: int = 0, audio: npt.NDArray[np.int16] = AUDIO) -> Packets:
+    """The audio in packets of ``ptime_ms``, each arriving at its own time."""
+    size = 8 * ptime_ms
+    return [
+        (k * size / 8000, (base + k * size) & 0xFFFFFFFF, audio[k * size : (k + 1) * size])
+        for k in range(len(audio) // size)
+    ]
+
+
+def play(jb: JitterBuffer, arrivals: Packets, marker: int | None = None) -> list[Frame | None]:
+    """What the buffer releases, the leg's way (pop after each put and at each deadline)."""
+    out: list[Frame | None] = []
+
+    def fire(before: float) -> None:
+        while (deadline := jb.deadline) is not None and deadline <= before:
+            out.extend(jb.pop(deadline))
+
+    for when, timestamp, samples in sorted(arrivals, key=lambda a: a[0]):
+        fire(when)
+        jb.put(1, timestamp, samples, when, marker=timestamp == marker)
+        out.extend(jb.pop(when))
+    fire(max(a[0] for a in arrivals) + 1.0)
+    return out
+
+
+def overtaken(arrivals: Packets, index: int, late: float) -> Packets:
+    """Packet ``index`` ``late`` after its time, the next one just before it."""
+    out = list(arrivals)
+    when, timestamp, samples = out[index]
+    out[index] = (when + late, timestamp, samples)
+    out[index + 1] = (when + late - 0.001, out[index + 1][1], out[index + 1][2])
+    return out
+
+
+@pytest.mark.parametrize("ptime", [10, 30])
+@pytest.mark.parametrize("base", [0, 0xFFFFFFFF - 1000])  # the timestamps wrap
+def test_other_ptimes_are_cut_on_the_grid_in_any_order(ptime: int, base: int) -> None:
+    """
+    ptime 10 or 30 with a reordered pair: the stream cut into 20 ms frames
+    as the sender's timeline has it. (RtpLeg cut the stream as it came and
+    restarted at the next packet after one out of order: the frames lay half
+    a frame off, and the buffer put them in the nearest place, a 10 ms
+    splice.)
+    """
+    arrivals = overtaken(packets(ptime, base), 5, ptime / 2000)
+    jb = JitterBuffer()
+    out = play(jb, arrivals)
+    assert all(f is not None for f in out)
+    assert np.array_equal(np.concatenate([f for f in out if f is not None]), AUDIO)
+    assert (jb.concealed, jb.late, jb.missing) == (0, 0, 0)
+
+
+def test_a_lost_piece_costs_its_frame_only() -> None:
+    arrivals = packets(10)
+    del arrivals[7]  # the second half of frame 3
+    jb = JitterBuffer()
+    out = play(jb, arrivals)
+    assert len(out) == 27 and jb.concealed == 1
+    assert ident(out[3]) is None  # a repeat of 2, faded
+    got = np.concatenate([f for k, f in enumerate(out) if k != 3 and f is not None])
+    assert np.array_equal(got, np.concatenate((AUDIO[: 3 * N], AUDIO[4 * N :])))
+    assert jb._assembler.depth == 0  # the half of frame 3 was dropped
+
+
+def test_a_piece_after_its_frame_was_given_up_is_late_and_grows_the_delay() -> None:
+    arrivals = packets(10)
+    when, timestamp, samples = arrivals[7]
+    arrivals[7] = (when + 0.2, timestamp, samples)  # frame 3's second half
+    arrivals.append((0.3, arrivals[20][1], arrivals[20][2]))  # a copy of a played one
+    jb = JitterBuffer()
+    out = play(jb, arrivals)
+    assert len(out) == 27 and jb.concealed == 1
+    assert jb.late == 1 and jb.delay == pytest.approx(0.04)
+    assert jb.duplicates == 1
+
+
+@pytest.mark.parametrize("ptime", [10, 20, 30, 40, 60])
+def test_a_packet_is_waited_for_as_long_whatever_the_ptime(ptime: int) -> None:
+    """
+    A packet 15 ms late, overtaken by the next, plays (the delay is 20 ms)
+    whatever the sender's ptime. The frames of a 60 ms packet had one arrival
+    time: the next packet was expected 20 ms after it, not 60 ms, and given up
+    40 ms too early; a frame that takes two 30 ms packets to complete was
+    expected 10 ms before it could be.
+    """
+    arrivals = overtaken(packets(ptime), 5 if ptime < 40 else 3, 0.015)
+    jb = JitterBuffer()
+    out = play(jb, arrivals)
+    got = np.concatenate([f for f in out if f is not None])
+    assert np.array_equal(got, AUDIO[: len(got)]) and len(got) >= len(AUDIO) - 2 * 8 * ptime
+    assert (jb.concealed, jb.late, jb.missing) == (0, 0, 0)
+
+
+def test_a_talk_spurt_off_the_grid_starts_a_new_one() -> None:
+    """After silence the sender's timeline moved on by a whole number of its
+    packets, not of our frames: the marker starts the grid afresh, and
+    the talk spurt's first 10 ms are not lost."""
+    first = packets(10, audio=AUDIO[: 10 * N])
+    start = 10 * N + 8000 + 80  # 1 s on, half a frame off the grid
+    later = [
+        (when + 1.0, start + timestamp, samples)
+        for when, timestamp, samples in packets(10, audio=AUDIO[10 * N :])
+    ]
+    jb = JitterBuffer()
+    out = play(jb, first + later, marker=start)
+    assert np.array_equal(np.concatenate([f for f in out if f is not None]), AUDIO)
+    assert (jb.concealed, jb.late) == (0, 0)
+
+
+def test_speech_in_other_ptimes_after_comfort_noise_starts_a_new_grid() -> None:
+    jb = JitterBuffer(noise=lambda n: np.zeros(n))
+    out = play(jb, packets(30, audio=AUDIO[:1200]))
+    jb.put_comfort_noise(1, 1200, bytes([60]), 0.15)
+    jb.pop(0.15)
+    for k in range(1, 20):
+        jb.pop(0.15 + k * P)
+    # the noise played from 1120 (frame 7: its first half came, the second
+    # half is silence) to 4320 by 0.53; speech resumes, without a marker, at
+    # 4240: in the last noise frame's place, and off its grid by 10 ms
+    resumed = [
+        (when + 0.545, timestamp + 4240, samples)
+        for when, timestamp, samples in packets(30, audio=AUDIO[1200:2640])
+    ]
+    out = play(jb, resumed)
+    speech = [f for f in out if f is not None and f.any()]  # after the last noise
+    assert np.array_equal(np.concatenate(speech), AUDIO[1200:2640])
+    assert jb.late == 0
+
+
+def test_a_change_of_ptime_stays_on_the_grid() -> None:
+    """20 ms packets, then 10 ms ones, the first two swapped: the pieces fill
+    the frames of the timeline playout follows, not one of their own that
+    starts at the first to come, half a frame off."""
+    before = packets(20, audio=AUDIO[: 10 * N])
+    after = [
+        (when + 10 * P, timestamp + 10 * N, samples)
+        for when, timestamp, samples in packets(10, audio=AUDIO[10 * N :])
+    ]
+    after[0], after[1] = (after[1][0] + 0.001, *after[0][1:]), (after[0][0], *after[1][1:])
+    jb = JitterBuffer()
+    out = play(jb, before + after)
+    assert np.array_equal(np.concatenate([f for f in out if f is not None]), AUDIO)
+    assert (jb.concealed, jb.late, jb.missing) == (0, 0, 0)
+
+
+def test_frame_assembler_fills_frames_from_pieces_in_any_order() -> None:
+    asm = FrameAssembler(N)
+    base = 0xFFFFFFFF - 300  # through the wrap
+    pieces = [((base + 120 * k) & 0xFFFFFFFF, AUDIO[120 * k : 120 * (k + 1)]) for k in range(30)]
+    order = [0, 2, 1, 3, 4, 7, 5, 6, 8, 9, 11, 10, *range(12, 30)]
+    done: list[tuple[int, Frame, int, bool]] = []
+    for k in order:
+        done += asm.add(7, *pieces[k])
+    assert [ts for ts, *_ in done] == [(base + N * j) & 0xFFFFFFFF for j in range(22)]
+    for ts, samples, lead, marker in done:
+        start = (ts - base) & 0xFFFFFFFF
+        assert np.array_equal(samples, AUDIO[start : start + N]) and not marker
+        assert -N < lead < 120
+    assert asm.pending  # the last 40 samples of frame 22
+    # a frame that will not complete is dropped once playout has passed it
+    asm.discard_before((base + 23 * N) & 0xFFFFFFFF)
+    assert not asm.pending
+
+
+def test_frame_assembler_restarts_its_grid() -> None:
+    asm = FrameAssembler(N)
+    assert asm.add(1, 1000, AUDIO[:80]) == []
+    # a new source, a jump, a marked piece ahead of all: the grid restarts there
+    [(ts, _, lead, marker)] = asm.add(2, 5, AUDIO[:200])
+    assert (ts, lead, marker) == (5, 0, False) and asm.depth == 1
+    [(ts, _, lead, marker)] = asm.add(2, 5 + 100 * N, AUDIO[:N])
+    assert (ts, lead, marker) == (5 + 100 * N, 0, False) and not asm.pending
+    assert asm.add(2, 5 + 100 * N + 240, AUDIO[:80], marker=True) == []
+    [(ts, _, lead, marker)] = asm.add(2, 5 + 100 * N + 320, AUDIO[:80])
+    assert (ts, lead, marker) == (5 + 100 * N + 240, -80, True)
+    # a marked piece behind what was seen is reordered, not a new talk spurt
+    assert asm.add(2, 5 + 100 * N + 480, AUDIO[:80]) == []
+    [(ts, _, lead, marker)] = asm.add(2, 5 + 100 * N + 400, AUDIO[:80], marker=True)
+    assert (ts, lead, marker) == (5 + 100 * N + 400, 0, False)
+
+
+def test_frame_assembler_memory_is_bounded() -> None:
+    asm = FrameAssembler(N)
+    for k in range(2000):  # every frame's second half lost, no playout to discard them
+        assert asm.add(1, k * N, AUDIO[:80]) == []
+    assert asm.depth <= 51

@@ -81,6 +81,9 @@ class Call:
 
     def counters(self) -> tuple[int, int, int, int]:
         web, rtp = self.web, self.rtp
+        # what circuits (rtc.circuit) relayed, counted in the legs
+        web._sync_circuits()
+        rtp._sync_circuits()
         return web.direct_received, web.direct_sent, rtp.packets_sent, rtp.packets_received
 
     async def close(self) -> None:

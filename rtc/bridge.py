@@ -17,6 +17,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from .circuit import ENGAGE_AFTER, Circuit
 from .ports import (
     FRAME_MS,
     AudioPort,
@@ -139,6 +140,7 @@ class PushRelay:
         self._passing: bool | None = None  # what the last frame did, to log each change once
         self._wants: Callable[[str], bool] | None = None
         self._express: Callable[[str, bytes, float], bool] | None = None
+        self._steady = 0  # packets relayed the express way in a row
         # checked once: isinstance() against a runtime-checkable Protocol walks
         # its members each time (tens of microseconds), too slow per frame
         self._passing_sink = sink if isinstance(sink, PassThroughPort) else None
@@ -185,10 +187,29 @@ class PushRelay:
             return True
         if self._passing is not True:
             self._mode(True)
+        steady = self._steady + 1
+        if steady >= ENGAGE_AFTER:
+            steady = 0
+            self._engage(codec, now)
+        self._steady = steady
         return True
+
+    def _engage(self, codec: str, now: float) -> None:
+        """A steady stream: a circuit (rtc.circuit) relays it from now on, if both legs can."""
+        source, sink = self._passing_source, self._passing_sink
+        assert source is not None and sink is not None
+        try:
+            inbound = source.circuit_inbound(codec)
+            outbound = sink.circuit_outbound(codec, now) if inbound is not None else None
+            if inbound is not None and outbound is not None:
+                Circuit(source, inbound, sink, outbound)  # type: ignore[arg-type]
+        except Exception:
+            # the express way goes on: a circuit is only quicker
+            logger.exception("engaging a circuit failed")
 
     def __call__(self, item: MediaItem) -> None:
         source, sink = self.source, self.sink
+        self._steady = 0
         try:
             if isinstance(item, EncodedFrame):  # first: pass-through's every packet
                 passing_sink = self._passing_sink

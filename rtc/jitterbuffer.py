@@ -364,6 +364,33 @@ class PlayoutBuffer(Generic[T]):
         if len(history) > 2 * MAX_JUMP_FRAMES:
             del history[next(iter(history))]
 
+    @property
+    def following(self) -> tuple[int, int] | None:
+        """(SSRC, timestamp) of the frame that plays next when nothing is held;
+        None when something is, or before the first frame."""
+        if self._items or self._play_ts is None or self._ssrc is None:
+            return None
+        return self._ssrc, self._play_ts
+
+    def followed(self, frames: int, arrival: float) -> None:
+        """
+        ``frames`` more frames in order, played elsewhere (rtc.circuit), the
+        last arriving at ``arrival``: playout goes on after them.
+        """
+        if frames <= 0 or self._play_ts is None:
+            return
+        last = (self._play_ts + (frames - 1) * self.frame_samples) & 0xFFFFFFFF
+        self._play_ts = (last + self.frame_samples) & 0xFFFFFFFF
+        self._due = arrival + self._period
+        self._started = True
+        self._missing_run = 0
+        self.played += frames
+        self._on_time += frames
+        while self._on_time >= SHRINK_AFTER and self.target > self.min_frames:
+            self.target -= 1
+            self._on_time -= SHRINK_AFTER
+        self._remember(last, True)
+
 
 class JitterBuffer(PlayoutBuffer[Frame]):
     """

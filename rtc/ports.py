@@ -14,7 +14,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -46,6 +46,9 @@ MAX_CLOCK_LAG = 0.1
 # pass-through: ticks a sender leaves empty (a gap the far decoder conceals, as
 # with DTX) before it sends encoded silence again (hold, the far end stopped)
 MAX_GAP_TICKS = 3
+
+if TYPE_CHECKING:
+    from .circuit import Circuit, Inbound, Outbound
 
 Frame = npt.NDArray[np.int16]
 
@@ -219,6 +222,9 @@ class ReceivingPort(AudioPort):
 
     _queue: "MediaQueue"
     _express: Callable[[str, bytes, float], bool] | None = None
+    # the circuits (rtc.circuit) this leg receives for and sends for, if engaged
+    _circuit_in: "Circuit | None" = None
+    _circuit_out: "Circuit | None" = None
 
     async def read(self) -> Frame:
         """The next frame received, EncodedFrames decoded, Gaps skipped."""
@@ -248,7 +254,22 @@ class ReceivingPort(AudioPort):
         return self._express
 
     def set_express(self, send: Callable[[str, bytes, float], bool] | None) -> None:
+        self._release_circuits()
         self._express = send
+
+    def _sync_circuits(self) -> None:
+        """The leg's counters and positions up to date (before they are read)."""
+        if self._circuit_in is not None:
+            self._circuit_in.sync()
+        if self._circuit_out is not None:
+            self._circuit_out.sync()
+
+    def _release_circuits(self) -> None:
+        """Before the leg's state changes: its own paths take over again."""
+        if self._circuit_in is not None:
+            self._circuit_in.release()
+        if self._circuit_out is not None:
+            self._circuit_out.release()
 
 
 @runtime_checkable
@@ -294,6 +315,11 @@ class PassThroughPort(AudioPort, Protocol):
     ``now`` as it is (True, also when it was dropped as ``write_encoded``
     would drop it), or False, having done nothing, when the leg does not
     send ``codec`` that way now (its caller then queues an EncodedFrame).
+
+    Once the express way has carried a steady stream for a while, MediaBridge
+    engages a circuit (rtc.circuit): ``circuit_inbound(codec)`` is the
+    receiving leg's side of it and ``circuit_outbound(codec, now)`` the
+    sending leg's, each None when it cannot be taken now.
     """
 
     @property
@@ -318,6 +344,10 @@ class PassThroughPort(AudioPort, Protocol):
     def express(self) -> Callable[[str, bytes, float], bool] | None: ...
 
     def send_passed(self, codec: str, payload: bytes, now: float) -> bool: ...
+
+    def circuit_inbound(self, codec: str) -> "Inbound | None": ...
+
+    def circuit_outbound(self, codec: str, now: float) -> "Outbound | None": ...
 
 
 class PlayoutQueue:

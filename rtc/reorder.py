@@ -108,6 +108,24 @@ class ReorderBuffer(Generic[T]):
             return self._out(packet, 0)
         return self._place(seq, packet, now)
 
+    @property
+    def following(self) -> tuple[int, int] | None:
+        """(SSRC, sequence number) of the packet that goes on next at once when
+        nothing is held; None when something is, or before the first."""
+        if self._held or self._last_seq is None or self._ssrc is None:
+            return None
+        return self._ssrc, (self._last_seq + 1) & 0xFFFF
+
+    def followed(self, packets: int, seq: int) -> None:
+        """``packets`` more in order, passed on elsewhere (rtc.circuit), the last ``seq``."""
+        if packets <= 0:
+            return
+        self._last_seq = seq
+        self._in_order += packets
+        while self._in_order >= SHRINK_AFTER and self.wait > 0:
+            self.wait = max(0.0, self.wait - FRAME)
+            self._in_order -= SHRINK_AFTER
+
     def passed(self, seq: int) -> None:
         """
         A packet of the stream taken elsewhere (an RFC 4733 event in place of

@@ -52,8 +52,9 @@ class RtcpSession:
         self._last_sr: int = 0  # middle 32 bits of the peer's last SR
         self._last_sr_arrival: float | None = None  # on the caller's monotonic clock
 
-    def rtp_sent(self, payload_size: int) -> None:
-        self.packets_sent += 1
+    def rtp_sent(self, payload_size: int, packets: int = 1) -> None:
+        """``packets`` RTP packets sent, ``payload_size`` octets of payload in all."""
+        self.packets_sent += packets
         self.octets_sent += payload_size
         self._sent_since_report = True
 

@@ -109,6 +109,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from .circuit import Circuit, Inbound, Outbound
 from .dtmf import DtmfEventReceiver, digit_to_event, event_schedule
 from .dtmfdetect import DtmfDetector
 from .g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
@@ -532,6 +533,7 @@ class RtpLeg(ReceivingPort):
             return
         if len(frame) != frame_samples(self.sample_rate):
             raise ValueError(f"RtpLeg expects {frame_samples(self.sample_rate)}-sample frames")
+        self._release_circuits()
         self._send(frame)
 
     @property
@@ -555,6 +557,7 @@ class RtpLeg(ReceivingPort):
         return self._passthrough
 
     def set_passthrough(self, wants: Callable[[str], bool] | None) -> None:
+        self._release_circuits()
         self._passthrough = wants
         if wants is None and self._passing:
             self._stop_playout()
@@ -575,6 +578,7 @@ class RtpLeg(ReceivingPort):
         return samples if decoder[1] is None else decoder[1].process(samples)
 
     def write_encoded(self, frame: EncodedFrame) -> None:
+        self._release_circuits()
         if not self._closed:
             self._send(frame)
 
@@ -586,7 +590,105 @@ class RtpLeg(ReceivingPort):
             self._send(payload, now)
         return True
 
+    def circuit_inbound(self, codec: str) -> Inbound | None:
+        """This leg's side of a circuit (rtc.circuit) for ``codec`` it relays, or None."""
+        spec = self._codec
+        peer = self._source.address
+        if (
+            self._closed
+            or self._awaiting_srtp
+            or not self._passing
+            or not self._receiving
+            or spec is None
+            or _LOWER_NAMES[spec.name] != codec
+            or peer is None
+            or self._passthrough is None
+            or self._express is None
+            or self._playout_timer.armed
+            or (self._telephone_event_pt is None and self.on_dtmf is not None)  # in-band DTMF
+        ):
+            return None
+        following = self._packets.following
+        receiver = self._rtcp.receiver
+        if following is None or following[0] != receiver.ssrc:
+            return None
+        payload_type = next((pt for pt, c in self._receive_codecs.items() if c is spec), None)
+        if payload_type is None:
+            return None
+        return Inbound(
+            ssrc=following[0],
+            payload_type=payload_type,
+            sequence_number=(receiver.max_seq + 1) & 0xFFFF,
+            timestamp=following[1],
+            step=self._rtp_frame,
+            frame=0 if spec is OPUS else self._rtp_frame,
+            clock_rate=spec.clock_rate,
+            unprotect=self._srtp.unprotect if self._srtp is not None else None,
+            peer=peer,
+        )
+
+    def circuit_outbound(self, codec: str, now: float) -> Outbound | None:
+        """This leg's side of a circuit sending ``codec`` through it, or None."""
+        spec = self._codec
+        address = self._source.address or self._sdp_remote
+        transport = self._transport
+        if (
+            self._closed
+            or spec is None
+            or _LOWER_NAMES[spec.name] != codec
+            or self._encode is None
+            or address is None
+            or transport is None
+            or not self._sending
+            or self._dtmf_active
+            or self._dtmf_queue
+            or self._inband
+        ):
+            return None
+        timestamp = self._clock.following(now)
+        if timestamp is None:
+            return None
+        return Outbound(
+            first=0x80,
+            payload_type=self._codec_pt,
+            ssrc=self._ssrc,
+            sequence_number=self._sequence_number,
+            timestamp=timestamp & 0xFFFFFFFF,
+            step=self._clock.frame_ticks,
+            extension=b"",
+            protect=self._srtp.protect if self._srtp is not None else None,
+            sendto=transport.sendto,
+            address=address,
+        )
+
+    def circuit_synced_in(self, circuit: Circuit) -> None:
+        arrival = circuit.arrival(asyncio.get_running_loop().time())
+        packets = circuit.packets
+        self.packets_received += packets
+        self.frames_passed += packets
+        self.last_received = arrival
+        self._timeout_fired = False
+        self._rtcp.receiver.extend(
+            packets,
+            circuit.octets,
+            (circuit.sequence_number - 1) & 0xFFFF,
+            circuit.wraps,
+            (circuit.timestamp - circuit.step) & 0xFFFFFFFF,
+            circuit.transit,
+            circuit.jitter,
+        )
+        self._packets.followed(packets, arrival)
+
+    def circuit_synced_out(self, circuit: Circuit) -> None:
+        packets = circuit.packets
+        self._sequence_number = circuit.out_sequence
+        self._clock.follow_on(packets, circuit.arrival(asyncio.get_running_loop().time()))
+        self.packets_sent += packets
+        self.frames_relayed += packets
+        self._rtcp.rtp_sent(circuit.octets, packets)
+
     def write_gap(self, frames: int) -> None:
+        self._release_circuits()
         self._clock.skip(frames, asyncio.get_running_loop().time())
 
     # negotiation
@@ -742,6 +844,7 @@ class RtpLeg(ReceivingPort):
         return None
 
     def _set_srtp(self, crypto: CryptoAttribute | None) -> None:
+        self._release_circuits()
         self._awaiting_srtp = False
         self._srtp = negotiated_context(self._srtp, self._srtp_key, crypto)
         if crypto is not None:
@@ -828,6 +931,7 @@ class RtpLeg(ReceivingPort):
         return [(c.name, c.clock_rate) for c in self._codecs]
 
     def _negotiated(self, codec: Codec, event: Codec | None) -> None:
+        self._release_circuits()
         spec = CODECS[codec.name.upper()]
         rate_changed = False
         if not self._rate_fixed:
@@ -890,6 +994,7 @@ class RtpLeg(ReceivingPort):
     def _set_remote(
         self, remote: Address | None, rtcp_remote: Address | None, direction: str
     ) -> None:
+        self._release_circuits()
         was_held = self.held
         if self._rtcp_link.set_remote(remote, rtcp_remote):
             self._source.reset()
@@ -937,6 +1042,7 @@ class RtpLeg(ReceivingPort):
         """
         for digit in digits:
             digit_to_event(digit)
+        self._release_circuits()
         if len(self._dtmf_queue) + len(digits) > MAX_QUEUED_DIGITS:
             raise ValueError("Too many DTMF digits queued")
         if self._closed or self._codec is None:
@@ -1026,6 +1132,7 @@ class RtpLeg(ReceivingPort):
         """
         if self._closed:
             return
+        self._sync_circuits()
         self._check_timeout(now)
         if self._sending:
             fill, again = self._clock.fill(now)
@@ -1126,6 +1233,12 @@ class RtpLeg(ReceivingPort):
     # receiving
 
     def _datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        circuit = self._circuit_in
+        if circuit is not None:
+            if circuit.take(data, addr):
+                return
+            if circuit.concerns(data):
+                circuit.release()
         if self._closed:
             return
         if is_rtcp(data):
@@ -1153,6 +1266,7 @@ class RtpLeg(ReceivingPort):
             if not source.moved(addr, packet.sequence_number):
                 return
             logger.info("RTP source moved from %s to %s (NAT rebinding)", latched, addr)
+            self._release_circuits()  # where we send moved too
         # one clock reading for everything this packet causes
         now = asyncio.get_running_loop().time()
         if packet.payload_type in self._event_pts:
@@ -1181,6 +1295,7 @@ class RtpLeg(ReceivingPort):
         self._count_received(packet, now)
         if packet.payload_type == self._codec_pt and source.address is None:
             # symmetric RTP (RFC 4961): answer to where the far end really is
+            self._release_circuits()
             source.latch(addr)
         if not self._receiving:
             # we are sendonly/inactive: the far end's audio is not wanted
@@ -1266,6 +1381,7 @@ class RtpLeg(ReceivingPort):
 
     def stats(self) -> LegStats:
         """Counters, loss, jitter, RTT (from the peer's RTCP) and a MOS estimate."""
+        self._sync_circuits()
         return self._rtcp.stats(self.codec)
 
     def _rtcp_received(self, data: bytes, addr: tuple[str, int], muxed: bool = False) -> None:
@@ -1276,6 +1392,7 @@ class RtpLeg(ReceivingPort):
         )
 
     def _send_rtcp(self, bye: bool = False) -> None:
+        self._sync_circuits()
         now = asyncio.get_running_loop().time()
         self._rtcp_link.send(
             self._rtcp_transport,
@@ -1349,6 +1466,7 @@ class RtpLeg(ReceivingPort):
             self._playout_timer.at(deadline)
 
     def _stop_playout(self) -> None:
+        self._release_circuits()
         self._playout_timer.cancel()
         self._jitter.reset()
         self._packets.reset()
@@ -1395,6 +1513,7 @@ class RtpLeg(ReceivingPort):
     async def close(self) -> None:
         if self._closed:
             return
+        self._release_circuits()
         self._closed = True
         self._queue.close()
         self._playout_timer.cancel()

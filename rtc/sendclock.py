@@ -128,6 +128,36 @@ class SendClock:
         self._sent = now
         return timestamp, marker
 
+    def following(self, now: float) -> int | None:
+        """
+        The timestamp of a frame written at ``now`` when it simply follows on
+        from the last one (no marker, no jump); None otherwise. (It may be one
+        ``stamp`` would drop, the timeline being ``max_lead`` ahead: a relay
+        that keeps its source's timing, rtc.circuit, sends it all the same.)
+        """
+        if (
+            self._position is None
+            or self.marker
+            or self._resync
+            or self._not_before is not None
+            or self._in_step(now) != 0
+        ):
+            return None
+        return self._timestamp
+
+    def follow_on(self, frames: int, sent: float) -> None:
+        """
+        ``frames`` more written frames were sent by someone else (rtc.circuit),
+        each following on from the one before, the last at ``sent``.
+        """
+        if frames <= 0:
+            return
+        self._timestamp += frames * self.frame_ticks
+        self._position = sent + FRAME
+        self._sent = self._written = sent
+        self._fill_at = None
+        self.marker = False
+
     def resync(self, not_before: int | None = None) -> None:
         """
         The next frame's timestamp follows the clock (never falls behind it),

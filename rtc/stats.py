@@ -173,6 +173,31 @@ class ReceiverStatistics:
                 self._jitter += (d - self._jitter) / 16
         self._transit = transit
 
+    def extend(
+        self,
+        packets: int,
+        octets: int,
+        sequence_number: int,
+        wraps: int,
+        timestamp: int,
+        transit: float | None,
+        jitter: float,
+    ) -> None:
+        """
+        ``packets`` more of the current source, in sequence, counted elsewhere
+        (rtc.circuit): the last one's sequence number (``wraps`` times past
+        0xFFFF since ``max_seq``) and timestamp, and the A.8 transit and
+        jitter as they now stand.
+        """
+        self.packets_received += packets
+        self.bytes_received += octets
+        self._cycles += wraps << 16
+        self._max_seq = sequence_number
+        self._bad_seq = None
+        self._last_timestamp = timestamp
+        self._transit = transit
+        self._jitter = jitter
+
     @property
     def max_seq(self) -> int:
         """The highest sequence number received (without its cycles)."""

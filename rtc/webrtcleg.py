@@ -82,11 +82,13 @@ from aiortc.rtp import RtpPacket as AiortcRtpPacket
 from aiortc.sdp import candidate_from_sdp
 from av import AudioFrame
 
+from .circuit import Circuit, Inbound, Outbound
 from .dtmf import digit_to_event
 from .g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from .icerestart import IceRestart
 from .opus import OPUS_CLOCK_RATE, OpusDecoder, OpusEncoder, packet_samples
 from .ports import (
+    FRAME_MS,
     MAX_GAP_TICKS,
     EncodedFrame,
     FrameClock,
@@ -653,6 +655,7 @@ class WebRtcLeg(ReceivingPort):
         """
         if direction not in ("sendrecv", "sendonly", "recvonly", "inactive"):
             raise ValueError(f"Invalid direction {direction!r}")
+        self._release_circuits()
         self._ensure_transceiver()
         assert self._transceiver is not None
         self._transceiver.direction = direction
@@ -694,6 +697,7 @@ class WebRtcLeg(ReceivingPort):
             return
         if len(frame) != frame_samples(self.sample_rate):
             raise ValueError(f"WebRtcLeg expects {frame_samples(self.sample_rate)}-sample frames")
+        self._release_circuits()
         if not self._track.send(frame, asyncio.get_running_loop().time()):
             self._playout.put(frame)
 
@@ -725,14 +729,127 @@ class WebRtcLeg(ReceivingPort):
         return self._decode(decoder, frame.payload)
 
     def write_encoded(self, frame: EncodedFrame) -> None:
+        self._release_circuits()
         if not self._closed and not self._track.send(frame, asyncio.get_running_loop().time()):
             self._playout.put(frame)
 
     def write_gap(self, frames: int) -> None:
+        self._release_circuits()
         self._track.clock.skip(frames, asyncio.get_running_loop().time())
 
     def send_passed(self, codec: str, payload: bytes, now: float) -> bool:
         return self._closed or self._track.relay(codec, payload, now)
+
+    def circuit_inbound(self, codec: str) -> Inbound | None:
+        """This leg's side of a circuit (rtc.circuit) for ``codec`` it relays, or None."""
+        transceiver = self._transceiver
+        dtls: Any = self._rx_dtls
+        jitter = self._jitter
+        if (
+            self._closed
+            or transceiver is None
+            or dtls is None
+            or jitter is None
+            or dtls._rx_srtp is None
+            or self._passthrough is None
+            or self._express is None
+            or len(self._pending)
+        ):
+            return None
+        receiver: Any = transceiver.receiver
+        following = jitter.following
+        if not receiver._enabled or following is None:
+            return None
+        ssrc, sequence_number = following
+        stream = receiver._RTCRtpReceiver__remote_streams.get(ssrc)
+        spec = next((c for c in transceiver._codecs if c.mimeType.lower()[6:] == codec), None)
+        if (
+            stream is None
+            or stream._last_timestamp is None
+            or spec is None
+            or spec.payloadType is None
+        ):
+            return None
+        step = spec.clockRate * FRAME_MS // 1000
+        return Inbound(
+            ssrc=ssrc,
+            payload_type=spec.payloadType,
+            sequence_number=sequence_number,
+            timestamp=(stream._last_timestamp + step) & 0xFFFFFFFF,
+            step=step,
+            frame=0 if codec == "opus" else G711_FRAME,
+            clock_rate=spec.clockRate,
+            unprotect=dtls._rx_srtp.unprotect,
+        )
+
+    def circuit_outbound(self, codec: str, now: float) -> Outbound | None:
+        """This leg's side of a circuit sending ``codec`` through it, or None."""
+        route = None if self._closed else self._direct_path()
+        if route is None or not route.encoded_here or route.name != codec:
+            return None
+        sender = route.sender
+        dtmf = self._dtmf
+        pts = self._track.clock.following(now)
+        if not sender._enabled or (dtmf is not None and dtmf.sending) or pts is None:
+            return None
+        return Outbound(
+            first=route.first,
+            payload_type=route.payload_type,
+            ssrc=sender._ssrc,
+            sequence_number=self._tx_sequence,
+            timestamp=(self._tx_origin + pts * route.clock_rate // OPUS_CLOCK_RATE) & 0xFFFFFFFF,
+            step=self._track.clock.frame_ticks * route.clock_rate // OPUS_CLOCK_RATE,
+            extension=route.extension,
+            protect=route.protect,
+            sendto=route.sendto,
+            address=route.remote_addr,
+            route=route,
+        )
+
+    def circuit_synced_in(self, circuit: Circuit) -> None:
+        packets = circuit.packets
+        self.direct_received += packets
+        self.frames_passed += packets
+        self.last_received = circuit.arrival(asyncio.get_running_loop().time())
+        dtls: Any = self._rx_dtls
+        if dtls is not None:
+            dtls._RTCDtlsTransport__rx_bytes += circuit.in_octets
+            dtls._RTCDtlsTransport__rx_packets += packets
+        last_sequence = (circuit.sequence_number - 1) & 0xFFFF
+        transceiver = self._transceiver
+        if transceiver is not None:
+            streams = transceiver.receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
+            stream = streams.get(circuit.ssrc)
+            if stream is not None:
+                # what StreamStatistics.add would have made of them
+                stream.packets_received += packets
+                stream.cycles += circuit.wraps << 16
+                stream.max_seq = last_sequence
+                stream._jitter_q4 = int(circuit.jitter * 16)
+                wall = time.time() - (time.monotonic() - circuit.last)
+                stream._last_arrival = int(wall * stream._clockrate)
+                stream._last_timestamp = (circuit.timestamp - circuit.step) & 0xFFFFFFFF
+        if self._jitter is not None:
+            self._jitter.followed(packets, last_sequence)
+
+    def circuit_synced_out(self, circuit: Circuit) -> None:
+        packets = circuit.packets
+        self._tx_sequence = circuit.out_sequence
+        track = self._track
+        track.clock.follow_on(packets, circuit.arrival(asyncio.get_running_loop().time()))
+        track.relayed += packets
+        self.direct_sent += packets
+        route = circuit.route
+        dtls: Any = route.dtls
+        dtls._RTCDtlsTransport__tx_bytes += circuit.out_octets
+        dtls._RTCDtlsTransport__tx_packets += packets
+        sender: Any = route.sender
+        wall = time.time() - (time.monotonic() - circuit.last)
+        sender._RTCRtpSender__ntp_timestamp = int((wall + NTP_OFFSET) * (1 << 32))
+        last_timestamp = (circuit.out_timestamp - circuit.out_step) & 0xFFFFFFFF
+        sender._RTCRtpSender__rtp_timestamp = last_timestamp
+        sender._RTCRtpSender__octet_count += circuit.octets
+        sender._RTCRtpSender__packet_count += packets
 
     def set_sample_rate(self, rate: int) -> None:
         """
@@ -743,6 +860,7 @@ class WebRtcLeg(ReceivingPort):
         """
         if rate not in PORT_RATES:
             raise ValueError(f"WebRtcLeg sample rate must be one of {PORT_RATES}, not {rate}")
+        self._release_circuits()
         if rate == self.sample_rate:
             return
         self.sample_rate = rate
@@ -791,6 +909,7 @@ class WebRtcLeg(ReceivingPort):
         Answer the browser's offer (initial or re-offer); returns our answer
         with all candidates.
         """
+        self._release_circuits()
         restart = self.check_offer(sdp)
         if restart:
             # new local credentials before aiortc writes them into the answer, and
@@ -827,6 +946,7 @@ class WebRtcLeg(ReceivingPort):
         the checks run once the answer is applied, and media keeps flowing on
         the current pair until then. ValueError unless ICE has completed.
         """
+        self._release_circuits()
         if ice_restart:
             self._check_restartable()
             self._begin_ice_restart()
@@ -855,6 +975,7 @@ class WebRtcLeg(ReceivingPort):
         it, for one that is not SDP or does not answer each m-line of the offer
         in order (aiortc would take it and fail connecting).
         """
+        self._release_circuits()
         kinds = _kinds(_parse_sdp(sdp))
         offer = self._pc.localDescription
         if offer is None or kinds != _kinds(_parse_sdp(offer.sdp)):
@@ -907,10 +1028,12 @@ class WebRtcLeg(ReceivingPort):
             raise ValueError(f"ICE restart while ICE is {'/'.join(sorted(states)) or 'new'}")
 
     def _begin_ice_restart(self) -> None:
+        self._release_circuits()
         self._restarts = [IceRestart(t) for t in self._ice_transports()]
 
     def _abandon_ice_restart(self) -> None:
         """A restart begun whose checks will not run: back to the previous pair."""
+        self._release_circuits()
         for restart in self._restarts:
             restart.abandon()
         self._restarts = [r for r in self._restarts if r.started]
@@ -1017,6 +1140,7 @@ class WebRtcLeg(ReceivingPort):
         estimate. ``bytes_sent`` counts RTP payload; ``bytes_received`` is
         what the transport received (aiortc counts no inbound payload bytes).
         """
+        self._sync_circuits()
         stats = LegStats(codec=self.codec)
         if self._closed or self._transceiver is None or not self._transceiver._codecs:
             return stats
@@ -1061,6 +1185,7 @@ class WebRtcLeg(ReceivingPort):
         """
         for digit in digits:
             digit_to_event(digit)
+        self._release_circuits()
         if self._dtmf is None or not self._dtmf.negotiated:
             raise RuntimeError("telephone-event was not negotiated with the browser")
         self._dtmf.send(digits, max(40, min(duration_ms, 5000)))
@@ -1116,6 +1241,7 @@ class WebRtcLeg(ReceivingPort):
 
         Sent: see ``_send_direct``.
         """
+        self._release_circuits()
         transceiver = self._transceiver
         if transceiver is None or self._closed:
             return
@@ -1150,6 +1276,12 @@ class WebRtcLeg(ReceivingPort):
 
     def _receive_direct(self, data: bytes) -> bool:
         """Handle one received datagram here (True) or leave it to aiortc (False)."""
+        circuit = self._circuit_in
+        if circuit is not None:
+            if circuit.take(data):
+                return True
+            if circuit.concerns(data):
+                circuit.release()
         if not 12 <= len(data) <= SRTP_MAX_PACKET or not 127 < data[0] < 192 or 191 < data[1] < 224:
             return False  # not RTP (DTLS, STUN, RTCP), or too long to be ours
         transceiver = self._transceiver
@@ -1264,8 +1396,13 @@ class WebRtcLeg(ReceivingPort):
         """While the leg sends by itself: silence when nothing is written."""
         if self._closed:
             return
+        self._sync_circuits()
         transceiver = self._transceiver
-        direct = transceiver is not None and self._direct_path() is not None
+        path = self._direct_path() if transceiver is not None else None
+        circuit = self._circuit_out
+        if circuit is not None and circuit.route is not path:
+            circuit.release()  # aiortc moved the way to send (ICE pair, DTLS)
+        direct = path is not None
         if direct and transceiver is not None and transceiver.sender._enabled:
             track = self._track
             fill, again = track.clock.fill(now)
@@ -1471,6 +1608,7 @@ class WebRtcLeg(ReceivingPort):
     async def close(self) -> None:
         if self._closed:
             return
+        self._release_circuits()
         self._closed = True
         self._fill_timer.cancel()
         self._reorder_timer.cancel()

@@ -251,6 +251,7 @@ async def test_remote_fraction_lost_is_a_fraction() -> None:
     leg = SimpleNamespace(
         codec="opus",
         _closed=False,
+        _sync_circuits=lambda: None,
         _pc=SimpleNamespace(getStats=get_stats),
         _transceiver=SimpleNamespace(_codecs=[SimpleNamespace(clockRate=48000)]),
     )

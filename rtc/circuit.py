@@ -1,0 +1,308 @@
+"""
+The steady state of one direction of a pass-through call, relayed in one step.
+
+MediaBridge relays a same-codec call's payloads undecoded, and its express
+way (rtc.ports.PassThroughPort) already hands each in-order packet from the
+receiving leg's datagram callback to the sending leg. Each packet still goes
+through both legs' general paths: some thirty Python calls over a dozen
+objects (the legs, their latch, statistics, playout buffer and send clock,
+aiortc's transceiver, sender and DTLS transport) that decide nothing while
+the stream is steady, and with hundreds of calls each of those objects is out
+of the CPU caches by the time the call's next packet comes. That is most of
+what a pass-through call costs (bench/README.md, rounds 9-11).
+
+A ``Circuit`` is what is left once the stream is steady: one small object
+that holds what both legs would have looked up (the expected SSRC, payload
+type, next sequence number and timestamp; the SRTP contexts; the outgoing
+header, sequence number and timestamp; the socket's ``sendto`` and address)
+and does, per packet, only what a relay must: check that the packet continues
+the stream exactly, unprotect it, count it (RFC 3550 statistics: packets,
+octets, interarrival jitter), stamp it with the sending leg's next sequence
+number and timestamp, protect it, send it.
+
+The bridge engages a circuit once a direction has gone ENGAGE_AFTER packets
+the express way in a row (``PushRelay``): the receiving leg describes its
+side (``circuit_inbound``), the sending leg its own (``circuit_outbound``),
+and either may decline (hold, DTMF, a codec not sent this way, packets held
+behind a gap, in-band DTMF detection...). While engaged, the receiving leg
+offers each datagram to ``take`` before its own path. Anything that does not
+continue the stream exactly is declined; when it is of the stream all the
+same (``concerns``: a marker, another payload type such as RFC 4733 events,
+a lost or reordered packet, the stream from another address) the circuit is
+released first, while RTCP and other streams leave it engaged. A leg whose
+state changes (a negotiation, hold, DTMF, audio
+written to it, its latch moving, close) calls ``release``: the legs' own
+state is brought up to date (``sync``) and the circuit is gone, so that
+their general path goes on as if it had handled every packet itself.
+
+What the legs count or report in the meantime (counters, RTCP statistics,
+the send clocks' position, the playout and reorder buffers' next packet,
+aiortc's sender and receiver statistics) is handed back by ``sync``, which
+the legs call before they read any of it: from their filler timer (every
+250 ms at most while a stream flows), for ``stats()`` and RTCP reports.
+aiortc's own RTCP tasks read its statistics between two syncs: up to 250 ms
+old.
+
+Sans-I/O apart from the callables it is given (``unprotect``, ``protect``,
+``sendto``) and ``time.monotonic`` for the arrival times that RFC 3550's
+jitter wants (rtc.stats, as RtpLeg does).
+"""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from struct import Struct
+from typing import Any, Protocol
+
+from .opus import packet_samples
+
+__all__ = ["ENGAGE_AFTER", "Circuit", "CircuitLeg", "Inbound", "Outbound"]
+
+# packets relayed the express way in a row before a circuit is engaged
+ENGAGE_AFTER = 50
+_SEQUENCE_TIMESTAMP_SSRC = Struct("!HII")
+_HEADER = Struct("!BBHII")
+# Opus TOC bytes of one 20 ms packet whose duration the first byte tells
+# (codes 0-2: RFC 6716 3.2); a code 3 packet goes the general way
+OPUS_20MS = frozenset(
+    toc for toc in range(256) if toc & 3 != 3 and packet_samples(bytes((toc, 0))) == 960
+)
+
+
+class CircuitLeg(Protocol):
+    """What a leg offers a circuit: where it keeps it, and its write-back."""
+
+    _circuit_in: "Circuit | None"
+    _circuit_out: "Circuit | None"
+
+    def circuit_synced_in(self, circuit: "Circuit") -> None: ...
+
+    def circuit_synced_out(self, circuit: "Circuit") -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    """The receiving leg's side: the packet that continues its stream next."""
+
+    ssrc: int
+    payload_type: int
+    sequence_number: int
+    timestamp: int
+    step: int  # timestamp units per packet
+    frame: int  # payload bytes of a 20 ms packet; 0: Opus (its TOC says)
+    clock_rate: int  # for the jitter, in timestamp units
+    unprotect: Callable[[bytes], bytes] | None
+    peer: Any = None  # only datagrams from there (RTP's latch); None: any
+
+
+@dataclass(frozen=True, slots=True)
+class Outbound:
+    """The sending leg's side: the header of its next packet, and how to send it."""
+
+    first: int  # byte 0 (version, extension bit)
+    payload_type: int
+    ssrc: int
+    sequence_number: int
+    timestamp: int
+    step: int
+    extension: bytes  # header extension after the fixed header (e.g. aiortc's mid)
+    protect: Callable[[bytes], bytes] | None
+    sendto: Callable[[bytes, Any], None]
+    address: Any
+    route: Any = None  # what the sending leg checks is still its way to send
+
+
+class Circuit:
+    """One direction's steady-state relay (see the module docstring)."""
+
+    __slots__ = (
+        "_in_leg",
+        "_out_leg",
+        "address",
+        "clock_rate",
+        "extension",
+        "frame",
+        "in_octets",
+        "jitter",
+        "last",
+        "octets",
+        "out_first",
+        "out_octets",
+        "out_payload_type",
+        "out_sequence",
+        "out_ssrc",
+        "out_step",
+        "out_timestamp",
+        "packets",
+        "payload_type",
+        "peer",
+        "protect",
+        "route",
+        "sendto",
+        "sequence_number",
+        "ssrc",
+        "ssrc_bytes",
+        "step",
+        "timestamp",
+        "transit",
+        "unprotect",
+        "wraps",
+    )
+
+    def __init__(
+        self, in_leg: CircuitLeg, inbound: Inbound, out_leg: CircuitLeg, outbound: Outbound
+    ) -> None:
+        self._in_leg: CircuitLeg | None = in_leg
+        self._out_leg: CircuitLeg | None = out_leg
+        self.peer = inbound.peer
+        self.ssrc = inbound.ssrc
+        self.ssrc_bytes = inbound.ssrc.to_bytes(4, "big")
+        self.payload_type = inbound.payload_type
+        self.sequence_number = inbound.sequence_number  # the next packet's
+        self.timestamp = inbound.timestamp
+        self.step = inbound.step
+        self.frame = inbound.frame
+        self.clock_rate = inbound.clock_rate
+        self.unprotect = inbound.unprotect
+        self.out_first = outbound.first
+        self.out_payload_type = outbound.payload_type
+        self.out_ssrc = outbound.ssrc
+        self.out_sequence = outbound.sequence_number  # the next packet's
+        self.out_timestamp = outbound.timestamp
+        self.out_step = outbound.step
+        self.extension = outbound.extension
+        self.protect = outbound.protect
+        self.sendto = outbound.sendto
+        self.address = outbound.address
+        self.route = outbound.route
+        # since the last sync: packets relayed, their payload octets, the
+        # datagrams' octets in and out, sequence number wraps received
+        self.packets = 0
+        self.octets = 0
+        self.in_octets = 0
+        self.out_octets = 0
+        self.wraps = 0
+        # RFC 3550 A.8, kept across syncs: the last relative transit time and
+        # the jitter (timestamp units); the last arrival (time.monotonic())
+        self.transit: float | None = None
+        self.jitter = 0.0
+        self.last = 0.0
+        in_leg._circuit_in = self
+        out_leg._circuit_out = self
+
+    @property
+    def engaged(self) -> bool:
+        return self._in_leg is not None
+
+    def take(self, data: bytes, addr: Any = None) -> bool:
+        """
+        Relay a datagram that continues the stream exactly (True); False, with
+        nothing done, for anything else: the leg's own path handles it (and
+        releases the circuit). A packet that fails SRTP is dropped (True), as
+        the leg would drop it.
+        """
+        if (
+            len(data) < 12
+            or data[1] != self.payload_type
+            or (data[0] & 0xEF) != 0x80  # version 2, no padding or CSRC
+            or (self.peer is not None and addr != self.peer)
+        ):
+            return False
+        sequence_number, timestamp, ssrc = _SEQUENCE_TIMESTAMP_SSRC.unpack_from(data, 2)
+        if (
+            sequence_number != self.sequence_number
+            or timestamp != self.timestamp
+            or ssrc != self.ssrc
+        ):
+            return False
+        size = len(data)
+        unprotect = self.unprotect
+        if unprotect is not None:
+            try:
+                data = unprotect(data)
+            except Exception:
+                return True  # forged or replayed: dropped, as the leg would
+        payload = data[12:] if data[0] == 0x80 else data[16 + 4 * ((data[14] << 8) | data[15]) :]
+        frame = self.frame
+        if (len(payload) != frame) if frame else (not payload or payload[0] not in OPUS_20MS):
+            # not one 20 ms frame: a change of packet time, for the leg's own path
+            if unprotect is None:
+                return False
+            # already unprotected (SRTP would call a second time a replay):
+            # lost, and the leg's path takes the stream from the next packet
+            self.release()
+            return True
+        self.sequence_number = (sequence_number + 1) & 0xFFFF
+        if sequence_number == 0:
+            self.wraps += 1  # past 0xFFFF (RFC 3550 A.1's cycles)
+        self.timestamp = (timestamp + self.step) & 0xFFFFFFFF
+        # RFC 3550 A.8, as rtc.stats.ReceiverStatistics
+        now = time.monotonic()
+        transit = now * self.clock_rate - timestamp
+        previous = self.transit
+        if previous is not None:
+            d = transit - previous
+            if d < 0:
+                d = -d
+            if d < self.clock_rate * 10:  # not across a timestamp wrap
+                self.jitter += (d - self.jitter) / 16
+        self.transit = transit
+        self.last = now
+        self.packets += 1
+        self.octets += len(payload)
+        self.in_octets += size
+        out_sequence = self.out_sequence
+        self.out_sequence = (out_sequence + 1) & 0xFFFF
+        out_timestamp = self.out_timestamp
+        self.out_timestamp = (out_timestamp + self.out_step) & 0xFFFFFFFF
+        packet = (
+            _HEADER.pack(
+                self.out_first, self.out_payload_type, out_sequence, out_timestamp, self.out_ssrc
+            )
+            + self.extension
+            + payload
+        )
+        protect = self.protect
+        if protect is not None:
+            packet = protect(packet)
+        self.out_octets += len(packet)
+        self.sendto(packet, self.address)
+        return True
+
+    def concerns(self, data: bytes) -> bool:
+        """
+        Whether a datagram ``take`` declined is of the stream relayed (its SSRC),
+        so that the circuit must be released before the leg's path handles it;
+        others (RTCP, another stream bundled on the same socket, a stranger's)
+        leave it engaged.
+        """
+        return (
+            data[8:12] == self.ssrc_bytes
+            and data[0] & 0xC0 == 0x80  # RTP version 2, so neither STUN nor DTLS
+            and not 191 < data[1] < 224  # nor RTCP
+        )
+
+    def arrival(self, loop_now: float) -> float:
+        """The last packet's arrival on the clock ``loop_now`` reads (the event loop's)."""
+        return loop_now - (time.monotonic() - self.last)
+
+    def sync(self) -> None:
+        """Hand what happened since the last sync back to both legs."""
+        in_leg, out_leg = self._in_leg, self._out_leg
+        if in_leg is None or out_leg is None or self.packets == 0:
+            return
+        in_leg.circuit_synced_in(self)
+        out_leg.circuit_synced_out(self)
+        self.packets = self.octets = self.in_octets = self.out_octets = self.wraps = 0
+
+    def release(self) -> None:
+        """Sync, then the legs' own paths take over again."""
+        in_leg, out_leg = self._in_leg, self._out_leg
+        if in_leg is None or out_leg is None:
+            return
+        self.sync()
+        self._in_leg = self._out_leg = None
+        if in_leg._circuit_in is self:
+            in_leg._circuit_in = None
+        if out_leg._circuit_out is self:
+            out_leg._circuit_out = None

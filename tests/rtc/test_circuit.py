@@ -1,0 +1,248 @@
+"""
+rtc.circuit: a steady pass-through stream relayed in one step. Pure tests of what a
+circuit takes and hands back, then real calls (browser <-WebRTC-> gateway <-RTP-> phone)
+in which circuits engage both ways: the audio, every counter and statistic, and the
+streams on the wire (no loss, no sequence or timestamp jump) are as without them, also
+across what releases them (DTMF, a lost packet, hold, a re-INVITE).
+"""
+
+from typing import Any
+
+import pytest
+
+import rtc.bridge
+from rtc.circuit import Circuit, Inbound, Outbound
+from rtc.rtp import RTP_FIXED_HEADER, RtpPacket
+
+from .test_passthrough import Call
+
+SSRC = 0x1111
+
+
+class Leg:
+    """A leg as a circuit sees it: records what is synced."""
+
+    def __init__(self) -> None:
+        self._circuit_in: Circuit | None = None
+        self._circuit_out: Circuit | None = None
+        self.synced_in: list[tuple[int, int, int, int]] = []
+        self.synced_out: list[tuple[int, int, int]] = []
+
+    def circuit_synced_in(self, circuit: Circuit) -> None:
+        self.synced_in.append(
+            (circuit.packets, circuit.octets, circuit.sequence_number, circuit.wraps)
+        )
+
+    def circuit_synced_out(self, circuit: Circuit) -> None:
+        self.synced_out.append((circuit.packets, circuit.out_sequence, circuit.out_timestamp))
+
+
+def rtp(seq: int, ts: int, payload: bytes = b"\xff" * 160, ssrc: int = SSRC, pt: int = 0) -> bytes:
+    return bytes(RtpPacket(pt, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc, payload=payload))
+
+
+def circuit(
+    sent: list[tuple[bytes, Any]], seq: int = 100, ts: int = 8000
+) -> tuple[Circuit, Leg, Leg]:
+    a, b = Leg(), Leg()
+    inbound = Inbound(SSRC, 0, seq, ts, 160, 160, 8000, None, peer=("192.0.2.1", 4000))
+    outbound = Outbound(
+        0x80, 8, 0x2222, 65534, 0xFFFFFF00, 160, b"", None, lambda d, a: sent.append((d, a)), "far"
+    )
+    return Circuit(a, inbound, b, outbound), a, b
+
+
+def test_a_circuit_relays_only_what_continues_the_stream() -> None:
+    sent: list[tuple[bytes, Any]] = []
+    c, a, b = circuit(sent)
+    peer = ("192.0.2.1", 4000)
+    assert a._circuit_in is c and b._circuit_out is c and c.engaged
+    assert c.take(rtp(100, 8000), peer)
+    # the sending leg's header: its payload type, SSRC, next sequence number and timestamp
+    out = [RTP_FIXED_HEADER.unpack_from(data) for data, _ in sent]
+    assert out == [(0x80, 8, 65534, 0xFFFFFF00, 0x2222)] and sent[0][1] == "far"
+    assert sent[0][0][12:] == b"\xff" * 160
+    declined = [
+        rtp(102, 8320),  # a packet lost before it
+        rtp(101, 8320, ssrc=SSRC + 1),  # another stream
+        rtp(101, 8480),  # a timestamp jump
+        rtp(101, 8160, pt=8),  # another codec
+        rtp(101, 8160, payload=b"\xff" * 80),  # not 20 ms
+        bytes(RtpPacket(0, 101, 8160, SSRC, payload=b"\xff" * 160, marker=True)),
+        b"\x80\x00",  # not even a header
+    ]
+    for data in declined:
+        assert not c.take(data, peer)
+    assert not c.take(rtp(101, 8160), ("192.0.2.1", 4001))  # from elsewhere
+    assert len(sent) == 1
+    # the wraps of both sides' sequence numbers and timestamps
+    for k in range(1, 4):
+        assert c.take(rtp(100 + k, 8000 + 160 * k), peer)
+    out = [RTP_FIXED_HEADER.unpack_from(data)[2:4] for data, _ in sent]
+    assert out == [(65534, 0xFFFFFF00), (65535, 0xFFFFFFA0), (0, 0x40), (1, 0xE0)]
+    c.sync()
+    assert a.synced_in == [(4, 640, 104, 0)] and b.synced_out == [(4, 2, 0x180)]
+    c.sync()  # nothing new: nothing handed back
+    assert len(a.synced_in) == 1
+    c.release()
+    assert a._circuit_in is None and b._circuit_out is None and not c.engaged
+    c.release()
+
+
+def test_received_sequence_wraps_are_counted_for_the_statistics() -> None:
+    sent: list[tuple[bytes, Any]] = []
+    c, a, _ = circuit(sent, seq=0xFFFE, ts=0)
+    for k in range(4):
+        assert c.take(rtp(0xFFFE + k, 160 * k), ("192.0.2.1", 4000))
+    c.release()
+    assert a.synced_in == [(4, 640, 2, 1)]
+
+
+# --------------------------------------------------------------------------- real calls
+
+
+def engaged(call: Call) -> tuple[bool, bool]:
+    """(browser -> SIP, SIP -> browser) relayed by circuits now."""
+    return call.client._circuit_in is not None, call.far._circuit_in is not None
+
+
+async def stream_stats(call: Call) -> dict[str, Any]:
+    browser, phone = await call.browser.stats(), call.phone.stats()
+    client, far = await call.client.stats(), call.far.stats()
+    return {
+        "browser_lost": browser.packets_lost,
+        "phone_lost": phone.packets_lost,
+        "browser_received": browser.packets_received,
+        "phone_received": phone.packets_received,
+        "client_received": client.packets_received,
+        "client_lost": client.packets_lost,
+        "far_received": far.packets_received,
+        "far_lost": far.packets_lost,
+        "far_sent": far.packets_sent,
+        "client_sent": client.packets_sent,
+        "phone_jitter": phone.jitter_ms,
+        "far_jitter": far.jitter_ms,
+    }
+
+
+@pytest.mark.parametrize(("browser_pt", "codec"), [("0", "PCMU"), (None, "opus")])
+async def test_circuits_engage_both_ways_and_the_call_is_the_same(
+    browser_pt: str | None, codec: str
+) -> None:
+    call = Call(browser_pt, (codec,))
+    await call.setup()
+    try:
+        call.bridge.connect(call.far)
+        await call.exchange(1.5)
+        assert engaged(call) == (True, True)
+        decoded = call.client.decoded + call.far.frames_decoded
+        at_phone, at_browser = await call.exchange(1.5)
+        assert engaged(call) == (True, True)
+        call.check(at_phone, at_browser, 1000, 700)
+        assert call.client.decoded + call.far.frames_decoded == decoded
+        stats = await stream_stats(call)
+        # on loopback: nothing lost, every packet sent counted where it arrived
+        assert stats["browser_lost"] == 0 and stats["phone_lost"] == 0, stats
+        assert stats["client_lost"] == 0 and stats["far_lost"] == 0, stats
+        assert stats["far_received"] >= 140 and stats["client_received"] >= 140, stats
+        assert abs(stats["far_received"] - stats["browser_received"]) <= 5, stats
+        assert abs(stats["client_received"] - stats["phone_received"]) <= 5, stats
+        assert abs(stats["far_sent"] - stats["phone_received"]) <= 3, stats
+        assert abs(stats["client_sent"] - stats["browser_received"]) <= 3, stats
+        assert stats["far_jitter"] is not None and stats["far_jitter"] < 10, stats
+    finally:
+        await call.close()
+
+
+async def test_what_releases_a_circuit_leaves_the_streams_whole() -> None:
+    """
+    DTMF toward the browser and toward SIP, and a hold and resume of the phone by
+    re-INVITE, each release the circuits; the legs' own paths go on from where the
+    circuits left (the far ends see no loss and no repeated sequence number), and
+    the circuits engage again once the stream is steady.
+    """
+    call = Call("0", ("PCMU",))
+    await call.setup()
+    digits_at_browser: list[str] = []
+    call.browser.on_dtmf = digits_at_browser.append
+    try:
+        call.bridge.connect(call.far)
+        await call.exchange(1.5)
+        assert engaged(call) == (True, True)
+        call.client.send_dtmf("1")  # toward the browser: the SIP -> browser circuit goes
+        assert not engaged(call)[1]
+        call.far.send_dtmf("2")  # toward the phone: browser -> SIP's
+        assert not engaged(call)[0]
+        await call.exchange(1.5)
+        assert digits_at_browser == ["1"]
+        assert engaged(call) == (True, True)
+        # the phone holds and resumes (re-INVITEs): negotiations release
+        call.far.apply_answer(call.phone.create_answer(call.far.create_offer("sendonly")))
+        assert engaged(call) == (False, False)
+        await call.exchange(0.5)
+        call.far.apply_answer(call.phone.create_answer(call.far.create_offer("sendrecv")))
+        at_phone, at_browser = await call.exchange(2.0)
+        assert engaged(call) == (True, True)
+        call.check(at_phone, at_browser, 1000, 700)
+        stats = await stream_stats(call)
+        assert stats["browser_lost"] == 0, stats
+        assert stats["client_lost"] == 0 and stats["far_lost"] == 0, stats
+    finally:
+        await call.close()
+
+
+class DropOne:
+    """A transport that loses the ``nth`` datagram sent through it."""
+
+    def __init__(self, transport: Any, nth: int) -> None:
+        self._transport = transport
+        self._nth = nth
+        self.sent = 0
+
+    def sendto(self, data: bytes, addr: Any = None) -> None:
+        self.sent += 1
+        if self.sent != self._nth:
+            self._transport.sendto(data, addr)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+async def test_a_lost_packet_releases_and_the_gap_is_passed_on() -> None:
+    """A packet lost on the way from the phone: the circuit declines the next one, the
+    leg's own path takes it (the loss is counted, the browser's decoder conceals the
+    gap), and a circuit engages again once the stream is steady."""
+    call = Call("0", ("PCMU",))
+    await call.setup()
+    try:
+        call.bridge.connect(call.far)
+        await call.exchange(1.5)
+        assert engaged(call)[1]
+        lossy = DropOne(call.phone._transport, 10)
+        call.phone._transport = lossy  # type: ignore[assignment]
+        await call.exchange(0.5)
+        assert lossy.sent > 10
+        await call.exchange(1.5)
+        assert engaged(call)[1]
+        assert call.far.stats().packets_lost == 1
+        stats = await stream_stats(call)
+        assert stats["browser_lost"] == 0, stats
+    finally:
+        await call.close()
+
+
+async def test_without_circuits_the_same_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same call with circuits never engaged: counters and statistics agree."""
+    monkeypatch.setattr(rtc.bridge, "ENGAGE_AFTER", 10**9)
+    call = Call("0", ("PCMU",))
+    await call.setup()
+    try:
+        call.bridge.connect(call.far)
+        await call.exchange(3.0)
+        assert engaged(call) == (False, False)
+        stats = await stream_stats(call)
+        assert stats["browser_lost"] == 0 and stats["phone_lost"] == 0, stats
+        assert abs(stats["far_received"] - stats["browser_received"]) <= 5, stats
+        assert abs(stats["client_received"] - stats["phone_received"]) <= 5, stats
+    finally:
+        await call.close()

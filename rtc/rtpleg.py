@@ -468,11 +468,6 @@ class RtpLeg(ReceivingPort):
         self._playout_resampler: Resampler | None = None
         self._detect_resampler: Resampler | None = None  # to 8 kHz for DtmfDetector
         self._playout_timer = DeadlineTimer(self._play)
-        # a packet that is not a whole number of 20 ms frames (ptime 10, 30):
-        # contiguous samples collected until they make whole frames
-        self._partial = np.zeros(0, dtype=np.int16)
-        self._partial_ts = 0
-        self._partial_ssrc: int | None = None
 
     @classmethod
     async def open(
@@ -1415,28 +1410,12 @@ class RtpLeg(ReceivingPort):
         self, ssrc: int, timestamp: int, marker: bool, samples: npt.NDArray[np.int16], now: float
     ) -> None:
         """
-        Into the jitter buffer in whole 20 ms frames, then play what is ready.
-        ``timestamp`` is in samples of the buffer's rate; ``now``: the arrival.
+        Into the jitter buffer, then play what is ready. ``timestamp`` is in
+        samples of the buffer's rate; ``now``: the arrival. A packet of another
+        ptime (10, 30 ms...) is cut into 20 ms frames there (its FrameAssembler:
+        on the stream's grid, in any arrival order).
         """
-        size = self._jitter.frame_samples
-        if len(self._partial) == 0 and len(samples) % size == 0:
-            self._jitter.put(ssrc, timestamp, samples, now, marker)
-        else:
-            # the far end uses another ptime: cut the stream into 20 ms frames
-            contiguous = (
-                ssrc == self._partial_ssrc
-                and timestamp == (self._partial_ts + len(self._partial)) & 0xFFFFFFFF
-            )
-            if not contiguous:
-                self._partial = samples[:0]
-                self._partial_ts = timestamp
-                self._partial_ssrc = ssrc
-            pending = np.concatenate((self._partial, samples))
-            whole = len(pending) - len(pending) % size
-            if whole:
-                self._jitter.put(ssrc, self._partial_ts, pending[:whole], now, marker)
-            self._partial = pending[whole:]
-            self._partial_ts = (self._partial_ts + whole) & 0xFFFFFFFF
+        self._jitter.put(ssrc, timestamp, samples, now, marker)
         self._play(now)
 
     def _play(self, now: float) -> None:
@@ -1470,8 +1449,6 @@ class RtpLeg(ReceivingPort):
         self._playout_timer.cancel()
         self._jitter.reset()
         self._packets.reset()
-        self._partial = self._partial[:0]
-        self._partial_ssrc = None
 
     def _deliver(self, samples: npt.NDArray[np.int16]) -> None:
         """A frame at the jitter buffer's rate: DTMF detection, then to read()."""

@@ -41,6 +41,8 @@ CADENCES: dict[str, Cadence] = {
     "us": Cadence((440, 480), (2.0, 4.0)),
     "uk": Cadence((400, 450), (0.4, 0.2, 0.4, 2.0)),
     "de": Cadence((425,), (1.0, 4.0)),
+    # ETSI ES 201 970 / CEPT's common European tones (what most of the EU uses)
+    "eu": Cadence((425,), (1.0, 4.0)),
     "fr": Cadence((440,), (1.5, 3.5)),
     "jp": Cadence((400,), (1.0, 2.0), modulation=16),
 }
@@ -54,6 +56,7 @@ TONES: dict[str, dict[str, Cadence]] = {
         "us": Cadence((480, 620), (0.5, 0.5)),
         "uk": Cadence((400,), (0.375, 0.375)),
         "de": Cadence((425,), (0.48, 0.48)),
+        "eu": Cadence((425,), (0.5, 0.5)),
         "fr": Cadence((440,), (0.5, 0.5)),
         "jp": Cadence((400,), (0.5, 0.5), modulation=16),
     },
@@ -61,6 +64,7 @@ TONES: dict[str, dict[str, Cadence]] = {
         "us": Cadence((480, 620), (0.25, 0.25)),
         "uk": Cadence((400,), (0.4, 0.35, 0.225, 0.525)),
         "de": Cadence((425,), (0.24, 0.24)),
+        "eu": Cadence((425,), (0.25, 0.25)),
         "fr": Cadence((440,), (0.25, 0.25)),
         "jp": Cadence((400,), (0.5, 0.5), modulation=16),
     },
@@ -68,6 +72,7 @@ TONES: dict[str, dict[str, Cadence]] = {
         "us": Cadence((440,), (0.3, 9.7)),
         "uk": Cadence((400,), (0.1, 2.0, 0.1, 7.8)),
         "de": Cadence((425,), (0.2, 0.2, 0.2, 5.0)),
+        "eu": Cadence((425,), (0.2, 0.2, 0.2, 5.0)),
         "fr": Cadence((440,), (0.3, 10.0)),
         "jp": Cadence((400,), (0.5, 0.5, 0.5, 3.5), modulation=16),
     },

@@ -235,7 +235,7 @@ def test_auth_modes_accepted(mode: str) -> None:
     assert parse_config({"auth": auth}, SRC).auth.mode == mode
 
 
-@pytest.mark.parametrize("country", ["us", "uk", "de", "fr", "jp"])
+@pytest.mark.parametrize("country", ["us", "uk", "de", "eu", "fr", "jp"])
 def test_ringback_countries(country: str) -> None:
     assert parse_config({"media": {"ringback": country}}, SRC).media.ringback == country
 
@@ -322,7 +322,7 @@ def test_explicitly_empty_directory() -> None:
         ({"pbx": {"username": "u"}}, "[pbx] username", "uri"),
         ({"auth": {"mode": "jwt"}}, "[auth] mode",
          'must be one of none | password | token | both, got "jwt"'),
-        ({"media": {"ringback": "xx"}}, "[media] ringback", "us | uk | de | fr | jp"),
+        ({"media": {"ringback": "xx"}}, "[media] ringback", "us | uk | de | eu | fr | jp"),
         ({"media": {"rtp_host": "localhost"}}, "[media] rtp_host", "IP address"),
         ({"media": {"rtp_port_min": 70000}}, "[media] rtp_port_min", "between"),
         ({"media": {"rtp_port_min": 20000, "rtp_port_max": 10000}}, "[media] rtp_port_max",

@@ -92,7 +92,7 @@ def test_edges_are_ramped_not_clicked() -> None:
 def test_unknown_country() -> None:
     with pytest.raises(ValueError):
         RingbackGenerator("xx")
-    assert {"us", "uk", "de", "fr", "jp"} <= set(CADENCES)
+    assert {"us", "uk", "de", "eu", "fr", "jp"} <= set(CADENCES)
     assert RingbackGenerator("US").cadence == CADENCES["us"]
 
 
@@ -111,7 +111,7 @@ def test_shortcuts_match_the_shaped_signal(country: str) -> None:
 
 
 @pytest.mark.parametrize("tone", ["busy", "congestion", "call-waiting", "ringback"])
-@pytest.mark.parametrize("country", ["us", "uk", "de", "fr", "jp"])
+@pytest.mark.parametrize("country", ["us", "uk", "de", "eu", "fr", "jp"])
 def test_progress_tones_follow_their_cadence(tone: str, country: str) -> None:
     cadence = TONES[tone][country]
     generator = ToneGenerator(tone, country, 8000)

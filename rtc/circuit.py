@@ -69,6 +69,18 @@ OPUS_20MS = frozenset(
 )
 
 
+def _opus_20ms(payload: bytes) -> bool:
+    """One 20 ms Opus packet: by its TOC byte, or (code 3, e.g. padded CBR) its frame count."""
+    if not payload:
+        return False
+    if payload[0] in OPUS_20MS:
+        return True
+    try:
+        return payload[0] & 3 == 3 and packet_samples(payload) == 960
+    except ValueError:
+        return False
+
+
 class CircuitLeg(Protocol):
     """What a leg offers a circuit: where it keeps it, and its write-back."""
 
@@ -93,6 +105,10 @@ class Inbound:
     clock_rate: int  # for the jitter, in timestamp units
     unprotect: Callable[[bytes], bytes] | None
     peer: Any = None  # only datagrams from there (RTP's latch); None: any
+    # RFC 3550 A.8 as the leg's statistics stand (timestamp units): the
+    # estimate goes on from there rather than from nothing
+    jitter: float = 0.0
+    transit: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,8 +200,8 @@ class Circuit:
         self.wraps = 0
         # RFC 3550 A.8, kept across syncs: the last relative transit time and
         # the jitter (timestamp units); the last arrival (time.monotonic())
-        self.transit: float | None = None
-        self.jitter = 0.0
+        self.transit = inbound.transit
+        self.jitter = inbound.jitter
         self.last = 0.0
         in_leg._circuit_in = self
         out_leg._circuit_out = self
@@ -224,7 +240,7 @@ class Circuit:
                 return True  # forged or replayed: dropped, as the leg would
         payload = data[12:] if data[0] == 0x80 else data[16 + 4 * ((data[14] << 8) | data[15]) :]
         frame = self.frame
-        if (len(payload) != frame) if frame else (not payload or payload[0] not in OPUS_20MS):
+        if (len(payload) != frame) if frame else not _opus_20ms(payload):
             # not one 20 ms frame: a change of packet time, for the leg's own path
             if unprotect is None:
                 return False
@@ -269,18 +285,22 @@ class Circuit:
         self.sendto(packet, self.address)
         return True
 
-    def concerns(self, data: bytes) -> bool:
+    def concerns(self, data: bytes, addr: Any = None) -> bool:
         """
-        Whether a datagram ``take`` declined is of the stream relayed (its SSRC),
-        so that the circuit must be released before the leg's path handles it;
-        others (RTCP, another stream bundled on the same socket, a stranger's)
-        leave it engaged.
+        Whether a datagram ``take`` declined is of the stream relayed, so that
+        the circuit must be released before the leg's path handles it: RTP of
+        its SSRC (from anywhere: the latch may move), or from the latched peer
+        (another SSRC: the peer switched sources), or where there is no latch,
+        of its payload type (a new SSRC). RTCP, another stream bundled on the
+        same socket (video) and a stranger's packets leave it engaged.
         """
-        return (
-            data[8:12] == self.ssrc_bytes
-            and data[0] & 0xC0 == 0x80  # RTP version 2, so neither STUN nor DTLS
-            and not 191 < data[1] < 224  # nor RTCP
-        )
+        if len(data) < 12 or data[0] & 0xC0 != 0x80 or 191 < data[1] < 224:
+            return False  # not RTP (STUN, DTLS, RTCP)
+        if data[8:12] == self.ssrc_bytes:
+            return True
+        if self.peer is not None:
+            return bool(addr == self.peer)
+        return data[1] & 0x7F == self.payload_type
 
     def arrival(self, loop_now: float) -> float:
         """The last packet's arrival on the clock ``loop_now`` reads (the event loop's)."""

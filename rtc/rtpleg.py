@@ -578,6 +578,8 @@ class RtpLeg(ReceivingPort):
             self._send(frame)
 
     def send_passed(self, codec: str, payload: bytes, now: float) -> bool:
+        if self._circuit_out is not None:
+            self._circuit_out.release()  # the express way sends now
         current = self._codec
         if current is None or _LOWER_NAMES[current.name] != codec:
             return False
@@ -620,6 +622,8 @@ class RtpLeg(ReceivingPort):
             clock_rate=spec.clock_rate,
             unprotect=self._srtp.unprotect if self._srtp is not None else None,
             peer=peer,
+            jitter=receiver.jitter_units,
+            transit=receiver.transit,
         )
 
     def circuit_outbound(self, codec: str, now: float) -> Outbound | None:
@@ -663,7 +667,11 @@ class RtpLeg(ReceivingPort):
         self.frames_passed += packets
         self.last_received = arrival
         self._timeout_fired = False
-        self._rtcp.receiver.extend(
+        receiver = self._rtcp.receiver
+        following = self._packets.following
+        if receiver.ssrc != circuit.ssrc or following is None or following[0] != circuit.ssrc:
+            return  # another source since: what the circuit relayed is not its
+        receiver.extend(
             packets,
             circuit.octets,
             (circuit.sequence_number - 1) & 0xFFFF,
@@ -1132,6 +1140,9 @@ class RtpLeg(ReceivingPort):
         if self._sending:
             fill, again = self._clock.fill(now)
             if fill:
+                # the stream stopped: the leg sends by itself, not a circuit
+                if self._circuit_out is not None:
+                    self._circuit_out.release()
                 self.frames_filled += 1
                 self._send(None, now)
         else:
@@ -1232,7 +1243,7 @@ class RtpLeg(ReceivingPort):
         if circuit is not None:
             if circuit.take(data, addr):
                 return
-            if circuit.concerns(data):
+            if circuit.concerns(data, addr):
                 circuit.release()
         if self._closed:
             return

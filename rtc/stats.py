@@ -173,6 +173,16 @@ class ReceiverStatistics:
                 self._jitter += (d - self._jitter) / 16
         self._transit = transit
 
+    @property
+    def jitter_units(self) -> float:
+        """The A.8 jitter estimate, in timestamp units."""
+        return self._jitter
+
+    @property
+    def transit(self) -> float | None:
+        """The last packet's relative transit time (A.8), in timestamp units."""
+        return self._transit
+
     def extend(
         self,
         packets: int,

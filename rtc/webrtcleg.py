@@ -738,6 +738,8 @@ class WebRtcLeg(ReceivingPort):
         self._track.clock.skip(frames, asyncio.get_running_loop().time())
 
     def send_passed(self, codec: str, payload: bytes, now: float) -> bool:
+        if self._circuit_out is not None:
+            self._circuit_out.release()  # the express way sends now
         return self._closed or self._track.relay(codec, payload, now)
 
     def circuit_inbound(self, codec: str) -> Inbound | None:
@@ -780,6 +782,7 @@ class WebRtcLeg(ReceivingPort):
             frame=0 if codec == "opus" else G711_FRAME,
             clock_rate=spec.clockRate,
             unprotect=dtls._rx_srtp.unprotect,
+            jitter=stream._jitter_q4 / 16,
         )
 
     def circuit_outbound(self, codec: str, now: float) -> Outbound | None:
@@ -829,8 +832,10 @@ class WebRtcLeg(ReceivingPort):
                 wall = time.time() - (time.monotonic() - circuit.last)
                 stream._last_arrival = int(wall * stream._clockrate)
                 stream._last_timestamp = (circuit.timestamp - circuit.step) & 0xFFFFFFFF
-        if self._jitter is not None:
-            self._jitter.followed(packets, last_sequence)
+        jitter = self._jitter
+        following = None if jitter is None else jitter.following
+        if jitter is not None and following is not None and following[0] == circuit.ssrc:
+            jitter.followed(packets, last_sequence)
 
     def circuit_synced_out(self, circuit: Circuit) -> None:
         packets = circuit.packets
@@ -1407,6 +1412,9 @@ class WebRtcLeg(ReceivingPort):
             track = self._track
             fill, again = track.clock.fill(now)
             if fill:
+                # the stream stopped: the leg sends by itself, not a circuit
+                if self._circuit_out is not None:
+                    self._circuit_out.release()
                 track.filled += 1
                 track.send(None, now, written=False)
         else:

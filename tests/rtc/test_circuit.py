@@ -6,6 +6,7 @@ streams on the wire (no loss, no sequence or timestamp jump) are as without them
 across what releases them (DTMF, a lost packet, hold, a re-INVITE).
 """
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -244,5 +245,108 @@ async def test_without_circuits_the_same_counts(monkeypatch: pytest.MonkeyPatch)
         assert stats["browser_lost"] == 0 and stats["phone_lost"] == 0, stats
         assert abs(stats["far_received"] - stats["browser_received"]) <= 5, stats
         assert abs(stats["client_received"] - stats["phone_received"]) <= 5, stats
+    finally:
+        await call.close()
+
+
+def test_jitter_goes_on_from_the_legs_estimate_and_opus_code_3_is_taken() -> None:
+    """An engage does not restart RFC 3550 jitter from nothing (it went out in reports
+    and stats() at a fraction of the real value after every release); a 20 ms Opus
+    packet of code 3 (padded CBR, as many phones send) is relayed, not lost."""
+    sent: list[tuple[bytes, Any]] = []
+    a, b = Leg(), Leg()
+    inbound = Inbound(SSRC, 111, 100, 0, 960, 0, 48000, None, jitter=96.0, transit=5.0)
+    outbound = Outbound(0x80, 96, 0x2222, 1, 0, 960, b"", None, lambda d, a: sent.append((d, a)), 1)
+    c = Circuit(a, inbound, b, outbound)
+    assert c.jitter == 96.0 and c.transit == 5.0
+    code3 = bytes((0x0B, 0x81, 7)) + bytes(60)  # SILK WB 20 ms, code 3, one frame, padding
+    assert c.take(rtp(100, 0, code3, pt=111))
+    assert c.take(rtp(101, 960, bytes((0x08,)) + bytes(40), pt=111))  # code 0
+    assert not c.take(rtp(102, 1920, bytes((0x0B, 0x82)) + bytes(60), pt=111))  # 40 ms
+    assert len(sent) == 2
+
+
+def test_what_concerns_the_stream_releases() -> None:
+    """Declined datagrams that are of the stream all the same release the circuit:
+    its SSRC from anywhere, anything from the latched peer (a new SSRC); not RTCP,
+    nor a stranger's other stream."""
+    c, _, _ = circuit([])
+    peer = ("192.0.2.1", 4000)
+    assert c.concerns(rtp(150, 0), ("192.0.2.9", 9))  # our SSRC, another address
+    assert c.concerns(rtp(1, 0, ssrc=0x5EED), peer)  # the peer switched sources
+    assert not c.concerns(rtp(1, 0, ssrc=0x5EED), ("192.0.2.9", 9))  # a stranger
+    rtcp = bytes((0x80, 200)) + bytes(6) + SSRC.to_bytes(4, "big") + bytes(16)
+    assert not c.concerns(rtcp, peer)
+    unlatched = Circuit(
+        Leg(),
+        Inbound(SSRC, 0, 1, 0, 160, 160, 8000, None),
+        Leg(),
+        Outbound(0x80, 0, 1, 1, 0, 160, b"", None, lambda d, a: None, 1),
+    )
+    assert unlatched.concerns(rtp(1, 0, ssrc=0x5EED))  # same payload type, new SSRC
+    assert not unlatched.concerns(rtp(1, 0, ssrc=0x5EED, pt=100))  # video bundled
+
+
+class HoldBurst:
+    """A transport that keeps what is sent while ``holding`` and sends it all at once."""
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self.holding = False
+        self.held: list[tuple[bytes, Any]] = []
+
+    def sendto(self, data: bytes, addr: Any = None) -> None:
+        if self.holding:
+            self.held.append((data, addr))
+        else:
+            self._transport.sendto(data, addr)
+
+    def flush(self) -> None:
+        self.holding = False
+        held, self.held = self.held, []
+        for data, addr in held:
+            self._transport.sendto(data, addr)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+async def test_a_stall_then_a_burst_and_a_new_source_keep_the_streams_whole() -> None:
+    """
+    The phone's packets held 400 ms on the way and then delivered in a burst: the leg
+    sends filler meanwhile by itself, which releases the circuit (before, the circuit
+    went on afterwards from its old sequence numbers: the browser dropped 9 packets as
+    SRTP replays). Then the phone switches sources (new SSRC, sequence numbers and
+    timestamps, no re-INVITE): the circuit is released before the leg counts the new
+    source (before, the old source's packets were counted into it: thousands "lost").
+    """
+    call = Call("0", ("PCMU",))
+    await call.setup()
+    try:
+        burst = HoldBurst(call.phone._transport)
+        call.phone._transport = burst  # type: ignore[assignment]
+        call.bridge.connect(call.far)
+        await call.exchange(1.5)
+        assert engaged(call)[1]
+        before = await call.browser.stats()
+        exchange = asyncio.ensure_future(call.exchange(2.0))
+        await asyncio.sleep(0.3)
+        burst.holding = True
+        await asyncio.sleep(0.4)
+        assert call.client._track.filled > 0
+        burst.flush()
+        await asyncio.sleep(0.5)
+        call.phone._ssrc = 0x5EED5EED
+        call.phone._sequence_number = 40000
+        call.phone._clock._timestamp += 123456 * 160
+        await exchange
+        after = await call.browser.stats()
+        # every packet the client sent reached the browser: none taken for a replay
+        sent = (await call.client.stats()).packets_sent
+        assert after.packets_received - before.packets_received >= 90
+        assert abs(after.packets_received - sent) <= 3, (after.packets_received, sent)
+        far = call.far.stats()
+        assert 0 <= far.packets_lost <= 2, far
+        assert call.far._packets.late == 0
     finally:
         await call.close()

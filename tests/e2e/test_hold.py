@@ -132,17 +132,28 @@ async def test_far_party_hold_from_sip(gateway, sipp, clients):
     assert await caller.wait(15) == 0, caller.logs()[-3000:]
 
 
-@pytest.mark.parametrize("gateway", ["[media]\ntimeout = 2\n"], indirect=True)
-async def test_far_party_rfc2543_hold_from_sip(gateway, sipp, clients):
-    """A SIP caller holds the web user with c=0.0.0.0 and no direction (RFC 2543), and
-    sends nothing for longer than the [media] timeout: `holding` (not a media failure),
-    then `active` again after the resume, with the audio back."""
+@pytest.mark.parametrize(
+    ("gateway", "scenario", "what"),
+    [
+        # c=0.0.0.0 and no direction (RFC 2543), nothing sent for longer than the
+        # [media] timeout: `holding`, not a media failure
+        ("[media]\ntimeout = 2\n", "uac_hold_rfc2543", "the RFC 2543 resume"),
+        # a=sendonly, then a re-INVITE without SDP: the gateway's 200 offers
+        # a=sendrecv (the scenario checks) and the ACK's answer resumes
+        ("", "uac_hold_late_offer_resume", "the late-offer resume"),
+    ],
+    indirect=["gateway"],
+    ids=["rfc2543", "late-offer"],
+)
+async def test_far_party_holds_and_resumes_from_sip(gateway, sipp, clients, scenario, what):
+    """A SIP caller holds the web user and resumes, the old ways: `holding`, then
+    `active` again, with the audio back."""
     alice: JsonV1Client = await clients(gateway, name="alice")
     alice.incoming_freq = 1000.0
     await alice.login("1001", "Alice")
     caller = sipp.scenario(
-        "uac_hold_2543",
-        "uac_hold_rfc2543.xml",
+        scenario,
+        f"{scenario}.xml",
         gateway.sip_target,
         port=gateway.pbx_port,
         number="1001",
@@ -156,40 +167,9 @@ async def test_far_party_rfc2543_hold_from_sip(gateway, sipp, clients):
     await call._until(
         lambda: call.states[-1] == "active" and "holding" in call.states,
         15.0,
-        "active again after holding",
+        f"active again after {what}",
     )
-    await check_tone_after(call, 1000.0, "echo after the far party resumed")
-    ended = await call.wait_state("terminated", timeout=15)
-    assert ended.get("reason") == "success", ended
-    assert await caller.wait(15) == 0, caller.logs()[-3000:]
-
-
-async def test_far_party_resumes_with_a_late_offer(gateway, sipp, clients):
-    """A SIP caller holds the web user (a=sendonly) and resumes with a re-INVITE without
-    SDP: the gateway's 200 offers a=sendrecv (the scenario checks), the answer in the
-    ACK takes the call back to `active`, with the audio flowing again."""
-    alice: JsonV1Client = await clients(gateway, name="alice")
-    alice.incoming_freq = 1000.0
-    await alice.login("1001", "Alice")
-    caller = sipp.scenario(
-        "uac_hold_late",
-        "uac_hold_late_offer_resume.xml",
-        gateway.sip_target,
-        port=gateway.pbx_port,
-        number="1001",
-        extra=["-rtp_echo"],
-    )
-    call = await alice.wait_incoming(timeout=15)
-    await call.accept()
-    await call.answer()
-    await call.wait_state("active", timeout=20)
-    await call.wait_state("holding", timeout=15)
-    await call._until(
-        lambda: call.states[-1] == "active" and "holding" in call.states,
-        15.0,
-        "active again after the late-offer resume",
-    )
-    await check_tone_after(call, 1000.0, "echo after the late-offer resume")
+    await check_tone_after(call, 1000.0, f"echo after {what}")
     ended = await call.wait_state("terminated", timeout=15)
     assert ended.get("reason") == "success", ended
     assert await caller.wait(15) == 0, caller.logs()[-3000:]

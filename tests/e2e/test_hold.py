@@ -102,39 +102,11 @@ async def test_hold_between_web_clients(gateway, clients):
     await check_tone_after(b, 600.0, "bob hears alice after retrieve")
 
 
-async def test_far_party_hold_from_sip(gateway, sipp, clients):
-    """A SIP caller holds the web user (re-INVITE a=sendonly) and resumes: `holding`, then
-    `active` again, with the audio back after the resume."""
-    alice: JsonV1Client = await clients(gateway, name="alice")
-    alice.incoming_freq = 1000.0
-    await alice.login("1001", "Alice")
-    caller = sipp.scenario(
-        "uac_hold",
-        "uac_hold_resume.xml",
-        gateway.sip_target,
-        port=gateway.pbx_port,
-        number="1001",
-        extra=["-rtp_echo"],
-    )
-    call = await alice.wait_incoming(timeout=15)
-    await call.accept()
-    await call.answer()
-    await call.wait_state("active", timeout=20)
-    await call.wait_state("holding", timeout=15)
-    await call._until(
-        lambda: call.states[-1] == "active" and "holding" in call.states,
-        15.0,
-        "active again after holding",
-    )
-    await check_tone_after(call, 1000.0, "echo after the far party resumed")
-    ended = await call.wait_state("terminated", timeout=15)
-    assert ended.get("reason") == "success", ended
-    assert await caller.wait(15) == 0, caller.logs()[-3000:]
-
-
 @pytest.mark.parametrize(
     ("gateway", "scenario", "what"),
     [
+        # re-INVITE a=sendonly, then a=sendrecv
+        ("", "uac_hold_resume", "the resume"),
         # c=0.0.0.0 and no direction (RFC 2543), nothing sent for longer than the
         # [media] timeout: `holding`, not a media failure
         ("[media]\ntimeout = 2\n", "uac_hold_rfc2543", "the RFC 2543 resume"),
@@ -143,11 +115,11 @@ async def test_far_party_hold_from_sip(gateway, sipp, clients):
         ("", "uac_hold_late_offer_resume", "the late-offer resume"),
     ],
     indirect=["gateway"],
-    ids=["rfc2543", "late-offer"],
+    ids=["sendonly", "rfc2543", "late-offer"],
 )
 async def test_far_party_holds_and_resumes_from_sip(gateway, sipp, clients, scenario, what):
-    """A SIP caller holds the web user and resumes, the old ways: `holding`, then
-    `active` again, with the audio back."""
+    """A SIP caller holds the web user and resumes: `holding`, then `active` again,
+    with the audio back after the resume."""
     alice: JsonV1Client = await clients(gateway, name="alice")
     alice.incoming_freq = 1000.0
     await alice.login("1001", "Alice")

@@ -1063,6 +1063,9 @@ class WebRtcLeg(ReceivingPort):
                     restart.cancel()
                 if self._restarts is restarts:
                     self._restarts = []
+                # a new pair may be nominated: a circuit would send on the old one
+                # until the next fill tick
+                self._release_circuits()
 
         for restart in restarts:
             restart.started = True

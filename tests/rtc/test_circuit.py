@@ -350,3 +350,30 @@ async def test_a_stall_then_a_burst_and_a_new_source_keep_the_streams_whole() ->
         assert call.far._packets.late == 0
     finally:
         await call.close()
+
+
+async def test_a_finished_ice_restart_releases_the_circuits() -> None:
+    """An ICE restart may nominate a new pair: a circuit, which holds the old pair's
+    sendto and address, must not go on sending there until the next fill tick."""
+    from rtc.webrtcleg import WebRtcLeg
+
+    released: list[str] = []
+
+    class Engaged:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def release(self) -> None:
+            released.append(self.name)
+
+    leg = WebRtcLeg()
+    try:
+        leg._circuit_in = Engaged("in")  # type: ignore[assignment]
+        leg._circuit_out = Engaged("out")  # type: ignore[assignment]
+        leg._run_ice_restart()
+        assert leg._restart_task is not None
+        await leg._restart_task
+        assert released == ["in", "out"]
+    finally:
+        leg._circuit_in = leg._circuit_out = None
+        await leg.close()

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from struct import pack, unpack_from
 from typing import NamedTuple
 
+from .rtp import ts_diff
+
 __all__ = [
     "DIGITS",
     "MAX_DURATION",
@@ -145,11 +147,6 @@ def event_schedule(
     return schedule
 
 
-def _signed(difference: int) -> int:
-    """A difference of two 32-bit RTP timestamps, across the wrap."""
-    return (difference + 0x80000000) % 0x100000000 - 0x80000000
-
-
 @dataclass
 class _KeyPress:
     """The latest key press of one SSRC: its current segment."""
@@ -176,7 +173,7 @@ class _KeyPress:
         """
         if code != self.code or (self.ended and self.duration < MAX_DURATION):
             return False
-        return abs(_signed(timestamp - self.start - MAX_DURATION)) <= SEGMENT_SLACK
+        return abs(ts_diff(timestamp, self.start + MAX_DURATION)) <= SEGMENT_SLACK
 
 
 class DtmfEventReceiver:

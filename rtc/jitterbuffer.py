@@ -49,6 +49,8 @@ from typing import Generic, TypeVar
 import numpy as np
 import numpy.typing as npt
 
+from .rtp import ts_diff
+
 __all__ = ["FrameAssembler", "JitterBuffer", "PlayoutBuffer"]
 
 Frame = npt.NDArray[np.int16]
@@ -62,12 +64,6 @@ MAX_JUMP_FRAMES = 50  # a timestamp this far from playout is a new timeline
 DRIFT = 0.0005
 # given up one by one at their deadlines; beyond, the rest of a gap at once
 MAX_MISSING = len(CONCEAL_GAINS)
-
-
-def _signed(diff: int) -> int:
-    """A difference of two 32-bit RTP timestamps, as the shorter way round."""
-    diff &= 0xFFFFFFFF
-    return diff - (1 << 32) if diff >= 0x80000000 else diff
 
 
 class FrameAssembler:
@@ -121,7 +117,7 @@ class FrameAssembler:
 
     def discard_before(self, timestamp: int) -> None:
         """Drop the frames that start before ``timestamp`` (playout passed them)."""
-        for start in [t for t in self._frames if _signed(t - timestamp) < 0]:
+        for start in [t for t in self._frames if ts_diff(t, timestamp) < 0]:
             del self._frames[start]
 
     def add(
@@ -142,7 +138,7 @@ class FrameAssembler:
         if ssrc != self._ssrc or self._ref is None:
             self.anchor(ssrc, timestamp)
         assert self._ref is not None
-        offset = _signed(timestamp - self._ref)
+        offset = ts_diff(timestamp, self._ref)
         # a talk spurt's start ahead of all seen (not a reordered packet)
         marker = marker and offset >= self._end
         if abs(offset) > MAX_JUMP_FRAMES * size or marker:
@@ -257,9 +253,7 @@ class PlayoutBuffer(Generic[T]):
 
     def _offset(self, timestamp: int) -> int:
         assert self._play_ts is not None
-        diff = (timestamp - self._play_ts) & 0xFFFFFFFF
-        if diff >= 0x80000000:
-            diff -= 1 << 32
+        diff = ts_diff(timestamp, self._play_ts)
         # to the nearest frame: see put()
         return (diff + self.frame_samples // 2) // self.frame_samples
 
@@ -485,7 +479,7 @@ class JitterBuffer(PlayoutBuffer[Frame]):
     def _straggler(self, ssrc: int, timestamp: int) -> bool:
         """Audio from before the comfort noise started (reordered behind the
         CN packet): late, as before, and the noise goes on."""
-        behind = -_signed(timestamp - self._comfort_ts)
+        behind = -ts_diff(timestamp, self._comfort_ts)
         size = self.frame_samples
         return ssrc == self._ssrc and size // 2 <= behind <= MAX_JUMP_FRAMES * size
 
@@ -498,7 +492,7 @@ class JitterBuffer(PlayoutBuffer[Frame]):
         play_ts = self._play_ts
         cut = 0  # samples cut off the piece's start
         if play_ts is not None and ssrc == self._ssrc:
-            offset = _signed(timestamp - play_ts)
+            offset = ts_diff(timestamp, play_ts)
             if self._started and -MAX_JUMP_FRAMES * size <= offset < 0:
                 # (partly) behind playout: its frame was played (a copy) or
                 # given up (late: the delay grows), as a whole frame's would be

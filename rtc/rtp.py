@@ -88,6 +88,11 @@ def seq_diff(a: int, b: int) -> int:
     return ((a - b + 0x8000) & 0xFFFF) - 0x8000
 
 
+def ts_diff(a: int, b: int) -> int:
+    """Signed distance a - b between two 32-bit RTP timestamps."""
+    return ((a - b + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+
+
 def seq_gt(a: int, b: int) -> bool:
     """True if sequence number a comes after b, accounting for wrap-around."""
     return seq_diff(a, b) > 0

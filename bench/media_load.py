@@ -53,6 +53,7 @@ under ``taskset -c 1`` (when the machine has two cores).
 
 import argparse
 import asyncio
+import collections
 import fcntl
 import gc
 import json
@@ -654,9 +655,17 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
         side.remote = ("127.0.0.1", sip_port)
         pcs.append(pc)
         sip_sides.append(side)
+        if (i + 1) % 100 == 0:
+            print(
+                f"   {i + 1} calls offered ({time.monotonic() - setup_start:.0f} s)",
+                file=sys.stderr,
+            )
+    # a peer that never connects (ICE checks starved at large N) must not hang the run
+    connect_deadline = time.monotonic() + 60 + calls / 10
     while any(pc.connectionState != "connected" for pc in pcs):
-        if any(pc.connectionState == "failed" for pc in pcs):
-            raise RuntimeError("a WebRTC peer failed to connect")
+        states = collections.Counter(pc.connectionState for pc in pcs)
+        if states["failed"] or time.monotonic() > connect_deadline:
+            raise RuntimeError(f"WebRTC peers did not all connect: {dict(states)}")
         await asyncio.sleep(0.1)
     setup = time.monotonic() - setup_start
     # The tone bursts come out of libopus as speech would: hybrid full band, or SILK

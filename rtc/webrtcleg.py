@@ -104,6 +104,7 @@ from .rtp import RTP_FIXED_HEADER, parse_received
 from .sdes import SRTP_MAX_PACKET
 from .sdp import SdpError, SessionDescription, combine_directions, with_opus_parameter
 from .sendclock import SendClock
+from .srtp import protector, unprotector
 from .stats import LegStats, estimate_mos
 from .timers import DeadlineTimer
 from .webrtcdtmf import TELEPHONE_EVENT, TransceiverDtmf, register_telephone_event
@@ -315,7 +316,7 @@ class _DirectRoute:
         self.clock_rate: int = codec.clockRate
         self.extension: bytes = raw[12:]
         self.srtp = dtls._tx_srtp
-        self.protect: Callable[[bytes], bytes] = self.srtp.protect
+        self.protect: Callable[[bytes], bytes] = protector(self.srtp)
         self.sendto: Callable[[bytes, Any], None] = pair.protocol.transport.sendto
         self.remote_addr: tuple[str, int] = pair.remote_addr
 
@@ -781,7 +782,7 @@ class WebRtcLeg(ReceivingPort):
             step=step,
             frame=0 if codec == "opus" else G711_FRAME,
             clock_rate=spec.clockRate,
-            unprotect=dtls._rx_srtp.unprotect,
+            unprotect=unprotector(dtls._rx_srtp),
             jitter=stream._jitter_q4 / 16,
         )
 

@@ -78,6 +78,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FRAME = 0.02
 PERIOD_FRAMES = 25  # 500 ms: 20 frames of tone, 5 of silence
+SAMPLED_CALLS = 32  # calls whose datagrams' wait in the gateway's sockets is timed
 TONE_FRAMES = 20
 TONE_AMPLITUDE = 0.3
 RTP_HEADER = struct.Struct("!BBHII")
@@ -234,6 +235,26 @@ async def gateway_main() -> None:
 
     gc.callbacks.append(gc_pause)
 
+    # How long a datagram waited in its socket before the gateway's callback ran
+    # (the kernel's arrival stamp against the clock when the callback starts), on a
+    # sample of the calls: the gateway's own part of the lateness, apart from the
+    # generator's (whose sending can be late at large N).
+    waits: list[float] = []
+    stamp = bytearray(16)
+
+    def waited(protocol: Any, transport: Any) -> Callable[[bytes, Any], None]:
+        original = protocol.datagram_received
+        fd = transport.get_extra_info("socket").fileno()
+
+        def datagram_received(data: bytes, addr: Any) -> None:
+            now = time.time()
+            fcntl.ioctl(fd, SIOCGSTAMPNS, stamp, True)
+            seconds, nanoseconds = struct.unpack_from("qq", stamp)
+            waits.append(now - seconds - nanoseconds * 1e-9)
+            original(data, addr)
+
+        return datagram_received
+
     def counters() -> dict[str, int]:
         total = {"jb_played": 0, "jb_concealed": 0, "jb_late": 0, "webrtc_filled": 0}
         total["rtp_filled"] = 0
@@ -275,6 +296,13 @@ async def gateway_main() -> None:
         elif cmd["cmd"] == "mark":
             mark = (loop.time(), cpu_seconds(), counters())
             pauses.clear()
+            waits.clear()
+            for web, rtp, _ in calls[:: max(1, len(calls) // SAMPLED_CALLS)]:
+                timed = [(rtp._transport.get_protocol(), rtp._transport)] if rtp._transport else []
+                if web._hooked is not None:
+                    timed += [(p, p.transport) for p in web._hooked[0]._protocols if p.transport]
+                for protocol, transport in timed:
+                    protocol.datagram_received = waited(protocol, transport)
             if sampler is not None:
                 sampler.start()
             reply({})
@@ -291,6 +319,12 @@ async def gateway_main() -> None:
                     "counters": {k: now[k] - mark[2].get(k, 0) for k in now},
                     "gc_full_passes": sum(1 for g, _ in pauses if g == 2),
                     "gc_max_pause_ms": 1000 * max((d for _, d in pauses), default=0.0),
+                    "gc_passes": [sum(1 for g, _ in pauses if g == k) for k in range(3)],
+                    "gc_max_ms": [
+                        1000 * max((d for g, d in pauses if g == k), default=0.0) for k in range(3)
+                    ],
+                    "waits": [float(np.percentile(waits or [0.0], q)) for q in (50, 99, 99.9)]
+                    + [max(waits, default=0.0)],
                 }
             )
         elif cmd["cmd"] == "quit":
@@ -778,7 +812,11 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
         "counters": report["counters"],
         "gc_full_passes": report["gc_full_passes"],
         "gc_max_pause_ms": report["gc_max_pause_ms"],
+        "gc_passes": report["gc_passes"],
+        "gc_max_ms": report["gc_max_ms"],
     }
+    for name, value in zip(("p50", "p99", "p99.9", "max"), report["waits"], strict=True):
+        result[f"gateway_wait_{name}_ms"] = 1000 * value
     c = report["counters"]
     frames = max(1, calls * expected)
     result["jb_concealed_pct"] = 100 * c["jb_concealed"] / frames
@@ -901,7 +939,12 @@ def main() -> None:
             f"sending p99 {result['generator_send_late_p99_ms']:.1f} ms, handling "
             f"arrivals p99 {result['generator_handling_p99_ms']:.1f} ms; gateway GC: "
             f"{result['gc_full_passes']} full passes, longest pause "
-            f"{result['gc_max_pause_ms']:.1f} ms",
+            f"{result['gc_max_pause_ms']:.1f} ms (passes per generation "
+            f"{result['gc_passes']}, longest {[round(x, 1) for x in result['gc_max_ms']]} ms)\n"
+            f"   datagrams' wait in the gateway's sockets (kernel stamp -> callback, "
+            f"{SAMPLED_CALLS} calls) p50/p99/p99.9/max {result['gateway_wait_p50_ms']:.2f}/"
+            f"{result['gateway_wait_p99_ms']:.2f}/{result['gateway_wait_p99.9_ms']:.2f}/"
+            f"{result['gateway_wait_max_ms']:.1f} ms",
             flush=True,
         )
         c = result["counters"]

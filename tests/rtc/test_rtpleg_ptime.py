@@ -15,7 +15,7 @@ import pytest
 
 from rtc.bridge import MediaBridge
 from rtc.dtmfdetect import DtmfDetector
-from rtc.g711 import ulaw_decode, ulaw_encode
+from rtc.g711 import alaw_decode, ulaw_decode, ulaw_encode
 from rtc.g722 import G722Decoder
 from rtc.opus import OpusDecoder, packet_samples
 from rtc.rtcp import RtcpSrPacket, parse_rtcp
@@ -223,18 +223,23 @@ async def test_frames_written_go_out_in_the_peers_packet_time(lines: bytes, ms: 
 
 
 @pytest.mark.parametrize(("lines", "ms"), [(b"a=maxptime:10\r\n", 10), (b"a=ptime:30\r\n", 30)])
-async def test_g722_goes_out_in_the_peers_packet_time(lines: bytes, ms: int) -> None:
-    """G.722: 16 kHz audio, an 8000 Hz RTP clock, a byte per unit of it."""
+@pytest.mark.parametrize("codec", ["PCMA", "G722"])
+async def test_pcma_and_g722_go_out_in_the_peers_packet_time(
+    codec: str, lines: bytes, ms: int
+) -> None:
+    """PCMA as PCMU; G.722: 16 kHz audio, an 8000 Hz RTP clock, a byte per unit of it."""
+    payload_type, rate = {"PCMA": (8, 8000), "G722": (9, 16000)}[codec]
     phone = await Phone.open()
-    leg = await RtpLeg.open(codecs=("G722",))
+    leg = await RtpLeg.open(codecs=(codec,))
     try:
-        leg.create_answer(phone.sdp(lines, formats=b"9 101"))
-        assert leg.packet_time == ms and leg.sample_rate == 16000
-        await write_paced(leg, SineSource(1000, 16000, 0.3), 1.0)
+        leg.create_answer(phone.sdp(lines, formats=b"%d 101" % payload_type))
+        assert leg.packet_time == ms and leg.sample_rate == rate
+        await write_paced(leg, SineSource(1000, rate, 0.3), 1.0)
         phone.recording = False
         check_stream(phone.packets, 8 * ms)
-        assert all(p.payload_type == 9 for p in phone.packets)
-        check_tone(audio_of(talk_spurt(phone.packets), G722Decoder(), 2), 16000, 1000)
+        assert all(p.payload_type == payload_type for p in phone.packets)
+        decode = alaw_decode if codec == "PCMA" else G722Decoder()
+        check_tone(audio_of(talk_spurt(phone.packets), decode, rate // 8000), rate, 1000)
     finally:
         phone.close()
         await leg.close()

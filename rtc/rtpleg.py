@@ -1,6 +1,6 @@
 """
 The plain-RTP leg toward SIP: one UDP socket, G.711 (8 kHz), G.722 (16 kHz
-audio) or Opus (48 kHz audio), 20 ms packets.
+audio) or Opus (48 kHz audio), 20 ms frames, packets of the peer's packet time.
 
 Codecs: ``codecs`` (``open`` keyword) lists the ones offered, in order of
 preference, and the only ones accepted in answers: "PCMU", "PCMA", "G722",
@@ -28,6 +28,23 @@ the writer's call (the browser leg's datagram callback), with RTP timestamps
 that follow the frames; when nothing is written for 60 ms the leg sends
 encoded silence (or queued in-band DTMF) every 20 ms itself, so the PBX sees
 a steady stream (and NATs on the way stay open) whatever the browser does.
+
+Packet time (rtc.packetizer): toward a peer whose SDP (offer or answer) has
+``a=ptime`` or ``a=maxptime``, PCMU, PCMA and G.722 go out in packets of its
+ptime when that is a multiple of 10 ms, never longer than its maxptime nor
+than 60 ms, else of 20 ms (10 ms under a maxptime below 20): each 20 ms
+payload, encoded here or relayed, is cut in two or gathered with the next
+ones, each packet stamped with its first sample's timestamp. A packet still
+filling goes out short where the timeline breaks (a talk spurt starts, RFC
+4733 events, a negotiation) and when nothing continued it for 60 ms. Opus
+keeps 20 ms packets (a ptime is a preference, and its frames cannot be cut
+after encoding) unless the peer's maxptime is below 20: then each frame is
+encoded as two 10 ms packets, and its 20 ms payloads are not relayed
+(``send_codec`` is None: the bridge transcodes). Our own SDP says
+``a=ptime:20`` whatever the peer's: it is what we would like to receive
+(RFC 3264 6.1), and 20 ms packets are what pass-through relays undecoded;
+any other packet time is received all the same. ``packet_time`` is the
+packet time sent, in ms.
 
 Hold is a direction (RFC 3264 section 8.4): ``create_offer(direction=...)``
 for our re-INVITEs, ``create_answer(offer)`` for the PBX's. While we may not
@@ -84,7 +101,9 @@ numbers and timestamps (``write_gap`` skips lost ones; after 60 ms with
 nothing to relay, encoded silence keeps the stream going). A packet that
 plays at once (in order, nothing held: a steady stream) skips the queue and
 the bridge's listener: it goes to the ``set_express`` sender in the
-datagram callback; ``send_passed`` is this leg's side of that. In-band DTMF
+datagram callback; ``send_passed`` is this leg's side of that (a circuit,
+rtc.circuit, takes over a steady stream only while the packet time sent is
+20 ms: it sends a packet per packet received). In-band DTMF
 detection (no telephone-event negotiated and ``on_dtmf`` set) still decodes
 each packet, for the detector only; RFC 4733 events, in-band DTMF sending,
 statistics and the media timeout are the same in both modes. Packets of
@@ -117,6 +136,7 @@ from .g722 import G722_SAMPLE_RATE, G722Decoder, G722Encoder
 from .jitterbuffer import JitterBuffer, PlayoutBuffer
 from .latch import SourceLatch
 from .opus import OPUS_CLOCK_RATE, OpusDecoder, OpusEncoder, OpusError, packet_samples
+from .packetizer import MIN_PACKET_MS, Packet, Packetizer, packet_time
 from .ports import (
     FRAME_MS,
     EncodedFrame,
@@ -424,6 +444,13 @@ class RtpLeg(ReceivingPort):
         self._event_pts: frozenset[int] = frozenset()  # what we take events on
         self._event_clock = RTP_CLOCK  # of the negotiated telephone-event
         self._rtp_frame = RTP_FRAME  # timestamp increment of a 20 ms packet
+        # the packet time toward the peer (see Packet time in the module docstring)
+        self.packet_time = FRAME_MS
+        self._packetizer: Packetizer | None = None  # None: each frame goes out as a packet
+        self._flush_timer = DeadlineTimer(self._flush_tick)
+        self._opus_halves = False  # Opus encoded as two 10 ms packets per frame
+        # the codec whose 20 ms payloads go out as they come (send_codec)
+        self._relay_codec: str | None = None
         self._sending = True
         self._receiving = True
         self._direction: str | None = None  # negotiated, from our side
@@ -545,7 +572,9 @@ class RtpLeg(ReceivingPort):
 
     @property
     def send_codec(self) -> str | None:
-        return _LOWER_NAMES[self._codec.name] if self._codec is not None else None
+        # None while Opus goes out in 10 ms packets: a 20 ms Opus payload
+        # cannot be cut, so the bridge hands this leg frames to encode instead
+        return self._relay_codec
 
     @property
     def passthrough(self) -> Callable[[str], bool] | None:
@@ -580,8 +609,7 @@ class RtpLeg(ReceivingPort):
     def send_passed(self, codec: str, payload: bytes, now: float) -> bool:
         if self._circuit_out is not None:
             self._circuit_out.release()  # the express way sends now
-        current = self._codec
-        if current is None or _LOWER_NAMES[current.name] != codec:
+        if self._relay_codec != codec:
             return False
         if not self._closed:
             self._send(payload, now)
@@ -634,7 +662,9 @@ class RtpLeg(ReceivingPort):
         if (
             self._closed
             or spec is None
-            or _LOWER_NAMES[spec.name] != codec
+            or self._relay_codec != codec
+            # a circuit sends a packet per packet received: 20 ms ones only
+            or self._packetizer is not None
             or self._encode is None
             or address is None
             or transport is None
@@ -807,7 +837,7 @@ class RtpLeg(ReceivingPort):
         direction = combine_directions(
             self._offered_direction, reverse_direction(session.media_direction(audio))
         )
-        self._negotiated(codec, _find_event(audio, codec.clock_rate))
+        self._negotiated(codec, _find_event(audio, codec.clock_rate), audio)
         # RFC 3264 6.1: the answerer may send any payload type its answer kept,
         # e.g. telephone-event at 8000 as well as at the codec's 48000
         self._event_pts = frozenset(
@@ -891,7 +921,7 @@ class RtpLeg(ReceivingPort):
             else:
                 media.append(MediaDescription(offered.kind, 0, offered.proto, offered.formats[:1]))
 
-        self._negotiated(codec, event)
+        self._negotiated(codec, event, audio)
         self._proto = audio.proto
         self._offered_crypto = []
         self._set_srtp(crypto)
@@ -933,8 +963,12 @@ class RtpLeg(ReceivingPort):
     def _supported(self) -> list[tuple[str, int]]:
         return [(c.name, c.clock_rate) for c in self._codecs]
 
-    def _negotiated(self, codec: Codec, event: Codec | None) -> None:
+    def _negotiated(self, codec: Codec, event: Codec | None, peer: MediaDescription) -> None:
+        """``codec`` and ``event`` agreed with the peer whose media description is ``peer``."""
         self._release_circuits()
+        # audio held for a packet goes out now, under what it was written for
+        # (codec, address, direction): a short packet, always allowed
+        self._flush_held()
         spec = CODECS[codec.name.upper()]
         rate_changed = False
         if not self._rate_fixed:
@@ -957,6 +991,7 @@ class RtpLeg(ReceivingPort):
             )
         self._codec = spec
         self._codec_pt = codec.payload_type
+        self._set_packet_time(spec, peer.ptime, peer.maxptime)
         if self._rtp_frame != frame_samples(spec.clock_rate):
             self._rtp_frame = frame_samples(spec.clock_rate)
             self._clock.frame_ticks = self._rtp_frame
@@ -975,6 +1010,26 @@ class RtpLeg(ReceivingPort):
         self._event_clock = event.clock_rate if event else spec.clock_rate
         if rate_changed or spec.sample_rate != self._jitter_rate:
             self._set_jitter_rate(spec.sample_rate)
+
+    def _set_packet_time(self, spec: AudioCodec, ptime: int | None, maxptime: int | None) -> None:
+        """What we send a peer asking for ``ptime``/``maxptime`` in ``spec`` (rtc.packetizer)."""
+        if spec is OPUS:
+            # its frames cannot be cut or (without a repacketizer) joined after
+            # encoding: 20 ms, the ptime being only a preference, unless the
+            # peer's limit is below that; then 10 ms frames (RFC 7587 6.1)
+            ms = MIN_PACKET_MS if packet_time(None, maxptime) < FRAME_MS else FRAME_MS
+        else:
+            ms = packet_time(ptime, maxptime)
+        if ms != self.packet_time:
+            logger.info("Sending %d ms packets (peer's ptime %s, maxptime %s)", ms, ptime, maxptime)
+        self.packet_time = ms
+        self._opus_halves = spec is OPUS and ms < FRAME_MS
+        self._relay_codec = None if self._opus_halves else _LOWER_NAMES[spec.name]
+        if ms == FRAME_MS or spec is OPUS:
+            self._packetizer = None
+        else:
+            # PCMU, PCMA, G.722: a byte per unit of the 8000 Hz RTP clock
+            self._packetizer = Packetizer(spec.clock_rate * ms // 1000)
 
     def _set_jitter_rate(self, rate: int) -> None:
         """Received audio now comes at ``rate``: a jitter buffer and resamplers for it."""
@@ -1089,6 +1144,8 @@ class RtpLeg(ReceivingPort):
                 start = loop.time()
                 event_start = self._clock.peek(start)
                 timestamp = event_start & 0xFFFFFFFF
+                # the audio before the event goes out before it
+                self._flush_held()
                 self._dtmf_active = True
                 for packet in schedule:
                     await asyncio.sleep(start + packet.offset / clock - loop.time())
@@ -1206,8 +1263,7 @@ class RtpLeg(ReceivingPort):
             payload = frame
             self.frames_relayed += 1
         elif isinstance(frame, EncodedFrame):
-            codec = self._codec
-            if codec is None or frame.codec != _LOWER_NAMES[codec.name]:
+            if frame.codec != self._relay_codec:
                 # the codec changed under the relay: this frame is lost
                 return
             payload = frame.payload
@@ -1215,10 +1271,22 @@ class RtpLeg(ReceivingPort):
         else:
             if frame is None:
                 frame = np.zeros(frame_samples(self.sample_rate), dtype=np.int16)
-            payload = self._encode(
-                frame if self._send_resampler is None else self._send_resampler.process(frame)
-            )
+            if self._send_resampler is not None:
+                frame = self._send_resampler.process(frame)
             self.frames_encoded += 1
+            if self._opus_halves:
+                self._send_packets(self._encode_halves(frame, timestamp, marker), transport, addr)
+                return
+            payload = self._encode(frame)
+        packetizer = self._packetizer
+        if packetizer is not None:
+            # a packet time other than 20 ms; the common case pays this test only
+            self._send_packets(packetizer.push(timestamp, marker, payload, now), transport, addr)
+            if not self._flush_timer.armed:
+                deadline = packetizer.deadline
+                if deadline is not None:
+                    self._flush_timer.at(deadline)
+            return
         sequence_number = self._sequence_number
         self._sequence_number = (sequence_number + 1) & 0xFFFF
         header = RTP_FIXED_HEADER.pack(
@@ -1234,6 +1302,74 @@ class RtpLeg(ReceivingPort):
         transport.sendto(data, addr)
         self.packets_sent += 1
         self._rtcp.rtp_sent(len(payload))
+
+    def _encode_halves(
+        self, frame: npt.NDArray[np.int16], timestamp: int, marker: bool
+    ) -> list[Packet]:
+        """A frame as two 10 ms Opus packets (a peer's maxptime below 20)."""
+        encode = self._encode
+        assert encode is not None  # _send sends nothing before negotiation
+        half = len(frame) // 2
+        return [
+            (timestamp, marker, encode(frame[:half])),
+            (timestamp + self._rtp_frame // 2, False, encode(frame[half:])),
+        ]
+
+    def _send_packets(
+        self, packets: list[Packet], transport: asyncio.DatagramTransport, addr: tuple[str, int]
+    ) -> None:
+        """
+        Packets of another packet time than the frames' (rtc.packetizer), in
+        order. The 20 ms path in ``_send`` does the same inline, a call less
+        per packet.
+        """
+        pt = self._codec_pt
+        for timestamp, marker, payload in packets:
+            sequence_number = self._sequence_number
+            self._sequence_number = (sequence_number + 1) & 0xFFFF
+            data = (
+                RTP_FIXED_HEADER.pack(
+                    0x80,
+                    pt | 0x80 if marker else pt,
+                    sequence_number,
+                    timestamp & 0xFFFFFFFF,
+                    self._ssrc,
+                )
+                + payload
+            )
+            if self._srtp is not None:
+                data = self._srtp.protect(data)
+            transport.sendto(data, addr)
+            self.packets_sent += 1
+            self._rtcp.rtp_sent(len(payload))
+
+    def _flush_held(self) -> None:
+        """
+        Send what the packetizer holds, as a short packet: the stream stops
+        or changes (RFC 4733 events, a negotiation) or nothing continued it.
+        """
+        packetizer = self._packetizer
+        if packetizer is None:
+            return
+        packet = packetizer.flush()
+        addr = self._source.address or self._sdp_remote
+        transport = self._transport
+        if packet is None or addr is None or transport is None or not self._sending:
+            return
+        self._send_packets([packet], transport, addr)
+
+    def _flush_tick(self, now: float) -> None:
+        """The packetizer's deadline: what it holds goes out unless a frame continued it."""
+        packetizer = self._packetizer
+        if self._closed or packetizer is None:
+            return
+        deadline = packetizer.deadline
+        if deadline is None:
+            return
+        if now < deadline:
+            self._flush_timer.at(deadline)
+            return
+        self._flush_held()
 
     def _sendto(self, data: bytes, addr: tuple[str, int]) -> None:
         assert self._transport is not None
@@ -1516,6 +1652,7 @@ class RtpLeg(ReceivingPort):
             self._rtcp_task.cancel()
             self._send_rtcp(bye=True)
         self._fill_timer.cancel()
+        self._flush_timer.cancel()
         if self._transport is not None:
             self._transport.close()
         if self._rtcp_transport is not None:

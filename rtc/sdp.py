@@ -3,10 +3,16 @@ A small SDP model (RFC 4566 / RFC 3264) for the plain-RTP SIP side.
 
 It understands what an audio offer/answer between the gateway and a PBX needs:
 origin, connection, timing, ``m=audio`` lines with their ``rtpmap``, ``fmtp``,
-``ptime`` and direction attributes. Anything else is preserved verbatim so
-that parse -> serialize does not lose information.
+``ptime`` and direction attributes (and reads ``maxptime``). Anything else is
+preserved verbatim so that parse -> serialize does not lose information.
+
+``ptime`` and ``maxptime`` say how much audio the sender of the description
+wants in a packet (a preference and a limit); a value that is not a finite
+number is no reason to refuse the call: it reads as absent and stays among
+the attributes as written.
 """
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -101,6 +107,16 @@ def format_connection(address: str) -> str:
     return f"IN {'IP6' if ':' in address else 'IP4'} {address}"
 
 
+def _milliseconds(value: str) -> int | None:
+    """A ptime/maxptime value (a decimal, RFC 8866's non-zero-int-or-real) in whole ms, or None."""
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    # int() of an infinity raises OverflowError, which no caller expects of a parser
+    return int(number) if math.isfinite(number) else None
+
+
 def _split_attribute(value: str) -> tuple[str, str | None]:
     name, sep, rest = value.partition(":")
     return name, rest if sep else None
@@ -123,6 +139,14 @@ class MediaDescription:
     @property
     def is_rtp(self) -> bool:
         return self.proto.upper().startswith("RTP/")
+
+    @property
+    def maxptime(self) -> int | None:
+        """a=maxptime (ms): the most audio a packet to the describer may carry; None if absent."""
+        for name, value in self.attributes:
+            if name == "maxptime" and value is not None:
+                return _milliseconds(value)
+        return None
 
     @property
     def payload_types(self) -> list[int]:
@@ -178,11 +202,13 @@ class MediaDescription:
                 pt_str, _, params = rest.partition(" ")
                 self.fmtp[int(pt_str)] = params.strip()
                 return
-            if name == "ptime" and rest is not None:
-                self.ptime = int(float(rest))
-                return
         except (ValueError, IndexError) as exc:
             raise SdpError(f"Invalid a={name} attribute: {value!r}") from exc
+        if name == "ptime" and rest is not None:
+            ptime = _milliseconds(rest)
+            if ptime is not None:
+                self.ptime = ptime
+                return
         if name in DIRECTIONS and rest is None:
             self.direction = name
         else:

@@ -154,13 +154,35 @@ def test_answer_direction(offered: str, answered: str) -> None:
         "v=0\r\no=- 1 1 IN IP4 h\r\nm=audio 70000 RTP/AVP 0\r\n",
         "v=0\r\no=- 1 1 IN IP4 h\r\nm=audio 4000 RTP/AVP PCMU\r\n",
         "v=0\r\no=- 1 1 IN IP4 h\r\nm=audio 4000 RTP/AVP 0\r\na=rtpmap:0 PCMU\r\n",
-        "v=0\r\no=- 1 1 IN IP4 h\r\nm=audio 4000 RTP/AVP 0\r\na=ptime:abc\r\n",
         "v=0\r\no=- 1 1 IN IP4 h\r\ngarbage\r\n",
     ],
 )
 def test_parse_errors(text: str) -> None:
     with pytest.raises(SdpError):
         SessionDescription.parse(text)
+
+
+@pytest.mark.parametrize(
+    ("lines", "ptime", "maxptime"),
+    [
+        ("a=ptime:30\r\na=maxptime:40\r\n", 30, 40),
+        ("a=ptime:20.5\r\na=maxptime:150\r\n", 20, 150),
+        ("a=ptime:0\r\na=maxptime:-10\r\n", 0, -10),  # for the leg to judge
+        ("", None, None),
+        # not numbers: no preference to take from them, and no reason to refuse the call
+        ("a=ptime:abc\r\na=maxptime:x\r\n", None, None),
+        # int() of these raised OverflowError, which escaped every caller of the parser
+        ("a=ptime:inf\r\na=maxptime:1e999\r\n", None, None),
+        ("a=ptime:nan\r\na=maxptime:\r\n", None, None),
+    ],
+)
+def test_ptime_and_maxptime(lines: str, ptime: int | None, maxptime: int | None) -> None:
+    text = "v=0\r\no=- 1 1 IN IP4 h\r\ns=-\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n" + lines
+    audio = SessionDescription.parse(text).audio()
+    assert (audio.ptime, audio.maxptime) == (ptime, maxptime)
+    if ptime is None:
+        # what is not understood is kept as written
+        assert str(SessionDescription.parse(text)) == text
 
 
 def test_size_and_media_limits() -> None:

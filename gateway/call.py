@@ -103,7 +103,8 @@ _ALLOWED: dict[CallState, frozenset[str]] = {
     CallState.ACTIVE: frozenset({"terminate", "hold", "transfer", "renegotiate"}),
     CallState.HOLDING: frozenset({"terminate", "hold", "transfer", "renegotiate"}),
     CallState.HELD: frozenset({"terminate", "retrieve", "transfer", "renegotiate"}),
-    CallState.TERMINATING: frozenset(),
+    # Only while a failed call's tone plays (json-v1 §5); a hang-up ends the tone.
+    CallState.TERMINATING: frozenset({"terminate"}),
     CallState.TERMINATED: frozenset(),
 }
 

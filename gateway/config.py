@@ -86,6 +86,8 @@ NUMBER_ASSIGNMENTS: Final[tuple[str, ...]] = ("client", "directory")
 MEDIA_CODECS: Final[tuple[str, ...]] = ("PCMU", "PCMA", "G722", "OPUS")
 SRTP_MODES: Final[tuple[str, ...]] = ("off", "optional", "mandatory")
 RINGBACK_COUNTRIES: Final[tuple[str, ...]] = ("us", "uk", "de", "eu", "fr", "jp")
+# [media] failure_tone_seconds at most: a tone, not a way to hold a failed call's leg
+MAX_FAILURE_TONE: Final[float] = 30.0
 LOG_LEVELS: Final[tuple[str, ...]] = ("debug", "info", "warning", "error", "critical")
 PBX_TRANSPORTS: Final[tuple[str, ...]] = ("udp", "tcp", "tls")
 PUSH_SERVICES: Final[tuple[str, ...]] = ("fcm", "webhook")
@@ -204,7 +206,12 @@ class MediaConfig:
     rtp_host: str = "127.0.0.1"  # bind address of RTP sockets and the SDP c= address
     rtp_port_min: int = 10000
     rtp_port_max: int = 20000
-    ringback: str = "us"  # one of RINGBACK_COUNTRIES
+    ringback: str = "us"  # one of RINGBACK_COUNTRIES: the cadences of every tone below
+    # seconds the browser hears the busy or congestion tone of an outgoing call that
+    # failed so, before it gets `terminated` (0: none, `terminated` at once)
+    failure_tone_seconds: float = 0.0
+    # the call-waiting tone over a connected call while another is offered to its client
+    call_waiting_tone: bool = False
     timeout: float = 30.0  # seconds without RTP that end an answered call (0: never)
     ice_servers: tuple[IceServerConfig, ...] = ()
     public_address: str | None = None  # the c= address when peers reach us through NAT
@@ -827,9 +834,10 @@ def _media(data: Mapping[str, Any], source: str) -> MediaConfig:
         source,
         "media",
         (
-            "rtp_host", "rtp_port_min", "rtp_port_max", "ringback", "timeout", "ice_servers",
-            "public_address", "codecs", "srtp", "opus_complexity", "opus_bit_rate",
-            "jitter_min_ms", "jitter_max_ms", "video_bit_rate",
+            "rtp_host", "rtp_port_min", "rtp_port_max", "ringback", "failure_tone_seconds",
+            "call_waiting_tone", "timeout", "ice_servers", "public_address", "codecs", "srtp",
+            "opus_complexity", "opus_bit_rate", "jitter_min_ms", "jitter_max_ms",
+            "video_bit_rate",
         ),
     )
     rtp_host = t.string("rtp_host", "127.0.0.1")
@@ -867,6 +875,13 @@ def _media(data: Mapping[str, Any], source: str) -> MediaConfig:
     if high <= low:
         raise t.error("rtp_port_max", f"must be greater than rtp_port_min ({low}), got {high}")
     ringback = t.choice("ringback", "us", RINGBACK_COUNTRIES)
+    failure_tone_seconds = t.number("failure_tone_seconds", 0.0, -math.inf, math.inf)
+    if not 0 <= failure_tone_seconds <= MAX_FAILURE_TONE:
+        raise t.error(
+            "failure_tone_seconds",
+            f"must be 0 (no tone) to {MAX_FAILURE_TONE:g} seconds, got {failure_tone_seconds:g}",
+        )
+    call_waiting_tone = t.boolean("call_waiting_tone", False)
     timeout = t.number("timeout", 30.0, -math.inf, 3600.0)
     if timeout < 0:
         raise t.error("timeout", f"must be 0 (never) or more, got {timeout:g}")
@@ -885,6 +900,8 @@ def _media(data: Mapping[str, Any], source: str) -> MediaConfig:
         rtp_port_min=low,
         rtp_port_max=high,
         ringback=ringback,
+        failure_tone_seconds=failure_tone_seconds,
+        call_waiting_tone=call_waiting_tone,
         timeout=timeout,
         ice_servers=_ice_servers(t, source),
         public_address=public_address,

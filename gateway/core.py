@@ -100,6 +100,10 @@ _HEADER_VALUE = re.compile(r"[\x20-\x7e]{0,512}")
 LEG_FAILURE_GRACE = 2.0
 # How long the end of a call waits for the browser leg's statistics for its record.
 RECORD_STATS_TIMEOUT = 1.0
+# The tone (rtc.tones.TONES) a caller hears for the reasons that have one, before
+# `terminated` ([media] failure_tone_seconds).
+FAILURE_TONES = {Reason.BUSY: "busy", Reason.CONGESTION: "congestion"}
+CALL_WAITING = "call-waiting"
 
 
 def _far_holds(session: SessionDescription) -> bool:
@@ -279,6 +283,12 @@ class ClientCall:
     branches: list[SipBranch] = dataclasses.field(default_factory=list)
     branch_code: int = 0
     to_phone: bool = False  # the SIP far end is a contact of our registrar
+    # [media] failure_tone_seconds: the far end refused with this reason (busy,
+    # congestion) at `failed_at` (wall clock), and the client hears its tone, state
+    # `terminating`, until `tone_end` ends the call (_far_failed).
+    failure: Reason | None = None
+    failed_at: float = 0.0
+    tone_end: asyncio.TimerHandle | None = None
 
 
 class Core:
@@ -527,7 +537,10 @@ class Core:
                 self.config.calls.restore_grace, self._grace_expired, reg
             )
         for call in list(reg.calls.values()):
-            if call.state in (CallState.OFFERED,) and not call.outgoing:
+            if call.state is CallState.TERMINATING:
+                # Its failure tone: nobody hears the rest (the call keeps its reason).
+                self._end(call, Reason.USER_TERMINATED)
+            elif call.state in (CallState.OFFERED,) and not call.outgoing:
                 # Nobody can answer an offer on a dead connection.
                 self._end(call, Reason.NOT_RESPONDING)
             else:
@@ -770,6 +783,8 @@ class Core:
                 logger.info("call %s: bad ICE candidate ignored: %s", call.call_id, exc)
 
     def _client_terminate(self, call: ClientCall, reason: Reason) -> None:
+        """Hang up, cancel or decline. On a call whose failure tone plays (`terminating`) it
+        ends the tone at once, and the call keeps the reason it failed with (_end)."""
         if call.state is CallState.TERMINATED:
             return
         if not call.outgoing and call.state in (CallState.OFFERED, CallState.RINGING):
@@ -1022,7 +1037,7 @@ class Core:
             and call.invite is None
         ):
             call.far_ended = True
-            self._end(call, self._far_failure(call, call.branch_code))
+            self._far_failed(call, self._far_failure(call, call.branch_code))
         else:
             self._single_branch(call)
 
@@ -1034,6 +1049,52 @@ class Core:
         if (call.to_phone or call.branch_code) and code in (408, 480, 503):
             return Reason.NOT_RESPONDING
         return reason_from_sip(code, call.alerted)
+
+    def _far_failed(self, call: ClientCall, reason: Reason, *, release: bool = True) -> None:
+        """The far end of an outgoing call refused it (a SIP failure response, every device
+        of a fork, every web user it rang). With [media] failure_tone_seconds and a reason
+        that has a tone (busy, congestion), the client first hears that tone, as a phone
+        does on the telephone network, in state `terminating` (json-v1 §5: clearing in
+        progress, `terminated` follows). The rest of the call ends now: the SIP side is
+        finished (the transaction layer ACKed the response), its RTP port released, a
+        transferor told; only the client's `terminated`, its leg and the record wait."""
+        if call.state is CallState.TERMINATING:
+            return  # it failed already: its tone plays
+        seconds = self.config.media.failure_tone_seconds
+        tone = FAILURE_TONES.get(reason)
+        leg = call.webrtc
+        if (
+            not seconds
+            or tone is None
+            or not call.outgoing
+            or call.state is CallState.TERMINATED
+            or leg is None
+            or not call.reg.attached
+            # A leg that can no longer carry it. One still connecting (a refusal quicker
+            # than ICE and DTLS) carries the rest of the tone from when its media is up.
+            or leg.connection_state in ("failed", "closed")
+        ):
+            self._end(call, reason, release=release)
+            return
+        previous = call.state
+        call.failure, call.failed_at = reason, time.time()
+        if call.no_answer is not None:
+            call.no_answer.cancel()
+        if call.referred_by is not None:
+            self._refer_progress(call, *sip_for_reason(reason))
+        if release:
+            self._release_far(call, previous, reason)
+        self._note_far_media(call)
+        rtp, call.rtp = call.rtp, None
+        if rtp is not None:
+            self._spawn(rtp.close())
+        self._set_state(call, CallState.TERMINATING)
+        if call.bridge is None or call.bridge.client is not leg:
+            call.bridge = MediaBridge(leg)
+        call.bridge.tone(tone, self.config.media.ringback)
+        call.ringback_on = False
+        call.tone_end = asyncio.get_running_loop().call_later(seconds, self._end, call, reason)
+        logger.info("call %s failed: %s; %s tone for %g s", call.call_id, reason, tone, seconds)
 
     def _drop_branch(self, branch: SipBranch) -> None:
         if not branch.pending:
@@ -1061,8 +1122,9 @@ class Core:
         if isinstance(call, Junction):
             self._junction_event(call, ev)
             return
-        if call is None or call.state is CallState.TERMINATED:
-            # None: a dialog the call has left behind (transferred away by a REFER).
+        if call is None or call.state in (CallState.TERMINATED, CallState.TERMINATING):
+            # None: a dialog the call has left behind (transferred away by a REFER);
+            # terminating: the far end failed already (_far_failed).
             return
         if isinstance(ev, sip_events.Referred):
             self._spawn(self._referred(call, ev))
@@ -1096,7 +1158,7 @@ class Core:
             call.far_ended = True
             if call.record is not None:
                 call.record.sip(code=ev.code)
-            self._end(call, self._far_failure(call, ev.code))
+            self._far_failed(call, self._far_failure(call, ev.code))
         elif isinstance(ev, sip_events.Terminated):
             call.far_ended = True
             self._end(call, Reason.SUCCESS if ev.reason == "bye" else Reason.ERROR)
@@ -1144,6 +1206,7 @@ class Core:
     async def _offer_client(self, call: ClientCall) -> None:
         """Offer an incoming call to one client: signaling/start, then our media/offer."""
         call.reg.sink(CallOffered(call.call_id, call.remote, call.reg.party, call.x_headers))
+        self._sync_call_waiting(call.reg, call)
         await self._offer_client_leg(call)
 
     async def _offer_client_leg(self, call: ClientCall) -> None:
@@ -1257,8 +1320,8 @@ class Core:
         it works out what the client should hear from the call as it stands.
         """
         leg = call.webrtc
-        if leg is None:
-            return
+        if leg is None or call.state is CallState.TERMINATING:
+            return  # terminating: the failure tone has the leg (_far_failed)
         if call.caller is not None:
             # Web-to-web: the caller's bridge carries both directions.
             if call.caller.winner is call:
@@ -1279,6 +1342,7 @@ class Core:
             elif isinstance(far, VideoRtpLeg) and far.video is not None:
                 # A SIP video phone: its video and the browser's, relayed as they are.
                 call.bridge.connect_video(leg, far.video)
+            self._waiting_tones(call, call.bridge, far)
             call.ringback_on = False
         elif far is None and ringback:
             if not call.ringback_on:
@@ -1288,6 +1352,40 @@ class Core:
             # Held: neither side hears the other (the RTP leg sends silence meanwhile).
             call.bridge.disconnect()
             call.ringback_on = False
+
+    def _waiting_tones(self, call: ClientCall, bridge: MediaBridge, far: AudioPort) -> None:
+        """The call-waiting tone over what each client of a connected call hears while
+        another call is offered to it ([media] call_waiting_tone), mixed in by the bridge
+        (MediaBridge.overlay): toward the browser only, the far party hears nothing."""
+        country = self.config.media.ringback
+        bridge.overlay(bridge.client, CALL_WAITING if self._waiting(call) else None, country)
+        peer = call.winner
+        if peer is not None and far is peer.webrtc:
+            # Web-to-web: this bridge carries what the other client hears too.
+            bridge.overlay(far, CALL_WAITING if self._waiting(peer) else None, country)
+
+    def _waiting(self, call: ClientCall) -> bool:
+        """Whether another call is offered to the client of this connected call."""
+        if not self.config.media.call_waiting_tone or not call.reg.attached:
+            return False
+        if call.state not in (CallState.ACTIVE, CallState.HOLDING):
+            return False
+        return any(
+            other is not call
+            and not other.outgoing
+            and other.state in (CallState.OFFERED, CallState.RINGING)
+            for other in call.reg.calls.values()
+        )
+
+    def _sync_call_waiting(self, reg: Registration, changed: ClientCall) -> None:
+        """`changed`, an incoming call, was offered to the client or no longer is (answered,
+        declined, cancelled, timed out): its connected calls start or stop hearing the
+        call-waiting tone (_waiting_tones)."""
+        if not self.config.media.call_waiting_tone:
+            return
+        for call in list(reg.calls.values()):
+            if call is not changed and call.state in (CallState.ACTIVE, CallState.HOLDING):
+                self._bridge_client_leg(call)
 
     @staticmethod
     def _on_hold(call: ClientCall) -> bool:
@@ -2533,8 +2631,9 @@ class Core:
     # -- ending calls ------------------------------------------------------------------
 
     def _set_state(self, call: ClientCall, state: CallState) -> None:
-        if call.state is state or call.state is CallState.TERMINATED:
+        if call.state is state or call.state in (CallState.TERMINATED, CallState.TERMINATING):
             return
+        previous = call.state
         call.state = state
         if call.record is not None:
             if state is CallState.RINGING:
@@ -2547,14 +2646,27 @@ class Core:
             elif state is CallState.ACTIVE:
                 self._refer_progress(call, 200, "OK")
         call.reg.sink(CallStatus(call.call_id, state, None, call.remote))
+        offered = (CallState.OFFERED, CallState.RINGING)
+        if not call.outgoing and previous in offered and state not in offered:
+            self._sync_call_waiting(call.reg, call)
 
     def _end(
         self, call: ClientCall, reason: Reason, *, notify: bool = True, release: bool = True
     ) -> None:
-        """End a client call; with `release`, also end what it is connected to."""
+        """End a client call; with `release`, also end what it is connected to.
+
+        A call whose failure tone plays (`terminating`, _far_failed) ends with the reason
+        it failed with, whatever ends it now (the tone's end, the client's hang-up, its lost
+        connection, a logout): the call had failed, and its far side is released already.
+        """
         if call.state is CallState.TERMINATED:
             return
         previous = call.state
+        ended_at = time.time()
+        if call.failure is not None:
+            reason, release, ended_at = call.failure, False, call.failed_at
+            if call.tone_end is not None:
+                call.tone_end.cancel()
         call.state = CallState.TERMINATED
         call.reg.calls.pop(call.call_id, None)
         if call.no_answer is not None:
@@ -2569,7 +2681,9 @@ class Core:
         self._note_far_media(call)
         if notify:
             call.reg.sink(CallStatus(call.call_id, CallState.TERMINATED, reason, call.remote))
-        self._spawn(self._close_media(call, reason, time.time()))
+        self._spawn(self._close_media(call, reason, ended_at))
+        if not call.outgoing and previous in (CallState.OFFERED, CallState.RINGING):
+            self._sync_call_waiting(call.reg, call)
 
     def _release_far(self, call: ClientCall, previous: CallState, reason: Reason) -> None:
         if call.invite is not None and not call.far_ended:
@@ -2588,7 +2702,8 @@ class Core:
             if caller.winner is call:
                 self._end(caller, Reason.SUCCESS, release=False)
             elif not caller.forks and caller.winner is None and not caller.branches:
-                self._end(
+                # Every web user it rang declined (or went away): e.g. busy, with its tone.
+                self._far_failed(
                     caller,
                     reason if reason is not Reason.USER_TERMINATED else Reason.NOT_RESPONDING,
                     release=False,

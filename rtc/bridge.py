@@ -1,7 +1,9 @@
 """
 The audio of one call: relays frames between the client leg and the far leg,
-resampling where their rates differ, or plays ringback to the client while
-the far end is alerting.
+resampling where their rates differ, or plays ringback (or another call
+progress tone: busy, congestion) to the client while the far end is alerting
+or after it failed. A tone can also be mixed into what one leg hears of the
+other (call waiting, ``MediaBridge.overlay``).
 
 The cheapest correct pipeline is chosen per frame: between two legs that can
 pass payloads through (rtc.ports.PassThroughPort: the WebRTC and RTP legs),
@@ -17,20 +19,25 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import numpy.typing as npt
+
 from .circuit import ENGAGE_AFTER, Circuit
 from .ports import (
     FRAME_MS,
     AudioPort,
     EncodedFrame,
+    FrameClock,
     Gap,
     MediaItem,
     PassThroughPort,
+    PlayoutQueue,
     PortClosed,
     PushPort,
     RateFollowingPort,
 )
 from .resample import Resampler
-from .tones import RingbackGenerator
+from .tones import ToneGenerator
 from .videolink import VideoLink
 
 if TYPE_CHECKING:
@@ -260,13 +267,13 @@ class PushRelay:
             )
 
 
-async def play_ringback(client: AudioPort, country: str) -> None:
-    generator = RingbackGenerator(country, client.sample_rate)
+async def paced(produce: Callable[[], npt.NDArray[np.int16]], sink: AudioPort) -> None:
+    """Write ``produce()`` to ``sink`` every 20 ms of the loop's clock until it closes."""
     loop = asyncio.get_running_loop()
     next_time = loop.time()
     while True:
         try:
-            client.write(generator.frame())
+            sink.write(produce())
         except PortClosed:
             return
         next_time += FRAME_MS / 1000
@@ -275,6 +282,52 @@ async def play_ringback(client: AudioPort, country: str) -> None:
             next_time = loop.time()
             delay = 0
         await asyncio.sleep(delay)
+
+
+async def play_tone(client: AudioPort, tone: str, country: str) -> None:
+    await paced(ToneGenerator(tone, country, client.sample_rate).frame, client)
+
+
+class ToneMixer:
+    """
+    What a port hears with a call progress tone mixed in (MediaBridge.overlay):
+    the relay toward the port writes here instead. This is no PassThroughPort,
+    so that relay decodes, as it does toward any port that takes only audio
+    (pass-through and its circuit give way as they do for ringback). ``run()``
+    writes each frame on to the port with the tone's next frame added, paced
+    as the WebRTC leg's own sender paces what it relays (rtc.ports.FrameClock):
+    a frame goes on the moment it arrives, a burst one per 20 ms, and when
+    none comes in time the tone goes on alone (a far end with silence
+    suppression sends nothing, and the tone must still be heard).
+    """
+
+    def __init__(self, sink: AudioPort, tone: str, country: str) -> None:
+        self.sink = sink
+        # the port's rate when the relays started (MediaBridge restarts them on a change)
+        self.sample_rate = sink.sample_rate
+        self._tone = ToneGenerator(tone, country, self.sample_rate)
+        self._playout = PlayoutQueue()
+        self._clock = FrameClock(self._playout)
+
+    async def read(self) -> npt.NDArray[np.int16]:
+        raise PortClosed  # nothing comes from here: it only mixes what is written
+
+    def write(self, frame: npt.NDArray[np.int16]) -> None:
+        self._playout.put(frame)
+
+    async def run(self) -> None:
+        while True:
+            item = await self._clock.next()
+            tone = self._tone.frame()
+            mixed = tone
+            # anything but a frame of the port's rate (one written before a rate
+            # change) cannot be mixed: the tone plays alone in its place
+            if isinstance(item, np.ndarray) and len(item) == len(tone):
+                mixed = np.clip(tone.astype(np.int32) + item, -32768, 32767).astype(np.int16)
+            try:
+                self.sink.write(mixed)
+            except PortClosed:
+                return
 
 
 async def drain(port: AudioPort) -> None:
@@ -300,6 +353,11 @@ class MediaBridge:
     Video (web-to-web): ``connect_video(a, b)`` links two WebRTC legs' video
     (VideoLink) for as long as audio is relayed: hold(), disconnect() and
     ringback() pause it, resume() and connect() bring it back, close() ends it.
+
+    Tones: ``ringback()`` and ``tone()`` replace the far audio with a call
+    progress tone (the far port is let go); ``overlay(port, tone)`` mixes one
+    into what the client or the far port hears of the other, for as long as
+    audio is relayed, as video is.
     """
 
     def __init__(self, client: AudioPort) -> None:
@@ -317,6 +375,8 @@ class MediaBridge:
         self._held = False
         self._video_legs: tuple[WebRtcLeg | RtpVideo, WebRtcLeg | RtpVideo] | None = None
         self._video: VideoLink | None = None
+        # overlay(): (port, tone, country) per port that hears a tone over the other
+        self._overlays: list[tuple[AudioPort, str, str]] = []
 
     @property
     def video(self) -> VideoLink | None:
@@ -376,21 +436,50 @@ class MediaBridge:
             return
         self._cancel_tasks()
         self._held = False
-        self._follow_rate(self.far)
-        self._relay(self.far, self.client)
-        self._relay(self.client, self.far)
+        self._relay_both(self.far)
         self._sync_video()
 
     def ringback(self, country: str = "us") -> None:
         """Client hears generated ringback (far audio ignored)."""
+        self.tone("ringback", country)
+
+    def tone(self, tone: str, country: str = "us") -> None:
+        """
+        Client hears a call progress tone of rtc.tones.TONES ("ringback",
+        "busy", "congestion", ...) for ``country``, until connect() or
+        disconnect(); far audio is ignored and the far port let go.
+        """
         # validate before tearing anything down
-        RingbackGenerator(country, self.client.sample_rate)
+        ToneGenerator(tone, country, self.client.sample_rate)
         self._cancel_tasks()
         self.far = None
         self._held = False
-        self._start(play_ringback(self.client, country))
+        self._start(play_tone(self.client, tone, country))
         self._drain(self.client)
         self._sync_video()
+
+    def overlay(self, port: AudioPort, tone: str | None, country: str = "us") -> None:
+        """
+        Mix ``tone`` (of rtc.tones.TONES, e.g. "call-waiting") for ``country``
+        into what ``port``, the client or the far port, hears of the other,
+        whenever audio is relayed (held, ringing back or connected elsewhere
+        it waits); None stops it. Idempotent. The direction toward ``port``
+        is decoded meanwhile (ToneMixer), so pass-through resumes only after.
+        """
+        wanted = None if tone is None else (tone, country)
+        if wanted is not None:
+            ToneGenerator(*wanted, port.sample_rate)  # validate before changing anything
+        if self._overlay_for(port) == wanted:
+            return
+        self._overlays = [o for o in self._overlays if o[0] is not port]
+        if wanted is not None:
+            self._overlays.append((port, *wanted))
+        far = self.far
+        relaying = far is not None and self._running and not self._held
+        if relaying and (port is self.client or port is far):
+            assert far is not None
+            self._cancel_tasks()
+            self._relay_both(far)
 
     def connect(self, far: AudioPort) -> None:
         """
@@ -401,13 +490,13 @@ class MediaBridge:
         if far is self.far and self._running and not self._held:
             return
         self._cancel_tasks()
-        self._follow_rate(far)
         if self._video_legs is not None and far not in self._video_legs:
             self.disconnect_video()  # another far party: its video is not linked
+        # another far party: what was mixed into what the last one heard is not its
+        self._overlays = [o for o in self._overlays if o[0] is self.client or o[0] is far]
         self.far = far
         self._held = False
-        self._relay(far, self.client)
-        self._relay(self.client, far)
+        self._relay_both(far)
         self._sync_video()
 
     def disconnect(self) -> None:
@@ -441,8 +530,22 @@ class MediaBridge:
         loop = asyncio.get_running_loop()
         self._tasks += [loop.create_task(coro) for coro in coros]
 
+    def _relay_both(self, far: AudioPort) -> None:
+        self._follow_rate(far)
+        self._relay(far, self.client)
+        self._relay(self.client, far)
+
+    def _overlay_for(self, port: AudioPort) -> tuple[str, str] | None:
+        return next(((t, c) for p, t, c in self._overlays if p is port), None)
+
     def _relay(self, source: AudioPort, sink: AudioPort) -> None:
-        """Relay one direction: pushed by the source where it can, else a task."""
+        """Relay one direction: pushed by the source where it can, else a task;
+        through a ToneMixer when the sink hears a tone over it (overlay())."""
+        overlay = self._overlay_for(sink)
+        if overlay is not None:
+            mixer = ToneMixer(sink, *overlay)
+            self._start(mixer.run())
+            sink = mixer
         if isinstance(source, PushPort):
             self._relays.append(PushRelay(source, sink))
         else:

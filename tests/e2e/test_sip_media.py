@@ -103,6 +103,17 @@ def status_time(call: Call, state: str) -> float:
     raise AssertionError(f"no status {state!r} in the transcript: {call.states}")
 
 
+def start_time(call: Call) -> float:
+    """Monotonic time at which the client received the offering (`signaling`/`start`)."""
+    client = call.client
+    for t, direction, item in client.log:
+        if direction == "<" and isinstance(item, str) and call.identifier in item:
+            msg = json.loads(item)
+            if msg.get("action") == "start":
+                return client._t0 + t
+    raise AssertionError(f"no signaling/start for {call.identifier} in the transcript")
+
+
 def alaw_decode(data: bytes) -> np.ndarray:
     """G.711 A-law bytes -> int16 (ITU-T G.711, independent of the gateway's tables)."""
     a = np.frombuffer(data, dtype=np.uint8).astype(np.int32) ^ 0x55
@@ -448,6 +459,75 @@ async def test_outgoing_failure_reason(gateway, sipp, clients, code, reason):
     assert ended.get("reason") == reason, f"SIP {code}: {ended} (statuses {call.states})"
     assert "active" not in call.states, call.states
     await expect_exit(far)
+
+
+@pytest.mark.parametrize("gateway", ["[media]\nfailure_tone_seconds = 3\n"], indirect=True)
+async def test_busy_tone_before_terminated(gateway, sipp, clients):
+    """[media] failure_tone_seconds: the far end answers the INVITE with 486 (and gets
+    its ACK: the scenario waits for it, and ends); the client's call goes `terminating`,
+    it hears the US busy tone (480+620 Hz, 0.5 s on, 0.5 s off) from when its media is
+    up, and `terminated` `busy` comes 3 s after the failure."""
+    far = uas(sipp, gateway, "uas_reject_486.xml")
+    alice = await logged_in(clients, gateway)
+
+    call = await alice.dial(FAR_NUMBER)
+    await expect_exit(far)  # the 486 was ACKed while the tone plays
+    ended = await call.wait_state("terminated", timeout=15)
+    assert ended.get("reason") == "busy", ended
+    assert call.states[-2:] == ["terminating", "terminated"], call.states
+    assert "reason" not in call.statuses[-2], call.statuses
+    start, end = status_time(call, "terminating"), status_time(call, "terminated")
+    assert 2.9 <= end - start <= 3.5, f"the tone lasted {end - start:.2f} s"
+
+    tone = audio_between(call, start, end)
+    levels = block_levels(tone, 0.01)
+    on = levels > -40.0
+    profile = "".join("#" if x else "." for x in on)
+    # runs of tone and silence after the first burst began (the media path may have come
+    # up during the first one); the whole ones are 0.5 s each (+-40 ms)
+    edges = np.flatnonzero(np.diff(on.astype(int))) + 1
+    runs = np.diff(edges) * 0.01
+    assert len(runs) >= 3, f"fewer than 2 cycles of busy tone: {profile}"
+    assert all(abs(r - 0.5) <= 0.04 for r in runs), f"{runs}: {profile}"
+    first = edges[0] if on[edges[0]] else edges[1]  # a whole burst
+    burst = tone[(first + 5) * RATE // 100 : (first + 45) * RATE // 100]
+    for f in (480.0, 620.0):
+        share = band_energy_ratio(burst, RATE, f, 15.0)
+        assert share > 0.4, f"{f:.0f} Hz: {share:.2f} of the burst; levels: {profile}"
+
+
+@pytest.mark.parametrize("gateway", ["[media]\ncall_waiting_tone = true\n"], indirect=True)
+async def test_call_waiting_tone(gateway, sipp, clients):
+    """[media] call_waiting_tone: Alice talks to sipp (which echoes her 1 kHz) when a
+    second SIP call is offered to her: she hears the US call-waiting tone (440 Hz, 0.3 s)
+    over the echo at once; she declines the second call as busy (sipp expects 486), and
+    the first call goes on."""
+    far = sipp.uas_echo(gateway.pbx_port)
+    alice = await logged_in(clients, gateway)
+    call = await alice.dial(FAR_NUMBER, freq=1000.0)
+    await wait_active(call)
+    await check_echo_after_active(call, 1000.0, seconds=1.0)
+
+    caller, second = await call_from_sipp(
+        sipp, gateway, alice, "uac_expect_486.xml", port=free_port(), accept=False, answer=False
+    )
+    offered = start_time(second)
+    await call.wait_audio(1.2, since=offered)
+    heard = audio_between(call, offered, offered + 1.2)
+    burst, after = heard[: int(0.35 * RATE)], heard[int(0.5 * RATE) :]
+    r440, later = (band_energy_ratio(a, RATE, 440.0, 15.0) for a in (burst, after))
+    what = f"440 Hz: {r440:.3f} of the first 0.35 s, {later:.4f} after"
+    assert r440 > 0.02, what  # the burst (-20 dBFS), mixed in
+    assert band_energy_ratio(burst, RATE, 1000.0, 15.0) > 0.5, what  # over the echo
+    assert later < 0.002, what  # the 9.7 s pause
+    assert_tone(after, 1000.0, "echo after the burst")
+
+    await second.hangup("busy")
+    await expect_exit(caller)
+    await check_echo_after_active(call, 1000.0, seconds=1.0)
+    await call.hangup()
+    await call.wait_state("terminated", timeout=10)
+    assert await far.wait(15) == 0
 
 
 @pytest.mark.parametrize(("reason", "code"), [("busy", 486), ("rejected", 603)])

@@ -150,9 +150,9 @@ def test_example_file_loads_and_documents_every_key() -> None:
         },
         "auth": {"mode", "realm", "jwt"},
         "media": {
-            "rtp_host", "rtp_port_min", "rtp_port_max", "ringback", "timeout", "codecs", "srtp",
-            "opus_complexity", "opus_bit_rate", "jitter_min_ms", "jitter_max_ms",
-            "video_bit_rate",
+            "rtp_host", "rtp_port_min", "rtp_port_max", "ringback", "failure_tone_seconds",
+            "call_waiting_tone", "timeout", "codecs", "srtp", "opus_complexity",
+            "opus_bit_rate", "jitter_min_ms", "jitter_max_ms", "video_bit_rate",
         },
         "calls": {
             "no_answer_timeout",
@@ -192,6 +192,8 @@ def test_every_key_is_read() -> None:
                 "rtp_port_min": 30000,
                 "rtp_port_max": 30100,
                 "ringback": "de",
+                "failure_tone_seconds": 3,
+                "call_waiting_tone": True,
             },
             "calls": {
                 "no_answer_timeout": 30,
@@ -214,7 +216,10 @@ def test_every_key_is_read() -> None:
     assert isinstance(c.sip.t1, float)
     assert c.pbx == PbxConfig("sips:pbx.example.com", "u", "p")
     assert c.auth.mode == "both"
-    assert c.media == MediaConfig("192.0.2.10", 30000, 30100, "de")
+    assert c.media == MediaConfig(
+        "192.0.2.10", 30000, 30100, "de", failure_tone_seconds=3.0, call_waiting_tone=True
+    )
+    assert isinstance(c.media.failure_tone_seconds, float)
     assert c.calls == CallsConfig(30.0, 5.5, (), ("0900.*",), 2, 3)
     assert c.numbers == NumbersConfig("+800", None)
     assert c.logging.level == "debug"
@@ -360,6 +365,16 @@ def test_explicitly_empty_directory() -> None:
         ({"sip": {"tls_port": 5061}}, "[sip] tls_cert", "needs a certificate"),
         ({"sip": {"request_rate": -2}}, "[sip] request_rate", "0 (off) or more"),
         ({"media": {"timeout": -5}}, "[media] timeout", "0 (never) or more"),
+        ({"media": {"failure_tone_seconds": -1}}, "[media] failure_tone_seconds",
+         "must be 0 (no tone) to 30 seconds, got -1"),
+        ({"media": {"failure_tone_seconds": 31}}, "[media] failure_tone_seconds", "to 30"),
+        ({"media": {"failure_tone_seconds": "3s"}}, "[media] failure_tone_seconds",
+         'expected a number, got string "3s"'),
+        ({"media": {"failure_tone_seconds": True}}, "[media] failure_tone_seconds",
+         "expected a number, got boolean true"),
+        ({"media": {"call_waiting_tone": "yes"}}, "[media] call_waiting_tone",
+         'expected true or false, got string "yes"'),
+        ({"media": {"call_waiting_tone": 1}}, "[media] call_waiting_tone", "true or false"),
         (
             {"media": {"ice_servers": [{"urls": "http://x"}]}},
             "[[media.ice_servers]] #1 urls",

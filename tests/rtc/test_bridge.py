@@ -178,3 +178,79 @@ async def test_hold_stops_relaying_and_resume_restarts_it() -> None:
         assert not bridge.held
     finally:
         await bridge.close()
+
+
+def tone_runs(audio: npt.NDArray[np.int16], rate: int) -> list[tuple[bool, float]]:
+    """Runs of tone and silence in 10 ms blocks, as (on, seconds)."""
+    block = rate // 100
+    blocks = audio[: len(audio) // block * block].reshape(-1, block).astype(float)
+    on = np.sqrt(np.mean(blocks**2, axis=1)) > 300  # the tone's bursts are about 4600
+    runs: list[tuple[bool, float]] = []
+    for value in on:
+        if runs and runs[-1][0] == value:
+            runs[-1] = (bool(value), runs[-1][1] + 0.01)
+        else:
+            runs.append((bool(value), 0.01))
+    return runs
+
+
+@pytest.mark.parametrize(
+    ("tone", "country", "frequencies", "cadence"),
+    [("busy", "us", (480, 620), 0.5), ("congestion", "de", (425,), 0.24)],
+)
+async def test_progress_tone_reaches_the_browser(
+    call: Call, tone: str, country: str, frequencies: tuple[int, ...], cadence: float
+) -> None:
+    """What the far end's failure plays (tone()), as the browser's end of a real WebRTC
+    leg receives it: the country's frequencies and cadence (US busy 480+620 Hz, 0.5 s on,
+    0.5 s off; German congestion 425 Hz, 0.24 s on and off), far audio ignored."""
+    writer = asyncio.ensure_future(write_paced(call.phone, SineSource(700, 8000, 0.3), 2.4))
+    call.bridge.connect(call.far)
+    await asyncio.sleep(0.3)
+    call.bridge.tone(tone, country)
+    heard = await read_for(call.browser, 2.3)
+    await writer
+    runs = tone_runs(heard, 48000)
+    while runs and not runs[0][0]:
+        runs.pop(0)  # the far party's audio in flight, then the tone
+    inner = runs[1:-1]  # the first run may hold the far audio's tail, the last is cut
+    assert len(inner) >= 3, runs
+    assert [on for on, _ in inner] == [i % 2 == 1 for i in range(len(inner))], runs
+    for _, seconds in inner:
+        assert seconds == pytest.approx(cadence, abs=0.05), runs
+    start = round(sum(s for _, s in runs[:2]) * 48000)  # the second burst
+    burst = heard[start + 2400 : start + round(cadence * 48000) - 2400]
+    for f in frequencies:
+        assert band_energy_ratio(burst, 48000, f, 15) > 0.9 / len(frequencies)
+    assert band_energy_ratio(burst, 48000, 700, 30) < 0.01
+
+
+async def test_call_waiting_tone_mixed_over_the_far_audio(call: Call) -> None:
+    """overlay(): the US call-waiting tone (440 Hz, 0.3 s, then 9.7 s off) over what the
+    browser hears of the far party, which goes on being heard; the far party hears
+    nothing of it; overlay(None) ends it."""
+    call.bridge.connect(call.far)
+    writers = asyncio.gather(
+        write_paced(call.phone, SineSource(700, 8000, 0.3), 2.6),
+        write_paced(call.browser, SineSource(1000, 48000, 0.3), 2.6),
+    )
+    await asyncio.sleep(0.5)
+    call.bridge.overlay(call.client, "call-waiting", "us")
+    call.bridge.overlay(call.client, "call-waiting", "us")  # idempotent
+    at_browser, at_phone = await asyncio.gather(
+        read_for(call.browser, 1.0), read_for(call.phone, 1.0)
+    )
+    call.bridge.overlay(call.client, None)
+    after = await read_for(call.browser, 0.8)
+    await writers
+
+    blocks = at_browser[: len(at_browser) // 2400 * 2400].reshape(-1, 2400)  # 50 ms each
+    with_tone = [band_energy_ratio(b, 48000, 440, 25) > 0.03 for b in blocks]
+    first = with_tone.index(True)
+    assert first <= 3, with_tone  # at once (what was in flight aside)
+    assert 5 <= sum(with_tone) <= 7 and all(with_tone[first : first + 5]), with_tone
+    for block in blocks[2:]:
+        assert band_energy_ratio(block, 48000, 700, 30) > 0.8  # the far party goes on
+    assert band_energy_ratio(at_phone[-4000:], 8000, 440, 25) < 0.001
+    assert dominant_frequency(at_phone[-4000:], 8000) == pytest.approx(1000, abs=5)
+    assert band_energy_ratio(after[-24000:], 48000, 700, 15) > 0.99

@@ -268,6 +268,39 @@ async def test_ringback_then_pass_through_then_hold(pcmu_call: Call) -> None:
     call.check(at_phone, at_browser, 800, 600)
 
 
+async def test_call_waiting_tone_over_pass_through(pcmu_call: Call) -> None:
+    """A tone mixed into what the browser hears (MediaBridge.overlay, call waiting) needs
+    the far audio decoded: that direction transcodes while it plays (the browser hears
+    the far party and the tone), the other goes on relaying payloads, and once the tone
+    is off both relay undecoded again."""
+    call = pcmu_call
+    call.bridge.connect(call.far)
+    await call.exchange(0.5)  # pass-through settles in
+    assert call.client.express is not None and call.far.express is not None
+    before = work(call.client, call.far)
+    call.bridge.overlay(call.client, "call-waiting", "us")  # 440 Hz, 0.3 s on, 9.7 s off
+    at_phone, at_browser = await call.exchange(1.2)
+    done = delta(work(call.client, call.far), before)
+    tone = at_browser[: round(0.3 * 48000)]
+    assert band_energy_ratio(tone, 48000, 440, 15) > 0.03  # the burst, mixed in
+    assert band_energy_ratio(tone, 48000, 700, 15) > 0.8  # over the far party
+    call.check(at_phone, at_browser, 1000, 700)  # after the burst: the far party alone
+    assert band_energy_ratio(at_phone, 8000, 440, 15) < 0.001  # toward the browser only
+    # SIP -> browser decoded and encoded (~60 frames each), browser -> SIP relayed
+    assert 50 <= done.decoded <= 70 and 50 <= done.encoded <= 70, done
+    assert done.passed >= 50 and done.relayed >= 50, done
+    assert call.client.express is not None and call.far.express is None
+
+    call.bridge.overlay(call.client, None)
+    await call.exchange(0.4)
+    before = work(call.client, call.far)
+    at_phone, at_browser = await call.exchange(1.0)
+    done = delta(work(call.client, call.far), before)
+    call.check(at_phone, at_browser, 1000, 700)
+    assert done.decoded == 0 and done.encoded == 0, done
+    assert call.client.express is not None and call.far.express is not None
+
+
 async def test_inband_dtmf_detected_in_pass_through() -> None:
     """No telephone-event toward SIP: the far leg decodes for its detector only."""
     digits: list[str] = []

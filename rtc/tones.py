@@ -58,7 +58,9 @@ TONES: dict[str, dict[str, Cadence]] = {
         "de": Cadence((425,), (0.48, 0.48)),
         "eu": Cadence((425,), (0.5, 0.5)),
         "fr": Cadence((440,), (0.5, 0.5)),
-        "jp": Cadence((400,), (0.5, 0.5), modulation=16),
+        # plain 400 Hz: only Japan's ringback and call-waiting tones are
+        # modulated by 16 Hz (the busy tone of NTT's network, ITU-T E.180 Supp. 2)
+        "jp": Cadence((400,), (0.5, 0.5)),
     },
     "congestion": {
         "us": Cadence((480, 620), (0.25, 0.25)),
@@ -66,7 +68,7 @@ TONES: dict[str, dict[str, Cadence]] = {
         "de": Cadence((425,), (0.24, 0.24)),
         "eu": Cadence((425,), (0.25, 0.25)),
         "fr": Cadence((440,), (0.25, 0.25)),
-        "jp": Cadence((400,), (0.5, 0.5), modulation=16),
+        "jp": Cadence((400,), (0.5, 0.5)),
     },
     "call-waiting": {
         "us": Cadence((440,), (0.3, 9.7)),

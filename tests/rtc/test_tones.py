@@ -132,3 +132,13 @@ def test_unknown_tone() -> None:
         ToneGenerator("howler")
     with pytest.raises(ValueError):
         ToneGenerator("busy", "xx")
+
+
+@pytest.mark.parametrize("tone", ["busy", "congestion"])
+def test_japans_busy_and_congestion_tones_are_steady_400_hz(tone: str) -> None:
+    # not the 16 Hz modulated 400 Hz of its ringback: a steady burst
+    generator = ToneGenerator(tone, "jp", 8000)
+    burst = np.concatenate([generator.frame() for _ in range(25)])[160:3840].astype(np.float64)
+    levels = [np.sqrt(np.mean(burst[i : i + 80] ** 2)) for i in range(0, len(burst) - 80, 80)]
+    assert max(levels) < 1.05 * min(levels)
+    assert abs(dominant_frequency(burst, 8000) - 400) < 5

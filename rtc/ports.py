@@ -264,6 +264,12 @@ class ReceivingPort(AudioPort):
         if self._circuit_out is not None:
             self._circuit_out.sync()
 
+    def _release_circuit_out(self) -> None:
+        """Before what the leg sends changes hands (audio written to it): the
+        circuit sending through it stops, the one it receives on goes on."""
+        if self._circuit_out is not None:
+            self._circuit_out.release()
+
     def _release_circuits(self) -> None:
         """Before the leg's state changes: its own paths take over again."""
         if self._circuit_in is not None:

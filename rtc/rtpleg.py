@@ -555,7 +555,7 @@ class RtpLeg(ReceivingPort):
             return
         if len(frame) != frame_samples(self.sample_rate):
             raise ValueError(f"RtpLeg expects {frame_samples(self.sample_rate)}-sample frames")
-        self._release_circuits()
+        self._release_circuit_out()
         self._send(frame)
 
     @property
@@ -602,7 +602,7 @@ class RtpLeg(ReceivingPort):
         return samples if decoder[1] is None else decoder[1].process(samples)
 
     def write_encoded(self, frame: EncodedFrame) -> None:
-        self._release_circuits()
+        self._release_circuit_out()
         if not self._closed:
             self._send(frame)
 
@@ -721,7 +721,7 @@ class RtpLeg(ReceivingPort):
         self._rtcp.rtp_sent(circuit.octets, packets)
 
     def write_gap(self, frames: int) -> None:
-        self._release_circuits()
+        self._release_circuit_out()
         self._clock.skip(frames, asyncio.get_running_loop().time())
 
     # negotiation

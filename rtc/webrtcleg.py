@@ -698,7 +698,7 @@ class WebRtcLeg(ReceivingPort):
             return
         if len(frame) != frame_samples(self.sample_rate):
             raise ValueError(f"WebRtcLeg expects {frame_samples(self.sample_rate)}-sample frames")
-        self._release_circuits()
+        self._release_circuit_out()
         if not self._track.send(frame, asyncio.get_running_loop().time()):
             self._playout.put(frame)
 
@@ -730,12 +730,12 @@ class WebRtcLeg(ReceivingPort):
         return self._decode(decoder, frame.payload)
 
     def write_encoded(self, frame: EncodedFrame) -> None:
-        self._release_circuits()
+        self._release_circuit_out()
         if not self._closed and not self._track.send(frame, asyncio.get_running_loop().time()):
             self._playout.put(frame)
 
     def write_gap(self, frames: int) -> None:
-        self._release_circuits()
+        self._release_circuit_out()
         self._track.clock.skip(frames, asyncio.get_running_loop().time())
 
     def send_passed(self, codec: str, payload: bytes, now: float) -> bool:

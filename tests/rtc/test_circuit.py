@@ -9,6 +9,7 @@ across what releases them (DTMF, a lost packet, hold, a re-INVITE).
 import asyncio
 from typing import Any
 
+import numpy as np
 import pytest
 
 import rtc.bridge
@@ -377,3 +378,26 @@ async def test_a_finished_ice_restart_releases_the_circuits() -> None:
     finally:
         leg._circuit_in = leg._circuit_out = None
         await leg.close()
+
+
+async def test_audio_written_to_a_leg_releases_only_the_circuit_it_sends_on() -> None:
+    # e.g. a tone mixed toward the browser: the other direction stays a circuit
+    from rtc.ports import frame_samples
+
+    call = Call("0", ("PCMU",))
+    await call.setup()
+    try:
+        call.bridge.connect(call.far)
+        await call.exchange(1.5)
+        assert engaged(call) == (True, True)
+        call.client.write(np.zeros(frame_samples(call.client.sample_rate), dtype=np.int16))
+        assert engaged(call) == (True, False)
+        await call.exchange(1.5)
+        assert engaged(call) == (True, True)
+        call.far.write(np.zeros(frame_samples(call.far.sample_rate), dtype=np.int16))
+        assert engaged(call) == (False, True)
+        call.far.write_gap(1)
+        call.client.write_gap(1)
+        assert engaged(call) == (False, False)
+    finally:
+        await call.close()

@@ -30,6 +30,19 @@ order, deduplicate and conceal the PBX's packets: that is done here, and the
 output is a complete sequence of frames, one per 20 ms of the stream's timeline.
 
 A new SSRC, a marker bit after silence or a timestamp jump re-anchors playout.
+A jump is a timestamp more than MAX_JUMP_FRAMES from playout, or, for the
+packet that continues the sequence numbers (``put(..., continues=True)``: the
+caller's RFC 3550 statistics tell), one behind where the stream stood (the
+frame after the newest one received) or more than MAX_SKIP frames ahead of it.
+A PBX re-bridging a call (Asterisk after a transfer or masquerade) keeps its
+SSRC and sequence numbers and moves the timestamps, back as often as forward,
+without a marker as often as with: with only the timestamp to go by, the
+packets after a jump back were taken for late ones and dropped until the
+stream came round to the playout point again (as much audio as the jump, up
+to a second), and after a jump ahead were held for frames that would never
+come. A late, reordered or duplicate packet has a sequence number behind the
+stream's: it is late, reordered or a copy as before. What was held behind a
+missing frame when the timeline jumps is dropped with the old timeline.
 RFC 3389 comfort noise (audio buffer): white noise at the signalled level,
 paced at one frame per 20 ms (``deadline``), until speech resumes; the noise
 runs on our clock, not the sender's, so speech resuming re-anchors playout
@@ -64,6 +77,13 @@ MAX_JUMP_FRAMES = 50  # a timestamp this far from playout is a new timeline
 DRIFT = 0.0005
 # given up one by one at their deadlines; beyond, the rest of a gap at once
 MAX_MISSING = len(CONCEAL_GAINS)
+# Frames the timestamps of the packet that continues the sequence numbers may
+# skip: a gap, given up at once (no packet can fill it), for a sender clock a
+# little fast, an unmarked pause of a frame or two, a frame its encoder
+# dropped. No more than concealment covers: further ahead its timeline jumped
+# (a gap that long would be given up at once anyway, after the wait, and the
+# burst behind it cut short by the sending clock).
+MAX_SKIP = MAX_MISSING
 
 
 class FrameAssembler:
@@ -264,17 +284,38 @@ class PlayoutBuffer(Generic[T]):
         self._due = now
         self._started = False
 
-    def put(self, ssrc: int, timestamp: int, item: T, now: float, marker: bool = False) -> None:
-        """One frame (``frame_samples`` of timestamp) that arrived at ``now``."""
+    def put(
+        self,
+        ssrc: int,
+        timestamp: int,
+        item: T,
+        now: float,
+        marker: bool = False,
+        continues: bool = False,
+    ) -> None:
+        """
+        One frame (``frame_samples`` of timestamp) that arrived at ``now``;
+        ``continues``: its packet's sequence number is the one after the
+        highest received (of any payload type) from this SSRC.
+        """
         if ssrc != self._ssrc or self._play_ts is None:
             self._ssrc = ssrc
             self._anchor(timestamp, now)
         offset = self._offset(timestamp)
-        if abs(offset) > MAX_JUMP_FRAMES or (marker and not self._items and offset > 0):
+        skipped = self._skipped(offset) if continues else 0
+        if (
+            abs(offset) > MAX_JUMP_FRAMES
+            or (marker and not self._items and offset > 0)
+            or not 0 <= skipped <= MAX_SKIP
+        ):
             # a new timeline, or a talk spurt after silence: play it from here (a
-            # marked packet behind playout is a copy or a late one, as any other)
+            # marked packet behind playout that does not continue the sequence
+            # numbers is a copy or a late one, as any other)
             self._anchor(timestamp, now)
             offset = 0
+        elif skipped and not self._items:
+            # the frames before it will never come: gaps now, not after the wait
+            self._missing_run = MAX_MISSING
         # Frames are held and released on the grid of frame_samples from the
         # playout point. A timestamp off that grid (a sender whose packets are
         # not a whole frame of its clock apart, a jump by an odd amount) takes
@@ -298,6 +339,17 @@ class PlayoutBuffer(Generic[T]):
             self.duplicates += 1
             return
         self._items[timestamp] = (item, now)
+
+    def _skipped(self, offset: int) -> int:
+        """
+        Frames a packet that continues the sequence numbers, ``offset`` frames
+        from playout, leaves out after the newest one received (held, or the
+        last played); negative when it goes back on it.
+        """
+        items = self._items
+        if not items:
+            return offset
+        return offset - 1 - max(self._offset(held) for held in items)
 
     def take(self, ssrc: int, timestamp: int, now: float) -> bool:
         """
@@ -432,16 +484,27 @@ class JitterBuffer(PlayoutBuffer[Frame]):
         self._assembler.reset()
 
     def put(  # type: ignore[override]
-        self, ssrc: int, timestamp: int, samples: Frame, now: float, marker: bool = False
+        self,
+        ssrc: int,
+        timestamp: int,
+        samples: Frame,
+        now: float,
+        marker: bool = False,
+        continues: bool = False,
     ) -> None:
-        """A decoded packet (any size, in samples of the buffer's rate) that arrived at ``now``."""
+        """
+        A decoded packet (any size, in samples of the buffer's rate) that
+        arrived at ``now``; ``continues`` as for PlayoutBuffer.put.
+        """
         size = self.frame_samples
         if len(samples) == size and self._comfort_level is None and not self._assembler.pending:
-            super().put(ssrc, timestamp, samples, now, marker)  # the usual 20 ms packet
+            # the usual 20 ms packet
+            super().put(ssrc, timestamp, samples, now, marker, continues)
             return
         assembler = self._assembler
         if self._comfort_level is not None and not self._items:
-            if not self._straggler(ssrc, timestamp):
+            # a packet after the CN packet in sequence is not from before it
+            if continues or not self._straggler(ssrc, timestamp):
                 # speech after comfort noise: the noise went on on our clock,
                 # maybe past this packet's place already; play it from here
                 self._play_ts = None
@@ -452,7 +515,13 @@ class JitterBuffer(PlayoutBuffer[Frame]):
             self._comfort_level = None
         if self._started and self._play_ts is not None:
             assembler.discard_before(self._play_ts)  # too late to complete
-        if len(samples) % size == 0 and not assembler.pending:
+        whole = len(samples) % size == 0 and not assembler.pending
+        if continues and not whole and self._play_ts is not None and ssrc == self._ssrc:
+            # pieces are judged as a packet (its frames may start before it)
+            if not 0 <= self._skipped(self._offset(timestamp)) <= MAX_SKIP:
+                self._anchor(timestamp, now)
+                assembler.anchor(ssrc, timestamp)
+        if whole:
             # whole frames (ptime 20, 40, 60): each in the nearest frame's place
             frames = [
                 (
@@ -473,8 +542,10 @@ class JitterBuffer(PlayoutBuffer[Frame]):
         # after that line (for ptime 10 or 30, the second 10 ms of a frame
         # comes 10 ms after its first), so frames are expected that much later.
         wait = size - math.gcd(size, len(samples))
-        for frame_ts, frame, lead, marked in frames:
-            super().put(ssrc, frame_ts, frame, now + (lead + wait) * self._period / size, marked)
+        for k, (frame_ts, frame, lead, marked) in enumerate(frames):
+            arrival = now + (lead + wait) * self._period / size
+            # whole frames: the first is where the packet starts
+            super().put(ssrc, frame_ts, frame, arrival, marked, continues and whole and k == 0)
 
     def _straggler(self, ssrc: int, timestamp: int) -> bool:
         """Audio from before the comfort noise started (reordered behind the

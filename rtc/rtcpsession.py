@@ -60,8 +60,9 @@ class RtcpSession:
 
     def rtp_received(
         self, ssrc: int, sequence_number: int, timestamp: int, arrival: float, size: int
-    ) -> None:
-        self.receiver.add(ssrc, sequence_number, timestamp, arrival, size)
+    ) -> bool:
+        """ReceiverStatistics.add: True when the packet continues its source's stream."""
+        return self.receiver.add(ssrc, sequence_number, timestamp, arrival, size)
 
     def build_report(
         self, wall_time: float, monotonic: float, rtp_timestamp: int, bye: bool = False

@@ -60,8 +60,9 @@ from a Goertzel detector on the received audio.
 
 Receiving: packets go through an adaptive jitter buffer (rtc.jitterbuffer:
 reordering, duplicates, loss concealment, RFC 3389 comfort noise, SSRC and
-timestamp changes) that releases each frame as soon as it and those before it
-are in, and waits for a missing one up to its adaptive delay before
+timestamp changes, a timestamp jump told from a late packet by the sequence
+number) that releases each frame as soon as it and those before it are in,
+and waits for a missing one up to its adaptive delay before
 concealing it; ``read()`` (or the bridge's listener) gets the frames in the
 datagram callback that completed them, or from a timer at the end of a wait
 (and every 20 ms during comfort noise). A silent or held stream yields
@@ -1439,7 +1440,7 @@ class RtpLeg(ReceivingPort):
         if codec is None:
             # not negotiated
             return
-        self._count_received(packet, now)
+        continues = self._count_received(packet, now)
         if packet.payload_type == self._codec_pt and source.address is None:
             # symmetric RTP (RFC 4961): answer to where the far end really is
             self._release_circuits()
@@ -1450,7 +1451,7 @@ class RtpLeg(ReceivingPort):
         if codec.sample_rate != self._jitter_rate:
             # early media in another of the offered codecs than expected
             self._set_jitter_rate(codec.sample_rate)
-        if self._pass_through(packet, codec, now):
+        if self._pass_through(packet, codec, now, continues):
             return
         if self._passing:
             # back to decoding (pass-through off, or a packet it cannot take)
@@ -1462,11 +1463,21 @@ class RtpLeg(ReceivingPort):
         # in the jitter buffer, timestamps count audio samples
         scale = codec.sample_rate // codec.clock_rate
         self._buffer(
-            packet.ssrc, (packet.timestamp * scale) & 0xFFFFFFFF, packet.marker, samples, now
+            packet.ssrc,
+            (packet.timestamp * scale) & 0xFFFFFFFF,
+            packet.marker,
+            samples,
+            now,
+            continues,
         )
 
-    def _pass_through(self, packet: ReceivedRtp, codec: AudioCodec, now: float) -> bool:
-        """Queue the packet undecoded (True) when pass-through takes it."""
+    def _pass_through(
+        self, packet: ReceivedRtp, codec: AudioCodec, now: float, continues: bool
+    ) -> bool:
+        """
+        Queue the packet undecoded (True) when pass-through takes it;
+        ``continues``: it is the next in sequence (the statistics say).
+        """
         wants = self._passthrough
         if wants is None or codec is not self._codec:
             return False
@@ -1491,8 +1502,15 @@ class RtpLeg(ReceivingPort):
             if express is None or not express(name, packet.payload, now):
                 self._queue.put(EncodedFrame(name, packet.payload))
             return True
+        # not the frame that plays next: a gap, late, reordered, or the
+        # timeline jumped (continues says which of the last two)
         self._packets.put(
-            packet.ssrc, packet.timestamp, EncodedFrame(name, packet.payload), now, packet.marker
+            packet.ssrc,
+            packet.timestamp,
+            EncodedFrame(name, packet.payload),
+            now,
+            packet.marker,
+            continues,
         )
         self._play(now)
         return True
@@ -1509,14 +1527,15 @@ class RtpLeg(ReceivingPort):
         self.frames_decoded += 1
         return samples
 
-    def _count_received(self, packet: ReceivedRtp, now: float) -> None:
+    def _count_received(self, packet: ReceivedRtp, now: float) -> bool:
+        """Count the packet; True when it continues the stream (ReceiverStatistics.add)."""
         self.packets_received += 1
         self.last_received = now
         self._timeout_fired = False
         # RFC 3550 jitter wants the arrival to a fraction of a timestamp unit:
         # uvloop's loop.time() (``now``) counts whole milliseconds, read once
         # per loop iteration (8 units of the 8 kHz clock)
-        self._rtcp.rtp_received(
+        return self._rtcp.rtp_received(
             packet.ssrc,
             packet.sequence_number,
             packet.timestamp,
@@ -1559,15 +1578,22 @@ class RtpLeg(ReceivingPort):
             await asyncio.sleep(self.rtcp_interval * random.uniform(0.5, 1.5))
 
     def _buffer(
-        self, ssrc: int, timestamp: int, marker: bool, samples: npt.NDArray[np.int16], now: float
+        self,
+        ssrc: int,
+        timestamp: int,
+        marker: bool,
+        samples: npt.NDArray[np.int16],
+        now: float,
+        continues: bool,
     ) -> None:
         """
         Into the jitter buffer, then play what is ready. ``timestamp`` is in
-        samples of the buffer's rate; ``now``: the arrival. A packet of another
-        ptime (10, 30 ms...) is cut into 20 ms frames there (its FrameAssembler:
-        on the stream's grid, in any arrival order).
+        samples of the buffer's rate; ``now``: the arrival; ``continues``: the
+        packet is the next in sequence. A packet of another ptime (10, 30
+        ms...) is cut into 20 ms frames there (its FrameAssembler: on the
+        stream's grid, in any arrival order).
         """
-        self._jitter.put(ssrc, timestamp, samples, now, marker)
+        self._jitter.put(ssrc, timestamp, samples, now, marker, continues)
         self._play(now)
 
     def _play(self, now: float) -> None:

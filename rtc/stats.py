@@ -7,7 +7,7 @@ an estimated MOS from the ITU-T G.107 E-model. Sans-I/O: times are passed in.
 from dataclasses import dataclass
 
 from .rtcp import RtcpReceptionReport
-from .rtp import seq_diff
+from .rtp import seq_diff, ts_diff
 
 __all__ = [
     "LegStats",
@@ -20,6 +20,14 @@ __all__ = [
 
 MAX_DROPOUT = 3000
 MAX_MISORDER = 100
+# The packet in sequence this much earlier (seconds) than the one before says
+# its timestamp jumped ahead: a sender can be that early only after being as
+# late, which the jitter counted already.
+MAX_EARLY = 0.2
+# Later than the one before by this much (seconds) and stamped behind it, its
+# timestamp jumped back; only then is the timestamp looked at (a step back
+# smaller than this is no more than jitter of that size).
+MIN_BACK = 0.01
 
 
 @dataclass
@@ -81,6 +89,8 @@ class ReceiverStatistics:
 
     def __init__(self, clock_rate: int) -> None:
         self.clock_rate = clock_rate
+        self._early = MAX_EARLY * clock_rate
+        self._late = MIN_BACK * clock_rate
         self.ssrc: int | None = None
         # what the sources before the current one received and expected
         self._earlier_packets = 0
@@ -115,8 +125,14 @@ class ReceiverStatistics:
 
     def add(
         self, ssrc: int, sequence_number: int, timestamp: int, arrival: float, size: int
-    ) -> None:
-        """Account for a packet; ``arrival`` in seconds on any steady clock."""
+    ) -> bool:
+        """
+        Account for a packet; ``arrival`` in seconds on any steady clock.
+        True when it continues its source's stream: its sequence number is the
+        one after the highest received (what a jitter buffer needs to tell a
+        timestamp jump from a late packet).
+        """
+        continues = False
         if ssrc != self.ssrc:
             # a new source (e.g. the PBX switched streams): its own report
             # block from scratch, the session's totals carried on
@@ -134,6 +150,7 @@ class ReceiverStatistics:
             delta = seq_diff(sequence_number, self._max_seq)
             if 0 < delta < MAX_DROPOUT:
                 self._advance(sequence_number)
+                continues = delta == 1
             elif delta <= -MAX_MISORDER or delta >= MAX_DROPOUT:
                 if sequence_number != bad_seq:
                     # A.1: one packet far off is probably a stray (a very late
@@ -141,7 +158,7 @@ class ReceiverStatistics:
                     # that a single packet could wipe out
                     self._bad_seq = (sequence_number + 1) & 0xFFFF
                     self._bad_size = size
-                    return
+                    return False
                 # two in sequence: the sender restarted its sequence numbers.
                 # Resync from the stray, counted now as its first packet; what
                 # was received and expected so far stays, so the jump is
@@ -152,7 +169,7 @@ class ReceiverStatistics:
                 self.packets_received += 1
                 self.bytes_received += self._bad_size
             elif delta == 0:
-                return  # duplicate
+                return False  # duplicate
         self.packets_received += 1
         self.bytes_received += size
 
@@ -164,14 +181,23 @@ class ReceiverStatistics:
             # would add the whole gap since the first as jitter (libwebrtc
             # skips them too). The first one's transit is kept, so that the
             # packet after them is measured against when the timestamp began.
-            return
-        self._last_timestamp = timestamp
-        if self._transit is not None:
-            d = abs(transit - self._transit)
-            # a timestamp jump (new talk spurt after a gap is fine, a jump is not)
-            if d < self.clock_rate * 10:
-                self._jitter += (d - self._jitter) / 16
-        self._transit = transit
+            return continues
+        last, self._last_timestamp = self._last_timestamp, timestamp
+        previous, self._transit = self._transit, transit
+        if previous is None or last is None:
+            return continues
+        d = transit - previous
+        if continues and (d < -self._early or (d > self._late and ts_diff(timestamp, last) < 0)):
+            # the next packet, stamped back or far ahead: the sender's timeline
+            # jumped (a PBX re-bridging the call keeps SSRC and sequence
+            # numbers). Its transit starts over, as a new source's: the jump
+            # is not jitter (a jump of seconds read as hundreds of ms of it)
+            return continues
+        d = abs(d)
+        # a timestamp jump (new talk spurt after a gap is fine, a jump is not)
+        if d < self.clock_rate * 10:
+            self._jitter += (d - self._jitter) / 16
+        return continues
 
     @property
     def jitter_units(self) -> float:

@@ -221,6 +221,33 @@ def test_receiver_segments_and_new_presses_told_apart() -> None:
     assert receiver.feed(1, 700_000 + MAX_DURATION + 20000, report) == "5"
 
 
+def test_digits_across_timestamp_jumps_are_each_reported_once() -> None:
+    """Digits between timestamp jumps on one SSRC (a PBX re-bridging the call), back
+    and forward, one landing on an earlier press's timestamp with another digit:
+    each reported once; the end packets repeated after a jump are not a new press."""
+    receiver = DtmfEventReceiver()
+    digits: list[str | None] = []
+
+    def press(code: int, timestamp: int) -> None:
+        for duration in (160, 320, 480, 640):
+            digits.append(
+                receiver.feed(0x4242, timestamp, bytes(TelephoneEvent(code, False, 10, duration)))
+            )
+        for _ in range(3):  # the end, sent three times
+            digits.append(
+                receiver.feed(0x4242, timestamp, bytes(TelephoneEvent(code, True, 10, 800)))
+            )
+
+    press(1, 1_000_000)
+    press(2, 1_000_000 + 8000)
+    press(3, 1_000_000 + 8000 - 5 * 8000)  # jumped back 5 s
+    digits.append(receiver.feed(0x4242, 1_000_000 + 8000, bytes(TelephoneEvent(2, True, 10, 800))))
+    press(4, 1_000_000)  # back onto the first press's timestamp, another digit
+    press(5, 1_000_000 + 40 * 8000)  # forward
+    press(5, 1_000_000 + 40 * 8000 + 1600)
+    assert [d for d in digits if d is not None] == ["1", "2", "3", "4", "5", "5"]
+
+
 def test_receiver_digits_sharing_a_timestamp() -> None:
     """A peer that does not advance the timestamp between digits still sends two."""
     receiver = DtmfEventReceiver()

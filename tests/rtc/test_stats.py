@@ -1,6 +1,7 @@
 """Receiver statistics (RFC 3550 A.1/A.3/A.8), E-model MOS, and RTCP between RtpLegs."""
 
 import asyncio
+import random
 import socket
 import time
 
@@ -114,6 +115,45 @@ def test_a_restarted_sequence_resyncs_without_counting_the_jump() -> None:
     report = stats.report()
     assert report is not None and report.packets_lost == 51
     assert report.highest_sequence == stats.extended_max == (1 << 16) + 9
+
+
+def test_statistics_tell_the_packet_that_continues_the_stream() -> None:
+    """What a jitter buffer needs to tell a timestamp jump from a late packet."""
+    stats = ReceiverStatistics(8000)
+    assert not stats.add(1, 100, 0, 0.0, 160)  # the first of a source
+    assert stats.add(1, 101, 160, 0.02, 160)
+    assert not stats.add(1, 101, 160, 0.021, 160)  # a copy
+    assert not stats.add(1, 103, 480, 0.06, 160)  # 102 lost
+    assert not stats.add(1, 102, 320, 0.061, 160)  # late
+    assert stats.add(1, 104, 640, 0.08, 160)
+    assert not stats.add(2, 105, 800, 0.1, 160)  # another source
+
+
+@pytest.mark.parametrize("jump", [-40000, -4000, -800, 40000, 4000])
+def test_a_timestamp_jump_is_not_jitter(jump: int) -> None:
+    """
+    RFC 3550 A.8 across a timestamp jump under continuing sequence numbers (a PBX
+    re-bridging the call): the transit starts over, as for a new source (a jump of
+    5 s, back or ahead, made 312 ms of jitter, still 12 ms a second later).
+    """
+    stats = ReceiverStatistics(8000)
+    rng = random.Random(5)
+    for seq in range(100):
+        arrival = seq * 0.02 + rng.uniform(0, 0.002)
+        stats.add(7, seq, 1_000_000 + seq * 160 + (jump if seq >= 50 else 0), arrival, 160)
+        assert stats.jitter < 0.002, (seq, stats.jitter)
+
+
+def test_real_jitter_still_counts() -> None:
+    """A packet 300 ms late, the ones queued behind it coming in a burst with it
+    (each 20 ms early on the one before): jitter, as ever."""
+    stats = ReceiverStatistics(8000)
+    peak = 0.0
+    for seq in range(50):
+        arrival = max(seq * 0.02, 0.7) if 20 <= seq < 35 else seq * 0.02
+        assert stats.add(7, seq, 1_000_000 + seq * 160, arrival, 160) == (seq > 0)
+        peak = max(peak, stats.jitter)
+    assert peak > 0.015
 
 
 def test_session_totals_survive_ssrc_changes() -> None:

@@ -27,7 +27,6 @@ from .ports import (
     FRAME_MS,
     AudioPort,
     EncodedFrame,
-    FrameClock,
     Gap,
     MediaItem,
     PassThroughPort,
@@ -294,12 +293,19 @@ class ToneMixer:
     the relay toward the port writes here instead. This is no PassThroughPort,
     so that relay decodes, as it does toward any port that takes only audio
     (pass-through and its circuit give way as they do for ringback). ``run()``
-    writes each frame on to the port with the tone's next frame added, paced
-    as the WebRTC leg's own sender paces what it relays (rtc.ports.FrameClock):
-    a frame goes on the moment it arrives, a burst one per 20 ms, and when
-    none comes in time the tone goes on alone (a far end with silence
-    suppression sends nothing, and the tone must still be heard).
+    writes each frame on to the port the moment it arrives, with the tone's
+    next frame added: the far audio keeps its own pace, as without the tone
+    (the port's sender paces and stamps it). Only once none has come for
+    ``OUTAGE`` does the tone go on alone, a frame per 20 ms (a far end with
+    silence suppression sends nothing, and the tone must still be heard).
+    Pacing by a clock of its own instead, a frame a little late (ordinary
+    jitter) had the tone sent alone in its place and the frame after it: a
+    frame too many each time, which the port's send clock dropped later on.
     """
+
+    # no far audio for this long: the tone plays alone (rtc.sendclock's
+    # PAUSE, after which a sender starts a new talk spurt)
+    OUTAGE = 0.06
 
     def __init__(self, sink: AudioPort, tone: str, country: str) -> None:
         self.sink = sink
@@ -307,7 +313,6 @@ class ToneMixer:
         self.sample_rate = sink.sample_rate
         self._tone = ToneGenerator(tone, country, self.sample_rate)
         self._playout = PlayoutQueue()
-        self._clock = FrameClock(self._playout)
 
     async def read(self) -> npt.NDArray[np.int16]:
         raise PortClosed  # nothing comes from here: it only mixes what is written
@@ -316,8 +321,18 @@ class ToneMixer:
         self._playout.put(frame)
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        playout = self._playout
+        alone_after = loop.time() + self.OUTAGE
         while True:
-            item = await self._clock.next()
+            await playout.wait(alone_after)
+            item = playout.pop() if len(playout) else None
+            now = loop.time()
+            if item is not None:
+                alone_after = now + self.OUTAGE  # the tone alone only once it stopped
+            else:
+                # then a frame per 20 ms, in phase (not drifting by each wake-up's delay)
+                alone_after = max(alone_after + FRAME_MS / 1000, now - FRAME_MS / 1000)
             tone = self._tone.frame()
             mixed = tone
             # anything but a frame of the port's rate (one written before a rate

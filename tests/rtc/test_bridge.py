@@ -254,3 +254,53 @@ async def test_call_waiting_tone_mixed_over_the_far_audio(call: Call) -> None:
     assert band_energy_ratio(at_phone[-4000:], 8000, 440, 25) < 0.001
     assert dominant_frequency(at_phone[-4000:], 8000) == pytest.approx(1000, abs=5)
     assert band_energy_ratio(after[-24000:], 48000, 700, 15) > 0.99
+
+
+class _Sink:
+    """A port that keeps what is written to it, and when."""
+
+    sample_rate = 8000
+
+    def __init__(self) -> None:
+        self.frames: list[npt.NDArray[np.int16]] = []
+        self.times: list[float] = []
+
+    def write(self, frame: npt.NDArray[np.int16]) -> None:
+        self.frames.append(frame)
+        self.times.append(asyncio.get_running_loop().time())
+
+    async def read(self) -> npt.NDArray[np.int16]:
+        raise PortClosed
+
+
+async def test_the_tone_mixer_passes_each_far_frame_once_under_jitter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Far frames every 20 ms, every 5th 15 ms late (ordinary jitter): each goes on
+    once, as it comes, with nothing in between; once they stop, the tone goes on
+    alone a frame per 20 ms. (Paced by a clock of its own, the mixer sent the tone
+    alone in place of each late frame and the frame after it: 120 frames for 100.)"""
+    from rtc.bridge import ToneMixer
+    from rtc.tones import TONES, Cadence
+
+    # a tone that is off all along: only the far audio shows
+    monkeypatch.setitem(TONES["call-waiting"], "us", Cadence((440,), (0.02, 1000.0)))
+    sink = _Sink()
+    mixer = ToneMixer(sink, "call-waiting", "us")  # type: ignore[arg-type]
+    task = asyncio.ensure_future(mixer.run())
+    loop = asyncio.get_running_loop()
+    start = loop.time() + 0.05
+    for k in range(100):
+        late = 0.015 if k % 5 == 2 else 0.0
+        loop.call_at(start + 0.02 * k + late, mixer.write, np.full(160, 100 * (k + 1), np.int16))
+    await asyncio.sleep(0.05 + 0.02 * 100 + 0.3)
+    task.cancel()
+    levels = [int(round(float(f.mean()))) for f in sink.frames]
+    far = [i for i, level in enumerate(levels) if level >= 50]
+    assert [levels[i] // 100 - 1 for i in far] == list(range(100))
+    assert far == list(range(far[0], far[0] + 100))  # nothing written in between
+    # after the last far frame: the tone alone (silent here) from 60 ms on, every 20 ms
+    after = sink.times[far[-1] + 1 :]
+    assert after and after[0] - sink.times[far[-1]] == pytest.approx(0.06, abs=0.006)
+    gaps = np.diff(after)
+    assert len(gaps) >= 8 and np.all(np.abs(gaps - 0.02) < 0.006), gaps

@@ -89,14 +89,24 @@ class ReceiverStatistics:
 
     def __init__(self, clock_rate: int) -> None:
         self.clock_rate = clock_rate
-        self._early = MAX_EARLY * clock_rate
-        self._late = MIN_BACK * clock_rate
         self.ssrc: int | None = None
         # what the sources before the current one received and expected
         self._earlier_packets = 0
         self._earlier_bytes = 0
         self._earlier_expected = 0
         self._new_source(0)
+
+    @property
+    def clock_rate(self) -> int:
+        return self._clock_rate
+
+    @clock_rate.setter
+    def clock_rate(self, rate: int) -> None:
+        # a leg learns its rate at negotiation (Opus: 48000, after 8000):
+        # the bounds of a timestamp jump, in timestamp units, follow it
+        self._clock_rate = rate
+        self._early = MAX_EARLY * rate
+        self._late = MIN_BACK * rate
 
     def _new_source(self, sequence_number: int) -> None:
         self.packets_received = 0
@@ -174,7 +184,7 @@ class ReceiverStatistics:
         self.bytes_received += size
 
         # A.8: jitter from the change in relative transit time
-        transit = arrival * self.clock_rate - timestamp
+        transit = arrival * self._clock_rate - timestamp
         if timestamp == self._last_timestamp and self._transit is not None:
             # packets sharing a timestamp (an RFC 4733 event's, all stamped
             # with its start; a video frame's) were not sampled apart: each
@@ -195,7 +205,7 @@ class ReceiverStatistics:
             return continues
         d = abs(d)
         # a timestamp jump (new talk spurt after a gap is fine, a jump is not)
-        if d < self.clock_rate * 10:
+        if d < self._clock_rate * 10:
             self._jitter += (d - self._jitter) / 16
         return continues
 

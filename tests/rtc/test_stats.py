@@ -346,3 +346,20 @@ def test_jitter_of_a_stream_on_time_is_near_zero_on_uvloop() -> None:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         jitter_ms = runner.run(run())
     assert jitter_ms < 0.15
+
+
+def test_a_clock_rate_learnt_later_counts_as_one_given_at_the_start() -> None:
+    # an RtpLeg's statistics start at 8000 and learn 48000 when Opus is negotiated:
+    # the bounds of a timestamp jump must follow, or the packet after a 40 ms delay
+    # spike (33 ms "early" at 48 kHz) is taken for a jump and its jitter is lost
+    def feed(stats: ReceiverStatistics) -> float:
+        for k in range(200):
+            spike = 0.04 if k % 20 == 10 else 0.0
+            stats.add(1, k, k * 960, 0.02 * k + spike, 100)
+        return stats.jitter_units / 48000
+
+    learnt = ReceiverStatistics(8000)
+    learnt.clock_rate = 48000
+    given = feed(ReceiverStatistics(48000))
+    assert given > 0.003
+    assert feed(learnt) == pytest.approx(given)

@@ -491,7 +491,11 @@ class _Table:
             lambda v: isinstance(v, int | float) and not isinstance(v, bool),
             "a number",
         )
-        if not (math.isfinite(value) and low < value <= high):
+        if not math.isfinite(value):
+            raise self.error(key, f"must be a finite number, got {value}")
+        if not low < value <= high:
+            if low == -math.inf:
+                raise self.error(key, f"must be at most {high:g}, got {value}")
             raise self.error(key, f"must be more than {low:g} and at most {high:g}, got {value}")
         return float(value)
 

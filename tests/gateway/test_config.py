@@ -150,9 +150,20 @@ def test_example_file_loads_and_documents_every_key() -> None:
         },
         "auth": {"mode", "realm", "jwt"},
         "media": {
-            "rtp_host", "rtp_port_min", "rtp_port_max", "ringback", "failure_tone_seconds",
-            "call_waiting_tone", "timeout", "codecs", "srtp", "opus_complexity",
-            "opus_bit_rate", "jitter_min_ms", "jitter_max_ms", "video_bit_rate",
+            "rtp_host",
+            "rtp_port_min",
+            "rtp_port_max",
+            "ringback",
+            "failure_tone_seconds",
+            "call_waiting_tone",
+            "timeout",
+            "codecs",
+            "srtp",
+            "opus_complexity",
+            "opus_bit_rate",
+            "jitter_min_ms",
+            "jitter_max_ms",
+            "video_bit_rate",
         },
         "calls": {
             "no_answer_timeout",
@@ -316,7 +327,7 @@ def test_explicitly_empty_directory() -> None:
         ({"server": {"ws_path": "ws"}}, "[server] ws_path", 'starting with "/"'),
         ({"server": {"max_message_bytes": 0}}, "[server] max_message_bytes", "between"),
         ({"sip": {"t1": 0}}, "[sip] t1", "more than 0"),
-        ({"sip": {"t1": float("nan")}}, "[sip] t1", "more than 0"),
+        ({"sip": {"t1": float("nan")}}, "[sip] t1", "must be a finite number, got nan"),
         ({"sip": {"t1": 2.0, "t2": 1.0}}, "[sip] t2", "less than t1"),
         ({"sip": {"user_agent": ""}}, "[sip] user_agent", "non-empty"),
         ({"pbx": {"uri": "pbx.example.com"}}, "[pbx] uri", "expected a SIP URI"),
@@ -932,14 +943,24 @@ def test_users_with_ha1_values() -> None:
             "sip": {"realm": REALM},
             "users": [
                 # only ha1_md5, given in upper case: stored in lower case
-                {"username": "carol", "number": "1003",
-                 "ha1_md5": _md5(f"1003:{REALM}:carol-pw").upper()},
+                {
+                    "username": "carol",
+                    "number": "1003",
+                    "ha1_md5": _md5(f"1003:{REALM}:carol-pw").upper(),
+                },
                 # both, beside a password they match
-                {"username": "dave", "number": "+4930", "password": "dave-pw",
-                 "ha1_md5": _md5(f"+4930:{REALM}:dave-pw"),
-                 "ha1_sha256": _sha256(f"+4930:{REALM}:dave-pw")},
-                {"username": "erin", "number": "1005",
-                 "ha1_sha256": _sha256(f"1005:{REALM}:erin-pw")},
+                {
+                    "username": "dave",
+                    "number": "+4930",
+                    "password": "dave-pw",
+                    "ha1_md5": _md5(f"+4930:{REALM}:dave-pw"),
+                    "ha1_sha256": _sha256(f"+4930:{REALM}:dave-pw"),
+                },
+                {
+                    "username": "erin",
+                    "number": "1005",
+                    "ha1_sha256": _sha256(f"1005:{REALM}:erin-pw"),
+                },
             ],
         },
         SRC,
@@ -995,8 +1016,9 @@ def test_ha1_errors(user: dict[str, Any], key: str, fragment: str) -> None:
 
 
 def test_ha1_matching_password_at_default_realm() -> None:
-    c = parse_config({"users": [{"username": "a", "number": "1", "password": "p",
-                                 "ha1_md5": MD5_OF_PW}]}, SRC)
+    c = parse_config(
+        {"users": [{"username": "a", "number": "1", "password": "p", "ha1_md5": MD5_OF_PW}]}, SRC
+    )
     assert c.users[0].ha1_md5 == MD5_OF_PW and not c.users[0].ha1_only
 
 
@@ -1009,8 +1031,9 @@ def test_ha1_in_users_files(tmp_path: Path) -> None:
         f"erin,,2002,,{sha}\n"
         f"frank,fpw,2003,,{_sha256(f'2003:{REALM}:fpw')}\n"
     )
-    (tmp_path / "u.toml").write_text(f'[[users]]\nusername = "gina"\nnumber = "2004"\n'
-                                     f'ha1_md5 = "{_md5(f"2004:{REALM}:g")}"\n')
+    (tmp_path / "u.toml").write_text(
+        f'[[users]]\nusername = "gina"\nnumber = "2004"\nha1_md5 = "{_md5(f"2004:{REALM}:g")}"\n'
+    )
     for name in ("u.csv", "u.toml"):
         (tmp_path / "gw.toml").write_text(
             f'[sip]\nrealm = "{REALM}"\n[directory]\nusers_file = "{name}"\n'
@@ -1060,7 +1083,7 @@ def test_example_ha1_user_hashes_its_password() -> None:
     """The commented-out HA1-only user of the example file, uncommented, loads and holds
     the HA1 values of the password it names, in the example's SIP realm."""
     text = EXAMPLE.read_text()
-    block = text[text.index('#[[users]]\n#username = "carol"'):].splitlines()
+    block = text[text.index('#[[users]]\n#username = "carol"') :].splitlines()
     entry = "\n".join(line[1:] for line in block if line.startswith("#"))
     example = load_config(str(EXAMPLE))
     realm = sip_realm(example.sip)
@@ -1069,3 +1092,15 @@ def test_example_ha1_user_hashes_its_password() -> None:
     assert carol.ha1_only and carol.number == "1003"
     assert carol.ha1_md5 == user_ha1("MD5", "1003", realm, "carol-secret")
     assert carol.ha1_sha256 == user_ha1("SHA-256", "1003", realm, "carol-secret")
+
+
+def test_number_errors_read_plainly() -> None:
+    # no "more than -inf" for a key with only an upper bound, and nan/inf named as such
+    message = err({"media": {"timeout": 4000}})
+    assert "[media] timeout: must be at most 3600, got 4000" in message and "inf" not in message
+    assert "[media] failure_tone_seconds: must be a finite number, got nan" in err(
+        {"media": {"failure_tone_seconds": float("nan")}}
+    )
+    assert "[media] timeout: must be a finite number, got inf" in err(
+        {"media": {"timeout": float("inf")}}
+    )

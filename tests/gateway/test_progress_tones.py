@@ -137,6 +137,18 @@ class Outgoing:
     rtp: RtpLeg
 
 
+def active_call(client: Client) -> tuple[ClientCall, FakeLeg]:
+    """A call of ``client`` in progress: its WebRTC leg hears a 1 kHz far end."""
+    active = ClientCall(
+        "a", client.reg, outgoing=True, remote=Party("9001"), state=CallState.ACTIVE
+    )
+    leg = FakeLeg()
+    active.webrtc, active.local, active.answered = cast(Any, leg), TonePort(1000, RATE), True
+    client.reg.calls[active.call_id] = active
+    client.core._bridge_client_leg(active)
+    return active, leg
+
+
 async def dial(client: Client, *, connection_state: str = "connected") -> Outgoing:
     """An outgoing call to SIP as the core has it once the INVITE is out: the browser leg
     answered, the RTP leg offered, the far end not answered yet."""
@@ -398,13 +410,7 @@ async def waiting(closing: list[Client], monkeypatch: pytest.MonkeyPatch) -> Asy
     closing.append(client)
     core = client.core
     monkeypatch.setattr(core, "_new_client_leg", lambda call: FakeLeg())
-    active = ClientCall(
-        "a", client.reg, outgoing=True, remote=Party("9001"), state=CallState.ACTIVE
-    )
-    leg = FakeLeg()
-    active.webrtc, active.local, active.answered = cast(Any, leg), TonePort(1000, RATE), True
-    client.reg.calls[active.call_id] = active
-    core._bridge_client_leg(active)
+    active, leg = active_call(client)
 
     rtp = await RtpLeg.open()
     incoming = SipIncoming(cast(Any, Dialog("in-1")), rtp=rtp, rtp_answer=b"v=0\r\n")
@@ -514,13 +520,7 @@ async def test_no_call_waiting_tone_unless_configured(closing: list[Client]) -> 
     client = make_client()
     closing.append(client)
     core = client.core
-    active = ClientCall(
-        "a", client.reg, outgoing=True, remote=Party("9001"), state=CallState.ACTIVE
-    )
-    leg = FakeLeg()
-    active.webrtc, active.local, active.answered = cast(Any, leg), TonePort(1000, RATE), True
-    client.reg.calls[active.call_id] = active
-    core._bridge_client_leg(active)
+    active, leg = active_call(client)
     offered = ClientCall("b", client.reg, False, Party("5555"), CallState.OFFERED)
     client.reg.calls[offered.call_id] = offered
     client.reg.sink(CallOffered("b", Party("5555"), client.reg.party))

@@ -11,7 +11,7 @@ and keep its size check (the buffer is 1500 bytes; a longer datagram from a
 peer must not be written past it) and its errors (``pylibsrtp.Error``).
 
 They read the session's attributes (``_srtp``, ``_cdata``, ``_buffer``) as
-pylibsrtp 0.10-1.0 lay them out; with another layout they return the
+pylibsrtp 1.0 lays them out (the version checked); with another layout they return the
 session's own methods, so nothing breaks, it is only slower
 (tests/rtc/test_srtp.py says which one the installed version gets).
 """

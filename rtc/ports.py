@@ -264,6 +264,14 @@ class ReceivingPort(AudioPort):
         if self._circuit_out is not None:
             self._circuit_out.sync()
 
+    def _sync_circuit_out(self) -> None:
+        """What the leg sends up to date, for its filler tick. The circuit it
+        receives on is the other leg's outgoing one, which that leg's tick syncs
+        as often (syncing each circuit from both legs' ticks doubled a cost that
+        showed at hundreds of calls: bench/README.md, round 12)."""
+        if self._circuit_out is not None:
+            self._circuit_out.sync()
+
     def _release_circuit_out(self) -> None:
         """Before what the leg sends changes hands (audio written to it): the
         circuit sending through it stops, the one it receives on goes on."""

@@ -608,8 +608,7 @@ class RtpLeg(ReceivingPort):
             self._send(frame)
 
     def send_passed(self, codec: str, payload: bytes, now: float) -> bool:
-        if self._circuit_out is not None:
-            self._circuit_out.release()  # the express way sends now
+        self._release_circuit_out()  # the express way sends now
         if self._relay_codec != codec:
             return False
         if not self._closed:
@@ -1193,19 +1192,13 @@ class RtpLeg(ReceivingPort):
         """
         if self._closed:
             return
-        # Only what the leg sends, which its filler decision reads: the circuit
-        # it receives on is the other leg's outgoing one, which that leg's tick
-        # syncs as often (syncing each circuit from both legs' ticks doubled
-        # a cost that showed at hundreds of calls: bench/README.md, round 12).
-        if self._circuit_out is not None:
-            self._circuit_out.sync()
+        self._sync_circuit_out()
         self._check_timeout(now)
         if self._sending:
             fill, again = self._clock.fill(now)
             if fill:
                 # the stream stopped: the leg sends by itself, not a circuit
-                if self._circuit_out is not None:
-                    self._circuit_out.release()
+                self._release_circuit_out()
                 self.frames_filled += 1
                 self._send(None, now)
         else:
@@ -1276,13 +1269,13 @@ class RtpLeg(ReceivingPort):
                 frame = self._send_resampler.process(frame)
             self.frames_encoded += 1
             if self._opus_halves:
-                self._send_packets(self._encode_halves(frame, timestamp, marker), transport, addr)
+                self._send_packets(self._encode_halves(frame, timestamp, marker), addr)
                 return
             payload = self._encode(frame)
         packetizer = self._packetizer
         if packetizer is not None:
             # a packet time other than 20 ms; the common case pays this test only
-            self._send_packets(packetizer.push(timestamp, marker, payload, now), transport, addr)
+            self._send_packets(packetizer.push(timestamp, marker, payload, now), addr)
             if not self._flush_timer.armed:
                 deadline = packetizer.deadline
                 if deadline is not None:
@@ -1316,9 +1309,7 @@ class RtpLeg(ReceivingPort):
             (timestamp + self._rtp_frame // 2, False, encode(frame[half:])),
         ]
 
-    def _send_packets(
-        self, packets: list[Packet], transport: asyncio.DatagramTransport, addr: tuple[str, int]
-    ) -> None:
+    def _send_packets(self, packets: list[Packet], addr: tuple[str, int]) -> None:
         """
         Packets of another packet time than the frames' (rtc.packetizer), in
         order. The 20 ms path in ``_send`` does the same inline, a call less
@@ -1328,19 +1319,14 @@ class RtpLeg(ReceivingPort):
         for timestamp, marker, payload in packets:
             sequence_number = self._sequence_number
             self._sequence_number = (sequence_number + 1) & 0xFFFF
-            data = (
-                RTP_FIXED_HEADER.pack(
-                    0x80,
-                    pt | 0x80 if marker else pt,
-                    sequence_number,
-                    timestamp & 0xFFFFFFFF,
-                    self._ssrc,
-                )
-                + payload
+            header = RTP_FIXED_HEADER.pack(
+                0x80,
+                pt | 0x80 if marker else pt,
+                sequence_number,
+                timestamp & 0xFFFFFFFF,
+                self._ssrc,
             )
-            if self._srtp is not None:
-                data = self._srtp.protect(data)
-            transport.sendto(data, addr)
+            self._sendto(header + payload, addr)
             self.packets_sent += 1
             self._rtcp.rtp_sent(len(payload))
 
@@ -1354,10 +1340,9 @@ class RtpLeg(ReceivingPort):
             return
         packet = packetizer.flush()
         addr = self._source.address or self._sdp_remote
-        transport = self._transport
-        if packet is None or addr is None or transport is None or not self._sending:
+        if packet is None or addr is None or self._transport is None or not self._sending:
             return
-        self._send_packets([packet], transport, addr)
+        self._send_packets([packet], addr)
 
     def _flush_tick(self, now: float) -> None:
         """The packetizer's deadline: what it holds goes out unless a frame continued it."""

@@ -739,8 +739,7 @@ class WebRtcLeg(ReceivingPort):
         self._track.clock.skip(frames, asyncio.get_running_loop().time())
 
     def send_passed(self, codec: str, payload: bytes, now: float) -> bool:
-        if self._circuit_out is not None:
-            self._circuit_out.release()  # the express way sends now
+        self._release_circuit_out()  # the express way sends now
         return self._closed or self._track.relay(codec, payload, now)
 
     def circuit_inbound(self, codec: str) -> Inbound | None:
@@ -1405,12 +1404,7 @@ class WebRtcLeg(ReceivingPort):
         """While the leg sends by itself: silence when nothing is written."""
         if self._closed:
             return
-        # Only what the leg sends, which its filler decision reads: the circuit
-        # it receives on is the other leg's outgoing one, which that leg's tick
-        # syncs as often (syncing each circuit from both legs' ticks doubled
-        # a cost that showed at hundreds of calls: bench/README.md, round 12).
-        if self._circuit_out is not None:
-            self._circuit_out.sync()
+        self._sync_circuit_out()
         transceiver = self._transceiver
         path = self._direct_path() if transceiver is not None else None
         circuit = self._circuit_out
@@ -1422,8 +1416,7 @@ class WebRtcLeg(ReceivingPort):
             fill, again = track.clock.fill(now)
             if fill:
                 # the stream stopped: the leg sends by itself, not a circuit
-                if self._circuit_out is not None:
-                    self._circuit_out.release()
+                self._release_circuit_out()
                 track.filled += 1
                 track.send(None, now, written=False)
         else:

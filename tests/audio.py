@@ -193,3 +193,18 @@ def speech_like(
     y = y * envelope + 0.02 * rng.standard_normal(n)
     y *= amplitude / np.sqrt(np.mean(y * y)) / np.sqrt(2)
     return np.clip(np.round(y * FULL_SCALE), -32768, 32767).astype(np.int16)
+
+
+def on_off_runs(x: np.ndarray, rate: int, threshold: float = 100.0) -> list[tuple[bool, float]]:
+    """Runs of tone and silence in 10 ms blocks (on: RMS above ``threshold``), as (on, seconds)."""
+    block = rate // 100
+    # in the samples' own units (int16: the threshold too)
+    blocks = np.asarray(x[: len(x) // block * block], dtype=np.float64).reshape(-1, block)
+    on = np.sqrt(np.mean(blocks**2, axis=1)) > threshold
+    runs: list[tuple[bool, float]] = []
+    for value in on:
+        if runs and runs[-1][0] == value:
+            runs[-1] = (bool(value), runs[-1][1] + 0.01)
+        else:
+            runs.append((bool(value), 0.01))
+    return runs

@@ -83,8 +83,9 @@ def block_levels(audio: np.ndarray, block: float = 0.05) -> np.ndarray:
     return np.array([rms_dbfs(audio[i * n : (i + 1) * n]) for i in range(count)])
 
 
-def status_time(call: Call, state: str) -> float:
-    """Monotonic time at which the client received the first status `state` of this call."""
+def message_time(call: Call, action: str, **fields: str) -> float:
+    """Monotonic time at which the client first received `action` for this call with
+    these fields (e.g. status with state="active", or the offering: start)."""
     client = call.client
     for t, direction, item in client.log:
         if direction != "<" or not isinstance(item, str):
@@ -95,23 +96,17 @@ def status_time(call: Call, state: str) -> float:
             continue
         if (
             isinstance(msg, dict)
-            and msg.get("action") == "status"
+            and msg.get("action") == action
             and msg.get("identifier") == call.identifier
-            and msg.get("state") == state
+            and all(msg.get(key) == value for key, value in fields.items())
         ):
             return client._t0 + t
-    raise AssertionError(f"no status {state!r} in the transcript: {call.states}")
+    raise AssertionError(f"no {action} {fields} in the transcript: {call.states}")
 
 
-def start_time(call: Call) -> float:
-    """Monotonic time at which the client received the offering (`signaling`/`start`)."""
-    client = call.client
-    for t, direction, item in client.log:
-        if direction == "<" and isinstance(item, str) and call.identifier in item:
-            msg = json.loads(item)
-            if msg.get("action") == "start":
-                return client._t0 + t
-    raise AssertionError(f"no signaling/start for {call.identifier} in the transcript")
+def status_time(call: Call, state: str) -> float:
+    """Monotonic time at which the client received the first status `state` of this call."""
+    return message_time(call, "status", state=state)
 
 
 def alaw_decode(data: bytes) -> np.ndarray:
@@ -511,7 +506,7 @@ async def test_call_waiting_tone(gateway, sipp, clients):
     caller, second = await call_from_sipp(
         sipp, gateway, alice, "uac_expect_486.xml", port=free_port(), accept=False, answer=False
     )
-    offered = start_time(second)
+    offered = message_time(second, "start")
     await call.wait_audio(1.2, since=offered)
     heard = audio_between(call, offered, offered + 1.2)
     burst, after = heard[: int(0.35 * RATE)], heard[int(0.5 * RATE) :]

@@ -9,7 +9,7 @@ from rtc.bridge import MediaBridge
 from rtc.ports import FrameQueue, PortClosed
 from rtc.rtpleg import RtpLeg
 from rtc.webrtcleg import WebRtcLeg
-from tests.audio import SineSource, band_energy_ratio, dominant_frequency, rms_dbfs
+from tests.audio import SineSource, band_energy_ratio, dominant_frequency, on_off_runs, rms_dbfs
 
 from .conftest import read_for, wait_for, write_paced
 
@@ -180,20 +180,6 @@ async def test_hold_stops_relaying_and_resume_restarts_it() -> None:
         await bridge.close()
 
 
-def tone_runs(audio: npt.NDArray[np.int16], rate: int) -> list[tuple[bool, float]]:
-    """Runs of tone and silence in 10 ms blocks, as (on, seconds)."""
-    block = rate // 100
-    blocks = audio[: len(audio) // block * block].reshape(-1, block).astype(float)
-    on = np.sqrt(np.mean(blocks**2, axis=1)) > 300  # the tone's bursts are about 4600
-    runs: list[tuple[bool, float]] = []
-    for value in on:
-        if runs and runs[-1][0] == value:
-            runs[-1] = (bool(value), runs[-1][1] + 0.01)
-        else:
-            runs.append((bool(value), 0.01))
-    return runs
-
-
 @pytest.mark.parametrize(
     ("tone", "country", "frequencies", "cadence"),
     [("busy", "us", (480, 620), 0.5), ("congestion", "de", (425,), 0.24)],
@@ -210,7 +196,7 @@ async def test_progress_tone_reaches_the_browser(
     call.bridge.tone(tone, country)
     heard = await read_for(call.browser, 2.3)
     await writer
-    runs = tone_runs(heard, 48000)
+    runs = on_off_runs(heard, 48000, threshold=300)  # the bursts are about 4600
     while runs and not runs[0][0]:
         runs.pop(0)  # the far party's audio in flight, then the tone
     inner = runs[1:-1]  # the first run may hold the far audio's tail, the last is cut

@@ -3,7 +3,7 @@ import numpy.typing as npt
 import pytest
 
 from rtc.tones import CADENCES, TONES, RingbackGenerator, ToneGenerator
-from tests.audio import band_energy_ratio, dominant_frequency
+from tests.audio import band_energy_ratio, dominant_frequency, on_off_runs
 
 
 def generate(country: str, rate: int, seconds: float) -> npt.NDArray[np.int16]:
@@ -11,22 +11,6 @@ def generate(country: str, rate: int, seconds: float) -> npt.NDArray[np.int16]:
     frames = [generator.frame() for _ in range(int(seconds * 50))]
     assert all(len(f) == rate // 50 and f.dtype == np.int16 for f in frames)
     return np.concatenate(frames)
-
-
-def on_off_pattern(x: npt.NDArray[np.int16], rate: int) -> list[tuple[bool, float]]:
-    """Runs of tone / silence measured in 10 ms blocks, as (on, seconds)."""
-    block = rate // 100
-    energy = np.sqrt(
-        np.mean(x[: len(x) // block * block].reshape(-1, block).astype(float) ** 2, axis=1)
-    )
-    on = energy > 100
-    runs: list[tuple[bool, float]] = []
-    for value in on:
-        if runs and runs[-1][0] == value:
-            runs[-1] = (value, runs[-1][1] + 0.01)
-        else:
-            runs.append((bool(value), 0.01))
-    return runs
 
 
 @pytest.mark.parametrize(
@@ -45,7 +29,7 @@ def test_frequencies_and_cadence(
 ) -> None:
     cycle = sum(pattern)
     x = generate(country, rate, 2 * cycle)
-    runs = on_off_pattern(x, rate)
+    runs = on_off_runs(x, rate)
     expected = [(i % 2 == 0, d) for i, d in enumerate(pattern)] * 2
     assert [on for on, _ in runs] == [on for on, _ in expected]
     for (_, measured), (_, wanted) in zip(runs, expected, strict=True):

@@ -83,4 +83,12 @@ def test_the_functions_keep_their_session_alive() -> None:
     # holds its functions: libsrtp's context must not be freed under them
     protect, unprotect = protector(outbound()), unprotector(inbound())
     gc.collect()
+    # a freed context could still appear to work: other sessions, other keys, take
+    # its memory first
+    others = [
+        Session(policy=Policy(key=os.urandom(30), ssrc_type=Policy.SSRC_ANY_OUTBOUND))
+        for _ in range(200)
+    ]
+    for other in others:
+        other.protect(packet(1))
     assert unprotect(protect(packet(7))) == packet(7)

@@ -261,6 +261,8 @@ async def gateway_main() -> None:
         for key in ("decoded", "encoded", "passed", "relayed"):
             total[key] = 0
         for web, rtp, _ in calls:
+            web._sync_circuits()  # what circuits relayed since their last sync
+            rtp._sync_circuits()
             total["decoded"] += web.decoded + rtp.frames_decoded
             total["encoded"] += web._track.encoded + rtp.frames_encoded
             total["passed"] += web.frames_passed + rtp.frames_passed

@@ -39,9 +39,8 @@ What the legs count or report in the meantime (counters, RTCP statistics,
 the send clocks' position, the playout and reorder buffers' next packet,
 aiortc's sender and receiver statistics) is handed back by ``sync``, which
 the legs call before they read any of it: from their filler timer (every
-250 ms at most while a stream flows), for ``stats()`` and RTCP reports.
-aiortc's own RTCP tasks read its statistics between two syncs: up to 250 ms
-old.
+SYNC_EVERY while a stream flows), for ``stats()`` and RTCP reports. aiortc's
+own RTCP tasks read its statistics between two syncs: up to SYNC_EVERY old.
 
 Sans-I/O apart from the callables it is given (``unprotect``, ``protect``,
 ``sendto``) and ``time.monotonic`` for the arrival times that RFC 3550's
@@ -56,10 +55,17 @@ from typing import Any, Protocol
 
 from .opus import packet_samples
 
-__all__ = ["ENGAGE_AFTER", "Circuit", "CircuitLeg", "Inbound", "Outbound"]
+__all__ = ["ENGAGE_AFTER", "SYNC_EVERY", "Circuit", "CircuitLeg", "Inbound", "Outbound"]
 
 # packets relayed the express way in a row before a circuit is engaged
 ENGAGE_AFTER = 50
+# seconds between the syncs the legs' filler ticks make while a stream flows:
+# their ticks (every 250 ms) in between only check that it still does. What
+# aiortc's RTCP tasks report is that old at most, and consistent: the counts
+# and the NTP / RTP timestamps of one sync describe the same packet. Syncing
+# on every tick was ~5 % of the CPU at 600 pass-through calls (bench/README.md,
+# round 13).
+SYNC_EVERY = 1.0
 _SEQUENCE_TIMESTAMP_SSRC = Struct("!HII")
 _HEADER = Struct("!BBHII")
 # Opus TOC bytes of one 20 ms packet whose duration the first byte tells
@@ -159,6 +165,7 @@ class Circuit:
         "ssrc",
         "ssrc_bytes",
         "step",
+        "synced",
         "timestamp",
         "transit",
         "unprotect",
@@ -203,6 +210,7 @@ class Circuit:
         self.transit = inbound.transit
         self.jitter = inbound.jitter
         self.last = 0.0
+        self.synced = time.monotonic()  # the last sync
         in_leg._circuit_in = self
         out_leg._circuit_out = self
 
@@ -306,11 +314,28 @@ class Circuit:
         """The last packet's arrival on the clock ``loop_now`` reads (the event loop's)."""
         return loop_now - (time.monotonic() - self.last)
 
+    def due(self, fill_after: float) -> float | None:
+        """
+        For the sending leg's filler tick: while the stream goes on (a packet
+        within ``fill_after``) and the last sync is less than SYNC_EVERY old,
+        the seconds until the tick must look again (the last packet plus
+        ``fill_after``); None: the tick's whole work is due (a sync, its
+        checks, filler when the stream stopped).
+        """
+        if self.packets:
+            now = time.monotonic()
+            if now - self.synced < SYNC_EVERY:
+                wait = self.last + fill_after - now
+                if wait > 0:
+                    return wait
+        return None
+
     def sync(self) -> None:
         """Hand what happened since the last sync back to both legs."""
         in_leg, out_leg = self._in_leg, self._out_leg
         if in_leg is None or out_leg is None or self.packets == 0:
             return
+        self.synced = time.monotonic()
         in_leg.circuit_synced_in(self)
         out_leg.circuit_synced_out(self)
         self.packets = self.octets = self.in_octets = self.out_octets = self.wraps = 0

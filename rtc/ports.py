@@ -264,13 +264,24 @@ class ReceivingPort(AudioPort):
         if self._circuit_out is not None:
             self._circuit_out.sync()
 
-    def _sync_circuit_out(self) -> None:
-        """What the leg sends up to date, for its filler tick. The circuit it
-        receives on is the other leg's outgoing one, which that leg's tick syncs
-        as often (syncing each circuit from both legs' ticks doubled a cost that
-        showed at hundreds of calls: bench/README.md, round 12)."""
-        if self._circuit_out is not None:
-            self._circuit_out.sync()
+    def _tick_circuit_out(self, now: float, fill_after: float) -> float | None:
+        """
+        For the leg's filler tick at ``now``: while the circuit sending through
+        it is steady (rtc.circuit.Circuit.due), when to tick next, with
+        nothing else to do; otherwise None, once what the leg sends is up to
+        date (synced) for the tick's whole work. The circuit it receives on is
+        the other leg's outgoing one, which that leg's tick syncs as often
+        (syncing each circuit from both legs' ticks doubled a cost that showed
+        at hundreds of calls: bench/README.md, round 12).
+        """
+        circuit = self._circuit_out
+        if circuit is None:
+            return None
+        wait = circuit.due(fill_after)
+        if wait is not None:
+            return now + wait
+        circuit.sync()
+        return None
 
     def _release_circuit_out(self) -> None:
         """Before what the leg sends changes hands (audio written to it): the

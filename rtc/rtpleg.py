@@ -110,7 +110,9 @@ each packet, for the detector only; RFC 4733 events, in-band DTMF sending,
 statistics and the media timeout are the same in both modes. Packets of
 another length (ptime 10, 30...) are decoded as usual. ``frames_decoded``,
 ``frames_encoded``, ``frames_passed`` (received, undecoded) and
-``frames_relayed`` (sent as received) count the work.
+``frames_relayed`` (sent as received) count the work; what a circuit relayed
+is in them after the next sync (at most rtc.circuit.SYNC_EVERY later), or at
+once after ``stats()``.
 
 RTCP goes over the odd port above the RTP one (or muxed on the RTP port when
 the peer does so): a compound SR/RR + SDES about every 5 s, BYE on close.
@@ -171,7 +173,7 @@ from .sdp import (
     reverse_direction,
     select_codec,
 )
-from .sendclock import SendClock
+from .sendclock import FILL_AFTER, SendClock
 from .stats import LegStats
 from .timers import DeadlineTimer
 from .tones import dtmf_tone
@@ -1192,8 +1194,12 @@ class RtpLeg(ReceivingPort):
         """
         if self._closed:
             return
-        self._sync_circuit_out()
+        steady = self._tick_circuit_out(now, FILL_AFTER)
         self._check_timeout(now)
+        if steady is not None:
+            if not self._closed:
+                self._fill_timer.at(steady)
+            return
         if self._sending:
             fill, again = self._clock.fill(now)
             if fill:
@@ -1220,6 +1226,10 @@ class RtpLeg(ReceivingPort):
         if self.media_timeout is None or self._timeout_fired or self.held or not self._receiving:
             return
         since = max(self._timeout_since, self.last_received or 0.0)
+        circuit = self._circuit_in
+        if now - since >= self.media_timeout and circuit is not None and circuit.packets:
+            # relayed since the last sync (up to SYNC_EVERY ago)
+            since = max(since, circuit.arrival(now))
         if now - since >= self.media_timeout:
             self._timeout_fired = True
             logger.info("No RTP for %.1f s", now - since)

@@ -103,7 +103,7 @@ from .resample import Resampler
 from .rtp import RTP_FIXED_HEADER, parse_received
 from .sdes import SRTP_MAX_PACKET
 from .sdp import SdpError, SessionDescription, combine_directions, with_opus_parameter
-from .sendclock import SendClock
+from .sendclock import FILL_AFTER, SendClock
 from .srtp import protector, unprotector
 from .stats import LegStats, estimate_mos
 from .timers import DeadlineTimer
@@ -1404,7 +1404,11 @@ class WebRtcLeg(ReceivingPort):
         """While the leg sends by itself: silence when nothing is written."""
         if self._closed:
             return
-        self._sync_circuit_out()
+        steady = self._tick_circuit_out(now, FILL_AFTER)
+        if steady is not None:
+            # the way to send is checked below on the ticks that sync
+            self._fill_timer.at(steady)
+            return
         transceiver = self._transceiver
         path = self._direct_path() if transceiver is not None else None
         circuit = self._circuit_out

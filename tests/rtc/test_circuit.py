@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import rtc.bridge
+import rtc.circuit
 from rtc.circuit import Circuit, Inbound, Outbound
 from rtc.rtp import RTP_FIXED_HEADER, RtpPacket
 
@@ -399,5 +400,74 @@ async def test_audio_written_to_a_leg_releases_only_the_circuit_it_sends_on() ->
         call.far.write_gap(1)
         call.client.write_gap(1)
         assert engaged(call) == (False, False)
+    finally:
+        await call.close()
+
+
+def test_due_says_when_a_steady_circuit_needs_no_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    The sending leg's filler tick asks ``due``: while packets keep coming and
+    the last sync is less than SYNC_EVERY old, only when to look again (the
+    last packet plus the fill delay); otherwise its whole work (a sync).
+    """
+    clock = [100.0]
+    monkeypatch.setattr(rtc.circuit.time, "monotonic", lambda: clock[0])
+    sent: list[tuple[bytes, Any]] = []
+    c, _, b = circuit(sent)
+    peer = ("192.0.2.1", 4000)
+    assert c.due(0.25) is None  # nothing relayed since the last sync
+    for i in range(10):
+        clock[0] += 0.02
+        assert c.take(rtp(100 + i, 8000 + 160 * i), peer)
+    assert c.due(0.25) == pytest.approx(0.25)
+    clock[0] += 0.1
+    assert c.due(0.25) == pytest.approx(0.15)
+    clock[0] += 0.2  # the stream paused longer than the fill delay
+    assert c.due(0.25) is None
+    c.sync()
+    assert len(b.synced_out) == 1
+    for i in range(10, 10 + 51):  # a second of packets after that sync, and one
+        clock[0] += 0.02
+        assert c.take(rtp(100 + i, 8000 + 160 * i), peer)
+        if clock[0] - 100.5 < rtc.circuit.SYNC_EVERY - 0.01:
+            assert c.due(0.25) is not None
+    assert c.due(0.25) is None  # SYNC_EVERY since the last sync: time for one
+
+
+async def test_ticks_between_syncs_only_look(monkeypatch: pytest.MonkeyPatch) -> None:
+    """
+    While circuits relay, the legs' filler ticks (every 250 ms) sync them only
+    every SYNC_EVERY; the SIP leg's media timeout still counts the packets
+    relayed since the last sync, and the call is the same.
+    """
+    monkeypatch.setattr(rtc.circuit, "SYNC_EVERY", 4.0)
+    call = Call("0", ("PCMU",))
+    await call.setup()
+    syncs = {"client": 0, "far": 0}
+    timeouts: list[bool] = []
+    for name in syncs:
+        leg = getattr(call, name)
+        original = leg.circuit_synced_out
+
+        def counted(circuit: Circuit, name: str = name, original: Any = original) -> None:
+            syncs[name] += 1
+            original(circuit)
+
+        leg.circuit_synced_out = counted
+    call.far.media_timeout = 0.6
+    call.far.on_timeout = lambda: timeouts.append(True)
+    try:
+        call.bridge.connect(call.far)
+        await call.exchange(1.5)
+        assert engaged(call) == (True, True)
+        before = dict(syncs)
+        at_phone, at_browser = await call.exchange(2.5)
+        assert engaged(call) == (True, True)
+        # each circuit synced once at most in 2.5 s (ten filler ticks apiece)
+        assert all(syncs[name] - before[name] <= 1 for name in syncs), (before, syncs)
+        assert timeouts == []
+        call.check(at_phone, at_browser, 1000, 700)
+        stats = await stream_stats(call)
+        assert stats["browser_lost"] == 0 and stats["far_lost"] == 0, stats
     finally:
         await call.close()

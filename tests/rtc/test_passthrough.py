@@ -50,6 +50,9 @@ class Work:
 
 
 def work(client: WebRtcLeg, far: RtpLeg) -> Work:
+    # what circuits relayed since their last sync counts too (stats() does the same)
+    client._sync_circuits()
+    far._sync_circuits()
     return Work(
         decoded=client.decoded + far.frames_decoded,
         encoded=client._track.encoded + far.frames_encoded,

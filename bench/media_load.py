@@ -150,6 +150,12 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def context_switches() -> tuple[int, int]:
+    """(voluntary, involuntary): the process waited for input / was held off its core."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_nvcsw, usage.ru_nivcsw
+
+
 # --- the gateway side --------------------------------------------------------
 
 
@@ -217,6 +223,7 @@ async def gateway_main() -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     calls: list[tuple[WebRtcLeg, RtpLeg, MediaBridge]] = []
     mark = (0.0, 0.0, {})
+    switches = context_switches()
     sample_path = os.environ.get("BENCH_SAMPLE")
     sampler = Sampler(sample_path) if sample_path else None
 
@@ -297,6 +304,7 @@ async def gateway_main() -> None:
             reply({"answer": answer, "sip_answer": sip_answer.decode()})
         elif cmd["cmd"] == "mark":
             mark = (loop.time(), cpu_seconds(), counters())
+            switches = context_switches()
             pauses.clear()
             waits.clear()
             for web, rtp, _ in calls[:: max(1, len(calls) // SAMPLED_CALLS)]:
@@ -313,7 +321,15 @@ async def gateway_main() -> None:
                 sampler.stop()
             wall = loop.time() - mark[0]
             cpu = cpu_seconds() - mark[1]
+            ended = context_switches()
+            voluntary, involuntary = ended[0] - switches[0], ended[1] - switches[1]
             now = counters()
+            # after the window: what a full pass of the collector costs with N calls
+            # (call set-up and tear-down in a real gateway bring one on now and then)
+            full = time.perf_counter()
+            gc.collect()
+            full = time.perf_counter() - full
+            pauses.pop()  # that pass, timed by the callback too
             reply(
                 {
                     "wall": wall,
@@ -325,6 +341,9 @@ async def gateway_main() -> None:
                     "gc_max_ms": [
                         1000 * max((d for g, d in pauses if g == k), default=0.0) for k in range(3)
                     ],
+                    "gc_full_ms": 1000 * full,
+                    "gc_tracked": len(gc.get_objects()),
+                    "switches": [voluntary, involuntary],
                     "waits": [float(np.percentile(waits or [0.0], q)) for q in (50, 99, 99.9)]
                     + [max(waits, default=0.0)],
                 }
@@ -835,6 +854,9 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
         "gc_max_pause_ms": report["gc_max_pause_ms"],
         "gc_passes": report["gc_passes"],
         "gc_max_ms": report["gc_max_ms"],
+        "gc_full_ms": report["gc_full_ms"],
+        "gc_tracked": report["gc_tracked"],
+        "gateway_switches": report["switches"],
     }
     for name, value in zip(("p50", "p99", "p99.9", "max"), report["waits"], strict=True):
         result[f"gateway_wait_{name}_ms"] = 1000 * value
@@ -965,7 +987,11 @@ def main() -> None:
             f"   datagrams' wait in the gateway's sockets (kernel stamp -> callback, "
             f"{SAMPLED_CALLS} calls) p50/p99/p99.9/max {result['gateway_wait_p50_ms']:.2f}/"
             f"{result['gateway_wait_p99_ms']:.2f}/{result['gateway_wait_p99.9_ms']:.2f}/"
-            f"{result['gateway_wait_max_ms']:.1f} ms",
+            f"{result['gateway_wait_max_ms']:.1f} ms; the gateway waited for input "
+            f"{result['gateway_switches'][0]} times and was held off its core "
+            f"{result['gateway_switches'][1]} times\n"
+            f"   after the window, a full GC pass took {result['gc_full_ms']:.1f} ms "
+            f"({result['gc_tracked']} objects tracked, frozen ones apart)",
             flush=True,
         )
         c = result["counters"]

@@ -108,6 +108,7 @@ from .srtp import protector, unprotector
 from .stats import LegStats, estimate_mos
 from .timers import DeadlineTimer
 from .webrtcdtmf import TELEPHONE_EVENT, TransceiverDtmf, register_telephone_event
+from .webrtcrtcp import pace_reports
 from .webrtcvideo import WebRtcVideo, offer_has_video
 
 __all__ = ["WebRtcLeg"]
@@ -1210,6 +1211,7 @@ class WebRtcLeg(ReceivingPort):
         if self._transceiver is not None:
             return
         self._transceiver = self._pc.addTransceiver(self._track, direction="sendrecv")
+        pace_reports(self._transceiver)  # RTCP every ~5 s, as browsers do for audio
         # aiortc keeps the receiver's jitter buffer private (name-mangled)
         receiver = self._transceiver.receiver
         self._jitter = ImmediateAudioJitterBuffer(self._decode_packet)

@@ -487,3 +487,46 @@ async def test_close_does_not_wait_for_ever_on_aiortc(monkeypatch: pytest.Monkey
     monkeypatch.setattr(leg._pc, "close", never)
     monkeypatch.setattr("rtc.webrtcleg.CLOSE_TIMEOUT", 0.2)
     await asyncio.wait_for(leg.close(), 5)
+
+
+async def test_audio_reports_early_then_every_five_seconds() -> None:
+    """
+    The audio's regular RTCP reports (rtc.webrtcrtcp): the first three sender and
+    receiver reports every 0.5-1.5 s, as aiortc sends all of them (the round-trip
+    time comes as early), then every 2.5-7.5 s, as browsers pace audio reports;
+    the BYE on close as before.
+    """
+    a, b = WebRtcLeg(), WebRtcLeg()
+    a._ensure_transceiver()
+    assert a._transceiver is not None
+    sender: Any = a._transceiver.sender
+    receiver: Any = a._transceiver.receiver
+    loop = asyncio.get_running_loop()
+    reports: list[tuple[float, str]] = []
+    send_sr, send_rr = sender._send_rtcp, receiver._send_rtcp
+
+    async def sr(packets: list[Any]) -> None:
+        reports.append((loop.time(), type(packets[0]).__name__))
+        await send_sr(packets)
+
+    async def rr(packet: Any) -> None:
+        reports.append((loop.time(), type(packet).__name__))
+        await send_rr(packet)
+
+    sender._send_rtcp, receiver._send_rtcp = sr, rr
+    try:
+        await connect(a, b)
+        await wait_for(lambda: sum(kind == "RtcpSrPacket" for _, kind in reports) >= 4, 12)
+        stats = await a.stats()
+        assert stats.rtt_ms is not None and 0 <= stats.rtt_ms < 100
+        for kind in ("RtcpSrPacket", "RtcpRrPacket"):
+            times = [when for when, sent in reports if sent == kind]
+            gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
+            assert len(gaps) >= 2, reports
+            assert all(0.45 <= gap <= 1.55 for gap in gaps[:2]), (kind, gaps)
+            assert all(2.45 <= gap <= 7.55 for gap in gaps[2:]), (kind, gaps)
+        assert [kind for _, kind in reports].count("RtcpSrPacket") == 4
+    finally:
+        await a.close()
+        await b.close()
+    assert reports[-1][1] == "RtcpByePacket"

@@ -646,6 +646,7 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
     from aiortc.rtcrtpreceiver import RTCRtpReceiver
 
     from rtc.g711 import ulaw_decode, ulaw_encode
+    from rtc.webrtcrtcp import pace_reports
 
     loop = asyncio.get_running_loop()
     clock = KernelClock(loop)
@@ -702,6 +703,8 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
     for i in range(calls):
         pc = RTCPeerConnection()
         transceiver = pc.addTransceiver(Idle(), direction="sendrecv")
+        # its RTCP as a browser paces audio reports (every ~5 s), not aiortc's every ~1 s
+        pace_reports(transceiver)
         codecs = [c for c in transceiver.sender.getCapabilities("audio").codecs]
         if pcmu_browser:
             codecs = [c for c in codecs if c.mimeType.lower() == "audio/pcmu"]

@@ -177,6 +177,22 @@ async def _restart_answered(page, before: list[str], timeout: float) -> None:
     )
 
 
+async def _fast_forward_until_answered(page, before: list[str], seconds: int) -> None:
+    """Move the page's clock (page.clock.install()) on by a second at a time, with a
+    moment of real time between for what the timers start, until an ICE restart is
+    answered (`_restart_answered`), at most `seconds` seconds of page time."""
+    from playwright.async_api import TimeoutError as PlaywrightTimeout
+
+    for _ in range(seconds):
+        await page.clock.fast_forward(1000)
+        try:
+            await _restart_answered(page, before, 300)
+            return
+        except PlaywrightTimeout:
+            continue
+    await _restart_answered(page, before, 1000)
+
+
 async def _echo_call_ends_unharmed(page, echo: int) -> None:
     """Bench call `echo` went DIALING -> CONNECTED only, no request failed; hang up."""
     events = await bench_events(page)
@@ -241,6 +257,7 @@ async def test_library_restarts_ice_when_the_path_breaks(gateway, e2e_dir):
         pcs = await page.evaluate("() => window.__pcs.length")
         before = await page.evaluate(f"() => ({ICE_UFRAGS_JS})(window.__pcs.at(-1))")
         assert all(before), before
+        await page.clock.install()  # runs on in real time until fast-forwarded
 
         after = await _ice_fails_once(page, before)
         assert_audio(await measure_audio(page, f"#audio-{echo}", 2000), what="echo after restart")
@@ -257,14 +274,17 @@ async def test_library_restarts_ice_when_the_path_breaks(gateway, e2e_dir):
                 pc.dispatchEvent(new Event("iceconnectionstatechange"));
             }"""
         )
-        await asyncio.sleep(2.0)
+        # (the page's clock skips the waits: the library's timers are the page's)
+        await page.clock.fast_forward(2000)
+        await asyncio.sleep(0.5)  # what a timer that fired early would have done meanwhile
         assert await page.evaluate(f"() => ({ICE_UFRAGS_JS})(window.__pcs.at(-1))") == after
-        await _restart_answered(page, after, 15000)
+        await _fast_forward_until_answered(page, after, 5)
         third = await page.evaluate(
             f"""() => {{ const pc = window.__pcs.at(-1); delete pc.iceConnectionState;
                 return ({ICE_UFRAGS_JS})(pc); }}"""
         )
-        await asyncio.sleep(4.0)
+        await page.clock.fast_forward(4000)
+        await asyncio.sleep(1.0)  # a restart a left-over timer began would show by now
         assert await page.evaluate(f"() => ({ICE_UFRAGS_JS})(window.__pcs.at(-1))") == third
         assert_audio(await measure_audio(page, f"#audio-{echo}", 2000), what="echo, 2nd restart")
         await _echo_call_ends_unharmed(page, echo)
@@ -304,6 +324,7 @@ async def test_library_tries_an_unanswered_ice_restart_again(gateway, e2e_dir):
         await bench_logged_in(page, gateway.http_url)
         echo = await bench_dial(page, "a", "9000")
         await wait_bench(page, call_state_js("CONNECTED", echo))
+        await page.clock.install()  # runs on in real time until fast-forwarded
         before = await page.evaluate(f"() => ({ICE_UFRAGS_JS})(window.__pcs.at(-1))")
         await page.evaluate(
             """() => {
@@ -325,10 +346,14 @@ async def test_library_tries_an_unanswered_ice_restart_again(gateway, e2e_dir):
             }"""
         )
         await page.wait_for_function("() => window.__dropped.length === 1", timeout=10000)
-        await asyncio.sleep(12.0)
+        # the page's clock skips the 12 s (the library's timers are the page's)
+        await page.clock.fast_forward(12000)
+        await asyncio.sleep(0.5)  # what a timer that fired early would have done meanwhile
         pc_state = "() => window.__pcs.at(-1).signalingState"
         assert await page.evaluate(pc_state) == "have-local-offer"  # still waiting
-        await _restart_answered(page, before, 20000)
+        # on to the 15 s rollback and the 3 s before the next restart, a second at a time
+        # (each timer is set once the work before it is done)
+        await _fast_forward_until_answered(page, before, 20)
         await page.evaluate("() => { delete window.__pcs.at(-1).iceConnectionState; }")
         await page.wait_for_function(
             "() => ['connected', 'completed'].includes(window.__pcs.at(-1).iceConnectionState)",

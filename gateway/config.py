@@ -226,6 +226,9 @@ class MediaConfig:
     # kb/s of video we accept from SIP phones (our b=AS), which also caps what the
     # browser sends toward them (64..20000)
     video_bit_rate: int = 2000
+    # seconds a browser's ICE restart has for its new checks to nominate a pair before
+    # the call ends with reason "media" (rtc/icerestart.py; RFC 7675's consent 30 s)
+    ice_restart_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -841,7 +844,7 @@ def _media(data: Mapping[str, Any], source: str) -> MediaConfig:
             "rtp_host", "rtp_port_min", "rtp_port_max", "ringback", "failure_tone_seconds",
             "call_waiting_tone", "timeout", "ice_servers", "public_address", "codecs", "srtp",
             "opus_complexity", "opus_bit_rate", "jitter_min_ms", "jitter_max_ms",
-            "video_bit_rate",
+            "video_bit_rate", "ice_restart_timeout",
         ),
     )
     rtp_host = t.string("rtp_host", "127.0.0.1")
@@ -899,6 +902,7 @@ def _media(data: Mapping[str, Any], source: str) -> MediaConfig:
             f"must be at least jitter_min_ms ({jitter_min_ms}), got {jitter_max_ms}",
         )
     video_bit_rate = t.integer("video_bit_rate", 2000, 64, 20000)
+    ice_restart_timeout = t.number("ice_restart_timeout", 30.0, 0.0, 300.0)
     return MediaConfig(
         rtp_host=rtp_host,
         rtp_port_min=low,
@@ -916,6 +920,7 @@ def _media(data: Mapping[str, Any], source: str) -> MediaConfig:
         jitter_min_ms=jitter_min_ms,
         jitter_max_ms=jitter_max_ms,
         video_bit_rate=video_bit_rate,
+        ice_restart_timeout=ice_restart_timeout,
     )
 
 

@@ -1252,6 +1252,7 @@ class Core:
             opus_bit_rate=self.config.media.opus_bit_rate,
             opus_complexity=self.config.media.opus_complexity,
             playback_rate=self._sip_audio_rate(call),
+            ice_restart_timeout=self.config.media.ice_restart_timeout,
         )
         return leg
 

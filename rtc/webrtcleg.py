@@ -557,6 +557,8 @@ class WebRtcLeg(ReceivingPort):
 
     ``on_dtmf(digit)`` (attribute or keyword) fires once per digit the
     browser sends; ``last_received`` is the loop time of the last RTP packet.
+    ``ice_restart_timeout``: seconds the checks of an ICE restart may take before
+    the leg fails (None: ``icerestart.RESTART_TIMEOUT``, 30 s).
     """
 
     sample_rate = SAMPLE_RATE
@@ -569,6 +571,7 @@ class WebRtcLeg(ReceivingPort):
         opus_bit_rate: int = OPUS_BIT_RATE,
         opus_complexity: int = OPUS_COMPLEXITY,
         playback_rate: int | None = None,
+        ice_restart_timeout: float | None = None,
     ) -> None:
         if not 0 <= opus_complexity <= 10:
             raise ValueError("opus_complexity must be 0..10")
@@ -616,6 +619,8 @@ class WebRtcLeg(ReceivingPort):
         self._video_allowed = "sendrecv"  # set_video_direction
         self._restarts: list[IceRestart] = []  # of the ICE restart in progress
         self._restart_task: asyncio.Task[None] | None = None
+        # seconds the checks of an ICE restart may take (None: icerestart.RESTART_TIMEOUT)
+        self.ice_restart_timeout = ice_restart_timeout
 
         # No ICE servers unless configured: aiortc would otherwise ask a public STUN
         # server, which an on-premises gateway must not do behind its operator's back.
@@ -1057,7 +1062,11 @@ class WebRtcLeg(ReceivingPort):
         async def run() -> None:
             try:
                 await asyncio.gather(
-                    *(r.run(params[r.transport]) for r in restarts if r.transport in params)
+                    *(
+                        r.run(params[r.transport], self.ice_restart_timeout)
+                        for r in restarts
+                        if r.transport in params
+                    )
                 )
             finally:
                 for restart in restarts:

@@ -34,9 +34,10 @@ def assert_tone(audio: np.ndarray, freq: float, what: str) -> None:
     )
 
 
-async def check_tone(call: Call, freq: float, seconds: float = 3.0, what: str = "") -> None:
+async def check_tone(call: Call, freq: float, seconds: float = 2.0, what: str = "") -> None:
     """Wait for 1 s + `seconds` of audio after the call became active; check the tone in the
-    part after the first second."""
+    part after the first second (2 s by default: at 48 kHz, 96000 samples for a dominant
+    frequency to +-20 Hz and a level; assert_tone wants at least one second of them)."""
     await call.wait_audio(1.0 + seconds, timeout=20.0)
     audio = call.received_audio(since=call.active_at, skip=1.0)
     assert_tone(audio, freq, what or f"call {call.identifier}")
@@ -81,7 +82,7 @@ async def test_incoming_call_from_sip(gateway, sipp, clients):
     alice: JsonV1Client = await clients(gateway, name="alice")
     await alice.login("1001", "Alice")
 
-    uac = sipp.uac_echo(gateway.sip_target, "1001", port=gateway.pbx_port, duration_ms=8000)
+    uac = sipp.uac_echo(gateway.sip_target, "1001", port=gateway.pbx_port, duration_ms=6000)
     call = await alice.wait_incoming(timeout=15)
     start = call.start_message or {}
     remote = start.get("remoteAddress")
@@ -96,7 +97,7 @@ async def test_incoming_call_from_sip(gateway, sipp, clients):
 
     await check_tone(call, 1000.0, what="own tone echoed by sipp UAC")
 
-    ended = await call.wait_state("terminated", timeout=20)  # sipp sends BYE after 8 s
+    ended = await call.wait_state("terminated", timeout=20)  # sipp sends BYE after 6 s
     assert ended.get("reason") == "success", ended
     assert await uac.wait(15) == 0, "sipp UAC did not complete the call"
 

@@ -87,8 +87,9 @@ async def test_hold_between_web_clients(gateway, clients):
 
     await hold(a, "hold", "held")
     await b.wait_state("holding", timeout=10)
-    await assert_silent(a, what="alice holding bob")
-    await assert_silent(b, what="bob held by alice")
+    await asyncio.gather(
+        assert_silent(a, what="alice holding bob"), assert_silent(b, what="bob held by alice")
+    )
 
     # A client cannot retrieve a call the other side holds.
     count = len(b.statuses)
@@ -98,8 +99,10 @@ async def test_hold_between_web_clients(gateway, clients):
 
     await hold(a, "retrieve", "active")
     await b._until(lambda: b.state == "active", 10.0, "bob back to active")
-    await check_tone_after(a, 1500.0, "alice hears bob after retrieve")
-    await check_tone_after(b, 600.0, "bob hears alice after retrieve")
+    await asyncio.gather(
+        check_tone_after(a, 1500.0, "alice hears bob after retrieve"),
+        check_tone_after(b, 600.0, "bob hears alice after retrieve"),
+    )
 
 
 @pytest.mark.parametrize(

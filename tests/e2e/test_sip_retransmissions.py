@@ -32,8 +32,8 @@ def invite_200s(log: str) -> int:
 async def test_late_ack_keeps_the_call(gateway, sipp, clients):
     alice = await logged_in(clients, gateway)
     caller, call = await call_from_sipp(
-        sipp, gateway, alice, "uac_late_ack.xml", extra=["-rtp_echo", "-d", "9000"]
-    )
+        sipp, gateway, alice, "uac_late_ack.xml", extra=["-rtp_echo", "-d", "7000"]
+    )  # BYE 2.2 + 7 s after the 200: the 5 s of audio checked below end by about 7.5 s
     await call.wait_state("active", timeout=20)
     # 2.2 s without an ACK, then audio: the client's tone comes back through sipp's echo
     await check_tone(call, 1000.0, seconds=4.0, what="own tone echoed after the late ACK")

@@ -6,6 +6,7 @@ tones, sipp echoes whatever reaches it. After a transfer both of Alice's calls e
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -76,8 +77,9 @@ async def test_attended_transfer_between_two_web_users(request, gateway, clients
     await transfer(to_carol, transferIdentifier=to_bob.identifier)
     for call in (to_bob, to_carol):
         assert (await call.wait_state("terminated", timeout=10)).get("reason") == "redirected"
-    await heard(bobs, 2500.0, "bob hears carol")
-    await heard(carols, 1500.0, "carol hears bob")
+    await asyncio.gather(
+        heard(bobs, 2500.0, "bob hears carol"), heard(carols, 1500.0, "carol hears bob")
+    )
     await bobs.hangup()
     ended = await carols.wait_state("terminated", timeout=10)
     assert ended.get("reason") == "success", ended

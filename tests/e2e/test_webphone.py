@@ -56,6 +56,7 @@ async def test_phone_calls_sip_echo(gateway, sipp, e2e_dir):
         await page.keyboard.press("Enter")
         card = await wait_call(page, "CONNECTED")
         await screenshot(page, "03-connected")
+        # 2 s, not 1: the call's duration (checked below) must have ticked meanwhile
         result = await measure_audio(page, "#calls > li.call audio", 2000)
         assert_audio(result, what="echo from sipp")
         duration = await card.locator(".call-duration").inner_text()
@@ -183,7 +184,7 @@ async def test_sip_caller_reaches_phone(gateway, sipp, e2e_dir):
         await banner.get_by_role("button", name="Answer", exact=True).click()
         card = await wait_call(page, "CONNECTED")
         assert await banner.is_hidden()
-        result = await measure_audio(page, "#calls > li.call audio", 2000)
+        result = await measure_audio(page, "#calls > li.call audio", 1000)
         assert_audio(result, what="own microphone echoed by the SIP caller")
         await wait_call(page, "DISCONNECTED", timeout=15000)  # sipp's BYE
         assert await card.get_attribute("data-reason") == "SUCCESS"
@@ -219,8 +220,8 @@ async def test_phone_to_phone(gateway, e2e_dir):
         await wait_call(alice, "CONNECTED")
         bob_card = await wait_call(bob, "CONNECTED")
         heard = await asyncio.gather(
-            measure_audio(alice, "#calls > li.call audio", 2000),
-            measure_audio(bob, "#calls > li.call audio", 2000),
+            measure_audio(alice, "#calls > li.call audio", 1000),
+            measure_audio(bob, "#calls > li.call audio", 1000),
         )
         assert_audio(heard[0], what="Bob's microphone at Alice")
         assert_audio(heard[1], what="Alice's microphone at Bob")
@@ -277,7 +278,7 @@ async def test_phone_survives_reload(gateway, e2e_dir):
         assert await card.locator(".call-direction").get_attribute("title") == "Outgoing"
         restored = await events(page, "restored")
         assert restored and restored[0]["state"] == "CONNECTED", restored
-        result = await measure_audio(page, "#calls > li.call audio", 2000)
+        result = await measure_audio(page, "#calls > li.call audio", 1000)
         assert_audio(result, what="echo after the reload")
         await screenshot(page, "08-restored-after-reload")
         await card.get_by_role("button", name=re.compile("^Hold")).click()

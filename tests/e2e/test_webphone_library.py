@@ -155,7 +155,7 @@ async def test_library_reconnects_after_network_drop(gateway, e2e_dir):
         assert logins == ["CONNECTING", "SUCCESS", "CONNECTION_LOST", "CONNECTING", "SUCCESS"]
         assert await page.evaluate(f"() => window.bench.calls[{echo}].getState()") == "CONNECTED"
         await asyncio.sleep(0.5)
-        assert_audio(await measure_audio(page, f"#audio-{echo}", 2000), what="echo after reconnect")
+        assert_audio(await measure_audio(page, f"#audio-{echo}", 1000), what="echo after reconnect")
         await page.evaluate(f"() => window.bench.calls[{echo}].disconnect()")
         await wait_bench(page, call_state_js("DISCONNECTED", echo))
         await assert_no_problems(page)
@@ -175,6 +175,22 @@ async def _restart_answered(page, before: list[str], timeout: float) -> None:
         arg=before,
         timeout=timeout,
     )
+
+
+async def _fast_forward_until_answered(page, before: list[str], seconds: int) -> None:
+    """Move the page's clock (page.clock.install()) on by a second at a time, with a
+    moment of real time between for what the timers start, until an ICE restart is
+    answered (`_restart_answered`), at most `seconds` seconds of page time."""
+    from playwright.async_api import TimeoutError as PlaywrightTimeout
+
+    for _ in range(seconds):
+        await page.clock.fast_forward(1000)
+        try:
+            await _restart_answered(page, before, 300)
+            return
+        except PlaywrightTimeout:
+            continue
+    await _restart_answered(page, before, 1000)
 
 
 async def _echo_call_ends_unharmed(page, echo: int) -> None:
@@ -237,13 +253,14 @@ async def test_library_restarts_ice_when_the_path_breaks(gateway, e2e_dir):
         await bench_logged_in(page, gateway.http_url)
         echo = await bench_dial(page, "a", "9000")
         await wait_bench(page, call_state_js("CONNECTED", echo))
-        assert_audio(await measure_audio(page, f"#audio-{echo}", 2000), what="echo")
+        assert_audio(await measure_audio(page, f"#audio-{echo}", 1000), what="echo")
         pcs = await page.evaluate("() => window.__pcs.length")
         before = await page.evaluate(f"() => ({ICE_UFRAGS_JS})(window.__pcs.at(-1))")
         assert all(before), before
+        await page.clock.install()  # runs on in real time until fast-forwarded
 
         after = await _ice_fails_once(page, before)
-        assert_audio(await measure_audio(page, f"#audio-{echo}", 2000), what="echo after restart")
+        assert_audio(await measure_audio(page, f"#audio-{echo}", 1000), what="echo after restart")
         assert await page.evaluate("() => window.__pcs.length") == pcs  # same connection
 
         # "disconnected" (reported for as long as the test says so): the library waits
@@ -257,16 +274,19 @@ async def test_library_restarts_ice_when_the_path_breaks(gateway, e2e_dir):
                 pc.dispatchEvent(new Event("iceconnectionstatechange"));
             }"""
         )
-        await asyncio.sleep(2.0)
+        # (the page's clock skips the waits: the library's timers are the page's)
+        await page.clock.fast_forward(2000)
+        await asyncio.sleep(0.5)  # what a timer that fired early would have done meanwhile
         assert await page.evaluate(f"() => ({ICE_UFRAGS_JS})(window.__pcs.at(-1))") == after
-        await _restart_answered(page, after, 15000)
+        await _fast_forward_until_answered(page, after, 5)
         third = await page.evaluate(
             f"""() => {{ const pc = window.__pcs.at(-1); delete pc.iceConnectionState;
                 return ({ICE_UFRAGS_JS})(pc); }}"""
         )
-        await asyncio.sleep(4.0)
+        await page.clock.fast_forward(4000)
+        await asyncio.sleep(1.0)  # a restart a left-over timer began would show by now
         assert await page.evaluate(f"() => ({ICE_UFRAGS_JS})(window.__pcs.at(-1))") == third
-        assert_audio(await measure_audio(page, f"#audio-{echo}", 2000), what="echo, 2nd restart")
+        assert_audio(await measure_audio(page, f"#audio-{echo}", 1000), what="echo, 2nd restart")
         await _echo_call_ends_unharmed(page, echo)
     log = gateway.log()
     assert log.count("ICE restart completed") == 2 and "client re-offer refused" not in log
@@ -281,11 +301,11 @@ async def test_called_browser_restarts_ice_in_a_web_call(gateway, e2e_dir):
         for page in (alice, bob):
             await wait_call(page, "CONNECTED")
         audio = "#calls > li.call audio"
-        assert_audio(await measure_audio(bob, audio, 2000), what="alice at bob")
+        assert_audio(await measure_audio(bob, audio, 1000), what="alice at bob")
         before = await bob.evaluate(f"() => ({ICE_UFRAGS_JS})(window.__pcs.at(-1))")
         await _ice_fails_once(bob, before)
         heard = await asyncio.gather(
-            measure_audio(bob, audio, 2000), measure_audio(alice, audio, 2000)
+            measure_audio(bob, audio, 1000), measure_audio(alice, audio, 1000)
         )
         assert_audio(heard[0], what="alice at bob after bob's ICE restart")
         assert_audio(heard[1], what="bob at alice after bob's ICE restart")
@@ -304,6 +324,7 @@ async def test_library_tries_an_unanswered_ice_restart_again(gateway, e2e_dir):
         await bench_logged_in(page, gateway.http_url)
         echo = await bench_dial(page, "a", "9000")
         await wait_bench(page, call_state_js("CONNECTED", echo))
+        await page.clock.install()  # runs on in real time until fast-forwarded
         before = await page.evaluate(f"() => ({ICE_UFRAGS_JS})(window.__pcs.at(-1))")
         await page.evaluate(
             """() => {
@@ -325,17 +346,21 @@ async def test_library_tries_an_unanswered_ice_restart_again(gateway, e2e_dir):
             }"""
         )
         await page.wait_for_function("() => window.__dropped.length === 1", timeout=10000)
-        await asyncio.sleep(12.0)
+        # the page's clock skips the 12 s (the library's timers are the page's)
+        await page.clock.fast_forward(12000)
+        await asyncio.sleep(0.5)  # what a timer that fired early would have done meanwhile
         pc_state = "() => window.__pcs.at(-1).signalingState"
         assert await page.evaluate(pc_state) == "have-local-offer"  # still waiting
-        await _restart_answered(page, before, 20000)
+        # on to the 15 s rollback and the 3 s before the next restart, a second at a time
+        # (each timer is set once the work before it is done)
+        await _fast_forward_until_answered(page, before, 20)
         await page.evaluate("() => { delete window.__pcs.at(-1).iceConnectionState; }")
         await page.wait_for_function(
             "() => ['connected', 'completed'].includes(window.__pcs.at(-1).iceConnectionState)",
             timeout=15000,
         )
         await asyncio.sleep(1.0)
-        assert_audio(await measure_audio(page, f"#audio-{echo}", 2000), what="echo after retry")
+        assert_audio(await measure_audio(page, f"#audio-{echo}", 1000), what="echo after retry")
         await _echo_call_ends_unharmed(page, echo)
     assert gateway.log().count("ICE restart completed") == 1
 
@@ -406,7 +431,7 @@ async def test_demo_call_me_page(gateway, e2e_dir):
         assert response is not None and response.ok
         await page.get_by_role("button", name="Call me").click()
         await page.wait_for_selector("#demo-status[data-state='CONNECTED']", timeout=20000)
-        assert_audio(await measure_audio(page, "#demo-audio", 2000), what="demo page echo")
+        assert_audio(await measure_audio(page, "#demo-audio", 1000), what="demo page echo")
         await screenshot(page, "11-demo-call-me")
         await page.get_by_role("button", name="Hang up").click()
         await page.wait_for_selector("#demo-status[data-state='DISCONNECTED']", timeout=10000)
@@ -440,7 +465,7 @@ async def test_hold_retrieve_switches_microphone(gateway, e2e_dir):
         await wait_bench(
             page, f"events.filter(e => e.call === {first} && e.state === 'CONNECTED').length >= 2"
         )
-        assert_audio(await measure_audio(page, f"#audio-{first}", 2000), what="retrieved call")
+        assert_audio(await measure_audio(page, f"#audio-{first}", 1000), what="retrieved call")
         assert await bench_events(page, "request-failed") == []
         await assert_no_problems(page)
 
@@ -467,7 +492,7 @@ async def test_transfer_two_calls(gateway, sipp, e2e_dir):
             )
         await wait_call(bob, "CONNECTED")
         assert_audio(
-            await measure_audio(bob, "#calls > li.call audio", 2000), what="SIP echo at Bob"
+            await measure_audio(bob, "#calls > li.call audio", 1000), what="SIP echo at Bob"
         )
         await (
             bob.locator("#calls > li.call")
@@ -675,7 +700,7 @@ async def test_token_login(gateway, e2e_dir):
         await wait_bench(page, login_js("SERVER_ACCESS", "b"))
         echo = await bench_dial(page, "t", "9000")
         await wait_bench(page, call_state_js("CONNECTED", echo))
-        assert_audio(await measure_audio(page, f"#audio-{echo}", 2000), what="echo, token login")
+        assert_audio(await measure_audio(page, f"#audio-{echo}", 1000), what="echo, token login")
         await page.evaluate(f"() => window.bench.calls[{echo}].disconnect()")
         await wait_bench(page, call_state_js("DISCONNECTED", echo))
         await assert_no_problems(page)
@@ -788,7 +813,7 @@ async def test_push_wakeup_answers_call(gateway, sipp, e2e_dir):
             await page.get_by_role("button", name="Answer", exact=True).click()
             await wait_call(page, "CONNECTED")
             assert_audio(
-                await measure_audio(page, "#calls > li.call audio", 2000), what="woken-up call"
+                await measure_audio(page, "#calls > li.call audio", 1000), what="woken-up call"
             )
             card = await wait_call(page, "DISCONNECTED", timeout=15000)
             assert await card.get_attribute("data-reason") == "SUCCESS"

@@ -164,6 +164,7 @@ def test_example_file_loads_and_documents_every_key() -> None:
             "jitter_min_ms",
             "jitter_max_ms",
             "video_bit_rate",
+            "ice_restart_timeout",
         },
         "calls": {
             "no_answer_timeout",
@@ -355,6 +356,8 @@ def test_explicitly_empty_directory() -> None:
         ({"media": {"video_bit_rate": 63}}, "[media] video_bit_rate", "between 64 and 20000"),
         ({"media": {"video_bit_rate": 20001}}, "[media] video_bit_rate", "between"),
         ({"media": {"video_bit_rate": "2M"}}, "[media] video_bit_rate", "an integer"),
+        ({"media": {"ice_restart_timeout": 0}}, "[media] ice_restart_timeout", "more than 0"),
+        ({"media": {"ice_restart_timeout": 301}}, "[media] ice_restart_timeout", "at most 300"),
         ({"media": {"jitter_min_ms": 100, "jitter_max_ms": 60}}, "[media] jitter_max_ms",
          "at least jitter_min_ms (100)"),
         ({"pbx": {"dtmf": "2833"}}, "[pbx] dtmf",

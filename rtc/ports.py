@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from .sendclock import FILL_AFTER
+
 __all__ = [
     "FRAME_MS",
     "MAX_GAP_TICKS",
@@ -264,7 +266,7 @@ class ReceivingPort(AudioPort):
         if self._circuit_out is not None:
             self._circuit_out.sync()
 
-    def _tick_circuit_out(self, now: float, fill_after: float) -> float | None:
+    def _tick_circuit_out(self, now: float) -> float | None:
         """
         For the leg's filler tick at ``now``: while the circuit sending through
         it is steady (rtc.circuit.Circuit.due), when to tick next, with
@@ -277,7 +279,7 @@ class ReceivingPort(AudioPort):
         circuit = self._circuit_out
         if circuit is None:
             return None
-        wait = circuit.due(fill_after)
+        wait = circuit.due(FILL_AFTER)  # the legs' send clocks fill after as long
         if wait is not None:
             return now + wait
         circuit.sync()

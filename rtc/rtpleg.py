@@ -173,7 +173,7 @@ from .sdp import (
     reverse_direction,
     select_codec,
 )
-from .sendclock import FILL_AFTER, SendClock
+from .sendclock import SendClock
 from .stats import LegStats
 from .timers import DeadlineTimer
 from .tones import dtmf_tone
@@ -1194,13 +1194,11 @@ class RtpLeg(ReceivingPort):
         """
         if self._closed:
             return
-        steady = self._tick_circuit_out(now, FILL_AFTER)
+        steady = self._tick_circuit_out(now)
         self._check_timeout(now)
         if steady is not None:
-            if not self._closed:
-                self._fill_timer.at(steady)
-            return
-        if self._sending:
+            again = steady  # a circuit sends: nothing to fill
+        elif self._sending:
             fill, again = self._clock.fill(now)
             if fill:
                 # the stream stopped: the leg sends by itself, not a circuit
@@ -1227,7 +1225,7 @@ class RtpLeg(ReceivingPort):
             return
         since = max(self._timeout_since, self.last_received or 0.0)
         circuit = self._circuit_in
-        if now - since >= self.media_timeout and circuit is not None and circuit.packets:
+        if circuit is not None and circuit.packets:
             # relayed since the last sync (up to SYNC_EVERY ago)
             since = max(since, circuit.arrival(now))
         if now - since >= self.media_timeout:

@@ -103,7 +103,7 @@ from .resample import Resampler
 from .rtp import RTP_FIXED_HEADER, parse_received
 from .sdes import SRTP_MAX_PACKET
 from .sdp import SdpError, SessionDescription, combine_directions, with_opus_parameter
-from .sendclock import FILL_AFTER, SendClock
+from .sendclock import SendClock
 from .srtp import protector, unprotector
 from .stats import LegStats, estimate_mos
 from .timers import DeadlineTimer
@@ -1415,7 +1415,7 @@ class WebRtcLeg(ReceivingPort):
         """While the leg sends by itself: silence when nothing is written."""
         if self._closed:
             return
-        steady = self._tick_circuit_out(now, FILL_AFTER)
+        steady = self._tick_circuit_out(now)
         if steady is not None:
             # the way to send is checked below on the ticks that sync
             self._fill_timer.at(steady)

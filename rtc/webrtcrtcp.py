@@ -22,6 +22,7 @@ bandwidth estimate reacts to the receiver reports there.
 import asyncio
 import random
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiortc.rtp import (
@@ -57,77 +58,86 @@ def pace_reports(transceiver: Any) -> None:
     receiver._run_rtcp = lambda: _receiver_reports(receiver)
 
 
-async def _sender_reports(sender: Any) -> None:
-    """aiortc's RTCRtpSender._run_rtcp, paced by ``report_interval``."""
-    sender._RTCRtpSender__rtcp_started.set()
+async def _paced(report: Callable[[], Awaitable[bool]]) -> None:
+    """``report()`` (True: one went out) at ``report_interval``'s pace, until cancelled."""
     sent = 0
     try:
         while True:
             await asyncio.sleep(report_interval(sent))
-            if sender.transport.state != "connected":
-                continue  # the early reports are those that can go out
-            sent += 1
-            ntp_timestamp = sender._RTCRtpSender__ntp_timestamp
-            packets: list[Any] = [
-                RtcpSrPacket(
-                    ssrc=sender._ssrc,
-                    sender_info=RtcpSenderInfo(
-                        ntp_timestamp=ntp_timestamp,
-                        rtp_timestamp=sender._RTCRtpSender__rtp_timestamp,
-                        packet_count=sender._RTCRtpSender__packet_count & 0xFFFFFFFF,
-                        octet_count=sender._RTCRtpSender__octet_count & 0xFFFFFFFF,
-                    ),
-                )
-            ]
-            # what the round-trip time is computed from when the report comes back
-            sender._RTCRtpSender__lsr = (ntp_timestamp >> 16) & 0xFFFFFFFF
-            sender._RTCRtpSender__lsr_time = time.time()
-            cname = sender._RTCRtpSender__cname
-            if cname is not None:
-                packets.append(
-                    RtcpSdesPacket(
-                        chunks=[RtcpSourceInfo(ssrc=sender._ssrc, items=[(1, cname.encode())])]
-                    )
-                )
-            await sender._send_rtcp(packets)
+            if await report():
+                sent += 1
     except asyncio.CancelledError:
         pass
+
+
+async def _sender_reports(sender: Any) -> None:
+    """aiortc's RTCRtpSender._run_rtcp, paced by ``report_interval``."""
+
+    async def report() -> bool:
+        if sender.transport.state != "connected":
+            return False  # the early reports are those that can go out
+        ntp_timestamp = sender._RTCRtpSender__ntp_timestamp
+        packets: list[Any] = [
+            RtcpSrPacket(
+                ssrc=sender._ssrc,
+                sender_info=RtcpSenderInfo(
+                    ntp_timestamp=ntp_timestamp,
+                    rtp_timestamp=sender._RTCRtpSender__rtp_timestamp,
+                    packet_count=sender._RTCRtpSender__packet_count & 0xFFFFFFFF,
+                    octet_count=sender._RTCRtpSender__octet_count & 0xFFFFFFFF,
+                ),
+            )
+        ]
+        # what the round-trip time is computed from when the report comes back
+        sender._RTCRtpSender__lsr = (ntp_timestamp >> 16) & 0xFFFFFFFF
+        sender._RTCRtpSender__lsr_time = time.time()
+        cname = sender._RTCRtpSender__cname
+        if cname is not None:
+            packets.append(
+                RtcpSdesPacket(
+                    chunks=[RtcpSourceInfo(ssrc=sender._ssrc, items=[(1, cname.encode())])]
+                )
+            )
+        await sender._send_rtcp(packets)
+        return True
+
+    sender._RTCRtpSender__rtcp_started.set()
+    await _paced(report)
     await sender._send_rtcp([RtcpByePacket(sources=[sender._ssrc])])
     sender._RTCRtpSender__rtcp_exited.set()
 
 
 async def _receiver_reports(receiver: Any) -> None:
     """aiortc's RTCRtpReceiver._run_rtcp, paced by ``report_interval``."""
-    receiver._RTCRtpReceiver__rtcp_started.set()
-    sent = 0
-    try:
-        while True:
-            await asyncio.sleep(report_interval(sent))
-            lsrs = receiver._RTCRtpReceiver__lsr
-            lsr_times = receiver._RTCRtpReceiver__lsr_time
-            reports = []
-            for ssrc, stream in receiver._RTCRtpReceiver__remote_streams.items():
-                lsr = dlsr = 0
-                if ssrc in lsrs:
-                    lsr = lsrs[ssrc]
-                    delay = time.time() - lsr_times[ssrc]
-                    if 0 < delay < 65536:
-                        dlsr = int(delay * 65536)
-                reports.append(
-                    RtcpReceiverInfo(
-                        ssrc=ssrc,
-                        fraction_lost=stream.fraction_lost,
-                        packets_lost=stream.packets_lost,
-                        highest_sequence=stream.max_seq,
-                        jitter=stream.jitter,
-                        lsr=lsr,
-                        dlsr=dlsr,
-                    )
+
+    async def report() -> bool:
+        lsrs = receiver._RTCRtpReceiver__lsr
+        lsr_times = receiver._RTCRtpReceiver__lsr_time
+        reports = []
+        for ssrc, stream in receiver._RTCRtpReceiver__remote_streams.items():
+            lsr = dlsr = 0
+            if ssrc in lsrs:
+                lsr = lsrs[ssrc]
+                delay = time.time() - lsr_times[ssrc]
+                if 0 < delay < 65536:
+                    dlsr = int(delay * 65536)
+            reports.append(
+                RtcpReceiverInfo(
+                    ssrc=ssrc,
+                    fraction_lost=stream.fraction_lost,
+                    packets_lost=stream.packets_lost,
+                    highest_sequence=stream.max_seq,
+                    jitter=stream.jitter,
+                    lsr=lsr,
+                    dlsr=dlsr,
                 )
-            rtcp_ssrc = receiver._RTCRtpReceiver__rtcp_ssrc
-            if rtcp_ssrc is not None and reports and receiver.transport.state == "connected":
-                sent += 1
-                await receiver._send_rtcp(RtcpRrPacket(ssrc=rtcp_ssrc, reports=reports))
-    except asyncio.CancelledError:
-        pass
+            )
+        rtcp_ssrc = receiver._RTCRtpReceiver__rtcp_ssrc
+        if rtcp_ssrc is None or not reports or receiver.transport.state != "connected":
+            return False
+        await receiver._send_rtcp(RtcpRrPacket(ssrc=rtcp_ssrc, reports=reports))
+        return True
+
+    receiver._RTCRtpReceiver__rtcp_started.set()
+    await _paced(report)
     receiver._RTCRtpReceiver__rtcp_exited.set()

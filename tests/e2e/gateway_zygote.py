@@ -28,7 +28,6 @@ import signal
 import sys
 import traceback
 
-import gateway.__init__  # noqa: F401
 import gateway.app  # noqa: F401  (the core, aiortc, PyAV, numpy)
 import gateway.cli
 

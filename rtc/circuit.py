@@ -51,11 +51,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from struct import Struct
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .opus import packet_samples
+from .srtp import native
 
-__all__ = ["ENGAGE_AFTER", "SYNC_EVERY", "Circuit", "CircuitLeg", "Inbound", "Outbound"]
+__all__ = [
+    "ENGAGE_AFTER",
+    "SYNC_EVERY",
+    "Circuit",
+    "CircuitLeg",
+    "Inbound",
+    "Outbound",
+    "PyCircuit",
+    "tap",
+]
 
 # packets relayed the express way in a row before a circuit is engaged
 ENGAGE_AFTER = 50
@@ -134,12 +144,13 @@ class Outbound:
     route: Any = None  # what the sending leg checks is still its way to send
 
 
-class Circuit:
-    """One direction's steady-state relay (see the module docstring)."""
+class _Relay:
+    """
+    A circuit's per-packet step in Python: the reference that rtc._relay.Relay
+    (the same step in C) follows, and what runs where that is not built.
+    """
 
     __slots__ = (
-        "_in_leg",
-        "_out_leg",
         "address",
         "clock_rate",
         "extension",
@@ -159,64 +170,43 @@ class Circuit:
         "payload_type",
         "peer",
         "protect",
-        "route",
         "sendto",
         "sequence_number",
         "ssrc",
-        "ssrc_bytes",
         "step",
-        "synced",
         "timestamp",
         "transit",
         "unprotect",
         "wraps",
     )
 
-    def __init__(
-        self, in_leg: CircuitLeg, inbound: Inbound, out_leg: CircuitLeg, outbound: Outbound
-    ) -> None:
-        self._in_leg: CircuitLeg | None = in_leg
-        self._out_leg: CircuitLeg | None = out_leg
-        self.peer = inbound.peer
-        self.ssrc = inbound.ssrc
-        self.ssrc_bytes = inbound.ssrc.to_bytes(4, "big")
-        self.payload_type = inbound.payload_type
-        self.sequence_number = inbound.sequence_number  # the next packet's
-        self.timestamp = inbound.timestamp
-        self.step = inbound.step
-        self.frame = inbound.frame
-        self.clock_rate = inbound.clock_rate
-        self.unprotect = inbound.unprotect
-        self.out_first = outbound.first
-        self.out_payload_type = outbound.payload_type
-        self.out_ssrc = outbound.ssrc
-        self.out_sequence = outbound.sequence_number  # the next packet's
-        self.out_timestamp = outbound.timestamp
-        self.out_step = outbound.step
-        self.extension = outbound.extension
-        self.protect = outbound.protect
-        self.sendto = outbound.sendto
-        self.address = outbound.address
-        self.route = outbound.route
-        # since the last sync: packets relayed, their payload octets, the
-        # datagrams' octets in and out, sequence number wraps received
-        self.packets = 0
-        self.octets = 0
-        self.in_octets = 0
-        self.out_octets = 0
-        self.wraps = 0
-        # RFC 3550 A.8, kept across syncs: the last relative transit time and
-        # the jitter (timestamp units); the last arrival (time.monotonic())
-        self.transit = inbound.transit
-        self.jitter = inbound.jitter
-        self.last = 0.0
-        self.synced = time.monotonic()  # the last sync
-        in_leg._circuit_in = self
-        out_leg._circuit_out = self
-
-    @property
-    def engaged(self) -> bool:
-        return self._in_leg is not None
+    address: Any
+    clock_rate: int
+    extension: bytes
+    frame: int
+    in_octets: int
+    jitter: float
+    last: float
+    octets: int
+    out_first: int
+    out_octets: int
+    out_payload_type: int
+    out_sequence: int
+    out_ssrc: int
+    out_step: int
+    out_timestamp: int
+    packets: int
+    payload_type: int
+    peer: Any
+    protect: Callable[[bytes], bytes] | None
+    sendto: Callable[[bytes, Any], None]
+    sequence_number: int
+    ssrc: int
+    step: int
+    timestamp: int
+    transit: float | None
+    unprotect: Callable[[bytes], bytes] | None
+    wraps: int
 
     def take(self, data: bytes, addr: Any = None) -> bool:
         """
@@ -246,7 +236,8 @@ class Circuit:
                 data = unprotect(data)
             except Exception:
                 return True  # forged or replayed: dropped, as the leg would
-        payload = data[12:] if data[0] == 0x80 else data[16 + 4 * ((data[14] << 8) | data[15]) :]
+        # a header extension's length word missing (too short) leaves no payload
+        payload = data[12:] if data[0] == 0x80 else data[16 + 4 * int.from_bytes(data[14:16]) :]
         frame = self.frame
         if (len(payload) != frame) if frame else not _opus_20ms(payload):
             # not one 20 ms frame: a change of packet time, for the leg's own path
@@ -292,6 +283,77 @@ class Circuit:
         self.out_octets += len(packet)
         self.sendto(packet, self.address)
         return True
+
+    def release(self) -> None:
+        raise NotImplementedError  # the circuit's (_Circuit.release)
+
+    def _bind_native(self, *natives: int) -> bool:
+        return False  # nothing native here
+
+    def _unbind_native(self) -> None:
+        pass
+
+
+# the mixin below is typed as what it is mixed with
+_Typed = _Relay if TYPE_CHECKING else object
+
+
+class _Circuit(_Typed):
+    """One direction's steady-state relay (see the module docstring)."""
+
+    __slots__ = ()
+    _in_leg: CircuitLeg | None
+    _out_leg: CircuitLeg | None
+    route: Any
+    ssrc_bytes: bytes
+    synced: float
+
+    def __init__(
+        self, in_leg: CircuitLeg, inbound: Inbound, out_leg: CircuitLeg, outbound: Outbound
+    ) -> None:
+        self._in_leg: CircuitLeg | None = in_leg
+        self._out_leg: CircuitLeg | None = out_leg
+        self.peer = inbound.peer
+        self.ssrc = inbound.ssrc
+        self.ssrc_bytes = inbound.ssrc.to_bytes(4, "big")
+        self.payload_type = inbound.payload_type
+        self.sequence_number = inbound.sequence_number  # the next packet's
+        self.timestamp = inbound.timestamp
+        self.step = inbound.step
+        self.frame = inbound.frame
+        self.clock_rate = inbound.clock_rate
+        self.unprotect = inbound.unprotect
+        self.out_first = outbound.first
+        self.out_payload_type = outbound.payload_type
+        self.out_ssrc = outbound.ssrc
+        self.out_sequence = outbound.sequence_number  # the next packet's
+        self.out_timestamp = outbound.timestamp
+        self.out_step = outbound.step
+        self.extension = outbound.extension
+        self.protect = outbound.protect
+        self.sendto = outbound.sendto
+        self.address = outbound.address
+        self.route = outbound.route
+        # since the last sync: packets relayed, their payload octets, the
+        # datagrams' octets in and out, sequence number wraps received
+        self.packets = 0
+        self.octets = 0
+        self.in_octets = 0
+        self.out_octets = 0
+        self.wraps = 0
+        # RFC 3550 A.8, kept across syncs: the last relative transit time and
+        # the jitter (timestamp units); the last arrival (time.monotonic())
+        self.transit = inbound.transit
+        self.jitter = inbound.jitter
+        self.last = 0.0
+        self.synced = time.monotonic()  # the last sync
+        self._bind_native(*native(inbound.unprotect), *native(outbound.protect), *_socket(self))
+        in_leg._circuit_in = self  # type: ignore[assignment]
+        out_leg._circuit_out = self  # type: ignore[assignment]
+
+    @property
+    def engaged(self) -> bool:
+        return self._in_leg is not None
 
     def concerns(self, data: bytes, addr: Any = None) -> bool:
         """
@@ -347,7 +409,63 @@ class Circuit:
             return
         self.sync()
         self._in_leg = self._out_leg = None
+        self._unbind_native()
         if in_leg._circuit_in is self:
             in_leg._circuit_in = None
         if out_leg._circuit_out is self:
             out_leg._circuit_out = None
+
+
+_SLOTS = ("_in_leg", "_out_leg", "route", "ssrc_bytes", "synced")
+
+
+class PyCircuit(_Circuit, _Relay):
+    """A circuit whose per-packet step is Python's (_Relay)."""
+
+    __slots__ = _SLOTS
+
+
+def _socket(relay: _Relay) -> tuple[int, int]:
+    """
+    (descriptor, family) of the plain UDP socket behind the relay's ``sendto``,
+    for rtc._relay to send on; (-1, 0) for anything else (a test's fake, a
+    TURN transport, whose ``sendto`` wraps the packet): its ``sendto`` then.
+    """
+    transport = getattr(relay.sendto, "__self__", None)
+    if type(transport).__name__ not in _PLAIN_UDP or relay.address is None:
+        return -1, 0
+    sock = transport.get_extra_info("socket")
+    if sock is None or transport.is_closing():
+        return -1, 0
+    return sock.fileno(), int(sock.family)
+
+
+# uvloop's and asyncio's own datagram transports
+_PLAIN_UDP = frozenset(("UDPTransport", "_SelectorDatagramTransport"))
+
+try:
+    from . import _relay
+except ImportError:  # not built (no C compiler at install): Python's step
+    _relay = None  # type: ignore[assignment]
+
+
+def tap(leg: CircuitLeg, fallback: Callable[[bytes, Any], None]) -> Callable[[bytes, Any], None]:
+    """
+    A socket's datagram callback for ``leg``: its engaged circuit takes what
+    continues the stream, ``fallback`` (the leg's own callback) the rest. With
+    rtc._relay a relayed packet never enters Python; without, ``fallback``,
+    which offers it to the circuit itself.
+    """
+    return fallback if _relay is None else _relay.Tap(leg, fallback)
+
+
+Circuit = PyCircuit
+if _relay is not None and not TYPE_CHECKING:
+    _relay.set_opus_20ms(bytes(toc in OPUS_20MS for toc in range(256)), _opus_20ms)
+
+    class NativeCircuit(_Circuit, _relay.Relay):
+        """A circuit whose per-packet step is rtc._relay's, in C."""
+
+        __slots__ = _SLOTS
+
+    Circuit = NativeCircuit

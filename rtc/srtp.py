@@ -21,13 +21,17 @@ from typing import Any
 
 from pylibsrtp import Error, Session
 
-__all__ = ["direct", "protector", "unprotector"]
+__all__ = ["direct", "native", "protector", "unprotector"]
 
 try:
     from pylibsrtp import ERRORS, SRTP_MAX_TRAILER_LEN
     from pylibsrtp._binding import ffi, lib
 except ImportError:  # another pylibsrtp: its public methods
     lib = None
+
+# libsrtp 2's srtp_protect/srtp_unprotect as pylibsrtp declares them: the
+# signature rtc._relay calls them with
+_SRTP_CALL = "<ctype 'srtp_err_status_t(*)(struct srtp_ctx_t_ *, void *, int *)'>"
 
 
 def direct(session: Session) -> bool:
@@ -55,7 +59,24 @@ def _bind(session: Session, call: Any, trailer: int) -> Callable[[bytes], bytes]
             raise Error(ERRORS[rc] if rc < len(ERRORS) else f"libsrtp error {rc}")
         return buffer[0 : length[0]]  # type: ignore[no-any-return]
 
+    if str(ffi.typeof(call)) == _SRTP_CALL:
+        # for rtc._relay, which makes the same call from C (on its own buffer,
+        # with the same room); the closure keeps the context alive
+        process.native = (  # type: ignore[attr-defined]
+            int(ffi.cast("uintptr_t", call)),
+            int(ffi.cast("uintptr_t", context[0])),
+            room,
+        )
     return process
+
+
+def native(process: Callable[[bytes], bytes] | None) -> tuple[int, int, int]:
+    """
+    (the libsrtp function's address, its context's, the longest datagram it
+    takes) of a ``protector``/``unprotector``; zeros when there is none (not
+    ours, another pylibsrtp, None): rtc._relay then calls ``process`` itself.
+    """
+    return getattr(process, "native", (0, 0, 0))
 
 
 def protector(session: Session) -> Callable[[bytes], bytes]:

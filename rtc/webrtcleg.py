@@ -82,7 +82,7 @@ from aiortc.rtp import RtpPacket as AiortcRtpPacket
 from aiortc.sdp import candidate_from_sdp
 from av import AudioFrame
 
-from .circuit import Circuit, Inbound, Outbound
+from .circuit import Circuit, Inbound, Outbound, tap
 from .dtmf import digit_to_event
 from .g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 from .icerestart import IceRestart
@@ -1285,8 +1285,8 @@ class WebRtcLeg(ReceivingPort):
         # our audio skips that parse. Anything else goes the usual way.
         for protocol in connection._protocols:
             if isinstance(protocol, StunProtocol) and "datagram_received" not in vars(protocol):
-                protocol.datagram_received = _shortcut(  # type: ignore[method-assign,assignment]
-                    protocol.datagram_received, direct
+                protocol.datagram_received = tap(  # type: ignore[method-assign]
+                    self, _shortcut(protocol.datagram_received, direct)
                 )
         self._hooked = (connection, dtls)
         self._rx_dtls = dtls

@@ -4,6 +4,11 @@ circuit takes and hands back, then real calls (browser <-WebRTC-> gateway <-RTP-
 in which circuits engage both ways: the audio, every counter and statistic, and the
 streams on the wire (no loss, no sequence or timestamp jump) are as without them, also
 across what releases them (DTMF, a lost packet, hold, a re-INVITE).
+
+Every test runs with each circuit class there is: PyCircuit (the per-packet step
+in Python, the reference) and NativeCircuit (the same step in C, rtc._relay, when
+built); test_the_c_step_does_what_the_python_step_does compares the two packet by
+packet.
 """
 
 import asyncio
@@ -20,6 +25,17 @@ from rtc.rtp import RTP_FIXED_HEADER, RtpPacket
 from .test_passthrough import Call
 
 SSRC = 0x1111
+IMPLEMENTATIONS = [rtc.circuit.PyCircuit] + (
+    [rtc.circuit.NativeCircuit] if hasattr(rtc.circuit, "NativeCircuit") else []
+)
+
+
+@pytest.fixture(autouse=True, params=IMPLEMENTATIONS, ids=lambda c: c.__name__)
+def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> type:
+    """The circuit class the gateway uses in this test."""
+    monkeypatch.setattr(rtc.circuit, "Circuit", request.param)
+    monkeypatch.setattr(rtc.bridge, "Circuit", request.param)
+    return request.param  # type: ignore[no-any-return]
 
 
 class Leg:
@@ -52,7 +68,7 @@ def circuit(
     outbound = Outbound(
         0x80, 8, 0x2222, 65534, 0xFFFFFF00, 160, b"", None, lambda d, a: sent.append((d, a)), "far"
     )
-    return Circuit(a, inbound, b, outbound), a, b
+    return rtc.circuit.Circuit(a, inbound, b, outbound), a, b
 
 
 def test_a_circuit_relays_only_what_continues_the_stream() -> None:
@@ -130,7 +146,7 @@ async def stream_stats(call: Call) -> dict[str, Any]:
 
 @pytest.mark.parametrize(("browser_pt", "codec"), [("0", "PCMU"), (None, "opus")])
 async def test_circuits_engage_both_ways_and_the_call_is_the_same(
-    browser_pt: str | None, codec: str
+    browser_pt: str | None, codec: str, implementation: type
 ) -> None:
     call = Call(browser_pt, (codec,))
     await call.setup()
@@ -138,6 +154,11 @@ async def test_circuits_engage_both_ways_and_the_call_is_the_same(
         call.bridge.connect(call.far)
         await call.exchange(1.5)
         assert engaged(call) == (True, True)
+        if implementation is not rtc.circuit.PyCircuit:
+            # each way's steps all in C: the browser's SRTP unprotected, plain RTP
+            # sent to the phone; the phone's RTP protected for the browser
+            assert call.client._circuit_in.native == (True, False, True)  # type: ignore[union-attr]
+            assert call.far._circuit_in.native == (False, True, True)  # type: ignore[union-attr]
         decoded = call.client.decoded + call.far.frames_decoded
         at_phone, at_browser = await call.exchange(1.5)
         assert engaged(call) == (True, True)
@@ -259,7 +280,7 @@ def test_jitter_goes_on_from_the_legs_estimate_and_opus_code_3_is_taken() -> Non
     a, b = Leg(), Leg()
     inbound = Inbound(SSRC, 111, 100, 0, 960, 0, 48000, None, jitter=96.0, transit=5.0)
     outbound = Outbound(0x80, 96, 0x2222, 1, 0, 960, b"", None, lambda d, a: sent.append((d, a)), 1)
-    c = Circuit(a, inbound, b, outbound)
+    c = rtc.circuit.Circuit(a, inbound, b, outbound)
     assert c.jitter == 96.0 and c.transit == 5.0
     code3 = bytes((0x0B, 0x81, 7)) + bytes(60)  # SILK WB 20 ms, code 3, one frame, padding
     assert c.take(rtp(100, 0, code3, pt=111))
@@ -279,7 +300,7 @@ def test_what_concerns_the_stream_releases() -> None:
     assert not c.concerns(rtp(1, 0, ssrc=0x5EED), ("192.0.2.9", 9))  # a stranger
     rtcp = bytes((0x80, 200)) + bytes(6) + SSRC.to_bytes(4, "big") + bytes(16)
     assert not c.concerns(rtcp, peer)
-    unlatched = Circuit(
+    unlatched = rtc.circuit.Circuit(
         Leg(),
         Inbound(SSRC, 0, 1, 0, 160, 160, 8000, None),
         Leg(),
@@ -404,12 +425,16 @@ async def test_audio_written_to_a_leg_releases_only_the_circuit_it_sends_on() ->
         await call.close()
 
 
-def test_due_says_when_a_steady_circuit_needs_no_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_due_says_when_a_steady_circuit_needs_no_sync(
+    monkeypatch: pytest.MonkeyPatch, implementation: type
+) -> None:
     """
     The sending leg's filler tick asks ``due``: while packets keep coming and
     the last sync is less than SYNC_EVERY old, only when to look again (the
     last packet plus the fill delay); otherwise its whole work (a sync).
     """
+    if implementation is not rtc.circuit.PyCircuit:
+        pytest.skip("a fake clock: the C step reads CLOCK_MONOTONIC itself (due is shared)")
     clock = [100.0]
     monkeypatch.setattr(rtc.circuit.time, "monotonic", lambda: clock[0])
     sent: list[tuple[bytes, Any]] = []
@@ -471,3 +496,113 @@ async def test_ticks_between_syncs_only_look(monkeypatch: pytest.MonkeyPatch) ->
         assert stats["browser_lost"] == 0 and stats["far_lost"] == 0, stats
     finally:
         await call.close()
+
+
+def test_the_c_step_does_what_the_python_step_does() -> None:
+    """
+    rtc._relay's take against rtc.circuit's (the reference), packet by packet,
+    with real SRTP both ways: what each takes or declines, the bytes each sends,
+    what each counts, and when each releases, over a stream with everything a
+    circuit must decline or drop in it.
+    """
+    if not hasattr(rtc.circuit, "NativeCircuit"):
+        pytest.skip("rtc._relay is not built")
+    import pylibsrtp
+
+    from rtc.srtp import protector, unprotector
+
+    key = bytes(range(30))
+    profile = pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80
+
+    def session(direction: int) -> pylibsrtp.Session:
+        return pylibsrtp.Session(pylibsrtp.Policy(key=key, ssrc_type=direction, srtp_profile=profile))
+
+    outbound_type, inbound_type = pylibsrtp.Policy.SSRC_ANY_OUTBOUND, pylibsrtp.Policy.SSRC_ANY_INBOUND
+
+    def browser(data: bytes) -> bytes:
+        """SRTP as a browser sends it (a session per packet: the same packet may come
+        twice, as a replay, and the index stays below a rollover)."""
+        return session(outbound_type).protect(data)
+
+    peer = ("192.0.2.1", 4000)
+
+    def make(cls: type, srtp_in: bool, frame: int) -> tuple[Any, Leg, list[bytes]]:
+        a, b = Leg(), Leg()
+        sent: list[bytes] = []
+        inbound = Inbound(
+            SSRC, 0 if frame else 111, 100, 8000, 160 if frame else 960, frame,
+            8000 if frame else 48000,
+            unprotector(session(inbound_type)) if srtp_in else None,
+            peer=None if srtp_in else peer,
+        )
+        outbound = Outbound(
+            0x90, 8, 0x2222, 65534, 0xFFFFFF00, 160, bytes((0xBE, 0xDE, 0, 1, 0x10, 0x31, 0, 0)),
+            None if srtp_in else protector(session(outbound_type)),
+            lambda d, _: sent.append(d), "far",
+        )
+        return cls(a, inbound, b, outbound), a, sent
+
+    def stream(srtp_in: bool, frame: int) -> list[tuple[bytes, Any]]:
+        payload = b"\xff" * 160 if frame else bytes((0x08,)) + bytes(40)
+        pt = 0 if frame else 111
+        step = 160 if frame else 960
+        out: list[tuple[bytes, Any]] = []
+
+        def add(data: bytes, addr: Any = peer, protect: bool = True) -> None:
+            out.append((browser(data) if srtp_in and protect else data, addr))
+
+        seq, ts = 100, 8000
+        for i in range(30):
+            add(rtp(seq, ts, payload, pt=pt))
+            seq, ts = seq + 1, ts + step
+            if i == 3:
+                add(rtp(seq + 1, ts + step, payload, pt=pt))  # ahead: declined
+            if i == 4:
+                add(rtp(seq, ts, payload, ssrc=0x9999, pt=pt))  # another source
+            if i == 5:
+                add(rtp(seq, ts, payload, pt=13))  # another payload type
+            if i == 6:
+                add(b"\x80" + bytes((pt,)) + bytes(5), protect=False)  # too short
+            if i == 7:
+                add(rtp(seq, ts, payload, pt=pt), addr=("192.0.2.9", 1))  # a stranger
+            if i == 8:
+                header = bytearray(rtp(seq, ts, b"", pt=pt))
+                header[0] |= 0x10  # an extension bit and no extension: no payload
+                add(bytes(header) + b"\x00", protect=False)
+            if i == 9:
+                forged = bytearray(browser(rtp(seq, ts, payload, pt=pt)) if srtp_in else b"")
+                if forged:
+                    forged[-1] ^= 1  # a wrong tag: dropped, taken as done
+                    out.append((bytes(forged), peer))
+            if i == 10:
+                extended = bytearray(rtp(seq, ts, b"", pt=pt))
+                extended[0] |= 0x10
+                add(bytes(extended) + bytes((0xBE, 0xDE, 0, 1, 0x10, 0xAA, 0, 0)) + payload)
+                seq, ts = seq + 1, ts + step
+            if i == 12 and not (frame and srtp_in):  # (with SRTP it would release)
+                add(rtp(seq, ts, b"\x00" * 80 if frame else bytes((0x0B, 0x81, 7)) + bytes(60), pt=pt))
+                if not frame:
+                    seq, ts = seq + 1, ts + step  # code 3, one 20 ms frame: taken
+        add(rtp(seq, ts, b"\xff" * 320 if frame else bytes((0x0B, 0x82)) + bytes(60), pt=pt))
+        add(rtp(seq + 1, ts + step, payload, pt=pt))  # after the release: declined
+        return out
+
+    for srtp_in in (True, False):
+        for frame in (160, 0):
+            python, py_leg, py_sent = make(rtc.circuit.PyCircuit, srtp_in, frame)
+            native, c_leg, c_sent = make(rtc.circuit.NativeCircuit, srtp_in, frame)
+            assert native.native == (srtp_in, not srtp_in, False)
+            for k, (data, addr) in enumerate(stream(srtp_in, frame)):
+                taken = (python.take(data, addr), native.take(data, addr))
+                assert taken[0] == taken[1], (srtp_in, frame, k, taken)
+                assert py_sent == c_sent, (srtp_in, frame, k)
+                assert (py_leg._circuit_in is None) == (c_leg._circuit_in is None), (frame, k)
+                for name in (
+                    "packets", "octets", "in_octets", "out_octets", "wraps", "sequence_number",
+                    "timestamp", "out_sequence", "out_timestamp",
+                ):
+                    assert getattr(python, name) == getattr(native, name), (name, k)
+            # the stream's change of packet time: declined, or (already unprotected) released
+            assert (py_leg._circuit_in is None) == srtp_in
+            assert len(py_sent) >= 31 and py_leg.synced_in == c_leg.synced_in, len(py_sent)
+            assert native.transit is not None and native.jitter >= 0

@@ -61,6 +61,7 @@ __all__ = [
     "SYNC_EVERY",
     "Circuit",
     "CircuitLeg",
+    "NATIVE",
     "Inbound",
     "Outbound",
     "PyCircuit",
@@ -295,13 +296,17 @@ class _Relay:
 
 
 # the mixin below is typed as what it is mixed with
-_Typed = _Relay if TYPE_CHECKING else object
+if TYPE_CHECKING:
+    _Step = _Relay
+else:
+    _Step = object
 
 
-class _Circuit(_Typed):
+class _Circuit(_Step):
     """One direction's steady-state relay (see the module docstring)."""
 
-    __slots__ = ()
+    if not TYPE_CHECKING:
+        __slots__ = ()
     _in_leg: CircuitLeg | None
     _out_leg: CircuitLeg | None
     route: Any
@@ -398,8 +403,9 @@ class _Circuit(_Typed):
         if in_leg is None or out_leg is None or self.packets == 0:
             return
         self.synced = time.monotonic()
-        in_leg.circuit_synced_in(self)
-        out_leg.circuit_synced_out(self)
+        # self is a Circuit (PyCircuit or NativeCircuit), which the legs take
+        in_leg.circuit_synced_in(self)  # type: ignore[arg-type]
+        out_leg.circuit_synced_out(self)  # type: ignore[arg-type]
         self.packets = self.octets = self.in_octets = self.out_octets = self.wraps = 0
 
     def release(self) -> None:
@@ -432,7 +438,7 @@ def _socket(relay: _Relay) -> tuple[int, int]:
     TURN transport, whose ``sendto`` wraps the packet): its ``sendto`` then.
     """
     transport = getattr(relay.sendto, "__self__", None)
-    if type(transport).__name__ not in _PLAIN_UDP or relay.address is None:
+    if transport is None or type(transport).__name__ not in _PLAIN_UDP or relay.address is None:
         return -1, 0
     sock = transport.get_extra_info("socket")
     if sock is None or transport.is_closing():
@@ -459,6 +465,8 @@ def tap(leg: CircuitLeg, fallback: Callable[[bytes, Any], None]) -> Callable[[by
     return fallback if _relay is None else _relay.Tap(leg, fallback)
 
 
+# whether circuits take the C step (rtc._relay); False: it was not built
+NATIVE = _relay is not None
 Circuit = PyCircuit
 if _relay is not None and not TYPE_CHECKING:
     _relay.set_opus_20ms(bytes(toc in OPUS_20MS for toc in range(256)), _opus_20ms)

@@ -127,6 +127,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -299,9 +300,8 @@ class _RtpProtocol(asyncio.DatagramProtocol):
     def __init__(self, leg: "RtpLeg", rtcp: bool = False) -> None:
         # the leg's handler itself, so that each datagram costs one Python call;
         # RTP through the leg's circuit first (rtc.circuit.tap): none at all
-        self.datagram_received = (  # type: ignore[method-assign]
-            leg._rtcp_received if rtcp else tap(leg, leg._datagram_received)
-        )
+        received: Any = leg._rtcp_received if rtcp else tap(leg, leg._datagram_received)
+        self.datagram_received = received  # type: ignore[method-assign]
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable while the far end is not listening yet

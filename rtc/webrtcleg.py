@@ -1285,7 +1285,7 @@ class WebRtcLeg(ReceivingPort):
         # our audio skips that parse. Anything else goes the usual way.
         for protocol in connection._protocols:
             if isinstance(protocol, StunProtocol) and "datagram_received" not in vars(protocol):
-                protocol.datagram_received = tap(  # type: ignore[method-assign]
+                protocol.datagram_received = tap(  # type: ignore[method-assign,assignment]
                     self, _shortcut(protocol.datagram_received, direct)
                 )
         self._hooked = (connection, dtls)

@@ -32,7 +32,14 @@ IMPLEMENTATIONS = [rtc.circuit.PyCircuit] + (
 
 @pytest.fixture(autouse=True, params=IMPLEMENTATIONS, ids=lambda c: c.__name__)
 def implementation(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> type:
-    """The circuit class the gateway uses in this test."""
+    """
+    The circuit class the gateway uses in this test. PyCircuit runs as in an
+    install without rtc._relay: the legs' sockets call their own callbacks
+    (rtc.circuit.tap), which offer each datagram to the circuit.
+    """
+    if request.param is rtc.circuit.PyCircuit:
+        monkeypatch.setattr(rtc.circuit, "_relay", None)
+        monkeypatch.setattr(rtc.circuit, "NATIVE", False)
     monkeypatch.setattr(rtc.circuit, "Circuit", request.param)
     monkeypatch.setattr(rtc.bridge, "Circuit", request.param)
     return request.param  # type: ignore[no-any-return]
@@ -515,9 +522,11 @@ def test_the_c_step_does_what_the_python_step_does() -> None:
     profile = pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80
 
     def session(direction: int) -> pylibsrtp.Session:
-        return pylibsrtp.Session(pylibsrtp.Policy(key=key, ssrc_type=direction, srtp_profile=profile))
+        policy = pylibsrtp.Policy(key=key, ssrc_type=direction, srtp_profile=profile)
+        return pylibsrtp.Session(policy)
 
-    outbound_type, inbound_type = pylibsrtp.Policy.SSRC_ANY_OUTBOUND, pylibsrtp.Policy.SSRC_ANY_INBOUND
+    outbound_type = pylibsrtp.Policy.SSRC_ANY_OUTBOUND
+    inbound_type = pylibsrtp.Policy.SSRC_ANY_INBOUND
 
     def browser(data: bytes) -> bytes:
         """SRTP as a browser sends it (a session per packet: the same packet may come
@@ -580,7 +589,8 @@ def test_the_c_step_does_what_the_python_step_does() -> None:
                 add(bytes(extended) + bytes((0xBE, 0xDE, 0, 1, 0x10, 0xAA, 0, 0)) + payload)
                 seq, ts = seq + 1, ts + step
             if i == 12 and not (frame and srtp_in):  # (with SRTP it would release)
-                add(rtp(seq, ts, b"\x00" * 80 if frame else bytes((0x0B, 0x81, 7)) + bytes(60), pt=pt))
+                code3 = bytes((0x0B, 0x81, 7)) + bytes(60)
+                add(rtp(seq, ts, b"\x00" * 80 if frame else code3, pt=pt))
                 if not frame:
                     seq, ts = seq + 1, ts + step  # code 3, one 20 ms frame: taken
         add(rtp(seq, ts, b"\xff" * 320 if frame else bytes((0x0B, 0x82)) + bytes(60), pt=pt))
@@ -606,3 +616,11 @@ def test_the_c_step_does_what_the_python_step_does() -> None:
             assert (py_leg._circuit_in is None) == srtp_in
             assert len(py_sent) >= 31 and py_leg.synced_in == c_leg.synced_in, len(py_sent)
             assert native.transit is not None and native.jitter >= 0
+
+
+def test_the_c_step_is_built() -> None:
+    """`make test` installs a C compiler first (the Makefile's build-deps), so the
+    suite runs the C step too, not only the Python one."""
+    assert hasattr(rtc.circuit, "NativeCircuit"), (
+        "rtc._relay is not built: apt-get install gcc python3-dev, then pip install -e ."
+    )

@@ -100,54 +100,42 @@ monotonic(void)
 
 static PyTypeObject RelayType;
 
-/* 1: relayed (or dropped as the leg would); 0: declined, nothing done; -1: error */
+/* what relay_forward (and relay_take_raw) leave to be done */
+enum {
+    FORWARD_DECLINED = 0, /* nothing done: the datagram is for the leg's path */
+    FORWARD_DONE = 1,     /* relayed, or dropped as the leg would */
+    FORWARD_PYTHON = 2,   /* without the interpreter: it needs Python; nothing done yet */
+    FORWARD_RELEASE = 3,  /* without the interpreter: lost, and the circuit is to be released */
+    FORWARD_SEND = 4,     /* without the interpreter: relayed into out, for the transport's sendto */
+};
+
+/* whether the datagram continues the stream exactly (its header; not the peer) */
 static int
-relay_take(Relay *self, PyObject *data, PyObject *addr)
+relay_continues(Relay *self, const unsigned char *in, Py_ssize_t size)
 {
-    if (!PyBytes_Check(data))
-        return 0;
-    const unsigned char *in = (const unsigned char *)PyBytes_AS_STRING(data);
-    Py_ssize_t size = PyBytes_GET_SIZE(data);
     if (size < 12 || in[1] != self->payload_type || (in[0] & 0xEF) != 0x80)
         return 0;
-    if (self->peer != Py_None) {
-        int same = PyObject_RichCompareBool(addr, self->peer, Py_EQ);
-        if (same <= 0)
-            return same;
-    }
     long long sequence_number = ((long long)in[2] << 8) | in[3];
     long long timestamp = ((long long)in[4] << 24) | (in[5] << 16) | (in[6] << 8) | in[7];
     long long ssrc = ((long long)in[8] << 24) | (in[9] << 16) | (in[10] << 8) | in[11];
-    if (sequence_number != self->sequence_number || timestamp != self->timestamp ||
-        ssrc != self->ssrc)
-        return 0;
+    return sequence_number == self->sequence_number && timestamp == self->timestamp &&
+           ssrc == self->ssrc;
+}
 
-    unsigned char clear[BUFFER_SIZE];
-    const unsigned char *packet = in;
-    Py_ssize_t length = size;
-    PyObject *unprotected = NULL; /* what a Python unprotect returned */
-    int result = -1;
-    if (self->unprotect_call != NULL) {
-        if (size > self->unprotect_room)
-            return 1; /* too long to be ours: dropped, as the leg would */
-        int n = (int)size;
-        memcpy(clear, in, size);
-        if (self->unprotect_call(self->unprotect_context, clear, &n) != 0)
-            return 1; /* forged or replayed: dropped, as the leg would */
-        packet = clear;
-        length = n;
-    }
-    else if (self->unprotect != Py_None) {
-        unprotected = PyObject_CallOneArg(self->unprotect, data);
-        if (unprotected == NULL || !PyBytes_Check(unprotected)) {
-            Py_XDECREF(unprotected);
-            PyErr_Clear();
-            return 1;
-        }
-        packet = (const unsigned char *)PyBytes_AS_STRING(unprotected);
-        length = PyBytes_GET_SIZE(unprotected);
-    }
-
+/*
+ * The step after unprotecting: one 20 ms frame is restamped, protected and
+ * sent. ``packet``: the clear packet (``length`` bytes) of a datagram of
+ * ``size`` bytes. With ``python`` 0 (no interpreter: a collector's pause)
+ * nothing that needs Python is done, and the FORWARD_ codes say what is left;
+ * ``out`` (BUFFER_SIZE) then holds a packet to send (FORWARD_SEND, *out_length).
+ * With ``python`` 1: FORWARD_DECLINED, FORWARD_DONE or -1 (an error raised).
+ */
+static int
+relay_forward(Relay *self, const unsigned char *packet, Py_ssize_t length, Py_ssize_t size,
+              int python, unsigned char *out, Py_ssize_t *out_size)
+{
+    long long timestamp = ((long long)packet[4] << 24) | (packet[5] << 16) | (packet[6] << 8) |
+                          packet[7];
     Py_ssize_t offset = 12;
     if (packet[0] != 0x80)
         offset = length < 16 ? length : 16 + 4 * (((Py_ssize_t)packet[14] << 8) | packet[15]);
@@ -163,36 +151,46 @@ relay_take(Relay *self, PyObject *data, PyObject *addr)
     else if (opus_20ms[payload[0]])
         one_frame = 1;
     else if ((payload[0] & 3) == 3 && opus_code3 != NULL) {
+        if (!python)
+            return FORWARD_PYTHON;
         PyObject *bytes = PyBytes_FromStringAndSize((const char *)payload, payload_length);
         if (bytes == NULL)
-            goto done;
+            return -1;
         PyObject *answer = PyObject_CallOneArg(opus_code3, bytes);
         Py_DECREF(bytes);
         if (answer == NULL)
-            goto done;
+            return -1;
         one_frame = PyObject_IsTrue(answer);
         Py_DECREF(answer);
         if (one_frame < 0)
-            goto done;
+            return -1;
     }
     else
         one_frame = 0;
     if (!one_frame) {
         /* not one 20 ms frame: a change of packet time, for the leg's own path */
-        if (self->unprotect == Py_None) {
-            result = 0;
-            goto done;
-        }
+        if (self->unprotect == Py_None)
+            return FORWARD_DECLINED;
         /* already unprotected (SRTP would call a second time a replay): lost,
          * and the leg's path takes the stream from the next packet */
+        if (!python)
+            return FORWARD_RELEASE;
         PyObject *released = PyObject_CallMethodNoArgs((PyObject *)self, str_release);
         if (released == NULL)
-            goto done;
+            return -1;
         Py_DECREF(released);
-        result = 1;
-        goto done;
+        return FORWARD_DONE;
     }
+    const char *extension = PyBytes_AS_STRING(self->extension);
+    Py_ssize_t extension_length = PyBytes_GET_SIZE(self->extension);
+    Py_ssize_t out_length = 12 + extension_length + payload_length;
+    int native = self->protect_call != NULL || self->protect == Py_None;
+    if (native && out_length > (self->protect_call != NULL ? self->protect_room : BUFFER_SIZE))
+        native = 0; /* the Python way says what is wrong with it */
+    if (!python && (!native || self->fd < 0))
+        return FORWARD_PYTHON;
 
+    long long sequence_number = ((long long)packet[2] << 8) | packet[3];
     self->sequence_number = (sequence_number + 1) & 0xFFFF;
     if (sequence_number == 0)
         self->wraps += 1; /* past 0xFFFF (RFC 3550 A.1's cycles) */
@@ -218,13 +216,6 @@ relay_take(Relay *self, PyObject *data, PyObject *addr)
     self->out_sequence = (out_sequence + 1) & 0xFFFF;
     long long out_timestamp = self->out_timestamp;
     self->out_timestamp = (out_timestamp + self->out_step) & 0xFFFFFFFFLL;
-    const char *extension = PyBytes_AS_STRING(self->extension);
-    Py_ssize_t extension_length = PyBytes_GET_SIZE(self->extension);
-    Py_ssize_t out_length = 12 + extension_length + payload_length;
-    unsigned char out[BUFFER_SIZE];
-    int native = self->protect_call != NULL || self->protect == Py_None;
-    if (native && out_length > (self->protect_call != NULL ? self->protect_room : BUFFER_SIZE))
-        native = 0; /* the Python way says what is wrong with it */
     unsigned char header[12] = {
         (unsigned char)self->out_first,
         (unsigned char)self->out_payload_type,
@@ -251,25 +242,28 @@ relay_take(Relay *self, PyObject *data, PyObject *addr)
                 out_length = n;
         }
     }
+    if (!python && !native)
+        return FORWARD_DONE; /* libsrtp refused to protect it: lost (Python would raise) */
     if (native && self->fd >= 0) {
         self->out_octets += out_length;
         if (sendto(self->fd, out, (size_t)out_length, MSG_DONTWAIT,
                    (struct sockaddr *)&self->destination, self->destination_length) ==
-            out_length) {
-            result = 1;
-            goto done;
+            out_length)
+            return FORWARD_DONE;
+        if (!python) {
+            *out_size = out_length;
+            return FORWARD_SEND;
         }
         /* the transport's sendto (queueing, its error reports) with the same bytes */
         PyObject *bytes = PyBytes_FromStringAndSize((const char *)out, out_length);
         if (bytes == NULL)
-            goto done;
+            return -1;
         PyObject *sent = PyObject_CallFunctionObjArgs(self->sendto, bytes, self->address, NULL);
         Py_DECREF(bytes);
         if (sent == NULL)
-            goto done;
+            return -1;
         Py_DECREF(sent);
-        result = 1;
-        goto done;
+        return FORWARD_DONE;
     }
     PyObject *bytes;
     if (native) {
@@ -279,7 +273,7 @@ relay_take(Relay *self, PyObject *data, PyObject *addr)
         /* header + extension + payload, protected the Python way */
         PyObject *clear_packet = PyBytes_FromStringAndSize(NULL, 12 + extension_length + payload_length);
         if (clear_packet == NULL)
-            goto done;
+            return -1;
         char *to = PyBytes_AS_STRING(clear_packet);
         memcpy(to, header, 12);
         memcpy(to + 12, extension, extension_length);
@@ -292,22 +286,61 @@ relay_take(Relay *self, PyObject *data, PyObject *addr)
         }
     }
     if (bytes == NULL)
-        goto done;
+        return -1;
     Py_ssize_t sent_length = PyObject_Length(bytes);
     if (sent_length < 0) {
         Py_DECREF(bytes);
-        goto done;
+        return -1;
     }
     self->out_octets += sent_length;
     PyObject *sent = PyObject_CallFunctionObjArgs(self->sendto, bytes, self->address, NULL);
     Py_DECREF(bytes);
     if (sent == NULL)
-        goto done;
+        return -1;
     Py_DECREF(sent);
-    result = 1;
-done:
-    Py_XDECREF(unprotected);
-    return result;
+    return FORWARD_DONE;
+}
+
+/* 1: relayed (or dropped as the leg would); 0: declined, nothing done; -1: error */
+static int
+relay_take(Relay *self, PyObject *data, PyObject *addr)
+{
+    if (!PyBytes_Check(data))
+        return 0;
+    const unsigned char *in = (const unsigned char *)PyBytes_AS_STRING(data);
+    Py_ssize_t size = PyBytes_GET_SIZE(data);
+    if (!relay_continues(self, in, size))
+        return 0;
+    if (self->peer != Py_None) {
+        int same = PyObject_RichCompareBool(addr, self->peer, Py_EQ);
+        if (same <= 0)
+            return same;
+    }
+    unsigned char clear[BUFFER_SIZE];
+    unsigned char out[BUFFER_SIZE];
+    Py_ssize_t out_size;
+    if (self->unprotect_call != NULL) {
+        if (size > self->unprotect_room)
+            return 1; /* too long to be ours: dropped, as the leg would */
+        int n = (int)size;
+        memcpy(clear, in, size);
+        if (self->unprotect_call(self->unprotect_context, clear, &n) != 0)
+            return 1; /* forged or replayed: dropped, as the leg would */
+        return relay_forward(self, clear, n, size, 1, out, &out_size);
+    }
+    if (self->unprotect != Py_None) {
+        PyObject *unprotected = PyObject_CallOneArg(self->unprotect, data);
+        if (unprotected == NULL || !PyBytes_Check(unprotected)) {
+            Py_XDECREF(unprotected);
+            PyErr_Clear();
+            return 1;
+        }
+        int result = relay_forward(self, (const unsigned char *)PyBytes_AS_STRING(unprotected),
+                                   PyBytes_GET_SIZE(unprotected), size, 1, out, &out_size);
+        Py_DECREF(unprotected);
+        return result;
+    }
+    return relay_forward(self, in, size, size, 1, out, &out_size);
 }
 
 static PyObject *

@@ -18,6 +18,9 @@
  * second copy of the library. Sending goes straight to a duplicate of the
  * socket's descriptor (so it cannot be closed and reused under us); any error
  * there is handed to the transport's own sendto, which reports it its way.
+ *
+ * While a pass of the collector holds the interpreter, a thread of this
+ * module goes on relaying the engaged circuits' streams ("Pauses" below).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -31,6 +34,11 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 
 /* pylibsrtp's buffer: no datagram longer than this is relayed */
 #define BUFFER_SIZE 1500
@@ -81,7 +89,45 @@ typedef struct {
     int fd;
     struct sockaddr_storage destination;
     socklen_t destination_length;
+    /* receiving without the interpreter, in the collector's pauses (below) */
+    int in_fd;     /* a duplicate of the receiving socket's descriptor, or -1 */
+    PyObject *tap; /* that socket's Tap */
+    struct sockaddr_storage peer_address;
+    socklen_t peer_address_length; /* 0: any */
+    Py_ssize_t slot;               /* in the registry, or -1 */
+    int declined; /* in this pause: the stream's datagrams wait for Python */
 } Relay;
+
+/* a datagram (or what is left of one) that waits for Python after a pause */
+typedef struct Entry {
+    struct Entry *next;
+    int kind;     /* ENTRY_ */
+    Relay *relay; /* a strong reference once the pause is over (owned) */
+    int owned;
+    Py_ssize_t size; /* the datagram's, for ENTRY_CLEAR */
+    Py_ssize_t length;
+    struct sockaddr_storage from;
+    socklen_t from_length;
+    unsigned char data[];
+} Entry;
+
+enum {
+    ENTRY_RAW,     /* a datagram as it came: for the Tap */
+    ENTRY_CLEAR,   /* unprotected, to be relayed with Python's help (relay_forward) */
+    ENTRY_SEND,    /* relayed, for the transport's sendto */
+    ENTRY_RELEASE, /* lost, and the circuit to be released */
+};
+
+/* Tap(leg, fallback): a datagram callback; the leg's engaged circuit first */
+typedef struct {
+    PyObject_HEAD
+    PyObject *leg;
+    PyObject *fallback;
+    /* what a pause left for Python, in the order it came */
+    Entry *head;
+    Entry *tail;
+    Py_ssize_t pending;
+} Tap;
 
 /* Opus TOC bytes of one 20 ms packet (set by rtc.circuit); a code 3 packet
  * is asked of rtc.circuit's own check */
@@ -343,6 +389,359 @@ relay_take(Relay *self, PyObject *data, PyObject *addr)
     return relay_forward(self, in, size, size, 1, out, &out_size);
 }
 
+/*
+ * Pauses. CPython's collector holds the interpreter for the whole of a pass;
+ * with hundreds of calls a full pass takes 150-200 ms, and every call's media
+ * would wait for it (bench/README.md, rounds 13-14). A relay bound to native
+ * SRTP and sockets needs no interpreter for a packet that continues its
+ * stream, so while a pass runs (rtc.circuit hooks gc.callbacks: pause_start,
+ * pause_stop) a thread of this module reads the engaged relays' receiving
+ * sockets and relays what continues their streams. Whatever needs Python
+ * waits in the socket's Tap in the order it came, and is handed to Python
+ * after the pass, before the socket's next datagram (rtc.circuit schedules
+ * drain). Once a datagram of the stream itself waits, the rest of that
+ * stream waits behind it until the pass ends, so nothing is reordered.
+ * The thread never takes the interpreter's lock: during a pass the only
+ * Python that runs is finalizers', and a relay's registration, its
+ * descriptors and the thread's work on it go under one mutex.
+ */
+#define MAX_PENDING 512
+#define RECEIVE_SIZE 65536
+
+static PyTypeObject TapType;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake = PTHREAD_COND_INITIALIZER;
+static pthread_cond_t parked_cond = PTHREAD_COND_INITIALIZER;
+/* the relays the thread may serve, and those of the pass under way */
+static Relay **registry = NULL;
+static Py_ssize_t registered = 0, registry_room = 0;
+static Relay **snapshot = NULL;
+static Py_ssize_t snapshot_count = 0, snapshot_room = 0;
+static int running = 0; /* a pass is under way */
+static int parked = 1;  /* the thread waits for one */
+static int thread_started = 0;
+static int epoll_fd = -1;
+static int wake_fd = -1;         /* eventfd: pause_stop's word to the thread */
+static PyObject *waiting = NULL; /* Taps with entries for drain */
+/* passes served, packets relayed and datagrams left for Python in them */
+static unsigned long long pause_passes = 0, pause_relayed = 0, pause_waited = 0;
+
+/* lock held */
+static int
+registry_add(Relay *relay)
+{
+    if (registered == registry_room) {
+        Py_ssize_t room = registry_room ? registry_room * 2 : 64;
+        Relay **grown = PyMem_RawRealloc(registry, (size_t)room * sizeof(Relay *));
+        if (grown == NULL)
+            return -1;
+        registry = grown;
+        registry_room = room;
+    }
+    registry[registered] = relay;
+    relay->slot = registered++;
+    return 0;
+}
+
+/* lock held */
+static void
+registry_remove(Relay *relay)
+{
+    if (relay->slot < 0)
+        return;
+    Relay *last = registry[--registered];
+    registry[relay->slot] = last;
+    last->slot = relay->slot;
+    relay->slot = -1;
+}
+
+static int
+same_peer(Relay *self, const struct sockaddr_storage *from)
+{
+    if (self->peer_address_length == 0)
+        return 1;
+    if (from->ss_family != self->peer_address.ss_family)
+        return 0;
+    if (from->ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)from;
+        const struct sockaddr_in *b = (const struct sockaddr_in *)&self->peer_address;
+        return a->sin_port == b->sin_port && a->sin_addr.s_addr == b->sin_addr.s_addr;
+    }
+    const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)from;
+    const struct sockaddr_in6 *b = (const struct sockaddr_in6 *)&self->peer_address;
+    return a->sin6_port == b->sin6_port &&
+           memcmp(&a->sin6_addr, &b->sin6_addr, sizeof(a->sin6_addr)) == 0;
+}
+
+/* rtc.circuit._Circuit.concerns: a declined datagram of the stream relayed */
+static int
+relay_concerns(Relay *self, const unsigned char *in, Py_ssize_t size,
+               const struct sockaddr_storage *from)
+{
+    if (size < 12 || (in[0] & 0xC0) != 0x80 || (191 < in[1] && in[1] < 224))
+        return 0; /* not RTP (STUN, DTLS, RTCP) */
+    long long ssrc = ((long long)in[8] << 24) | (in[9] << 16) | (in[10] << 8) | in[11];
+    if (ssrc == self->ssrc)
+        return 1;
+    if (self->peer != Py_None)
+        return same_peer(self, from);
+    return (in[1] & 0x7F) == self->payload_type;
+}
+
+/* lock held; an entry that cannot be had is lost, as in a full socket buffer */
+static void
+entry_queue(Tap *tap, int kind, Relay *relay, const unsigned char *data, Py_ssize_t length,
+            Py_ssize_t size, const struct sockaddr_storage *from, socklen_t from_length)
+{
+    Entry *entry = PyMem_RawMalloc(sizeof(Entry) + (size_t)length);
+    if (entry == NULL)
+        return;
+    entry->next = NULL;
+    entry->kind = kind;
+    entry->relay = relay;
+    entry->owned = 0;
+    entry->size = size;
+    entry->length = length;
+    entry->from_length = 0;
+    if (from != NULL) {
+        memcpy(&entry->from, from, from_length);
+        entry->from_length = from_length;
+    }
+    if (length)
+        memcpy(entry->data, data, (size_t)length);
+    if (tap->tail != NULL)
+        tap->tail->next = entry;
+    else
+        tap->head = entry;
+    tap->tail = entry;
+    tap->pending += 1;
+    pause_waited += 1;
+}
+
+/* the thread, lock held: what the relay's receiving socket holds */
+static void
+relay_receive(Relay *self, unsigned char *in, unsigned char *clear, unsigned char *out)
+{
+    Tap *tap = (Tap *)self->tap;
+    for (int budget = 32; budget > 0 && self->in_fd >= 0; budget--) {
+        if (tap->pending >= MAX_PENDING) {
+            /* the rest stays in the socket, behind these, for the loop */
+            epoll_ctl(epoll_fd, EPOLL_CTL_DEL, self->in_fd, NULL);
+            return;
+        }
+        struct sockaddr_storage from;
+        socklen_t from_length = sizeof(from);
+        ssize_t got = recvfrom(self->in_fd, in, RECEIVE_SIZE, MSG_DONTWAIT,
+                               (struct sockaddr *)&from, &from_length);
+        if (got < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return;
+            continue; /* an ICMP report (the loop's transport only logs those) */
+        }
+        Py_ssize_t size = got;
+        const unsigned char *packet = in;
+        Py_ssize_t length = size;
+        Py_ssize_t out_size = 0;
+        int result = FORWARD_DECLINED;
+        if (!self->declined && relay_continues(self, in, size) && same_peer(self, &from) &&
+            (self->unprotect_call != NULL || self->unprotect == Py_None)) {
+            if (self->unprotect_call != NULL) {
+                if (size > self->unprotect_room)
+                    continue; /* too long to be ours: dropped, as the leg would */
+                int n = (int)size;
+                memcpy(clear, in, (size_t)size);
+                if (self->unprotect_call(self->unprotect_context, clear, &n) != 0)
+                    continue; /* forged or replayed: dropped, as the leg would */
+                packet = clear;
+                length = n;
+            }
+            result = relay_forward(self, packet, length, size, 0, out, &out_size);
+        }
+        switch (result) {
+        case FORWARD_DONE:
+            pause_relayed += 1;
+            break;
+        case FORWARD_SEND:
+            pause_relayed += 1;
+            entry_queue(tap, ENTRY_SEND, self, out, out_size, size, NULL, 0);
+            self->declined = 1;
+            break;
+        case FORWARD_RELEASE:
+            entry_queue(tap, ENTRY_RELEASE, self, NULL, 0, size, NULL, 0);
+            self->declined = 1;
+            break;
+        case FORWARD_PYTHON:
+            if (packet == clear)
+                entry_queue(tap, ENTRY_CLEAR, self, clear, length, size, &from, from_length);
+            else
+                entry_queue(tap, ENTRY_RAW, self, in, size, size, &from, from_length);
+            self->declined = 1;
+            break;
+        default:
+            entry_queue(tap, ENTRY_RAW, self, in, size, size, &from, from_length);
+            if (relay_concerns(self, in, size, &from))
+                self->declined = 1;
+        }
+    }
+}
+
+static void *
+pause_thread(void *Py_UNUSED(arg))
+{
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL); /* signals are the main thread's */
+    static unsigned char in[RECEIVE_SIZE];
+    unsigned char clear[BUFFER_SIZE], out[BUFFER_SIZE];
+    struct epoll_event events[64];
+    for (;;) {
+        pthread_mutex_lock(&lock);
+        while (!running) {
+            if (!parked) {
+                parked = 1;
+                pthread_cond_broadcast(&parked_cond);
+            }
+            pthread_cond_wait(&wake, &lock);
+        }
+        parked = 0;
+        int ready_fd = epoll_fd;
+        pthread_mutex_unlock(&lock);
+        int ready = epoll_wait(ready_fd, events, 64, -1);
+        for (int i = 0; i < ready; i++) {
+            Relay *relay = events[i].data.ptr;
+            if (relay == NULL) {
+                uint64_t word;
+                if (read(wake_fd, &word, sizeof(word)) < 0) {
+                    /* nothing to read: woken already */
+                }
+                continue;
+            }
+            pthread_mutex_lock(&lock);
+            if (running)
+                relay_receive(relay, in, clear, out);
+            pthread_mutex_unlock(&lock);
+        }
+    }
+    return NULL;
+}
+
+/* a fork's child has none of the parent's threads */
+static void
+after_fork(void)
+{
+    pthread_mutex_init(&lock, NULL);
+    pthread_cond_init(&wake, NULL);
+    pthread_cond_init(&parked_cond, NULL);
+    thread_started = 0;
+    running = 0;
+    parked = 1;
+    if (wake_fd >= 0)
+        close(wake_fd);
+    wake_fd = -1;
+    if (epoll_fd >= 0)
+        close(epoll_fd);
+    epoll_fd = -1;
+}
+
+static PyObject *
+pause_start(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    pthread_mutex_lock(&lock);
+    if (running || registered == 0)
+        goto no;
+    if (wake_fd < 0 && (wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
+        goto no;
+    if (!thread_started) {
+        pthread_t thread;
+        pthread_attr_t attributes;
+        pthread_attr_init(&attributes);
+        pthread_attr_setdetachstate(&attributes, PTHREAD_CREATE_DETACHED);
+        int failed = pthread_create(&thread, &attributes, pause_thread, NULL);
+        pthread_attr_destroy(&attributes);
+        if (failed)
+            goto no;
+        thread_started = 1;
+    }
+    if (snapshot_room < registered) {
+        Relay **grown = PyMem_RawRealloc(snapshot, (size_t)registered * sizeof(Relay *));
+        if (grown == NULL)
+            goto no;
+        snapshot = grown;
+        snapshot_room = registered;
+    }
+    if ((epoll_fd = epoll_create1(EPOLL_CLOEXEC)) < 0)
+        goto no;
+    uint64_t word;
+    if (read(wake_fd, &word, sizeof(word)) < 0) {
+        /* nothing said since the last pass */
+    }
+    struct epoll_event event = {.events = EPOLLIN, .data.ptr = NULL};
+    epoll_ctl(epoll_fd, EPOLL_CTL_ADD, wake_fd, &event);
+    for (Py_ssize_t i = 0; i < registered; i++) {
+        Relay *relay = registry[i];
+        /* held, so that the pass cannot free it under the thread */
+        Py_INCREF(relay);
+        snapshot[i] = relay;
+        relay->declined = 0;
+        event.data.ptr = relay;
+        epoll_ctl(epoll_fd, EPOLL_CTL_ADD, relay->in_fd, &event);
+    }
+    snapshot_count = registered;
+    running = 1;
+    pause_passes += 1;
+    pthread_cond_signal(&wake);
+    pthread_mutex_unlock(&lock);
+    Py_RETURN_TRUE;
+no:
+    pthread_mutex_unlock(&lock);
+    Py_RETURN_FALSE;
+}
+
+static PyObject *
+pause_stop(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    pthread_mutex_lock(&lock);
+    if (!running) {
+        pthread_mutex_unlock(&lock);
+        Py_RETURN_FALSE;
+    }
+    running = 0;
+    uint64_t one = 1;
+    if (write(wake_fd, &one, sizeof(one)) < 0) {
+        /* the counter is full: the thread is awake anyway */
+    }
+    while (!parked)
+        pthread_cond_wait(&parked_cond, &lock);
+    close(epoll_fd);
+    epoll_fd = -1;
+    Py_ssize_t count = snapshot_count;
+    snapshot_count = 0;
+    pthread_mutex_unlock(&lock);
+    int any = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        Tap *tap = (Tap *)snapshot[i]->tap;
+        if (tap == NULL || tap->head == NULL)
+            continue;
+        for (Entry *entry = tap->head; entry != NULL; entry = entry->next)
+            if (!entry->owned) {
+                Py_INCREF(entry->relay);
+                entry->owned = 1;
+            }
+        if (waiting != NULL && PyList_Append(waiting, (PyObject *)tap) < 0)
+            PyErr_Clear(); /* handed on with the socket's next datagram */
+        any = 1;
+    }
+    for (Py_ssize_t i = 0; i < count; i++)
+        Py_DECREF(snapshot[i]);
+    return PyBool_FromLong(any);
+}
+
+static PyObject *
+pause_figures(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    return Py_BuildValue("(KKKn)", pause_passes, pause_relayed, pause_waited, registered);
+}
+
 static PyObject *
 Relay_take(Relay *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -359,26 +758,109 @@ Relay_take(Relay *self, PyObject *const *args, Py_ssize_t nargs)
 static void
 relay_unbind(Relay *self)
 {
+    pthread_mutex_lock(&lock);
+    registry_remove(self);
+    if (self->in_fd >= 0) {
+        if (epoll_fd >= 0)
+            epoll_ctl(epoll_fd, EPOLL_CTL_DEL, self->in_fd, NULL);
+        close(self->in_fd);
+        self->in_fd = -1;
+    }
     if (self->fd >= 0) {
         close(self->fd);
         self->fd = -1;
     }
     self->unprotect_call = NULL;
     self->protect_call = NULL;
+    pthread_mutex_unlock(&lock);
+}
+
+/* (host, port) or (host, port, flowinfo, scope_id) of ``family``: 1, or 0 when it is not one */
+static int
+socket_address(PyObject *address, int family, struct sockaddr_storage *to, socklen_t *length)
+{
+    const char *host;
+    int port;
+    unsigned int flowinfo = 0, scope_id = 0;
+    if (!PyTuple_Check(address) ||
+        !PyArg_ParseTuple(address, "si|II", &host, &port, &flowinfo, &scope_id)) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (port < 0 || port > 65535)
+        return 0;
+    memset(to, 0, sizeof(*to));
+    if (family == AF_INET) {
+        struct sockaddr_in *in4 = (struct sockaddr_in *)to;
+        in4->sin_family = AF_INET;
+        in4->sin_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET, host, &in4->sin_addr) != 1)
+            return 0;
+        *length = sizeof(*in4);
+        return 1;
+    }
+    if (family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)to;
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((uint16_t)port);
+        in6->sin6_flowinfo = htonl(flowinfo);
+        in6->sin6_scope_id = scope_id;
+        if (inet_pton(AF_INET6, host, &in6->sin6_addr) != 1)
+            return 0;
+        *length = sizeof(*in6);
+        return 1;
+    }
+    return 0;
+}
+
+/* the receiving socket, for the collector's pauses: 1 registered, 0 not, -1 error */
+static int
+relay_bind_receiving(Relay *self, int in_fd, int in_family, PyObject *tap)
+{
+    if (in_fd < 0 || self->fd < 0 || tap == NULL || !PyObject_TypeCheck(tap, &TapType))
+        return 0;
+    if ((self->unprotect_call == NULL && self->unprotect != Py_None) ||
+        (self->protect_call == NULL && self->protect != Py_None))
+        return 0; /* a step needs Python */
+    self->peer_address_length = 0;
+    if (self->peer != Py_None &&
+        !socket_address(self->peer, in_family, &self->peer_address, &self->peer_address_length))
+        return 0;
+    int copy = fcntl(in_fd, F_DUPFD_CLOEXEC, 0);
+    if (copy < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    Py_XSETREF(self->tap, Py_NewRef(tap));
+    pthread_mutex_lock(&lock);
+    int failed = registry_add(self);
+    if (!failed)
+        self->in_fd = copy;
+    pthread_mutex_unlock(&lock);
+    if (failed) {
+        close(copy);
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 1;
 }
 
 /* _bind_native(unprotect_call, unprotect_context, unprotect_room, protect_call,
- *              protect_context, protect_room, fd, family): addresses of 0 and an fd
- * of -1 leave that step to the Python callables; the fd is duplicated */
+ *              protect_context, protect_room, fd, family[, in_fd, in_family, tap]):
+ * addresses of 0 and an fd of -1 leave that step to the Python callables; the
+ * descriptors are duplicated. in_fd (with the Tap its datagrams go to): the
+ * receiving socket, which the thread reads in the collector's pauses. True
+ * when sending goes the native way. */
 static PyObject *
 Relay_bind_native(Relay *self, PyObject *args)
 {
     unsigned long long unprotect_call, unprotect_context, protect_call, protect_context;
     Py_ssize_t unprotect_room, protect_room;
-    int fd, family;
-    if (!PyArg_ParseTuple(args, "KKnKKnii", &unprotect_call, &unprotect_context,
+    int fd, family, in_fd = -1, in_family = 0;
+    PyObject *tap = NULL;
+    if (!PyArg_ParseTuple(args, "KKnKKnii|iiO", &unprotect_call, &unprotect_context,
                           &unprotect_room, &protect_call, &protect_context, &protect_room, &fd,
-                          &family))
+                          &family, &in_fd, &in_family, &tap))
         return NULL;
     relay_unbind(self);
     if (unprotect_room > BUFFER_SIZE || protect_room > BUFFER_SIZE) {
@@ -391,43 +873,15 @@ Relay_bind_native(Relay *self, PyObject *args)
     self->protect_call = (srtp_call)(uintptr_t)protect_call;
     self->protect_context = (void *)(uintptr_t)protect_context;
     self->protect_room = protect_room;
-    if (fd < 0)
-        Py_RETURN_FALSE;
-    /* the destination: (host, port) or (host, port, flowinfo, scope_id) */
-    PyObject *address = self->address;
-    const char *host;
-    int port;
-    unsigned int flowinfo = 0, scope_id = 0;
-    if (!PyTuple_Check(address) ||
-        !PyArg_ParseTuple(address, "si|II", &host, &port, &flowinfo, &scope_id)) {
-        PyErr_Clear();
-        Py_RETURN_FALSE;
-    }
-    memset(&self->destination, 0, sizeof(self->destination));
-    if (family == AF_INET) {
-        struct sockaddr_in *to = (struct sockaddr_in *)&self->destination;
-        to->sin_family = AF_INET;
-        to->sin_port = htons((uint16_t)port);
-        if (port < 0 || port > 65535 || inet_pton(AF_INET, host, &to->sin_addr) != 1)
-            Py_RETURN_FALSE;
-        self->destination_length = sizeof(*to);
-    }
-    else if (family == AF_INET6) {
-        struct sockaddr_in6 *to = (struct sockaddr_in6 *)&self->destination;
-        to->sin6_family = AF_INET6;
-        to->sin6_port = htons((uint16_t)port);
-        to->sin6_flowinfo = htonl(flowinfo);
-        to->sin6_scope_id = scope_id;
-        if (port < 0 || port > 65535 || inet_pton(AF_INET6, host, &to->sin6_addr) != 1)
-            Py_RETURN_FALSE;
-        self->destination_length = sizeof(*to);
-    }
-    else
+    if (fd < 0 ||
+        !socket_address(self->address, family, &self->destination, &self->destination_length))
         Py_RETURN_FALSE;
     int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
     if (copy < 0)
         return PyErr_SetFromErrno(PyExc_OSError);
     self->fd = copy;
+    if (relay_bind_receiving(self, in_fd, in_family, tap) < 0)
+        return NULL;
     Py_RETURN_TRUE;
 }
 
@@ -469,6 +923,12 @@ Relay_get_native(Relay *self, void *Py_UNUSED(closure))
                          self->fd >= 0 ? Py_True : Py_False);
 }
 
+static PyObject *
+Relay_get_receiving(Relay *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->in_fd >= 0);
+}
+
 static int
 Relay_traverse(Relay *self, visitproc visit, void *arg)
 {
@@ -479,12 +939,15 @@ Relay_traverse(Relay *self, visitproc visit, void *arg)
     Py_VISIT(self->protect);
     Py_VISIT(self->sendto);
     Py_VISIT(self->address);
+    Py_VISIT(self->tap);
     return 0;
 }
 
 static int
 Relay_clear(Relay *self)
 {
+    relay_unbind(self); /* out of the registry before its references go */
+    Py_CLEAR(self->tap);
     Py_CLEAR(self->peer);
     Py_CLEAR(self->unprotect);
     Py_CLEAR(self->extension);
@@ -517,6 +980,8 @@ Relay_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwd
     self->sendto = Py_NewRef(Py_None);
     self->address = Py_NewRef(Py_None);
     self->fd = -1;
+    self->in_fd = -1;
+    self->slot = -1;
     if (self->extension == NULL) {
         Py_DECREF(self);
         return NULL;
@@ -562,6 +1027,8 @@ static PyGetSetDef Relay_getset[] = {
     {"transit", (getter)Relay_get_transit, (setter)Relay_set_transit, NULL, NULL},
     {"native", (getter)Relay_get_native, NULL,
      "whether unprotect, protect and sendto go the native way", NULL},
+    {"receiving", (getter)Relay_get_receiving, NULL,
+     "whether the relay's receiving socket is read in the collector's pauses", NULL},
     OBJECT_GETSET(peer),
     OBJECT_GETSET(unprotect),
     OBJECT_GETSET(extension),
@@ -622,15 +1089,9 @@ static PyTypeObject RelayType = {
     .tp_getset = Relay_getset,
 };
 
-/* Tap(leg, fallback): a datagram callback; the leg's engaged circuit first */
-typedef struct {
-    PyObject_HEAD
-    PyObject *leg;
-    PyObject *fallback;
-} Tap;
-
+/* the leg's engaged circuit takes the datagram, or the fallback does */
 static PyObject *
-Tap_call(Tap *self, PyObject *args, PyObject *kwargs)
+tap_offer(Tap *self, PyObject *args, PyObject *kwargs)
 {
     Py_ssize_t nargs = PyTuple_GET_SIZE(args);
     if (nargs >= 1 && nargs <= 2 && kwargs == NULL) {
@@ -650,6 +1111,139 @@ Tap_call(Tap *self, PyObject *args, PyObject *kwargs)
             Py_DECREF(circuit);
     }
     return PyObject_Call(self->fallback, args, kwargs);
+}
+
+/* as the event loop's datagram transports give it */
+static PyObject *
+address_object(const struct sockaddr_storage *from, socklen_t length)
+{
+    char host[INET6_ADDRSTRLEN];
+    if (length >= sizeof(struct sockaddr_in) && from->ss_family == AF_INET) {
+        const struct sockaddr_in *in4 = (const struct sockaddr_in *)from;
+        if (inet_ntop(AF_INET, &in4->sin_addr, host, sizeof(host)) == NULL)
+            Py_RETURN_NONE;
+        return Py_BuildValue("(si)", host, ntohs(in4->sin_port));
+    }
+    if (length >= sizeof(struct sockaddr_in6) && from->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)from;
+        if (inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host)) == NULL)
+            Py_RETURN_NONE;
+        return Py_BuildValue("(siII)", host, ntohs(in6->sin6_port), ntohl(in6->sin6_flowinfo),
+                             in6->sin6_scope_id);
+    }
+    Py_RETURN_NONE;
+}
+
+/* what a pause left: 0 done (or lost as the leg would), -1 error */
+static int
+entry_deliver(Tap *self, Entry *entry)
+{
+    Relay *relay = entry->relay;
+    PyObject *result = NULL;
+    switch (entry->kind) {
+    case ENTRY_RAW: {
+        PyObject *data = PyBytes_FromStringAndSize((const char *)entry->data, entry->length);
+        PyObject *addr = data ? address_object(&entry->from, entry->from_length) : NULL;
+        PyObject *args = addr ? PyTuple_Pack(2, data, addr) : NULL;
+        Py_XDECREF(data);
+        Py_XDECREF(addr);
+        if (args == NULL)
+            return -1;
+        result = tap_offer(self, args, NULL);
+        Py_DECREF(args);
+        break;
+    }
+    case ENTRY_CLEAR: {
+        if (relay->in_fd < 0)
+            return 0; /* released since: lost, as a packet take unprotects and releases */
+        unsigned char out[BUFFER_SIZE];
+        Py_ssize_t out_size;
+        return relay_forward(relay, entry->data, entry->length, entry->size, 1, out, &out_size) <
+                       0
+                   ? -1
+                   : 0;
+    }
+    case ENTRY_SEND: {
+        PyObject *data = PyBytes_FromStringAndSize((const char *)entry->data, entry->length);
+        if (data == NULL)
+            return -1;
+        result = PyObject_CallFunctionObjArgs(relay->sendto, data, relay->address, NULL);
+        Py_DECREF(data);
+        break;
+    }
+    default: /* ENTRY_RELEASE */
+        if (relay->in_fd < 0)
+            return 0;
+        result = PyObject_CallMethodNoArgs((PyObject *)relay, str_release);
+    }
+    if (result == NULL)
+        return -1;
+    Py_DECREF(result);
+    return 0;
+}
+
+static void
+entry_free(Entry *entry)
+{
+    if (entry->owned)
+        Py_DECREF(entry->relay);
+    PyMem_RawFree(entry);
+}
+
+/* hand what a pause left to Python, in order (not while a pass runs) */
+static int
+tap_drain(Tap *self)
+{
+    while (self->head != NULL && self->head->owned) {
+        Entry *entry = self->head;
+        self->head = entry->next;
+        if (self->head == NULL)
+            self->tail = NULL;
+        self->pending -= 1;
+        int result = entry_deliver(self, entry);
+        entry_free(entry);
+        if (result < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+Tap_call(Tap *self, PyObject *args, PyObject *kwargs)
+{
+    /* what waited since a pause goes first */
+    if (self->head != NULL && tap_drain(self) < 0)
+        return NULL;
+    return tap_offer(self, args, kwargs);
+}
+
+static PyObject *
+drain(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    if (waiting == NULL || PyList_GET_SIZE(waiting) == 0)
+        Py_RETURN_NONE;
+    PyObject *taps = waiting;
+    waiting = PyList_New(0);
+    if (waiting == NULL) {
+        waiting = taps;
+        return NULL;
+    }
+    /* every Tap is drained; the first error is raised after */
+    PyObject *type = NULL, *value = NULL, *traceback = NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(taps); i++) {
+        if (tap_drain((Tap *)PyList_GET_ITEM(taps, i)) < 0) {
+            if (type == NULL)
+                PyErr_Fetch(&type, &value, &traceback);
+            else
+                PyErr_Clear();
+        }
+    }
+    Py_DECREF(taps);
+    if (type != NULL) {
+        PyErr_Restore(type, value, traceback);
+        return NULL;
+    }
+    Py_RETURN_NONE;
 }
 
 static int
@@ -675,6 +1269,13 @@ Tap_traverse(Tap *self, visitproc visit, void *arg)
 static int
 Tap_clear(Tap *self)
 {
+    while (self->head != NULL) {
+        Entry *entry = self->head;
+        self->head = entry->next;
+        entry_free(entry);
+    }
+    self->tail = NULL;
+    self->pending = 0;
     Py_CLEAR(self->leg);
     Py_CLEAR(self->fallback);
     return 0;
@@ -730,6 +1331,14 @@ static PyMethodDef module_methods[] = {
     {"set_opus_20ms", set_opus_20ms, METH_VARARGS,
      "set_opus_20ms(tocs, code3): the TOC bytes of one 20 ms Opus packet (a flag per "
      "byte), and the check of a code 3 packet"},
+    {"pause_start", pause_start, METH_NOARGS,
+     "a collector's pass starts: the thread relays the registered relays' streams; "
+     "True when it does"},
+    {"pause_stop", pause_stop, METH_NOARGS,
+     "the pass is over: the thread stops; True when datagrams wait for drain()"},
+    {"drain", drain, METH_NOARGS, "hand what the last pauses left to Python"},
+    {"pause_figures", pause_figures, METH_NOARGS,
+     "(passes served, packets relayed in them, datagrams left for Python, relays registered)"},
     {NULL},
 };
 
@@ -748,6 +1357,10 @@ PyInit__relay(void)
     str_release = PyUnicode_InternFromString("release");
     if (str_circuit_in == NULL || str_release == NULL)
         return NULL;
+    if (waiting == NULL && (waiting = PyList_New(0)) == NULL)
+        return NULL;
+    if (pthread_atfork(NULL, NULL, after_fork) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
     if (PyType_Ready(&RelayType) < 0 || PyType_Ready(&TapType) < 0)
         return NULL;
     PyObject *module = PyModule_Create(&relay_module);

@@ -47,6 +47,8 @@ Sans-I/O apart from the callables it is given (``unprotect``, ``protect``,
 jitter wants (rtc.stats, as RtpLeg does).
 """
 
+import asyncio
+import gc
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -126,6 +128,9 @@ class Inbound:
     # estimate goes on from there rather than from nothing
     jitter: float = 0.0
     transit: float | None = None
+    # the datagram transport the stream arrives on, whose protocol's callback
+    # is a tap: with rtc._relay its socket is read in the collector's pauses
+    receiver: Any = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,7 +357,12 @@ class _Circuit(_Step):
         self.jitter = inbound.jitter
         self.last = 0.0
         self.synced = time.monotonic()  # the last sync
-        self._bind_native(*native(inbound.unprotect), *native(outbound.protect), *_socket(self))
+        self._bind_native(
+            *native(inbound.unprotect),
+            *native(outbound.protect),
+            *_socket(self.sendto, self.address),
+            *_receiver(inbound.receiver),
+        )
         in_leg._circuit_in = self  # type: ignore[assignment]
         out_leg._circuit_out = self  # type: ignore[assignment]
 
@@ -431,14 +441,31 @@ class PyCircuit(_Circuit, _Relay):
     __slots__ = _SLOTS
 
 
-def _socket(relay: _Relay) -> tuple[int, int]:
+def _socket(sendto: Any, address: Any) -> tuple[int, int]:
     """
-    (descriptor, family) of the plain UDP socket behind the relay's ``sendto``,
+    (descriptor, family) of the plain UDP socket behind a relay's ``sendto``,
     for rtc._relay to send on; (-1, 0) for anything else (a test's fake, a
     TURN transport, whose ``sendto`` wraps the packet): its ``sendto`` then.
     """
-    transport = getattr(relay.sendto, "__self__", None)
-    if transport is None or type(transport).__name__ not in _PLAIN_UDP or relay.address is None:
+    transport = getattr(sendto, "__self__", None)
+    if address is None:
+        return -1, 0
+    return _descriptor(transport)
+
+
+def _receiver(transport: Any) -> tuple[int, int, Any]:
+    """
+    (descriptor, family, tap) of the plain UDP socket a stream arrives on and
+    its callback, for rtc._relay to read in the collector's pauses; -1: not.
+    """
+    fd, family = _descriptor(transport)
+    if fd < 0:
+        return -1, 0, None
+    return fd, family, getattr(transport.get_protocol(), "datagram_received", None)
+
+
+def _descriptor(transport: Any) -> tuple[int, int]:
+    if transport is None or type(transport).__name__ not in _PLAIN_UDP:
         return -1, 0
     sock = transport.get_extra_info("socket")
     if sock is None or transport.is_closing():
@@ -465,11 +492,36 @@ def tap(leg: CircuitLeg, fallback: Callable[[bytes, Any], None]) -> Callable[[by
     return fallback if _relay is None else _relay.Tap(leg, fallback)
 
 
+def _collector(phase: str, info: dict[str, int]) -> None:
+    """
+    gc.callbacks: while a pass of the collector holds the interpreter (150-200
+    ms for a full one with 600 calls), rtc._relay's thread relays the engaged
+    circuits' streams; what needs Python waits for ``drain`` on the loop.
+    """
+    relay = _relay
+    if relay is None or info["generation"] < PAUSE_GENERATION:
+        return
+    if phase == "start":
+        relay.pause_start()
+    elif relay.pause_stop():
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # each tap hands them on with its socket's next datagram
+        loop.call_soon(relay.drain)
+
+
+# the collector's passes from this generation on are relayed through: the
+# youngest's are short and frequent, and starting the thread costs ~1 us per
+# engaged circuit
+PAUSE_GENERATION = 1
+
 # whether circuits take the C step (rtc._relay); False: it was not built
 NATIVE = _relay is not None
 Circuit = PyCircuit
 if _relay is not None and not TYPE_CHECKING:
     _relay.set_opus_20ms(bytes(toc in OPUS_20MS for toc in range(256)), _opus_20ms)
+    gc.callbacks.append(_collector)
 
     class NativeCircuit(_Circuit, _relay.Relay):
         """A circuit whose per-packet step is rtc._relay's, in C."""

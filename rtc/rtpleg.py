@@ -655,6 +655,7 @@ class RtpLeg(ReceivingPort):
             peer=peer,
             jitter=receiver.jitter_units,
             transit=receiver.transit,
+            receiver=self._transport,
         )
 
     def circuit_outbound(self, codec: str, now: float) -> Outbound | None:

@@ -270,6 +270,14 @@ def _shortcut(
     return datagram_received
 
 
+def _pair_transport(dtls: Any) -> Any:
+    """The UDP transport of the nominated ICE pair under ``dtls`` (None: none, or TURN)."""
+    pair = dtls._transport._connection._nominated.get(1)
+    if pair is None or type(pair.protocol) is not StunProtocol:
+        return None
+    return pair.protocol.transport
+
+
 class _DirectRoute:
     """
     What sending audio the direct way needs (see WebRtcLeg._send_direct),
@@ -789,6 +797,7 @@ class WebRtcLeg(ReceivingPort):
             clock_rate=spec.clockRate,
             unprotect=unprotector(dtls._rx_srtp),
             jitter=stream._jitter_q4 / 16,
+            receiver=_pair_transport(dtls),
         )
 
     def circuit_outbound(self, codec: str, now: float) -> Outbound | None:

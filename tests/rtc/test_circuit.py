@@ -12,6 +12,7 @@ packet.
 """
 
 import asyncio
+import gc
 from typing import Any
 
 import numpy as np
@@ -166,6 +167,9 @@ async def test_circuits_engage_both_ways_and_the_call_is_the_same(
             # sent to the phone; the phone's RTP protected for the browser
             assert call.client._circuit_in.native == (True, False, True)  # type: ignore[union-attr]
             assert call.far._circuit_in.native == (False, True, True)  # type: ignore[union-attr]
+            # and both receiving sockets are read in the collector's pauses
+            assert call.client._circuit_in.receiving  # type: ignore[union-attr]
+            assert call.far._circuit_in.receiving  # type: ignore[union-attr]
         decoded = call.client.decoded + call.far.frames_decoded
         at_phone, at_browser = await call.exchange(1.5)
         assert engaged(call) == (True, True)
@@ -217,6 +221,33 @@ async def test_what_releases_a_circuit_leaves_the_streams_whole() -> None:
         call.check(at_phone, at_browser, 1000, 700)
         stats = await stream_stats(call)
         assert stats["browser_lost"] == 0, stats
+        assert stats["client_lost"] == 0 and stats["far_lost"] == 0, stats
+    finally:
+        await call.close()
+
+
+async def test_passes_of_the_collector_mid_call_leave_the_streams_whole() -> None:
+    """Full passes of the collector while circuits relay (with rtc._relay, its thread
+    takes what waits in the sockets then): no loss, no repeat, circuits still engaged."""
+    call = Call("0", ("PCMU",))
+    await call.setup()
+    loop = asyncio.get_running_loop()
+    try:
+        call.bridge.connect(call.far)
+        await call.exchange(1.5)
+        assert engaged(call) == (True, True)
+        relay = rtc.circuit._relay
+        passes = relay.pause_figures()[0] if relay is not None else 0
+        for k in range(8):
+            loop.call_later(0.1 + 0.17 * k, gc.collect)
+        at_phone, at_browser = await call.exchange(1.5)
+        if relay is not None:
+            figures = relay.pause_figures()
+            assert figures[0] >= passes + 8 and figures[3] == 2, figures
+        assert engaged(call) == (True, True)
+        call.check(at_phone, at_browser, 1000, 700)
+        stats = await stream_stats(call)
+        assert stats["browser_lost"] == 0 and stats["phone_lost"] == 0, stats
         assert stats["client_lost"] == 0 and stats["far_lost"] == 0, stats
     finally:
         await call.close()
@@ -624,3 +655,183 @@ def test_the_c_step_is_built() -> None:
     assert hasattr(rtc.circuit, "NativeCircuit"), (
         "rtc._relay is not built: apt-get install gcc python3-dev, then pip install -e ."
     )
+
+
+def test_in_the_collectors_pauses_the_thread_relays_and_python_gets_the_rest_in_order(
+    implementation: type,
+) -> None:
+    """
+    While a pass of the collector holds the interpreter, rtc._relay's thread
+    reads an engaged circuit's receiving socket: what continues the stream is
+    relayed as the C step would (real sockets, real SRTP from a browser), what
+    needs Python (RTCP, a stranger, a lost packet and the stream behind it, an
+    Opus code 3 packet that was already unprotected) waits in the socket's tap and
+    reaches the leg's callback after the pass, in the order it came. The packets
+    at the far end are those the Python step makes of the same datagrams.
+    """
+    if implementation is rtc.circuit.PyCircuit:
+        pytest.skip("rtc._relay's thread")
+    import socket
+
+    import pylibsrtp
+
+    from rtc import _relay
+    from rtc.srtp import native as srtp_native
+    from rtc.srtp import unprotector
+
+    key = bytes(range(30))
+    profile = pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80
+
+    def session(direction: int) -> pylibsrtp.Session:
+        policy = pylibsrtp.Policy(key=key, ssrc_type=direction, srtp_profile=profile)
+        return pylibsrtp.Session(policy)
+
+    sockets = []
+    for _ in range(4):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sockets.append(sock)
+    rx, tx, far, src = sockets
+    stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stranger.bind(("127.0.0.1", 0))
+
+    def make(cls: type) -> tuple[Any, Leg, list[tuple[bytes, Any]]]:
+        a, b = Leg(), Leg()
+        sent: list[tuple[bytes, Any]] = []
+        unprotect = unprotector(session(pylibsrtp.Policy.SSRC_ANY_INBOUND))
+        inbound = Inbound(SSRC, 111, 100, 8000, 960, 0, 48000, unprotect, src.getsockname())
+        outbound = Outbound(
+            0x80, 0, 0x2222, 65534, 0xFFFFFF00, 160, b"", None,
+            lambda d, addr: sent.append((d, addr)), far.getsockname(),
+        )  # fmt: skip
+        return cls(a, inbound, b, outbound), a, sent
+
+    opus = bytes((0x08,)) + bytes(40)
+    code3 = bytes((0x0B, 0x81, 7)) + bytes(60)  # one 20 ms frame, said by its frame count
+    rtcp = bytes((0x80, 200, 0, 6)) + bytes(24)
+
+    def plan_of(stray_ssrc: int) -> list[tuple[bytes, socket.socket]]:
+        plan: list[tuple[bytes, socket.socket]] = []
+        browser = session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+        seq, ts = 100, 8000
+        for i in range(40):
+            if i == 10:
+                plan.append((rtcp, src))  # not of the stream: waits, the stream goes on
+            if i == 14:
+                # another source (waits, the stream goes on), or the stream's own SSRC
+                # from elsewhere (the leg would release: the rest waits behind it)
+                stray = session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND).protect(
+                    rtp(seq, ts, opus, ssrc=stray_ssrc, pt=111)
+                )
+                plan.append((stray, stranger))
+            if i == 20:
+                plan.append((browser.protect(rtp(seq, ts, code3, pt=111)), src))  # Python's
+                seq, ts = seq + 1, ts + 960
+            if i == 30:
+                seq, ts = seq + 1, ts + 960  # a packet lost: the rest waits behind it
+            plan.append((browser.protect(rtp(seq, ts, opus, pt=111)), src))
+            seq, ts = seq + 1, ts + 960
+        return plan
+
+    def leg_path(circuit: Any, got: list[tuple[bytes, Any]]) -> Any:
+        """What a leg does with what its circuit declined: release it if it concerns it."""
+
+        def fallback(data: bytes, addr: Any) -> None:
+            got.append((data, addr))
+            if circuit.engaged and circuit.concerns(data, addr):
+                circuit.release()
+
+        return fallback
+
+    for stray_ssrc, during in ((0x9999, 20), (SSRC, 14)):
+        plan = plan_of(stray_ssrc)
+        # the reference: the Python step and the leg's path, one datagram after another
+        python, py_leg, py_sent = make(rtc.circuit.PyCircuit)
+        py_fallback: list[tuple[bytes, Any]] = []
+        py_path = leg_path(python, py_fallback)
+        for data, sender in plan:
+            if not (python.engaged and python.take(data, sender.getsockname())):
+                py_path(data, sender.getsockname())
+
+        native, leg, _ = make(rtc.circuit.NativeCircuit)
+        arrived: list[tuple[bytes, Any]] = []
+        tap = _relay.Tap(leg, leg_path(native, arrived))
+        # sending and receiving on the sockets here (the legs give their transports')
+        sockets_here = (tx.fileno(), socket.AF_INET, rx.fileno(), socket.AF_INET, tap)
+        assert native._bind_native(*srtp_native(native.unprotect), 0, 0, 0, *sockets_here)
+        assert native.receiving and native.native == (True, False, True)
+        passes, relayed, _, registered = _relay.pause_figures()
+        assert registered >= 1
+        try:
+            for data, sender in plan:
+                sender.sendto(data, rx.getsockname())
+            assert _relay.pause_start()
+            far.settimeout(2.0)
+            received = [far.recv(2048) for _ in range(during)]
+            assert _relay.pause_stop()  # and datagrams wait for Python
+            figures = _relay.pause_figures()
+            assert figures[0] == passes + 1 and figures[1] - relayed == during
+            assert arrived == []  # nothing for Python while the pass ran
+            _relay.drain()
+            # then what the thread had not read yet, as the event loop reads it
+            rx.setblocking(False)
+            while True:
+                try:
+                    tap(*rx.recvfrom(2048))
+                except BlockingIOError:
+                    break
+            far.settimeout(0.3)
+            while True:
+                try:
+                    received.append(far.recv(2048))
+                except TimeoutError:
+                    break
+            assert received == [data for data, _ in py_sent], stray_ssrc
+            assert arrived == py_fallback
+            assert arrived[0] == (rtcp, src.getsockname())
+            assert arrived[1][1] == stranger.getsockname()
+            assert (leg._circuit_in is None) == (py_leg._circuit_in is None)
+            for name in ("packets", "octets", "in_octets", "out_sequence", "sequence_number"):
+                assert getattr(native, name) == getattr(python, name), name
+        finally:
+            native.release()
+            assert not native.receiving
+    for sock in (*sockets, stranger):
+        sock.close()
+
+
+def test_a_pass_of_the_collector_relays_what_waits(implementation: type) -> None:
+    """gc.collect() itself: rtc.circuit's gc callback starts and stops the thread."""
+    if implementation is rtc.circuit.PyCircuit:
+        pytest.skip("rtc._relay's thread")
+    import gc
+    import socket
+
+    from rtc import _relay
+
+    rx, tx, far, src = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(4))
+    for sock in (rx, tx, far, src):
+        sock.bind(("127.0.0.1", 0))
+    far.settimeout(2.0)
+    a, b = Leg(), Leg()
+    inbound = Inbound(SSRC, 0, 100, 8000, 160, 160, 8000, None, peer=src.getsockname())
+    outbound = Outbound(
+        0x80, 0, 0x2222, 7, 70, 160, b"", None, lambda d, addr: None, far.getsockname()
+    )
+    c = rtc.circuit.Circuit(a, inbound, b, outbound)
+    tap = _relay.Tap(a, lambda data, addr: None)
+    c._bind_native(0, 0, 0, 0, 0, 0, tx.fileno(), socket.AF_INET, rx.fileno(), socket.AF_INET, tap)
+    try:
+        for k in range(5):
+            src.sendto(rtp(100 + k, 8000 + 160 * k), rx.getsockname())
+        passes = _relay.pause_figures()[0]
+        gc.collect()
+        assert _relay.pause_figures()[0] == passes + 1
+        # sent while the pass ran, or at the latest when it ended
+        out = [RTP_FIXED_HEADER.unpack_from(far.recv(2048))[2:4] for _ in range(5)]
+        assert out == [(7 + k, 70 + 160 * k) for k in range(5)]
+        assert c.packets == 5
+    finally:
+        c.release()
+        for sock in (rx, tx, far, src):
+            sock.close()

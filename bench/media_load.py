@@ -233,6 +233,9 @@ async def gateway_main() -> None:
     # the collector's passes stop every call's media while they run: time them
     pauses: list[tuple[int, float]] = []  # generation, seconds
     started = [0.0]
+    collecting: list[asyncio.TimerHandle | None] = [None]
+    pause_mark: tuple[int, int, int, int] | None = None
+    relay: Any = None
 
     def gc_pause(phase: str, info: dict[str, int]) -> None:
         if phase == "start":
@@ -303,6 +306,20 @@ async def gateway_main() -> None:
             calls.append((web, rtp, bridge))
             reply({"answer": answer, "sip_answer": sip_answer.decode()})
         elif cmd["cmd"] == "mark":
+            import rtc.circuit
+
+            relay = rtc.circuit._relay
+            if not cmd.get("pause_relay", True) and rtc.circuit._collector in gc.callbacks:
+                gc.callbacks.remove(rtc.circuit._collector)
+            pause_mark = relay.pause_figures() if relay is not None else None
+            every = cmd.get("collect", 0.0)
+            if every > 0:
+                # full passes of the collector, as calls coming and going bring them on
+                def collect_now(every: float = every) -> None:
+                    gc.collect()
+                    collecting[0] = loop.call_later(every, collect_now)
+
+                collecting[0] = loop.call_later(every, collect_now)
             mark = (loop.time(), cpu_seconds(), counters())
             switches = context_switches()
             pauses.clear()
@@ -319,6 +336,9 @@ async def gateway_main() -> None:
         elif cmd["cmd"] == "report":
             if sampler is not None:
                 sampler.stop()
+            if collecting[0] is not None:
+                collecting[0].cancel()
+            pause_end = relay.pause_figures() if relay is not None else None
             wall = loop.time() - mark[0]
             cpu = cpu_seconds() - mark[1]
             ended = context_switches()
@@ -344,6 +364,13 @@ async def gateway_main() -> None:
                     "gc_full_ms": 1000 * full,
                     "gc_tracked": len(gc.get_objects()),
                     "switches": [voluntary, involuntary],
+                    # in the collector's passes: passes served, packets relayed by
+                    # rtc._relay's thread, datagrams it left for Python
+                    "pause_relay": (
+                        [b - a for a, b in zip(pause_mark[:3], pause_end[:3], strict=True)]
+                        if pause_mark is not None and pause_end is not None
+                        else None
+                    ),
                     "waits": [float(np.percentile(waits or [0.0], q)) for q in (50, 99, 99.9)]
                     + [max(waits, default=0.0)],
                 }
@@ -809,7 +836,7 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
     gc.freeze()
     gc.disable()
     await asyncio.sleep(args.warmup)
-    await command({"cmd": "mark"})
+    await command({"cmd": "mark", "collect": args.collect, "pause_relay": not args.no_pause_relay})
     t0 = loop.time()
     gen_mark = cpu_seconds()
     await asyncio.sleep(args.seconds)
@@ -859,6 +886,7 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
         "gc_max_ms": report["gc_max_ms"],
         "gc_full_ms": report["gc_full_ms"],
         "gc_tracked": report["gc_tracked"],
+        "pause_relay": report["pause_relay"],
         "gateway_switches": report["switches"],
     }
     for name, value in zip(("p50", "p99", "p99.9", "max"), report["waits"], strict=True):
@@ -942,6 +970,19 @@ def main() -> None:
         "sendto does not wake it (see Poller)",
     )
     parser.add_argument(
+        "--collect",
+        type=float,
+        default=0.0,
+        help="a full pass of the gateway's collector every this many seconds in the "
+        "window (gc.collect(), as calls coming and going bring them on)",
+    )
+    parser.add_argument(
+        "--no-pause-relay",
+        action="store_true",
+        help="the gateway's circuits are not relayed by rtc._relay's thread during "
+        "the collector's passes (rtc.circuit's gc callback removed)",
+    )
+    parser.add_argument(
         "--browser-codec",
         choices=("opus", "pcmu"),
         default="opus",
@@ -997,6 +1038,13 @@ def main() -> None:
             f"({result['gc_tracked']} objects tracked, frozen ones apart)",
             flush=True,
         )
+        if result.get("pause_relay"):
+            served, relayed, waited = result["pause_relay"]
+            print(
+                f"   in the collector's passes ({served} served): {relayed} packets relayed "
+                f"by rtc._relay's thread, {waited} datagrams left for Python",
+                flush=True,
+            )
         c = result["counters"]
         print(
             f"   frames decoded {c['decoded']}, encoded {c['encoded']}, "

@@ -403,7 +403,11 @@ relay_take(Relay *self, PyObject *data, PyObject *addr)
  * stream waits behind it until the pass ends, so nothing is reordered.
  * The thread never takes the interpreter's lock: during a pass the only
  * Python that runs is finalizers', and a relay's registration, its
- * descriptors and the thread's work on it go under one mutex.
+ * descriptors and the thread's work on it go under one mutex. It serves
+ * only passes run by the thread that registered the relays (the event
+ * loop's): a pass another thread runs could find the loop's thread inside
+ * libsrtp with the interpreter's lock released (cffi releases it), or
+ * reading the sockets, and libsrtp's sessions are not for two threads.
  */
 #define MAX_PENDING 512
 #define RECEIVE_SIZE 65536
@@ -420,6 +424,7 @@ static Py_ssize_t snapshot_count = 0, snapshot_room = 0;
 static int running = 0; /* a pass is under way */
 static int parked = 1;  /* the thread waits for one */
 static int thread_started = 0;
+static unsigned long owner = 0; /* the thread that registers relays: the loop's */
 static int epoll_fd = -1;
 static int wake_fd = -1;         /* eventfd: pause_stop's word to the thread */
 static PyObject *waiting = NULL; /* Taps with entries for drain */
@@ -440,6 +445,7 @@ registry_add(Relay *relay)
     }
     registry[registered] = relay;
     relay->slot = registered++;
+    owner = PyThread_get_thread_ident();
     return 0;
 }
 
@@ -647,7 +653,7 @@ static PyObject *
 pause_start(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 {
     pthread_mutex_lock(&lock);
-    if (running || registered == 0)
+    if (running || registered == 0 || PyThread_get_thread_ident() != owner)
         goto no;
     if (wake_fd < 0 && (wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
         goto no;

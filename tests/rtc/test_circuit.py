@@ -16,6 +16,7 @@ import gc
 from typing import Any
 
 import numpy as np
+import pylibsrtp
 import pytest
 
 import rtc.bridge
@@ -62,6 +63,16 @@ class Leg:
 
     def circuit_synced_out(self, circuit: Circuit) -> None:
         self.synced_out.append((circuit.packets, circuit.out_sequence, circuit.out_timestamp))
+
+
+def srtp_session(direction: int) -> pylibsrtp.Session:
+    """A libsrtp session (AES128_CM_SHA1_80, the tests' key) for ``direction``."""
+    policy = pylibsrtp.Policy(
+        key=bytes(range(30)),
+        ssrc_type=direction,
+        srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80,
+    )
+    return pylibsrtp.Session(policy)
 
 
 def rtp(seq: int, ts: int, payload: bytes = b"\xff" * 160, ssrc: int = SSRC, pt: int = 0) -> bytes:
@@ -545,17 +556,9 @@ def test_the_c_step_does_what_the_python_step_does() -> None:
     """
     if not hasattr(rtc.circuit, "NativeCircuit"):
         pytest.skip("rtc._relay is not built")
-    import pylibsrtp
-
     from rtc.srtp import protector, unprotector
 
-    key = bytes(range(30))
-    profile = pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80
-
-    def session(direction: int) -> pylibsrtp.Session:
-        policy = pylibsrtp.Policy(key=key, ssrc_type=direction, srtp_profile=profile)
-        return pylibsrtp.Session(policy)
-
+    session = srtp_session
     outbound_type = pylibsrtp.Policy.SSRC_ANY_OUTBOUND
     inbound_type = pylibsrtp.Policy.SSRC_ANY_INBOUND
 
@@ -673,19 +676,11 @@ def test_in_the_collectors_pauses_the_thread_relays_and_python_gets_the_rest_in_
         pytest.skip("rtc._relay's thread")
     import socket
 
-    import pylibsrtp
-
     from rtc import _relay
     from rtc.srtp import native as srtp_native
     from rtc.srtp import unprotector
 
-    key = bytes(range(30))
-    profile = pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80
-
-    def session(direction: int) -> pylibsrtp.Session:
-        policy = pylibsrtp.Policy(key=key, ssrc_type=direction, srtp_profile=profile)
-        return pylibsrtp.Session(policy)
-
+    session = srtp_session
     sockets = []
     for _ in range(4):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -95,7 +95,8 @@ typedef struct {
     struct sockaddr_storage peer_address;
     socklen_t peer_address_length; /* 0: any */
     Py_ssize_t slot;               /* in the registry, or -1 */
-    int declined; /* in this pause: the stream's datagrams wait for Python */
+    int declined; /* in this pass: the stream's datagrams wait for Python */
+    int held;     /* being synced: the thread leaves it to Python */
 } Relay;
 
 /* a datagram (or what is left of one) that waits for Python after a pause */
@@ -549,6 +550,8 @@ relay_receive(Relay *self, unsigned char *in, unsigned char *clear, unsigned cha
         Py_ssize_t length = size;
         Py_ssize_t out_size = 0;
         int result = FORWARD_DECLINED;
+        if (self->held)
+            self->declined = 1; /* its state is being read and reset: all of it waits */
         if (!self->declined && relay_continues(self, in, size) && same_peer(self, &from) &&
             (self->unprotect_call != NULL || self->unprotect == Py_None)) {
             if (self->unprotect_call != NULL) {
@@ -892,6 +895,16 @@ Relay_bind_native(Relay *self, PyObject *args)
 }
 
 static PyObject *
+Relay_hold(Relay *self, PyObject *held)
+{
+    int value = PyObject_IsTrue(held);
+    if (value < 0)
+        return NULL;
+    self->held = value;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
 Relay_unbind_native(Relay *self, PyObject *Py_UNUSED(ignored))
 {
     relay_unbind(self);
@@ -1076,6 +1089,8 @@ static PyMethodDef Relay_methods[] = {
      "take(data, addr=None) -> bool: relay a datagram that continues the stream exactly"},
     {"_bind_native", (PyCFunction)Relay_bind_native, METH_VARARGS,
      "the native SRTP calls and socket; True when sending goes the native way"},
+    {"_hold", (PyCFunction)Relay_hold, METH_O,
+     "while held, the collector-pass thread leaves the relay to Python (its sync)"},
     {"_unbind_native", (PyCFunction)Relay_unbind_native, METH_NOARGS,
      "back to the Python callables; the duplicated descriptor is closed"},
     {NULL},

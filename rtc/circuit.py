@@ -299,6 +299,9 @@ class _Relay:
     def _unbind_native(self) -> None:
         pass
 
+    def _hold(self, held: bool) -> None:
+        pass  # no thread relays it
+
 
 # the mixin below is typed as what it is mixed with
 if TYPE_CHECKING:
@@ -413,19 +416,25 @@ class _Circuit(_Step):
         if in_leg is None or out_leg is None or self.packets == 0:
             return
         self.synced = time.monotonic()
-        # self is a Circuit (PyCircuit or NativeCircuit), which the legs take
-        in_leg.circuit_synced_in(self)  # type: ignore[arg-type]
-        out_leg.circuit_synced_out(self)  # type: ignore[arg-type]
-        self.packets = self.octets = self.in_octets = self.out_octets = self.wraps = 0
+        # a pass of the collector may come in the legs' Python: rtc._relay's thread
+        # then leaves this circuit alone, so that what they read is what is reset
+        self._hold(True)
+        try:
+            # self is a Circuit (PyCircuit or NativeCircuit), which the legs take
+            in_leg.circuit_synced_in(self)  # type: ignore[arg-type]
+            out_leg.circuit_synced_out(self)  # type: ignore[arg-type]
+            self.packets = self.octets = self.in_octets = self.out_octets = self.wraps = 0
+        finally:
+            self._hold(False)
 
     def release(self) -> None:
         """Sync, then the legs' own paths take over again."""
         in_leg, out_leg = self._in_leg, self._out_leg
         if in_leg is None or out_leg is None:
             return
+        self._unbind_native()  # first: rtc._relay's thread relays it no more
         self.sync()
         self._in_leg = self._out_leg = None
-        self._unbind_native()
         if in_leg._circuit_in is self:
             in_leg._circuit_in = None
         if out_leg._circuit_out is self:

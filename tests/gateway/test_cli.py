@@ -120,10 +120,18 @@ FAKE_APP = textwrap.dedent(
 )
 
 
+# As from a terminal: a shell without job control (make test run in the background,
+# some CI runners) starts its commands with SIGINT ignored, which a child inherits.
+FOREGROUND = (
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_stops_cleanly(sig: signal.Signals) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-c", FAKE_APP, "--log-level", "info"],
+        [sys.executable, "-c", FOREGROUND, sys.executable, "-c", FAKE_APP, "--log-level", "info"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

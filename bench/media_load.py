@@ -768,8 +768,14 @@ async def generator_main(args: argparse.Namespace, calls: int) -> dict[str, Any]
     connect_deadline = time.monotonic() + 60 + calls / 10
     while any(pc.connectionState != "connected" for pc in pcs):
         states = collections.Counter(pc.connectionState for pc in pcs)
-        if states["failed"] or time.monotonic() > connect_deadline:
-            raise RuntimeError(f"WebRTC peers did not all connect: {dict(states)}")
+        if states["failed"] or states["closed"] or time.monotonic() > connect_deadline:
+            # a peer closes when its ICE consent expires (no answer for 30 s): the
+            # gateway or the generator is past its core while the calls are set up
+            raise RuntimeError(
+                f"WebRTC peers did not all connect: {dict(states)} after "
+                f"{time.monotonic() - setup_start:.0f} s of set-up; at this many calls "
+                "the gateway or the generator is past its core on this machine"
+            )
         await asyncio.sleep(0.1)
     setup = time.monotonic() - setup_start
     # The tone bursts come out of libopus as speech would: hybrid full band, or SILK

@@ -848,3 +848,70 @@ def test_a_pass_of_the_collector_relays_what_waits(implementation: type) -> None
         c.release()
         for sock in (rx, tx, far, src):
             sock.close()
+
+
+def test_a_forked_child_relays_through_its_own_passes(implementation: type) -> None:
+    """
+    A child forked after the thread started (the e2e tests fork their gateways
+    from one process; an operator's supervisor may too) has none of the
+    parent's threads: its passes start a thread of its own rather than wait on
+    the parent's lock and condition, and relay as the parent's did.
+    """
+    if implementation is rtc.circuit.PyCircuit:
+        pytest.skip("rtc._relay's thread")
+    import gc
+    import os
+    import socket
+    import time
+
+    from rtc import _relay
+
+    rx, tx, far, src = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(4))
+    for sock in (rx, tx, far, src):
+        sock.bind(("127.0.0.1", 0))
+    far.settimeout(2.0)
+    a, b = Leg(), Leg()
+    inbound = Inbound(SSRC, 0, 100, 8000, 160, 160, 8000, None, peer=src.getsockname())
+    outbound = Outbound(
+        0x80, 0, 0x2222, 7, 70, 160, b"", None, lambda d, addr: None, far.getsockname()
+    )
+    c = rtc.circuit.Circuit(a, inbound, b, outbound)
+    tap = _relay.Tap(a, lambda data, addr: None)
+    c._bind_native(0, 0, 0, 0, 0, 0, tx.fileno(), socket.AF_INET, rx.fileno(), socket.AF_INET, tap)
+    try:
+        gc.collect()  # the parent's thread runs (parked between passes)
+        passes = _relay.pause_figures()[0]
+        assert passes > 0
+        child = os.fork()
+        if child == 0:
+            code = 1
+            try:
+                for k in range(5):
+                    src.sendto(rtp(100 + k, 8000 + 160 * k), rx.getsockname())
+                gc.collect()
+                out = [RTP_FIXED_HEADER.unpack_from(far.recv(2048))[2:4] for _ in range(5)]
+                served = _relay.pause_figures()[0] == passes + 1
+                code = 0 if served and out == [(7 + k, 70 + 160 * k) for k in range(5)] else 1
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 20
+        while True:
+            done, status = os.waitpid(child, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(child, 9)
+                os.waitpid(child, 0)
+                pytest.fail("the forked child hung in its collector pass")
+            time.sleep(0.05)
+        assert os.waitstatus_to_exitcode(status) == 0
+        # the parent's own thread still serves the parent's passes (its circuit,
+        # a copy the child's relaying left as it was, waits for the stream's start)
+        src.sendto(rtp(100, 8000), rx.getsockname())
+        gc.collect()
+        assert _relay.pause_figures()[0] == passes + 1
+        assert RTP_FIXED_HEADER.unpack_from(far.recv(2048))[2:4] == (7, 70)
+    finally:
+        c.release()
+        for sock in (rx, tx, far, src):
+            sock.close()

@@ -169,6 +169,21 @@ relay_continues(Relay *self, const unsigned char *in, Py_ssize_t size)
            ssrc == self->ssrc;
 }
 
+/* a datagram unprotected by the native SRTP call into ``clear`` (BUFFER_SIZE):
+ * its length, or -1 when the leg would drop it (too long to be ours, forged or
+ * replayed) */
+static int
+relay_unprotect(Relay *self, const unsigned char *in, Py_ssize_t size, unsigned char *clear)
+{
+    if (size > self->unprotect_room)
+        return -1;
+    int n = (int)size;
+    memcpy(clear, in, (size_t)size);
+    if (self->unprotect_call(self->unprotect_context, clear, &n) != 0)
+        return -1;
+    return n;
+}
+
 /*
  * The step after unprotecting: one 20 ms frame is restamped, protected and
  * sent. ``packet``: the clear packet (``length`` bytes) of a datagram of
@@ -367,12 +382,9 @@ relay_take(Relay *self, PyObject *data, PyObject *addr)
     unsigned char out[BUFFER_SIZE];
     Py_ssize_t out_size;
     if (self->unprotect_call != NULL) {
-        if (size > self->unprotect_room)
-            return 1; /* too long to be ours: dropped, as the leg would */
-        int n = (int)size;
-        memcpy(clear, in, size);
-        if (self->unprotect_call(self->unprotect_context, clear, &n) != 0)
-            return 1; /* forged or replayed: dropped, as the leg would */
+        int n = relay_unprotect(self, in, size, clear);
+        if (n < 0)
+            return 1; /* dropped, as the leg would */
         return relay_forward(self, clear, n, size, 1, out, &out_size);
     }
     if (self->unprotect != Py_None) {
@@ -555,12 +567,9 @@ relay_receive(Relay *self, unsigned char *in, unsigned char *clear, unsigned cha
         if (!self->declined && relay_continues(self, in, size) && same_peer(self, &from) &&
             (self->unprotect_call != NULL || self->unprotect == Py_None)) {
             if (self->unprotect_call != NULL) {
-                if (size > self->unprotect_room)
-                    continue; /* too long to be ours: dropped, as the leg would */
-                int n = (int)size;
-                memcpy(clear, in, (size_t)size);
-                if (self->unprotect_call(self->unprotect_context, clear, &n) != 0)
-                    continue; /* forged or replayed: dropped, as the leg would */
+                int n = relay_unprotect(self, in, size, clear);
+                if (n < 0)
+                    continue; /* dropped, as the leg would */
                 packet = clear;
                 length = n;
             }

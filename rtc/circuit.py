@@ -456,10 +456,9 @@ def _socket(sendto: Any, address: Any) -> tuple[int, int]:
     for rtc._relay to send on; (-1, 0) for anything else (a test's fake, a
     TURN transport, whose ``sendto`` wraps the packet): its ``sendto`` then.
     """
-    transport = getattr(sendto, "__self__", None)
     if address is None:
         return -1, 0
-    return _descriptor(transport)
+    return _descriptor(getattr(sendto, "__self__", None))
 
 
 def _receiver(transport: Any) -> tuple[int, int, Any]:

@@ -12,8 +12,13 @@ packet.
 """
 
 import asyncio
+import contextlib
 import gc
+import os
+import socket
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -681,8 +686,6 @@ def test_in_the_collectors_pauses_the_thread_relays_and_python_gets_the_rest_in_
     """
     if implementation is rtc.circuit.PyCircuit:
         pytest.skip("rtc._relay's thread")
-    import socket
-
     from rtc import _relay
     from rtc.srtp import native as srtp_native
     from rtc.srtp import unprotector
@@ -807,14 +810,14 @@ def test_in_the_collectors_pauses_the_thread_relays_and_python_gets_the_rest_in_
         sock.close()
 
 
-def test_a_pass_of_the_collector_relays_what_waits(implementation: type) -> None:
-    """gc.collect() itself: rtc.circuit's gc callback starts and stops the thread."""
-    if implementation is rtc.circuit.PyCircuit:
-        pytest.skip("rtc._relay's thread")
-    import gc
-    import socket
-    import threading
-
+@contextlib.contextmanager
+def relaying_on_sockets() -> Iterator[tuple[Any, socket.socket, socket.socket, socket.socket]]:
+    """
+    (circuit, rx, src, far): an engaged circuit with the C step on real sockets,
+    plain PCMU both ways. What ``src`` sends to ``rx`` from sequence number 100,
+    timestamp 8000 continues its stream and goes out to ``far`` from 7, 70; what
+    it declines its tap drops.
+    """
     from rtc import _relay
 
     rx, tx, far, src = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(4))
@@ -830,8 +833,32 @@ def test_a_pass_of_the_collector_relays_what_waits(implementation: type) -> None
     tap = _relay.Tap(a, lambda data, addr: None)
     c._bind_native(0, 0, 0, 0, 0, 0, tx.fileno(), socket.AF_INET, rx.fileno(), socket.AF_INET, tap)
     try:
-        for k in range(5):
-            src.sendto(rtp(100 + k, 8000 + 160 * k), rx.getsockname())
+        yield c, rx, src, far
+    finally:
+        c.release()
+        for sock in (rx, tx, far, src):
+            sock.close()
+
+
+def send_stream(src: socket.socket, rx: socket.socket, count: int) -> None:
+    """The first ``count`` packets of relaying_on_sockets' stream."""
+    for k in range(count):
+        src.sendto(rtp(100 + k, 8000 + 160 * k), rx.getsockname())
+
+
+def sent_on(far: socket.socket, count: int) -> list[tuple[int, int]]:
+    """(sequence number, timestamp) of the next ``count`` packets at ``far``."""
+    return [RTP_FIXED_HEADER.unpack_from(far.recv(2048))[2:4] for _ in range(count)]
+
+
+def test_a_pass_of_the_collector_relays_what_waits(implementation: type) -> None:
+    """gc.collect() itself: rtc.circuit's gc callback starts and stops the thread."""
+    if implementation is rtc.circuit.PyCircuit:
+        pytest.skip("rtc._relay's thread")
+    from rtc import _relay
+
+    with relaying_on_sockets() as (c, rx, src, far):
+        send_stream(src, rx, 5)
         passes = _relay.pause_figures()[0]
         # a pass another thread runs is not served (the loop's thread may be in libsrtp)
         other = threading.Thread(target=gc.collect)
@@ -841,13 +868,8 @@ def test_a_pass_of_the_collector_relays_what_waits(implementation: type) -> None
         gc.collect()
         assert _relay.pause_figures()[0] == passes + 1
         # sent while the pass ran, or at the latest when it ended
-        out = [RTP_FIXED_HEADER.unpack_from(far.recv(2048))[2:4] for _ in range(5)]
-        assert out == [(7 + k, 70 + 160 * k) for k in range(5)]
+        assert sent_on(far, 5) == [(7 + k, 70 + 160 * k) for k in range(5)]
         assert c.packets == 5
-    finally:
-        c.release()
-        for sock in (rx, tx, far, src):
-            sock.close()
 
 
 def test_a_forked_child_relays_through_its_own_passes(implementation: type) -> None:
@@ -859,26 +881,9 @@ def test_a_forked_child_relays_through_its_own_passes(implementation: type) -> N
     """
     if implementation is rtc.circuit.PyCircuit:
         pytest.skip("rtc._relay's thread")
-    import gc
-    import os
-    import socket
-    import time
-
     from rtc import _relay
 
-    rx, tx, far, src = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(4))
-    for sock in (rx, tx, far, src):
-        sock.bind(("127.0.0.1", 0))
-    far.settimeout(2.0)
-    a, b = Leg(), Leg()
-    inbound = Inbound(SSRC, 0, 100, 8000, 160, 160, 8000, None, peer=src.getsockname())
-    outbound = Outbound(
-        0x80, 0, 0x2222, 7, 70, 160, b"", None, lambda d, addr: None, far.getsockname()
-    )
-    c = rtc.circuit.Circuit(a, inbound, b, outbound)
-    tap = _relay.Tap(a, lambda data, addr: None)
-    c._bind_native(0, 0, 0, 0, 0, 0, tx.fileno(), socket.AF_INET, rx.fileno(), socket.AF_INET, tap)
-    try:
+    with relaying_on_sockets() as (_, rx, src, far):
         gc.collect()  # the parent's thread runs (parked between passes)
         passes = _relay.pause_figures()[0]
         assert passes > 0
@@ -886,12 +891,11 @@ def test_a_forked_child_relays_through_its_own_passes(implementation: type) -> N
         if child == 0:
             code = 1
             try:
-                for k in range(5):
-                    src.sendto(rtp(100 + k, 8000 + 160 * k), rx.getsockname())
+                send_stream(src, rx, 5)
                 gc.collect()
-                out = [RTP_FIXED_HEADER.unpack_from(far.recv(2048))[2:4] for _ in range(5)]
                 served = _relay.pause_figures()[0] == passes + 1
-                code = 0 if served and out == [(7 + k, 70 + 160 * k) for k in range(5)] else 1
+                relayed = sent_on(far, 5) == [(7 + k, 70 + 160 * k) for k in range(5)]
+                code = 0 if served and relayed else 1
             finally:
                 os._exit(code)
         deadline = time.monotonic() + 20
@@ -907,11 +911,7 @@ def test_a_forked_child_relays_through_its_own_passes(implementation: type) -> N
         assert os.waitstatus_to_exitcode(status) == 0
         # the parent's own thread still serves the parent's passes (its circuit,
         # a copy the child's relaying left as it was, waits for the stream's start)
-        src.sendto(rtp(100, 8000), rx.getsockname())
+        send_stream(src, rx, 1)
         gc.collect()
         assert _relay.pause_figures()[0] == passes + 1
-        assert RTP_FIXED_HEADER.unpack_from(far.recv(2048))[2:4] == (7, 70)
-    finally:
-        c.release()
-        for sock in (rx, tx, far, src):
-            sock.close()
+        assert sent_on(far, 1) == [(7, 70)]

@@ -305,7 +305,7 @@ relay_forward(Relay *self, const unsigned char *packet, Py_ssize_t length, Py_ss
         }
     }
     if (!python && !native)
-        return FORWARD_DONE; /* libsrtp refused to protect it: lost (Python would raise) */
+        return FORWARD_DONE; /* libsrtp refused to protect it: lost, as in Python */
     if (native && self->fd >= 0) {
         self->out_octets += out_length;
         if (sendto(self->fd, out, (size_t)out_length, MSG_DONTWAIT,
@@ -345,6 +345,11 @@ relay_forward(Relay *self, const unsigned char *packet, Py_ssize_t length, Py_ss
         else {
             bytes = PyObject_CallOneArg(self->protect, clear_packet);
             Py_DECREF(clear_packet);
+            if (bytes == NULL && PyErr_ExceptionMatches(PyExc_Exception)) {
+                /* too long for SRTP's buffer: lost, as rtc.circuit's step */
+                PyErr_Clear();
+                return FORWARD_DONE;
+            }
         }
     }
     if (bytes == NULL)

@@ -1178,9 +1178,9 @@ class RtpLeg(ReceivingPort):
             marker=marker,
         )
         self._sequence_number = (self._sequence_number + 1) & 0xFFFF
-        self._sendto(bytes(packet), addr)
-        self.packets_sent += 1
-        self._rtcp.rtp_sent(len(payload))
+        if self._sendto(bytes(packet), addr):
+            self.packets_sent += 1
+            self._rtcp.rtp_sent(len(payload))
 
     def _dtmf_received(self, digit: str) -> None:
         logger.debug("DTMF %s received", digit)
@@ -1302,7 +1302,10 @@ class RtpLeg(ReceivingPort):
         )
         data = header + payload
         if self._srtp is not None:
-            data = self._srtp.protect(data)
+            try:
+                data = self._srtp.protect(data)
+            except (ValueError, SrtpError):
+                return  # as in _sendto
         transport.sendto(data, addr)
         self.packets_sent += 1
         self._rtcp.rtp_sent(len(payload))
@@ -1336,9 +1339,9 @@ class RtpLeg(ReceivingPort):
                 timestamp & 0xFFFFFFFF,
                 self._ssrc,
             )
-            self._sendto(header + payload, addr)
-            self.packets_sent += 1
-            self._rtcp.rtp_sent(len(payload))
+            if self._sendto(header + payload, addr):
+                self.packets_sent += 1
+                self._rtcp.rtp_sent(len(payload))
 
     def _flush_held(self) -> None:
         """
@@ -1367,11 +1370,21 @@ class RtpLeg(ReceivingPort):
             return
         self._flush_held()
 
-    def _sendto(self, data: bytes, addr: tuple[str, int]) -> None:
+    def _sendto(self, data: bytes, addr: tuple[str, int]) -> bool:
+        """
+        Send an RTP packet, as SRTP when negotiated. False: it is lost, too
+        long for SRTP's buffer: a payload relayed from the browser that no real
+        encoder makes (Opus never goes past 1276 bytes in 20 ms), which must
+        not raise in the receive path of the other leg once per packet.
+        """
         assert self._transport is not None
         if self._srtp is not None:
-            data = self._srtp.protect(data)
+            try:
+                data = self._srtp.protect(data)
+            except (ValueError, SrtpError):
+                return False
         self._transport.sendto(data, addr)
+        return True
 
     # receiving
 

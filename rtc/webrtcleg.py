@@ -1487,7 +1487,10 @@ class WebRtcLeg(ReceivingPort):
         if dtmf is not None and dtmf.sending:
             data = dtmf.replace(data)
             payload = b"" if len(data) < 4 else data[len(data) - 4 :]
-        protected = path.protect(data)
+        try:
+            protected = path.protect(data)
+        except (ValueError, pylibsrtp.Error):
+            return  # too long for SRTP's buffer: lost (see RtpLeg._sendto)
         path.sendto(protected, path.remote_addr)
         dtls: Any = path.dtls
         dtls._RTCDtlsTransport__tx_bytes += len(protected)

@@ -15,6 +15,8 @@ import asyncio
 import contextlib
 import gc
 import os
+import random
+import select
 import socket
 import threading
 import time
@@ -316,6 +318,64 @@ async def test_a_lost_packet_releases_and_the_gap_is_passed_on() -> None:
         await call.close()
 
 
+class Inflate:
+    """
+    A transport that sends datagrams ``first`` to ``first + count - 1`` with
+    their RTP header and a 20 ms Opus payload of ``size`` bytes: longer than
+    any encoder makes (RFC 6716 frames end at 1275 bytes), too long for SRTP.
+    """
+
+    def __init__(self, transport: Any, first: int, count: int, size: int) -> None:
+        self._transport = transport
+        self._inflated = range(first, first + count)
+        self._payload = bytes((0x08,)) + bytes(size - 1)
+        self.sent = 0
+
+    def sendto(self, data: bytes, addr: Any = None) -> None:
+        self.sent += 1
+        if self.sent in self._inflated:
+            data = data[:12] + self._payload
+        self._transport.sendto(data, addr)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+@pytest.mark.parametrize("circuits", [True, False])
+async def test_a_payload_too_long_for_srtp_is_lost_and_the_call_goes_on(
+    circuits: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """
+    A phone's Opus packets relayed undecoded toward the browser, five of them
+    too long to be protected for it: those are lost (the browser counts five),
+    with a circuit engaged and on the legs' own paths, and nothing is raised in
+    the receive path or logged once per packet. The audio goes on.
+    """
+    if not circuits:
+        monkeypatch.setattr(rtc.bridge, "ENGAGE_AFTER", 10**9)
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    call = Call(None, ("opus",))
+    await call.setup()
+    try:
+        call.bridge.connect(call.far)
+        await call.exchange(1.5)
+        assert engaged(call)[1] == circuits
+        inflate = Inflate(call.phone._transport, 10, 5, 1400)
+        call.phone._transport = inflate  # type: ignore[assignment]
+        await call.exchange(0.5)
+        assert inflate.sent > 15
+        at_phone, at_browser = await call.exchange(1.5)
+        call.check(at_phone, at_browser, 1000, 700)
+        assert errors == [] and "Traceback" not in caplog.text, (errors, caplog.text)
+        stats = await stream_stats(call)
+        assert stats["browser_lost"] == 5 and stats["phone_lost"] == 0, stats
+    finally:
+        loop.set_exception_handler(None)
+        await call.close()
+
+
 async def test_without_circuits_the_same_counts(monkeypatch: pytest.MonkeyPatch) -> None:
     """The same call with circuits never engaged: counters and statistics agree."""
     monkeypatch.setattr(rtc.bridge, "ENGAGE_AFTER", 10**9)
@@ -559,6 +619,54 @@ async def test_ticks_between_syncs_only_look(monkeypatch: pytest.MonkeyPatch) ->
         await call.close()
 
 
+PEER = ("192.0.2.1", 4000)
+
+
+def browser_srtp(data: bytes) -> bytes:
+    """SRTP as a browser sends it (a session per packet: the same packet may come
+    twice, as a replay, and the index stays below a rollover)."""
+    return srtp_session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND).protect(data)
+
+
+def relaying(
+    cls: type,
+    srtp_in: bool,
+    frame: int,
+    seq: int = 100,
+    ts: int = 8000,
+    peer: Any = PEER,
+    address: Any = "far",
+) -> tuple[Any, Leg, list[bytes]]:
+    """
+    (circuit, its receiving leg, what it sends to ``address``) of ``cls``:
+    PCMU (``frame`` 160) or Opus (0) from ``seq``, ``ts``; SRTP in and plain
+    RTP out (``srtp_in``), or plain RTP from ``peer`` in and SRTP out, with
+    the native steps where the class has them.
+    """
+    from rtc.srtp import protector, unprotector
+
+    a, b = Leg(), Leg()
+    sent: list[bytes] = []
+    inbound = Inbound(
+        SSRC, 0 if frame else 111, seq, ts, 160 if frame else 960, frame,
+        8000 if frame else 48000,
+        unprotector(srtp_session(pylibsrtp.Policy.SSRC_ANY_INBOUND)) if srtp_in else None,
+        peer=None if srtp_in else peer,
+    )  # fmt: skip
+    outbound = Outbound(
+        0x90, 8, 0x2222, 65534, 0xFFFFFF00, 160, bytes((0xBE, 0xDE, 0, 1, 0x10, 0x31, 0, 0)),
+        None if srtp_in else protector(srtp_session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND)),
+        lambda d, _: sent.append(d), address,
+    )  # fmt: skip
+    return cls(a, inbound, b, outbound), a, sent
+
+
+COUNTED = (
+    "packets", "octets", "in_octets", "out_octets", "wraps", "sequence_number", "timestamp",
+    "out_sequence", "out_timestamp",
+)  # fmt: skip
+
+
 def test_the_c_step_does_what_the_python_step_does() -> None:
     """
     rtc._relay's take against rtc.circuit's (the reference), packet by packet,
@@ -568,34 +676,8 @@ def test_the_c_step_does_what_the_python_step_does() -> None:
     """
     if not hasattr(rtc.circuit, "NativeCircuit"):
         pytest.skip("rtc._relay is not built")
-    from rtc.srtp import protector, unprotector
-
-    session = srtp_session
-    outbound_type = pylibsrtp.Policy.SSRC_ANY_OUTBOUND
-    inbound_type = pylibsrtp.Policy.SSRC_ANY_INBOUND
-
-    def browser(data: bytes) -> bytes:
-        """SRTP as a browser sends it (a session per packet: the same packet may come
-        twice, as a replay, and the index stays below a rollover)."""
-        return session(outbound_type).protect(data)
-
-    peer = ("192.0.2.1", 4000)
-
-    def make(cls: type, srtp_in: bool, frame: int) -> tuple[Any, Leg, list[bytes]]:
-        a, b = Leg(), Leg()
-        sent: list[bytes] = []
-        inbound = Inbound(
-            SSRC, 0 if frame else 111, 100, 8000, 160 if frame else 960, frame,
-            8000 if frame else 48000,
-            unprotector(session(inbound_type)) if srtp_in else None,
-            peer=None if srtp_in else peer,
-        )
-        outbound = Outbound(
-            0x90, 8, 0x2222, 65534, 0xFFFFFF00, 160, bytes((0xBE, 0xDE, 0, 1, 0x10, 0x31, 0, 0)),
-            None if srtp_in else protector(session(outbound_type)),
-            lambda d, _: sent.append(d), "far",
-        )
-        return cls(a, inbound, b, outbound), a, sent
+    browser = browser_srtp
+    peer = PEER
 
     def stream(srtp_in: bool, frame: int) -> list[tuple[bytes, Any]]:
         payload = b"\xff" * 160 if frame else bytes((0x08,)) + bytes(40)
@@ -645,23 +727,112 @@ def test_the_c_step_does_what_the_python_step_does() -> None:
 
     for srtp_in in (True, False):
         for frame in (160, 0):
-            python, py_leg, py_sent = make(rtc.circuit.PyCircuit, srtp_in, frame)
-            native, c_leg, c_sent = make(rtc.circuit.NativeCircuit, srtp_in, frame)
+            python, py_leg, py_sent = relaying(rtc.circuit.PyCircuit, srtp_in, frame)
+            native, c_leg, c_sent = relaying(rtc.circuit.NativeCircuit, srtp_in, frame)
             assert native.native == (srtp_in, not srtp_in, False)
             for k, (data, addr) in enumerate(stream(srtp_in, frame)):
                 taken = (python.take(data, addr), native.take(data, addr))
                 assert taken[0] == taken[1], (srtp_in, frame, k, taken)
                 assert py_sent == c_sent, (srtp_in, frame, k)
                 assert (py_leg._circuit_in is None) == (c_leg._circuit_in is None), (frame, k)
-                for name in (
-                    "packets", "octets", "in_octets", "out_octets", "wraps", "sequence_number",
-                    "timestamp", "out_sequence", "out_timestamp",
-                ):
+                for name in COUNTED:
                     assert getattr(python, name) == getattr(native, name), (name, k)
             # the stream's change of packet time: declined, or (already unprotected) released
             assert (py_leg._circuit_in is None) == srtp_in
             assert len(py_sent) >= 31 and py_leg.synced_in == c_leg.synced_in, len(py_sent)
             assert native.transit is not None and native.jitter >= 0
+
+
+def fuzzed(
+    rng: random.Random,
+    circuit: Any,
+    srtp_in: bool,
+    frame: int,
+    broken: float = 1.0,
+    peer: Any = PEER,
+    stranger: Any = None,
+) -> tuple[bytes, Any]:
+    """
+    One datagram for ``circuit`` (relaying's) from ``peer`` where its stream
+    stands: the next packet, or (``broken`` of the time, most of the rest)
+    that packet broken in one of the ways a peer or an attacker may send it:
+    any first byte (CSRC count, padding, version), any second byte (marker,
+    payload type), a payload of any length, any Opus TOC byte and code 3
+    frame count, a header extension whose length word says anything, a
+    truncated header, the next sequence number or timestamp but one, from a
+    stranger (any port of 192.0.2.9 unless given), a broken SRTP tag, no SRTP.
+    """
+    pt, step = (0, 160) if frame else (111, 960)
+    seq, ts = circuit.sequence_number, circuit.timestamp
+    payload = b"\xff" * 160 if frame else bytes((0x08,)) + bytes(40)
+    extension = b""
+    addr = peer
+    kind = rng.randrange(14) if rng.random() < broken else 0
+    if kind == 1:
+        payload = rng.randbytes(rng.choice((0, 1, 159, 161, 320, rng.randrange(1600))))
+    elif kind == 2:  # any TOC byte; for code 3, any frame count byte
+        payload = bytes((rng.randrange(256), rng.randrange(256))) + rng.randbytes(rng.randrange(90))
+    elif kind == 3:
+        extension = bytes((0xBE, 0xDE)) + rng.randbytes(2) + rng.randbytes(rng.randrange(24))
+    elif kind == 4:
+        seq += rng.choice((-1, 1, 2, 0x8000))
+    elif kind == 5:
+        ts += rng.choice((-step, 1, step, 0x80000000))
+    elif kind == 6:
+        addr = stranger or ("192.0.2.9", rng.randrange(1, 65536))
+    header = bytearray(rtp(seq, ts, b"", pt=pt))
+    if kind == 7:
+        header[0] = rng.choice((0x90, 0xA0, 0xB0, 0x81, 0x8F, 0xC0, 0x00, rng.randrange(256)))
+    elif kind == 8:
+        header[1] = rng.randrange(256)
+    if extension:
+        header[0] |= 0x10
+    data = bytes(header) + extension + payload
+    if kind == 9:
+        return data[: rng.randrange(20)], addr
+    if srtp_in and kind != 10:  # (10: not protected)
+        try:
+            data = browser_srtp(data)
+        except (ValueError, pylibsrtp.Error):
+            pass  # too long for libsrtp's buffer: goes as it is
+        if kind == 11:
+            broken = bytearray(data)
+            broken[rng.randrange(12, len(broken))] ^= 1 << rng.randrange(8)
+            data = bytes(broken)
+    return data, addr
+
+
+def test_the_c_step_does_what_the_python_step_does_with_any_datagram() -> None:
+    """
+    The C step against the Python one over seeded random datagrams (fuzzed):
+    nothing it is given crashes it or makes it differ from the reference in
+    what it takes, sends, counts or releases. A circuit released is made again
+    where its stream stands, so the stream goes on.
+    """
+    if not hasattr(rtc.circuit, "NativeCircuit"):
+        pytest.skip("rtc._relay is not built")
+    PyCircuit, NativeCircuit = rtc.circuit.PyCircuit, rtc.circuit.NativeCircuit
+    rng = random.Random(4)
+    for srtp_in in (True, False):
+        for frame in (160, 0):
+            seq, ts = 100, 8000
+            python, py_leg, py_sent = relaying(PyCircuit, srtp_in, frame, seq, ts)
+            native, c_leg, c_sent = relaying(NativeCircuit, srtp_in, frame, seq, ts)
+            for k in range(3000):
+                if py_leg._circuit_in is None:
+                    python, py_leg, py_sent = relaying(PyCircuit, srtp_in, frame, seq, ts)
+                    native, c_leg, c_sent = relaying(NativeCircuit, srtp_in, frame, seq, ts)
+                data, addr = fuzzed(rng, python, srtp_in, frame)
+                taken = (python.take(data, addr), native.take(data, addr))
+                where = (srtp_in, frame, k, data.hex())
+                assert taken[0] == taken[1], where
+                assert py_sent == c_sent, where
+                assert (py_leg._circuit_in is None) == (c_leg._circuit_in is None), where
+                for name in COUNTED:
+                    assert getattr(python, name) == getattr(native, name), (name, *where)
+                seq, ts = python.sequence_number, python.timestamp
+            # the stream went on through all of it
+            assert seq - 100 > 500, (srtp_in, frame)
 
 
 def test_the_c_step_is_built() -> None:
@@ -670,6 +841,17 @@ def test_the_c_step_is_built() -> None:
     assert hasattr(rtc.circuit, "NativeCircuit"), (
         "rtc._relay is not built: apt-get install gcc python3-dev, then pip install -e ."
     )
+
+
+def leg_path(circuit: Any, got: list[tuple[bytes, Any]]) -> Any:
+    """What a leg does with what its circuit declined: release it if it concerns it."""
+
+    def fallback(data: bytes, addr: Any) -> None:
+        got.append((data, addr))
+        if circuit.engaged and circuit.concerns(data, addr):
+            circuit.release()
+
+    return fallback
 
 
 def test_in_the_collectors_pauses_the_thread_relays_and_python_gets_the_rest_in_order(
@@ -738,16 +920,6 @@ def test_in_the_collectors_pauses_the_thread_relays_and_python_gets_the_rest_in_
             seq, ts = seq + 1, ts + 960
         return plan
 
-    def leg_path(circuit: Any, got: list[tuple[bytes, Any]]) -> Any:
-        """What a leg does with what its circuit declined: release it if it concerns it."""
-
-        def fallback(data: bytes, addr: Any) -> None:
-            got.append((data, addr))
-            if circuit.engaged and circuit.concerns(data, addr):
-                circuit.release()
-
-        return fallback
-
     # (while a circuit is held, as its sync holds it, the thread leaves all to Python)
     for stray_ssrc, during, held in ((0x9999, 20, False), (SSRC, 14, False), (0x9999, 0, True)):
         plan = plan_of(stray_ssrc)
@@ -808,6 +980,85 @@ def test_in_the_collectors_pauses_the_thread_relays_and_python_gets_the_rest_in_
             assert not native.receiving
     for sock in (*sockets, stranger):
         sock.close()
+
+
+def test_in_the_collectors_pauses_any_datagram_goes_as_in_python(implementation: type) -> None:
+    """
+    rtc._relay's thread against the Python step and the leg's path, over
+    seeded random datagrams on real sockets (fuzzed: one in ten broken, some
+    from a stranger), in passes of 30 datagrams each with a new circuit where
+    the stream stands: what reaches the far end, what reaches the leg's
+    callback after the pass (in order) and what the circuit counts are the
+    same, with SRTP in or out, PCMU or Opus.
+    """
+    if implementation is rtc.circuit.PyCircuit:
+        pytest.skip("rtc._relay's thread")
+    from rtc import _relay
+    from rtc.srtp import native as srtp_native
+
+    PyCircuit, NativeCircuit = rtc.circuit.PyCircuit, rtc.circuit.NativeCircuit
+    rng = random.Random(8)
+    for srtp_in in (True, False):
+        for frame in (160, 0):
+            sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(5)]
+            for sock in sockets:
+                sock.bind(("127.0.0.1", 0))
+            rx, tx, far, src, stranger = sockets
+            rx.setblocking(False)
+            peer, elsewhere = src.getsockname(), stranger.getsockname()
+            ends = {"peer": peer, "address": far.getsockname()}
+            seq, ts = 100, 8000
+            relayed = 0
+            try:
+                for round_ in range(20):
+                    # the reference, and the datagrams it was given
+                    python, _, py_sent = relaying(PyCircuit, srtp_in, frame, seq, ts, **ends)
+                    py_fallback: list[tuple[bytes, Any]] = []
+                    py_path = leg_path(python, py_fallback)
+                    plan: list[tuple[bytes, socket.socket]] = []
+                    for _ in range(30):
+                        data, addr = fuzzed(rng, python, srtp_in, frame, 0.1, peer, elsewhere)
+                        plan.append((data, src if addr == peer else stranger))
+                        if not (python.engaged and python.take(data, addr)):
+                            py_path(data, addr)
+
+                    native, leg, _ = relaying(NativeCircuit, srtp_in, frame, seq, ts, **ends)
+                    arrived: list[tuple[bytes, Any]] = []
+                    tap = _relay.Tap(leg, leg_path(native, arrived))
+                    steps = (*srtp_native(native.unprotect), *srtp_native(native.protect))
+                    sockets_here = (tx.fileno(), socket.AF_INET, rx.fileno(), socket.AF_INET, tap)
+                    assert native._bind_native(*steps, *sockets_here) and native.receiving
+                    try:
+                        assert _relay.pause_start()
+                        for data, sender in plan:
+                            sender.sendto(data, rx.getsockname())
+                        deadline = time.monotonic() + 10
+                        while select.select([rx], [], [], 0)[0] and time.monotonic() < deadline:
+                            time.sleep(0.005)  # the thread reads all there is
+                        _relay.pause_stop()
+                        _relay.drain()
+                        with contextlib.suppress(BlockingIOError):
+                            while True:  # what it left in the socket, as the loop reads it
+                                tap(*rx.recvfrom(65536))
+                        far.settimeout(2.0)
+                        received = [far.recv(2048) for _ in py_sent]
+                        far.settimeout(0.01)
+                        with contextlib.suppress(TimeoutError):
+                            received.append(far.recv(2048))  # one too many
+                        where = (srtp_in, frame, round_)
+                        assert received == py_sent, where
+                        assert arrived == py_fallback, where
+                        assert native.engaged == python.engaged, where
+                        for name in COUNTED:
+                            assert getattr(native, name) == getattr(python, name), (name, *where)
+                    finally:
+                        native.release()
+                    relayed += len(py_sent)
+                    seq, ts = python.sequence_number, python.timestamp
+                assert relayed > 200, (srtp_in, frame, relayed)
+            finally:
+                for sock in sockets:
+                    sock.close()
 
 
 @contextlib.contextmanager

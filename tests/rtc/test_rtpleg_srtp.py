@@ -311,3 +311,28 @@ async def test_plain_or_forged_packets_dropped_and_not_latched() -> None:
     finally:
         rogue.close()
         await leg.close()
+
+
+async def test_a_packet_too_long_for_srtp_is_lost_not_raised() -> None:
+    """
+    A payload relayed from the browser longer than SRTP's buffer takes (no real
+    encoder's: Opus ends at 1276 bytes in 20 ms; a browser's datagram may carry
+    1490) cannot be protected toward the phone: it is lost, as on the wire,
+    rather than raised in the browser leg's receive path once per packet.
+    """
+    a = await RtpLeg.open(srtp="mandatory")
+    b = await RtpLeg.open(srtp="optional")
+    try:
+        a.apply_answer(b.create_answer(a.create_offer()))
+        assert a.srtp_suite is not None
+        addr = ("127.0.0.1", b.local_port)
+        assert not a._sendto(bytes(RtpPacket(0, 1, 160, 7, payload=bytes(1400))), addr)
+        assert a._sendto(bytes(RtpPacket(0, 2, 320, 7, payload=bytes(160))), addr)
+        sent = a.packets_sent
+        a._send(b"\xff" * 1400)  # relayed payloads are bytes
+        assert a.packets_sent == sent
+        a._send(b"\xff" * 160)
+        assert a.packets_sent == sent + 1
+    finally:
+        await a.close()
+        await b.close()

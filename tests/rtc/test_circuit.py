@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -371,6 +372,67 @@ async def test_a_payload_too_long_for_srtp_is_lost_and_the_call_goes_on(
         assert errors == [] and "Traceback" not in caplog.text, (errors, caplog.text)
         stats = await stream_stats(call)
         assert stats["browser_lost"] == 5 and stats["phone_lost"] == 0, stats
+    finally:
+        loop.set_exception_handler(None)
+        await call.close()
+
+
+class Fuzz:
+    """
+    A transport that sends before each of datagrams ``first`` to ``first +
+    count - 1`` a fuzzed one (fuzzed, plain RTP) at the same place in the
+    stream, as a peer gone wrong would.
+    """
+
+    def __init__(self, transport: Any, first: int, count: int, frame: int) -> None:
+        self._transport = transport
+        self._fuzzed = range(first, first + count)
+        self._frame = frame
+        self._rng = random.Random(16)
+        self.sent = 0
+
+    def sendto(self, data: bytes, addr: Any = None) -> None:
+        self.sent += 1
+        if self.sent in self._fuzzed:
+            _, pt, seq, ts, ssrc = RTP_FIXED_HEADER.unpack_from(data)
+            where = SimpleNamespace(
+                sequence_number=seq, timestamp=ts, ssrc=ssrc, payload_type=pt & 0x7F
+            )
+            self._transport.sendto(fuzzed(self._rng, where, False, self._frame)[0], addr)
+        self._transport.sendto(data, addr)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+@pytest.mark.parametrize(("browser_pt", "codec", "frame"), [("0", "PCMU", 160), (None, "opus", 0)])
+async def test_a_phone_gone_wrong_mid_stream_leaves_the_call_whole(
+    browser_pt: str | None, codec: str, frame: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """
+    A relayed call whose phone sends, among its stream, 150 datagrams broken in
+    every way (fuzzed) at the place of its next packet: the circuit and the
+    legs' own paths drop or pass them, nothing is raised or logged with a
+    traceback, and once the phone is itself again the audio crosses both ways
+    and a circuit engages again.
+    """
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    call = Call(browser_pt, (codec,))
+    await call.setup()
+    try:
+        call.bridge.connect(call.far)
+        await call.exchange(1.5)
+        assert engaged(call)[1]
+        fuzz = Fuzz(call.phone._transport, 10, 150, frame)
+        call.phone._transport = fuzz  # type: ignore[assignment]
+        await call.exchange(3.5)
+        assert fuzz.sent > 160
+        at_phone, at_browser = await call.exchange(1.5)
+        call.check(at_phone, at_browser, 1000, 700)
+        assert engaged(call)[1]
+        assert errors == [] and "Traceback" not in caplog.text, (errors, caplog.text)
     finally:
         loop.set_exception_handler(None)
         await call.close()
@@ -753,16 +815,18 @@ def fuzzed(
     stranger: Any = None,
 ) -> tuple[bytes, Any]:
     """
-    One datagram for ``circuit`` (relaying's) from ``peer`` where its stream
-    stands: the next packet, or (``broken`` of the time, most of the rest)
-    that packet broken in one of the ways a peer or an attacker may send it:
-    any first byte (CSRC count, padding, version), any second byte (marker,
-    payload type), a payload of any length, any Opus TOC byte and code 3
-    frame count, a header extension whose length word says anything, a
-    truncated header, the next sequence number or timestamp but one, from a
-    stranger (any port of 192.0.2.9 unless given), a broken SRTP tag, no SRTP.
+    One datagram for ``circuit`` (relaying's, or what has its stream's
+    ``ssrc``, ``payload_type`` and next ``sequence_number`` and ``timestamp``)
+    from ``peer`` where its stream stands: the next packet, or (``broken`` of
+    the time, most of the rest) that packet broken in one of the ways a peer
+    or an attacker may send it: any first byte (CSRC count, padding,
+    version), any second byte (marker, payload type), a payload of any length,
+    any Opus TOC byte and code 3 frame count, a header extension whose length
+    word says anything, a truncated header, the next sequence number or
+    timestamp but one, from a stranger (any port of 192.0.2.9 unless given), a
+    broken SRTP tag, no SRTP.
     """
-    pt, step = (0, 160) if frame else (111, 960)
+    pt, step = circuit.payload_type, 160 if frame else 960
     seq, ts = circuit.sequence_number, circuit.timestamp
     payload = b"\xff" * 160 if frame else bytes((0x08,)) + bytes(40)
     extension = b""
@@ -780,7 +844,7 @@ def fuzzed(
         ts += rng.choice((-step, 1, step, 0x80000000))
     elif kind == 6:
         addr = stranger or ("192.0.2.9", rng.randrange(1, 65536))
-    header = bytearray(rtp(seq, ts, b"", pt=pt))
+    header = bytearray(rtp(seq, ts, b"", ssrc=circuit.ssrc, pt=pt))
     if kind == 7:
         header[0] = rng.choice((0x90, 0xA0, 0xB0, 0x81, 0x8F, 0xC0, 0x00, rng.randrange(256)))
     elif kind == 8:

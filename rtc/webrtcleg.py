@@ -1526,7 +1526,7 @@ class WebRtcLeg(ReceivingPort):
             # the far leg's timestamps leave room for them; its peer conceals the loss
             self._queue.put(Gap(lost))
         wants = self._passthrough
-        if wants is not None and len(self._pending) == 0:
+        if wants is not None:
             name = mime[6:]  # "audio/..."
             # one 20 ms frame per packet, or it is decoded as usual
             if wants(name) and (
@@ -1534,6 +1534,12 @@ class WebRtcLeg(ReceivingPort):
                 if name == "opus"
                 else len(packet.payload) == G711_FRAME
             ):
+                if len(self._pending):
+                    # what is left (under 20 ms) of an odd-sized packet decoded
+                    # before it (a broken one, a 10 ms one): dropped, or every
+                    # packet after it would be decoded to follow it, 20 ms late
+                    # and never relayed again
+                    self._pending = self._pending[:0]
                 self.frames_passed += 1
                 express = self._express
                 if express is None or not express(

@@ -319,6 +319,17 @@ async def test_a_lost_packet_releases_and_the_gap_is_passed_on() -> None:
         await call.close()
 
 
+def one_step(implementation: type) -> None:
+    """
+    For the calls that check the legs' paths with bad input: with the C step
+    where it is built (the two steps do the same with any datagram: the
+    differential tests below), else the Python one; not both, for the suite's
+    time.
+    """
+    if implementation is not IMPLEMENTATIONS[-1]:
+        pytest.skip("the legs' paths, with one step (the C one)")
+
+
 class Inflate:
     """
     A transport that sends datagrams ``first`` to ``first + count - 1`` with
@@ -344,7 +355,10 @@ class Inflate:
 
 @pytest.mark.parametrize("circuits", [True, False])
 async def test_a_payload_too_long_for_srtp_is_lost_and_the_call_goes_on(
-    circuits: bool, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    circuits: bool,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    implementation: type,
 ) -> None:
     """
     A phone's Opus packets relayed undecoded toward the browser, five of them
@@ -352,6 +366,7 @@ async def test_a_payload_too_long_for_srtp_is_lost_and_the_call_goes_on(
     with a circuit engaged and on the legs' own paths, and nothing is raised in
     the receive path or logged once per packet. The audio goes on.
     """
+    one_step(implementation)
     if not circuits:
         monkeypatch.setattr(rtc.bridge, "ENGAGE_AFTER", 10**9)
     loop = asyncio.get_running_loop()
@@ -379,43 +394,115 @@ async def test_a_payload_too_long_for_srtp_is_lost_and_the_call_goes_on(
 
 class Fuzz:
     """
-    A transport that sends before each of datagrams ``first`` to ``first +
-    count - 1`` a fuzzed one (fuzzed, plain RTP) at the same place in the
-    stream, as a peer gone wrong would.
+    Before each of packets ``first`` to ``first + count - 1`` that a peer
+    sends, a fuzzed one (fuzzed) at the same place in its stream, as a peer
+    gone wrong would send it: from a phone (``transport``: plain RTP), or a
+    browser (``route``: a WebRtcLeg's direct way, protected with its SRTP).
     """
 
-    def __init__(self, transport: Any, first: int, count: int, frame: int) -> None:
-        self._transport = transport
+    def __init__(self, first: int, count: int, frame: int) -> None:
         self._fuzzed = range(first, first + count)
         self._frame = frame
         self._rng = random.Random(16)
         self.sent = 0
 
-    def sendto(self, data: bytes, addr: Any = None) -> None:
+    def phone(self, transport: Any) -> Any:
+        """``transport``, sending the fuzzed datagrams too."""
+        made = self._made
+
+        class Fuzzing:
+            def sendto(self, data: bytes, addr: Any = None) -> None:
+                bad = made(data)
+                if bad is not None:
+                    transport.sendto(bad, addr)
+                transport.sendto(data, addr)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(transport, name)
+
+        return Fuzzing()
+
+    def browser(self, route: Any) -> None:
+        protect, sendto = route.protect, route.sendto
+
+        def protect_and_fuzz(data: bytes) -> bytes:
+            bad = self._made(data)
+            if bad is not None:
+                # with its SRTP, unless it would move the index far (a rollover:
+                # the browser's own stream would be lost from then on)
+                ahead = (int.from_bytes(bad[2:4]) - int.from_bytes(data[2:4])) & 0xFFFF
+                if len(bad) >= 12 and ahead <= 2:
+                    with contextlib.suppress(ValueError, pylibsrtp.Error):
+                        bad = protect(bad)  # (too long or too short: as it is)
+                sendto(bad, route.remote_addr)
+            return protect(data)  # (its index taken already: lost, as on a network)
+
+        route.protect = protect_and_fuzz
+
+    def _made(self, data: bytes) -> bytes | None:
         self.sent += 1
-        if self.sent in self._fuzzed:
-            _, pt, seq, ts, ssrc = RTP_FIXED_HEADER.unpack_from(data)
-            where = SimpleNamespace(
-                sequence_number=seq, timestamp=ts, ssrc=ssrc, payload_type=pt & 0x7F
-            )
-            self._transport.sendto(fuzzed(self._rng, where, False, self._frame)[0], addr)
-        self._transport.sendto(data, addr)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
+        if self.sent not in self._fuzzed:
+            return None
+        _, pt, seq, ts, ssrc = RTP_FIXED_HEADER.unpack_from(data)
+        where = SimpleNamespace(
+            sequence_number=seq, timestamp=ts, ssrc=ssrc, payload_type=pt & 0x7F
+        )
+        return fuzzed(self._rng, where, False, self._frame)[0]
 
 
-@pytest.mark.parametrize(("browser_pt", "codec", "frame"), [("0", "PCMU", 160), (None, "opus", 0)])
-async def test_a_phone_gone_wrong_mid_stream_leaves_the_call_whole(
-    browser_pt: str | None, codec: str, frame: int, caplog: pytest.LogCaptureFixture
+async def test_a_short_packet_from_the_browser_leaves_its_stream_relayed(
+    implementation: type,
 ) -> None:
     """
-    A relayed call whose phone sends, among its stream, 150 datagrams broken in
-    every way (fuzzed) at the place of its next packet: the circuit and the
-    legs' own paths drop or pass them, nothing is raised or logged with a
-    traceback, and once the phone is itself again the audio crosses both ways
-    and a circuit engages again.
+    A 10 ms packet among the browser's 20 ms ones (what a browser may send, or
+    a broken one) is decoded (the circuit drops the first, already unprotected,
+    and releases: this is the second), the rest of the stream relayed again:
+    what is left of it after the last whole 20 ms frame is dropped rather than
+    kept in front of the stream, which would then be decoded for the rest of
+    the call.
     """
+    one_step(implementation)
+    call = Call("0", ("PCMU",))
+    await call.setup()
+    try:
+        call.bridge.connect(call.far)
+        await call.exchange(1.5)
+        assert engaged(call) == (True, True)
+        route = call.browser._direct_path()
+        assert route is not None
+        protect, count = route.protect, 0
+
+        def shorten(data: bytes) -> bytes:
+            nonlocal count
+            count += 1
+            return protect(data[:-80] if count in (10, 11) else data)  # PCMU: 10 ms
+
+        route.protect = shorten
+        at_phone, at_browser = await call.exchange(2.0)
+        assert count > 60 and engaged(call) == (True, True)
+        call.check(at_phone, at_browser, 1000, 700)
+    finally:
+        await call.close()
+
+
+@pytest.mark.parametrize("side", ["phone", "browser"])
+@pytest.mark.parametrize(("browser_pt", "codec", "frame"), [("0", "PCMU", 160), (None, "opus", 0)])
+async def test_a_peer_gone_wrong_mid_stream_leaves_the_call_whole(
+    side: str,
+    browser_pt: str | None,
+    codec: str,
+    frame: int,
+    caplog: pytest.LogCaptureFixture,
+    implementation: type,
+) -> None:
+    """
+    A relayed call whose phone (or browser) sends, among its stream, 150
+    datagrams broken in every way (fuzzed; the browser's with its SRTP) at the
+    place of its next packet: the circuit and the legs' own paths drop or pass
+    them, nothing is raised or logged with a traceback, and once the peer is
+    itself again the audio crosses both ways and a circuit engages again.
+    """
+    one_step(implementation)
     loop = asyncio.get_running_loop()
     errors: list[dict[str, Any]] = []
     loop.set_exception_handler(lambda _, context: errors.append(context))
@@ -424,14 +511,17 @@ async def test_a_phone_gone_wrong_mid_stream_leaves_the_call_whole(
     try:
         call.bridge.connect(call.far)
         await call.exchange(1.5)
-        assert engaged(call)[1]
-        fuzz = Fuzz(call.phone._transport, 10, 150, frame)
-        call.phone._transport = fuzz  # type: ignore[assignment]
+        assert engaged(call) == (True, True)
+        fuzz = Fuzz(10, 150, frame)
+        if side == "phone":
+            call.phone._transport = fuzz.phone(call.phone._transport)
+        else:
+            fuzz.browser(call.browser._direct_path())
         await call.exchange(3.5)
         assert fuzz.sent > 160
         at_phone, at_browser = await call.exchange(1.5)
         call.check(at_phone, at_browser, 1000, 700)
-        assert engaged(call)[1]
+        assert engaged(call) == (True, True)
         assert errors == [] and "Traceback" not in caplog.text, (errors, caplog.text)
     finally:
         loop.set_exception_handler(None)
@@ -729,15 +819,15 @@ COUNTED = (
 )  # fmt: skip
 
 
-def test_the_c_step_does_what_the_python_step_does() -> None:
+def test_the_c_step_does_what_the_python_step_does(implementation: type) -> None:
     """
     rtc._relay's take against rtc.circuit's (the reference), packet by packet,
     with real SRTP both ways: what each takes or declines, the bytes each sends,
     what each counts, and when each releases, over a stream with everything a
     circuit must decline or drop in it.
     """
-    if not hasattr(rtc.circuit, "NativeCircuit"):
-        pytest.skip("rtc._relay is not built")
+    if implementation is not getattr(rtc.circuit, "NativeCircuit", None):
+        pytest.skip("compares both steps, once: with rtc._relay built")
     browser = browser_srtp
     peer = PEER
 
@@ -866,15 +956,17 @@ def fuzzed(
     return data, addr
 
 
-def test_the_c_step_does_what_the_python_step_does_with_any_datagram() -> None:
+def test_the_c_step_does_what_the_python_step_does_with_any_datagram(
+    implementation: type,
+) -> None:
     """
     The C step against the Python one over seeded random datagrams (fuzzed):
     nothing it is given crashes it or makes it differ from the reference in
     what it takes, sends, counts or releases. A circuit released is made again
     where its stream stands, so the stream goes on.
     """
-    if not hasattr(rtc.circuit, "NativeCircuit"):
-        pytest.skip("rtc._relay is not built")
+    if implementation is not getattr(rtc.circuit, "NativeCircuit", None):
+        pytest.skip("compares both steps, once: with rtc._relay built")
     PyCircuit, NativeCircuit = rtc.circuit.PyCircuit, rtc.circuit.NativeCircuit
     rng = random.Random(4)
     for srtp_in in (True, False):

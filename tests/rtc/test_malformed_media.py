@@ -11,6 +11,7 @@ import socket
 from typing import Any
 
 import numpy as np
+import pylibsrtp
 import pytest
 
 from rtc.dtmf import DtmfEventReceiver, TelephoneEvent
@@ -257,6 +258,60 @@ async def test_webrtc_leg_survives_malformed_datagrams() -> None:
             assert dominant_frequency(tail, 48000) == pytest.approx(freq, abs=10)
             assert np.abs(tail).max() > 3000
     finally:
+        if writers is not None:
+            await stop(writers)
+        await a.close()
+        await b.close()
+
+
+async def test_webrtc_leg_survives_malformed_media_its_peer_authenticates(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """
+    The same corpus as a browser gone wrong (or an attacker with a login) sends it:
+    RTP and RTCP protected with the browser's own SRTP keys, so that it authenticates
+    and reaches what is behind SRTP (the RTP and RTCP parsers, the jitter buffer, the
+    Opus decoder, aiortc's RTCP handling), from the browser's own address. Nothing
+    raises or is logged with a traceback, the DTLS transport stays up, and each leg
+    hears the other's tone afterwards.
+    """
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    a, b = WebRtcLeg(), WebRtcLeg()
+    writers: asyncio.Future[Any] | None = None
+    try:
+        await connect(a, b)
+        writers = asyncio.gather(
+            write_paced(a, SineSource(1000, 48000, 0.3), 10),
+            write_paced(b, SineSource(600, 48000, 0.3), 10),
+        )
+        await asyncio.sleep(0.3)
+        assert a._hooked is not None and b._hooked is not None and b._transceiver is not None
+        browser_srtp = a._hooked[1]._tx_srtp  # type: ignore[attr-defined]
+        pair = b._hooked[0]._nominated[1]  # type: ignore[attr-defined]
+        opus = next(c for c in b._transceiver._codecs if c.mimeType.lower() == "audio/opus")
+        assert opus.payloadType is not None
+        authenticated = 0
+        for data in corpus(opus.payloadType, 110, seed=SEED, random_count=500):
+            if 127 < (data[0] if data else 0) < 192:
+                with contextlib.suppress(ValueError, pylibsrtp.Error):
+                    rtcp = len(data) > 1 and 191 < data[1] < 224
+                    data = browser_srtp.protect_rtcp(data) if rtcp else browser_srtp.protect(data)
+                    authenticated += 1
+            pair.protocol.datagram_received(data, pair.remote_addr)
+        assert authenticated > 100
+        await asyncio.sleep(0.2)
+        assert a.connection_state == b.connection_state == "connected"
+        from_a, from_b = await asyncio.gather(read_for(b, 0.9), read_for(a, 0.9))
+        for received, freq in ((from_a, 1000), (from_b, 600)):
+            tail = received[-19200:]  # the last 0.4 s
+            assert len(tail) == 19200, f"{len(received)} samples"
+            assert dominant_frequency(tail, 48000) == pytest.approx(freq, abs=10)
+            assert np.abs(tail).max() > 3000
+        assert errors == [] and "Traceback" not in caplog.text, (errors, caplog.text)
+    finally:
+        loop.set_exception_handler(None)
         if writers is not None:
             await stop(writers)
         await a.close()

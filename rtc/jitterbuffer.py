@@ -358,7 +358,15 @@ class PlayoutBuffer(Generic[T]):
         it is released (the caller plays it), False when that is not the case
         and nothing was done (the caller puts it).
         """
-        if self._items or timestamp != self._play_ts or ssrc != self._ssrc:
+        if self._items or ssrc != self._ssrc or self._play_ts is None:
+            return False
+        if timestamp != self._play_ts and self._offset(timestamp) != 0:
+            # Off the grid by less than half a frame, it takes the next
+            # frame's place all the same (put). The grid follows it: after one
+            # packet moved the timeline by an odd amount (a broken one, a
+            # sender's clock step), its stream would otherwise go through
+            # put and the playout timer for the rest of the call, never
+            # relayed at once nor by a circuit again.
             return False
         self._release(now)
         self._remember(timestamp, True)

@@ -20,7 +20,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -32,6 +32,7 @@ import rtc.bridge
 import rtc.circuit
 from rtc.circuit import Circuit, Inbound, Outbound
 from rtc.rtp import RTP_FIXED_HEADER, RtpPacket
+from rtc.rtpleg import RtpLeg
 
 from .test_passthrough import Call
 
@@ -396,8 +397,9 @@ class Fuzz:
     """
     Before each of packets ``first`` to ``first + count - 1`` that a peer
     sends, a fuzzed one (fuzzed) at the same place in its stream, as a peer
-    gone wrong would send it: from a phone (``transport``: plain RTP), or a
-    browser (``route``: a WebRtcLeg's direct way, protected with its SRTP).
+    gone wrong would send it, protected with its SRTP: from a phone
+    (``transport``, plain RTP or SDES-SRTP), or a browser (``route``: a
+    WebRtcLeg's direct way).
     """
 
     def __init__(self, first: int, count: int, frame: int) -> None:
@@ -406,13 +408,14 @@ class Fuzz:
         self._rng = random.Random(16)
         self.sent = 0
 
-    def phone(self, transport: Any) -> Any:
-        """``transport``, sending the fuzzed datagrams too."""
-        made = self._made
+    def phone(self, leg: RtpLeg) -> None:
+        """The phone's ``leg`` sends the fuzzed datagrams too, before its own."""
+        transport, srtp, made = leg._transport, leg._srtp, self._made
+        assert transport is not None
 
-        class Fuzzing:
+        class Sending:  # plain RTP: as it goes out
             def sendto(self, data: bytes, addr: Any = None) -> None:
-                bad = made(data)
+                bad = made(data, None)
                 if bad is not None:
                     transport.sendto(bad, addr)
                 transport.sendto(data, addr)
@@ -420,26 +423,35 @@ class Fuzz:
             def __getattr__(self, name: str) -> Any:
                 return getattr(transport, name)
 
-        return Fuzzing()
+        class Protecting:  # SDES-SRTP: before the packet takes its index
+            def protect(self, data: bytes) -> bytes:
+                assert srtp is not None
+                bad = made(data, srtp.protect)
+                if bad is not None:
+                    transport.sendto(bad, leg.remote_address)
+                return srtp.protect(data)
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(srtp, name)
+
+        if srtp is None:
+            leg._transport = Sending()  # type: ignore[assignment]
+        else:
+            leg._srtp = Protecting()  # type: ignore[assignment]
 
     def browser(self, route: Any) -> None:
         protect, sendto = route.protect, route.sendto
 
         def protect_and_fuzz(data: bytes) -> bytes:
-            bad = self._made(data)
+            bad = self._made(data, protect)
             if bad is not None:
-                # with its SRTP, unless it would move the index far (a rollover:
-                # the browser's own stream would be lost from then on)
-                ahead = (int.from_bytes(bad[2:4]) - int.from_bytes(data[2:4])) & 0xFFFF
-                if len(bad) >= 12 and ahead <= 2:
-                    with contextlib.suppress(ValueError, pylibsrtp.Error):
-                        bad = protect(bad)  # (too long or too short: as it is)
                 sendto(bad, route.remote_addr)
             return protect(data)  # (its index taken already: lost, as on a network)
 
         route.protect = protect_and_fuzz
 
-    def _made(self, data: bytes) -> bytes | None:
+    def _made(self, data: bytes, protect: Callable[[bytes], bytes] | None) -> bytes | None:
+        """The fuzzed datagram to send before ``data``, if any."""
         self.sent += 1
         if self.sent not in self._fuzzed:
             return None
@@ -447,7 +459,14 @@ class Fuzz:
         where = SimpleNamespace(
             sequence_number=seq, timestamp=ts, ssrc=ssrc, payload_type=pt & 0x7F
         )
-        return fuzzed(self._rng, where, False, self._frame)[0]
+        bad = fuzzed(self._rng, where, False, self._frame)[0]
+        # with the peer's SRTP, unless that would move its index far (a
+        # rollover: its own stream would be lost from then on)
+        ahead = (int.from_bytes(bad[2:4]) - seq) & 0xFFFF
+        if protect is not None and len(bad) >= 12 and ahead <= 2:
+            with contextlib.suppress(ValueError, pylibsrtp.Error):
+                bad = protect(bad)  # (too long, or its index taken: as it is)
+        return bad
 
 
 async def test_a_short_packet_from_the_browser_leaves_its_stream_relayed(
@@ -485,19 +504,28 @@ async def test_a_short_packet_from_the_browser_leaves_its_stream_relayed(
         await call.close()
 
 
-@pytest.mark.parametrize("side", ["phone", "browser"])
-@pytest.mark.parametrize(("browser_pt", "codec", "frame"), [("0", "PCMU", 160), (None, "opus", 0)])
+@pytest.mark.parametrize(
+    ("side", "browser_pt", "codec", "frame", "srtp"),
+    [
+        ("phone", "0", "PCMU", 160, "off"),
+        ("phone", None, "opus", 0, "off"),
+        ("phone", None, "opus", 0, "mandatory"),
+        ("browser", "0", "PCMU", 160, "off"),
+        ("browser", None, "opus", 0, "off"),
+    ],
+)
 async def test_a_peer_gone_wrong_mid_stream_leaves_the_call_whole(
     side: str,
     browser_pt: str | None,
     codec: str,
     frame: int,
+    srtp: str,
     caplog: pytest.LogCaptureFixture,
     implementation: type,
 ) -> None:
     """
     A relayed call whose phone (or browser) sends, among its stream, 150
-    datagrams broken in every way (fuzzed; the browser's with its SRTP) at the
+    datagrams broken in every way (fuzzed; with its SRTP when it has it) at the
     place of its next packet: the circuit and the legs' own paths drop or pass
     them, nothing is raised or logged with a traceback, and once the peer is
     itself again the audio crosses both ways and a circuit engages again.
@@ -506,7 +534,7 @@ async def test_a_peer_gone_wrong_mid_stream_leaves_the_call_whole(
     loop = asyncio.get_running_loop()
     errors: list[dict[str, Any]] = []
     loop.set_exception_handler(lambda _, context: errors.append(context))
-    call = Call(browser_pt, (codec,))
+    call = Call(browser_pt, (codec,), srtp)
     await call.setup()
     try:
         call.bridge.connect(call.far)
@@ -514,7 +542,7 @@ async def test_a_peer_gone_wrong_mid_stream_leaves_the_call_whole(
         assert engaged(call) == (True, True)
         fuzz = Fuzz(10, 150, frame)
         if side == "phone":
-            call.phone._transport = fuzz.phone(call.phone._transport)
+            fuzz.phone(call.phone)
         else:
             fuzz.browser(call.browser._direct_path())
         await call.exchange(3.5)

@@ -396,6 +396,30 @@ def test_take_is_put_then_pop_of_the_frame_that_plays_next() -> None:
     assert taken > 600 and plain.late > 0 and plain.missing > 0 and plain.duplicates > 0
 
 
+def test_take_follows_a_timeline_moved_by_an_odd_amount() -> None:
+    """
+    A packet a sample off the grid (a broken one that authenticated, a
+    sender's clock step) takes the next frame's place, and the stream after
+    it, on its own grid again, is still taken at once: take() does not hold
+    out for the exact timestamp, or every packet after it would go through
+    put() and the playout timer for the rest of the call, and pass-through
+    would never engage a circuit again.
+    """
+    jb: PlayoutBuffer[int] = PlayoutBuffer(160, min_delay=0.02, max_delay=0.2)
+    assert not jb.take(1, 0, 0.0)  # nothing to follow yet
+    jb.put(1, 0, 0, 0.0)
+    assert jb.pop(0.0) == [0]
+    for k in range(1, 5):
+        assert jb.take(1, 160 * k, k * P)
+    assert jb.take(1, 160 * 5 + 1, 5 * P)  # in the next frame's place
+    jb.put(1, 160 * 5, 5, 5 * P + 0.001)  # the real one after it: a copy now
+    assert jb.duplicates == 1 and jb.pop(5 * P + 0.001) == []
+    for k in range(6, 20):
+        assert jb.take(1, 160 * k, k * P), k
+    assert not jb.take(1, 160 * 20 + 80, 20 * P)  # half a frame off: put() says
+    assert jb.missing == jb.late == 0
+
+
 @pytest.mark.parametrize(
     ("low", "high", "frames"),
     [

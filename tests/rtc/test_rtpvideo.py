@@ -4,6 +4,8 @@ requests both ways and frames relayed to and from an aiortc browser, with a scri
 
 import asyncio
 import fractions
+import random
+from typing import Any
 
 import av
 import numpy as np
@@ -749,3 +751,100 @@ async def test_srtp_video_between_two_legs() -> None:
     finally:
         for leg in (a, b, strict):
             await leg.close()
+
+
+def broken_video(rng: random.Random, codec: str, seq: int, ts: int, ssrc: int) -> bytes:
+    """
+    A video packet a phone gone wrong may send at the place of its next one:
+    a VP8 payload descriptor with any bits and extensions (RFC 7741), cut
+    anywhere; an H.264 NAL unit of any type, STAP-A with lengths past the
+    packet, FU-A with any start and end bits (RFC 6184), cut anywhere; any
+    marker, sequence number or timestamp near its own, or none of its stream.
+    """
+    pt = 100 if codec == "VP8" else 101
+    if codec == "VP8":
+        head = bytes((rng.randrange(256), rng.randrange(256), rng.randrange(256)))
+    else:
+        kind = rng.choice((1, 5, 7, 8, 24, 28, 29, rng.randrange(32)))
+        head = bytes((0x60 | kind, rng.randrange(256)))
+        if kind == 24:  # STAP-A: a length, maybe past the end
+            head += rng.randrange(65536).to_bytes(2, "big") + bytes((0x65,))
+    payload = head + rng.randbytes(rng.choice((0, 1, 5, 100, 1200)))
+    payload = payload[: rng.randrange(len(payload) + 1)] if rng.random() < 0.3 else payload
+    seq += rng.choice((0, 0, 1, -1, 50))
+    ts += rng.choice((0, 0, 3000, -3000, 1 << 31))
+    packet = RtpPacket(pt, seq & 0xFFFF, ts & 0xFFFFFFFF, ssrc, payload, rng.random() < 0.5)
+    return bytes(packet)
+
+
+@pytest.mark.parametrize("codec", ["VP8", "H264"])
+async def test_a_phone_sending_broken_video_leaves_the_call_whole(
+    codec: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """
+    A phone whose video stream has, among its real frames, 200 broken packets
+    (broken_video) at the place of its next one: they are dropped or relayed
+    and the frames they broke are lost, nothing is raised or logged with a
+    traceback, and once the phone is itself again (its next keyframe) the
+    browser decodes its frames again.
+    """
+    loop = asyncio.get_running_loop()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    phone = await Phone.open()
+    video = await _negotiated_with(phone, (codec,), bitrate=300)
+    browser = Browser(1000, (230, 20, 20), f"video/{codec}")
+    leg = WebRtcLeg()
+    link = None
+    rng = random.Random(24)
+    try:
+        await browser.accept(await leg.accept_offer(await browser.offer()))
+        await wait_for(lambda: leg.connection_state == "connected", 10)
+        link = VideoLink(leg, video)
+        transport = phone.transport
+        assert transport is not None
+        encoder = Vp8Encoder() if codec == "VP8" else H264Encoder()
+        pt = 100 if codec == "VP8" else 101
+        seq, n, broken = 100, 0, 0
+
+        async def send_frames() -> None:
+            nonlocal seq, n, broken
+            while True:
+                image = np.full((240, 320, 3), 60, dtype=np.uint8)
+                image[:, (n * 8) % 240 : (n * 8) % 240 + 80] = (20, 230, 20)
+                frame = VideoFrame.from_ndarray(image, format="rgb24")
+                frame.pts = n * 3000
+                frame.time_base = fractions.Fraction(1, 90000)
+                payloads, timestamp = encoder.encode(frame, force_keyframe=n % 15 == 0)
+                for i, payload in enumerate(payloads):
+                    if 10 <= n < 60 and broken < 200:
+                        for _ in range(rng.randrange(1, 5)):
+                            bad = broken_video(rng, codec, seq, timestamp, 0x4321)
+                            transport.sendto(bad, ("127.0.0.1", video.local_port))
+                            broken += 1
+                    packet = RtpPacket(
+                        pt, seq & 0xFFFF, timestamp, 0x4321, payload, i == len(payloads) - 1
+                    )
+                    seq += 1
+                    transport.sendto(bytes(packet), ("127.0.0.1", video.local_port))
+                n += 1
+                await asyncio.sleep(1 / 30)
+
+        sender = asyncio.ensure_future(send_frames())
+        try:
+            await wait_for(lambda: n >= 60, 20)
+            assert broken >= 100
+            lit = len(lit_frames(browser.frames))
+            await wait_for(lambda: len(lit_frames(browser.frames)) >= lit + 15, 20)
+        finally:
+            sender.cancel()
+        assert dominant_channel(lit_frames(browser.frames)[-1]) == 1  # the phone's green bar
+        assert errors == [] and "Traceback" not in caplog.text, (errors, caplog.text)
+    finally:
+        loop.set_exception_handler(None)
+        if link is not None:
+            link.close()
+        await leg.close()
+        await browser.close()
+        await video.close()
+        phone.close()

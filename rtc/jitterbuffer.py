@@ -360,13 +360,13 @@ class PlayoutBuffer(Generic[T]):
         """
         if self._items or ssrc != self._ssrc or self._play_ts is None:
             return False
+        # A timestamp off the grid by less than half a frame takes the next
+        # frame's place all the same (as in put), and the grid follows it:
+        # after one packet moved the timeline by an odd amount (a broken one,
+        # a sender's clock step), the stream would otherwise go through put
+        # and the playout timer for the rest of the call, never relayed at
+        # once nor by a circuit again.
         if timestamp != self._play_ts and self._offset(timestamp) != 0:
-            # Off the grid by less than half a frame, it takes the next
-            # frame's place all the same (put). The grid follows it: after one
-            # packet moved the timeline by an odd amount (a broken one, a
-            # sender's clock step), its stream would otherwise go through
-            # put and the playout timer for the rest of the call, never
-            # relayed at once nor by a circuit again.
             return False
         self._release(now)
         self._remember(timestamp, True)

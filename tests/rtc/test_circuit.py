@@ -22,7 +22,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -171,6 +171,20 @@ async def steady(call: Call, seconds: float) -> tuple[np.ndarray, np.ndarray]:
             break
         audio = await call.exchange(1.0)
     return audio
+
+
+@contextlib.asynccontextmanager
+async def relayed_pcmu() -> AsyncIterator[Call]:
+    """A PCMU call (browser and phone), relayed both ways by circuits."""
+    call = Call("0", ("PCMU",))
+    await call.setup()
+    try:
+        call.bridge.connect(call.far)
+        await steady(call, 1.5)
+        assert engaged(call) == (True, True)
+        yield call
+    finally:
+        await call.close()
 
 
 async def stream_stats(call: Call) -> dict[str, Any]:
@@ -501,12 +515,7 @@ async def test_a_short_packet_from_the_browser_leaves_its_stream_relayed(
     the call.
     """
     one_step(implementation)
-    call = Call("0", ("PCMU",))
-    await call.setup()
-    try:
-        call.bridge.connect(call.far)
-        await steady(call, 1.5)
-        assert engaged(call) == (True, True)
+    async with relayed_pcmu() as call:
         route = call.browser._direct_path()
         assert route is not None
         protect, count = route.protect, 0
@@ -520,8 +529,6 @@ async def test_a_short_packet_from_the_browser_leaves_its_stream_relayed(
         at_phone, at_browser = await call.exchange(2.0)
         assert count > 60 and engaged(call) == (True, True)
         call.check(at_phone, at_browser, 1000, 700)
-    finally:
-        await call.close()
 
 
 @pytest.mark.parametrize(
@@ -809,12 +816,7 @@ async def test_audio_written_to_a_leg_releases_only_the_circuit_it_sends_on(
 ) -> None:
     # e.g. a tone mixed toward the browser: the other direction stays a circuit
     one_step(implementation)
-    call = Call("0", ("PCMU",))
-    await call.setup()
-    try:
-        call.bridge.connect(call.far)
-        await steady(call, 1.5)
-        assert engaged(call) == (True, True)
+    async with relayed_pcmu() as call:
         call.client.write(np.zeros(frame_samples(call.client.sample_rate), dtype=np.int16))
         assert engaged(call) == (True, False)
         await steady(call, 1.5)
@@ -824,8 +826,6 @@ async def test_audio_written_to_a_leg_releases_only_the_circuit_it_sends_on(
         call.far.write_gap(1)
         call.client.write_gap(1)
         assert engaged(call) == (False, False)
-    finally:
-        await call.close()
 
 
 def test_due_says_when_a_steady_circuit_needs_no_sync(

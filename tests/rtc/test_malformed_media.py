@@ -8,6 +8,7 @@ wire to a running gateway by tests/e2e/test_media_fuzz.py."""
 import asyncio
 import contextlib
 import socket
+from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -215,13 +216,9 @@ async def test_rtp_from_a_stranger_is_not_heard_once_latched() -> None:
 # --------------------------------------------------------------------------- WebRtcLeg
 
 
-async def test_webrtc_leg_survives_malformed_datagrams() -> None:
-    """Mid-call, every malformed datagram goes into the answering leg's UDP receive path
-    (its ICE socket's protocol, as the event loop hands it datagrams). Nothing raises,
-    the DTLS transport stays up, and each leg hears the other's tone afterwards. An empty
-    datagram or a 65000-byte SRTCP-looking one used to end aiortc's DTLS transport task
-    (and the call's media); STUN with an attribute of the wrong size raised struct.error
-    out of aioice's parser."""
+@contextlib.asynccontextmanager
+async def talking() -> AsyncIterator[tuple[WebRtcLeg, WebRtcLeg]]:
+    """Two connected WebRTC legs, each sending a tone (1000 Hz from a, 600 Hz from b)."""
     a, b = WebRtcLeg(), WebRtcLeg()
     writers: asyncio.Future[Any] | None = None
     try:
@@ -231,6 +228,33 @@ async def test_webrtc_leg_survives_malformed_datagrams() -> None:
             write_paced(b, SineSource(600, 48000, 0.3), 10),
         )
         await asyncio.sleep(0.3)
+        yield a, b
+    finally:
+        if writers is not None:
+            await stop(writers)
+        await a.close()
+        await b.close()
+
+
+async def hear_each_other(a: WebRtcLeg, b: WebRtcLeg) -> None:
+    """Both legs connected, each hearing the other's tone in the last 0.4 s of 0.9."""
+    assert a.connection_state == b.connection_state == "connected"
+    from_a, from_b = await asyncio.gather(read_for(b, 0.9), read_for(a, 0.9))
+    for received, freq in ((from_a, 1000), (from_b, 600)):
+        tail = received[-19200:]
+        assert len(tail) == 19200, f"{len(received)} samples"
+        assert dominant_frequency(tail, 48000) == pytest.approx(freq, abs=10)
+        assert np.abs(tail).max() > 3000
+
+
+async def test_webrtc_leg_survives_malformed_datagrams() -> None:
+    """Mid-call, every malformed datagram goes into the answering leg's UDP receive path
+    (its ICE socket's protocol, as the event loop hands it datagrams). Nothing raises,
+    the DTLS transport stays up, and each leg hears the other's tone afterwards. An empty
+    datagram or a 65000-byte SRTCP-looking one used to end aiortc's DTLS transport task
+    (and the call's media); STUN with an attribute of the wrong size raised struct.error
+    out of aioice's parser."""
+    async with talking() as (a, b):
         assert b._hooked is not None and b._transceiver is not None
         protocols = b._hooked[0]._protocols  # type: ignore[attr-defined]
         opus = next(c for c in b._transceiver._codecs if c.mimeType.lower() == "audio/opus")
@@ -250,18 +274,7 @@ async def test_webrtc_leg_survives_malformed_datagrams() -> None:
         # the forgeries did not authenticate, so none of them counted as audio
         assert b.direct_received == received_before
         await asyncio.sleep(0.2)
-        assert a.connection_state == b.connection_state == "connected"
-        from_a, from_b = await asyncio.gather(read_for(b, 0.9), read_for(a, 0.9))
-        for received, freq in ((from_a, 1000), (from_b, 600)):
-            tail = received[-19200:]  # the last 0.4 s
-            assert len(tail) == 19200, f"{len(received)} samples"
-            assert dominant_frequency(tail, 48000) == pytest.approx(freq, abs=10)
-            assert np.abs(tail).max() > 3000
-    finally:
-        if writers is not None:
-            await stop(writers)
-        await a.close()
-        await b.close()
+        await hear_each_other(a, b)
 
 
 async def test_webrtc_leg_survives_malformed_media_its_peer_authenticates(
@@ -278,42 +291,27 @@ async def test_webrtc_leg_survives_malformed_media_its_peer_authenticates(
     loop = asyncio.get_running_loop()
     errors: list[dict[str, Any]] = []
     loop.set_exception_handler(lambda _, context: errors.append(context))
-    a, b = WebRtcLeg(), WebRtcLeg()
-    writers: asyncio.Future[Any] | None = None
     try:
-        await connect(a, b)
-        writers = asyncio.gather(
-            write_paced(a, SineSource(1000, 48000, 0.3), 10),
-            write_paced(b, SineSource(600, 48000, 0.3), 10),
-        )
-        await asyncio.sleep(0.3)
-        assert a._hooked is not None and b._hooked is not None and b._transceiver is not None
-        browser_srtp = a._hooked[1]._tx_srtp  # type: ignore[attr-defined]
-        pair = b._hooked[0]._nominated[1]  # type: ignore[attr-defined]
-        types = {c.mimeType.lower(): c.payloadType for c in b._transceiver._codecs}
-        opus, events = types["audio/opus"], types.get("audio/telephone-event")
-        assert opus is not None and events is not None
-        authenticated = 0
-        for data in corpus(opus, events, seed=SEED, random_count=500):
-            if 127 < (data[0] if data else 0) < 192:
-                with contextlib.suppress(ValueError, pylibsrtp.Error):
+        async with talking() as (a, b):
+            assert a._hooked is not None and b._hooked is not None
+            assert b._transceiver is not None
+            browser_srtp = a._hooked[1]._tx_srtp  # type: ignore[attr-defined]
+            pair = b._hooked[0]._nominated[1]  # type: ignore[attr-defined]
+            types = {c.mimeType.lower(): c.payloadType for c in b._transceiver._codecs}
+            opus, events = types["audio/opus"], types.get("audio/telephone-event")
+            assert opus is not None and events is not None
+            authenticated = 0
+            for data in corpus(opus, events, seed=SEED, random_count=500):
+                if 127 < (data[0] if data else 0) < 192:
                     rtcp = len(data) > 1 and 191 < data[1] < 224
-                    data = browser_srtp.protect_rtcp(data) if rtcp else browser_srtp.protect(data)
-                    authenticated += 1
-            pair.protocol.datagram_received(data, pair.remote_addr)
-        assert authenticated > 100
-        await asyncio.sleep(0.2)
-        assert a.connection_state == b.connection_state == "connected"
-        from_a, from_b = await asyncio.gather(read_for(b, 0.9), read_for(a, 0.9))
-        for received, freq in ((from_a, 1000), (from_b, 600)):
-            tail = received[-19200:]  # the last 0.4 s
-            assert len(tail) == 19200, f"{len(received)} samples"
-            assert dominant_frequency(tail, 48000) == pytest.approx(freq, abs=10)
-            assert np.abs(tail).max() > 3000
+                    protect = browser_srtp.protect_rtcp if rtcp else browser_srtp.protect
+                    with contextlib.suppress(ValueError, pylibsrtp.Error):
+                        data = protect(data)
+                        authenticated += 1
+                pair.protocol.datagram_received(data, pair.remote_addr)
+            assert authenticated > 100
+            await asyncio.sleep(0.2)
+            await hear_each_other(a, b)
         assert errors == [] and "Traceback" not in caplog.text, (errors, caplog.text)
     finally:
         loop.set_exception_handler(None)
-        if writers is not None:
-            await stop(writers)
-        await a.close()
-        await b.close()

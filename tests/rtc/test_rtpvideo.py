@@ -3,8 +3,10 @@ requests both ways and frames relayed to and from an aiortc browser, with a scri
 (a UDP socket pair speaking RTP/RTCP)."""
 
 import asyncio
+import contextlib
 import fractions
 import random
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import av
@@ -117,6 +119,52 @@ class _Sink(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self._on_data(data)
+
+
+class PhoneCamera:
+    """
+    A phone's camera: frames with a green bar (the phone's) moving across,
+    encoded by aiortc's encoder of ``codec``, sent as RTP (SSRC 0x4321) to
+    ``port`` 30 times a second, a keyframe every ``keyframe_every`` frames.
+    ``extra(seq, timestamp)`` gives datagrams to send before each packet.
+    """
+
+    def __init__(
+        self,
+        transport: asyncio.DatagramTransport,
+        port: int,
+        codec: str,
+        keyframe_every: int = 30,
+        extra: Callable[[int, int], list[bytes]] | None = None,
+    ) -> None:
+        self._transport = transport
+        self._to = ("127.0.0.1", port)
+        self._encoder = Vp8Encoder() if codec == "VP8" else H264Encoder()
+        self._pt = 100 if codec == "VP8" else 101
+        self._keyframe_every = keyframe_every
+        self._extra = extra
+        self.frames = 0
+
+    async def run(self) -> None:
+        seq, n = 100, 0
+        while True:
+            image = np.full((240, 320, 3), 60, dtype=np.uint8)
+            image[:, (n * 8) % 240 : (n * 8) % 240 + 80] = (20, 230, 20)
+            frame = VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = n * 3000
+            frame.time_base = fractions.Fraction(1, 90000)
+            keyframe = n % self._keyframe_every == 0
+            payloads, timestamp = self._encoder.encode(frame, force_keyframe=keyframe)
+            for i, payload in enumerate(payloads):
+                for data in self._extra(seq, timestamp) if self._extra is not None else ():
+                    self._transport.sendto(data, self._to)
+                last = i == len(payloads) - 1
+                packet = RtpPacket(self._pt, seq & 0xFFFF, timestamp, 0x4321, payload, last)
+                seq += 1
+                self._transport.sendto(bytes(packet), self._to)
+            n += 1
+            self.frames = n
+            await asyncio.sleep(1 / 30)
 
 
 def vp8_packets(payloads: list[bytes], seq: int, ts: int, ssrc: int = 0x1234) -> list[RtpPacket]:
@@ -580,10 +628,14 @@ async def test_keyframe_requests_from_the_phone_counted_once() -> None:
         await video.close()
 
 
-@pytest.mark.parametrize("codec", ["VP8", "H264"])
-async def test_browser_and_phone_video_relayed_both_ways(codec: str) -> None:
-    """aiortc browser <-> WebRtcLeg <-> VideoLink <-> RtpVideo <-> scripted phone, real codecs:
-    the browser's frames reach the phone as RTP, the phone's frames are decoded by the browser."""
+@contextlib.asynccontextmanager
+async def video_call(
+    codec: str,
+) -> AsyncIterator[tuple[Phone, RtpVideo, Browser, WebRtcLeg, VideoLink]]:
+    """
+    (phone, its RtpVideo at 300 kbit/s, browser, its WebRtcLeg, the link between
+    the two legs): a video call in ``codec``, connected and linked.
+    """
     phone = await Phone.open()
     video = await _negotiated_with(phone, (codec,), bitrate=300)
     browser = Browser(1000, (230, 20, 20), f"video/{codec}")
@@ -592,39 +644,32 @@ async def test_browser_and_phone_video_relayed_both_ways(codec: str) -> None:
     try:
         await browser.accept(await leg.accept_offer(await browser.offer()))
         await wait_for(lambda: leg.connection_state == "connected", 10)
-        assert leg.video_codec == video.video_codec == f"video/{codec}"
         link = VideoLink(leg, video)
+        yield phone, video, browser, leg, link
+    finally:
+        if link is not None:
+            link.close()
+        await leg.close()
+        await browser.close()
+        await video.close()
+        phone.close()
+
+
+@pytest.mark.parametrize("codec", ["VP8", "H264"])
+async def test_browser_and_phone_video_relayed_both_ways(codec: str) -> None:
+    """aiortc browser <-> WebRtcLeg <-> VideoLink <-> RtpVideo <-> scripted phone, real codecs:
+    the browser's frames reach the phone as RTP, the phone's frames are decoded by the browser."""
+    async with video_call(codec) as (phone, video, browser, leg, link):
+        assert leg.video_codec == video.video_codec == f"video/{codec}"
         assert link.forwarding
         # browser -> phone: RTP with our SSRC, markers closing frames
         await wait_for(lambda: sum(p.marker for p in phone.rtp) >= 20, 15)
         assert {p.payload_type for p in phone.rtp} == {100 if codec == "VP8" else 101}
         assert len({p.ssrc for p in phone.rtp}) == 1
         # phone -> browser: the phone packetizes its encoded frames with aiortc's packer
-        transport = phone.transport
-        assert transport is not None
-        encoder = Vp8Encoder() if codec == "VP8" else H264Encoder()
-        pt = 100 if codec == "VP8" else 101
-        seq, n = 100, 0
-
-        async def send_frames() -> None:
-            nonlocal seq, n
-            while True:
-                image = np.full((240, 320, 3), 60, dtype=np.uint8)
-                image[:, (n * 8) % 240 : (n * 8) % 240 + 80] = (20, 230, 20)
-                frame = VideoFrame.from_ndarray(image, format="rgb24")
-                frame.pts = n * 3000
-                frame.time_base = fractions.Fraction(1, 90000)
-                payloads, timestamp = encoder.encode(frame, force_keyframe=n % 30 == 0)
-                for i, payload in enumerate(payloads):
-                    packet = RtpPacket(
-                        pt, seq & 0xFFFF, timestamp, 0x4321, payload, i == len(payloads) - 1
-                    )
-                    seq += 1
-                    transport.sendto(bytes(packet), ("127.0.0.1", video.local_port))
-                n += 1
-                await asyncio.sleep(1 / 30)
-
-        sender = asyncio.ensure_future(send_frames())
+        assert phone.transport is not None
+        camera = PhoneCamera(phone.transport, video.local_port, codec)
+        sender = asyncio.ensure_future(camera.run())
         try:
             await wait_for(lambda: len(lit_frames(browser.frames)) >= 20, 20)
         finally:
@@ -690,13 +735,6 @@ async def test_browser_and_phone_video_relayed_both_ways(codec: str) -> None:
         assert browser_side.keyframe_requests_received >= 1
         assert browser_side.keyframe_requests_sent >= 1
         assert browser_side.packets_lost == 0 and browser_side.jitter_ms is not None
-    finally:
-        if link is not None:
-            link.close()
-        await leg.close()
-        await browser.close()
-        await video.close()
-        phone.close()
 
 
 class FrameTrack(MediaStreamTrack):
@@ -791,60 +829,40 @@ async def test_a_phone_sending_broken_video_leaves_the_call_whole(
     loop = asyncio.get_running_loop()
     errors: list[dict[str, Any]] = []
     loop.set_exception_handler(lambda _, context: errors.append(context))
-    phone = await Phone.open()
-    video = await _negotiated_with(phone, (codec,), bitrate=300)
-    browser = Browser(1000, (230, 20, 20), f"video/{codec}")
-    leg = WebRtcLeg()
-    link = None
     rng = random.Random(24)
     try:
-        await browser.accept(await leg.accept_offer(await browser.offer()))
-        await wait_for(lambda: leg.connection_state == "connected", 10)
-        link = VideoLink(leg, video)
-        transport = phone.transport
-        assert transport is not None
-        encoder = Vp8Encoder() if codec == "VP8" else H264Encoder()
-        pt = 100 if codec == "VP8" else 101
-        seq, n, broken = 100, 0, 0
-
-        async def send_frames() -> None:
-            nonlocal seq, n, broken
-            while True:
-                image = np.full((240, 320, 3), 60, dtype=np.uint8)
-                image[:, (n * 8) % 240 : (n * 8) % 240 + 80] = (20, 230, 20)
-                frame = VideoFrame.from_ndarray(image, format="rgb24")
-                frame.pts = n * 3000
-                frame.time_base = fractions.Fraction(1, 90000)
-                payloads, timestamp = encoder.encode(frame, force_keyframe=n % 15 == 0)
-                for i, payload in enumerate(payloads):
-                    if 10 <= n < 60 and broken < 200:
-                        for _ in range(rng.randrange(1, 5)):
-                            bad = broken_video(rng, codec, seq, timestamp, 0x4321)
-                            transport.sendto(bad, ("127.0.0.1", video.local_port))
-                            broken += 1
-                    packet = RtpPacket(
-                        pt, seq & 0xFFFF, timestamp, 0x4321, payload, i == len(payloads) - 1
-                    )
-                    seq += 1
-                    transport.sendto(bytes(packet), ("127.0.0.1", video.local_port))
-                n += 1
-                await asyncio.sleep(1 / 30)
-
-        sender = asyncio.ensure_future(send_frames())
-        try:
-            await wait_for(lambda: n >= 60, 20)
-            assert broken >= 100
-            lit = len(lit_frames(browser.frames))
-            await wait_for(lambda: len(lit_frames(browser.frames)) >= lit + 15, 20)
-        finally:
-            sender.cancel()
-        assert dominant_channel(lit_frames(browser.frames)[-1]) == 1  # the phone's green bar
+        async with video_call(codec) as (phone, video, browser, _, _):
+            await broken_among_frames(rng, codec, phone, video, browser)
         assert errors == [] and "Traceback" not in caplog.text, (errors, caplog.text)
     finally:
         loop.set_exception_handler(None)
-        if link is not None:
-            link.close()
-        await leg.close()
-        await browser.close()
-        await video.close()
-        phone.close()
+
+
+async def broken_among_frames(
+    rng: random.Random, codec: str, phone: Phone, video: RtpVideo, browser: Browser
+) -> None:
+    """The phone's frames with 200 broken packets among them; the browser's frames after."""
+    broken = 0
+
+    def extra(seq: int, timestamp: int) -> list[bytes]:
+        nonlocal broken
+        if not 10 <= camera.frames < 60 or broken >= 200:
+            return []
+        datagrams = [
+            broken_video(rng, codec, seq, timestamp, 0x4321)
+            for _ in range(rng.randrange(1, 5))
+        ]
+        broken += len(datagrams)
+        return datagrams
+
+    assert phone.transport is not None
+    camera = PhoneCamera(phone.transport, video.local_port, codec, 15, extra)
+    sender = asyncio.ensure_future(camera.run())
+    try:
+        await wait_for(lambda: camera.frames >= 60, 20)
+        assert broken >= 100
+        lit = len(lit_frames(browser.frames))
+        await wait_for(lambda: len(lit_frames(browser.frames)) >= lit + 15, 20)
+    finally:
+        sender.cancel()
+    assert dominant_channel(lit_frames(browser.frames)[-1]) == 1  # the phone's green bar

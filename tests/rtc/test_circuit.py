@@ -961,8 +961,6 @@ def test_the_c_step_does_what_the_python_step_does(implementation: type) -> None
     """
     if implementation is not getattr(rtc.circuit, "NativeCircuit", None):
         pytest.skip("compares both steps, once: with rtc._relay built")
-    browser = browser_srtp
-    peer = PEER
 
     def stream(srtp_in: bool, frame: int) -> list[tuple[bytes, Any]]:
         payload = b"\xff" * 160 if frame else bytes((0x08,)) + bytes(40)
@@ -970,8 +968,8 @@ def test_the_c_step_does_what_the_python_step_does(implementation: type) -> None
         step = 160 if frame else 960
         out: list[tuple[bytes, Any]] = []
 
-        def add(data: bytes, addr: Any = peer, protect: bool = True) -> None:
-            out.append((browser(data) if srtp_in and protect else data, addr))
+        def add(data: bytes, addr: Any = PEER, protect: bool = True) -> None:
+            out.append((browser_srtp(data) if srtp_in and protect else data, addr))
 
         seq, ts = 100, 8000
         for i in range(30):
@@ -992,10 +990,10 @@ def test_the_c_step_does_what_the_python_step_does(implementation: type) -> None
                 header[0] |= 0x10  # an extension bit and no extension: no payload
                 add(bytes(header) + b"\x00", protect=False)
             if i == 9:
-                forged = bytearray(browser(rtp(seq, ts, payload, pt=pt)) if srtp_in else b"")
+                forged = bytearray(browser_srtp(rtp(seq, ts, payload, pt=pt)) if srtp_in else b"")
                 if forged:
                     forged[-1] ^= 1  # a wrong tag: dropped, taken as done
-                    out.append((bytes(forged), peer))
+                    out.append((bytes(forged), PEER))
             if i == 10:
                 extended = bytearray(rtp(seq, ts, b"", pt=pt))
                 extended[0] |= 0x10

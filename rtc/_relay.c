@@ -1286,6 +1286,148 @@ drain(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+/*
+ * Reading a media socket (rtc.udp.SocketTransport, the event loop's reader).
+ * The loops' own datagram transports read until the socket is empty, one
+ * system call more for each readiness, and make a bytes object, an address
+ * tuple with the host as a string, and a method lookup for each datagram
+ * (bench/README.md, round 14). Here one recvmmsg takes what the socket
+ * holds, and a datagram that the socket's Tap's engaged circuit relays goes
+ * through it natively, without ever becoming a Python object; the rest goes
+ * to the protocol's datagram_received as the loop's transports give it.
+ */
+#define RECEIVE_BATCH 8
+
+static PyObject *str_datagram_received = NULL;
+static PyObject *str_error_received = NULL;
+/* the loop's thread only (the collector-pass thread has its own) */
+static unsigned char receive_buffers[RECEIVE_BATCH][RECEIVE_SIZE];
+
+/* 1: relayed natively (or dropped as the leg would); 0: for the Tap's Python
+ * call (its circuit declines it there, or takes it the Python way); -1: error */
+static int
+tap_take_native(Tap *self, const unsigned char *in, Py_ssize_t size,
+                const struct sockaddr_storage *from)
+{
+    if (self->head != NULL && tap_drain(self) < 0)
+        return -1;
+    PyObject *circuit = PyObject_GetAttr(self->leg, str_circuit_in);
+    if (circuit == NULL)
+        return -1;
+    int result = 0;
+    if (PyObject_TypeCheck(circuit, &RelayType)) {
+        Relay *relay = (Relay *)circuit;
+        unsigned char clear[BUFFER_SIZE];
+        unsigned char out[BUFFER_SIZE];
+        Py_ssize_t out_size;
+        /* the peer as a sockaddr is known once the receiving socket is bound */
+        int peer_known = relay->peer == Py_None || relay->peer_address_length > 0;
+        if (peer_known && relay_continues(relay, in, size) && same_peer(relay, from)) {
+            if (relay->unprotect_call != NULL) {
+                int n = relay_unprotect(relay, in, size, clear);
+                result = n < 0 ? 1 : relay_forward(relay, clear, n, size, 1, out, &out_size);
+            }
+            else if (relay->unprotect == Py_None)
+                result = relay_forward(relay, in, size, size, 1, out, &out_size);
+        }
+    }
+    Py_DECREF(circuit);
+    return result;
+}
+
+/* a datagram for Python: callback(data, addr) */
+static int
+receive_call(PyObject *callback, const unsigned char *in, Py_ssize_t size,
+             const struct sockaddr_storage *from, socklen_t from_length)
+{
+    PyObject *data = PyBytes_FromStringAndSize((const char *)in, size);
+    if (data == NULL)
+        return -1;
+    PyObject *addr = address_object(from, from_length);
+    if (addr == NULL) {
+        Py_DECREF(data);
+        return -1;
+    }
+    PyObject *args[2] = {data, addr};
+    PyObject *result = PyObject_Vectorcall(callback, args, 2, NULL);
+    Py_DECREF(data);
+    Py_DECREF(addr);
+    if (result == NULL)
+        return -1;
+    Py_DECREF(result);
+    return 0;
+}
+
+/* receive(fd, protocol): what the socket holds, to the protocol */
+static PyObject *
+receive(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "receive(fd, protocol)");
+        return NULL;
+    }
+    int fd = PyObject_AsFileDescriptor(args[0]);
+    if (fd < 0)
+        return NULL;
+    PyObject *protocol = args[1];
+    struct mmsghdr messages[RECEIVE_BATCH];
+    struct iovec vectors[RECEIVE_BATCH];
+    struct sockaddr_storage from[RECEIVE_BATCH];
+    for (int i = 0; i < RECEIVE_BATCH; i++) {
+        vectors[i].iov_base = receive_buffers[i];
+        vectors[i].iov_len = RECEIVE_SIZE;
+        memset(&messages[i].msg_hdr, 0, sizeof(messages[i].msg_hdr));
+        messages[i].msg_hdr.msg_name = &from[i];
+        messages[i].msg_hdr.msg_namelen = sizeof(from[i]);
+        messages[i].msg_hdr.msg_iov = &vectors[i];
+        messages[i].msg_hdr.msg_iovlen = 1;
+    }
+    int got = recvmmsg(fd, messages, RECEIVE_BATCH, MSG_DONTWAIT, NULL);
+    if (got < 0) {
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            Py_RETURN_NONE;
+        /* an ICMP report, as the loop's transports hand it on */
+        PyErr_SetFromErrno(PyExc_OSError);
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        PyErr_NormalizeException(&type, &value, &traceback);
+        PyObject *result = PyObject_CallMethodOneArg(protocol, str_error_received, value);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(traceback);
+        if (result == NULL)
+            return NULL;
+        Py_DECREF(result);
+        Py_RETURN_NONE;
+    }
+    PyObject *callback = PyObject_GetAttr(protocol, str_datagram_received);
+    if (callback == NULL)
+        return NULL;
+    /* every datagram is handed on; the first error is raised after */
+    PyObject *type = NULL, *value = NULL, *traceback = NULL;
+    for (int i = 0; i < got; i++) {
+        const unsigned char *in = receive_buffers[i];
+        Py_ssize_t size = messages[i].msg_len;
+        int result = 0;
+        if (Py_IS_TYPE(callback, &TapType))
+            result = tap_take_native((Tap *)callback, in, size, &from[i]);
+        if (result == 0)
+            result = receive_call(callback, in, size, &from[i], messages[i].msg_hdr.msg_namelen);
+        if (result < 0) {
+            if (type == NULL)
+                PyErr_Fetch(&type, &value, &traceback);
+            else
+                PyErr_Clear();
+        }
+    }
+    Py_DECREF(callback);
+    if (type != NULL) {
+        PyErr_Restore(type, value, traceback);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static int
 Tap_init(Tap *self, PyObject *args, PyObject *kwargs)
 {
@@ -1377,6 +1519,9 @@ static PyMethodDef module_methods[] = {
     {"pause_stop", pause_stop, METH_NOARGS,
      "the pass is over: the thread stops; True when datagrams wait for drain()"},
     {"drain", drain, METH_NOARGS, "hand what the last pauses left to Python"},
+    {"receive", (PyCFunction)(void (*)(void))receive, METH_FASTCALL,
+     "receive(fd, protocol): what the socket holds, to protocol.datagram_received (a Tap's "
+     "circuit first, natively)"},
     {"pause_figures", pause_figures, METH_NOARGS,
      "(passes served, packets relayed in them, datagrams left for Python, relays registered)"},
     {NULL},
@@ -1395,7 +1540,10 @@ PyInit__relay(void)
 {
     str_circuit_in = PyUnicode_InternFromString("_circuit_in");
     str_release = PyUnicode_InternFromString("release");
-    if (str_circuit_in == NULL || str_release == NULL)
+    str_datagram_received = PyUnicode_InternFromString("datagram_received");
+    str_error_received = PyUnicode_InternFromString("error_received");
+    if (str_circuit_in == NULL || str_release == NULL || str_datagram_received == NULL ||
+        str_error_received == NULL)
         return NULL;
     if (waiting == NULL && (waiting = PyList_New(0)) == NULL)
         return NULL;

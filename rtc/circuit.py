@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .opus import packet_samples
 from .srtp import native
+from .udp import LOOP_UDP
 
 __all__ = [
     "ENGAGE_AFTER",
@@ -486,8 +487,8 @@ def _descriptor(transport: Any) -> tuple[int, int]:
     return sock.fileno(), int(sock.family)
 
 
-# uvloop's and asyncio's own datagram transports
-_PLAIN_UDP = frozenset(("UDPTransport", "_SelectorDatagramTransport"))
+# rtc.udp's, uvloop's and asyncio's own datagram transports
+_PLAIN_UDP = LOOP_UDP | {"SocketTransport"}
 
 try:
     from . import _relay

@@ -178,6 +178,7 @@ from .sendclock import SendClock
 from .stats import LegStats
 from .timers import DeadlineTimer
 from .tones import dtmf_tone
+from .udp import open_endpoint
 
 __all__ = ["RtpLeg", "attach_rtp_pair", "bind_rtp_pair"]
 
@@ -340,17 +341,16 @@ async def attach_rtp_pair(
     rtp: asyncio.DatagramProtocol,
     rtcp: asyncio.DatagramProtocol,
 ) -> tuple[asyncio.DatagramTransport, asyncio.DatagramTransport]:
-    """The event loop's transports for bind_rtp_pair's sockets (closed on failure)."""
-    loop = asyncio.get_running_loop()
+    """The transports (rtc.udp) for bind_rtp_pair's sockets (closed on failure)."""
     rtp_socket, rtcp_socket = sockets
     try:
-        transport, _ = await loop.create_datagram_endpoint(lambda: rtp, sock=rtp_socket)
+        transport = await open_endpoint(rtp_socket, rtp)
     except BaseException:
         rtp_socket.close()
         rtcp_socket.close()
         raise
     try:
-        rtcp_transport, _ = await loop.create_datagram_endpoint(lambda: rtcp, sock=rtcp_socket)
+        rtcp_transport = await open_endpoint(rtcp_socket, rtcp)
     except BaseException:
         transport.close()
         rtcp_socket.close()

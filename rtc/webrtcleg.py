@@ -107,6 +107,7 @@ from .sendclock import SendClock
 from .srtp import protector, unprotector
 from .stats import LegStats, estimate_mos
 from .timers import DeadlineTimer
+from .udp import adopt
 from .webrtcdtmf import TELEPHONE_EVENT, TransceiverDtmf, register_telephone_event
 from .webrtcrtcp import pace_reports
 from .webrtcvideo import WebRtcVideo, offer_has_video
@@ -1294,6 +1295,8 @@ class WebRtcLeg(ReceivingPort):
         # our audio skips that parse. Anything else goes the usual way.
         for protocol in connection._protocols:
             if isinstance(protocol, StunProtocol) and "datagram_received" not in vars(protocol):
+                if adopt(protocol):
+                    self._route = None  # it held the loop's transport's sendto
                 protocol.datagram_received = tap(  # type: ignore[method-assign,assignment]
                     self, _shortcut(protocol.datagram_received, direct)
                 )

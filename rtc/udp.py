@@ -1,0 +1,151 @@
+"""
+The media sockets' datagram transport.
+
+The event loop's own UDP transports read a socket until it is empty (one
+system call more than there are datagrams, at one datagram per call per 20 ms
+nearly one per datagram) and make a bytes object and an address tuple for
+each datagram before the protocol's callback sees it. For a pass-through
+call relayed by a circuit that is most of what is left above the kernel and
+libsrtp (bench/README.md, round 14). ``SocketTransport`` reads with
+rtc._relay.receive on the loop's reader: one ``recvmmsg`` for what the socket
+holds, and a datagram that the socket's Tap's engaged circuit relays
+(rtc.circuit.tap) is relayed natively, never a Python object. Everything else
+reaches the protocol's ``datagram_received`` as the loop's transports give it.
+
+RtpLeg's sockets are opened on it (``open_endpoint``), and a WebRTC leg moves
+its ICE connection's UDP sockets onto it (``adopt``) once gathered. Without
+rtc._relay (not built) the loop's own transports stay.
+"""
+
+import asyncio
+import logging
+import os
+import socket
+from typing import Any
+
+try:
+    from ._relay import receive
+except ImportError:  # not built: the loop's own transports
+    receive = None  # type: ignore[assignment]
+
+__all__ = ["SocketTransport", "adopt", "open_endpoint"]
+
+logger = logging.getLogger(__name__)
+
+# Linux's, which the socket module does not name
+IP_RECVERR = 11
+IPV6_RECVERR = 25
+# the loop's own datagram transports, which ``adopt`` takes a socket from
+LOOP_UDP = frozenset(("UDPTransport", "_SelectorDatagramTransport"))
+
+
+class SocketTransport(asyncio.DatagramTransport):
+    """A non-blocking UDP socket on the loop's reader (see the module docstring)."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: Any
+    ) -> None:
+        super().__init__({"socket": sock, "sockname": sock.getsockname(), "peername": None})
+        sock.setblocking(False)
+        # an ICMP error reported on the socket (IP_RECVERR) raises EPOLLERR,
+        # on which libuv's poll (uvloop's add_reader) stops for good: without
+        # it an unconnected socket never has one, as the loops' transports
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 0)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 0)
+        self._loop = loop
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._protocol = protocol
+        self._closing = False
+        # datagrams a full send buffer refused: lost, as on a congested link
+        self.refused = 0
+        loop.add_reader(self._fd, receive, self._fd, protocol)
+
+    def get_protocol(self) -> Any:
+        return self._protocol
+
+    def set_protocol(self, protocol: Any) -> None:
+        self._protocol = protocol
+        if not self._closing:
+            self._loop.add_reader(self._fd, receive, self._fd, protocol)
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def get_write_buffer_size(self) -> int:
+        return 0  # nothing is queued: what the socket refuses is lost
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        if self._closing:
+            return
+        try:
+            if addr is None:
+                self._sock.send(data)
+            else:
+                self._sock.sendto(data, addr)
+        except (BlockingIOError, InterruptedError):
+            self.refused += 1
+        except OSError as exc:
+            self._protocol.error_received(exc)
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._loop.remove_reader(self._fd)
+        self._loop.call_soon(self._lost)
+
+    def abort(self) -> None:
+        self.close()
+
+    def _lost(self) -> None:
+        try:
+            self._protocol.connection_lost(None)
+        finally:
+            self._sock.close()
+
+    def __repr__(self) -> str:
+        state = "closing" if self._closing else "open"
+        return f"<SocketTransport fd={self._fd} {state}>"
+
+
+async def open_endpoint(sock: socket.socket, protocol: Any) -> asyncio.DatagramTransport:
+    """The transport for a bound UDP socket, with ``protocol`` connected to it."""
+    loop = asyncio.get_running_loop()
+    if receive is None:
+        transport, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
+        return transport
+    transport = SocketTransport(loop, sock, protocol)
+    protocol.connection_made(transport)
+    return transport
+
+
+class _Closed(asyncio.DatagramProtocol):
+    """What the transport a socket was taken from reports to: nothing to do."""
+
+
+def adopt(protocol: Any) -> bool:
+    """
+    Move ``protocol``'s socket (aioice's ``protocol.transport``, one of the
+    loop's own) onto a SocketTransport: True when it was moved. The socket
+    stays the same (a duplicate descriptor, so that closing the loop's
+    transport leaves it open); no datagram is read between the two.
+    """
+    old: Any = getattr(protocol, "transport", None)
+    if receive is None or type(old).__name__ not in LOOP_UDP or old.is_closing():
+        return False
+    sock = old.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        copy = socket.socket(fileno=os.dup(sock.fileno()))
+    except OSError as exc:
+        logger.debug("keeping the loop's transport for %r: %s", old, exc)
+        return False
+    loop = asyncio.get_running_loop()
+    protocol.transport = SocketTransport(loop, copy, protocol)
+    old.set_protocol(_Closed())
+    old.close()
+    return True

@@ -1358,12 +1358,12 @@ receive_call(PyObject *callback, const unsigned char *in, Py_ssize_t size,
     return 0;
 }
 
-/* receive(fd, protocol): what the socket holds, to the protocol */
+/* receive(sock, protocol): what the socket (or descriptor) holds, to the protocol */
 static PyObject *
 receive(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "receive(fd, protocol)");
+        PyErr_SetString(PyExc_TypeError, "receive(sock, protocol)");
         return NULL;
     }
     int fd = PyObject_AsFileDescriptor(args[0]);
@@ -1520,7 +1520,7 @@ static PyMethodDef module_methods[] = {
      "the pass is over: the thread stops; True when datagrams wait for drain()"},
     {"drain", drain, METH_NOARGS, "hand what the last pauses left to Python"},
     {"receive", (PyCFunction)(void (*)(void))receive, METH_FASTCALL,
-     "receive(fd, protocol): what the socket holds, to protocol.datagram_received (a Tap's "
+     "receive(sock, protocol): what the socket holds, to protocol.datagram_received (a Tap's "
      "circuit first, natively)"},
     {"pause_figures", pause_figures, METH_NOARGS,
      "(passes served, packets relayed in them, datagrams left for Python, relays registered)"},

@@ -61,7 +61,9 @@ class SocketTransport(asyncio.DatagramTransport):
         self._closing = False
         # datagrams a full send buffer refused: lost, as on a congested link
         self.refused = 0
-        loop.add_reader(self._fd, receive, self._fd, protocol)
+        # the reader holds the socket (not only its number): while registered
+        # it cannot be closed by the collector and its number reused
+        loop.add_reader(self._fd, receive, sock, protocol)
 
     def get_protocol(self) -> Any:
         return self._protocol
@@ -69,7 +71,7 @@ class SocketTransport(asyncio.DatagramTransport):
     def set_protocol(self, protocol: Any) -> None:
         self._protocol = protocol
         if not self._closing:
-            self._loop.add_reader(self._fd, receive, self._fd, protocol)
+            self._loop.add_reader(self._fd, receive, self._sock, protocol)
 
     def is_closing(self) -> bool:
         return self._closing

@@ -4,6 +4,7 @@ loops the gateway may run on (asyncio's and uvloop, which gateway/cli.py uses).
 """
 
 import asyncio
+import gc
 import logging
 import select
 import socket
@@ -121,6 +122,31 @@ async def uvloop_or_asyncio_address(host: str, peer: socket.socket) -> Any:
         return protocol.got[0][1]
     finally:
         transport.close()
+
+
+def test_a_transport_nobody_holds_reads_on(run: Callable[[Awaitable[Any]], Any]) -> None:
+    """The loop's reader holds the socket, so the collector never closes it under
+    the reader (and a new socket never gets its number and this protocol)."""
+
+    async def main() -> None:
+        protocol = Recorder()
+        sock = bound()
+        where = sock.getsockname()
+        await open_endpoint(sock, protocol)
+        fd = sock.fileno()
+        del sock
+        protocol.made.clear()
+        gc.collect()
+        with bound() as other, bound() as peer:  # would take the number of a closed one
+            peer.sendto(b"still", where)
+            await protocol.wait(1)
+            assert protocol.got[0][0] == b"still"
+            other.sendto(b"x", other.getsockname())
+            await asyncio.sleep(0.01)
+            assert len(protocol.got) == 1
+        asyncio.get_running_loop().remove_reader(fd)  # and the socket goes
+
+    run(main())
 
 
 def test_an_error_in_the_callback_loses_no_other_datagram(

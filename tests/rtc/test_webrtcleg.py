@@ -127,8 +127,12 @@ async def test_on_failed_not_called_on_own_close() -> None:
     b = WebRtcLeg(on_failed=lambda: failed.append("b"))
     await connect(a, b)
     await a.close()
+    assert "a" not in failed
+    # b may have had a's DTLS close_notify by now (on uvloop it has): its peer
+    # gone underneath, which is b's failure; its own close adds nothing
+    seen = list(failed)
     await b.close()
-    assert failed == []
+    assert failed == seen and set(seen) <= {"b"}
 
 
 async def test_on_failed_when_connection_closes_underneath() -> None:

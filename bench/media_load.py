@@ -330,6 +330,7 @@ async def gateway_main() -> None:
                     timed += [(p, p.transport) for p in web._hooked[0]._protocols if p.transport]
                 for protocol, transport in timed:
                     protocol.datagram_received = waited(protocol, transport)
+                    transport.set_protocol(protocol)  # rtc.udp: the callback as it is now
             if sampler is not None:
                 sampler.start()
             reply({})

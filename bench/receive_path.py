@@ -2,7 +2,7 @@
 The event loop's receive path for relayed packets, in isolation: how much CPU
 a datagram that an engaged circuit relays costs from the socket's readiness
 to the relayed packet's sendto, with the loop's own UDP transport (uvloop's,
-as before rtc.udp) and with rtc.udp.SocketTransport (rtc._relay.receive).
+as before rtc.udp) and with rtc.udp.SocketTransport (rtc._relay.Reader).
 
 A receiver process pinned to core 0 opens ``--sockets`` UDP sockets, each
 with an engaged circuit (rtc.circuit, the C step; plain PCMU in and out, as

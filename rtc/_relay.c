@@ -124,6 +124,9 @@ typedef struct {
     PyObject_HEAD
     PyObject *leg;
     PyObject *fallback;
+    /* the leg's engaged circuit while it is bound to this socket (borrowed:
+     * its unbinding clears it), so that a datagram needs no attribute lookup */
+    void *engaged;
     /* what a pause left for Python, in the order it came */
     Entry *head;
     Entry *tail;
@@ -786,6 +789,8 @@ Relay_take(Relay *self, PyObject *const *args, Py_ssize_t nargs)
 static void
 relay_unbind(Relay *self)
 {
+    if (self->tap != NULL && ((Tap *)self->tap)->engaged == self)
+        ((Tap *)self->tap)->engaged = NULL;
     pthread_mutex_lock(&lock);
     registry_remove(self);
     if (self->in_fd >= 0) {
@@ -870,6 +875,7 @@ relay_bind_receiving(Relay *self, int in_fd, int in_family, PyObject *tap)
         PyErr_NoMemory();
         return -1;
     }
+    ((Tap *)tap)->engaged = self;
     return 1;
 }
 
@@ -1287,7 +1293,7 @@ drain(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 }
 
 /*
- * Reading a media socket (rtc.udp.SocketTransport, the event loop's reader).
+ * Reading a media socket (rtc.udp.SocketTransport: a Reader is the event loop's reader).
  * The loops' own datagram transports read until the socket is empty, one
  * system call more for each readiness, and make a bytes object, an address
  * tuple with the host as a string, and a method lookup for each datagram
@@ -1311,8 +1317,10 @@ tap_take_native(Tap *self, const unsigned char *in, Py_ssize_t size,
 {
     if (self->head != NULL && tap_drain(self) < 0)
         return -1;
-    PyObject *circuit = PyObject_GetAttr(self->leg, str_circuit_in);
-    if (circuit == NULL)
+    PyObject *circuit = self->engaged;
+    if (circuit != NULL)
+        Py_INCREF(circuit); /* the leg's _circuit_in, bound to this socket */
+    else if ((circuit = PyObject_GetAttr(self->leg, str_circuit_in)) == NULL)
         return -1;
     int result = 0;
     if (PyObject_TypeCheck(circuit, &RelayType)) {
@@ -1358,18 +1366,34 @@ receive_call(PyObject *callback, const unsigned char *in, Py_ssize_t size,
     return 0;
 }
 
-/* receive(sock, protocol): what the socket (or descriptor) holds, to the protocol */
-static PyObject *
-receive(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+/* Reader(sock, protocol): the loop's reader of a socket (rtc.udp.SocketTransport) */
+typedef struct {
+    PyObject_HEAD
+    int fd;
+    PyObject *sock; /* held: while the loop reads it, it is not closed under it */
+    PyObject *protocol;
+    PyObject *callback; /* protocol.datagram_received when it was connected */
+} Reader;
+
+static int
+reader_connect(Reader *self, PyObject *protocol)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "receive(sock, protocol)");
+    PyObject *callback = PyObject_GetAttr(protocol, str_datagram_received);
+    if (callback == NULL)
+        return -1;
+    Py_XSETREF(self->protocol, Py_NewRef(protocol));
+    Py_XSETREF(self->callback, callback);
+    return 0;
+}
+
+/* what the socket holds, to the protocol */
+static PyObject *
+Reader_call(Reader *self, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwargs))
+{
+    if (self->callback == NULL) {
+        PyErr_SetString(PyExc_ValueError, "a reader with no protocol");
         return NULL;
     }
-    int fd = PyObject_AsFileDescriptor(args[0]);
-    if (fd < 0)
-        return NULL;
-    PyObject *protocol = args[1];
     struct mmsghdr messages[RECEIVE_BATCH];
     struct iovec vectors[RECEIVE_BATCH];
     struct sockaddr_storage from[RECEIVE_BATCH];
@@ -1382,7 +1406,7 @@ receive(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         messages[i].msg_hdr.msg_iov = &vectors[i];
         messages[i].msg_hdr.msg_iovlen = 1;
     }
-    int got = recvmmsg(fd, messages, RECEIVE_BATCH, MSG_DONTWAIT, NULL);
+    int got = recvmmsg(self->fd, messages, RECEIVE_BATCH, MSG_DONTWAIT, NULL);
     if (got < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
             Py_RETURN_NONE;
@@ -1391,7 +1415,7 @@ receive(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         PyObject *type, *value, *traceback;
         PyErr_Fetch(&type, &value, &traceback);
         PyErr_NormalizeException(&type, &value, &traceback);
-        PyObject *result = PyObject_CallMethodOneArg(protocol, str_error_received, value);
+        PyObject *result = PyObject_CallMethodOneArg(self->protocol, str_error_received, value);
         Py_XDECREF(type);
         Py_XDECREF(value);
         Py_XDECREF(traceback);
@@ -1400,9 +1424,9 @@ receive(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
         Py_DECREF(result);
         Py_RETURN_NONE;
     }
-    PyObject *callback = PyObject_GetAttr(protocol, str_datagram_received);
-    if (callback == NULL)
-        return NULL;
+    /* a callback may close the transport and connect another protocol: this
+     * batch goes on to the one it was read for */
+    PyObject *callback = Py_NewRef(self->callback);
     /* every datagram is handed on; the first error is raised after */
     PyObject *type = NULL, *value = NULL, *traceback = NULL;
     for (int i = 0; i < got; i++) {
@@ -1427,6 +1451,92 @@ receive(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
     }
     Py_RETURN_NONE;
 }
+
+static int
+Reader_init(Reader *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"sock", "protocol", NULL};
+    PyObject *sock, *protocol;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO", keywords, &sock, &protocol))
+        return -1;
+    int fd = PyObject_AsFileDescriptor(sock);
+    if (fd < 0)
+        return -1;
+    if (reader_connect(self, protocol) < 0)
+        return -1;
+    self->fd = fd;
+    Py_XSETREF(self->sock, Py_NewRef(sock));
+    return 0;
+}
+
+static PyObject *
+Reader_get_protocol(Reader *self, void *Py_UNUSED(closure))
+{
+    return Py_NewRef(self->protocol ? self->protocol : Py_None);
+}
+
+static int
+Reader_set_protocol(Reader *self, PyObject *value, void *Py_UNUSED(closure))
+{
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "a reader's protocol cannot be deleted");
+        return -1;
+    }
+    return reader_connect(self, value);
+}
+
+static int
+Reader_traverse(Reader *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->sock);
+    Py_VISIT(self->protocol);
+    Py_VISIT(self->callback);
+    return 0;
+}
+
+static int
+Reader_clear(Reader *self)
+{
+    Py_CLEAR(self->sock);
+    Py_CLEAR(self->protocol);
+    Py_CLEAR(self->callback);
+    return 0;
+}
+
+static void
+Reader_dealloc(Reader *self)
+{
+    PyObject_GC_UnTrack(self);
+    Reader_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyGetSetDef Reader_getset[] = {
+    {"protocol", (getter)Reader_get_protocol, (setter)Reader_set_protocol,
+     "the protocol; setting it takes its datagram_received as it is then", NULL},
+    {NULL},
+};
+
+static PyMemberDef Reader_members[] = {
+    {"sock", T_OBJECT, offsetof(Reader, sock), READONLY, NULL},
+    {NULL},
+};
+
+static PyTypeObject ReaderType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "rtc._relay.Reader",
+    .tp_basicsize = sizeof(Reader),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Reader(sock, protocol)(): what the socket holds, to the protocol's "
+              "datagram_received as it was when connected (a Tap's circuit first, natively).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Reader_init,
+    .tp_call = (ternaryfunc)Reader_call,
+    .tp_dealloc = (destructor)Reader_dealloc,
+    .tp_traverse = (traverseproc)Reader_traverse,
+    .tp_clear = (inquiry)Reader_clear,
+    .tp_getset = Reader_getset,
+    .tp_members = Reader_members,
+};
 
 static int
 Tap_init(Tap *self, PyObject *args, PyObject *kwargs)
@@ -1519,9 +1629,6 @@ static PyMethodDef module_methods[] = {
     {"pause_stop", pause_stop, METH_NOARGS,
      "the pass is over: the thread stops; True when datagrams wait for drain()"},
     {"drain", drain, METH_NOARGS, "hand what the last pauses left to Python"},
-    {"receive", (PyCFunction)(void (*)(void))receive, METH_FASTCALL,
-     "receive(sock, protocol): what the socket holds, to protocol.datagram_received (a Tap's "
-     "circuit first, natively)"},
     {"pause_figures", pause_figures, METH_NOARGS,
      "(passes served, packets relayed in them, datagrams left for Python, relays registered)"},
     {NULL},
@@ -1549,13 +1656,15 @@ PyInit__relay(void)
         return NULL;
     if (pthread_atfork(NULL, NULL, after_fork) != 0)
         return PyErr_SetFromErrno(PyExc_OSError);
-    if (PyType_Ready(&RelayType) < 0 || PyType_Ready(&TapType) < 0)
+    if (PyType_Ready(&RelayType) < 0 || PyType_Ready(&TapType) < 0 ||
+        PyType_Ready(&ReaderType) < 0)
         return NULL;
     PyObject *module = PyModule_Create(&relay_module);
     if (module == NULL)
         return NULL;
     if (PyModule_AddObjectRef(module, "Relay", (PyObject *)&RelayType) < 0 ||
-        PyModule_AddObjectRef(module, "Tap", (PyObject *)&TapType) < 0) {
+        PyModule_AddObjectRef(module, "Tap", (PyObject *)&TapType) < 0 ||
+        PyModule_AddObjectRef(module, "Reader", (PyObject *)&ReaderType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -6,11 +6,14 @@ system call more than there are datagrams, at one datagram per call per 20 ms
 nearly one per datagram) and make a bytes object and an address tuple for
 each datagram before the protocol's callback sees it. For a pass-through
 call relayed by a circuit that is most of what is left above the kernel and
-libsrtp (bench/README.md, round 14). ``SocketTransport`` reads with
-rtc._relay.receive on the loop's reader: one ``recvmmsg`` for what the socket
-holds, and a datagram that the socket's Tap's engaged circuit relays
-(rtc.circuit.tap) is relayed natively, never a Python object. Everything else
-reaches the protocol's ``datagram_received`` as the loop's transports give it.
+libsrtp (bench/README.md, round 14). ``SocketTransport``'s reader on the loop
+is an rtc._relay.Reader: one ``recvmmsg`` for what the socket holds, and a
+datagram that the socket's Tap's engaged circuit relays (rtc.circuit.tap) is
+relayed natively, never a Python object. Everything else reaches the
+protocol's ``datagram_received`` as the loop's transports give it, with one
+difference: ``datagram_received`` is looked up when the protocol is connected
+(and on ``set_protocol``), not for each datagram, so a protocol that replaces
+it later calls ``set_protocol`` again.
 
 RtpLeg's sockets are opened on it (``open_endpoint``), and a WebRTC leg moves
 its ICE connection's UDP sockets onto it (``adopt``) once gathered. Without
@@ -24,9 +27,9 @@ import socket
 from typing import Any
 
 try:
-    from ._relay import receive
+    from ._relay import Reader
 except ImportError:  # not built: the loop's own transports
-    receive = None  # type: ignore[assignment]
+    Reader = None  # type: ignore[assignment,misc]
 
 __all__ = ["SocketTransport", "adopt", "open_endpoint"]
 
@@ -63,15 +66,16 @@ class SocketTransport(asyncio.DatagramTransport):
         self.refused = 0
         # the reader holds the socket (not only its number): while registered
         # it cannot be closed by the collector and its number reused
-        loop.add_reader(self._fd, receive, sock, protocol)
+        self._reader = Reader(sock, protocol)
+        loop.add_reader(self._fd, self._reader)
 
     def get_protocol(self) -> Any:
         return self._protocol
 
     def set_protocol(self, protocol: Any) -> None:
+        """Also what a protocol whose ``datagram_received`` was replaced calls."""
         self._protocol = protocol
-        if not self._closing:
-            self._loop.add_reader(self._fd, receive, self._sock, protocol)
+        self._reader.protocol = protocol
 
     def is_closing(self) -> bool:
         return self._closing
@@ -116,7 +120,7 @@ class SocketTransport(asyncio.DatagramTransport):
 async def open_endpoint(sock: socket.socket, protocol: Any) -> asyncio.DatagramTransport:
     """The transport for a bound UDP socket, with ``protocol`` connected to it."""
     loop = asyncio.get_running_loop()
-    if receive is None:
+    if Reader is None:
         transport, _ = await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
         return transport
     transport = SocketTransport(loop, sock, protocol)
@@ -136,7 +140,7 @@ def adopt(protocol: Any) -> bool:
     transport leaves it open); no datagram is read between the two.
     """
     old: Any = getattr(protocol, "transport", None)
-    if receive is None or type(old).__name__ not in LOOP_UDP or old.is_closing():
+    if Reader is None or type(old).__name__ not in LOOP_UDP or old.is_closing():
         return False
     sock = old.get_extra_info("socket")
     if sock is None:

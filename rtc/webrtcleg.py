@@ -1295,11 +1295,12 @@ class WebRtcLeg(ReceivingPort):
         # our audio skips that parse. Anything else goes the usual way.
         for protocol in connection._protocols:
             if isinstance(protocol, StunProtocol) and "datagram_received" not in vars(protocol):
-                if adopt(protocol):
-                    self._route = None  # it held the loop's transport's sendto
                 protocol.datagram_received = tap(  # type: ignore[method-assign,assignment]
                     self, _shortcut(protocol.datagram_received, direct)
                 )
+                # after: rtc.udp takes datagram_received as it is when connected
+                if adopt(protocol):
+                    self._route = None  # it held the loop's transport's sendto
         self._hooked = (connection, dtls)
         self._rx_dtls = dtls
         if not self._fill_timer.armed:

@@ -224,7 +224,7 @@ async def test_circuits_engage_both_ways_and_the_call_is_the_same(
             # and both receiving sockets are read in the collector's pauses
             assert call.client._circuit_in.receiving  # type: ignore[union-attr]
             assert call.far._circuit_in.receiving  # type: ignore[union-attr]
-            # which the loop reads with rtc._relay.receive (rtc.udp): the ICE
+            # which the loop reads with an rtc._relay.Reader (rtc.udp): the ICE
             # connection's sockets were moved onto it
             sockets = [p.transport for p in call.client._hooked[0]._protocols]  # type: ignore[index]
             sockets.append(call.far._transport)

@@ -1,5 +1,5 @@
 """
-rtc.udp: the media sockets' transport, read with rtc._relay.receive, on both
+rtc.udp: the media sockets' transport, read by rtc._relay.Reader, on both
 loops the gateway may run on (asyncio's and uvloop, which gateway/cli.py uses).
 """
 
@@ -163,7 +163,7 @@ def test_an_error_in_the_callback_loses_no_other_datagram(
 
         protocol.datagram_received = datagram_received  # type: ignore[method-assign]
         sock = bound()
-        transport = await open_endpoint(sock, protocol)
+        transport = await open_endpoint(sock, protocol)  # after: it takes it as it is
         with bound() as peer:
             for data in (b"one", b"bad", b"two", b"three"):
                 peer.sendto(data, sock.getsockname())
@@ -218,9 +218,10 @@ def test_a_receive_error_goes_to_error_received() -> None:
         gone.close()
         sock.sendto(b"anyone?", nobody)
         select.select([sock], [], [], 2)
-        _relay.receive(sock.fileno(), protocol)
+        reader = _relay.Reader(sock, protocol)
+        reader()
         assert [type(e) for e in protocol.errors] == [ConnectionRefusedError]
-        _relay.receive(sock.fileno(), protocol)  # nothing there: nothing happens
+        reader()  # nothing there: nothing happens
         assert len(protocol.errors) == 1 and protocol.got == []
 
 
@@ -364,6 +365,11 @@ def test_what_continues_a_circuits_stream_is_relayed_without_python(
             assert got.got == [(b"\x81\xc9\x00\x01" + b"\x00" * 4, src.getsockname())]
             assert circuit.engaged
             circuit.release()
+            # released: the stream's next packet is the leg's, not relayed
+            src.sendto(rtp(130, 8000 + 160 * 30), rx.getsockname())
+            await got.wait(2)
+            assert got.got[1] == (rtp(130, 8000 + 160 * 30), src.getsockname())
+            assert circuit.packets == 0  # synced at the release, nothing since
             transport.close()
 
     run(main())

@@ -20,10 +20,11 @@ from rtc.circuit import Inbound, Outbound
 from rtc.rtp import RTP_FIXED_HEADER
 from rtc.udp import SocketTransport, adopt, open_endpoint
 
+from .test_circuit import SSRC, Leg, rtp
+
 pytestmark = pytest.mark.skipif(not rtc.circuit.NATIVE, reason="rtc._relay is not built")
 
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
-SSRC = 0x1234
 IP_RECVERR = 11  # Linux: report ICMP errors on an unconnected socket
 
 
@@ -300,26 +301,11 @@ class CountingPeer(tuple):  # type: ignore[type-arg]
     __hash__ = tuple.__hash__
 
 
-class Leg:
-    _circuit_in: Any = None
-    _circuit_out: Any = None
-
-    def circuit_synced_in(self, circuit: Any) -> None:
-        pass
-
-    def circuit_synced_out(self, circuit: Any) -> None:
-        pass
-
-
 async def received(sock: socket.socket, count: int) -> list[bytes]:
     """The next ``count`` datagrams at ``sock``, the loop running meanwhile."""
     sock.setblocking(False)
     loop = asyncio.get_running_loop()
     return [await loop.sock_recv(sock, 2048) for _ in range(count)]
-
-
-def rtp(seq: int, ts: int) -> bytes:
-    return RTP_FIXED_HEADER.pack(0x80, 0, seq, ts, SSRC) + b"\xff" * 160
 
 
 @pytest.mark.parametrize("bound_receiving", [True, False])

@@ -1373,6 +1373,7 @@ typedef struct {
     PyObject *sock; /* held: while the loop reads it, it is not closed under it */
     PyObject *protocol;
     PyObject *callback; /* protocol.datagram_received when it was connected */
+    void *hub;          /* the Hub whose epoll has it, or NULL */
 } Reader;
 
 static int
@@ -1386,13 +1387,13 @@ reader_connect(Reader *self, PyObject *protocol)
     return 0;
 }
 
-/* what the socket holds, to the protocol */
-static PyObject *
-Reader_call(Reader *self, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwargs))
+/* what the socket holds, to the protocol: 0, or -1 with the first error raised */
+static int
+reader_receive(Reader *self)
 {
     if (self->callback == NULL) {
         PyErr_SetString(PyExc_ValueError, "a reader with no protocol");
-        return NULL;
+        return -1;
     }
     struct mmsghdr messages[RECEIVE_BATCH];
     struct iovec vectors[RECEIVE_BATCH];
@@ -1409,7 +1410,7 @@ Reader_call(Reader *self, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwargs)
     int got = recvmmsg(self->fd, messages, RECEIVE_BATCH, MSG_DONTWAIT, NULL);
     if (got < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
-            Py_RETURN_NONE;
+            return 0;
         /* an ICMP report, as the loop's transports hand it on */
         PyErr_SetFromErrno(PyExc_OSError);
         PyObject *type, *value, *traceback;
@@ -1420,9 +1421,9 @@ Reader_call(Reader *self, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwargs)
         Py_XDECREF(value);
         Py_XDECREF(traceback);
         if (result == NULL)
-            return NULL;
+            return -1;
         Py_DECREF(result);
-        Py_RETURN_NONE;
+        return 0;
     }
     /* a callback may close the transport and connect another protocol: this
      * batch goes on to the one it was read for */
@@ -1447,8 +1448,16 @@ Reader_call(Reader *self, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwargs)
     Py_DECREF(callback);
     if (type != NULL) {
         PyErr_Restore(type, value, traceback);
-        return NULL;
+        return -1;
     }
+    return 0;
+}
+
+static PyObject *
+Reader_call(Reader *self, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwargs))
+{
+    if (reader_receive(self) < 0)
+        return NULL;
     Py_RETURN_NONE;
 }
 
@@ -1536,6 +1545,196 @@ static PyTypeObject ReaderType = {
     .tp_clear = (inquiry)Reader_clear,
     .tp_getset = Reader_getset,
     .tp_members = Reader_members,
+};
+
+/*
+ * Hub(): one epoll for the media sockets' Readers, which the loop reads as one
+ * descriptor (rtc.udp). With one datagram per call per 20 ms every socket is
+ * ready on its own, and the loop's per-readiness work (libuv's watcher, uvloop's
+ * handle and its call into Python) was paid per datagram; calling the Hub
+ * reads every socket ready at that moment in one go.
+ */
+#define HUB_EVENTS 256
+
+typedef struct {
+    PyObject_HEAD
+    int epoll;
+    PyObject *readers; /* set: those in the epoll, held */
+} Hub;
+
+static PyTypeObject HubType;
+
+static PyObject *
+Hub_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwargs))
+{
+    Hub *self = (Hub *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->epoll = -1;
+    if ((self->readers = PySet_New(NULL)) == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    if ((self->epoll = epoll_create1(EPOLL_CLOEXEC)) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+static PyObject *
+Hub_add(Hub *self, PyObject *reader)
+{
+    if (!PyObject_TypeCheck(reader, &ReaderType)) {
+        PyErr_SetString(PyExc_TypeError, "a Reader");
+        return NULL;
+    }
+    Reader *r = (Reader *)reader;
+    if (r->hub != NULL) {
+        PyErr_SetString(PyExc_ValueError, "the reader is in a hub already");
+        return NULL;
+    }
+    if (PySet_Add(self->readers, reader) < 0)
+        return NULL;
+    struct epoll_event event = {.events = EPOLLIN, .data.ptr = r};
+    if (epoll_ctl(self->epoll, EPOLL_CTL_ADD, r->fd, &event) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        PySet_Discard(self->readers, reader);
+        return NULL;
+    }
+    r->hub = self;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Hub_remove(Hub *self, PyObject *reader)
+{
+    if (!PyObject_TypeCheck(reader, &ReaderType) || ((Reader *)reader)->hub != self)
+        Py_RETURN_NONE;
+    Reader *r = (Reader *)reader;
+    epoll_ctl(self->epoll, EPOLL_CTL_DEL, r->fd, NULL);
+    r->hub = NULL;
+    if (PySet_Discard(self->readers, reader) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* the readers whose sockets are ready, each read as its own reader would */
+static PyObject *
+Hub_call(Hub *self, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwargs))
+{
+    struct epoll_event events[HUB_EVENTS];
+    int ready = epoll_wait(self->epoll, events, HUB_EVENTS, 0);
+    if (ready < 0) {
+        if (errno == EINTR)
+            Py_RETURN_NONE;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    /* held for the round: a callback may take a reader out (a transport closed) */
+    for (int i = 0; i < ready; i++)
+        Py_INCREF((PyObject *)events[i].data.ptr);
+    PyObject *type = NULL, *value = NULL, *traceback = NULL;
+    for (int i = 0; i < ready; i++) {
+        Reader *reader = events[i].data.ptr;
+        if (reader->hub != self)
+            continue; /* taken out by an earlier one's callback */
+        if (reader_receive(reader) < 0) {
+            if (type == NULL)
+                PyErr_Fetch(&type, &value, &traceback);
+            else
+                PyErr_Clear();
+        }
+    }
+    for (int i = 0; i < ready; i++)
+        Py_DECREF((PyObject *)events[i].data.ptr);
+    if (type != NULL) {
+        PyErr_Restore(type, value, traceback);
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Hub_fileno(Hub *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromLong(self->epoll);
+}
+
+static int
+Hub_traverse(Hub *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->readers);
+    return 0;
+}
+
+static int
+hub_clear_readers(Hub *self)
+{
+    if (self->readers != NULL) {
+        PyObject *iterator = PyObject_GetIter(self->readers);
+        if (iterator == NULL)
+            return -1;
+        PyObject *reader;
+        while ((reader = PyIter_Next(iterator)) != NULL) {
+            ((Reader *)reader)->hub = NULL;
+            Py_DECREF(reader);
+        }
+        Py_DECREF(iterator);
+        if (PyErr_Occurred())
+            return -1;
+    }
+    Py_CLEAR(self->readers);
+    return 0;
+}
+
+static int
+Hub_clear(Hub *self)
+{
+    if (hub_clear_readers(self) < 0)
+        PyErr_Clear();
+    return 0;
+}
+
+static void
+Hub_dealloc(Hub *self)
+{
+    PyObject_GC_UnTrack(self);
+    Hub_clear(self);
+    if (self->epoll >= 0)
+        close(self->epoll);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef Hub_methods[] = {
+    {"add", (PyCFunction)Hub_add, METH_O, "add(reader): read when the hub is called"},
+    {"remove", (PyCFunction)Hub_remove, METH_O, "remove(reader): no more (none if not in it)"},
+    {"fileno", (PyCFunction)Hub_fileno, METH_NOARGS, "the epoll's descriptor, for the loop"},
+    {NULL},
+};
+
+static Py_ssize_t
+Hub_length(Hub *self)
+{
+    return PySet_GET_SIZE(self->readers);
+}
+
+static PySequenceMethods Hub_as_sequence = {
+    .sq_length = (lenfunc)Hub_length,
+};
+
+static PyTypeObject HubType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "rtc._relay.Hub",
+    .tp_basicsize = sizeof(Hub),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "Hub()(): the ready sockets of the Readers added, each read in one go.",
+    .tp_new = Hub_new,
+    .tp_call = (ternaryfunc)Hub_call,
+    .tp_dealloc = (destructor)Hub_dealloc,
+    .tp_traverse = (traverseproc)Hub_traverse,
+    .tp_clear = (inquiry)Hub_clear,
+    .tp_methods = Hub_methods,
+    .tp_as_sequence = &Hub_as_sequence,
 };
 
 static int
@@ -1657,14 +1856,15 @@ PyInit__relay(void)
     if (pthread_atfork(NULL, NULL, after_fork) != 0)
         return PyErr_SetFromErrno(PyExc_OSError);
     if (PyType_Ready(&RelayType) < 0 || PyType_Ready(&TapType) < 0 ||
-        PyType_Ready(&ReaderType) < 0)
+        PyType_Ready(&ReaderType) < 0 || PyType_Ready(&HubType) < 0)
         return NULL;
     PyObject *module = PyModule_Create(&relay_module);
     if (module == NULL)
         return NULL;
     if (PyModule_AddObjectRef(module, "Relay", (PyObject *)&RelayType) < 0 ||
         PyModule_AddObjectRef(module, "Tap", (PyObject *)&TapType) < 0 ||
-        PyModule_AddObjectRef(module, "Reader", (PyObject *)&ReaderType) < 0) {
+        PyModule_AddObjectRef(module, "Reader", (PyObject *)&ReaderType) < 0 ||
+        PyModule_AddObjectRef(module, "Hub", (PyObject *)&HubType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

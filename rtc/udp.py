@@ -6,10 +6,13 @@ system call more than there are datagrams, at one datagram per call per 20 ms
 nearly one per datagram) and make a bytes object and an address tuple for
 each datagram before the protocol's callback sees it. For a pass-through
 call relayed by a circuit that is most of what is left above the kernel and
-libsrtp (bench/README.md, round 14). ``SocketTransport``'s reader on the loop
-is an rtc._relay.Reader: one ``recvmmsg`` for what the socket holds, and a
+libsrtp (bench/README.md, round 14). ``SocketTransport`` reads its socket
+with an rtc._relay.Reader: one ``recvmmsg`` for what the socket holds, and a
 datagram that the socket's Tap's engaged circuit relays (rtc.circuit.tap) is
-relayed natively, never a Python object. Everything else reaches the
+relayed natively, never a Python object. The loop does not watch each socket:
+its media sockets' Readers are in one rtc._relay.Hub (an epoll), which the
+loop reads as one descriptor, so that what the loop does per readiness is done
+once for all the sockets ready at that moment, not once per datagram. Everything else reaches the
 protocol's ``datagram_received`` as the loop's transports give it, with one
 difference: ``datagram_received`` is looked up when the protocol is connected
 (and on ``set_protocol``), not for each datagram, so a protocol that replaces
@@ -27,9 +30,9 @@ import socket
 from typing import Any
 
 try:
-    from ._relay import Reader
+    from ._relay import Hub, Reader
 except ImportError:  # not built: the loop's own transports
-    Reader = None  # type: ignore[assignment,misc]
+    Hub = Reader = None  # type: ignore[assignment,misc]
 
 __all__ = ["SocketTransport", "adopt", "open_endpoint"]
 
@@ -50,9 +53,9 @@ class SocketTransport(asyncio.DatagramTransport):
     ) -> None:
         super().__init__({"socket": sock, "sockname": sock.getsockname(), "peername": None})
         sock.setblocking(False)
-        # an ICMP error reported on the socket (IP_RECVERR) raises EPOLLERR,
-        # on which libuv's poll (uvloop's add_reader) stops for good: without
-        # it an unconnected socket never has one, as the loops' transports
+        # ICMP errors reported on the socket (IP_RECVERR): off, as with the
+        # loops' own transports, so that an unconnected socket never carries
+        # one (EPOLLERR, on which libuv's poll would stop reading for good)
         if sock.family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 0)
         else:
@@ -67,7 +70,8 @@ class SocketTransport(asyncio.DatagramTransport):
         # the reader holds the socket (not only its number): while registered
         # it cannot be closed by the collector and its number reused
         self._reader = Reader(sock, protocol)
-        loop.add_reader(self._fd, self._reader)
+        self._hub = _hub(loop)
+        self._hub.add(self._reader)
 
     def get_protocol(self) -> Any:
         return self._protocol
@@ -100,7 +104,7 @@ class SocketTransport(asyncio.DatagramTransport):
         if self._closing:
             return
         self._closing = True
-        self._loop.remove_reader(self._fd)
+        _leave(self._loop, self._hub, self._reader)
         self._loop.call_soon(self._lost)
 
     def abort(self) -> None:
@@ -115,6 +119,24 @@ class SocketTransport(asyncio.DatagramTransport):
     def __repr__(self) -> str:
         state = "closing" if self._closing else "open"
         return f"<SocketTransport fd={self._fd} {state}>"
+
+
+# the Hub each loop reads its media sockets through, while it has any
+_hubs: dict[asyncio.AbstractEventLoop, Any] = {}
+
+
+def _hub(loop: asyncio.AbstractEventLoop) -> Any:
+    hub = _hubs.get(loop)
+    if hub is None:
+        hub = _hubs[loop] = Hub()
+        loop.add_reader(hub.fileno(), hub)
+    return hub
+
+
+def _leave(loop: asyncio.AbstractEventLoop, hub: Any, reader: Any) -> None:
+    hub.remove(reader)
+    if not len(hub) and _hubs.get(loop) is hub:
+        loop.remove_reader(_hubs.pop(loop).fileno())  # its epoll closes with it
 
 
 async def open_endpoint(sock: socket.socket, protocol: Any) -> asyncio.DatagramTransport:

@@ -16,6 +16,7 @@ import pytest
 import uvloop
 
 import rtc.circuit
+import rtc.udp
 from rtc.circuit import Inbound, Outbound
 from rtc.rtp import RTP_FIXED_HEADER
 from rtc.udp import SocketTransport, adopt, open_endpoint
@@ -123,6 +124,45 @@ async def uvloop_or_asyncio_address(host: str, peer: socket.socket) -> Any:
         return protocol.got[0][1]
     finally:
         transport.close()
+
+
+def test_the_loop_reads_all_media_sockets_as_one(run: Callable[[Awaitable[Any]], Any]) -> None:
+    """
+    One hub (an epoll) per loop for its media sockets, gone with the last of
+    them; a socket taken out in a round (its transport closed by another's
+    callback) is not read in that round.
+    """
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        first, second = Recorder(), Recorder()
+        transports = [await open_endpoint(bound(), p) for p in (first, second)]
+        hub = rtc.udp._hubs[loop]
+        assert len(hub) == 2
+        for protocol, other in ((first, transports[1]), (second, transports[0])):
+            received = protocol.datagram_received
+
+            def datagram_received(data: bytes, addr: Any, received: Any = received,
+                                  other: Any = other) -> None:
+                received(data, addr)
+                other.close()
+
+            protocol.datagram_received = datagram_received  # type: ignore[method-assign]
+        for transport, protocol in zip(transports, (first, second), strict=True):
+            transport.set_protocol(protocol)  # the callback as it is now
+        with bound() as peer:
+            for transport in transports:  # both ready for the same round
+                peer.sendto(b"x", transport.get_extra_info("sockname"))
+            await asyncio.sleep(0.05)
+        assert len(first.got) + len(second.got) == 1
+        assert sum(t.is_closing() for t in transports) == 1 and len(hub) == 1
+        for transport in transports:
+            transport.close()
+        assert loop not in rtc.udp._hubs  # both closed: the hub is gone
+        await asyncio.sleep(0.01)
+        assert first.lost == [None] and second.lost == [None]
+
+    run(main())
 
 
 def test_a_transport_nobody_holds_reads_on(run: Callable[[Awaitable[Any]], Any]) -> None:

@@ -27,6 +27,7 @@ import asyncio
 import logging
 import os
 import socket
+import weakref
 from typing import Any
 
 try:
@@ -121,8 +122,9 @@ class SocketTransport(asyncio.DatagramTransport):
         return f"<SocketTransport fd={self._fd} {state}>"
 
 
-# the Hub each loop reads its media sockets through, while it has any
-_hubs: dict[asyncio.AbstractEventLoop, Any] = {}
+# the Hub each loop reads its media sockets through, while it has any (a loop
+# closed with transports left open takes its Hub with it)
+_hubs: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
 
 
 def _hub(loop: asyncio.AbstractEventLoop) -> Any:

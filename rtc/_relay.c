@@ -11,7 +11,8 @@
  * its attributes are the circuit's state, read and reset by the Python
  * around it (sync, release). ``Tap`` is a datagram callback that offers each
  * datagram to the leg's engaged circuit before the leg's own Python callback,
- * so a relayed packet never enters the interpreter.
+ * so a relayed packet never enters the interpreter. ``Reader`` and ``Hub``
+ * read the media sockets for the event loop (rtc.udp).
  *
  * SRTP goes through pylibsrtp's own libsrtp (the function and context
  * addresses rtc.srtp hands over, with the signature checked there), never a
@@ -1293,14 +1294,15 @@ drain(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 }
 
 /*
- * Reading a media socket (rtc.udp.SocketTransport: a Reader is the event loop's reader).
- * The loops' own datagram transports read until the socket is empty, one
- * system call more for each readiness, and make a bytes object, an address
- * tuple with the host as a string, and a method lookup for each datagram
- * (bench/README.md, round 14). Here one recvmmsg takes what the socket
- * holds, and a datagram that the socket's Tap's engaged circuit relays goes
- * through it natively, without ever becoming a Python object; the rest goes
- * to the protocol's datagram_received as the loop's transports give it.
+ * Reading a media socket (rtc.udp.SocketTransport: a Reader per socket, all
+ * of a loop's in its Hub, below). The loops' own datagram transports read
+ * until the socket is empty, one system call more for each readiness, and
+ * make a bytes object, an address tuple with the host as a string, and a
+ * method lookup for each datagram (bench/README.md, round 14). Here one
+ * recvmmsg takes what the socket holds, and a datagram that the socket's
+ * Tap's engaged circuit relays goes through it natively, without ever
+ * becoming a Python object; the rest goes to the protocol's datagram_received
+ * as the loop's transports give it.
  */
 #define RECEIVE_BATCH 8
 

@@ -6,17 +6,20 @@ system call more than there are datagrams, at one datagram per call per 20 ms
 nearly one per datagram) and make a bytes object and an address tuple for
 each datagram before the protocol's callback sees it. For a pass-through
 call relayed by a circuit that is most of what is left above the kernel and
-libsrtp (bench/README.md, round 14). ``SocketTransport`` reads its socket
-with an rtc._relay.Reader: one ``recvmmsg`` for what the socket holds, and a
-datagram that the socket's Tap's engaged circuit relays (rtc.circuit.tap) is
-relayed natively, never a Python object. The loop does not watch each socket:
-its media sockets' Readers are in one rtc._relay.Hub (an epoll), which the
-loop reads as one descriptor, so that what the loop does per readiness is done
-once for all the sockets ready at that moment, not once per datagram. Everything else reaches the
-protocol's ``datagram_received`` as the loop's transports give it, with one
-difference: ``datagram_received`` is looked up when the protocol is connected
-(and on ``set_protocol``), not for each datagram, so a protocol that replaces
-it later calls ``set_protocol`` again.
+libsrtp (bench/README.md, round 14).
+
+``SocketTransport`` reads its socket with an rtc._relay.Reader: one
+``recvmmsg`` for what the socket holds, and a datagram that the socket's Tap's
+engaged circuit relays (rtc.circuit.tap) is relayed natively, never a Python
+object. The loop does not watch each socket: a loop's media sockets' Readers
+are in one rtc._relay.Hub (an epoll), which the loop watches as one
+descriptor, so that what the loop does per wake-up is done once for all the
+sockets ready at that moment, not once per datagram (round 15).
+
+Everything else reaches the protocol's ``datagram_received`` as the loop's
+transports give it, with one difference: ``datagram_received`` is looked up
+when the protocol is connected (and on ``set_protocol``), not for each
+datagram, so a protocol that replaces it later calls ``set_protocol`` again.
 
 RtpLeg's sockets are opened on it (``open_endpoint``), and a WebRTC leg moves
 its ICE connection's UDP sockets onto it (``adopt``) once gathered. Without
@@ -47,16 +50,16 @@ LOOP_UDP = frozenset(("UDPTransport", "_SelectorDatagramTransport"))
 
 
 class SocketTransport(asyncio.DatagramTransport):
-    """A non-blocking UDP socket on the loop's reader (see the module docstring)."""
+    """A non-blocking UDP socket read through the loop's Hub (see the module docstring)."""
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: Any
     ) -> None:
         super().__init__({"socket": sock, "sockname": sock.getsockname(), "peername": None})
         sock.setblocking(False)
-        # ICMP errors reported on the socket (IP_RECVERR): off, as with the
-        # loops' own transports, so that an unconnected socket never carries
-        # one (EPOLLERR, on which libuv's poll would stop reading for good)
+        # ICMP errors reported on the socket (IP_RECVERR): off, as the loops'
+        # own transports have them, so that an unconnected socket never carries
+        # one (EPOLLERR; libuv's poll, had it the socket, stops on it for good)
         if sock.family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 0)
         else:

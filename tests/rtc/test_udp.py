@@ -222,8 +222,9 @@ def test_an_error_in_the_callback_loses_no_other_datagram(
 
 def test_an_icmp_report_never_stops_the_reading(run: Callable[[Awaitable[Any]], Any]) -> None:
     """
-    uvloop's reader (libuv's poll) stops for good on EPOLLERR, which an ICMP
-    report raises on a socket with IP_RECVERR: the transport turns it off.
+    An ICMP report on a socket with IP_RECVERR raises EPOLLERR, on which
+    libuv's poll stops reading for good: the transport turns IP_RECVERR off,
+    as the loops' own transports have it, and the reports never come.
     """
 
     async def main() -> None:

@@ -26,7 +26,6 @@ import json
 import os
 import shutil
 import socket
-import struct
 import subprocess
 import sys
 import time
@@ -34,7 +33,6 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-HEADER = struct.Struct("!BBHII")
 PAYLOAD = b"\xff" * 160
 PERIOD = 0.02
 SLOTS = 20
@@ -76,7 +74,6 @@ async def receiver(args: argparse.Namespace) -> None:
         protocol.datagram_received = _relay.Tap(leg, fallback)  # type: ignore[method-assign]
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind(("127.0.0.1", 0))
-        sock.setblocking(False)
         addresses.append(sock.getsockname())
         if args.mode == "loop":
             transport, _ = await loop.create_datagram_endpoint(lambda p=protocol: p, sock=sock)
@@ -105,9 +102,10 @@ async def receiver(args: argparse.Namespace) -> None:
 def send_for(sender: socket.socket, sink: socket.socket, addresses: list[Any],
              sequence: list[int], seconds: float) -> int:
     """Each address its next packet per 20 ms, over 20 slots; the sink drained: what came back."""
+    from rtc.rtp import RTP_FIXED_HEADER
+
     back = 0
-    slot_of = [index % SLOTS for index in range(len(addresses))]
-    by_slot = [[i for i in range(len(addresses)) if slot_of[i] == s] for s in range(SLOTS)]
+    by_slot = [range(slot, len(addresses), SLOTS) for slot in range(SLOTS)]
     start = time.monotonic()
     tick = 0
     while True:
@@ -119,8 +117,10 @@ def send_for(sender: socket.socket, sink: socket.socket, addresses: list[Any],
             time.sleep(due - now)
         for index in by_slot[tick % SLOTS]:
             seq = sequence[index]
-            sender.sendto(HEADER.pack(0x80, 0, seq & 0xFFFF, (seq * 160) & 0xFFFFFFFF, index + 1)
-                          + PAYLOAD, addresses[index])
+            header = RTP_FIXED_HEADER.pack(
+                0x80, 0, seq & 0xFFFF, (seq * 160) & 0xFFFFFFFF, index + 1
+            )
+            sender.sendto(header + PAYLOAD, addresses[index])
             sequence[index] = seq + 1
         tick += 1
         while True:

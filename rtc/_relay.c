@@ -127,7 +127,7 @@ typedef struct {
     PyObject *fallback;
     /* the leg's engaged circuit while it is bound to this socket (borrowed:
      * its unbinding clears it), so that a datagram needs no attribute lookup */
-    void *engaged;
+    Relay *engaged;
     /* what a pause left for Python, in the order it came */
     Entry *head;
     Entry *tail;
@@ -151,7 +151,7 @@ monotonic(void)
 
 static PyTypeObject RelayType;
 
-/* what relay_forward (and relay_take_raw) leave to be done */
+/* what relay_forward leaves to be done (the FORWARD_ codes after python 0) */
 enum {
     FORWARD_DECLINED = 0, /* nothing done: the datagram is for the leg's path */
     FORWARD_DONE = 1,     /* relayed, or dropped as the leg would */
@@ -377,6 +377,47 @@ relay_forward(Relay *self, const unsigned char *packet, Py_ssize_t length, Py_ss
     return FORWARD_DONE;
 }
 
+/* the first of several errors, raised once all were tried */
+typedef struct {
+    PyObject *type, *value, *traceback;
+} FirstError;
+
+/* an error is set: kept if it is the first, else cleared */
+static void
+first_error_keep(FirstError *first)
+{
+    if (first->type == NULL)
+        PyErr_Fetch(&first->type, &first->value, &first->traceback);
+    else
+        PyErr_Clear();
+}
+
+/* -1 with the first error raised again, or 0: there was none */
+static int
+first_error_raise(FirstError *first)
+{
+    if (first->type == NULL)
+        return 0;
+    PyErr_Restore(first->type, first->value, first->traceback);
+    return -1;
+}
+
+/* after the checks of the stream and the peer: unprotected natively (or
+ * plain RTP) and forwarded; relay_forward's codes with python 1 */
+static int
+relay_pass(Relay *self, const unsigned char *in, Py_ssize_t size)
+{
+    unsigned char clear[BUFFER_SIZE];
+    unsigned char out[BUFFER_SIZE];
+    Py_ssize_t out_size;
+    if (self->unprotect_call == NULL)
+        return relay_forward(self, in, size, size, 1, out, &out_size);
+    int n = relay_unprotect(self, in, size, clear);
+    if (n < 0)
+        return 1; /* dropped, as the leg would */
+    return relay_forward(self, clear, n, size, 1, out, &out_size);
+}
+
 /* 1: relayed (or dropped as the leg would); 0: declined, nothing done; -1: error */
 static int
 relay_take(Relay *self, PyObject *data, PyObject *addr)
@@ -392,28 +433,20 @@ relay_take(Relay *self, PyObject *data, PyObject *addr)
         if (same <= 0)
             return same;
     }
-    unsigned char clear[BUFFER_SIZE];
+    if (self->unprotect_call != NULL || self->unprotect == Py_None)
+        return relay_pass(self, in, size);
+    PyObject *unprotected = PyObject_CallOneArg(self->unprotect, data);
+    if (unprotected == NULL || !PyBytes_Check(unprotected)) {
+        Py_XDECREF(unprotected);
+        PyErr_Clear();
+        return 1; /* forged or replayed: dropped, as the leg would */
+    }
     unsigned char out[BUFFER_SIZE];
     Py_ssize_t out_size;
-    if (self->unprotect_call != NULL) {
-        int n = relay_unprotect(self, in, size, clear);
-        if (n < 0)
-            return 1; /* dropped, as the leg would */
-        return relay_forward(self, clear, n, size, 1, out, &out_size);
-    }
-    if (self->unprotect != Py_None) {
-        PyObject *unprotected = PyObject_CallOneArg(self->unprotect, data);
-        if (unprotected == NULL || !PyBytes_Check(unprotected)) {
-            Py_XDECREF(unprotected);
-            PyErr_Clear();
-            return 1;
-        }
-        int result = relay_forward(self, (const unsigned char *)PyBytes_AS_STRING(unprotected),
-                                   PyBytes_GET_SIZE(unprotected), size, 1, out, &out_size);
-        Py_DECREF(unprotected);
-        return result;
-    }
-    return relay_forward(self, in, size, size, 1, out, &out_size);
+    int result = relay_forward(self, (const unsigned char *)PyBytes_AS_STRING(unprotected),
+                               PyBytes_GET_SIZE(unprotected), size, 1, out, &out_size);
+    Py_DECREF(unprotected);
+    return result;
 }
 
 /*
@@ -1276,20 +1309,13 @@ drain(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
         return NULL;
     }
     /* every Tap is drained; the first error is raised after */
-    PyObject *type = NULL, *value = NULL, *traceback = NULL;
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(taps); i++) {
-        if (tap_drain((Tap *)PyList_GET_ITEM(taps, i)) < 0) {
-            if (type == NULL)
-                PyErr_Fetch(&type, &value, &traceback);
-            else
-                PyErr_Clear();
-        }
-    }
+    FirstError first = {NULL};
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(taps); i++)
+        if (tap_drain((Tap *)PyList_GET_ITEM(taps, i)) < 0)
+            first_error_keep(&first);
     Py_DECREF(taps);
-    if (type != NULL) {
-        PyErr_Restore(type, value, traceback);
+    if (first_error_raise(&first) < 0)
         return NULL;
-    }
     Py_RETURN_NONE;
 }
 
@@ -1308,40 +1334,42 @@ drain(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 
 static PyObject *str_datagram_received = NULL;
 static PyObject *str_error_received = NULL;
-/* the loop's thread only (the collector-pass thread has its own) */
+/* the loop's thread only (the collector-pass thread has its own); the
+ * message headers point at them once (receive_setup), only the address
+ * lengths are set again for each recvmmsg */
 static unsigned char receive_buffers[RECEIVE_BATCH][RECEIVE_SIZE];
+static struct mmsghdr receive_messages[RECEIVE_BATCH];
+static struct iovec receive_vectors[RECEIVE_BATCH];
+static struct sockaddr_storage receive_from[RECEIVE_BATCH];
+
+static void
+receive_setup(void)
+{
+    for (int i = 0; i < RECEIVE_BATCH; i++) {
+        receive_vectors[i].iov_base = receive_buffers[i];
+        receive_vectors[i].iov_len = RECEIVE_SIZE;
+        receive_messages[i].msg_hdr.msg_name = &receive_from[i];
+        receive_messages[i].msg_hdr.msg_iov = &receive_vectors[i];
+        receive_messages[i].msg_hdr.msg_iovlen = 1;
+    }
+}
 
 /* 1: relayed natively (or dropped as the leg would); 0: for the Tap's Python
- * call (its circuit declines it there, or takes it the Python way); -1: error */
+ * call (no circuit bound to this socket, or not its stream); -1: error. A
+ * circuit bound to the socket (relay_bind_receiving) is the leg's _circuit_in
+ * and has its peer as a sockaddr and native steps. */
 static int
 tap_take_native(Tap *self, const unsigned char *in, Py_ssize_t size,
                 const struct sockaddr_storage *from)
 {
     if (self->head != NULL && tap_drain(self) < 0)
         return -1;
-    PyObject *circuit = self->engaged;
-    if (circuit != NULL)
-        Py_INCREF(circuit); /* the leg's _circuit_in, bound to this socket */
-    else if ((circuit = PyObject_GetAttr(self->leg, str_circuit_in)) == NULL)
-        return -1;
-    int result = 0;
-    if (PyObject_TypeCheck(circuit, &RelayType)) {
-        Relay *relay = (Relay *)circuit;
-        unsigned char clear[BUFFER_SIZE];
-        unsigned char out[BUFFER_SIZE];
-        Py_ssize_t out_size;
-        /* the peer as a sockaddr is known once the receiving socket is bound */
-        int peer_known = relay->peer == Py_None || relay->peer_address_length > 0;
-        if (peer_known && relay_continues(relay, in, size) && same_peer(relay, from)) {
-            if (relay->unprotect_call != NULL) {
-                int n = relay_unprotect(relay, in, size, clear);
-                result = n < 0 ? 1 : relay_forward(relay, clear, n, size, 1, out, &out_size);
-            }
-            else if (relay->unprotect == Py_None)
-                result = relay_forward(relay, in, size, size, 1, out, &out_size);
-        }
-    }
-    Py_DECREF(circuit);
+    Relay *relay = self->engaged;
+    if (relay == NULL || !relay_continues(relay, in, size) || !same_peer(relay, from))
+        return 0;
+    Py_INCREF(relay); /* a release in the step may drop the leg's reference */
+    int result = relay_pass(relay, in, size);
+    Py_DECREF(relay);
     return result;
 }
 
@@ -1397,31 +1425,22 @@ reader_receive(Reader *self)
         PyErr_SetString(PyExc_ValueError, "a reader with no protocol");
         return -1;
     }
-    struct mmsghdr messages[RECEIVE_BATCH];
-    struct iovec vectors[RECEIVE_BATCH];
-    struct sockaddr_storage from[RECEIVE_BATCH];
-    for (int i = 0; i < RECEIVE_BATCH; i++) {
-        vectors[i].iov_base = receive_buffers[i];
-        vectors[i].iov_len = RECEIVE_SIZE;
-        memset(&messages[i].msg_hdr, 0, sizeof(messages[i].msg_hdr));
-        messages[i].msg_hdr.msg_name = &from[i];
-        messages[i].msg_hdr.msg_namelen = sizeof(from[i]);
-        messages[i].msg_hdr.msg_iov = &vectors[i];
-        messages[i].msg_hdr.msg_iovlen = 1;
-    }
+    struct mmsghdr *messages = receive_messages;
+    for (int i = 0; i < RECEIVE_BATCH; i++)
+        messages[i].msg_hdr.msg_namelen = sizeof(receive_from[i]);
     int got = recvmmsg(self->fd, messages, RECEIVE_BATCH, MSG_DONTWAIT, NULL);
     if (got < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+        int error = errno;
+        if (error == EAGAIN || error == EWOULDBLOCK || error == EINTR)
             return 0;
-        /* an ICMP report, as the loop's transports hand it on */
-        PyErr_SetFromErrno(PyExc_OSError);
-        PyObject *type, *value, *traceback;
-        PyErr_Fetch(&type, &value, &traceback);
-        PyErr_NormalizeException(&type, &value, &traceback);
-        PyObject *result = PyObject_CallMethodOneArg(self->protocol, str_error_received, value);
-        Py_XDECREF(type);
-        Py_XDECREF(value);
-        Py_XDECREF(traceback);
+        /* an ICMP report, as the loop's transports hand it on (OSError(errno,
+         * ...) is the subclass the number names) */
+        PyObject *exception = PyObject_CallFunction(PyExc_OSError, "is", error, strerror(error));
+        if (exception == NULL)
+            return -1;
+        PyObject *result =
+            PyObject_CallMethodOneArg(self->protocol, str_error_received, exception);
+        Py_DECREF(exception);
         if (result == NULL)
             return -1;
         Py_DECREF(result);
@@ -1431,36 +1450,21 @@ reader_receive(Reader *self)
      * batch goes on to the one it was read for */
     PyObject *callback = Py_NewRef(self->callback);
     /* every datagram is handed on; the first error is raised after */
-    PyObject *type = NULL, *value = NULL, *traceback = NULL;
+    FirstError first = {NULL};
     for (int i = 0; i < got; i++) {
         const unsigned char *in = receive_buffers[i];
         Py_ssize_t size = messages[i].msg_len;
         int result = 0;
         if (Py_IS_TYPE(callback, &TapType))
-            result = tap_take_native((Tap *)callback, in, size, &from[i]);
+            result = tap_take_native((Tap *)callback, in, size, &receive_from[i]);
         if (result == 0)
-            result = receive_call(callback, in, size, &from[i], messages[i].msg_hdr.msg_namelen);
-        if (result < 0) {
-            if (type == NULL)
-                PyErr_Fetch(&type, &value, &traceback);
-            else
-                PyErr_Clear();
-        }
+            result = receive_call(callback, in, size, &receive_from[i],
+                                  messages[i].msg_hdr.msg_namelen);
+        if (result < 0)
+            first_error_keep(&first);
     }
     Py_DECREF(callback);
-    if (type != NULL) {
-        PyErr_Restore(type, value, traceback);
-        return -1;
-    }
-    return 0;
-}
-
-static PyObject *
-Reader_call(Reader *self, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwargs))
-{
-    if (reader_receive(self) < 0)
-        return NULL;
-    Py_RETURN_NONE;
+    return first_error_raise(&first);
 }
 
 static int
@@ -1528,25 +1532,18 @@ static PyGetSetDef Reader_getset[] = {
     {NULL},
 };
 
-static PyMemberDef Reader_members[] = {
-    {"sock", T_OBJECT, offsetof(Reader, sock), READONLY, NULL},
-    {NULL},
-};
-
 static PyTypeObject ReaderType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "rtc._relay.Reader",
     .tp_basicsize = sizeof(Reader),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "Reader(sock, protocol)(): what the socket holds, to the protocol's "
+    .tp_doc = "Reader(sock, protocol): reads the socket for a Hub, to the protocol's "
               "datagram_received as it was when connected (a Tap's circuit first, natively).",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Reader_init,
-    .tp_call = (ternaryfunc)Reader_call,
     .tp_dealloc = (destructor)Reader_dealloc,
     .tp_traverse = (traverseproc)Reader_traverse,
     .tp_clear = (inquiry)Reader_clear,
     .tp_getset = Reader_getset,
-    .tp_members = Reader_members,
 };
 
 /*
@@ -1636,24 +1633,18 @@ Hub_call(Hub *self, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwargs))
     /* held for the round: a callback may take a reader out (a transport closed) */
     for (int i = 0; i < ready; i++)
         Py_INCREF((PyObject *)events[i].data.ptr);
-    PyObject *type = NULL, *value = NULL, *traceback = NULL;
+    FirstError first = {NULL};
     for (int i = 0; i < ready; i++) {
         Reader *reader = events[i].data.ptr;
         if (reader->hub != self)
             continue; /* taken out by an earlier one's callback */
-        if (reader_receive(reader) < 0) {
-            if (type == NULL)
-                PyErr_Fetch(&type, &value, &traceback);
-            else
-                PyErr_Clear();
-        }
+        if (reader_receive(reader) < 0)
+            first_error_keep(&first);
     }
     for (int i = 0; i < ready; i++)
         Py_DECREF((PyObject *)events[i].data.ptr);
-    if (type != NULL) {
-        PyErr_Restore(type, value, traceback);
+    if (first_error_raise(&first) < 0)
         return NULL;
-    }
     Py_RETURN_NONE;
 }
 
@@ -1855,6 +1846,7 @@ PyInit__relay(void)
         return NULL;
     if (waiting == NULL && (waiting = PyList_New(0)) == NULL)
         return NULL;
+    receive_setup();
     if (pthread_atfork(NULL, NULL, after_fork) != 0)
         return PyErr_SetFromErrno(PyExc_OSError);
     if (PyType_Ready(&RelayType) < 0 || PyType_Ready(&TapType) < 0 ||

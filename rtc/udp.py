@@ -66,11 +66,7 @@ class SocketTransport(asyncio.DatagramTransport):
             sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 0)
         self._loop = loop
         self._sock = sock
-        self._fd = sock.fileno()
-        self._protocol = protocol
         self._closing = False
-        # datagrams a full send buffer refused: lost, as on a congested link
-        self.refused = 0
         # the reader holds the socket (not only its number): while registered
         # it cannot be closed by the collector and its number reused
         self._reader = Reader(sock, protocol)
@@ -78,11 +74,10 @@ class SocketTransport(asyncio.DatagramTransport):
         self._hub.add(self._reader)
 
     def get_protocol(self) -> Any:
-        return self._protocol
+        return self._reader.protocol
 
     def set_protocol(self, protocol: Any) -> None:
         """Also what a protocol whose ``datagram_received`` was replaced calls."""
-        self._protocol = protocol
         self._reader.protocol = protocol
 
     def is_closing(self) -> bool:
@@ -100,9 +95,9 @@ class SocketTransport(asyncio.DatagramTransport):
             else:
                 self._sock.sendto(data, addr)
         except (BlockingIOError, InterruptedError):
-            self.refused += 1
+            pass  # a full send buffer: lost, as on a congested link
         except OSError as exc:
-            self._protocol.error_received(exc)
+            self._reader.protocol.error_received(exc)
 
     def close(self) -> None:
         if self._closing:
@@ -116,13 +111,13 @@ class SocketTransport(asyncio.DatagramTransport):
 
     def _lost(self) -> None:
         try:
-            self._protocol.connection_lost(None)
+            self._reader.protocol.connection_lost(None)
         finally:
             self._sock.close()
 
     def __repr__(self) -> str:
         state = "closing" if self._closing else "open"
-        return f"<SocketTransport fd={self._fd} {state}>"
+        return f"<SocketTransport fd={self._sock.fileno()} {state}>"
 
 
 # the Hub each loop reads its media sockets through, while it has any (a loop

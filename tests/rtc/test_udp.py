@@ -1,5 +1,5 @@
 """
-rtc.udp: the media sockets' transport, read by rtc._relay.Reader, on both
+rtc.udp: the media sockets' transport, read by rtc._relay's Reader and Hub, on both
 loops the gateway may run on (asyncio's and uvloop, which gateway/cli.py uses).
 """
 
@@ -9,7 +9,6 @@ import logging
 import select
 import socket
 from collections.abc import Awaitable, Callable
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,14 +18,13 @@ import rtc.circuit
 import rtc.udp
 from rtc.circuit import Inbound, Outbound
 from rtc.rtp import RTP_FIXED_HEADER
-from rtc.udp import SocketTransport, adopt, open_endpoint
+from rtc.udp import IP_RECVERR, SocketTransport, adopt, open_endpoint
 
 from .test_circuit import SSRC, Leg, rtp
 
 pytestmark = pytest.mark.skipif(not rtc.circuit.NATIVE, reason="rtc._relay is not built")
 
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
-IP_RECVERR = 11  # Linux: report ICMP errors on an unconnected socket
 
 
 @pytest.fixture(params=sorted(LOOPS))
@@ -250,20 +248,18 @@ def test_a_receive_error_goes_to_error_received() -> None:
     """What recvmmsg reports (here an ICMP report on a socket with IP_RECVERR)."""
     from rtc import _relay
 
-    protocol = Recorder.__new__(Recorder)
-    protocol.got, protocol.errors = [], []
-    protocol.arrived = SimpleNamespace(set=lambda: None)  # type: ignore[assignment]
-    protocol.want = 0
+    protocol = Recorder()
     with bound() as sock, bound() as gone:
         sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
         nobody = gone.getsockname()
         gone.close()
         sock.sendto(b"anyone?", nobody)
         select.select([sock], [], [], 2)
-        reader = _relay.Reader(sock, protocol)
-        reader()
+        hub = _relay.Hub()
+        hub.add(_relay.Reader(sock, protocol))
+        hub()
         assert [type(e) for e in protocol.errors] == [ConnectionRefusedError]
-        reader()  # nothing there: nothing happens
+        hub()  # nothing there: nothing happens
         assert len(protocol.errors) == 1 and protocol.got == []
 
 
